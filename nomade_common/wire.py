@@ -1,0 +1,106 @@
+"""The wire contract between NØMADE's node agents and its aggregator.
+
+Every message is one msgpack-encoded envelope, a five-element array:
+
+    (version, type, node, (epoch, seq), payload)
+
+``node`` is the Slurm node name of the sender (``SLURMD_NODENAME``), not the host name, so two
+agents can share a host.  ``epoch`` identifies one durable outbox of that agent (it is chosen
+when the outbox is created and survives restarts) and ``seq`` increases by one per envelope within
+it, so ``(node, epoch, seq)`` names an envelope uniquely forever: the aggregator stores each
+envelope at most once and acknowledges it only after its COMMIT, which makes delivery
+at-least-once and storage idempotent.
+
+Both sides import this module; it imports nothing from either.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+VERSION = 1
+
+# Agent -> aggregator.
+HELLO = "hello"  # payload: {"host", "agent_version", "interval_seconds", "started"}
+HEARTBEAT = "heartbeat"  # payload: {"t", "jobs": [job_id, ...], "outbox_depth", "dropped"}
+SAMPLES = "samples"  # payload: {"rows": [SAMPLE_FIELDS values, ...]}
+JOB_EVENT = "job_event"  # payload: {"event": "start"|"end", "job_id", "t", ...from the hook}
+# Aggregator -> agent.
+ACK = "ack"  # payload: {"epoch", "seq"}: stored and committed
+NACK = "nack"  # payload: {"epoch", "seq", "reason"}: will never be stored (rejected)
+
+AGENT_TYPES = frozenset({HELLO, HEARTBEAT, SAMPLES, JOB_EVENT})
+
+# One sample is one row per (job, node, time).  Units are in the names; None means "not
+# available on this node" and is never replaced by 0.
+SAMPLE_FIELDS: tuple[str, ...] = (
+    "job_id",  # int
+    "t",  # float, Unix seconds when the sample was read
+    "cpu_usage_seconds",  # cgroup total CPU time (user + system)
+    "cpu_user_seconds",
+    "cpu_system_seconds",
+    "mem_current_bytes",  # memory.usage_in_bytes (v1) / memory.current (v2)
+    "mem_peak_bytes",  # memory.max_usage_in_bytes (v1) / memory.peak (v2)
+    "mem_rss_bytes",  # total_rss (v1) / anon (v2)
+    "mem_cache_bytes",  # total_cache (v1) / file (v2)
+    "mem_swap_bytes",  # total_swap (v1) / memory.swap.current (v2)
+    "mem_limit_bytes",  # memory.limit_in_bytes (v1) / memory.max (v2); None when unlimited
+    "cgroup_read_bytes",  # blkio (v1) / io.stat (v2); None where the controller is absent
+    "cgroup_write_bytes",
+    "proc_read_bytes",  # /proc/<pid>/io read_bytes, summed over the job's processes
+    "proc_write_bytes",
+    "proc_rchar",
+    "proc_wchar",
+    "proc_syscr",
+    "proc_syscw",
+    "nprocs",  # processes in the job's cgroup at sample time
+)
+
+
+class WireError(ValueError):
+    """An envelope that cannot be understood; the receiver counts it and drops it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    type: str
+    node: str
+    epoch: int
+    seq: int
+    payload: Any
+    version: int = VERSION
+
+    def pack(self) -> bytes:
+        return msgpack.packb(
+            [self.version, self.type, self.node, [self.epoch, self.seq], self.payload],
+            use_bin_type=True,
+        )
+
+
+def unpack(data: bytes) -> Envelope:
+    """Decode one envelope, or raise WireError saying what was wrong with it."""
+    try:
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise WireError(f"not msgpack ({type(exc).__name__})") from None
+    if not isinstance(obj, list) or len(obj) != 5:
+        raise WireError("expected a 5-element envelope array")
+    version, mtype, node, key, payload = obj
+    if version != VERSION:
+        raise WireError(f"unsupported envelope version {version!r} (this side speaks {VERSION})")
+    if not isinstance(mtype, str) or not isinstance(node, str) or not node:
+        raise WireError("envelope type and node must be non-empty strings")
+    if not (isinstance(key, list) and len(key) == 2 and all(isinstance(k, int) for k in key)):
+        raise WireError("envelope key must be [epoch, seq] integers")
+    return Envelope(mtype, node, key[0], key[1], payload, version)
+
+
+def ack(node: str, epoch: int, seq: int) -> bytes:
+    return Envelope(ACK, node, epoch, seq, {"epoch": epoch, "seq": seq}).pack()
+
+
+def nack(node: str, epoch: int, seq: int, reason: str) -> bytes:
+    return Envelope(NACK, node, epoch, seq, {"epoch": epoch, "seq": seq, "reason": reason}).pack()
