@@ -1,0 +1,64 @@
+"""Pure parser of `sacct --parsable/--parsable2` output, any delimiter, with or without header.
+
+Rows come out as dicts keyed by sacct's field names; job steps (`123.batch`, `123.0`, `123.extern`)
+are kept with the `step` key set, so a caller can look at step states (older Slurm versions put
+OUT_OF_MEMORY only on the step).
+"""
+
+from __future__ import annotations
+
+from nomade_common.errors import ParseError
+
+# The fields NØMADE asks sacct for when it reconciles a job; the order is the command's.
+RECONCILE_FIELDS = (
+    "JobIDRaw,JobID,JobName,User,Account,Partition,Submit,Start,End,Elapsed,State,ExitCode,"
+    "DerivedExitCode,TotalCPU,MaxRSS,ReqMem,AllocCPUS,NNodes,NodeList,Timelimit,ReqTRES,WorkDir"
+).split(",")
+
+_DELIMS = ("|", "☃", "^|^", ";", ",")
+
+
+def _guess_delimiter(line: str) -> str:
+    best = max(_DELIMS, key=line.count)
+    return best if line.count(best) else "|"
+
+
+def parse(
+    text: str,
+    source: str = "sacct",
+    fields: list[str] | None = None,
+    delimiter: str | None = None,
+) -> list[dict[str, str]]:
+    """Parse sacct output.  FIELDS is required when the output has no header line."""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        return []
+    delim = delimiter or _guess_delimiter(lines[0])
+    header = lines[0].split(delim)
+    if "JobID" in header or "JobIDRaw" in header:
+        fields, start = [h.strip() for h in header], 1
+    elif fields is None:
+        raise ParseError(source, 1, "no header line (JobID|...) and no field list given")
+    else:
+        start = 0
+    if fields and fields[-1] == "" and lines[0].endswith(delim):
+        fields = fields[:-1]  # --parsable (not 2) ends each line with the delimiter
+    rows = []
+    for number, line in enumerate(lines[start:], start=start + 1):
+        values = line.split(delim)
+        if len(values) == len(fields) + 1 and values[-1] == "":
+            values = values[:-1]
+        if len(values) != len(fields):
+            raise ParseError(
+                source,
+                number,
+                f"expected {len(fields)} fields separated by {delim!r}, got {len(values)}",
+            )
+        row = dict(zip(fields, values, strict=True))
+        job = row.get("JobIDRaw") or row.get("JobID") or ""
+        base, _, step = job.partition(".")
+        if not base:
+            raise ParseError(source, number, "empty JobID")
+        row["step"] = step or ""
+        rows.append(row)
+    return rows

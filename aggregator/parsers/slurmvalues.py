@@ -1,0 +1,113 @@
+"""Pure conversions of the values Slurm prints, the same on every version NØMADE reads.
+
+Each returns None for Slurm's words for "nothing here" (Unknown, None, N/A, INVALID), never 0.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+_ABSENT = {"", "unknown", "none", "n/a", "invalid", "(null)", "partition_limit"}
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
+_MEM = re.compile(r"^(\d+(?:\.\d+)?)([KMGTP]?)([nc]?)$", re.IGNORECASE)
+_DURATION = re.compile(r"^(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+(?:\.\d+)?)$")
+
+
+def absent(text: str | None) -> bool:
+    return text is None or text.strip().lower() in _ABSENT
+
+
+def memory(text: str | None, default_unit: str = "") -> tuple[int | None, str | None]:
+    """'4000M' -> (4000 MiB in bytes, None); '500Mc' -> (..., 'cpu'); '4Gn' -> (..., 'node').
+
+    Slurm prints MaxRSS in bytes with a unit suffix (K by default) and ReqMem with a per-node or
+    per-CPU suffix in versions before 21.08.  The second element says which, when Slurm said.
+    """
+    if absent(text):
+        return None, None
+    m = _MEM.match(text.strip())
+    if not m:
+        raise ValueError(f"expected a memory size like 4000M or 2Gc, got {text!r}")
+    number, unit, per = m.groups()
+    size = float(number) * _UNITS[(unit or default_unit).upper()]
+    return int(size), {"n": "node", "c": "cpu"}.get(per.lower()) if per else None
+
+
+def duration(text: str | None) -> float | None:
+    """Slurm durations: 'D-HH:MM:SS', 'HH:MM:SS', 'MM:SS', 'MM:SS.mmm', or minutes alone."""
+    if absent(text) or text.strip().upper() == "UNLIMITED":
+        return None
+    s = text.strip()
+    if s.isdigit():  # a bare number is minutes (Timelimit as given to --time)
+        return float(s) * 60
+    m = _DURATION.match(s)
+    if not m:
+        raise ValueError(f"expected a duration like 1-02:03:04 or 05:06.789, got {text!r}")
+    days, hours, minutes, seconds = m.groups()
+    return int(days or 0) * 86400 + int(hours or 0) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+def timestamp(text: str | None) -> float | None:
+    """'2026-11-24T08:25:42' in the cluster's local time -> Unix seconds."""
+    if absent(text):
+        return None
+    try:
+        return datetime.fromisoformat(text.strip()).timestamp()
+    except ValueError:
+        raise ValueError(f"expected a time like 2026-11-24T08:25:42, got {text!r}") from None
+
+
+def exit_code(text: str | None) -> tuple[int | None, int | None]:
+    """'1:0' -> (1, 0): the exit status and the signal that ended the job."""
+    if absent(text):
+        return None, None
+    code, _, sig = text.strip().partition(":")
+    if not code.isdigit() or (sig and not sig.isdigit()):
+        raise ValueError(f"expected an exit code like 0:0, got {text!r}")
+    return int(code), int(sig) if sig else None
+
+
+def integer(text: str | None) -> int | None:
+    if absent(text):
+        return None
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ValueError(f"expected an integer, got {text!r}") from None
+
+
+def tres(text: str | None) -> dict[str, str]:
+    """'cpu=2,mem=1G,node=1,gres/gpu=2' -> {'cpu': '2', 'mem': '1G', ...}."""
+    if absent(text):
+        return {}
+    out = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if sep:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def gpus_from_tres(items: dict[str, str]) -> int | None:
+    """GPU count from a TRES map: 'gres/gpu' if present, else the sum of 'gres/gpu:TYPE'."""
+    if "gres/gpu" in items:
+        return integer(items["gres/gpu"])
+    typed = [
+        integer(v) for k, v in items.items() if k.startswith("gres/gpu:") and k.count(":") == 1
+    ]
+    return sum(v or 0 for v in typed) if typed else None
+
+
+def gpus_from_gres(text: str | None) -> int | None:
+    """'gres:gpu:2', 'gres/gpu:a100:4', 'gpu:2(IDX:0-1)' -> GPU count; None when none are named."""
+    if absent(text):
+        return None
+    total = None
+    for part in text.split(","):
+        name = part.strip().removeprefix("gres:").removeprefix("gres/")
+        if not name.startswith("gpu"):
+            continue
+        count = name.split("(")[0].rsplit(":", 1)[-1]
+        total = (total or 0) + (int(count) if count.isdigit() else 1)
+    return total

@@ -1,0 +1,264 @@
+"""NØMADE's store: SQLite in WAL mode, one writer thread, readers on their own connections.
+
+All writes go through `Writer`: callers submit small functions that receive the write connection;
+the writer thread runs everything that is waiting in one `BEGIN IMMEDIATE … COMMIT` and only then
+calls each item's `on_commit`, so an acknowledgement never precedes durability.  The schema comes
+from ordered, named migrations recorded in `schema_migrations`.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nomade_common.wire import SAMPLE_FIELDS
+
+log = logging.getLogger("nomade.store")
+
+_SAMPLE_COLUMNS = ",\n  ".join(
+    f"{name} {'REAL' if name == 't' or name.endswith('_seconds') else 'INTEGER'}"
+    for name in SAMPLE_FIELDS[2:]
+)
+
+MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "0001_foundation",
+        f"""
+CREATE TABLE nodes (
+  node TEXT PRIMARY KEY,
+  host TEXT,
+  agent_version TEXT,
+  interval_seconds REAL,
+  first_seen REAL NOT NULL,
+  last_seen REAL NOT NULL,
+  last_heartbeat REAL,
+  state TEXT NOT NULL DEFAULT 'up',
+  running_jobs INTEGER,
+  outbox_depth INTEGER,
+  outbox_dropped INTEGER
+);
+CREATE TABLE jobs (
+  uid INTEGER PRIMARY KEY,
+  cluster TEXT NOT NULL,
+  job_id INTEGER NOT NULL,
+  submit_time REAL,
+  array_job_id INTEGER, array_task_id INTEGER, het_job_id INTEGER, het_job_offset INTEGER,
+  user TEXT, user_id INTEGER, account TEXT, partition TEXT, job_name TEXT, work_dir TEXT,
+  nodes_requested INTEGER, node_list TEXT, cpus INTEGER,
+  mem_per_node_bytes INTEGER, mem_per_cpu_bytes INTEGER, gpus INTEGER, gres TEXT,
+  time_limit_seconds INTEGER,
+  start_time REAL, end_time REAL,
+  state TEXT, outcome TEXT, cancelled_by TEXT, exit_code INTEGER, signal INTEGER,
+  elapsed_seconds REAL, total_cpu_seconds REAL, max_rss_bytes INTEGER,
+  reconcile TEXT NOT NULL DEFAULT 'pending',
+  reconcile_attempts INTEGER NOT NULL DEFAULT 0,
+  request_json TEXT, queue_json TEXT,
+  created REAL NOT NULL, updated REAL NOT NULL,
+  UNIQUE (cluster, job_id, submit_time)
+);
+CREATE INDEX jobs_by_id ON jobs (job_id);
+CREATE INDEX jobs_by_user ON jobs (user, submit_time);
+CREATE INDEX jobs_by_end ON jobs (end_time);
+CREATE TABLE samples (
+  job_uid INTEGER NOT NULL REFERENCES jobs (uid),
+  node TEXT NOT NULL,
+  t REAL NOT NULL,
+  {_SAMPLE_COLUMNS}
+);
+CREATE UNIQUE INDEX samples_key ON samples (job_uid, node, t);
+CREATE TABLE received (
+  node TEXT NOT NULL, epoch INTEGER NOT NULL, seq INTEGER NOT NULL,
+  type TEXT NOT NULL, rows INTEGER NOT NULL, t REAL NOT NULL,
+  PRIMARY KEY (node, epoch, seq)
+) WITHOUT ROWID;
+CREATE TABLE events (
+  id INTEGER PRIMARY KEY,
+  t REAL NOT NULL,
+  kind TEXT NOT NULL,
+  node TEXT,
+  job_uid INTEGER,
+  detail TEXT
+);
+CREATE INDEX events_by_t ON events (t);
+CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+""",
+    ),
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+    else:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA busy_timeout = 10000")
+    if not readonly:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = OFF")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> list[str]:
+    """Apply the migrations this database lacks, each in its own transaction; return their names."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations"
+        " (name TEXT PRIMARY KEY, applied REAL NOT NULL)"
+    )
+    done = {r[0] for r in conn.execute("SELECT name FROM schema_migrations")}
+    applied = []
+    for name, sql in MIGRATIONS:
+        if name in done:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in sql.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("INSERT INTO schema_migrations VALUES (?, ?)", (name, time.time()))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        applied.append(name)
+    return applied
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    try:
+        return conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def open_store(path: str) -> sqlite3.Connection:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    conn = connect(path)
+    migrate(conn)
+    return conn
+
+
+@dataclass
+class WorkItem:
+    apply: Callable[[sqlite3.Connection], Any]
+    on_commit: Callable[[Any], None] | None = None
+    on_error: Callable[[BaseException], None] | None = None
+
+
+class Writer(threading.Thread):
+    """The one thread that writes.  Batches whatever is queued into one transaction."""
+
+    def __init__(self, path: str, *, max_batch: int = 5000, max_wait: float = 0.05) -> None:
+        super().__init__(name="nomade-writer", daemon=True)
+        self.conn = open_store(path)
+        self.q: queue.Queue[WorkItem | None] = queue.Queue()
+        self.max_batch, self.max_wait = max_batch, max_wait
+        self.commits = 0
+        self._stopped = threading.Event()
+
+    def submit(self, item: WorkItem) -> None:
+        self.q.put(item)
+
+    def call(self, fn: Callable[[sqlite3.Connection], Any], timeout: float = 10.0) -> Any:
+        """Run FN in the writer and wait for its committed result (for low-rate callers)."""
+        done = threading.Event()
+        box: dict[str, Any] = {}
+
+        def ok(result: Any) -> None:
+            box["result"] = result
+            done.set()
+
+        def err(exc: BaseException) -> None:
+            box["error"] = exc
+            done.set()
+
+        self.submit(WorkItem(fn, ok, err))
+        if not done.wait(timeout):
+            raise TimeoutError("the store's writer did not answer in time")
+        if "error" in box:
+            raise box["error"]
+        return box["result"]
+
+    def stop(self) -> None:
+        self.q.put(None)
+        self._stopped.wait(10)
+
+    def run(self) -> None:
+        try:
+            while True:
+                first = self.q.get()
+                if first is None:
+                    return
+                batch = [first]
+                deadline = time.monotonic() + self.max_wait
+                stop = False
+                while len(batch) < self.max_batch:
+                    try:
+                        item = self.q.get(timeout=max(0.0, deadline - time.monotonic()))
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        stop = True
+                        break
+                    batch.append(item)
+                self._run_batch(batch)
+                if stop:
+                    return
+        finally:
+            self.conn.close()
+            self._stopped.set()
+
+    def _run_batch(self, batch: list[WorkItem]) -> None:
+        results: list[tuple[WorkItem, Any, BaseException | None]] = []
+        self.conn.execute("BEGIN IMMEDIATE")
+        for item in batch:
+            self.conn.execute("SAVEPOINT item")
+            try:
+                results.append((item, item.apply(self.conn), None))
+                self.conn.execute("RELEASE item")
+            except Exception as exc:  # one bad item must not lose the others
+                self.conn.execute("ROLLBACK TO item")
+                self.conn.execute("RELEASE item")
+                log.warning("store: write failed: %s", exc)
+                results.append((item, None, exc))
+        self.conn.execute("COMMIT")
+        self.commits += 1
+        for item, result, exc in results:
+            callback = item.on_error if exc is not None else item.on_commit
+            if callback is not None:
+                try:
+                    callback(exc if exc is not None else result)
+                except Exception:
+                    log.exception("store: commit callback failed")
+
+
+def bump(conn: sqlite3.Connection, name: str, by: int = 1) -> None:
+    conn.execute(
+        "INSERT INTO counters VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = value + ?",
+        (name, by, by),
+    )
+
+
+def event(
+    conn: sqlite3.Connection,
+    kind: str,
+    *,
+    node: str | None = None,
+    job_uid: int | None = None,
+    detail: str | None = None,
+    t: float | None = None,
+) -> None:
+    conn.execute(
+        "INSERT INTO events (t, kind, node, job_uid, detail) VALUES (?, ?, ?, ?, ?)",
+        (t if t is not None else time.time(), kind, node, job_uid, detail),
+    )

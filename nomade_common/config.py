@@ -1,0 +1,174 @@
+"""NØMADE's configuration: one TOML file parsed into dataclasses and validated at start-up.
+
+Every setting has a default, so an empty file is a valid configuration for a single-host
+installation.  An unknown key, a wrong type or a bad value stops start-up with one line that names
+the file and the key (ConfigError); nothing is silently ignored or guessed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+DEFAULT_PATH = "/etc/nomade/nomade.toml"
+
+
+@dataclass
+class General:
+    cluster_name: str = "cluster"
+    data_dir: str = "/var/lib/nomade"
+    log_level: str = "INFO"
+
+
+@dataclass
+class Agent:
+    node: str = ""  # empty: $SLURMD_NODENAME, else the short host name
+    aggregator: str = "tcp://127.0.0.1:27010"
+    interval_seconds: float = 10.0
+    heartbeat_seconds: float = 5.0
+    spool_dir: str = "/var/spool/nomade"
+    outbox_max_envelopes: int = 100_000
+    resend_seconds: float = 5.0
+    cgroup_root: str = "/sys/fs/cgroup"
+    proc_root: str = "/proc"
+
+    def node_name(self) -> str:
+        return self.node or os.environ.get("SLURMD_NODENAME") or socket.gethostname().split(".")[0]
+
+
+@dataclass
+class Aggregator:
+    listen: str = "tcp://127.0.0.1:27010"
+    http_listen: str = "127.0.0.1:27011"
+    database: str = ""  # empty: <data_dir>/nomade.db
+    sacct: str = "sacct"
+    squeue: str = "squeue"
+    reconcile_delay_seconds: float = 2.0
+    reconcile_attempts: int = 6
+    node_down_seconds: float = 60.0
+    queue_snapshot_max_age_seconds: float = 5.0
+    batch_max_seconds: float = 0.05
+
+
+@dataclass
+class Hooks:
+    prefix: str = "/opt/nomade/hooks"
+    timeout_seconds: float = 1.0
+    aggregator_url: str = "http://127.0.0.1:27011"
+    state_dir: str = "/var/spool/nomade/hooks"
+    task_notice: bool = False
+    breaker_failures: int = 3
+    breaker_seconds: float = 60.0
+
+
+@dataclass
+class Config:
+    general: General = field(default_factory=General)
+    agent: Agent = field(default_factory=Agent)
+    aggregator: Aggregator = field(default_factory=Aggregator)
+    hooks: Hooks = field(default_factory=Hooks)
+    path: str = "<defaults>"
+
+    @property
+    def database(self) -> str:
+        return self.aggregator.database or str(Path(self.general.data_dir) / "nomade.db")
+
+
+_SECTIONS = {"general": General, "agent": Agent, "aggregator": Aggregator, "hooks": Hooks}
+_LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR"}
+
+
+def _section(path: str, name: str, cls: type, raw: Any) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(path, name, "expected a table")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in raw.items():
+        if key not in fields:
+            raise ConfigError(
+                path, f"{name}.{key}", f"unknown setting (known: {', '.join(fields)})"
+            )
+        want = type(getattr(cls(), key))
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not want:
+            raise ConfigError(
+                path, f"{name}.{key}", f"expected {want.__name__}, got {type(value).__name__}"
+            )
+        values[key] = value
+    return cls(**values)
+
+
+def _validate(cfg: Config) -> None:
+    checks = [
+        (
+            "general.log_level",
+            cfg.general.log_level.upper() in _LOG_LEVELS,
+            "one of DEBUG, INFO, WARNING, ERROR",
+        ),
+        ("agent.interval_seconds", 1.0 <= cfg.agent.interval_seconds <= 3600, "between 1 and 3600"),
+        (
+            "agent.heartbeat_seconds",
+            0.5 <= cfg.agent.heartbeat_seconds <= 600,
+            "between 0.5 and 600",
+        ),
+        ("agent.outbox_max_envelopes", cfg.agent.outbox_max_envelopes >= 10, "at least 10"),
+        ("agent.resend_seconds", cfg.agent.resend_seconds > 0, "positive"),
+        ("hooks.timeout_seconds", 0.1 <= cfg.hooks.timeout_seconds <= 30, "between 0.1 and 30"),
+        ("hooks.breaker_failures", cfg.hooks.breaker_failures >= 1, "at least 1"),
+        ("aggregator.reconcile_attempts", cfg.aggregator.reconcile_attempts >= 1, "at least 1"),
+    ]
+    for key, ok, expected in checks:
+        if not ok:
+            raise ConfigError(cfg.path, key, f"must be {expected}")
+    for key, url in (
+        ("agent.aggregator", cfg.agent.aggregator),
+        ("aggregator.listen", cfg.aggregator.listen),
+    ):
+        if not url.startswith(("tcp://", "ipc://")):
+            raise ConfigError(
+                cfg.path, key, f"expected a ZeroMQ address like tcp://host:port, got {url!r}"
+            )
+    host, _, port = cfg.aggregator.http_listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(cfg.path, "aggregator.http_listen", "expected HOST:PORT")
+
+
+def parse(text: str, path: str = "<string>") -> Config:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, None, f"not valid TOML ({exc})") from None
+    cfg = Config(path=path)
+    for name, value in raw.items():
+        if name not in _SECTIONS:
+            raise ConfigError(path, name, f"unknown section (known: {', '.join(_SECTIONS)})")
+        setattr(cfg, name, _section(path, name, _SECTIONS[name], value))
+    _validate(cfg)
+    return cfg
+
+
+def load(path: str | None = None) -> Config:
+    """Load the configuration: PATH, else $NOMADE_CONFIG, else /etc/nomade/nomade.toml.
+
+    A missing file at the default location means defaults; a missing file that was named
+    explicitly is an error.
+    """
+    explicit = path or os.environ.get("NOMADE_CONFIG")
+    target = explicit or DEFAULT_PATH
+    try:
+        text = Path(target).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(target, None, "file not found") from None
+        return Config()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(target, None, f"cannot read ({exc.__class__.__name__})") from None
+    return parse(text, target)
