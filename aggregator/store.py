@@ -59,6 +59,7 @@ CREATE TABLE jobs (
   elapsed_seconds REAL, total_cpu_seconds REAL, max_rss_bytes INTEGER,
   reconcile TEXT NOT NULL DEFAULT 'pending',
   reconcile_attempts INTEGER NOT NULL DEFAULT 0,
+  reconcile_after REAL,
   request_json TEXT, queue_json TEXT,
   created REAL NOT NULL, updated REAL NOT NULL,
   UNIQUE (cluster, job_id, submit_time)
@@ -66,6 +67,7 @@ CREATE TABLE jobs (
 CREATE INDEX jobs_by_id ON jobs (job_id);
 CREATE INDEX jobs_by_user ON jobs (user, submit_time);
 CREATE INDEX jobs_by_end ON jobs (end_time);
+CREATE INDEX jobs_to_reconcile ON jobs (reconcile, reconcile_after);
 CREATE TABLE samples (
   job_uid INTEGER NOT NULL REFERENCES jobs (uid),
   node TEXT NOT NULL,

@@ -104,3 +104,14 @@ def ack(node: str, epoch: int, seq: int) -> bytes:
 
 def nack(node: str, epoch: int, seq: int, reason: str) -> bytes:
     return Envelope(NACK, node, epoch, seq, {"epoch": epoch, "seq": seq, "reason": reason}).pack()
+
+
+def pack_payload(payload: Any) -> bytes:
+    return msgpack.packb(payload, use_bin_type=True)
+
+
+def pack_stored(mtype: str, node: str, epoch: int, seq: int, payload_bytes: bytes) -> bytes:
+    """An envelope around a payload that was packed earlier (the agent's outbox keeps payloads
+    packed), without decoding it again: msgpack values simply follow each other."""
+    head = msgpack.packb([VERSION, mtype, node, [epoch, seq]], use_bin_type=True)
+    return b"\x95" + head[1:] + payload_bytes

@@ -1,0 +1,45 @@
+"""`nomade-aggregator`: the head-node daemon, in the foreground for a service manager."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+
+import click
+
+from nomade_common import config as cfgmod
+from nomade_common.errors import ConfigError
+
+
+@click.command()
+@click.option(
+    "--config",
+    "config_path",
+    default=None,
+    help="nomade.toml (default: $NOMADE_CONFIG or /etc/nomade/nomade.toml)",
+)
+@click.option("--log-level", default=None, help="override general.log_level")
+def main(config_path: str | None, log_level: str | None) -> None:
+    """Run the NØMADE aggregator until SIGTERM or SIGINT."""
+    try:
+        cfg = cfgmod.load(config_path)
+    except ConfigError as exc:
+        click.echo(f"nomade-aggregator: {exc}", err=True)
+        sys.exit(2)
+    logging.basicConfig(level=(log_level or cfg.general.log_level).upper(),
+                        format="%(asctime)s nomade-aggregator %(levelname)s %(message)s")  # fmt: skip
+    from .server import Aggregator  # imported late: config errors show before heavy imports
+
+    try:
+        agg = Aggregator(cfg)
+        agg.start()
+    except Exception as exc:  # a port in use, an unwritable database: one line, exit 1
+        click.echo(f"nomade-aggregator: cannot start: {exc}", err=True)
+        sys.exit(1)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    agg.stop()

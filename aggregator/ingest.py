@@ -1,0 +1,207 @@
+"""Applying what arrives (agent envelopes, hook reports, sacct answers) to the store.
+
+Every function here runs inside the writer's transaction (see store.Writer) and is given the
+write connection; none commits.  Envelopes are stored at most once: the `received` table's key
+(node, epoch, seq) is written in the same transaction as the data it carried.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from typing import Any
+
+from nomade_common import wire
+
+from . import jobs as jobfields
+from .store import bump, event
+
+_SAMPLE_SQL = (
+    f"INSERT OR IGNORE INTO samples (job_uid, node, {', '.join(wire.SAMPLE_FIELDS[1:])}) "
+    f"VALUES ({', '.join('?' * (len(wire.SAMPLE_FIELDS) + 1))})"
+)
+_JOB_COLUMNS = (
+    "submit_time", "array_job_id", "array_task_id", "het_job_id", "het_job_offset", "user",
+    "user_id", "account", "partition", "job_name", "work_dir", "nodes_requested", "node_list",
+    "cpus", "mem_per_node_bytes", "mem_per_cpu_bytes", "gpus", "gres", "time_limit_seconds",
+    "start_time", "end_time", "state", "outcome", "cancelled_by", "exit_code", "signal",
+    "elapsed_seconds", "total_cpu_seconds", "max_rss_bytes", "reconcile", "reconcile_attempts",
+    "reconcile_after", "request_json", "queue_json",
+)  # fmt: skip
+
+
+class Rejected(ValueError):
+    """An envelope that is well-formed msgpack but whose content can never be stored."""
+
+
+class Ingest:
+    """Owned by the writer thread: keeps the job-id -> row cache that samples need."""
+
+    def __init__(self, cluster: str) -> None:
+        self.cluster = cluster
+        self._uids: dict[int, int] = {}
+
+    def forget(self) -> None:
+        self._uids.clear()
+
+    # -- jobs ---------------------------------------------------------------------------------
+    def job_uid(self, conn: sqlite3.Connection, job_id: int, now: float) -> int:
+        """The newest row for JOB_ID; a placeholder row when the job is not known yet."""
+        uid = self._uids.get(job_id)
+        if uid is None:
+            row = conn.execute(
+                "SELECT uid FROM jobs WHERE cluster = ? AND job_id = ? ORDER BY uid DESC LIMIT 1",
+                (self.cluster, job_id),
+            ).fetchone()
+            if row is None:
+                uid = conn.execute(
+                    "INSERT INTO jobs (cluster, job_id, created, updated) VALUES (?, ?, ?, ?)",
+                    (self.cluster, job_id, now, now),
+                ).lastrowid
+            else:
+                uid = row[0]
+            self._uids[job_id] = uid
+        return uid
+
+    def upsert_job(self, conn: sqlite3.Connection, fields: dict[str, Any], now: float) -> int:
+        """Insert or complete the row of (cluster, job_id, submit_time).
+
+        A placeholder row (made from agent samples before the hook's report arrived, so with no
+        submit time) is completed rather than duplicated.
+        """
+        job_id, submit = fields["job_id"], fields.get("submit_time")
+        row = conn.execute(
+            "SELECT uid FROM jobs WHERE cluster = ? AND job_id = ? AND submit_time IS ?",
+            (self.cluster, job_id, submit),
+        ).fetchone()
+        if row is None and submit is not None:
+            row = conn.execute(
+                "SELECT uid FROM jobs WHERE cluster = ? AND job_id = ? AND submit_time IS NULL"
+                " ORDER BY uid DESC LIMIT 1",
+                (self.cluster, job_id),
+            ).fetchone()
+        if row is None:
+            uid = conn.execute(
+                "INSERT INTO jobs (cluster, job_id, created, updated) VALUES (?, ?, ?, ?)",
+                (self.cluster, job_id, now, now),
+            ).lastrowid
+        else:
+            uid = row[0]
+        known = {k: v for k, v in fields.items() if k in _JOB_COLUMNS and v is not None}
+        if known:
+            sets = ", ".join(f"{k} = ?" for k in known)
+            conn.execute(
+                f"UPDATE jobs SET {sets}, updated = ? WHERE uid = ?", (*known.values(), now, uid)
+            )
+        newest = self._uids.get(job_id)
+        if newest is None or uid > newest:
+            self._uids[job_id] = uid
+        return uid
+
+    # -- envelopes ----------------------------------------------------------------------------
+    def apply_envelope(
+        self, conn: sqlite3.Connection, env: wire.Envelope, now: float | None = None
+    ) -> str:
+        now = time.time() if now is None else now
+        if env.type in (wire.HELLO, wire.HEARTBEAT):
+            self._touch_node(conn, env, now)
+            return "live"
+        rows = env.payload.get("rows") if isinstance(env.payload, dict) else None
+        n_rows = len(rows) if isinstance(rows, list) else 0
+        fresh = conn.execute(
+            "INSERT OR IGNORE INTO received VALUES (?, ?, ?, ?, ?, ?)",
+            (env.node, env.epoch, env.seq, env.type, n_rows, now),
+        ).rowcount
+        if not fresh:
+            bump(conn, "envelopes_duplicate")
+            return "duplicate"
+        self._touch_node(conn, env, now)
+        if env.type == wire.SAMPLES:
+            self._samples(conn, env, rows, now)
+        elif env.type == wire.JOB_EVENT:
+            self._job_event(conn, env, now)
+        bump(conn, f"envelopes_{env.type}")
+        return "stored"
+
+    def _touch_node(self, conn: sqlite3.Connection, env: wire.Envelope, now: float) -> None:
+        p = env.payload if isinstance(env.payload, dict) else {}
+        conn.execute(
+            "INSERT INTO nodes (node, first_seen, last_seen, state) VALUES (?, ?, ?, 'up')"
+            " ON CONFLICT (node) DO UPDATE SET last_seen = excluded.last_seen",
+            (env.node, now, now),
+        )
+        if env.type == wire.HELLO:
+            conn.execute(
+                "UPDATE nodes SET host = ?, agent_version = ?, interval_seconds = ? WHERE node = ?",
+                (p.get("host"), p.get("agent_version"), p.get("interval_seconds"), env.node),
+            )
+        elif env.type == wire.HEARTBEAT:
+            jobs = p.get("jobs")
+            conn.execute(
+                "UPDATE nodes SET last_heartbeat = ?, running_jobs = ?, outbox_depth = ?,"
+                " outbox_dropped = ? WHERE node = ?",
+                (now, len(jobs) if isinstance(jobs, list) else None, p.get("outbox_depth"),
+                 p.get("dropped"), env.node),
+            )  # fmt: skip
+
+    def _samples(self, conn: sqlite3.Connection, env: wire.Envelope, rows: Any, now: float) -> None:
+        if not isinstance(rows, list):
+            raise Rejected("samples payload has no 'rows' list")
+        width = len(wire.SAMPLE_FIELDS)
+        values = []
+        for i, row in enumerate(rows):
+            if not isinstance(row, list) or len(row) != width or not isinstance(row[0], int):
+                raise Rejected(
+                    f"sample row {i} is not a list of {width} values starting with a job id"
+                )
+            values.append((self.job_uid(conn, row[0], now), env.node, *row[1:]))
+        conn.executemany(_SAMPLE_SQL, values)
+
+    def _job_event(self, conn: sqlite3.Connection, env: wire.Envelope, now: float) -> None:
+        p = env.payload
+        if not isinstance(p, dict) or not isinstance(p.get("job_id"), int):
+            raise Rejected("job_event payload needs an integer job_id")
+        uid = self.job_uid(conn, p["job_id"], now)
+        kind = f"node_job_{p.get('event', 'unknown')}"
+        event(conn, kind, node=env.node, job_uid=uid, detail=json.dumps(p), t=p.get("t", now))
+
+    # -- hook reports -------------------------------------------------------------------------
+    def job_start(
+        self, conn: sqlite3.Connection, fields: dict[str, Any], queue: Any, now: float
+    ) -> int:
+        fields = dict(
+            fields, request_json=jobfields.as_json(fields), queue_json=jobfields.as_json(queue)
+        )
+        uid = self.upsert_job(conn, fields, now)
+        event(conn, "job_start", job_uid=uid, t=now)
+        return uid
+
+    def job_end(
+        self, conn: sqlite3.Connection, fields: dict[str, Any], delay: float, now: float
+    ) -> int:
+        fields = dict(fields, end_time=fields.get("end_time") or now, reconcile="pending",
+                      reconcile_after=now + delay)  # fmt: skip
+        uid = self.upsert_job(conn, fields, now)
+        event(conn, "job_end", job_uid=uid, t=now)
+        return uid
+
+    def reconciled(self, conn: sqlite3.Connection, uid: int, final: dict[str, Any] | None,
+                   attempts: int, max_attempts: int, delay: float, now: float) -> None:  # fmt: skip
+        """Store sacct's final record, or schedule the next try with exponential backoff."""
+        if final is not None:
+            known = {k: v for k, v in final.items() if v is not None}
+            known.update(reconcile="done", reconcile_attempts=attempts)
+            sets = ", ".join(f"{k} = ?" for k in known)
+            conn.execute(
+                f"UPDATE jobs SET {sets}, updated = ? WHERE uid = ?", (*known.values(), now, uid)
+            )
+            return
+        state = "pending" if attempts < max_attempts else "unreconciled"
+        conn.execute(
+            "UPDATE jobs SET reconcile = ?, reconcile_attempts = ?, reconcile_after = ?, updated = ?"
+            " WHERE uid = ?",
+            (state, attempts, now + delay * 2**attempts, now, uid),
+        )
+        if state == "unreconciled":
+            event(conn, "job_unreconciled", job_uid=uid, t=now)

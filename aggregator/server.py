@@ -1,0 +1,255 @@
+"""The aggregator daemon: receives agent streams over ZeroMQ and hook reports over HTTP,
+stores them through the one writer, acknowledges envelopes after their COMMIT, reconciles ended
+jobs with sacct and tracks node liveness.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import zmq
+
+from nomade_common import wire
+from nomade_common.config import Config
+
+from . import jobs as jobfields
+from . import liveness, query
+from .ingest import Ingest, Rejected
+from .parsers import scontrol
+from .queue import QueueSnapshots
+from .reconcile import Reconciler
+from .store import WorkItem, Writer, bump, connect, event
+
+log = logging.getLogger("nomade.aggregator")
+
+
+class Aggregator:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.writer = Writer(cfg.database, max_wait=cfg.aggregator.batch_max_seconds)
+        self.ingest = Ingest(cfg.general.cluster_name)
+        self._readers = threading.local()
+        self.queue = QueueSnapshots(
+            cfg.aggregator.squeue, cfg.aggregator.queue_snapshot_max_age_seconds
+        )
+        self.reconciler = Reconciler(
+            connect(cfg.database), self.writer, self.ingest, cfg.aggregator
+        )
+        self._acks: collections.deque[tuple[bytes, bytes]] = collections.deque()
+        self._stop = threading.Event()
+        self._bad_logged: dict[str, float] = {}
+        self.http: ThreadingHTTPServer | None = None
+
+    def reader(self):
+        """A read connection of this thread's own (SQLite connections are not shared)."""
+        conn = getattr(self._readers, "conn", None)
+        if conn is None:
+            conn = self._readers.conn = connect(self.cfg.database)
+        return conn
+
+    # -- ZeroMQ -------------------------------------------------------------------------------
+    def _bad(self, peer: str, reason: str) -> None:
+        """Count and log (at most once a minute per reason) a message that cannot be stored."""
+        key = reason.split("(")[0]
+        if time.time() - self._bad_logged.get(key, 0) > 60:
+            log.warning(
+                "dropped a message on %s from %s: %s", self.cfg.aggregator.listen, peer, reason
+            )
+            self._bad_logged[key] = time.time()
+
+        def note(c):
+            bump(c, "messages_rejected")
+            event(c, "bad_message", detail=f"{peer}: {reason}")
+
+        self.writer.submit(WorkItem(note))
+
+    def _receive(self, ident: bytes, frames: list[bytes]) -> None:
+        peer = ident.hex()
+        if len(frames) != 1:
+            self._bad(peer, f"expected one frame, got {len(frames)}")
+            return
+        try:
+            env = wire.unpack(frames[0])
+        except wire.WireError as exc:
+            self._bad(peer, str(exc))
+            return
+        if env.type not in wire.AGENT_TYPES:
+            self._bad(f"{env.node} ({peer})", f"unknown message type {env.type!r}")
+            return
+
+        def done(result: Any) -> None:
+            if result != "live":  # heartbeats are not durable and not acknowledged
+                self._acks.append((ident, wire.ack(env.node, env.epoch, env.seq)))
+
+        def failed(exc: BaseException) -> None:
+            if isinstance(exc, Rejected):
+                self._bad(f"{env.node} ({peer})", str(exc))
+                self._acks.append((ident, wire.nack(env.node, env.epoch, env.seq, str(exc))))
+
+        self.writer.submit(WorkItem(lambda c: self.ingest.apply_envelope(c, env), done, failed))
+
+    def _bind(self) -> zmq.Socket:
+        sock = zmq.Context.instance().socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        sock.bind(self.cfg.aggregator.listen)
+        return sock
+
+    def _zmq_loop(self, sock: zmq.Socket) -> None:
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        try:
+            while not self._stop.is_set():
+                events = dict(poller.poll(5 if self._acks or self.writer.q.qsize() else 100))
+                if sock in events:
+                    for _ in range(1000):
+                        try:
+                            ident, *frames = sock.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        self._receive(ident, frames)
+                while self._acks:
+                    ident, data = self._acks.popleft()
+                    try:
+                        sock.send_multipart([ident, data], zmq.NOBLOCK)
+                    except zmq.ZMQError:
+                        pass  # the agent is gone; it resends and we acknowledge again
+        finally:
+            sock.close(0)
+
+    # -- periodic work ------------------------------------------------------------------------
+    def _housekeeping(self) -> None:
+        while not self._stop.wait(1.0):
+            try:
+                self._liveness()
+                self.reconciler.run_once()
+            except Exception:
+                log.exception("housekeeping failed; continuing")
+
+    def _liveness(self) -> None:
+        rows = self.reader().execute("SELECT node, last_seen, state FROM nodes").fetchall()
+        nodes = [liveness.NodeLife(r[0], r[1], r[2]) for r in rows]
+        new, events = liveness.tick(nodes, time.time(), self.cfg.aggregator.node_down_seconds)
+        if not events:
+            return
+
+        def apply(c):
+            for n in new:
+                c.execute("UPDATE nodes SET state = ? WHERE node = ?", (n.state, n.node))
+            for node, kind in events:
+                event(c, kind, node=node)
+
+        self.writer.submit(WorkItem(apply))
+        for node, kind in events:
+            log.warning("%s: %s", node, kind.replace("_", " "))
+
+    # -- hooks over HTTP ----------------------------------------------------------------------
+    def hook_job_start(self, body: dict[str, Any]) -> dict[str, Any]:
+        env = body.get("env") or {}
+        fields = jobfields.request_from_env(env)
+        text = body.get("scontrol")
+        if isinstance(text, str) and text.strip():
+            recs = scontrol.parse(text, "scontrol show job")
+            if recs:
+                fields = jobfields.merge(fields, jobfields.request_from_scontrol(recs[0]))
+        if fields.get("job_id") is None:
+            raise ValueError("no job id (SLURM_JOB_ID) in the hook's report")
+        fields.setdefault("start_time", None)
+        fields["start_time"] = fields["start_time"] or body.get("t")
+        snapshot = self.queue.get()
+        now = time.time()
+        uid = self.writer.call(lambda c: self.ingest.job_start(c, fields, snapshot, now))
+        return {"ok": True, "job_uid": uid, "verdict": None}
+
+    def hook_job_end(self, body: dict[str, Any]) -> dict[str, Any]:
+        env = body.get("env") or {}
+        fields = jobfields.request_from_env(env)
+        if fields.get("job_id") is None:
+            raise ValueError("no job id (SLURM_JOB_ID) in the hook's report")
+        fields["end_time"] = body.get("t")
+        now = time.time()
+        delay = self.cfg.aggregator.reconcile_delay_seconds
+        uid = self.writer.call(lambda c: self.ingest.job_end(c, fields, delay, now))
+        return {"ok": True, "job_uid": uid}
+
+    def _make_http(self) -> ThreadingHTTPServer:
+        host, _, port = self.cfg.aggregator.http_listen.rpartition(":")
+        server = ThreadingHTTPServer((host, int(port)), _handler(self))
+        server.daemon_threads = True
+        return server
+
+    # -- life cycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        sock = self._bind()  # bind first, so a port in use fails start-up, not a thread
+        self.http = self._make_http()
+        self.writer.start()
+        threading.Thread(target=self._zmq_loop, args=(sock,), name="zmq", daemon=True).start()
+        threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True).start()
+        threading.Thread(
+            target=self.http.serve_forever, args=(0.2,), name="http", daemon=True
+        ).start()
+        log.info("aggregator listening on %s (agents) and http://%s (hooks, API); store %s",
+                 self.cfg.aggregator.listen, self.cfg.aggregator.http_listen, self.cfg.database)  # fmt: skip
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.http is not None:
+            self.http.shutdown()
+        self.writer.stop()
+
+
+def _handler(agg: Aggregator) -> type[BaseHTTPRequestHandler]:
+    routes_post = {
+        "/api/v1/hooks/job-start": agg.hook_job_start,
+        "/api/v1/hooks/job-end": agg.hook_job_end,
+    }
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, fmt: str, *args: Any) -> None:
+            log.debug("http: " + fmt, *args)
+
+        def _reply(self, code: int, obj: Any) -> None:
+            data = json.dumps(obj).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            route = routes_post.get(self.path)
+            if route is None:
+                return self._reply(404, {"error": f"no such endpoint {self.path}"})
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(min(length, 1 << 20)) or b"{}")
+                if not isinstance(body, dict):
+                    raise ValueError("expected a JSON object")
+                self._reply(200, route(body))
+            except (ValueError, UnicodeDecodeError) as exc:
+                log.warning("hook report on %s rejected: %s", self.path, exc)
+                self._reply(400, {"error": str(exc)})
+            except Exception as exc:
+                log.exception("hook report on %s failed", self.path)
+                self._reply(500, {"error": type(exc).__name__})
+
+        def do_GET(self) -> None:  # noqa: N802
+            try:
+                if self.path == "/api/v1/status":
+                    return self._reply(200, query.status(agg.reader()))
+                if self.path.startswith("/api/v1/jobs/"):
+                    job = query.job(agg.reader(), int(self.path.rsplit("/", 1)[1]))
+                    return self._reply(200 if job else 404, job or {"error": "no such job"})
+                self._reply(404, {"error": f"no such endpoint {self.path}"})
+            except ValueError as exc:
+                self._reply(400, {"error": str(exc)})
+
+    return Handler

@@ -1,0 +1,186 @@
+"""The node agent: samples every running job, takes job start/end from the hooks' spool files,
+and streams envelopes to the aggregator through a durable outbox.
+
+One thread, one loop: a ZeroMQ DEALER socket, polled with a timeout that is the time to the next
+piece of due work.  ZeroMQ reconnects with backoff by itself; unacknowledged envelopes are sent
+again after `resend_seconds`, so delivery survives restarts of either side.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from nomade_common import wire
+from nomade_common.config import Config
+
+from .outbox import Outbox
+from .sampler import JobSampler
+
+log = logging.getLogger("nomade.agent")
+VERSION = "0.1.0"
+INBOX_POLL_SECONDS = 0.2
+WINDOW = 256  # envelopes in flight at once
+
+
+def read_spool_file(path: Path) -> dict[str, Any]:
+    """One hook report: JSON with 'event' (start|end) and an integer 'job_id'."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or data.get("event") not in ("start", "end"):
+        raise ValueError("expected a JSON object with event 'start' or 'end'")
+    if not isinstance(data.get("job_id"), int):
+        raise ValueError("expected an integer job_id")
+    return data
+
+
+class Agent:
+    def __init__(self, cfg: Config, node: str | None = None, ledger: str | None = None) -> None:
+        a = cfg.agent
+        self.cfg, self.node = cfg, node or a.node_name()
+        self.spool = Path(a.spool_dir) / self.node
+        self.inbox = self.spool / "inbox"
+        self.inbox.mkdir(parents=True, exist_ok=True, mode=0o755)
+        self.outbox = Outbox(str(self.spool / "outbox.db"), a.outbox_max_envelopes)
+        self.sampler = JobSampler(self.node, a.cgroup_root, a.proc_root)
+        self.ledger = open(ledger, "a", encoding="utf-8") if ledger else None  # noqa: SIM115
+        self.inflight: dict[int, float] = {}
+        self.sock: zmq.Socket | None = None
+        self._stop = False
+        self._followups: dict[int, float] = {}
+
+    # -- transport ----------------------------------------------------------------------------
+    def connect(self) -> None:
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        for opt, value in ((zmq.LINGER, 0), (zmq.IMMEDIATE, 1), (zmq.SNDHWM, 1000),
+                           (zmq.RECONNECT_IVL, 200), (zmq.RECONNECT_IVL_MAX, 5000)):  # fmt: skip
+            sock.setsockopt(opt, value)
+        sock.connect(self.cfg.agent.aggregator)
+        self.sock = sock
+
+    def _send(self, data: bytes) -> bool:
+        try:
+            self.sock.send(data, zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            return False
+
+    def pump(self, now: float) -> None:
+        """Send what the aggregator has not acknowledged: new envelopes and overdue ones."""
+        resend = self.cfg.agent.resend_seconds
+        for seq, mtype, payload in self.outbox.pending(limit=WINDOW):
+            sent = self.inflight.get(seq)
+            if sent is not None and now - sent < resend:
+                continue
+            if not self._send(wire.pack_stored(mtype, self.node, self.outbox.epoch, seq, payload)):
+                return  # not connected: try again on the next pump
+            self.inflight[seq] = now
+
+    def receive(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                env = wire.unpack(data)
+            except wire.WireError as exc:
+                log.warning("ignored a reply from %s: %s", self.cfg.agent.aggregator, exc)
+                continue
+            if env.type in (wire.ACK, wire.NACK) and env.epoch == self.outbox.epoch:
+                if env.type == wire.NACK:
+                    log.error(
+                        "aggregator rejected envelope %d: %s", env.seq, env.payload.get("reason")
+                    )
+                self.outbox.ack(env.seq)
+                self.inflight.pop(env.seq, None)
+
+    # -- work ---------------------------------------------------------------------------------
+    def enqueue(self, mtype: str, payload: Any) -> int:
+        return self.outbox.put(mtype, wire.pack_payload(payload))
+
+    def sample(self, only: list[int] | None = None) -> int:
+        rows = self.sampler.sample(only)
+        for problem in self.sampler.problems():
+            log.warning("%s", problem)
+        if not rows:
+            return 0
+        self.enqueue(wire.SAMPLES, {"rows": [[r[f] for f in wire.SAMPLE_FIELDS] for r in rows]})
+        if self.ledger is not None:
+            self.ledger.writelines(f"{r['job_id']} {r['t']!r}\n" for r in rows)
+            self.ledger.flush()
+        return len(rows)
+
+    def heartbeat(self, now: float) -> None:
+        payload = {"t": now, "jobs": sorted(self.sampler.running_jobs()),
+                   "outbox_depth": self.outbox.depth(), "dropped": self.outbox.dropped()}  # fmt: skip
+        self._send(wire.Envelope(wire.HEARTBEAT, self.node, self.outbox.epoch, 0, payload).pack())
+
+    def hello(self) -> None:
+        payload = {"host": socket.gethostname(), "agent_version": VERSION,
+                   "interval_seconds": self.cfg.agent.interval_seconds, "started": time.time()}  # fmt: skip
+        self._send(wire.Envelope(wire.HELLO, self.node, self.outbox.epoch, 0, payload).pack())
+
+    def read_inbox(self, now: float) -> None:
+        for path in sorted(self.inbox.glob("*.json")):
+            try:
+                report = read_spool_file(path)
+            except (OSError, ValueError) as exc:
+                log.warning(
+                    "hook report %s unreadable (%s); moved to %s", path, exc, self.inbox / "bad"
+                )
+                (self.inbox / "bad").mkdir(exist_ok=True)
+                os.replace(path, self.inbox / "bad" / path.name)
+                continue
+            self.enqueue(wire.JOB_EVENT, report)
+            if report["event"] == "start":  # short jobs must not be missed
+                self.sample([report["job_id"]])
+                self._followups[report["job_id"]] = now + 1.0
+            path.unlink(missing_ok=True)
+
+    def run(self) -> None:
+        self.connect()
+        self.hello()
+        interval, beat = self.cfg.agent.interval_seconds, self.cfg.agent.heartbeat_seconds
+        now = time.monotonic()
+        next_sample, next_beat, next_inbox = now, now, now
+        log.info("agent %s: sampling every %.1f s, sending to %s, spool %s",
+                 self.node, interval, self.cfg.agent.aggregator, self.spool)  # fmt: skip
+        while not self._stop:
+            now = time.monotonic()
+            if now >= next_inbox:
+                self.read_inbox(now)
+                next_inbox = now + INBOX_POLL_SECONDS
+            due = [j for j, t in self._followups.items() if t <= now]
+            if due:
+                self.sample(due)
+                for j in due:
+                    del self._followups[j]
+            if now >= next_sample:
+                self.sample()
+                next_sample += interval
+                if next_sample < now:  # we fell behind (suspended host): do not burst
+                    next_sample = now + interval
+            if now >= next_beat:
+                self.heartbeat(time.time())
+                next_beat = now + beat
+            self.pump(now)
+            wait = min(next_inbox, next_sample, next_beat) - time.monotonic()
+            if self.sock.poll(max(1, int(wait * 1000)), zmq.POLLIN):
+                self.receive()
+
+    def stop(self) -> None:
+        self._stop = True
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close(0)
+        self.outbox.close()
+        if self.ledger is not None:
+            self.ledger.close()
