@@ -1,0 +1,222 @@
+"""NØMADE's Slurm hooks: one standard-library file, run by the shell wrappers beside it as
+`timeout -s KILL 1 /usr/bin/python3 -I nomade_hook.py KIND` (KIND: prolog, epilog, taskprolog,
+prologslurmctld, epilogslurmctld).
+
+The rules every hook keeps: it exits 0 whatever happens, it gives up well within its hard time
+limit, and it never does the agent's or the aggregator's work itself.
+- prolog / epilog (root, every node): drop a report into the local agent's spool inbox (written
+  to a hidden file, then renamed into place) and return.  No network.
+- prologslurmctld / epilogslurmctld (SlurmUser, head node): tell the aggregator that the job
+  starts or ends, with `scontrol show job -o` for what the environment lacks.  After
+  `breaker_failures` failures in a row the aggregator is skipped for `breaker_seconds`.
+- taskprolog (the job's user): may print a notice into the job's output (off by default).
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+STARTED = time.monotonic()
+DEFAULTS = {
+    "timeout_seconds": 1.0,
+    "aggregator_url": "http://127.0.0.1:27011",
+    "spool_dir": "/var/spool/nomade",
+    "state_dir": "/var/spool/nomade/hooks",
+    "task_notice": False,
+    "breaker_failures": 3,
+    "breaker_seconds": 60.0,
+    "scontrol": "scontrol",
+}
+
+
+def load_conf():
+    conf = dict(DEFAULTS)
+    try:
+        with open(os.path.join(HERE, "hooks.json"), encoding="utf-8") as f:
+            conf.update(json.load(f))
+    except (OSError, ValueError):
+        pass  # defaults are safe; the failure shows in `nomadectl syscheck`
+    return conf
+
+
+def remaining(conf, reserve=0.1):
+    """Seconds left before this hook must have returned (keeping RESERVE for the wrapper)."""
+    return conf["timeout_seconds"] - reserve - (time.monotonic() - STARTED)
+
+
+def write_atomically(path, data, mode=0o644):
+    tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def note_failure(conf, kind, error):
+    """Append one line to the hooks' log in the state directory (capped at 1 MB)."""
+    try:
+        os.makedirs(conf["state_dir"], exist_ok=True)
+        log = os.path.join(conf["state_dir"], f"hooks-{kind}.log")
+        if os.path.exists(log) and os.path.getsize(log) > 1 << 20:
+            os.replace(log, log + ".1")
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(
+                "{} {} job={} {}\n".format(
+                    time.strftime("%Y-%m-%dT%H:%M:%S"), kind, os.environ.get("SLURM_JOB_ID"), error
+                )
+            )
+    except OSError:
+        pass
+
+
+# -- node hooks: hand the job to the local agent ------------------------------------------------
+def node_report(conf, event):
+    job = int(os.environ["SLURM_JOB_ID"])
+    node = os.environ.get("SLURMD_NODENAME") or socket.gethostname().split(".")[0]
+    inbox = os.path.join(conf["spool_dir"], node, "inbox")
+    os.makedirs(inbox, exist_ok=True)
+    report = {
+        "event": event,
+        "job_id": job,
+        "node": node,
+        "t": time.time(),
+        "uid": os.environ.get("SLURM_JOB_UID"),
+        "user": os.environ.get("SLURM_JOB_USER"),
+    }
+    name = "%d-%d-%s.json" % (time.time_ns(), job, event)
+    write_atomically(os.path.join(inbox, name), json.dumps(report))
+
+
+# -- head-node hooks: tell the aggregator, behind a circuit breaker ------------------------------
+def breaker_path(conf):
+    return os.path.join(conf["state_dir"], "breaker.json")
+
+
+def breaker_read(conf):
+    try:
+        with open(breaker_path(conf), encoding="utf-8") as f:
+            state = json.load(f)
+        return state if isinstance(state, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def breaker_write(conf, state):
+    try:
+        os.makedirs(conf["state_dir"], exist_ok=True)
+        write_atomically(breaker_path(conf), json.dumps(state))
+    except OSError:
+        pass
+
+
+def slurm_env():
+    return {k: v for k, v in os.environ.items() if k.startswith(("SLURM", "SLURMD_"))}
+
+
+def scontrol_job(conf, job):
+    budget = remaining(conf, reserve=0.5)
+    if budget <= 0:
+        return None
+    try:
+        out = subprocess.run(
+            [conf["scontrol"], "show", "job", "-o", str(job)],
+            capture_output=True,
+            text=True,
+            timeout=budget,
+        )
+        return out.stdout if out.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def post(conf, path, body):
+    budget = remaining(conf)
+    if budget <= 0.05:
+        raise TimeoutError("no time left to reach the aggregator")
+    req = urllib.request.Request(
+        conf["aggregator_url"].rstrip("/") + path,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=budget) as resp:
+        answer = json.loads(resp.read(1 << 20))
+    if not isinstance(answer, dict) or not answer.get("ok"):
+        raise ValueError("unexpected answer from the aggregator")
+    return answer
+
+
+def controller_report(conf, event):
+    state = breaker_read(conf)
+    now = time.time()
+    if state.get("open_until", 0) > now:
+        state["skipped_total"] = state.get("skipped_total", 0) + 1
+        breaker_write(conf, state)
+        return
+    body = {"env": slurm_env(), "t": now}
+    if event == "start":
+        body["scontrol"] = scontrol_job(conf, os.environ.get("SLURM_JOB_ID", ""))
+    try:
+        post(conf, "/api/v1/hooks/job-" + event, body)
+    except Exception as exc:  # any failure of the aggregator counts the same
+        state["failures_in_row"] = state.get("failures_in_row", 0) + 1
+        state["failures_total"] = state.get("failures_total", 0) + 1
+        state["last_error"] = f"{type(exc).__name__}: {exc}"
+        if state["failures_in_row"] >= conf["breaker_failures"]:
+            state["open_until"] = now + conf["breaker_seconds"]
+            state["failures_in_row"] = 0
+        breaker_write(conf, state)
+        note_failure(
+            conf, "prologslurmctld" if event == "start" else "epilogslurmctld", state["last_error"]
+        )
+        return
+    if state.get("failures_in_row") or state.get("open_until"):
+        state.update(failures_in_row=0, open_until=0)
+        breaker_write(conf, state)
+
+
+# -- task prolog: a line in the job's own output -------------------------------------------------
+def task_prolog(conf):
+    if not conf["task_notice"] or os.environ.get("SLURM_PROCID", "0") != "0":
+        return
+    # Once per job: in the batch step, or in step 0 of an interactive job (srun --pty).
+    step = os.environ.get("SLURM_STEP_ID") or os.environ.get("SLURM_STEPID") or ""
+    interactive_first = step == "0" and "SLURM_PTY_PORT" in os.environ
+    if step not in ("batch", "4294967294") and not interactive_first:
+        return
+    sys.stdout.write(
+        "print NØMADE: job {} is monitored by NØMADE (nomadectl job {})\n".format(
+            os.environ.get("SLURM_JOB_ID", "?"), os.environ.get("SLURM_JOB_ID", "?")
+        )
+    )
+    sys.stdout.flush()
+
+
+def main(argv):
+    kind = argv[1] if len(argv) > 1 else ""
+    conf = load_conf()
+    try:
+        if kind == "prolog":
+            node_report(conf, "start")
+        elif kind == "epilog":
+            node_report(conf, "end")
+        elif kind == "prologslurmctld":
+            controller_report(conf, "start")
+        elif kind == "epilogslurmctld":
+            controller_report(conf, "end")
+        elif kind == "taskprolog":
+            task_prolog(conf)
+        else:
+            note_failure(conf, "unknown", f"unknown hook kind {kind!r}")
+    except Exception as exc:  # a hook never fails a job
+        note_failure(conf, kind or "unknown", f"{type(exc).__name__}: {exc}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
