@@ -88,7 +88,7 @@ def node_report(conf, event):
         "uid": os.environ.get("SLURM_JOB_UID"),
         "user": os.environ.get("SLURM_JOB_USER"),
     }
-    name = "%d-%d-%s.json" % (time.time_ns(), job, event)
+    name = f"{time.time_ns()}-{job}-{event}.json"
     write_atomically(os.path.join(inbox, name), json.dumps(report))
 
 
