@@ -98,20 +98,18 @@ def final_from_sacct(
     Requeued jobs and reused ids give several job lines: the one whose Submit matches is taken
     (the newest when the submit time is unknown).  Returns None while the job has not finished.
     """
-    jobs = [r for r in rows if not r["step"]]
-    if not jobs:
+    groups: list[tuple[dict[str, str], list[dict[str, str]]]] = []
+    for row in rows:  # sacct -D prints each run of a job followed by its own steps
+        if not row["step"]:
+            groups.append((row, []))
+        elif groups:
+            groups[-1][1].append(row)
+    if not groups:
         return None
     if submit_time is not None:
-        matching = [r for r in jobs if _safe(sv.timestamp, r.get("Submit")) == submit_time]
-        jobs = matching or jobs
-    job = jobs[-1]
-    steps = [
-        r
-        for r in rows
-        if r["step"]
-        and (r.get("JobIDRaw") or r.get("JobID", "")).split(".")[0]
-        == (job.get("JobIDRaw") or job.get("JobID"))
-    ]
+        matching = [g for g in groups if _safe(sv.timestamp, g[0].get("Submit")) == submit_time]
+        groups = matching or groups
+    job, steps = groups[-1]
     outcome, by = classify(
         job.get("State", ""), [s.get("State", "") for s in steps], job.get("ExitCode")
     )

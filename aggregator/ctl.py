@@ -1,0 +1,177 @@
+"""`nomadectl`: the administrator's command line.  Each command is a thin shell over a module."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from nomade_common import config as cfgmod
+from nomade_common.errors import ConfigError
+
+from . import daemons, hooksetup, query, render, store, syscheck
+
+
+def _cfg(ctx: click.Context) -> cfgmod.Config:
+    try:
+        return cfgmod.load(ctx.obj["config"])
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _reader(cfg: cfgmod.Config) -> sqlite3.Connection:
+    if not Path(cfg.database).exists():
+        raise click.ClickException(f"{cfg.database}: no database yet (run nomadectl init)")
+    try:
+        return store.connect(cfg.database, readonly=True)
+    except sqlite3.Error as exc:
+        raise click.ClickException(f"{cfg.database}: cannot open ({exc})") from None
+
+
+def _emit(obj, as_json: bool, human) -> None:
+    click.echo(json.dumps(obj, indent=1, sort_keys=True, default=str) if as_json else human(obj))
+
+
+def _since(text: str | None) -> float | None:
+    """'2h', '3d', '30m' or an ISO date."""
+    if not text:
+        return None
+    units = {"m": 60, "h": 3600, "d": 86400}
+    if text[-1] in units and text[:-1].isdigit():
+        return time.time() - int(text[:-1]) * units[text[-1]]
+    try:
+        from datetime import datetime
+
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise click.BadParameter(
+            f"expected 30m, 2h, 3d or a date like 2026-11-24, got {text!r}"
+        ) from None
+
+
+@click.group()
+@click.option(
+    "--config",
+    default=None,
+    help="nomade.toml (default: $NOMADE_CONFIG or /etc/nomade/nomade.toml)",
+)
+@click.pass_context
+def main(ctx: click.Context, config: str | None) -> None:
+    """NØMADE: monitoring and job-outcome prediction for Slurm clusters."""
+    ctx.obj = {"config": config}
+
+
+@main.command()
+@click.pass_context
+def init(ctx: click.Context) -> None:
+    """Create the data directory and the database (applies pending migrations)."""
+    cfg = _cfg(ctx)
+    conn = store.open_store(cfg.database)
+    click.echo(f"database {cfg.database}: schema version {store.schema_version(conn)}")
+    conn.close()
+
+
+@main.command()
+@click.option("--nodes", default=None, help="agents to start, by Slurm node name (comma-separated)")
+@click.option("--only", type=click.Choice(["all", "aggregator", "agents"]), default="all")
+@click.pass_context
+def start(ctx: click.Context, nodes: str | None, only: str) -> None:
+    """Start the aggregator and agents in the background (where there is no systemd)."""
+    cfg = _cfg(ctx)
+    names = nodes.split(",") if nodes else [cfg.agent.node_name()]
+    try:
+        started = daemons.start(cfg, names, only)
+    except (RuntimeError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo("\n".join(f"started {s}" for s in started) or "already running")
+
+
+@main.command()
+@click.option("--only", type=click.Choice(["all", "aggregator", "agents"]), default="all")
+@click.pass_context
+def stop(ctx: click.Context, only: str) -> None:
+    """Stop what `nomadectl start` started."""
+    stopped = daemons.stop(_cfg(ctx), only)
+    click.echo("\n".join(f"stopped {s}" for s in stopped) or "nothing was running")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Nodes and their last heartbeat, running jobs, ingest rate."""
+    _emit(query.status(_reader(_cfg(ctx))), as_json, render.status)
+
+
+@main.command()
+@click.option("--user", default=None)
+@click.option("--state", default=None, help="outcome or Slurm state, e.g. FAILED, OUT_OF_MEMORY")
+@click.option("--since", default=None, help="30m, 2h, 3d or a date")
+@click.option("--limit", default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def jobs(ctx, user, state, since, limit, as_json) -> None:
+    """Recent jobs, newest first."""
+    rows = query.jobs(_reader(_cfg(ctx)), user, state, _since(since), limit)
+    _emit(rows, as_json, render.jobs)
+
+
+@main.command()
+@click.argument("job_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def job(ctx: click.Context, job_id: int, as_json: bool) -> None:
+    """One job: request, outcome, per-node CPU, memory and I/O, and a compact time series."""
+    found = query.job(_reader(_cfg(ctx)), job_id)
+    if found is None:
+        raise click.ClickException(f"job {job_id} is not in the database")
+    _emit(found, as_json, render.job)
+
+
+@main.command("syscheck")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def syscheck_cmd(ctx: click.Context, as_json: bool) -> None:
+    """What this host has for NØMADE, with the reason when something is missing."""
+    checks = syscheck.run(_cfg(ctx))
+    _emit([c.__dict__ for c in checks], as_json, lambda _: render.syscheck(checks))
+    if any(c.status == "fail" for c in checks):
+        sys.exit(1)
+
+
+@main.command("install-hooks")
+@click.option("--prefix", default=None, help="where to install (default: hooks.prefix)")
+@click.option(
+    "--include",
+    default=None,
+    help="also write the slurm.conf lines to this file (an Include of slurm.conf)",
+)
+@click.option(
+    "--slurm-user",
+    default="slurm",
+    show_default=True,
+    help="SlurmUser, owner of the hooks' state directory",
+)
+@click.pass_context
+def install_hooks(ctx, prefix, include, slurm_user) -> None:
+    """Install the Slurm hooks and print the slurm.conf lines that enable them."""
+    try:
+        lines = hooksetup.install(_cfg(ctx), prefix, include, slurm_user)
+    except OSError as exc:
+        raise click.ClickException(f"cannot install hooks: {exc}") from None
+    click.echo("\n".join(lines))
+    if include:
+        click.echo(f"# written to {include}; apply with: scontrol reconfigure", err=True)
+
+
+@main.command("uninstall-hooks")
+@click.option("--prefix", default=None)
+@click.pass_context
+def uninstall_hooks(ctx, prefix) -> None:
+    """Remove the hooks that install-hooks wrote (and restore its Include file)."""
+    removed = hooksetup.uninstall(_cfg(ctx), prefix)
+    click.echo("\n".join(f"removed {r}" for r in removed) or "no NØMADE hooks installed there")

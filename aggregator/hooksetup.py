@@ -1,0 +1,121 @@
+"""Installing NØMADE's Slurm hooks: copy them to a world-readable prefix, write their settings,
+print (or write) the slurm.conf lines.  Uninstalling removes exactly what was installed, listed
+in a manifest, and leaves no trace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+from pathlib import Path
+
+import hooks as hooks_pkg
+from nomade_common.config import Config
+
+WRAPPERS = {
+    "Prolog": "prolog",
+    "Epilog": "epilog",
+    "TaskProlog": "taskprolog",
+    "PrologSlurmctld": "prologslurmctld",
+    "EpilogSlurmctld": "epilogslurmctld",
+}
+FILES = [*WRAPPERS.values(), "nomade_hook.py"]
+MANIFEST = ".nomade-manifest.json"
+
+
+def slurm_conf_lines(prefix: str) -> list[str]:
+    lines = [f"{key}={prefix}/{name}" for key, name in WRAPPERS.items()]
+    # Alloc: the Prolog runs at allocation, so the agent samples from the very start;
+    # Contain: the extern step's cgroup holds processes that reach the node outside srun.
+    # PrologFlags is a single slurm.conf key that sites often set already, so it is asked for
+    # rather than written.
+    return ["# NØMADE hooks (nomadectl install-hooks); also needs PrologFlags=Alloc,Contain", *lines]
+
+
+def hook_settings(cfg: Config) -> dict:
+    h = cfg.hooks
+    return {
+        "timeout_seconds": h.timeout_seconds,
+        "aggregator_url": h.aggregator_url,
+        "spool_dir": cfg.agent.spool_dir,
+        "state_dir": h.state_dir,
+        "task_notice": h.task_notice,
+        "breaker_failures": h.breaker_failures,
+        "breaker_seconds": h.breaker_seconds,
+    }
+
+
+def install(cfg: Config, prefix: str | None = None, include: str | None = None,
+            slurm_user: str = "slurm") -> list[str]:  # fmt: skip
+    """Install the hooks; return the slurm.conf lines (also written to INCLUDE if given)."""
+    dest = Path(prefix or cfg.hooks.prefix)
+    created_dirs = [str(p) for p in [dest, *dest.parents] if not p.exists()][::-1]
+    dest.mkdir(parents=True, exist_ok=True, mode=0o755)
+    source = Path(hooks_pkg.__file__).parent
+    limit = f"{cfg.hooks.timeout_seconds:g}"
+    for name in FILES:
+        text = (source / name).read_text(encoding="utf-8")
+        if name != "nomade_hook.py":
+            text = text.replace("timeout -s KILL 1 ", f"timeout -s KILL {limit} ")
+        (dest / name).write_text(text, encoding="utf-8")
+        os.chmod(dest / name, 0o755)
+    (dest / "hooks.json").write_text(
+        json.dumps(hook_settings(cfg), indent=1) + "\n", encoding="utf-8"
+    )
+    os.chmod(dest / "hooks.json", 0o644)
+    state = Path(cfg.hooks.state_dir)
+    state_created = not state.exists()
+    state.mkdir(parents=True, exist_ok=True)
+    try:
+        pw = pwd.getpwnam(slurm_user)
+        os.chown(state, pw.pw_uid, pw.pw_gid)
+    except (KeyError, PermissionError):
+        pass  # no such user here: the head-node hooks then log nothing, and still exit 0
+    lines = slurm_conf_lines(str(dest))
+    include_before = None
+    if include:
+        try:
+            include_before = Path(include).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            include_before = None
+        Path(include).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    manifest = {"files": [*FILES, "hooks.json"], "created_dirs": created_dirs,
+                "state_dir": str(state) if state_created else None, "include": include,
+                "include_before": include_before}  # fmt: skip
+    (dest / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
+    return lines
+
+
+def uninstall(cfg: Config, prefix: str | None = None) -> list[str]:
+    """Remove what install() wrote; return what was removed."""
+    dest = Path(prefix or cfg.hooks.prefix)
+    try:
+        manifest = json.loads((dest / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    removed = []
+    for name in [*manifest["files"], MANIFEST]:
+        path = dest / name
+        if path.exists():
+            path.unlink()
+            removed.append(str(path))
+    include = manifest.get("include")
+    if include:
+        before = manifest.get("include_before")
+        if before is None:
+            Path(include).unlink(missing_ok=True)
+        else:
+            Path(include).write_text(before, encoding="utf-8")
+        removed.append(f"{include} (restored)")
+    if manifest.get("state_dir"):
+        shutil.rmtree(manifest["state_dir"], ignore_errors=True)
+        removed.append(manifest["state_dir"])
+    for d in reversed(manifest.get("created_dirs") or []):
+        try:
+            os.rmdir(d)
+            removed.append(d)
+        except OSError:
+            break  # not empty: something else lives there now
+    return removed

@@ -1,0 +1,120 @@
+"""Human-readable views for `nomadectl`; `--json` prints the underlying dicts instead."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .syscheck import Check
+
+MARK = {"ok": "OK", "skip": "○ ", "fail": "!!"}
+
+
+def size(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def when(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
+
+
+def seconds(s: float | None) -> str:
+    if s is None:
+        return "-"
+    s = int(s)
+    return (
+        f"{s // 86400}-{s % 86400 // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+        if s >= 86400
+        else f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+    )
+
+
+def status(st: dict[str, Any]) -> str:
+    out = ["═══ NØMADE Status ═══", "", "Nodes:"]
+    for n in st["nodes"] or [{"node": "(no agent has reported yet)"}]:
+        if "state" not in n:
+            out.append(f"  {n['node']}")
+            continue
+        out.append(f"  {n['node']:<14} {n['state'].upper():<5} last heard {n['seconds_since_seen']:>6.1f} s ago"
+                   f"  jobs: {n['running_jobs'] if n['running_jobs'] is not None else '-'}"
+                   f"  outbox: {n['outbox_depth'] if n['outbox_depth'] is not None else '-'}")  # fmt: skip
+    out += ["", f"Running jobs: {len(st['running_jobs'])}"]
+    for j in st["running_jobs"][:20]:
+        out.append(
+            f"  {j['job_id']:<8} {j['user'] or '-':<10} {j['partition'] or '-':<8} {j['node_list'] or '-'}"
+        )
+    ing = st["ingest"]
+    out += ["", "Ingest:", f"  {ing['samples_per_second']} samples/s over the last minute"
+            f" ({ing['envelopes_last_minute']} envelopes)", f"  jobs stored: {st['jobs_total']}"
+            f", unreconciled: {st['unreconciled_jobs']}"]  # fmt: skip
+    rejected = st["counters"].get("messages_rejected")
+    if rejected:
+        out.append(f"  rejected messages: {rejected}")
+    return "\n".join(out)
+
+
+def jobs(rows: list[dict[str, Any]]) -> str:
+    out = [
+        f"{'JOBID':<9}{'USER':<10}{'PARTITION':<11}{'OUTCOME':<15}{'EXIT':<6}{'ELAPSED':<12}SUBMITTED"
+    ]
+    for j in rows:
+        outcome = j["outcome"] or (
+            "RUNNING" if j["start_time"] and not j["end_time"] else j["state"] or "-"
+        )
+        out.append(f"{j['job_id']:<9}{j['user'] or '-':<10}{j['partition'] or '-':<11}{outcome:<15}"
+                   f"{'-' if j['exit_code'] is None else j['exit_code']:<6}{seconds(j['elapsed_seconds']):<12}"
+                   f"{when(j['submit_time'])}")  # fmt: skip
+    return "\n".join(out)
+
+
+def job(j: dict[str, Any]) -> str:
+    mem = (
+        j["mem_per_node_bytes"]
+        and f"{size(j['mem_per_node_bytes'])}/node"
+        or (j["mem_per_cpu_bytes"] and f"{size(j['mem_per_cpu_bytes'])}/CPU")
+        or "-"
+    )
+    out = [
+        f"Job {j['job_id']}  {j['job_name'] or ''}",
+        f"  user {j['user'] or '-'}  account {j['account'] or '-'}  partition {j['partition'] or '-'}",
+        f"  request: {j['nodes_requested'] or '-'} node(s), {j['cpus'] or '-'} CPUs, memory {mem},"
+        f" GPUs {j['gpus'] if j['gpus'] is not None else '-'}, time limit {seconds(j['time_limit_seconds'])}",
+        f"  submitted {when(j['submit_time'])}  started {when(j['start_time'])}  ended {when(j['end_time'])}",
+        f"  outcome {j['outcome'] or '(not finished or not reconciled)'}"
+        + (f" by {j['cancelled_by']}" if j["cancelled_by"] else "")
+        + f"  exit {j['exit_code'] if j['exit_code'] is not None else '-'}"
+        + (f" signal {j['signal']}" if j["signal"] else "")
+        + f"  elapsed {seconds(j['elapsed_seconds'])}  sacct: {j['reconcile']}",
+        f"  memory peak {size(j['mem_peak_bytes'])} (cgroup samples and sacct MaxRSS)",
+        "",
+        f"  {'NODE':<10}{'SAMPLES':>8}{'CPU s':>10}{'MEM PEAK':>12}{'READ':>12}{'WRITTEN':>12}",
+    ]
+    for n in j["nodes"]:
+        cpu = "-" if n["cpu_seconds"] is None else f"{n['cpu_seconds']:.1f}"
+        out.append(f"  {n['node']:<10}{n['samples']:>8}{cpu:>10}{size(n['mem_peak_bytes']):>12}"
+                   f"{size(n['read_bytes']):>12}{size(n['write_bytes']):>12}")  # fmt: skip
+    if j["series"]:
+        out += ["", f"  {'TIME':<10}{'NODE':<10}{'CPU s':>9}{'MEMORY':>12}{'WRITTEN':>12}"]
+        for p in j["series"]:
+            cpu = "-" if p["cpu_seconds"] is None else f"{p['cpu_seconds']:.1f}"
+            out.append(f"  {time.strftime('%H:%M:%S', time.localtime(p['t'])):<10}{p['node']:<10}{cpu:>9}"
+                       f"{size(p['mem_bytes']):>12}{size(p['write_bytes']):>12}")  # fmt: skip
+    return "\n".join(out)
+
+
+def syscheck(checks: list[Check]) -> str:
+    out, section = ["NØMADE System Check", "═" * 40], None
+    for c in checks:
+        if c.section != section:
+            out.append(f"{c.section}:")
+            section = c.section
+        out.append(f"  {MARK[c.status]} {c.name}: {c.detail}")
+    failed = sum(c.status == "fail" for c in checks)
+    out += ["─" * 40, "OK All checks passed!" if not failed else f"!! {failed} check(s) failed"]
+    return "\n".join(out)

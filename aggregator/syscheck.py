@@ -1,0 +1,117 @@
+"""`nomadectl syscheck`: what this host has for NØMADE, each item OK, missing (with the reason
+and what it costs) or failed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from nomade_common.config import Config
+
+from .store import SCHEMA_VERSION, schema_version
+
+
+@dataclass
+class Check:
+    section: str
+    name: str
+    status: str  # ok | skip | fail
+    detail: str
+
+
+def _tool(section: str, name: str, missing: str) -> Check:
+    path = shutil.which(name)
+    return Check(section, name, "ok" if path else "skip", path or f"not found ({missing})")
+
+
+def _slurm_config() -> dict[str, str]:
+    try:
+        out = subprocess.run(
+            ["scontrol", "show", "config"], capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    conf = {}
+    for line in out.stdout.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            conf[key.strip()] = value.strip()
+    return conf
+
+
+def _cgroup(root: str) -> Check:
+    if Path(root, "cgroup.controllers").exists():
+        return Check("System", "cgroup", "ok", f"v2 at {root}")
+    if Path(root, "memory").is_dir():
+        return Check("System", "cgroup", "ok", f"v1 at {root} (memory, cpuacct)")
+    return Check(
+        "System", "cgroup", "fail", f"no cgroup hierarchy under {root}: no per-job CPU or memory"
+    )
+
+
+def _database(path: str) -> list[Check]:
+    if not Path(path).exists():
+        return [
+            Check("Database", "database", "fail", f"{path} does not exist (run nomadectl init)")
+        ]
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        version = schema_version(conn)
+        conn.close()
+    except sqlite3.Error as exc:
+        return [Check("Database", "database", "fail", f"{path}: {exc}")]
+    state = "ok" if version == SCHEMA_VERSION else "fail"
+    return [Check("Database", "database", "ok", path),
+            Check("Database", "schema version", state, f"{version} (this NØMADE expects {SCHEMA_VERSION})")]  # fmt: skip
+
+
+def run(cfg: Config) -> list[Check]:
+    checks = [Check("Python", "version", "ok" if sys.version_info >= (3, 11) else "fail",
+                    sys.version.split()[0] + " (requires >= 3.11)")]  # fmt: skip
+    for mod in ("zmq", "msgpack", "click"):
+        try:
+            __import__(mod)
+            checks.append(Check("Python", mod, "ok", "importable"))
+        except ImportError:
+            checks.append(Check("Python", mod, "fail", "missing: pip install nomade"))
+    for cmd in ("sinfo", "squeue", "sacct", "sstat", "scontrol"):
+        checks.append(_tool("Slurm", cmd, "no Slurm commands on this host"))
+    conf = _slurm_config()
+    if conf:
+        storage = conf.get("AccountingStorageType", "")
+        checks.append(Check("Slurm", "slurmdbd", "ok" if "slurmdbd" in storage else "skip",
+                            storage or "not set (sacct has no history: no reconciliation)"))  # fmt: skip
+        gather = conf.get("JobAcctGatherType", "")
+        checks.append(Check("Slurm", "JobAcctGather", "ok" if gather and "none" not in gather else "skip",
+                            gather or "not set (MaxRSS and TotalCPU missing from sacct)"))  # fmt: skip
+        for key in ("Prolog", "PrologSlurmctld", "Epilog", "EpilogSlurmctld", "TaskProlog"):
+            value = conf.get(key, "(null)")
+            ok = (
+                value not in ("(null)", "")
+                and "nomade" in value.lower()
+                or Path(value, "..").exists()
+                and value.startswith(cfg.hooks.prefix)
+            )
+            checks.append(
+                Check(
+                    "Slurm hooks",
+                    key,
+                    "ok" if ok else "skip",
+                    value if value != "(null)" else "not set (nomadectl install-hooks)",
+                )
+            )
+    for tool, why in (("iostat", "no device I/O"), ("mpstat", "no per-core CPU"), ("vmstat", "no memory pressure"),
+                      ("nvidia-smi", "no GPU monitoring"), ("nfsiostat", "no NFS monitoring")):  # fmt: skip
+        checks.append(_tool("System tools", tool, why))
+    checks.append(_cgroup(cfg.agent.cgroup_root))
+    io_ok = os.access(f"{cfg.agent.proc_root}/1/io", os.R_OK)
+    checks.append(Check("System", "/proc/<pid>/io", "ok" if io_ok else "skip",
+                        "readable" if io_ok else "not readable (run the agent as root): no per-job I/O bytes"))  # fmt: skip
+    checks += _database(cfg.database)
+    checks.append(Check("Config", "config", "ok", cfg.path))
+    return checks

@@ -1,0 +1,39 @@
+"""Shared test helpers: where the shared real-world fixtures are, and the dev cluster probe."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("NOMADE_SHARED_FIXTURES") or ROOT.parent / "shared" / "fixtures")
+FIXTURES = ROOT / "tests" / "fixtures"
+
+
+def shared(*parts: str) -> Path:
+    """A path in ../shared/fixtures; the test is skipped where that folder is absent."""
+    if not SHARED.is_dir():
+        pytest.skip(f"shared fixtures not present at {SHARED}")
+    return SHARED.joinpath(*parts)
+
+
+def cluster_up() -> bool:
+    if not shutil.which("sinfo"):
+        return False
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%N %t"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0 and "node1" in out.stdout
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """The dev cluster of slurm-conf/cluster-up.sh; tests that need it skip where it is down."""
+    if not cluster_up():
+        pytest.skip("the dev Slurm cluster is not running (slurm-conf/cluster-up.sh)")
+    return True

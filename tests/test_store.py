@@ -1,0 +1,87 @@
+import sqlite3
+
+import pytest
+
+from aggregator import store
+from aggregator.ingest import Ingest, Rejected
+from nomade_common import wire
+
+WIDTH = len(wire.SAMPLE_FIELDS)
+
+
+def row(job, t, mem=None):
+    r = [None] * WIDTH
+    r[0], r[1] = job, t
+    r[wire.SAMPLE_FIELDS.index("mem_peak_bytes")] = mem
+    return r
+
+
+@pytest.fixture
+def db(tmp_path):
+    w = store.Writer(str(tmp_path / "n.db"))
+    w.start()
+    yield w
+    w.stop()
+
+
+def test_migrations_are_recorded_and_applied_once(tmp_path):
+    path = str(tmp_path / "m.db")
+    conn = store.open_store(path)
+    assert store.schema_version(conn) == store.SCHEMA_VERSION
+    assert store.migrate(conn) == []
+    conn.close()
+
+
+def test_an_envelope_is_stored_once_however_often_it_arrives(db):
+    ing = Ingest("c")
+    env = wire.Envelope(wire.SAMPLES, "node1", 7, 1, {"rows": [row(11, 1.0), row(11, 2.0)]})
+    results = [db.call(lambda c: ing.apply_envelope(c, env)) for _ in range(3)]
+    assert results == ["stored", "duplicate", "duplicate"]
+    n = db.call(lambda c: c.execute("SELECT count(*) FROM samples").fetchone()[0])
+    assert n == 2
+
+
+def test_the_same_seq_from_a_new_outbox_epoch_is_new_data(db):
+    ing = Ingest("c")
+    a = wire.Envelope(wire.SAMPLES, "node1", 1, 1, {"rows": [row(11, 1.0)]})
+    b = wire.Envelope(wire.SAMPLES, "node1", 2, 1, {"rows": [row(11, 2.0)]})
+    assert [db.call(lambda c, e=e: ing.apply_envelope(c, e)) for e in (a, b)] == ["stored", "stored"]
+
+
+def test_a_bad_row_rejects_its_envelope_and_keeps_everything_stored_before(db):
+    ing = Ingest("c")
+    good = wire.Envelope(wire.SAMPLES, "n", 1, 1, {"rows": [row(5, 1.0)]})
+    bad = wire.Envelope(wire.SAMPLES, "n", 1, 2, {"rows": [row(5, 2.0), ["x"]]})
+    db.call(lambda c: ing.apply_envelope(c, good))
+    with pytest.raises(Rejected, match="sample row 1"):
+        db.call(lambda c: ing.apply_envelope(c, bad))
+    counts = db.call(lambda c: (c.execute("SELECT count(*) FROM samples").fetchone()[0],
+                                c.execute("SELECT count(*) FROM received").fetchone()[0]))  # fmt: skip
+    assert counts == (1, 1)  # the bad envelope left nothing behind, not even its key
+
+
+def test_samples_before_the_hook_report_join_the_same_job_row(db):
+    ing = Ingest("c")
+    db.call(lambda c: ing.apply_envelope(c, wire.Envelope(wire.SAMPLES, "n", 1, 1, {"rows": [row(9, 1.0)]})))
+    db.call(lambda c: ing.job_start(c, {"job_id": 9, "submit_time": 100.0, "user": "alice"}, None, 5.0))
+    rows = db.call(lambda c: c.execute("SELECT uid, user, submit_time FROM jobs").fetchall())
+    assert [tuple(r) for r in rows] == [(1, "alice", 100.0)]
+
+
+def test_a_reused_job_id_gets_its_own_row_and_new_samples_go_to_it(db):
+    ing = Ingest("c")
+    db.call(lambda c: ing.job_start(c, {"job_id": 3, "submit_time": 100.0}, None, 1.0))
+    db.call(lambda c: ing.job_start(c, {"job_id": 3, "submit_time": 900.0}, None, 2.0))
+    db.call(lambda c: ing.apply_envelope(c, wire.Envelope(wire.SAMPLES, "n", 1, 1, {"rows": [row(3, 950.0)]})))
+    got = db.call(lambda c: c.execute(
+        "SELECT j.submit_time FROM samples s JOIN jobs j ON j.uid = s.job_uid").fetchall())  # fmt: skip
+    assert [r[0] for r in got] == [900.0]
+
+
+def test_readers_see_committed_data_while_the_writer_works(db, tmp_path):
+    ing = Ingest("c")
+    db.call(lambda c: ing.apply_envelope(c, wire.Envelope(wire.SAMPLES, "n", 1, 1, {"rows": [row(1, 1.0)]})))
+    reader = store.connect(str(tmp_path / "n.db"), readonly=True)
+    assert reader.execute("SELECT count(*) FROM samples").fetchone()[0] == 1
+    with pytest.raises(sqlite3.OperationalError):
+        reader.execute("DELETE FROM samples")
