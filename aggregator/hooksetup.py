@@ -31,7 +31,10 @@ def slurm_conf_lines(prefix: str) -> list[str]:
     # Contain: the extern step's cgroup holds processes that reach the node outside srun.
     # PrologFlags is a single slurm.conf key that sites often set already, so it is asked for
     # rather than written.
-    return ["# NØMADE hooks (nomadectl install-hooks); also needs PrologFlags=Alloc,Contain", *lines]
+    return [
+        "# NØMADE hooks (nomadectl install-hooks); also needs PrologFlags=Alloc,Contain",
+        *lines,
+    ]
 
 
 def hook_settings(cfg: Config) -> dict:
@@ -44,6 +47,8 @@ def hook_settings(cfg: Config) -> dict:
         "task_notice": h.task_notice,
         "breaker_failures": h.breaker_failures,
         "breaker_seconds": h.breaker_seconds,
+        # Slurm runs the hooks with almost no environment (no PATH): name the tools in full.
+        "scontrol": shutil.which("scontrol") or "/usr/bin/scontrol",
     }
 
 

@@ -71,23 +71,22 @@ class Ingest:
         submit time) is completed rather than duplicated.
         """
         job_id, submit = fields["job_id"], fields.get("submit_time")
-        row = conn.execute(
-            "SELECT uid FROM jobs WHERE cluster = ? AND job_id = ? AND submit_time IS ?",
-            (self.cluster, job_id, submit),
-        ).fetchone()
-        if row is None and submit is not None:
-            row = conn.execute(
-                "SELECT uid FROM jobs WHERE cluster = ? AND job_id = ? AND submit_time IS NULL"
-                " ORDER BY uid DESC LIMIT 1",
-                (self.cluster, job_id),
-            ).fetchone()
-        if row is None:
-            uid = conn.execute(
-                "INSERT INTO jobs (cluster, job_id, created, updated) VALUES (?, ?, ?, ?)",
-                (self.cluster, job_id, now, now),
-            ).lastrowid
+        if submit is None:  # a report that cannot tell runs apart: the newest run of this id
+            uid = self.job_uid(conn, job_id, now)
         else:
-            uid = row[0]
+            row = conn.execute(
+                "SELECT uid FROM jobs WHERE cluster = ? AND job_id = ?"
+                " AND (submit_time = ? OR submit_time IS NULL) ORDER BY submit_time IS NULL, uid DESC",
+                (self.cluster, job_id, submit),
+            ).fetchone()
+            uid = (
+                row[0]
+                if row
+                else conn.execute(
+                    "INSERT INTO jobs (cluster, job_id, created, updated) VALUES (?, ?, ?, ?)",
+                    (self.cluster, job_id, now, now),
+                ).lastrowid
+            )
         known = {k: v for k, v in fields.items() if k in _JOB_COLUMNS and v is not None}
         if known:
             sets = ", ".join(f"{k} = ?" for k in known)
@@ -191,6 +190,11 @@ class Ingest:
         """Store sacct's final record, or schedule the next try with exponential backoff."""
         if final is not None:
             known = {k: v for k, v in final.items() if v is not None}
+            if (
+                conn.execute("SELECT submit_time FROM jobs WHERE uid = ?", (uid,)).fetchone()[0]
+                is not None
+            ):
+                known.pop("submit_time", None)  # part of the job's identity: set once
             known.update(reconcile="done", reconcile_attempts=attempts)
             sets = ", ".join(f"{k} = ?" for k in known)
             conn.execute(

@@ -85,3 +85,11 @@ def test_readers_see_committed_data_while_the_writer_works(db, tmp_path):
     assert reader.execute("SELECT count(*) FROM samples").fetchone()[0] == 1
     with pytest.raises(sqlite3.OperationalError):
         reader.execute("DELETE FROM samples")
+
+
+def test_the_end_report_without_submit_time_completes_the_started_row(db):
+    ing = Ingest("c")
+    db.call(lambda c: ing.job_start(c, {"job_id": 21, "submit_time": 100.0, "user": "alice"}, None, 1.0))
+    db.call(lambda c: ing.job_end(c, {"job_id": 21, "end_time": 150.0}, 2.0, 150.0))
+    rows = db.call(lambda c: c.execute("SELECT job_id, user, end_time, reconcile FROM jobs").fetchall())
+    assert [tuple(r) for r in rows] == [(21, "alice", 150.0, "pending")]
