@@ -184,10 +184,13 @@ def controller_report(conf, event):
 def task_prolog(conf):
     if not conf["task_notice"] or os.environ.get("SLURM_PROCID", "0") != "0":
         return
-    # Once per job: in the batch step, or in step 0 of an interactive job (srun --pty).
-    step = os.environ.get("SLURM_STEP_ID") or os.environ.get("SLURM_STEPID") or ""
-    interactive_first = step == "0" and "SLURM_PTY_PORT" in os.environ
-    if step not in ("batch", "4294967294") and not interactive_first:
+    # Once per job: in the batch step (its task environment has no step id in Slurm 22.05), or
+    # in step 0 of a job that has no batch script (srun/salloc; a batch job's steps inherit
+    # ENVIRONMENT=BATCH from the batch script).
+    step = os.environ.get("SLURM_STEP_ID") or os.environ.get("SLURM_STEPID") or "batch"
+    is_batch = step in ("batch", "4294967294")
+    first_step_of_interactive = step == "0" and os.environ.get("ENVIRONMENT") != "BATCH"
+    if not (is_batch or first_step_of_interactive):
         return
     sys.stdout.write(
         "print NØMADE: job {} is monitored by NØMADE (nomadectl job {})\n".format(
