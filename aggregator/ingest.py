@@ -38,8 +38,8 @@ class Rejected(ValueError):
 class Ingest:
     """Owned by the writer thread: keeps the job-id -> row cache that samples need."""
 
-    def __init__(self, cluster: str) -> None:
-        self.cluster = cluster
+    def __init__(self, cluster: str, reconcile_delay: float = 2.0) -> None:
+        self.cluster, self.reconcile_delay = cluster, reconcile_delay
         self._uids: dict[int, int] = {}
 
     def forget(self) -> None:
@@ -164,6 +164,14 @@ class Ingest:
         uid = self.job_uid(conn, p["job_id"], now)
         kind = f"node_job_{p.get('event', 'unknown')}"
         event(conn, kind, node=env.node, job_uid=uid, detail=json.dumps(p), t=p.get("t", now))
+        if p.get("event") == "end":
+            # The Epilog's report is durable (it travels through the agent's outbox), so a job
+            # whose EpilogSlurmctld could not reach the aggregator is still reconciled.
+            conn.execute(
+                "UPDATE jobs SET end_time = coalesce(end_time, ?),"
+                " reconcile_after = coalesce(reconcile_after, ?) WHERE uid = ? AND reconcile = 'pending'",
+                (p.get("t", now), now + self.reconcile_delay, uid),
+            )
 
     # -- hook reports -------------------------------------------------------------------------
     def job_start(

@@ -116,6 +116,14 @@ def final_from_sacct(
     if outcome is None:
         return None
     code, sig = _safe(sv.exit_code, job.get("ExitCode")) or (None, None)
+    # ReqMem says per node or per CPU only before 21.08 ("4Gn", "500Mc"); from 21.08 on it has no
+    # suffix, and ReqTRES's mem (the whole job's) divided by the nodes is the per-node request.
+    mem = _safe(sv.memory, job.get("ReqMem"), "M") or (None, None)
+    tres = sv.tres(job.get("ReqTRES"))
+    per_cpu = mem[1] == "cpu"
+    if mem[1] is None and "mem" in tres:
+        total, nodes = _safe(sv.memory, tres["mem"], "M"), _int(job.get("NNodes")) or 1
+        mem = (total[0] // nodes if total and total[0] else None, "node")
     rss = [
         m[0]
         for m in (_safe(sv.memory, r.get("MaxRSS"), "K") for r in [job, *steps])
@@ -133,7 +141,26 @@ def final_from_sacct(
         "submit_time": _safe(sv.timestamp, job.get("Submit")),
         "start_time": _safe(sv.timestamp, job.get("Start")),
         "end_time": _safe(sv.timestamp, job.get("End")),
+        # The request, for jobs whose start report never arrived (REQUEST_KEYS: fill only).
+        "user": job.get("User") or None,
+        "account": job.get("Account") or None,
+        "partition": job.get("Partition") or None,
+        "job_name": job.get("JobName") or None,
+        "work_dir": job.get("WorkDir") or None,
+        "node_list": None if sv.absent(job.get("NodeList")) else job.get("NodeList"),
+        "nodes_requested": _int(job.get("NNodes")),
+        "cpus": _int(job.get("AllocCPUS")),
+        "time_limit_seconds": _safe(sv.duration, job.get("Timelimit")),
+        "mem_per_cpu_bytes": mem[0] if per_cpu else None,
+        "mem_per_node_bytes": None if per_cpu else mem[0],
+        "gpus": sv.gpus_from_tres(tres),
     }
+
+
+REQUEST_KEYS = (
+    "user", "account", "partition", "job_name", "work_dir", "node_list", "nodes_requested", "cpus",
+    "time_limit_seconds", "mem_per_cpu_bytes", "mem_per_node_bytes", "gpus",
+)  # fmt: skip
 
 
 def as_json(value: Any) -> str:

@@ -33,7 +33,7 @@ class Aggregator:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.writer = Writer(cfg.database, max_wait=cfg.aggregator.batch_max_seconds)
-        self.ingest = Ingest(cfg.general.cluster_name)
+        self.ingest = Ingest(cfg.general.cluster_name, cfg.aggregator.reconcile_delay_seconds)
         self._readers = threading.local()
         self.queue = QueueSnapshots(
             cfg.aggregator.squeue, cfg.aggregator.queue_snapshot_max_age_seconds
