@@ -1,0 +1,354 @@
+"""The whole pipeline on the real dev cluster: hooks -> agents -> ZeroMQ -> aggregator -> SQLite
+-> nomadectl, with jobs that end in every outcome class, and an aggregator killed 20 times while
+they run.
+
+One cluster per test run; every outcome job is submitted at the start (the TIMEOUT one needs
+70-90 s); waits are polls with deadlines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shlex
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from aggregator import ctl
+
+pytestmark = pytest.mark.cluster
+
+INCLUDE = "/etc/slurm/nomade-hooks.conf"
+PY = "/usr/bin/python3"
+MiB = 1 << 20
+HOLD_200MB_WRITE_50MB = (
+    "import os, time\n"
+    "block = bytearray(200 * 1024 * 1024)\n"
+    "for i in range(0, len(block), 4096): block[i] = 1\n"
+    "with open('out-%s.bin' % os.environ['SLURM_JOB_ID'], 'wb') as f:\n"
+    "    for _ in range(50): f.write(os.urandom(1024 * 1024))\n"
+    "    f.flush(); os.fsync(f.fileno())\n"
+    "end = time.time() + 7\n"
+    "while time.time() < end: pass\n"
+)
+HOLD_200MB = (
+    "import time, socket\n"
+    "block = bytearray(200 * 1024 * 1024)\n"
+    "for i in range(0, len(block), 4096): block[i] = 1\n"
+    "end = time.time() + 7\n"
+    "while time.time() < end: pass\n"
+)
+GROW_PAST_LIMIT = (
+    "import time\n"
+    "time.sleep(5)\n"
+    "chunks = []\n"
+    "for _ in range(100):\n"
+    "    chunks.append(bytearray(20 * 1024 * 1024))\n"
+    "    for i in range(0, len(chunks[-1]), 4096): chunks[-1][i] = 1\n"
+    "    time.sleep(0.05)\n"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(what: str, predicate, deadline: float, every: float = 0.5):
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {deadline:.0f} s waiting for {what}")
+
+
+class Pipeline:
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.zmq_port, self.http_port = free_port(), free_port()
+        self.config = base / "nomade.toml"
+        self.config.write_text(f"""
+[general]
+cluster_name = "nomadedev"
+data_dir = "{base}/data"
+[agent]
+aggregator = "tcp://127.0.0.1:{self.zmq_port}"
+interval_seconds = 1.0
+heartbeat_seconds = 1.0
+resend_seconds = 1.0
+spool_dir = "{base}/spool"
+[aggregator]
+listen = "tcp://127.0.0.1:{self.zmq_port}"
+http_listen = "127.0.0.1:{self.http_port}"
+reconcile_delay_seconds = 1.0
+reconcile_attempts = 8
+[hooks]
+prefix = "{base}/hooks"
+aggregator_url = "http://127.0.0.1:{self.http_port}"
+state_dir = "{base}/hookstate"
+task_notice = true
+""")
+        self.db = base / "data" / "nomade.db"
+        self.bindir = Path(sys.executable).parent
+        self.aggregator: subprocess.Popen | None = None
+        self.agents: dict[str, subprocess.Popen] = {}
+
+    def ctl(self, *args: str):
+        result = CliRunner().invoke(ctl.main, ["--config", str(self.config), *args])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    def start_aggregator(self) -> None:
+        log = open(self.base / "aggregator.log", "ab")  # noqa: SIM115
+        self.aggregator = subprocess.Popen(
+            [str(self.bindir / "nomade-aggregator"), "--config", str(self.config)],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def kill_aggregator(self) -> None:
+        self.aggregator.send_signal(signal.SIGKILL)
+        self.aggregator.wait(10)
+
+    def start_agent(self, node: str) -> None:
+        log = open(self.base / f"agent-{node}.log", "ab")  # noqa: SIM115
+        self.agents[node] = subprocess.Popen(
+            [str(self.bindir / "nomade-agent"), "--config", str(self.config), "--node", node,
+             "--ledger", str(self.base / f"ledger-{node}.txt")],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def stop_agent(self, node: str) -> None:
+        self.agents[node].send_signal(signal.SIGTERM)
+        self.agents[node].wait(10)
+
+    def query(self, sql: str, *args):
+        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=10)
+        try:
+            return conn.execute(sql, args).fetchall()
+        finally:
+            conn.close()
+
+    def outbox_depth(self, node: str) -> int:
+        conn = sqlite3.connect(str(self.base / "spool" / node / "outbox.db"), timeout=10)
+        try:
+            return conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
+        finally:
+            conn.close()
+
+    def job_json(self, job_id: int) -> dict:
+        return json.loads(self.ctl("job", str(job_id), "--json"))
+
+
+@pytest.fixture(scope="module")
+def pipeline(slurm_cluster):
+    base = Path(tempfile.mkdtemp(prefix="nomade-it-", dir="/tmp"))
+    base.chmod(0o755)
+    (base / "jobs").mkdir(mode=0o777)
+    (base / "jobs").chmod(0o1777)
+    p = Pipeline(base)
+    p.ctl("init")
+    p.ctl("install-hooks", "--include", INCLUDE)
+    subprocess.run(["scontrol", "reconfigure"], check=True, timeout=30)
+    wait_for("slurmctld to load NØMADE's hooks", lambda: str(base / "hooks") in subprocess.run(
+        ["scontrol", "show", "config"], capture_output=True, text=True).stdout, 30)  # fmt: skip
+    p.start_aggregator()
+    for node in ("node1", "node2"):
+        p.start_agent(node)
+    wait_for(
+        "both agents to say hello",
+        lambda: len(p.query("SELECT node FROM nodes")) == 2 if p.db.exists() else False,
+        30,
+    )
+    yield p
+    for proc in [p.aggregator, *p.agents.values()]:
+        if proc and proc.poll() is None:
+            proc.terminate()
+            proc.wait(10)
+    p.ctl("uninstall-hooks")
+    subprocess.run(["scontrol", "reconfigure"], timeout=30)
+    if not os.environ.get("NOMADE_KEEP_TEST_DIRS"):
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def sbatch(p: Pipeline, name: str, *args: str, script: str) -> int:
+    out = subprocess.run(
+        ["sbatch", "--parsable", "--uid=alice", "--gid=alice", "-J", name, "-D", str(p.base / "jobs"),
+         "-o", str(p.base / "jobs" / f"{name}-%j.out"), *args, "--wrap", script],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout.strip().split(";")[0])
+
+
+def py(code: str) -> str:
+    return f"{PY} -c {shlex.quote(code)}"
+
+
+@pytest.fixture(scope="module")
+def jobs(pipeline):
+    p = pipeline
+    ids = {
+        "completed": sbatch(
+            p, "completed", "--mem=400M", "-t", "3", script=py(HOLD_200MB_WRITE_50MB)
+        ),
+        "failed": sbatch(
+            p, "failed", "-t", "3", script=f"{PY} -c 'import time; time.sleep(6)'; exit 3"
+        ),
+        "timeout": sbatch(p, "timeout", "-t", "1", script="sleep 300"),
+        "oom": sbatch(p, "oom", "--mem=150M", "-t", "3", script=py(GROW_PAST_LIMIT)),
+        "cancelled": sbatch(p, "cancelled", "-t", "3", script="sleep 300"),
+        "twonode": sbatch(
+            p,
+            "twonode",
+            "-N",
+            "2",
+            "--ntasks-per-node=1",
+            "--mem=400M",
+            "-t",
+            "3",
+            script=f"srun {py(HOLD_200MB)}",
+        ),  # fmt: skip
+    }
+    wanted = set(ids.values())
+
+    def started():
+        rows = p.query("SELECT job_id FROM jobs WHERE user = 'alice' AND start_time IS NOT NULL")
+        return wanted <= {r[0] for r in rows}
+
+    wait_for("every job's start report", started, 60)
+    return ids
+
+
+def all_done(p: Pipeline, ids: dict[str, int]) -> bool:
+    rows = p.query(
+        f"SELECT count(*) FROM jobs WHERE job_id IN ({','.join(map(str, ids.values()))})"
+        " AND reconcile = 'done'"
+    )
+    return rows[0][0] == len(ids)
+
+
+def test_killing_the_aggregator_20_times_and_restarting_agents_loses_and_duplicates_no_sample(
+    pipeline, jobs
+):
+    p, rng = pipeline, random.Random(20)
+    cancelled_at = time.monotonic() + 8  # the CANCELLED job runs at least 5 s first
+    for kill in range(20):
+        time.sleep(rng.uniform(0.2, 2.5))
+        p.kill_aggregator()
+        if kill == 5:
+            p.stop_agent("node1")  # an agent restart, while the aggregator is away
+            p.start_agent("node1")
+        time.sleep(rng.uniform(0.0, 1.0))
+        p.start_aggregator()
+        if kill == 12:
+            p.stop_agent("node2")
+            p.start_agent("node2")
+        if time.monotonic() > cancelled_at:
+            subprocess.run(["scancel", str(jobs["cancelled"])], check=True)
+            cancelled_at = float("inf")
+    if cancelled_at != float("inf"):
+        subprocess.run(["scancel", str(jobs["cancelled"])], check=True)
+    wait_for(
+        "every job to end and be reconciled with sacct", lambda: all_done(p, jobs), 240, every=1
+    )
+    wait_for(
+        "both outboxes to drain",
+        lambda: p.outbox_depth("node1") == p.outbox_depth("node2") == 0,
+        60,
+    )
+
+    for node in ("node1", "node2"):
+        ledger = [line.split() for line in (p.base / f"ledger-{node}.txt").read_text().splitlines()]
+        produced = sorted((int(j), float(t)) for j, t in ledger)
+        stored = sorted(
+            (r[0], r[1]) for r in p.query(
+                "SELECT j.job_id, s.t FROM samples s JOIN jobs j ON j.uid = s.job_uid WHERE s.node = ?", node)
+        )  # fmt: skip
+        assert produced, f"{node} produced no samples"
+        assert len(set(produced)) == len(produced)
+        assert stored == produced, f"{node}: {len(produced)} samples produced, {len(stored)} stored"
+    # Every envelope from 1 to the last seq of each outbox epoch arrived exactly once.
+    for node, epoch, lo, hi, n in p.query(
+        "SELECT node, epoch, min(seq), max(seq), count(*) FROM received GROUP BY node, epoch"
+    ):
+        assert (lo, n) == (1, hi), f"{node} epoch {epoch}: seqs {lo}..{hi} but {n} envelopes"
+
+
+def test_every_outcome_is_stored_with_samples_and_values_that_match_the_job(pipeline, jobs):
+    p = pipeline
+    wait_for("every job to be reconciled", lambda: all_done(p, jobs), 240, every=1)
+    got = {name: p.job_json(job_id) for name, job_id in jobs.items()}
+    want = {"completed": "COMPLETED", "failed": "FAILED", "timeout": "TIMEOUT", "oom": "OUT_OF_MEMORY",
+            "cancelled": "CANCELLED", "twonode": "COMPLETED"}  # fmt: skip
+    assert {name: j["outcome"] for name, j in got.items()} == want
+    for name, j in got.items():
+        assert j["job_id"] == jobs[name] and j["user"] == "alice"
+        assert j["nodes"], f"{name}: no samples"
+        assert all(n["samples"] >= 2 for n in j["nodes"]), f"{name}: {j['nodes']}"
+    done = got["completed"]
+    assert done["exit_code"] == 0
+    assert done["mem_per_node_bytes"] == 400 * MiB and done["time_limit_seconds"] == 180
+    assert done["mem_peak_bytes"] >= 200 * MiB
+    assert done["nodes"][0]["write_bytes"] >= 50 * MiB
+    assert done["nodes"][0]["cpu_seconds"] >= 3
+    assert got["failed"]["exit_code"] == 3
+    assert got["cancelled"]["cancelled_by"] == "0"  # scancel as root
+    assert got["oom"]["mem_peak_bytes"] >= 100 * MiB
+    two = got["twonode"]
+    assert sorted(n["node"] for n in two["nodes"]) == ["node1", "node2"]
+    assert all(n["mem_peak_bytes"] >= 200 * MiB for n in two["nodes"]), two["nodes"]
+    # TaskProlog's notice, once, at the top of the job's own output.
+    out = (p.base / "jobs" / f"completed-{jobs['completed']}.out").read_text()
+    assert out.count("NØMADE:") == 1 and out.startswith("NØMADE:")
+
+
+def test_status_shows_both_nodes_and_the_jobs_list_filters_by_outcome(pipeline, jobs):
+    p = pipeline
+    wait_for("every job to be reconciled", lambda: all_done(p, jobs), 240, every=1)
+    status = json.loads(p.ctl("status", "--json"))
+    assert {n["node"] for n in status["nodes"]} == {"node1", "node2"}
+    assert all(n["state"] == "up" for n in status["nodes"])
+    failed = json.loads(p.ctl("jobs", "--state", "OUT_OF_MEMORY", "--json"))
+    assert jobs["oom"] in [j["job_id"] for j in failed]
+    assert jobs["completed"] not in [j["job_id"] for j in failed]
+    assert "OUT_OF_MEMORY" in p.ctl("jobs", "--user", "alice")
+
+
+def test_foreign_and_malformed_messages_are_counted_and_dropped_without_harm(pipeline, jobs):
+    import zmq
+
+    p = pipeline
+    before = p.query("SELECT count(*) FROM samples")[0][0]
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 1000)
+    sock.connect(f"tcp://127.0.0.1:{p.zmq_port}")
+    for junk in (
+        b"\xc1not msgpack",
+        json.dumps({"hello": 1}).encode(),
+        b"\x95\x01\xa4nope\xa1x\x92\x01\x01\x80",
+    ):
+        sock.send(junk)
+    sock.close()
+    with socket.create_connection(("127.0.0.1", p.zmq_port)) as raw:  # not even ZeroMQ
+        raw.sendall(b"GET / HTTP/1.0\r\n\r\n")
+    wait_for("the rejected messages to be counted", lambda: (p.query(
+        "SELECT value FROM counters WHERE name = 'messages_rejected'") or [[0]])[0][0] >= 3, 20)  # fmt: skip
+    assert p.aggregator.poll() is None, "the aggregator died"
+    assert p.query("SELECT count(*) FROM samples")[0][0] >= before
+    log = (p.base / "aggregator.log").read_text()
+    assert f"dropped a message on tcp://127.0.0.1:{p.zmq_port}" in log
+    assert "Traceback" not in log
