@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# NØMADE's test command: installs what the tests need (Debian packages, Python packages), brings
+# up the real single-host Slurm cluster, and runs the whole test suite.  Run as root:  ./test.sh
+set -euo pipefail
+cd "$(dirname "$0")"
+slurm-conf/install-deps.sh
+python3 -m pip install --quiet --disable-pip-version-check -e ".[aggregator,dev]"
+slurm-conf/cluster-up.sh
+exec python3 -m pytest -q -p no:cacheprovider "$@"
