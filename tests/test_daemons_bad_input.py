@@ -1,0 +1,99 @@
+"""Bad input never reaches a user as a traceback, and never loses what was already stored."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from aggregator import ctl, store
+from aggregator.ingest import Ingest
+from aggregator.liveness import NodeLife, tick
+from aggregator.reconcile import Reconciler
+from nomade_common import config
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.mark.parametrize("program", ["nomade-aggregator", "nomade-agent"])
+def test_a_corrupt_config_stops_a_daemon_with_one_line_naming_file_and_key(tmp_path, program):
+    bad = tmp_path / "nomade.toml"
+    bad.write_text("[agent]\ninterval_seconds = 'often'\n")
+    proc = subprocess.run(
+        [str(BIN / program), "--config", str(bad)], capture_output=True, text=True, timeout=30
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [f"{program}: {bad} [agent.interval_seconds]: expected float, got str"]
+
+
+def test_nomadectl_reports_a_corrupt_config_in_one_line(tmp_path):
+    bad = tmp_path / "nomade.toml"
+    bad.write_text("[general\n")
+    result = CliRunner().invoke(ctl.main, ["--config", str(bad), "status"])
+    assert result.exit_code == 1
+    assert result.output.strip().startswith(f"Error: {bad}: not valid TOML")
+    assert "Traceback" not in result.output
+
+
+def test_nomadectl_without_a_database_says_so(tmp_path):
+    cfg = tmp_path / "nomade.toml"
+    cfg.write_text(f'[general]\ndata_dir = "{tmp_path}/data"\n')
+    result = CliRunner().invoke(ctl.main, ["--config", str(cfg), "jobs"])
+    assert result.exit_code == 1 and "no database yet (run nomadectl init)" in result.output
+
+
+def test_a_missing_sacct_leaves_jobs_pending_then_unreconciled_and_keeps_their_data(
+    tmp_path, caplog
+):
+    cfg = config.parse(f'[general]\ndata_dir = "{tmp_path}"\n[aggregator]\nsacct = "{tmp_path}/no-sacct"\n'
+                       "reconcile_attempts = 2\nreconcile_delay_seconds = 1.0\n")  # fmt: skip
+    writer = store.Writer(cfg.database)
+    writer.start()
+    ing = Ingest("c")
+    writer.call(
+        lambda c: ing.job_start(c, {"job_id": 5, "submit_time": 10.0, "user": "alice"}, None, 10.0)
+    )
+    writer.call(lambda c: ing.job_end(c, {"job_id": 5}, 0.0, 20.0))
+    rec = Reconciler(store.connect(cfg.database), writer, ing, cfg.aggregator)
+    with caplog.at_level(logging.WARNING, logger="nomade.reconcile"):
+        rec.run_once(now=21.0)
+        rec.run_once(now=1e12)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "cannot ask sacct" in warnings[0] and "no-sacct" in warnings[0]
+    row = writer.call(
+        lambda c: c.execute("SELECT user, reconcile, reconcile_attempts FROM jobs").fetchone()
+    )
+    assert tuple(row) == ("alice", "unreconciled", 2)
+    writer.stop()
+
+
+def test_an_unreadable_hook_report_is_set_aside_and_the_good_ones_are_read(tmp_path):
+    from nodeagent.agent import Agent
+
+    cfg = config.parse(f'[agent]\nspool_dir = "{tmp_path}/spool"\ncgroup_root = "{tmp_path}/cg"\n'
+                       f'proc_root = "{tmp_path}/proc"\n')  # fmt: skip
+    agent = Agent(cfg, node="n1")
+    (agent.inbox / "1-5-start.json").write_text("{not json")
+    (agent.inbox / "2-6-start.json").write_text(
+        json.dumps({"event": "start", "job_id": 6, "t": 1.0})
+    )
+    agent.read_inbox(0.0)
+    assert (agent.inbox / "bad" / "1-5-start.json").exists()
+    assert list(agent.inbox.glob("*.json")) == []
+    assert [r[1] for r in agent.outbox.pending()] == ["job_event"]
+    agent.close()
+
+
+def test_liveness_marks_silent_nodes_down_and_back_up():
+    nodes = [NodeLife("a", 100.0), NodeLife("b", 10.0)]
+    nodes, events = tick(nodes, 120.0, down_after=60)
+    assert events == [("b", "node_down")] and [n.state for n in nodes] == ["up", "down"]
+    nodes = [NodeLife("b", 119.0, "down")]
+    assert tick(nodes, 120.0, down_after=60)[1] == [("b", "node_up")]
+    assert tick([NodeLife("a", 100.0)], 120.0, down_after=60)[1] == []
