@@ -56,7 +56,8 @@ def install(cfg: Config, prefix: str | None = None, include: str | None = None,
             slurm_user: str = "slurm") -> list[str]:  # fmt: skip
     """Install the hooks; return the slurm.conf lines (also written to INCLUDE if given)."""
     dest = Path(prefix or cfg.hooks.prefix)
-    created_dirs = [str(p) for p in [dest, *dest.parents] if not p.exists()][::-1]
+    earlier = _read_manifest(dest)  # a re-install (upgrade) keeps what the first one found
+    created_dirs = _missing_dirs(dest)
     dest.mkdir(parents=True, exist_ok=True, mode=0o755)
     source = Path(hooks_pkg.__file__).parent
     limit = f"{cfg.hooks.timeout_seconds:g}"
@@ -71,7 +72,8 @@ def install(cfg: Config, prefix: str | None = None, include: str | None = None,
     )
     os.chmod(dest / "hooks.json", 0o644)
     state = Path(cfg.hooks.state_dir)
-    state_created = not state.exists()
+    state_created_dirs = _missing_dirs(state)
+    state_owner = None if state_created_dirs else [state.stat().st_uid, state.stat().st_gid]
     state.mkdir(parents=True, exist_ok=True)
     try:
         pw = pwd.getpwnam(slurm_user)
@@ -87,8 +89,16 @@ def install(cfg: Config, prefix: str | None = None, include: str | None = None,
             include_before = None
         Path(include).write_text("\n".join(lines) + "\n", encoding="utf-8")
     manifest = {"files": [*FILES, "hooks.json"], "created_dirs": created_dirs,
-                "state_dir": str(state) if state_created else None, "include": include,
-                "include_before": include_before}  # fmt: skip
+                "state_path": str(state), "state_dir": str(state) if state_created_dirs else None,
+                "state_created_dirs": state_created_dirs, "state_owner_before": state_owner,
+                "include": include, "include_before": include_before}  # fmt: skip
+    if earlier:
+        manifest["created_dirs"] = earlier.get("created_dirs") or []
+        if earlier.get("state_path") == str(state):
+            for key in ("state_dir", "state_created_dirs", "state_owner_before"):
+                manifest[key] = earlier.get(key)
+        if earlier.get("include") == include:
+            manifest["include_before"] = earlier.get("include_before")
     (dest / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
     return lines
 
@@ -96,9 +106,8 @@ def install(cfg: Config, prefix: str | None = None, include: str | None = None,
 def uninstall(cfg: Config, prefix: str | None = None) -> list[str]:
     """Remove what install() wrote; return what was removed."""
     dest = Path(prefix or cfg.hooks.prefix)
-    try:
-        manifest = json.loads((dest / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    manifest = _read_manifest(dest)
+    if manifest is None:
         return []
     removed = []
     for name in [*manifest["files"], MANIFEST]:
@@ -117,7 +126,33 @@ def uninstall(cfg: Config, prefix: str | None = None) -> list[str]:
     if manifest.get("state_dir"):
         shutil.rmtree(manifest["state_dir"], ignore_errors=True)
         removed.append(manifest["state_dir"])
-    for d in reversed(manifest.get("created_dirs") or []):
+        removed += _remove_dirs((manifest.get("state_created_dirs") or [])[:-1])
+    elif manifest.get("state_owner_before"):
+        try:
+            os.chown(manifest["state_path"], *manifest["state_owner_before"])
+        except OSError:
+            pass
+    removed += _remove_dirs(manifest.get("created_dirs") or [])
+    return removed
+
+
+def _read_manifest(dest: Path) -> dict | None:
+    try:
+        manifest = json.loads((dest / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def _missing_dirs(path: Path) -> list[str]:
+    """PATH and those of its parents that do not exist yet, outermost first."""
+    return [str(p) for p in [path, *path.parents] if not p.exists()][::-1]
+
+
+def _remove_dirs(created: list[str]) -> list[str]:
+    """Remove the directories install created, innermost first, while they are empty."""
+    removed = []
+    for d in reversed(created):
         try:
             os.rmdir(d)
             removed.append(d)

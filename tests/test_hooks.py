@@ -1,0 +1,482 @@
+"""The Slurm hooks as Slurm runs them: installed with `nomadectl install-hooks`, started as real
+processes through their shell wrappers, under the identity Slurm gives each one (root for
+Prolog/Epilog, SlurmUser for the slurmctld hooks, the job's user for TaskProlog), with the
+environment captured from the dev cluster (tests/fixtures/slurm/22.05/hook-env/), against a real
+HTTP server on loopback.  Nothing of the hook itself is mocked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import re
+import shutil
+import socket
+import stat
+import subprocess
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import FIXTURES, ROOT
+
+from aggregator import ctl
+
+HOOK_ENV = FIXTURES / "slurm" / "22.05" / "hook-env"
+SCONTROL_RUNNING = FIXTURES / "slurm" / "22.05" / "scontrol-show-job-o-running.txt"
+WRAPPERS = ("prolog", "epilog", "taskprolog", "prologslurmctld", "epilogslurmctld")
+CONTROLLER = {"prologslurmctld": "job-start", "epilogslurmctld": "job-end"}
+MARGIN = 0.5  # what a hook may take beyond its hard limit: process start and exit
+
+
+def _need_identities() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("runs the hooks as root, slurm and alice: needs root")
+    if not Path("/usr/bin/python3").exists():
+        pytest.skip("the wrappers run /usr/bin/python3, absent here")
+    if not shutil.which("setpriv"):
+        pytest.skip("setpriv (util-linux) is needed to run a hook as another user")
+    for user in ("slurm", "alice"):
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            pytest.skip(f"user {user!r} does not exist (slurm-conf/cluster-up.sh creates it)")
+
+
+def slurm_env(capture: str, **override: str | None) -> dict[str, str]:
+    """The environment a hook saw on the dev cluster (a KEY=VALUE per line), with overrides."""
+    env = {}
+    for line in (HOOK_ENV / f"{capture}.env").read_text(encoding="utf-8").splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            env[key] = value
+    for key, value in override.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+# -- a real aggregator stand-in --------------------------------------------------------------
+class Aggregator:
+    """An HTTP server on 127.0.0.1 (port 0) answering the hooks' POSTs as MODE says:
+    ok, slow (answers after 5 s), hang (never answers), garbage (200, not JSON), error (500),
+    notok (200, {"ok": false})."""
+
+    def __init__(self, mode: str = "ok") -> None:
+        self.mode = mode
+        self.requests: list[tuple[str, dict]] = []
+        self.release = threading.Event()
+        agg = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                agg.requests.append((self.path, json.loads(body)))
+                if agg.mode == "slow":
+                    agg.release.wait(5)
+                elif agg.mode == "hang":
+                    agg.release.wait(60)
+                    return
+                status, payload = 200, b'{"ok": true}'
+                if agg.mode == "garbage":
+                    payload = b"<html>proxy error</html>"
+                elif agg.mode == "error":
+                    status, payload = 500, b'{"ok": false, "error": "database is locked"}'
+                elif agg.mode == "notok":
+                    payload = b'{"ok": false}'
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except OSError:
+                    pass  # the hook gave up waiting, as it should
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.server.block_on_close = False
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def aggregator():
+    servers = []
+
+    def start(mode: str = "ok") -> Aggregator:
+        servers.append(Aggregator(mode))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+def closed_port_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+# -- installing and running -----------------------------------------------------------------
+@pytest.fixture
+def world():
+    """A temporary directory every user can traverse (pytest's tmp_path is root-only)."""
+    _need_identities()
+    path = Path(tempfile.mkdtemp(prefix="nomade-hooks-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def write_config(path: Path, spool: Path, **hooks) -> Path:
+    lines = ["[agent]", f"spool_dir = {json.dumps(str(spool))}", "[hooks]"]
+    lines += [f"{key} = {json.dumps(value)}" for key, value in hooks.items()]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def nomadectl(config: Path, *args: str) -> str:
+    result = CliRunner().invoke(ctl.main, ["--config", str(config), *args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+class Site:
+    """Hooks installed under ROOT/prefix with their state in ROOT/state, spool in ROOT/spool."""
+
+    def __init__(self, root: Path, **hooks) -> None:
+        self.root = root
+        self.prefix = root / "prefix"
+        self.state = root / "state"
+        self.spool = root / "spool"
+        hooks.setdefault("state_dir", str(self.state))
+        hooks.setdefault("aggregator_url", closed_port_url())
+        self.config = write_config(root / "nomade.toml", self.spool, **hooks)
+        nomadectl(self.config, "install-hooks", "--prefix", str(self.prefix))
+        self.limit = float(hooks.get("timeout_seconds", 1.0))
+
+    def settings(self, **changes) -> None:
+        """Edit the installed hooks.json, as an operator could."""
+        path = self.prefix / "hooks.json"
+        conf = json.loads(path.read_text(encoding="utf-8"))
+        conf.update(changes)
+        path.write_text(json.dumps(conf), encoding="utf-8")
+
+    def breaker(self) -> dict:
+        path = self.state / "breaker.json"
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+    def log(self, kind: str) -> list[str]:
+        path = self.state / f"hooks-{kind}.log"
+        return path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+
+    def run(self, kind: str, env: dict[str, str], user: str = "root"):
+        return run_hook(self.prefix, kind, env, user)
+
+
+def run_hook(prefix: Path, kind: str, env: dict[str, str], user: str = "root"):
+    """Run the installed wrapper as USER with exactly ENV, from /, as slurmd/slurmctld do.
+    Returns (CompletedProcess, wall seconds)."""
+    cmd = [str(prefix / kind)]
+    if user != "root":
+        pw = pwd.getpwnam(user)
+        cmd = [shutil.which("setpriv"), f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}",
+               "--init-groups", "--", *cmd]  # fmt: skip
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, env=env, cwd="/", capture_output=True, timeout=60)
+    return proc, time.monotonic() - t0
+
+
+def fake_scontrol(root: Path, script: str) -> str:
+    path = root / "scontrol"
+    path.write_text("#!/bin/sh\n" + script + "\n", encoding="utf-8")
+    path.chmod(0o755)
+    return str(path)
+
+
+# -- 1. prolog / epilog: a report in the node's inbox ---------------------------------------
+@pytest.mark.parametrize(
+    "kind, capture, event",
+    [("prolog", "prolog-node1", "start"), ("epilog", "epilog-node2", "end")],
+)
+def test_node_hook_drops_report_in_inbox(world, kind, capture, event):
+    site = Site(world)
+    env = slurm_env(capture)
+    assert "PATH" not in env and "HOME" not in env  # what slurmd gives
+    proc, _ = site.run(kind, env)
+    assert proc.returncode == 0
+    assert proc.stdout == b"" and proc.stderr == b""
+    inbox = site.spool / env["SLURMD_NODENAME"] / "inbox"
+    names = os.listdir(inbox)
+    assert len(names) == 1 and names[0].endswith(f"-23-{event}.json"), names
+    report = json.loads((inbox / names[0]).read_text(encoding="utf-8"))
+    assert report["event"] == event
+    assert report["job_id"] == 23
+    assert report["node"] == env["SLURMD_NODENAME"]
+    assert report["user"] == "alice" and report["uid"] == "2001"
+    assert abs(report["t"] - time.time()) < 60
+    assert site.log(kind) == []
+
+
+def test_node_report_is_renamed_into_place(world):
+    """The report is written under a hidden name and renamed: the agent, which reads only
+    *.json, never sees a partial file under the final name."""
+    strace = shutil.which("strace")
+    if not strace:
+        pytest.skip("strace is needed to watch the hook's system calls")
+    site = Site(world)
+    trace = world / "strace.txt"
+    env = slurm_env("prolog-node1")
+    cmd = [strace, "-f", "-qq", "-e", "trace=openat,rename,renameat,renameat2", "-o", str(trace),
+           str(site.prefix / "prolog")]  # fmt: skip
+    assert subprocess.run(cmd, env=env, cwd="/", timeout=60).returncode == 0
+    inbox = site.spool / "node1" / "inbox"
+    text = trace.read_text(encoding="utf-8")
+    created = re.findall(
+        rf'openat\(AT_FDCWD, "{re.escape(str(inbox))}/([^"]+)", [^)]*O_CREAT', text
+    )
+    renamed = re.findall(rf'rename\w*\([^"]*"{re.escape(str(inbox))}/([^"]+)", [^"]*"[^"]*/([^"]+)"', text)  # fmt: skip
+    final = os.listdir(inbox)
+    assert len(final) == 1 and final[0].endswith(".json")
+    assert created and all(name.startswith(".") for name in created), created
+    assert final[0] not in created
+    assert renamed == [(created[0], final[0])]
+
+
+def test_node_hook_fails_open_when_spool_is_unusable(world):
+    spool_file = world / "spool"
+    spool_file.write_text("not a directory\n", encoding="utf-8")
+    site = Site(world)
+    proc, took = site.run("prolog", slurm_env("prolog-node1"))
+    assert proc.returncode == 0 and took < site.limit + MARGIN
+    (line,) = site.log("prolog")
+    assert "job=23" in line and "Error" in line
+
+
+# -- 2. prologslurmctld / epilogslurmctld: POST to the aggregator -----------------------------
+@pytest.mark.parametrize("scontrol", ["absent", "hangs", "answers"])
+def test_prologslurmctld_posts_env_as_slurm(world, aggregator, scontrol):
+    agg = aggregator("ok")
+    site = Site(world, aggregator_url=agg.url)
+    if scontrol == "absent":
+        site.settings(scontrol=str(world / "no-such-scontrol"))
+    elif scontrol == "hangs":  # slurmctld unreachable: scontrol retries for a long while
+        site.settings(scontrol=fake_scontrol(world, "exec sleep 30"))
+    else:
+        site.settings(scontrol=fake_scontrol(world, f"exec cat {SCONTROL_RUNNING}"))
+    env = slurm_env("prologslurmctld")
+    proc, took = site.run("prologslurmctld", env, user="slurm")
+    assert proc.returncode == 0 and took < site.limit + MARGIN
+    assert len(agg.requests) == 1
+    path, body = agg.requests[0]
+    assert path == "/api/v1/hooks/job-start"
+    assert body["env"] == {k: v for k, v in env.items() if k.startswith("SLURM")}
+    if scontrol == "answers":
+        assert body["scontrol"] == SCONTROL_RUNNING.read_text(encoding="utf-8")
+    else:
+        assert body["scontrol"] is None
+    assert site.log("prologslurmctld") == []
+    assert site.breaker().get("failures_total", 0) == 0
+
+
+def test_epilogslurmctld_posts_job_end(world, aggregator):
+    agg = aggregator("ok")
+    site = Site(world, aggregator_url=agg.url)
+    env = slurm_env("epilogslurmctld")
+    proc, _ = site.run("epilogslurmctld", env, user="slurm")
+    assert proc.returncode == 0
+    (req,) = agg.requests
+    assert req[0] == "/api/v1/hooks/job-end"
+    assert req[1]["env"]["SLURM_JOB_EXIT_CODE2"] == "0:0"
+    assert "scontrol" not in req[1]
+
+
+# -- 3. fail-open -----------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["down", "slow", "garbage", "error", "notok"])
+@pytest.mark.parametrize("kind", sorted(CONTROLLER))
+def test_controller_hook_fails_open(world, aggregator, kind, mode):
+    url = closed_port_url() if mode == "down" else aggregator(mode).url
+    site = Site(world, aggregator_url=url)
+    site.settings(scontrol=str(world / "no-such-scontrol"))
+    proc, took = site.run(kind, slurm_env(kind), user="slurm")
+    assert proc.returncode == 0
+    assert took < site.limit + MARGIN, f"{kind} took {took:.2f} s with the aggregator {mode}"
+    state = site.breaker()
+    assert state["failures_total"] == 1 and state["failures_in_row"] == 1
+    (line,) = site.log(kind)
+    assert f"{kind} job=23 " in line
+    assert state["last_error"] in line
+
+
+# -- 4. circuit breaker -----------------------------------------------------------------------
+def test_breaker_opens_skips_the_aggregator_then_closes(world, aggregator):
+    agg = aggregator("error")
+    site = Site(world, aggregator_url=agg.url, breaker_failures=3, breaker_seconds=2.0)
+    site.settings(scontrol=str(world / "no-such-scontrol"))
+    env = slurm_env("prologslurmctld")
+    for _ in range(3):
+        assert site.run("prologslurmctld", env, user="slurm")[0].returncode == 0
+    assert len(agg.requests) == 3
+    state = site.breaker()
+    assert state["failures_total"] == 3 and state["open_until"] > time.time()
+
+    agg.mode = "ok"  # the aggregator is back, but the breaker is open: not even asked
+    for kind in ("prologslurmctld", "epilogslurmctld"):
+        proc, took = site.run(kind, slurm_env(kind), user="slurm")
+        assert proc.returncode == 0 and took < site.limit + MARGIN
+    assert len(agg.requests) == 3
+    assert site.breaker()["skipped_total"] == 2
+
+    time.sleep(max(0.0, state["open_until"] - time.time()) + 0.1)
+    assert site.run("prologslurmctld", env, user="slurm")[0].returncode == 0
+    assert len(agg.requests) == 4
+    closed = site.breaker()
+    assert closed["failures_in_row"] == 0 and closed["open_until"] == 0
+    assert closed["failures_total"] == 3
+    assert (
+        site.run("epilogslurmctld", slurm_env("epilogslurmctld"), user="slurm")[0].returncode == 0
+    )
+    assert len(agg.requests) == 5
+    assert len(site.log("prologslurmctld")) == 3
+
+
+# -- 5. taskprolog ----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "notice, capture, lines",
+    [
+        (True, "taskprolog-node1-batch", 1),  # the batch step's first task
+        (False, "taskprolog-node1-batch", 0),
+        (True, "taskprolog-node2-step0", 0),  # SLURM_PROCID=1
+        (True, "taskprolog-node1-step0", 0),  # a later step of a batch job
+    ],
+)
+def test_taskprolog_notice(world, notice, capture, lines):
+    site = Site(world, task_notice=notice)
+    proc, _ = site.run("taskprolog", slurm_env(capture), user="alice")
+    assert proc.returncode == 0
+    out = proc.stdout.decode("utf-8").splitlines()
+    assert len(out) == lines, out
+    for line in out:
+        assert line.startswith("print NØMADE: ") and "23" in line
+    assert site.log("taskprolog") == []
+
+
+def test_taskprolog_notice_in_interactive_job(world):
+    """`srun --pty bash` from a login shell: no batch step (nor ENVIRONMENT=BATCH), so step 0's
+    first task carries the notice."""
+    site = Site(world, task_notice=True)
+    env = slurm_env("taskprolog-node1-step0", ENVIRONMENT=None, SLURM_PTY_PORT="40000")
+    proc, _ = site.run("taskprolog", env, user="alice")
+    assert proc.returncode == 0
+    assert proc.stdout.decode("utf-8").count("print NØMADE: ") == 1
+
+
+# -- 6. the wrapper's hard limit --------------------------------------------------------------
+@pytest.mark.parametrize("limit", [0.1, 0.5])
+def test_wrapper_kills_a_hook_past_its_limit_and_exits_0(world, aggregator, limit):
+    """hooks.json says 5 s (python would wait for the hung aggregator), the wrapper says LIMIT:
+    the wrapper's `timeout -s KILL` ends it and still exits 0."""
+    agg = aggregator("hang")
+    site = Site(world, aggregator_url=agg.url, timeout_seconds=limit)
+    assert f"timeout -s KILL {limit:g} " in (site.prefix / "prologslurmctld").read_text()
+    site.settings(timeout_seconds=5.0, scontrol=str(world / "no-such-scontrol"))
+    proc, took = site.run("prologslurmctld", slurm_env("prologslurmctld"), user="slurm")
+    assert proc.returncode == 0
+    assert took < limit + MARGIN, f"the wrapper returned after {took:.2f} s"
+    assert len(agg.requests) <= 1
+    # killed, not returned: a hook that gives up on its own records the failure
+    assert site.breaker() == {} and site.log("prologslurmctld") == []
+    pgrep = shutil.which("pgrep") or "/usr/bin/pgrep"
+    leftover = subprocess.run([pgrep, "-f", str(site.prefix)], capture_output=True, text=True)
+    assert leftover.stdout == "", "a hook process outlived its wrapper"
+
+
+# -- 7. install / uninstall leave no trace ----------------------------------------------------
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Every entry under ROOT (ROOT included): type, mode, owner and content."""
+    seen = {}
+    for entry in [root, *sorted(root.rglob("*"))]:
+        st = entry.lstat()
+        if stat.S_ISLNK(st.st_mode):
+            content = os.readlink(entry)
+        elif stat.S_ISREG(st.st_mode):
+            content = entry.read_bytes()
+        else:
+            content = None
+        seen[str(entry.relative_to(root))] = (st.st_mode, st.st_uid, st.st_gid, content)
+    return seen
+
+
+def site_layout(world: Path, existing: bool) -> tuple[Path, Path, Path, Path]:
+    """(site, prefix, include, state_dir): a site tree, fresh or already holding those places."""
+    site = world / "site"
+    (site / "etc" / "slurm").mkdir(parents=True)
+    (site / "etc" / "slurm" / "slurm.conf").write_text("ClusterName=nomadedev\n")
+    prefix = site / "opt" / "nomade" / "hooks"
+    include = site / "etc" / "slurm" / "nomade-hooks.conf"
+    state = site / "var" / "spool" / "nomade" / "hooks"
+    if existing:
+        prefix.mkdir(parents=True)
+        (prefix / "site-hook.sh").write_text("#!/bin/sh\nexit 0\n")
+        include.write_text("# the site's own lines\nPrologFlags=Alloc,Contain\n")
+        include.chmod(0o600)
+        state.mkdir(parents=True, mode=0o750)
+        (state / "keep.txt").write_text("the site's\n")
+    return site, prefix, include, state
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["fresh", "existing"])
+@pytest.mark.parametrize("installs", [1, 2], ids=["once", "twice"])
+def test_install_uninstall_leaves_no_trace(world, aggregator, existing, installs):
+    site, prefix, include, state = site_layout(world, existing)
+    agg = aggregator("error")
+    config = write_config(world / "nomade.toml", world / "spool", state_dir=str(state),
+                          aggregator_url=agg.url, breaker_failures=1)  # fmt: skip
+    before = snapshot(site)
+    for _ in range(installs):
+        out = nomadectl(config, "install-hooks", "--prefix", str(prefix), "--include", str(include))
+    for key, name in [("Prolog", "prolog"), ("Epilog", "epilog"), ("TaskProlog", "taskprolog"),
+                      ("PrologSlurmctld", "prologslurmctld"),
+                      ("EpilogSlurmctld", "epilogslurmctld")]:  # fmt: skip
+        assert f"{key}={prefix}/{name}" in out
+        assert f"{key}={prefix}/{name}" in include.read_text()
+    assert state.stat().st_uid == pwd.getpwnam("slurm").pw_uid
+    if not existing:  # the hooks at work leave their state (breaker, failure log) behind
+        proc, _ = run_hook(prefix, "prologslurmctld", slurm_env("prologslurmctld"), "slurm")
+        assert proc.returncode == 0 and (state / "breaker.json").exists()
+    removed = nomadectl(config, "uninstall-hooks", "--prefix", str(prefix))
+    assert "removed" in removed
+    assert snapshot(site) == before
+    assert "no NØMADE hooks installed there" in nomadectl(
+        config, "uninstall-hooks", "--prefix", str(prefix)
+    )
+
+
+# -- 8. shellcheck ----------------------------------------------------------------------------
+@pytest.mark.parametrize("wrapper", WRAPPERS)
+def test_wrappers_pass_shellcheck(wrapper):
+    if not shutil.which("shellcheck"):
+        pytest.skip("shellcheck is not installed")
+    proc = subprocess.run(
+        ["shellcheck", str(ROOT / "hooks" / wrapper)], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout
