@@ -116,10 +116,14 @@ class Ingest:
             bump(conn, "envelopes_duplicate")
             return "duplicate"
         self._touch_node(conn, env, now)
-        if env.type == wire.SAMPLES:
-            self._samples(conn, env, rows, now)
-        elif env.type == wire.JOB_EVENT:
-            self._job_event(conn, env, now)
+        try:
+            if env.type == wire.SAMPLES:
+                self._samples(conn, env, rows, now)
+            elif env.type == wire.JOB_EVENT:
+                self._job_event(conn, env, now)
+        except Exception:
+            self.forget()  # the writer rolls this envelope back: rows it created are gone
+            raise
         bump(conn, f"envelopes_{env.type}")
         return "stored"
 
