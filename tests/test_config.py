@@ -9,7 +9,11 @@ def test_example_config_in_slurm_conf_is_valid_and_matches_defaults():
 
     cfg = config.load(str(ROOT / "slurm-conf" / "nomade.toml"))
     default = config.Config()
-    assert (cfg.agent, cfg.aggregator, cfg.hooks) == (default.agent, default.aggregator, default.hooks)
+    assert (cfg.agent, cfg.aggregator, cfg.hooks) == (
+        default.agent,
+        default.aggregator,
+        default.hooks,
+    )
 
 
 @pytest.mark.parametrize(
@@ -17,7 +21,11 @@ def test_example_config_in_slurm_conf_is_valid_and_matches_defaults():
     [
         ("[agent]\nintervall = 2\n", "[agent.intervall]", "unknown setting"),
         ("[agnet]\n", "[agnet]", "unknown section"),
-        ("[agent]\ninterval_seconds = 'fast'\n", "[agent.interval_seconds]", "expected float, got str"),
+        (
+            "[agent]\ninterval_seconds = 'fast'\n",
+            "[agent.interval_seconds]",
+            "expected float, got str",
+        ),
         ("[agent]\ninterval_seconds = 0.1\n", "[agent.interval_seconds]", "between 1 and 3600"),
         ("[aggregator]\nlisten = 'localhost:1'\n", "[aggregator.listen]", "ZeroMQ address"),
         ("[agent\n", "nomade.toml", "not valid TOML"),

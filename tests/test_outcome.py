@@ -47,7 +47,10 @@ def test_final_record_from_sacct_takes_step_oom_and_the_largest_maxrss():
 
 
 def test_a_requeued_job_is_matched_by_submit_time():
-    text = SACCT + "41|41|COMPLETED|0:0|00:00:09|00:01.000||2026-11-24T09:00:00|2026-11-24T09:00:01|2026-11-24T09:00:10\n"
+    text = (
+        SACCT
+        + "41|41|COMPLETED|0:0|00:00:09|00:01.000||2026-11-24T09:00:00|2026-11-24T09:00:01|2026-11-24T09:00:10\n"
+    )
     rows = sacct.parse(text)
     from aggregator.parsers.slurmvalues import timestamp
 

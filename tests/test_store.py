@@ -45,7 +45,10 @@ def test_the_same_seq_from_a_new_outbox_epoch_is_new_data(db):
     ing = Ingest("c")
     a = wire.Envelope(wire.SAMPLES, "node1", 1, 1, {"rows": [row(11, 1.0)]})
     b = wire.Envelope(wire.SAMPLES, "node1", 2, 1, {"rows": [row(11, 2.0)]})
-    assert [db.call(lambda c, e=e: ing.apply_envelope(c, e)) for e in (a, b)] == ["stored", "stored"]
+    assert [db.call(lambda c, e=e: ing.apply_envelope(c, e)) for e in (a, b)] == [
+        "stored",
+        "stored",
+    ]
 
 
 def test_a_bad_row_rejects_its_envelope_and_keeps_everything_stored_before(db):
@@ -62,8 +65,14 @@ def test_a_bad_row_rejects_its_envelope_and_keeps_everything_stored_before(db):
 
 def test_samples_before_the_hook_report_join_the_same_job_row(db):
     ing = Ingest("c")
-    db.call(lambda c: ing.apply_envelope(c, wire.Envelope(wire.SAMPLES, "n", 1, 1, {"rows": [row(9, 1.0)]})))
-    db.call(lambda c: ing.job_start(c, {"job_id": 9, "submit_time": 100.0, "user": "alice"}, None, 5.0))
+    db.call(
+        lambda c: ing.apply_envelope(
+            c, wire.Envelope(wire.SAMPLES, "n", 1, 1, {"rows": [row(9, 1.0)]})
+        )
+    )
+    db.call(
+        lambda c: ing.job_start(c, {"job_id": 9, "submit_time": 100.0, "user": "alice"}, None, 5.0)
+    )
     rows = db.call(lambda c: c.execute("SELECT uid, user, submit_time FROM jobs").fetchall())
     assert [tuple(r) for r in rows] == [(1, "alice", 100.0)]
 
@@ -72,7 +81,11 @@ def test_a_reused_job_id_gets_its_own_row_and_new_samples_go_to_it(db):
     ing = Ingest("c")
     db.call(lambda c: ing.job_start(c, {"job_id": 3, "submit_time": 100.0}, None, 1.0))
     db.call(lambda c: ing.job_start(c, {"job_id": 3, "submit_time": 900.0}, None, 2.0))
-    db.call(lambda c: ing.apply_envelope(c, wire.Envelope(wire.SAMPLES, "n", 1, 1, {"rows": [row(3, 950.0)]})))
+    db.call(
+        lambda c: ing.apply_envelope(
+            c, wire.Envelope(wire.SAMPLES, "n", 1, 1, {"rows": [row(3, 950.0)]})
+        )
+    )
     got = db.call(lambda c: c.execute(
         "SELECT j.submit_time FROM samples s JOIN jobs j ON j.uid = s.job_uid").fetchall())  # fmt: skip
     assert [r[0] for r in got] == [900.0]
@@ -80,7 +93,11 @@ def test_a_reused_job_id_gets_its_own_row_and_new_samples_go_to_it(db):
 
 def test_readers_see_committed_data_while_the_writer_works(db, tmp_path):
     ing = Ingest("c")
-    db.call(lambda c: ing.apply_envelope(c, wire.Envelope(wire.SAMPLES, "n", 1, 1, {"rows": [row(1, 1.0)]})))
+    db.call(
+        lambda c: ing.apply_envelope(
+            c, wire.Envelope(wire.SAMPLES, "n", 1, 1, {"rows": [row(1, 1.0)]})
+        )
+    )
     reader = store.connect(str(tmp_path / "n.db"), readonly=True)
     assert reader.execute("SELECT count(*) FROM samples").fetchone()[0] == 1
     with pytest.raises(sqlite3.OperationalError):
@@ -89,7 +106,11 @@ def test_readers_see_committed_data_while_the_writer_works(db, tmp_path):
 
 def test_the_end_report_without_submit_time_completes_the_started_row(db):
     ing = Ingest("c")
-    db.call(lambda c: ing.job_start(c, {"job_id": 21, "submit_time": 100.0, "user": "alice"}, None, 1.0))
+    db.call(
+        lambda c: ing.job_start(c, {"job_id": 21, "submit_time": 100.0, "user": "alice"}, None, 1.0)
+    )
     db.call(lambda c: ing.job_end(c, {"job_id": 21, "end_time": 150.0}, 2.0, 150.0))
-    rows = db.call(lambda c: c.execute("SELECT job_id, user, end_time, reconcile FROM jobs").fetchall())
+    rows = db.call(
+        lambda c: c.execute("SELECT job_id, user, end_time, reconcile FROM jobs").fetchall()
+    )
     assert [tuple(r) for r in rows] == [(21, "alice", 150.0, "pending")]
