@@ -1,0 +1,291 @@
+"""Start-time features of a job: one module for training and for live scoring.
+
+Only what is known when a job starts: its request, the history of its user and account up to
+its submit time (jobs that had *ended* by then), its name's tokens, and how busy the cluster was
+in the hour before it started.  Never the job's own outcome, nothing from after it started.
+
+Training replays jobs in order through `Replay`; live scoring builds the same `HistoryView`s from
+the store with `views_from_store`.  Both then call `vector()`, so the two paths cannot compute a
+feature differently (a test replays stored jobs through both and compares).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import re
+import sqlite3
+import zlib
+from bisect import bisect_left
+from collections import defaultdict, deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+FEATURE_VERSION = 1
+WINDOW = 100  # ended jobs of a user (or account) that the history features look at
+ACTIVITY_SECONDS = 3600.0
+CLASSES = ("COMPLETED", "FAILED", "TIMEOUT", "OUT_OF_MEMORY", "CANCELLED", "OTHER")
+NOT_FAILURE = {"COMPLETED", "CANCELLED"}
+FAIL_PRIOR, RARE_PRIOR, PRIOR_WEIGHT = 0.2, 0.05, 2.0
+NAME_BUCKETS, PARTITION_BUCKETS = 8, 4
+MiB = float(1 << 20)
+
+# What a job row must carry; the jobs table's columns.
+JOB_KEYS = (
+    "job_id", "user", "account", "partition", "job_name", "submit_time", "start_time", "end_time",
+    "nodes_requested", "cpus", "mem_per_node_bytes", "mem_per_cpu_bytes", "gpus",
+    "time_limit_seconds", "outcome", "elapsed_seconds", "max_rss_bytes",
+)  # fmt: skip
+
+
+def outcome_class(outcome: str | None) -> int:
+    return CLASSES.index(outcome) if outcome in CLASSES else CLASSES.index("OTHER")
+
+
+def is_failure(outcome: str | None) -> bool:
+    return outcome not in NOT_FAILURE
+
+
+def health(job: dict[str, Any]) -> float:
+    """The health target, 0 to 1 (docs/models.md): 0 for a failure, 0.5 for a cancelled job;
+    a completed job starts at 1 and loses 0.25 for each near miss: it used more than 90% of its
+    time limit, or its peak memory passed 90% of what it asked for."""
+    outcome = job.get("outcome")
+    if is_failure(outcome):
+        return 0.0
+    if outcome == "CANCELLED":
+        return 0.5
+    score = 1.0
+    limit, elapsed = job.get("time_limit_seconds"), job.get("elapsed_seconds")
+    if limit and elapsed is not None and elapsed > 0.9 * limit:
+        score -= 0.25
+    mem, rss = requested_mem_bytes(job), job.get("max_rss_bytes")
+    if mem and rss is not None and rss > 0.9 * mem:
+        score -= 0.25
+    return score
+
+
+def requested_mem_bytes(job: dict[str, Any]) -> float | None:
+    """Memory per node asked for (per-CPU requests times the CPUs of a node)."""
+    if job.get("mem_per_node_bytes"):
+        return float(job["mem_per_node_bytes"])
+    if job.get("mem_per_cpu_bytes"):
+        nodes = job.get("nodes_requested") or 1
+        cpus = job.get("cpus") or 1
+        return float(job["mem_per_cpu_bytes"]) * max(1.0, cpus / nodes)
+    return None
+
+
+def _hash_bucket(text: str, buckets: int) -> int:
+    return zlib.crc32(text.encode()) % buckets
+
+
+def name_tokens(name: str | None) -> list[str]:
+    """'train_resnet-50.sh' -> ['train', 'resnet']: lower-case words, digits and suffix dropped."""
+    if not name:
+        return []
+    stem = re.sub(r"\.(sh|slurm|sbatch|py|job)$", "", name.lower())
+    return [t for t in re.split(r"[^a-z]+", stem) if len(t) > 1]
+
+
+@dataclass
+class HistoryView:
+    """The ended jobs of one user (or account) before a moment, oldest first, at most WINDOW."""
+
+    jobs: Sequence[dict[str, Any]]
+
+
+def history_features(view: HistoryView) -> list[float]:
+    jobs = view.jobs
+    n = len(jobs)
+    fails = sum(is_failure(j.get("outcome")) for j in jobs)
+    ooms = sum(j.get("outcome") == "OUT_OF_MEMORY" for j in jobs)
+    timeouts = sum(j.get("outcome") == "TIMEOUT" for j in jobs)
+    mem_ratios = [j["max_rss_bytes"] / requested_mem_bytes(j) for j in jobs
+                  if j.get("max_rss_bytes") and requested_mem_bytes(j)]  # fmt: skip
+    time_ratios = [j["elapsed_seconds"] / j["time_limit_seconds"] for j in jobs
+                   if j.get("elapsed_seconds") is not None and j.get("time_limit_seconds")]  # fmt: skip
+    last = [is_failure(j.get("outcome")) for j in jobs[-2:]]
+    return [
+        math.log1p(n),
+        (fails + PRIOR_WEIGHT * FAIL_PRIOR) / (n + PRIOR_WEIGHT),
+        (ooms + PRIOR_WEIGHT * RARE_PRIOR) / (n + PRIOR_WEIGHT),
+        (timeouts + PRIOR_WEIGHT * RARE_PRIOR) / (n + PRIOR_WEIGHT),
+        float(np.mean(mem_ratios)) if mem_ratios else 0.5,
+        float(np.max(mem_ratios)) if mem_ratios else 0.5,
+        float(np.mean(time_ratios)) if time_ratios else 0.5,
+        float(last[-1]) if last else 0.0,
+        float(last[0]) if len(last) == 2 else 0.0,
+        float(jobs[-1].get("outcome") == "OUT_OF_MEMORY") if jobs else 0.0,
+    ]
+
+
+USER_NAMES = ("log_jobs", "fail_rate", "oom_rate", "timeout_rate", "mem_used_ratio_mean",
+              "mem_used_ratio_max", "time_used_ratio_mean", "last_failed", "second_last_failed", "last_oom")  # fmt: skip
+
+
+def _fit_features(job: dict[str, Any], user: HistoryView) -> list[float]:
+    """The request against what this user's jobs actually used (log2 ratios; 0 when unknown)."""
+    mem = requested_mem_bytes(job)
+    peaks = [j["max_rss_bytes"] for j in user.jobs if j.get("max_rss_bytes")]
+    used = [j["elapsed_seconds"] for j in user.jobs if j.get("elapsed_seconds")]
+    limit = job.get("time_limit_seconds")
+    return [
+        math.log2(mem / float(np.mean(peaks))) if mem and peaks else 0.0,
+        math.log2(mem / float(np.max(peaks))) if mem and peaks else 0.0,
+        math.log2(limit / float(np.mean(used))) if limit and used else 0.0,
+        math.log2(limit / float(np.max(used))) if limit and used else 0.0,
+    ]
+
+
+def request_features(job: dict[str, Any]) -> list[float]:
+    mem = requested_mem_bytes(job)
+    limit = job.get("time_limit_seconds")
+    part = [0.0] * PARTITION_BUCKETS
+    if job.get("partition"):
+        part[_hash_bucket(job["partition"], PARTITION_BUCKETS)] = 1.0
+    names = [0.0] * NAME_BUCKETS
+    for token in name_tokens(job.get("job_name")):
+        names[_hash_bucket(token, NAME_BUCKETS)] += 1.0
+    return [
+        math.log2(mem / MiB) if mem else 0.0,
+        float(mem is None),
+        math.log2(job.get("cpus") or 1),
+        float(job.get("nodes_requested") or 1),
+        float(job.get("gpus") or 0),
+        math.log2(limit / 60.0) if limit else 0.0,
+        float(limit is None),
+        *part,
+        *names,
+    ]
+
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "log2_mem_mib", "mem_unknown", "log2_cpus", "nodes", "gpus", "log2_time_limit_min", "time_limit_unknown",
+    *(f"partition_bucket_{i}" for i in range(PARTITION_BUCKETS)),
+    *(f"name_bucket_{i}" for i in range(NAME_BUCKETS)),
+    *(f"user_{n}" for n in USER_NAMES),
+    "log2_mem_over_user_mean_peak", "log2_mem_over_user_max_peak",
+    "log2_limit_over_user_mean_elapsed", "log2_limit_over_user_max_elapsed",
+    *(f"account_{n}" for n in USER_NAMES[:4]),
+    "log_cluster_starts_last_hour", "log_user_starts_last_hour",
+)  # fmt: skip
+
+
+def vector(job: dict[str, Any], user: HistoryView, account: HistoryView,
+           cluster_starts: int, user_starts: int) -> np.ndarray:  # fmt: skip
+    values = [
+        *request_features(job),
+        *history_features(user),
+        *_fit_features(job, user),
+        *history_features(account)[:4],
+        math.log1p(cluster_starts),
+        math.log1p(user_starts),
+    ]
+    return np.asarray(values, dtype=np.float64)
+
+
+def _order(job: dict[str, Any]) -> tuple[float, int]:
+    return (job["end_time"], job["job_id"])
+
+
+class Replay:
+    """Features of jobs in chronological order, each seeing only what had happened by its start.
+
+    Feed jobs sorted by start time; `vector_for` returns a job's features.  A job's own outcome
+    is added to the history only once its end time has passed another job's submit time.
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[float, int, int, dict[str, Any]]] = []  # ended-later heap
+        self._users: dict[str, deque] = defaultdict(lambda: deque(maxlen=WINDOW))
+        self._accounts: dict[str, deque] = defaultdict(lambda: deque(maxlen=WINDOW))
+        self._starts: list[float] = []
+        self._user_starts: dict[str, list[float]] = defaultdict(list)
+        self._n = 0
+
+    def _advance(self, until: float) -> None:
+        while self._pending and self._pending[0][0] <= until:
+            _, _, _, job = heapq.heappop(self._pending)
+            self._users[job.get("user") or ""].append(job)
+            self._accounts[job.get("account") or ""].append(job)
+
+    def vector_for(self, job: dict[str, Any]) -> np.ndarray:
+        self._advance(job["submit_time"])
+        start = job.get("start_time") or job["submit_time"]
+        user = job.get("user") or ""
+        cluster = len(self._starts) - bisect_left(self._starts, start - ACTIVITY_SECONDS)
+        mine = self._user_starts[user]
+        user_count = len(mine) - bisect_left(mine, start - ACTIVITY_SECONDS)
+        return vector(job, HistoryView(list(self._users[user])),
+                      HistoryView(list(self._accounts[job.get("account") or ""])), cluster, user_count)  # fmt: skip
+
+    def record(self, job: dict[str, Any]) -> None:
+        """Count the job's start, and queue its outcome for jobs submitted after it ended."""
+        start = job.get("start_time") or job["submit_time"]
+        self._starts.append(start)  # callers feed jobs in start order, so these stay sorted
+        self._user_starts[job.get("user") or ""].append(start)
+        if job.get("end_time") is not None and job.get("outcome"):
+            self._n += 1
+            heapq.heappush(self._pending, (job["end_time"], job["job_id"], self._n, job))
+
+
+def start_order(jobs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(jobs, key=lambda j: (j.get("start_time") or j["submit_time"], j["job_id"]))
+
+
+def matrix(jobs: Sequence[dict[str, Any]]) -> np.ndarray:
+    """Features of JOBS (already in start order), each from the jobs before it in the list."""
+    replay, rows = Replay(), []
+    for job in jobs:
+        rows.append(replay.vector_for(job))
+        replay.record(job)
+    return np.vstack(rows) if rows else np.zeros((0, len(FEATURE_NAMES)))
+
+
+# -- the live path ---------------------------------------------------------------------------
+_HISTORY_SQL = (
+    "SELECT {keys} FROM jobs WHERE {who} = ? AND end_time <= ? AND outcome IS NOT NULL"
+    " ORDER BY end_time DESC, job_id DESC LIMIT ?"
+)
+
+
+def _rows(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> list[dict[str, Any]]:
+    cur = conn.execute(sql, args)
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+
+def views_from_store(
+    conn: sqlite3.Connection, job: dict[str, Any]
+) -> tuple[HistoryView, HistoryView, int, int]:
+    """The same inputs `Replay` builds, read from NØMADE's store for one starting job."""
+    keys = ", ".join(JOB_KEYS)
+    submit = job["submit_time"]
+    user = _rows(
+        conn, _HISTORY_SQL.format(keys=keys, who="user"), (job.get("user") or "", submit, WINDOW)
+    )
+    account = _rows(
+        conn,
+        _HISTORY_SQL.format(keys=keys, who="account"),
+        (job.get("account") or "", submit, WINDOW),
+    )
+    start = job.get("start_time") or submit
+    since = start - ACTIVITY_SECONDS
+    cluster = conn.execute(
+        "SELECT count(*) FROM jobs WHERE coalesce(start_time, submit_time) >= ? AND coalesce(start_time, submit_time) < ?",
+        (since, start),
+    ).fetchone()[0]
+    mine = conn.execute(
+        "SELECT count(*) FROM jobs WHERE user = ? AND coalesce(start_time, submit_time) >= ?"
+        " AND coalesce(start_time, submit_time) < ?",
+        (job.get("user") or "", since, start),
+    ).fetchone()[0]
+    return HistoryView(user[::-1]), HistoryView(account[::-1]), cluster, mine
+
+
+def live_vector(conn: sqlite3.Connection, job: dict[str, Any]) -> np.ndarray:
+    return vector(job, *views_from_store(conn, job))
