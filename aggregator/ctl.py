@@ -11,9 +11,9 @@ from pathlib import Path
 import click
 
 from nomade_common import config as cfgmod
-from nomade_common.errors import ConfigError
+from nomade_common.errors import ConfigError, ParseError
 
-from . import daemons, hooksetup, query, render, store, syscheck
+from . import daemons, hooksetup, importer, query, render, store, syscheck
 
 
 def _cfg(ctx: click.Context) -> cfgmod.Config:
@@ -175,3 +175,36 @@ def uninstall_hooks(ctx, prefix) -> None:
     """Remove the hooks that install-hooks wrote (and restore its Include file)."""
     removed = hooksetup.uninstall(_cfg(ctx), prefix)
     click.echo("\n".join(f"removed {r}" for r in removed) or "no NØMADE hooks installed there")
+
+
+@main.group("import")
+def import_group() -> None:
+    """Bootstrap the job history from a site's accounting (see docs/import.md)."""
+
+
+@import_group.command("sacct")
+@click.argument("file", required=False)
+@click.option("--fields", default=None, help="columns of a file without header (default: NØMADE's)")
+@click.option("--delimiter", default=None, help="default: guessed ('|', '☃', '^|^', ...)")
+@click.option("--start", type=click.DateTime(), default=None, help="run the local sacct from then")
+@click.option("--end", type=click.DateTime(), default=None, help="with --start (default: now)")
+@click.pass_context
+def import_sacct(ctx, file, fields, delimiter, start, end) -> None:
+    """Import finished jobs from sacct output (FILE, '-' or *.gz) or from the local sacct."""
+    cfg = _cfg(ctx)
+    if (file is None) == (start is None) or (end and not start):
+        raise click.UsageError("give FILE or --start (with an optional --end), not both")
+    db, cluster = cfg.database, cfg.general.cluster_name
+    try:
+        if file is None:
+            summary = importer.import_range(cfg.aggregator.sacct, db, cluster, start, end)
+        else:
+            cols = fields.split(",") if fields else None
+            text = importer.read_input(file, click.get_text_stream("stdin"))
+            summary = importer.import_text(text, file, db, cluster, cols, delimiter)
+    except ParseError as exc:
+        click.echo(str(exc), err=True)
+        ctx.exit(2)
+    except (OSError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(summary.render())

@@ -117,12 +117,16 @@ def final_from_sacct(
         return None
     code, sig = _safe(sv.exit_code, job.get("ExitCode")) or (None, None)
     # ReqMem says per node or per CPU only before 21.08 ("4Gn", "500Mc"); from 21.08 on it has no
-    # suffix, and ReqTRES's mem (the whole job's) divided by the nodes is the per-node request.
+    # suffix, and a TRES mem (the whole job's) divided by the same TRES's node count is the
+    # per-node limit: AllocTRES when the job started (ReqTRES keeps the minimum node count of
+    # `--nodes=1-2`, and `--mem-per-cpu` spreads it over the nodes), else ReqTRES.
     mem = _safe(sv.memory, job.get("ReqMem"), "M") or (None, None)
     tres = sv.tres(job.get("ReqTRES"))
     per_cpu = mem[1] == "cpu"
-    if mem[1] is None and "mem" in tres:
-        total, nodes = _safe(sv.memory, tres["mem"], "M"), _int(job.get("NNodes")) or 1
+    sized = next((t for t in (sv.tres(job.get("AllocTRES")), tres) if "mem" in t), None)
+    if mem[1] is None and sized:
+        total = _safe(sv.memory, sized["mem"], "M")
+        nodes = _int(sized.get("node")) or _int(job.get("NNodes")) or 1
         mem = (total[0] // nodes if total and total[0] else None, "node")
     rss = [
         m[0]

@@ -15,7 +15,8 @@ RECONCILE_FIELDS = (
     "DerivedExitCode,TotalCPU,MaxRSS,ReqMem,AllocCPUS,NNodes,NodeList,Timelimit,ReqTRES,WorkDir"
 ).split(",")
 
-_DELIMS = ("|", "☃", "^|^", ";", ",")
+# Longer delimiters first: a '^|^' line holds as many '|' as '^|^', and max() keeps the first.
+_DELIMS = ("^|^", "|", "☃", ";", ",")
 
 
 def _guess_delimiter(line: str) -> str:
@@ -30,9 +31,10 @@ def parse(
     delimiter: str | None = None,
 ) -> list[dict[str, str]]:
     """Parse sacct output.  FIELDS is required when the output has no header line."""
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    if not lines:
+    numbered = [(n, ln) for n, ln in enumerate(text.splitlines(), start=1) if ln.strip()]
+    if not numbered:
         return []
+    lines = [ln for _, ln in numbered]
     delim = delimiter or _guess_delimiter(lines[0])
     header = lines[0].split(delim)
     if "JobID" in header or "JobIDRaw" in header:
@@ -44,7 +46,7 @@ def parse(
     if fields and fields[-1] == "" and lines[0].endswith(delim):
         fields = fields[:-1]  # --parsable (not 2) ends each line with the delimiter
     rows = []
-    for number, line in enumerate(lines[start:], start=start + 1):
+    for number, line in numbered[start:]:  # numbers are the file's, blank lines included
         values = line.split(delim)
         if len(values) == len(fields) + 1 and values[-1] == "":
             values = values[:-1]

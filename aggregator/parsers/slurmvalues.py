@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
-_ABSENT = {"", "unknown", "none", "n/a", "invalid", "(null)", "partition_limit"}
+_ABSENT = {"", "unknown", "none", "none assigned", "n/a", "invalid", "(null)", "partition_limit"}
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
 _MEM = re.compile(r"^(\d+(?:\.\d+)?)([KMGTP]?)([nc]?)$", re.IGNORECASE)
 _DURATION = re.compile(r"^(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+(?:\.\d+)?)$")
