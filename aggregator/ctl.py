@@ -208,3 +208,110 @@ def import_sacct(ctx, file, fields, delimiter, start, end) -> None:
     except (OSError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(summary.render())
+
+
+def _writer_conn(cfg: cfgmod.Config) -> sqlite3.Connection:
+    if not Path(cfg.database).exists():
+        raise click.ClickException(f"{cfg.database}: no database yet (run nomadectl init)")
+    return store.open_store(cfg.database)
+
+
+@main.command()
+@click.option("--epochs", default=25, show_default=True, help="GNN training epochs")
+@click.option(
+    "--activate",
+    type=click.Choice(["if-better", "always", "never"]),
+    default="if-better",
+    show_default=True,
+)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def train(ctx: click.Context, epochs: int, activate: str, as_json: bool) -> None:
+    """Train the job-outcome models on the stored finished jobs (needs torch)."""
+    cfg = _cfg(ctx)
+    from models import pipeline
+
+    with click.progressbar(length=100, label="training", file=sys.stderr) as bar:
+        done = [0]
+
+        def progress(_stage: str, fraction: float) -> None:
+            step = int(fraction * 100) - done[0]
+            if step > 0:
+                bar.update(step)
+                done[0] += step
+
+        try:
+            result = pipeline.run(_writer_conn(cfg), cfg.general.data_dir, epochs=epochs, activate=activate,
+                                  progress=progress)  # fmt: skip
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+    _emit(result, as_json, render.trained)
+
+
+@main.group()
+def model() -> None:
+    """The model registry: list, activate, roll back, report."""
+
+
+@model.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def model_list(ctx: click.Context, as_json: bool) -> None:
+    """Every trained model: version, training window, recent AUC, which one is active."""
+    conn = _reader(_cfg(ctx.parent))
+    from . import registry
+
+    _emit(registry.models(conn), as_json, render.models)
+
+
+@model.command("activate")
+@click.argument("version")
+@click.pass_context
+def model_activate(ctx: click.Context, version: str) -> None:
+    """Make VERSION the model that scores new jobs."""
+    from . import registry
+
+    conn = _writer_conn(_cfg(ctx.parent))
+    try:
+        registry.activate(conn, version)
+    except KeyError as exc:
+        raise click.ClickException(exc.args[0]) from None
+    click.echo(f"active model: {version} (the aggregator loads it within a few seconds)")
+
+
+@model.command("rollback")
+@click.pass_context
+def model_rollback(ctx: click.Context) -> None:
+    """Go back to the model that was active before the current one."""
+    from . import registry
+
+    try:
+        version = registry.rollback(_writer_conn(_cfg(ctx.parent)))
+    except KeyError as exc:
+        raise click.ClickException(exc.args[0]) from None
+    click.echo(f"active model: {version}")
+
+
+@model.command("report")
+@click.option(
+    "--out",
+    "out_dir",
+    default="nomade-report",
+    show_default=True,
+    help="directory for report.md and plots",
+)
+@click.option("--epochs", default=25, show_default=True)
+@click.pass_context
+def model_report(ctx: click.Context, out_dir: str, epochs: int) -> None:
+    """Evaluate on a chronological split against baselines; write Markdown with plots."""
+    cfg = _cfg(ctx.parent)
+    from models import dataset, evaluate, report
+
+    conn = _reader(cfg)
+    verdicts = [dict(r) for r in conn.execute(
+        "SELECT j.job_id, v.p_fail, v.warned, j.outcome FROM verdicts v JOIN jobs j ON j.uid = v.job_uid"
+        " WHERE j.outcome IS NOT NULL")]  # fmt: skip
+    result = evaluate.evaluate(dataset.ended_jobs(conn), cost_missed_failure=cfg.models.cost_missed_failure,
+                               cost_false_alarm=cfg.models.cost_false_alarm, epochs=epochs)  # fmt: skip
+    path = report.write_report(result, out_dir, verdicts=verdicts)
+    click.echo(f"report written to {path}")

@@ -118,3 +118,27 @@ def syscheck(checks: list[Check]) -> str:
     failed = sum(c.status == "fail" for c in checks)
     out += ["─" * 40, "OK All checks passed!" if not failed else f"!! {failed} check(s) failed"]
     return "\n".join(out)
+
+
+def trained(r: dict[str, Any]) -> str:
+    auc = r.get("recent_auc")
+    out = [f"model {r['version']}: trained on {r['train_jobs']} jobs, weights {r['weights']}",
+           f"  failure AUC on the {r['recent_jobs']} most recent jobs: {'-' if auc is None else f'{auc:.3f}'}"]  # fmt: skip
+    if "active_recent_auc" in r:
+        old = r["active_recent_auc"]
+        out.append(
+            f"  active model {r['active_version']} on the same jobs: {'-' if old is None else f'{old:.3f}'}"
+        )
+    out.append(
+        "  activated" if r["activated"] else "  not activated (nomadectl model activate VERSION)"
+    )
+    return "\n".join(out)
+
+
+def models(rows: list[dict[str, Any]]) -> str:
+    out = [f"{'':2}{'VERSION':<26}{'CREATED':<21}{'JOBS':>7}  {'RECENT AUC':>10}  TRAINED ON"]
+    for m in rows:
+        auc = m["metrics"].get("recent_auc")
+        out.append(f"{'* ' if m['active'] else '  '}{m['version']:<26}{when(m['created']):<21}{m['train_jobs'] or 0:>7}"
+                   f"  {'-' if auc is None else f'{auc:.3f}':>10}  {when(m['train_first_submit'])} .. {when(m['train_last_submit'])}")  # fmt: skip
+    return "\n".join(out) if rows else "no models yet (nomadectl train)"

@@ -94,6 +94,46 @@ CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT RO
     ),
 ]
 
+MIGRATIONS.append(
+    (
+        "0002_models_and_verdicts",
+        """
+CREATE TABLE models (
+  id INTEGER PRIMARY KEY,
+  version TEXT NOT NULL UNIQUE,
+  created REAL NOT NULL,
+  path TEXT NOT NULL,
+  sha256 TEXT NOT NULL,
+  feature_version INTEGER NOT NULL,
+  train_first_submit REAL, train_last_submit REAL, train_jobs INTEGER,
+  metrics_json TEXT,
+  active INTEGER NOT NULL DEFAULT 0,
+  activated REAL
+);
+CREATE TABLE job_features (
+  job_uid INTEGER PRIMARY KEY REFERENCES jobs (uid),
+  feature_version INTEGER NOT NULL,
+  vector BLOB NOT NULL
+);
+CREATE TABLE verdicts (
+  job_uid INTEGER PRIMARY KEY REFERENCES jobs (uid),
+  model_version TEXT NOT NULL,
+  t REAL NOT NULL,
+  p_fail REAL NOT NULL,
+  health REAL,
+  probs_json TEXT,
+  risk TEXT,
+  warned INTEGER NOT NULL DEFAULT 0,
+  reasons_json TEXT,
+  message TEXT
+);
+CREATE INDEX jobs_by_account ON jobs (account, end_time);
+CREATE INDEX jobs_by_user_end ON jobs (user, end_time);
+CREATE INDEX jobs_by_start ON jobs (start_time);
+""",
+    )
+)
+
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -217,9 +217,11 @@ class Replay:
         self._advance(job["submit_time"])
         start = job.get("start_time") or job["submit_time"]
         user = job.get("user") or ""
-        cluster = len(self._starts) - bisect_left(self._starts, start - ACTIVITY_SECONDS)
+        # Jobs that started in the hour before this one, strictly earlier (as the store sees it).
+        since = start - ACTIVITY_SECONDS
+        cluster = bisect_left(self._starts, start) - bisect_left(self._starts, since)
         mine = self._user_starts[user]
-        user_count = len(mine) - bisect_left(mine, start - ACTIVITY_SECONDS)
+        user_count = bisect_left(mine, start) - bisect_left(mine, since)
         return vector(job, HistoryView(list(self._users[user])),
                       HistoryView(list(self._accounts[job.get("account") or ""])), cluster, user_count)  # fmt: skip
 

@@ -41,8 +41,9 @@ class Prepared:
 
 
 def prepare(jobs: list[dict[str, Any]], n_train: int | None = None, k: int = graph.K,
-            window: int = graph.WINDOW) -> Prepared:  # fmt: skip
-    """Features and the similarity graph of ended JOBS; the scaler sees the first N_TRAIN only."""
+            window: int = graph.WINDOW, scaler: graph.Scaler | None = None) -> Prepared:  # fmt: skip
+    """Features and the similarity graph of ended JOBS; the scaler sees the first N_TRAIN only
+    (or is given: an existing model's, to score new jobs exactly as that model would)."""
     jobs = features.start_order(
         j for j in jobs if j.get("outcome") and j.get("end_time") is not None
     )
@@ -51,7 +52,7 @@ def prepare(jobs: list[dict[str, Any]], n_train: int | None = None, k: int = gra
     y = np.array([features.outcome_class(j["outcome"]) for j in jobs], dtype=np.int64)
     start = np.array([j.get("start_time") or j["submit_time"] for j in jobs], dtype=np.float64)
     end = np.array([j["end_time"] for j in jobs], dtype=np.float64)
-    scaler = graph.Scaler.fit(x[:n_train])
+    scaler = scaler or graph.Scaler.fit(x[:n_train])
     z = scaler.transform(x)
     idx, sim = graph.neighbours(z, start, end, k=k, window=window)
     nx, ny, s, m, ncls = graph.gather(idx, sim, z, y)

@@ -69,11 +69,20 @@ class Hooks:
 
 
 @dataclass
+class Models:
+    warn_threshold: float = 0.5  # a job whose failure probability reaches this gets a warning
+    retrain_interval_hours: float = 0.0  # 0: retrain only by hand (nomadectl train)
+    cost_missed_failure: float = 5.0
+    cost_false_alarm: float = 1.0
+
+
+@dataclass
 class Config:
     general: General = field(default_factory=General)
     agent: Agent = field(default_factory=Agent)
     aggregator: Aggregator = field(default_factory=Aggregator)
     hooks: Hooks = field(default_factory=Hooks)
+    models: Models = field(default_factory=Models)
     path: str = "<defaults>"
 
     @property
@@ -81,7 +90,7 @@ class Config:
         return self.aggregator.database or str(Path(self.general.data_dir) / "nomade.db")
 
 
-_SECTIONS = {"general": General, "agent": Agent, "aggregator": Aggregator, "hooks": Hooks}
+_SECTIONS = {"general": General, "agent": Agent, "aggregator": Aggregator, "hooks": Hooks, "models": Models}
 _LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR"}
 
 
@@ -124,6 +133,10 @@ def _validate(cfg: Config) -> None:
         ("hooks.timeout_seconds", 0.1 <= cfg.hooks.timeout_seconds <= 30, "between 0.1 and 30"),
         ("hooks.breaker_failures", cfg.hooks.breaker_failures >= 1, "at least 1"),
         ("aggregator.reconcile_attempts", cfg.aggregator.reconcile_attempts >= 1, "at least 1"),
+        ("models.warn_threshold", 0.0 < cfg.models.warn_threshold < 1.0, "between 0 and 1"),
+        ("models.retrain_interval_hours", cfg.models.retrain_interval_hours >= 0, "0 or more"),
+        ("models.cost_missed_failure", cfg.models.cost_missed_failure > 0, "positive"),
+        ("models.cost_false_alarm", cfg.models.cost_false_alarm > 0, "positive"),
     ]
     for key, ok, expected in checks:
         if not ok:

@@ -1,0 +1,229 @@
+"""Scoring a starting job with the active model: features from the store (read-only), the
+neighbours from an in-memory index of recently ended jobs, the members in ONNX Runtime.
+
+Scoring never waits for the store's writer: it reads through its own connection, and the caller
+stores the verdict asynchronously.  A warning says why, and its evidence comes only from the
+job's own user's past jobs: it never names other users or their jobs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models import ensemble, features, graph
+from models.runtime import Model
+
+from . import registry
+
+log = logging.getLogger("nomade.scoring")
+CLASS_WORDS = {
+    "OUT_OF_MEMORY": "runs out of memory",
+    "TIMEOUT": "hits its time limit",
+    "FAILED": "fails",
+    "OTHER": "does not complete",
+}
+
+
+def pack(vec: np.ndarray) -> bytes:
+    return np.asarray(vec, dtype=np.float64).tobytes()
+
+
+def unpack(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, dtype=np.float64)
+
+
+def _gib(n: float) -> str:
+    return f"{n / (1 << 30):.1f} GB" if n >= 1 << 30 else f"{n / (1 << 20):.0f} MB"
+
+
+def _mem_option(nbytes: float) -> str:
+    gib = nbytes / (1 << 30)
+    return (
+        f"--mem={math.ceil(gib)}G"
+        if gib >= 1
+        else f"--mem={int(math.ceil(nbytes / (1 << 20) / 100) * 100)}M"
+    )
+
+
+def _time_option(seconds: float) -> str:
+    minutes = max(1, math.ceil(seconds / 60))
+    return f"--time={minutes // 60:d}:{minutes % 60:02d}:00"
+
+
+def explain(job: dict[str, Any], user_jobs: list[dict[str, Any]], p_fail: float, probs: dict[str, float],
+            threshold: float) -> tuple[list[str], dict[str, Any]]:  # fmt: skip
+    """The lines of a warning and its reasons; evidence from the user's own ended jobs only."""
+    failure_classes = {c: p for c, p in probs.items() if c not in ("COMPLETED", "CANCELLED")}
+    main = max(failure_classes, key=failure_classes.get)
+    reasons: dict[str, Any] = {"main_outcome": main, "p_fail": round(p_fail, 2)}
+    lines = [f"NØMADE: high risk ({p_fail:.2f}) that this job {CLASS_WORDS[main]}."]
+    mem = features.requested_mem_bytes(job)
+    if main == "OUT_OF_MEMORY" and mem:
+        alike = [j for j in user_jobs if features.requested_mem_bytes(j) == mem]
+        oom = [j for j in alike if j.get("outcome") == "OUT_OF_MEMORY"]
+        peaks = [j["max_rss_bytes"] for j in alike if j.get("max_rss_bytes")]
+        if alike:
+            peak = max(peaks) if peaks else None
+            text = f"NØMADE: {len(oom)} of your {len(alike)} recent jobs that requested {_gib(mem)} ran out of memory"
+            lines.append(text + (f"; the largest peak was {_gib(peak)}." if peak else "."))
+            reasons.update(
+                similar_jobs=len(alike),
+                similar_failed=len(oom),
+                requested_bytes=mem,
+                peak_bytes=peak,
+            )
+        target = max([mem * 1.5, *(p * 1.25 for p in peaks)])
+        lines.append(
+            f"NØMADE: consider {_mem_option(target)}. Details: nomadectl job {job['job_id']}"
+        )
+        reasons["suggestion"] = _mem_option(target)
+    elif main == "TIMEOUT" and job.get("time_limit_seconds"):
+        limit = job["time_limit_seconds"]
+        alike = [j for j in user_jobs if j.get("time_limit_seconds") == limit]
+        hit = [j for j in alike if j.get("outcome") == "TIMEOUT"]
+        if alike:
+            lines.append(
+                f"NØMADE: {len(hit)} of your {len(alike)} recent jobs with this time limit timed out."
+            )
+            reasons.update(similar_jobs=len(alike), similar_failed=len(hit))
+        lines.append(
+            f"NØMADE: consider {_time_option(limit * 2)}. Details: nomadectl job {job['job_id']}"
+        )
+        reasons["suggestion"] = _time_option(limit * 2)
+    else:
+        failed = [j for j in user_jobs[-20:] if features.is_failure(j.get("outcome"))]
+        if user_jobs:
+            lines.append(
+                f"NØMADE: {len(failed)} of your last {len(user_jobs[-20:])} jobs did not complete."
+            )
+            reasons.update(recent_jobs=len(user_jobs[-20:]), recent_failed=len(failed))
+        lines.append(f"NØMADE: Details: nomadectl job {job['job_id']}")
+    return lines, reasons
+
+
+class Scorer:
+    """Holds the active model and the neighbour index; thread-safe."""
+
+    def __init__(self, database: str, threshold: float = 0.5) -> None:
+        self.database, self.threshold = database, threshold
+        self.model: Model | None = None
+        self.version: str | None = None
+        self.index: graph.NeighborIndex | None = None
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
+    def conn(self) -> sqlite3.Connection:
+        c = getattr(self._local, "conn", None)
+        if c is None:
+            c = self._local.conn = sqlite3.connect(
+                f"file:{self.database}?mode=ro", uri=True, check_same_thread=False
+            )
+            c.execute("PRAGMA busy_timeout = 5000")
+        return c
+
+    def reload(self) -> str | None:
+        """Load the active model if it changed; (re)build the neighbour index."""
+        conn = self.conn()
+        try:
+            row = registry.active(_rows(conn))
+        except sqlite3.OperationalError:
+            return None
+        if row is None:
+            self.model, self.version, self.index = None, None, None
+            return None
+        if row["version"] == self.version:
+            return self.version
+        model = Model(row["path"])
+        index = graph.NeighborIndex(len(features.FEATURE_NAMES))
+        rows = conn.execute(
+            "SELECT j.end_time, j.job_id, j.outcome, f.vector FROM jobs j JOIN job_features f ON f.job_uid = j.uid"
+            " WHERE j.outcome IS NOT NULL AND j.end_time IS NOT NULL AND f.feature_version = ?"
+            " ORDER BY j.end_time DESC LIMIT ?",
+            (features.FEATURE_VERSION, 2 * index.window),
+        ).fetchall()
+        if rows:
+            x = np.vstack([unpack(r[3]) for r in rows])
+            index.extend(np.array([r[0] for r in rows]), np.array([r[1] for r in rows]),
+                         model.scaler.transform(x), np.array([features.outcome_class(r[2]) for r in rows]))  # fmt: skip
+        with self._lock:
+            self.model, self.version, self.index = model, row["version"], index
+        log.info(
+            "scoring with model %s (%d recent jobs in the neighbour index)",
+            self.version,
+            len(index),
+        )
+        return self.version
+
+    def add_ended(self, job_id: int, end_time: float, outcome: str, vector: np.ndarray) -> None:
+        with self._lock:
+            if self.model is None or self.index is None:
+                return
+            z = self.model.scaler.transform(vector[None, :])
+            self.index.extend(
+                np.array([end_time]),
+                np.array([job_id]),
+                z,
+                np.array([features.outcome_class(outcome)]),
+            )
+
+    def vector(self, job: dict[str, Any]) -> np.ndarray:
+        return features.live_vector(self.conn(), job)
+
+    def score(self, job: dict[str, Any], x: np.ndarray | None = None) -> dict[str, Any] | None:
+        """The verdict for a starting job, or None when no model is active."""
+        with self._lock:
+            model, index, version = self.model, self.index, self.version
+        if model is None or index is None:
+            return None
+        t0 = time.perf_counter()
+        x = self.vector(job) if x is None else x
+        z = model.scaler.transform(x[None, :])
+        start = job.get("start_time") or job["submit_time"]
+        nz, ncls, sims = index.query(z[0], start, model.k)
+        k = model.k
+        nx, ny = np.zeros((1, k, z.shape[1])), np.zeros((1, k, model.classes))
+        s, m, cls = np.zeros((1, k)), np.zeros((1, k)), np.zeros((1, k), dtype=np.int64)
+        n = len(ncls)
+        nx[0, :n], ny[0, np.arange(n), ncls], s[0, :n], m[0, :n], cls[0, :n] = (
+            nz,
+            1.0,
+            sims,
+            1.0,
+            ncls,
+        )
+        gfeat = graph.graph_features(cls, s, m)
+        res = ensemble.combine(model.members(x[None, :], nx, ny, s, m, gfeat), model.meta)
+        p_fail = float(res["p_fail"][0])
+        probs = {
+            c: round(float(p), 4) for c, p in zip(features.CLASSES, res["probs"][0], strict=True)
+        }
+        verdict = {
+            "job_id": job["job_id"], "model_version": version, "p_fail": round(p_fail, 4),
+            "health": round(float(res["health"][0]), 4), "probs": probs,
+            "risk": "high" if p_fail >= self.threshold else "low", "warned": p_fail >= self.threshold,
+            "lines": [], "reasons": {}, "score_ms": 0.0,
+        }  # fmt: skip
+        if verdict["warned"]:
+            user_jobs = features.views_from_store(self.conn(), job)[0].jobs
+            verdict["lines"], verdict["reasons"] = explain(
+                job, list(user_jobs), p_fail, probs, self.threshold
+            )
+        verdict["score_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+        return verdict
+
+
+def _rows(conn: sqlite3.Connection) -> sqlite3.Connection:
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def model_dir(data_dir: str, version: str) -> Path:
+    return Path(data_dir) / "models" / version
