@@ -33,6 +33,7 @@ import numpy as np
 DEFAULT_SEED = 20240604
 VERSION = "workload-v1"
 MAX_ACTIVE = 20  # jobs queued + running at most
+MAX_ERRORS = 60  # consecutive failed Slurm calls (5 s apart) before a run gives up
 TIME_COMPRESSION = 15.0  # real seconds per minute of "needed" time for jobs that fit their limit
 MIN_RUN_S, MAX_RUN_S = 3.0, 20.0
 MEM_MIN_MB, MEM_MAX_MB = 100, 1500
@@ -494,28 +495,42 @@ def run(
     st = load_state(state)
     if st["seed"] is None:
         st["seed"] = seed
+    st["target"] = n
     if st["seed"] != seed:
         raise SystemExit(f"{state} holds a run with seed {st['seed']}, not {seed}")
     submit = submit or slurm_submit(state)
     active = active or slurm_active
     find = find or slurm_find
-    done = 0
+    done = errors = 0
     while st["next"] < n and (stop_after is None or done < stop_after):
         job = draw_job(seed, st["next"])
-        job_id = find(job) if st["pending"] == job["index"] else None
-        while job_id is None and active() >= max_active:
-            sleep(1.0)
-        if job_id is None:
-            gap = float(np.random.default_rng([seed, job["index"], 7]).exponential(0.3))
-            sleep(gap)
-            st["pending"] = job["index"]
-            save_state(state, st)
-            job_id = submit(job)
+        try:
+            job_id = _submit_one(job, st, state, submit, active, find, sleep, max_active)
+        except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+            errors += 1  # a busy slurmctld: wait, then look the pending job up before retrying
+            if errors > MAX_ERRORS:
+                raise
+            print(f"job {job['index']}: {exc}; retrying", file=sys.stderr)
+            sleep(5.0)
+            continue
+        errors = 0
         st["jobs"].append({"index": job["index"], "job_id": job_id, "submit_time": clock()})
         st["next"], st["pending"] = job["index"] + 1, None
         save_state(state, st)
         done += 1
     return st
+
+
+def _submit_one(job, st, state, submit, active, find, sleep, max_active) -> int:
+    job_id = find(job) if st["pending"] == job["index"] else None
+    while job_id is None and active() >= max_active:
+        sleep(1.0)
+    if job_id is None:
+        sleep(float(np.random.default_rng([st["seed"], job["index"], 7]).exponential(0.3)))
+        st["pending"] = job["index"]
+        save_state(state, st)
+        job_id = submit(job)
+    return job_id
 
 
 # --------------------------------------------------------------------------------------------
@@ -544,7 +559,96 @@ def export(state: Path, out: Path, chunk: int = 200) -> dict[str, int]:
             row.update(job_id=rec["job_id"], submit_time=rec["submit_time"])
             row["intended_outcome"] = job["outcome"]
             f.write(json.dumps(row, sort_keys=True) + "\n")
-    return {"jobs": len(ids)}
+    counts = write_readme(out, state)
+    return {"jobs": len(ids), "ended": sum(counts["all"].values())}
+
+
+def ended_outcomes(out: Path) -> tuple[list[dict[str, Any]], dict[int, str]]:
+    """The exported generator rows and the real outcome of each ended job, by job id."""
+    from aggregator.jobs import final_from_sacct
+    from aggregator.parsers.sacct import parse
+
+    with gzip.open(out / "sacct.txt.gz", "rt", encoding="utf-8") as f:
+        rows = parse(f.read(), source=str(out / "sacct.txt.gz"))
+    with gzip.open(out / "generator.jsonl.gz", "rt", encoding="utf-8") as f:
+        gen = [json.loads(line) for line in f]
+    by_id: dict[int, list[dict[str, str]]] = {}
+    for row in rows:
+        by_id.setdefault(int(row["JobIDRaw"].split(".")[0]), []).append(row)
+    real = {}
+    for g in gen:
+        final = final_from_sacct(by_id.get(g["job_id"], []), None)
+        if final is not None:
+            real[g["job_id"]] = final["outcome"]
+    return gen, real
+
+
+def auc(y: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve (ties share their rank): P(score of a failure > a success)."""
+    order = np.argsort(score, kind="mergesort")
+    ranks = np.empty(len(score))
+    ranks[order] = np.arange(1, len(score) + 1)
+    _, inverse, counts = np.unique(score, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=ranks)
+    ranks = (sums / counts)[inverse]
+    pos = int(y.sum())
+    return float((ranks[y].sum() - pos * (pos + 1) / 2) / (pos * (len(y) - pos)))
+
+
+def write_readme(out: Path, state: Path) -> dict[str, dict[str, int]]:
+    """README.md of an exported dataset: how it was made and its counts per outcome and user."""
+    gen, real = ended_outcomes(out)
+    target = load_state(state).get("target", len(gen))
+    counts: dict[str, dict[str, int]] = {"all": {}}
+    for g in gen:
+        if g["job_id"] in real:
+            for key in (g["user"], "all"):
+                per = counts.setdefault(key, {})
+                per[real[g["job_id"]]] = per.get(real[g["job_id"]], 0) + 1
+    outcomes = [o for o in ("COMPLETED", "FAILED", "OUT_OF_MEMORY", "TIMEOUT", "CANCELLED",
+                            "NODE_FAIL", "PREEMPTED", "OTHER") if counts["all"].get(o)]  # fmt: skip
+    ended = [g for g in gen if g["job_id"] in real]
+    y = np.array([real[g["job_id"]] not in ("COMPLETED", "CANCELLED") for g in ended])
+    p = np.array([g["p_fail"] for g in ended])
+    agree = sum(real[g["job_id"]] == g["intended_outcome"] for g in ended)
+    submits = [g["submit_time"] for g in gen]
+    version = _run(["sacct", "--version"]).strip()
+    lines = [
+        f"# {out.name or VERSION}: real jobs from the workload generator",
+        "",
+        "Recorded on the dev cluster (docs/dev-cluster.md) with",
+        "",
+        "```sh",
+        f"python -m models.workload run --jobs {target} --state {state}",
+        f"python -m models.workload export --state {state} --out {out}/",
+        "```",
+        "",
+        f"- seed {gen[0]['seed'] if gen else DEFAULT_SEED}; {version}; submitted "
+        f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(min(submits)))} to "
+        f"{time.strftime('%H:%M UTC', time.gmtime(max(submits)))}"
+        if gen
+        else "- nothing submitted",
+        f"- {len(gen)} jobs submitted, {len(ended)} ended; the real outcome is the intended one "
+        f"for {agree} of them",
+        f"- failure rate {y.mean():.1%}; mean p_fail {p.mean():.3f}; AUC of p_fail on the real "
+        f"outcomes {auc(y, p):.3f}"
+        if len(ended) and 0 < y.sum() < len(y)
+        else "- no outcomes",
+        "",
+        "`sacct.txt.gz` is `sacct --parsable2 -D` (header, jobs and steps, fields RECONCILE_FIELDS "
+        "of aggregator/parsers/sacct.py); `generator.jsonl.gz` has one line per job (see "
+        "docs/workload.md).",
+        "",
+        "| User | Habit | Ended | " + " | ".join(outcomes) + " |",
+        "|---|---|---|" + "---|" * len(outcomes),
+    ]
+    for key in [u.name for u in USERS if u.name in counts] + ["all"]:
+        habit = USER_BY_NAME[key].habit if key in USER_BY_NAME else ""
+        per = counts[key]
+        cells = " | ".join(str(per.get(o, 0)) for o in outcomes)
+        lines.append(f"| {key} | {habit} | {sum(per.values())} | {cells} |")
+    (out / "README.md").write_text("\n".join(lines) + "\n")
+    return counts
 
 
 _EXPORT_KEYS = (

@@ -112,6 +112,24 @@ def test_a_crash_between_sbatch_and_saving_does_not_duplicate_the_job(tmp_path):
     assert [j["job_id"] for j in st["jobs"]] == [jid for _, jid in reference.submitted]
 
 
+def test_a_failed_sbatch_is_retried_without_duplicates(tmp_path):
+    reference = FakeCluster()
+    _run(tmp_path / "ref", reference, 12)
+    cluster, calls = FakeCluster(), []
+
+    def flaky(job):
+        calls.append(job["index"])
+        if calls.count(job["index"]) == 1 and job["index"] in (3, 7):
+            if job["index"] == 7:
+                cluster.submit(job)  # accepted, but the answer was lost
+            raise RuntimeError("sbatch failed (1): Socket timed out")
+        return cluster.submit(job)
+
+    wl.run(12, tmp_path / "s", seed=3, submit=flaky, active=lambda: 0, find=cluster.find,
+           sleep=lambda s: None, clock=lambda: 0.0)  # fmt: skip
+    assert cluster.submitted == reference.submitted
+
+
 def test_a_state_dir_refuses_another_seed(tmp_path):
     _run(tmp_path, FakeCluster(), 3)
     with pytest.raises(SystemExit, match="seed 3"):
@@ -210,6 +228,7 @@ def test_p_fail_is_calibrated_and_not_trivially_separating(jobs):
     for b in range(10):
         assert abs(p[bins == b].mean() - y[bins == b].mean()) < 0.04, b
     assert 0.84 <= _auc(y, p) <= 0.93
+    assert math.isclose(wl.auc(y, p), _auc(y, p))
 
 
 def test_synthesize_queues_jobs_like_a_two_node_cluster():
