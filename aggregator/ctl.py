@@ -315,3 +315,31 @@ def model_report(ctx: click.Context, out_dir: str, epochs: int) -> None:
                                cost_false_alarm=cfg.models.cost_false_alarm, epochs=epochs)  # fmt: skip
     path = report.write_report(result, out_dir, verdicts=verdicts)
     click.echo(f"report written to {path}")
+
+
+@main.command()
+@click.argument("script", type=click.File("r"))
+@click.argument("sbatch_args", nargs=-1, type=click.UNPROCESSED)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def check(ctx: click.Context, script, sbatch_args, as_json: bool) -> None:
+    """Score a job script before submitting it: `nomadectl check job.sh [sbatch options]`."""
+    import getpass
+
+    from . import request
+
+    cfg = _cfg(ctx)
+    try:
+        req = request.request(
+            request.options(script.read(), list(sbatch_args)), request.cluster_defaults()
+        )
+    except ValueError as exc:
+        raise click.ClickException(f"{script.name}: {exc}") from None
+    req["user"] = getpass.getuser()
+    try:
+        answer = request.ask_aggregator(cfg.hooks.aggregator_url, req)
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot reach the aggregator at {cfg.hooks.aggregator_url}: {exc}"
+        ) from None
+    _emit(answer, as_json, render.check)

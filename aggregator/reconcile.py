@@ -49,6 +49,7 @@ class Reconciler:
     def __init__(self, reader, writer, ingest, cfg) -> None:
         self.reader, self.writer, self.ingest, self.cfg = reader, writer, ingest, cfg
         self._last_error: str | None = None
+        self.on_final = None  # called (uid, job_id, final) once a job's final record is stored
 
     def due(self, now: float) -> list[tuple[int, int, float | None, int]]:
         return self.reader.execute(

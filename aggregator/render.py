@@ -142,3 +142,12 @@ def models(rows: list[dict[str, Any]]) -> str:
         out.append(f"{'* ' if m['active'] else '  '}{m['version']:<26}{when(m['created']):<21}{m['train_jobs'] or 0:>7}"
                    f"  {'-' if auc is None else f'{auc:.3f}':>10}  {when(m['train_first_submit'])} .. {when(m['train_last_submit'])}")  # fmt: skip
     return "\n".join(out) if rows else "no models yet (nomadectl train)"
+
+
+def check(answer: dict[str, Any]) -> str:
+    v = answer.get("verdict")
+    if v is None:
+        return "NØMADE: no model is active yet, so this job cannot be scored (nomadectl train)."
+    if v["warned"]:
+        return "\n".join(v["lines"])
+    return f"NØMADE: low risk ({v['p_fail']:.2f}) that this job fails (model {v['model_version']})."

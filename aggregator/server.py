@@ -16,15 +16,17 @@ from typing import Any
 
 import zmq
 
+from models import features
 from nomade_common import wire
 from nomade_common.config import Config
 
 from . import jobs as jobfields
 from . import liveness, query
 from .ingest import Ingest, Rejected
-from .parsers import scontrol
+from .parsers import scontrol, slurmvalues
 from .queue import QueueSnapshots
 from .reconcile import Reconciler
+from .scoring import Scorer, pack, unpack
 from .store import WorkItem, Writer, bump, connect, event
 
 log = logging.getLogger("nomade.aggregator")
@@ -50,6 +52,10 @@ class Aggregator:
         os.set_blocking(self._wake_w, False)
         self._zmq_thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._idents: dict[str, bytes] = {}  # node -> ZeroMQ routing id of its agent
+        self.scorer = Scorer(cfg.database, cfg.models.warn_threshold)
+        self.scoring_failures = 0
+        self.reconciler.on_final = self._job_ended
         self._bad_logged: dict[str, float] = {}
         self.http: ThreadingHTTPServer | None = None
 
@@ -86,6 +92,7 @@ class Aggregator:
         except wire.WireError as exc:
             self._bad(peer, str(exc))
             return
+        self._idents[env.node] = ident
         if env.type not in wire.AGENT_TYPES:
             self._bad(f"{env.node} ({peer})", f"unknown message type {env.type!r}")
             return
@@ -145,9 +152,20 @@ class Aggregator:
             sock.close(0)
 
     # -- periodic work ------------------------------------------------------------------------
+    def _job_ended(self, uid: int, job_id: int, final: dict[str, Any]) -> None:
+        """A job's outcome is known: it may now be a neighbour of the jobs that start after it."""
+        row = self.reader().execute("SELECT vector FROM job_features WHERE job_uid = ? AND feature_version = ?",
+                                    (uid, features.FEATURE_VERSION)).fetchone()  # fmt: skip
+        if row is not None and final.get("end_time") is not None:
+            self.scorer.add_ended(job_id, final["end_time"], final["outcome"], unpack(row[0]))
+
     def _housekeeping(self) -> None:
+        ticks = 0
         while not self._stop.wait(1.0):
             try:
+                if ticks % 5 == 0:
+                    self.scorer.reload()
+                ticks += 1
                 self._liveness()
                 self.reconciler.run_once()
             except Exception:
@@ -185,8 +203,47 @@ class Aggregator:
         fields["start_time"] = fields["start_time"] or body.get("t")
         snapshot = self.queue.get()
         now = time.time()
-        uid = self.writer.call(lambda c: self.ingest.job_start(c, fields, snapshot, now))
-        return {"ok": True, "job_uid": uid, "verdict": None}
+        vector, verdict = self._score(fields)
+        # Stored asynchronously: the hook's answer never waits for the writer (heavy ingest must
+        # not delay a job's start).  The verdict goes to the agents of the job's nodes now.
+        self.writer.submit(WorkItem(lambda c: self.ingest.job_start(
+            c, fields, snapshot, now, vector, features.FEATURE_VERSION, verdict)))  # fmt: skip
+        if verdict is not None:
+            self._push_verdict(fields.get("node_list"), verdict)
+        return {"ok": True, "verdict": verdict}
+
+    def _score(self, fields: dict[str, Any]) -> tuple[bytes | None, dict[str, Any] | None]:
+        """Features and verdict of a starting job; any failure means "no verdict", never an error."""
+        job = dict(fields)
+        job["submit_time"] = job.get("submit_time") or job.get("start_time") or time.time()
+        try:
+            x = self.scorer.vector(job)
+            verdict = self.scorer.score(job, x)
+        except Exception:
+            log.exception(
+                "scoring job %s failed; it starts without a verdict", fields.get("job_id")
+            )
+            self.scoring_failures += 1
+            return None, None
+        return pack(x), verdict
+
+    def _push_verdict(self, node_list: str | None, verdict: dict[str, Any]) -> None:
+        payload = {k: verdict[k] for k in ("job_id", "warned", "p_fail", "lines", "model_version")}
+        for node in slurmvalues.hostlist(node_list):
+            ident = self._idents.get(node)
+            if ident is not None:
+                self._acks.append((ident, wire.Envelope(wire.VERDICT, node, 0, 0, payload).pack()))
+        self._wake()
+
+    def check(self, body: dict[str, Any]) -> dict[str, Any]:
+        """`nomadectl check`: the verdict a job with this request would get now."""
+        job = dict(body.get("request") or {})
+        if not job.get("user"):
+            raise ValueError("the request names no user")
+        now = time.time()
+        job.update(job_id=job.get("job_id") or 0, submit_time=now, start_time=now)
+        verdict = self.scorer.score(job)
+        return {"ok": True, "verdict": verdict, "model": self.scorer.version}
 
     def hook_job_end(self, body: dict[str, Any]) -> dict[str, Any]:
         env = body.get("env") or {}

@@ -103,6 +103,46 @@ def node_report(conf, event):
     }
     name = f"{time.time_ns()}-{job}-{event}.json"
     write_atomically(os.path.join(inbox, name), json.dumps(report))
+    node_dir = os.path.join(conf["spool_dir"], node)
+    if event == "start":
+        hand_over_verdict(conf, node_dir, job)
+    else:
+        for path in (
+            os.path.join(node_dir, "jobs", str(job)),
+            os.path.join(node_dir, "verdicts", f"{job}.json"),
+        ):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+
+def hand_over_verdict(conf, node_dir, job):
+    """Wait briefly for the agent to receive the job's verdict (sent when PrologSlurmctld scored
+    it), and leave its warning lines in a file only the job's user can read, for TaskProlog."""
+    path = os.path.join(node_dir, "verdicts", f"{job}.json")
+    deadline = time.monotonic() + min(
+        conf.get("verdict_wait_seconds", 0.3), max(0.0, remaining(conf) - 0.2)
+    )
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        with open(path, encoding="utf-8") as f:
+            verdict = json.load(f)
+    except (OSError, ValueError):
+        return
+    lines = verdict.get("lines") if verdict.get("warned") else None
+    if not lines:
+        return
+    jobs_dir = os.path.join(node_dir, "jobs")
+    os.makedirs(jobs_dir, mode=0o755, exist_ok=True)
+    target = os.path.join(jobs_dir, str(job))
+    write_atomically(
+        target, "".join(str(line).replace("\n", " ") + "\n" for line in lines[:6]), mode=0o400
+    )
+    uid = os.environ.get("SLURM_JOB_UID")
+    if uid and uid.isdigit():
+        os.chown(target, int(uid), -1)
 
 
 # -- head-node hooks: tell the aggregator, behind a circuit breaker ------------------------------
@@ -198,7 +238,8 @@ def controller_report(conf, event):
 
 # -- task prolog: a line in the job's own output -------------------------------------------------
 def task_prolog(conf):
-    if not conf["task_notice"] or os.environ.get("SLURM_PROCID", "0") != "0":
+    """Print the job's warning (left by the Prolog) or, when task_notice is on, a notice."""
+    if os.environ.get("SLURM_PROCID", "0") != "0":
         return
     # Once per job: in the batch step (its task environment has no step id in Slurm 22.05), or
     # in step 0 of a job that has no batch script (srun/salloc; a batch job's steps inherit
@@ -208,11 +249,20 @@ def task_prolog(conf):
     first_step_of_interactive = step == "0" and os.environ.get("ENVIRONMENT") != "BATCH"
     if not (is_batch or first_step_of_interactive):
         return
-    sys.stdout.write(
-        "print NØMADE: job {} is monitored by NØMADE (nomadectl job {})\n".format(
-            os.environ.get("SLURM_JOB_ID", "?"), os.environ.get("SLURM_JOB_ID", "?")
-        )
+    job = os.environ.get("SLURM_JOB_ID", "?")
+    node = os.environ.get("SLURMD_NODENAME") or socket.gethostname().split(".")[0]
+    try:
+        with open(os.path.join(conf["spool_dir"], node, "jobs", job), encoding="utf-8") as f:
+            warning = [line.rstrip("\n") for line in f if line.strip()]
+    except OSError:
+        warning = []
+    lines = warning or (
+        [f"NØMADE: job {job} is monitored by NØMADE (nomadectl job {job})"]
+        if conf["task_notice"]
+        else []
     )
+    for line in lines:
+        sys.stdout.write(f"print {line}\n")
     sys.stdout.flush()
 
 

@@ -47,6 +47,7 @@ class Agent:
         self.spool = Path(a.spool_dir) / self.node
         self.inbox = self.spool / "inbox"
         self.inbox.mkdir(parents=True, exist_ok=True, mode=0o755)
+        self.verdicts = self.spool / "verdicts"
         self.outbox = Outbox(str(self.spool / "outbox.db"), a.outbox_max_envelopes)
         self.sampler = JobSampler(self.node, a.cgroup_root, a.proc_root)
         self.ledger = open(ledger, "a", encoding="utf-8") if ledger else None  # noqa: SIM115
@@ -93,6 +94,9 @@ class Agent:
             except wire.WireError as exc:
                 log.warning("ignored a reply from %s: %s", self.cfg.agent.aggregator, exc)
                 continue
+            if env.type == wire.VERDICT:
+                self.keep_verdict(env.payload)
+                continue
             if env.type in (wire.ACK, wire.NACK) and env.epoch == self.outbox.epoch:
                 if env.type == wire.NACK:
                     log.error(
@@ -100,6 +104,26 @@ class Agent:
                     )
                 self.outbox.ack(env.seq)
                 self.inflight.pop(env.seq, None)
+
+    def keep_verdict(self, payload: Any) -> None:
+        """Leave a starting job's verdict where the Prolog looks for it (renamed into place)."""
+        if not isinstance(payload, dict) or not isinstance(payload.get("job_id"), int):
+            log.warning("ignored a verdict without a job id from %s", self.cfg.agent.aggregator)
+            return
+        self.verdicts.mkdir(exist_ok=True)
+        final = self.verdicts / f"{payload['job_id']}.json"
+        tmp = self.verdicts / f".{payload['job_id']}.json.tmp"
+        tmp.write_text(json.dumps(payload), encoding="utf-8")
+        os.replace(tmp, final)
+
+    def sweep_verdicts(self, now: float, max_age: float = 86400.0) -> None:
+        """Verdicts of jobs whose Epilog never came (a crashed node) are removed after a day."""
+        for path in self.verdicts.glob("*.json"):
+            try:
+                if now - path.stat().st_mtime > max_age:
+                    path.unlink()
+            except OSError:
+                pass
 
     # -- work ---------------------------------------------------------------------------------
     def enqueue(self, mtype: str, payload: Any) -> int:
@@ -170,6 +194,8 @@ class Agent:
             if now >= next_beat:
                 self.heartbeat(time.time())
                 next_beat = now + beat
+                if int(now) % 3600 < beat:
+                    self.sweep_verdicts(time.time())
             self.pump(now)
             wait = min(next_inbox, next_sample, next_beat) - time.monotonic()
             if self.sock.poll(max(1, int(wait * 1000)), zmq.POLLIN):

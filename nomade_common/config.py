@@ -90,7 +90,13 @@ class Config:
         return self.aggregator.database or str(Path(self.general.data_dir) / "nomade.db")
 
 
-_SECTIONS = {"general": General, "agent": Agent, "aggregator": Aggregator, "hooks": Hooks, "models": Models}
+_SECTIONS = {
+    "general": General,
+    "agent": Agent,
+    "aggregator": Aggregator,
+    "hooks": Hooks,
+    "models": Models,
+}
 _LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR"}
 
 

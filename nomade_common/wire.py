@@ -31,6 +31,7 @@ JOB_EVENT = "job_event"  # payload: {"event": "start"|"end", "job_id", "t", ...f
 # Aggregator -> agent.
 ACK = "ack"  # payload: {"epoch", "seq"}: stored and committed
 NACK = "nack"  # payload: {"epoch", "seq", "reason"}: will never be stored (rejected)
+VERDICT = "verdict"  # payload: {"job_id", "warned", "p_fail", "lines", "model_version"}
 
 AGENT_TYPES = frozenset({HELLO, HEARTBEAT, SAMPLES, JOB_EVENT})
 

@@ -111,3 +111,21 @@ def gpus_from_gres(text: str | None) -> int | None:
         count = name.split("(")[0].rsplit(":", 1)[-1]
         total = (total or 0) + (int(count) if count.isdigit() else 1)
     return total
+
+
+def hostlist(text: str | None) -> list[str]:
+    """'node[1-3,7],gpu01' -> ['node1', 'node2', 'node3', 'node7', 'gpu01'] (zero padding kept)."""
+    if absent(text):
+        return []
+    out: list[str] = []
+    for prefix, ranges, plain in re.findall(r"([^,\[]+)\[([^\]]+)\]|([^,\[\]]+)", text.strip()):
+        if plain:
+            out.append(plain)
+            continue
+        for part in ranges.split(","):
+            lo, _, hi = part.partition("-")
+            if not hi:
+                out.append(prefix + lo)
+                continue
+            out += [f"{prefix}{i:0{len(lo)}d}" for i in range(int(lo), int(hi) + 1)]
+    return out
