@@ -563,8 +563,8 @@ def export(state: Path, out: Path, chunk: int = 200) -> dict[str, int]:
     return {"jobs": len(ids), "ended": sum(counts["all"].values())}
 
 
-def ended_outcomes(out: Path) -> tuple[list[dict[str, Any]], dict[int, str]]:
-    """The exported generator rows and the real outcome of each ended job, by job id."""
+def ended_outcomes(out: Path) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]]]:
+    """The exported generator rows, and final_from_sacct of each ended job by job id."""
     from aggregator.jobs import final_from_sacct
     from aggregator.parsers.sacct import parse
 
@@ -579,7 +579,7 @@ def ended_outcomes(out: Path) -> tuple[list[dict[str, Any]], dict[int, str]]:
     for g in gen:
         final = final_from_sacct(by_id.get(g["job_id"], []), None)
         if final is not None:
-            real[g["job_id"]] = final["outcome"]
+            real[g["job_id"]] = final
     return gen, real
 
 
@@ -597,7 +597,9 @@ def auc(y: np.ndarray, score: np.ndarray) -> float:
 
 def write_readme(out: Path, state: Path) -> dict[str, dict[str, int]]:
     """README.md of an exported dataset: how it was made and its counts per outcome and user."""
-    gen, real = ended_outcomes(out)
+    gen, finals = ended_outcomes(out)
+    real = {job_id: final["outcome"] for job_id, final in finals.items()}
+    last_end = max((f["end_time"] or 0 for f in finals.values()), default=0)
     target = load_state(state).get("target", len(gen))
     counts: dict[str, dict[str, int]] = {"all": {}}
     for g in gen:
@@ -625,7 +627,8 @@ def write_readme(out: Path, state: Path) -> dict[str, dict[str, int]]:
         "",
         f"- seed {gen[0]['seed'] if gen else DEFAULT_SEED}; {version}; submitted "
         f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(min(submits)))} to "
-        f"{time.strftime('%H:%M UTC', time.gmtime(max(submits)))}"
+        f"{time.strftime('%H:%M UTC', time.gmtime(max(submits)))}; the last job ended "
+        f"{(last_end - min(submits)) / 60:.0f} minutes after the first was submitted"
         if gen
         else "- nothing submitted",
         f"- {len(gen)} jobs submitted, {len(ended)} ended; the real outcome is the intended one "
