@@ -1,0 +1,374 @@
+"""The evaluation report: `report.md` and its plots from the dict `evaluate.evaluate` returns.
+
+    write_report(result, out_dir, verdicts=[...]) -> out_dir/report.md
+
+Plots (matplotlib, Agg backend): roc.png, pr.png, calibration.png, confusion.png.  `verdicts`
+are the stored warnings of live scoring (dicts with job_id, p_fail, warned, outcome); the
+section "How the warnings did" counts their hits, misses and false alarms.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import features
+from .evaluate import CEILING, LABELS
+
+PLOTS = ("roc.png", "pr.png", "calibration.png", "confusion.png")
+
+
+def _f(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _when(t: float | None) -> str:
+    return "n/a" if t is None else datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+        *("| " + " | ".join(r) + " |" for r in rows),
+    ]
+
+
+# -- sections ------------------------------------------------------------------------------------
+def data_section(result: dict[str, Any]) -> list[str]:
+    d, p = result["data"], result["protocol"]
+    lines = [
+        "## Data",
+        "",
+        f"- Jobs with a known outcome: {d['jobs']} from {d['users']} users",
+        f"- Span: {_when(d['first_submit'])} to {_when(d['last_end'])} ({d['span_days']:.2f} days)",
+        f"- Failures (any outcome but COMPLETED and CANCELLED): {d['failures']}"
+        f" ({_pct(d['failure_rate'])})",
+        "",
+        *_table(
+            ["Outcome", "Jobs", "Share"],
+            [[c, str(k), _pct(k / d["jobs"])] for c, k in d["outcomes"].items()],
+        ),
+        "",
+        "## Protocol",
+        "",
+        f"Jobs in start order; the earliest {p['train_jobs']} train, the latest {p['test_jobs']}"
+        f" (starting from {_when(p['split_start_time'])}) test, {p['test_failures']} of them"
+        " failures.  Members and learned baselines are fitted on the first"
+        f" {p['fit_jobs']} training jobs; ensemble weights, calibration and every alarm threshold"
+        f" come from the last {p['validation_jobs']} (the validation slice).  Features see only"
+        " what was known at each job's start.  The ensemble is scored through ONNX Runtime, as"
+        f" the aggregator runs it.  GNN epochs: {p['epochs']}, seed {p['seed']}.",
+        "",
+    ]
+    return lines
+
+
+def failure_section(result: dict[str, Any]) -> list[str]:
+    p = result["protocol"]
+    rows = []
+    for name, m in result["failure"].items():
+        rows.append([LABELS.get(name, name), _f(m["auc"]), _f(m["pr_auc"]), _f(m["brier"], 4),
+                     _f(m["threshold"]), _pct(m["type1"]), _pct(m["type2"]), _f(m["cost_per_job"])])  # fmt: skip
+    return [
+        "## Failure prediction on the test part",
+        "",
+        "AUC: ROC area of the failure score; PR-AUC: average precision (a constant scores the"
+        " failure rate); Brier: mean squared error of the score as a probability (lower is"
+        " better).  At each score's threshold (chosen on the validation slice): type 1 = false"
+        " alarms / jobs that did not fail, type 2 = misses / jobs that failed, cost per job ="
+        f" ({p['cost_missed_failure']:g} x misses + {p['cost_false_alarm']:g} x false alarms) / jobs.",
+        "",
+        *_table(["Score", "AUC", "PR-AUC", "Brier", "Threshold", "Type 1", "Type 2", "Cost/job"], rows),
+        "",
+    ]  # fmt: skip
+
+
+def _interval(d: dict[str, float]) -> str:
+    return f"{d['diff']:+.3f} (95% bootstrap interval {d['lo']:+.3f} to {d['hi']:+.3f})"
+
+
+def _name(key: str) -> str:
+    return f"*{LABELS.get(key, key)}*"
+
+
+def _verdict(d: dict[str, float]) -> str:
+    if d["lo"] > 0:
+        return "better"
+    if d["hi"] < 0:
+        return "worse"
+    return "indistinguishable"
+
+
+def findings_section(result: dict[str, Any]) -> list[str]:
+    """The honest paragraph: what beat what, by how much, and what did not."""
+    m = result["failure"]
+    ens = m["ensemble"]
+    out = []
+    simple, best = result.get("best_simple_baseline"), result.get("best_baseline")
+    if simple:
+        d = result["ensemble_vs_simple"]
+        v = _verdict(d)
+        head = f"The best simple baseline is {_name(simple)} (AUC {_f(m[simple]['auc'])})."
+        if v == "better":
+            out.append(f"{head} The ensemble (AUC {_f(ens['auc'])}) beats it by {_interval(d)}.")
+        elif v == "worse":
+            out.append(f"{head} **The ensemble does not beat it**: its AUC ({_f(ens['auc'])}) is"
+                       f" lower by {_interval(d)}.")  # fmt: skip
+        else:
+            out.append(f"{head} **The ensemble does not clearly beat it**: AUC {_f(ens['auc'])},"
+                       f" a difference of {_interval(d)}, within the noise of this test set.")  # fmt: skip
+    if best and best != simple:
+        d = result["ensemble_vs_best"]
+        v = _verdict(d)
+        what = {"better": "beats", "worse": "**is beaten by**", "indistinguishable": "**does not clearly beat**"}[v]  # fmt: skip
+        out.append(f"Among the ensemble's own members, the strongest alone is"
+                   f" {_name(best)} (AUC {_f(m[best]['auc'])}); the ensemble {what} it:"
+                   f" {_interval(d)}.")  # fmt: skip
+    g = result["graph_contribution"]
+    v = _verdict(g)
+    gtext = {"better": "improve", "worse": "worsen", "indistinguishable": "do not measurably change"}[v]  # fmt: skip
+    out.append(f"The similarity-graph features {gtext} the gradient-boosted trees: AUC"
+               f" {_f(m['member_gbt']['auc'])} with them, {_f(m['gbt_no_graph']['auc'])} without,"
+               f" {_interval(g)}.  The GNN has weight {result['ensemble']['weights']['gnn']:g} in the"
+               f" ensemble (GBT {result['ensemble']['weights']['gbt']:g},"
+               f" LR {result['ensemble']['weights']['lr']:g}).")  # fmt: skip
+    maj = m["majority"]
+    cost_names = [n for n in m if n != CEILING]
+    cheapest = min(cost_names, key=lambda n: m[n]["cost_per_job"])
+    cost = (f"At its threshold the ensemble costs {_f(ens['cost_per_job'])} per job, against"
+            f" {_f(maj['cost_per_job'])} for the constant rule (warn for all or for none) and"
+            f" {_f(m[simple]['cost_per_job']) if simple else 'n/a'} for the best simple baseline")  # fmt: skip
+    if cheapest == "ensemble":
+        out.append(f"{cost}; no other score is cheaper.")
+    else:
+        out.append(f"{cost}; **{_name(cheapest)} is cheaper at its own threshold**"
+                   f" ({_f(m[cheapest]['cost_per_job'])} per job).")  # fmt: skip
+    if maj["brier"] > 0:
+        skill = 1 - ens["brier"] / maj["brier"]
+        out.append(f"As a probability, p_fail has Brier score {_f(ens['brier'], 4)}, a skill of"
+                   f" {_pct(skill)} over the constant failure rate ({_f(maj['brier'], 4)}).")  # fmt: skip
+    if CEILING in m and simple:
+        c, s, e = m[CEILING]["auc"], m[simple]["auc"], ens["auc"]
+        gap = f"; the ensemble closes {_pct((e - s) / (c - s))} of the gap between the best simple" \
+              " baseline and that ceiling" if c > s else ""  # fmt: skip
+        out.append(f"The generator's own failure probability, the best any model could do on"
+                   f" this data, reaches AUC {_f(c)}{gap}.")  # fmt: skip
+    return ["## What beat what", "", " ".join(out), ""]
+
+
+def class_section(result: dict[str, Any]) -> list[str]:
+    rows = [[c, str(v["support"]), _f(v["auc"]), _f(v["pr_auc"])]
+            for c, v in result["per_class"].items()]  # fmt: skip
+    return [
+        "## Per outcome class (ensemble, one against the rest)",
+        "",
+        "Classes present in the test part, with both members and non-members.",
+        "",
+        *_table(["Class", "Test jobs", "AUC", "PR-AUC"], rows),
+        "",
+    ]
+
+
+def threshold_section(result: dict[str, Any]) -> list[str]:
+    m, p = result["failure"]["ensemble"], result["protocol"]
+    return [
+        "## Alarm threshold",
+        "",
+        f"Warn when p_fail >= {_f(m['threshold'])}: the threshold with the lowest"
+        f" {p['cost_missed_failure']:g} x missed failures + {p['cost_false_alarm']:g} x false"
+        " alarms on the validation slice.  On the test part:",
+        "",
+        *_table(
+            ["", "Failed", "Did not fail"],
+            [
+                ["Warned", f"{m['tp']} (hits)", f"{m['fp']} (false alarms)"],
+                ["Not warned", f"{m['fn']} (misses)", f"{m['tn']}"],
+            ],
+        ),  # fmt: skip
+        "",
+        f"Type 1 error (false alarm rate) {_pct(m['type1'])}, type 2 error (miss rate)"
+        f" {_pct(m['type2'])}, precision of a warning {_pct(m['precision'])}, cost"
+        f" {m['cost']:g} ({_f(m['cost_per_job'])} per job).",
+        "",
+    ]
+
+
+def confusion_section(result: dict[str, Any]) -> list[str]:
+    cm = np.asarray(result["confusion"])
+    keep = [i for i in range(len(features.CLASSES)) if cm[i].sum() or cm[:, i].sum()]
+    rows = [[features.CLASSES[i], *(str(cm[i, j]) for j in keep)] for i in keep]
+    return [
+        "## Confusion matrix (most probable class)",
+        "",
+        "Rows: the outcome; columns: the ensemble's most probable class.",
+        "",
+        *_table(["True \\ predicted", *(features.CLASSES[j] for j in keep)], rows),
+        "",
+    ]
+
+
+def verdict_counts(verdicts: list[dict[str, Any]]) -> dict[str, int]:
+    counts = {"hits": 0, "misses": 0, "false_alarms": 0, "quiet": 0, "pending": 0}
+    for v in verdicts:
+        if not v.get("outcome"):
+            counts["pending"] += 1
+            continue
+        failed = features.is_failure(v["outcome"])
+        key = ("hits" if failed else "false_alarms") if v["warned"] else ("misses" if failed else "quiet")  # fmt: skip
+        counts[key] += 1
+    return counts
+
+
+def warnings_section(verdicts: list[dict[str, Any]]) -> list[str]:
+    lines = ["## How the warnings did", ""]
+    if not verdicts:
+        return [*lines, "No stored verdicts of live scoring yet.", ""]
+    c = verdict_counts(verdicts)
+    failed, warned = c["hits"] + c["misses"], c["hits"] + c["false_alarms"]
+    return [
+        *lines,
+        f"{len(verdicts)} scored jobs ({c['pending']} not ended yet).",
+        "",
+        *_table(
+            ["Hits", "Misses", "False alarms", "Quiet and fine"],
+            [[str(c["hits"]), str(c["misses"]), str(c["false_alarms"]), str(c["quiet"])]],
+        ),  # fmt: skip
+        "",
+        f"Miss rate {_pct(c['misses'] / failed if failed else None)}, share of warnings that"
+        f" were false alarms {_pct(c['false_alarms'] / warned if warned else None)}.",
+        "",
+    ]
+
+
+# -- plots ---------------------------------------------------------------------------------------
+def _curves(result: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    a = result["arrays"]
+    failed, scores = np.asarray(a["failed"], dtype=bool), a["scores"]
+    for name, kind in (("roc.png", "roc"), ("pr.png", "pr")):
+        fig, ax = plt.subplots(figsize=(6.5, 5.5))
+        for key, s in scores.items():
+            style = {"lw": 2.5, "color": "black"} if key == "ensemble" else {"lw": 1.1}
+            if key == CEILING:
+                style = {"lw": 1.2, "ls": "--", "color": "grey"}
+            label = f"{LABELS.get(key, key)} ({_f(result['failure'][key]['auc' if kind == 'roc' else 'pr_auc'])})"
+            if kind == "roc":
+                x, y, _ = roc_curve(failed, s)
+            else:
+                y, x, _ = precision_recall_curve(failed, s)
+            ax.plot(x, y, label=label, **style)
+        if kind == "roc":
+            ax.plot([0, 1], [0, 1], color="lightgrey", lw=0.8)
+            ax.set(xlabel="False alarm rate", ylabel="Failures caught", title="ROC, test part")
+        else:
+            ax.set(xlabel="Recall (failures caught)", ylabel="Precision", title="Precision-recall, test part")  # fmt: skip
+        ax.legend(fontsize=7, loc="lower right" if kind == "roc" else "upper right")
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+
+
+def _calibration(result: dict[str, Any], out: Path, bins: int = 10) -> None:
+    from matplotlib import pyplot as plt
+
+    a = result["arrays"]
+    failed = np.asarray(a["failed"], dtype=float)
+    fig, ax = plt.subplots(figsize=(5.5, 5.5))
+    ax.plot([0, 1], [0, 1], color="lightgrey", lw=0.8)
+    for key in ("ensemble", CEILING):
+        if key not in a["scores"]:
+            continue
+        p = np.asarray(a["scores"][key])
+        which = np.minimum((p * bins).astype(int), bins - 1)
+        n = np.bincount(which, minlength=bins)
+        ok = n > 0
+        mean_p = np.bincount(which, p, bins)[ok] / n[ok]
+        rate = np.bincount(which, failed, bins)[ok] / n[ok]
+        ax.plot(
+            mean_p, rate, "o-", label=LABELS[key], color="black" if key == "ensemble" else "grey"
+        )
+    ax.set(xlabel="Predicted p_fail (bin mean)", ylabel="Observed failure rate",
+           title="Calibration, test part", xlim=(0, 1), ylim=(0, 1))  # fmt: skip
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "calibration.png", dpi=110)
+    plt.close(fig)
+
+
+def _confusion_plot(result: dict[str, Any], out: Path) -> None:
+    from matplotlib import pyplot as plt
+
+    cm = np.asarray(result["confusion"])
+    keep = [i for i in range(len(features.CLASSES)) if cm[i].sum() or cm[:, i].sum()]
+    cm = cm[np.ix_(keep, keep)]
+    names = [features.CLASSES[i] for i in keep]
+    fig, ax = plt.subplots(figsize=(6, 5))
+    ax.imshow(cm / np.maximum(cm.sum(axis=1, keepdims=True), 1), cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(keep)):
+        for j in range(len(keep)):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=9)
+    ax.set_xticks(range(len(keep)), names, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(keep)), names, fontsize=8)
+    ax.set(xlabel="Most probable class", ylabel="Outcome", title="Confusion matrix, test part")
+    fig.tight_layout()
+    fig.savefig(out / "confusion.png", dpi=110)
+    plt.close(fig)
+
+
+def plots(result: dict[str, Any], out: Path) -> list[str]:
+    _curves(result, out)
+    _calibration(result, out)
+    _confusion_plot(result, out)
+    return list(PLOTS)
+
+
+# -- the report ----------------------------------------------------------------------------------
+def _jsonable(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if k != "arrays"}
+
+
+def write_report(result: dict[str, Any], out_dir: str | Path, verdicts: list[dict[str, Any]] | None = None,
+                 title: str = "NØMADE model evaluation") -> Path:  # fmt: skip
+    """Write report.md (and its plots, and evaluation.json) into OUT_DIR; returns report.md."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [f"# {title}", "", *data_section(result)]
+    if result["insufficient"]:
+        lines += ["## Result: not enough data", "",
+                  f"No AUC is reported: {result['reason']}.  A smaller test part would give"
+                  " numbers too noisy to judge the model by.", ""]  # fmt: skip
+    else:
+        names = plots(result, out)
+        lines += [
+            *failure_section(result),
+            *findings_section(result),
+            *class_section(result),
+            *threshold_section(result),
+            *confusion_section(result),
+            "## Plots",
+            "",
+            *(f"![{n[:-4]}]({n})" for n in names),
+            "",
+            f"ONNX Runtime and the training frameworks agree on the test part's p_fail to"
+            f" {result['ensemble']['onnx_vs_framework_max_abs_diff']:.1e}.",
+            "",
+        ]
+    lines += warnings_section(verdicts or [])
+    (out / "evaluation.json").write_text(json.dumps(_jsonable(result), indent=1, default=float))
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
