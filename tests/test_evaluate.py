@@ -1,0 +1,143 @@
+"""models/evaluate.py and models/report.py on small synthetic workloads with a learnable signal."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("skl2onnx")
+
+from models import evaluate, report  # noqa: E402
+
+EPOCHS = 3
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def workload(n: int, seed: int = 1, fail_after: float = 1.0) -> list[dict]:
+    """Users with their own flakiness and memory habits: a job runs out of memory when its peak
+    passes its request, and fails at random with its user's rate.  p_fail is the true odds.
+    Only the first FAIL_AFTER share of jobs may fail."""
+    rng = np.random.default_rng(seed)
+    users = {f"u{i}": (rng.uniform(0.6, 1.3), rng.uniform(0.01, 0.35)) for i in range(10)}
+    jobs, t = [], 0.0
+    for i in range(n):
+        user = str(rng.choice(list(users)))
+        mem_factor, flaky = users[user]
+        t += rng.exponential(5)
+        req = float(rng.choice([256, 512, 1024, 2048])) * 2**20
+        peak = req * mem_factor * rng.lognormal(0, 0.2)
+        p_oom = 0.5 * math.erfc(math.log(1 / mem_factor) / 0.2 / math.sqrt(2))
+        may_fail = i < fail_after * n
+        outcome = "COMPLETED"
+        if may_fail and peak > req:
+            outcome = "OUT_OF_MEMORY"
+        elif may_fail and rng.random() < flaky:
+            outcome = "FAILED"
+        dur = float(rng.uniform(5, 100))
+        jobs.append({
+            "job_id": i + 1, "user": user, "account": "a" + user[-1], "partition": "debug",
+            "job_name": str(rng.choice(["train_a", "align_b"])), "submit_time": t,
+            "start_time": t + 1, "end_time": t + 1 + dur, "nodes_requested": 1, "cpus": 1,
+            "mem_per_node_bytes": req, "mem_per_cpu_bytes": None, "gpus": None,
+            "time_limit_seconds": 600, "outcome": outcome, "elapsed_seconds": dur,
+            "max_rss_bytes": min(peak, req),
+            "p_fail": 1 - (1 - p_oom) * (1 - flaky) if may_fail else 0.0,
+        })  # fmt: skip
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def jobs() -> list[dict]:
+    return workload(1500)
+
+
+@pytest.fixture(scope="module")
+def result(jobs) -> dict:
+    return evaluate.evaluate(jobs, epochs=EPOCHS)
+
+
+def test_learnable_signal_beats_chance_and_shuffled_labels_do_not(jobs, result):
+    assert not result["insufficient"]
+    auc = result["failure"]["ensemble"]["auc"]
+    shuffled = evaluate.shuffled_labels_auc(jobs, seed=0, epochs=EPOCHS)
+    assert abs(shuffled - 0.5) <= 0.1, shuffled
+    assert auc > shuffled + 0.15, (auc, shuffled)
+
+
+def test_every_baseline_is_scored_on_the_same_test_part(result):
+    assert set(result["failure"]) == set(evaluate.LABELS)  # the jobs carry p_fail
+    test_jobs = result["protocol"]["test_jobs"]
+    assert test_jobs == 450
+    for scores in result["arrays"]["scores"].values():
+        assert len(scores) == test_jobs
+    assert result["failure"]["majority"]["auc"] == 0.5
+    assert result["ensemble"]["onnx_vs_framework_max_abs_diff"] < 1e-5
+
+
+def test_too_few_test_jobs_or_failures_give_no_auc():
+    small = evaluate.evaluate(workload(400), epochs=EPOCHS)  # 120 test jobs
+    assert small["insufficient"] and "failure" not in small
+    assert small["protocol"]["test_jobs"] == 120
+    quiet = evaluate.evaluate(workload(1000, fail_after=0.69), epochs=EPOCHS)  # no late failures
+    assert quiet["insufficient"] and "failure" not in quiet
+    assert (quiet["protocol"]["test_jobs"], quiet["protocol"]["test_failures"]) == (300, 0)
+
+
+def brute_force_cost(p: np.ndarray, failed: np.ndarray, miss: float, alarm: float) -> float:
+    best = math.inf
+    for t in [*p.tolist(), math.inf]:  # warning when p >= t: every distinct outcome
+        warn = p >= t
+        best = min(best, miss * np.sum(~warn & failed) + alarm * np.sum(warn & ~failed))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_threshold_has_the_lowest_cost(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 30))
+    p = np.round(rng.random(n), 1)  # ties
+    failed = rng.random(n) < np.clip(p + rng.normal(0, 0.3, n), 0, 1)
+    miss, alarm = float(rng.choice([1, 2, 5, 10])), float(rng.choice([0.5, 1, 3]))
+    t, cost = evaluate.choose_threshold(p, failed, miss, alarm)
+    at = evaluate.at_threshold(p, failed, t, miss, alarm)
+    assert cost == at["cost"] == brute_force_cost(p, failed, miss, alarm)
+
+
+def test_threshold_extremes():
+    p, failed = np.array([0.1, 0.2, 0.9]), np.array([True, False, True])
+    assert evaluate.choose_threshold(p, failed, 100.0, 1.0) == (0.0, 1.0)  # warn for all
+    t, cost = evaluate.choose_threshold(p, ~failed, 1.0, 100.0)
+    assert t > 0.9 and cost == 1.0  # warn for none
+
+
+def test_report_has_its_sections_and_plots(result, tmp_path):
+    verdicts = [
+        {"job_id": 1, "p_fail": 0.8, "warned": True, "outcome": "FAILED"},
+        {"job_id": 2, "p_fail": 0.7, "warned": True, "outcome": "COMPLETED"},
+        {"job_id": 3, "p_fail": 0.1, "warned": False, "outcome": "OUT_OF_MEMORY"},
+        {"job_id": 4, "p_fail": 0.1, "warned": False, "outcome": None},
+    ]
+    path = report.write_report(result, tmp_path, verdicts=verdicts)
+    text = path.read_text()
+    for heading in ("## Data", "## Failure prediction on the test part", "## What beat what",
+                    "## Per outcome class", "## Alarm threshold", "## Confusion matrix",
+                    "## How the warnings did"):  # fmt: skip
+        assert heading in text, heading
+    for label in evaluate.LABELS.values():
+        assert f"| {label} |" in text, label
+    assert "| 1 | 1 | 1 | 0 |" in text  # hits, misses, false alarms, quiet
+    for name in report.PLOTS:
+        data = (tmp_path / name).read_bytes()
+        assert data[:8] == PNG and b"IEND" in data[-12:], name
+        assert f"]({name})" in text
+
+
+def test_report_of_insufficient_data_and_no_verdicts(tmp_path):
+    result = evaluate.evaluate(workload(300), epochs=EPOCHS)
+    text = report.write_report(result, tmp_path).read_text()
+    assert "## Result: not enough data" in text and "AUC |" not in text
+    assert "No stored verdicts" in text
+    assert not any((tmp_path / name).exists() for name in report.PLOTS)
