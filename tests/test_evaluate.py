@@ -141,3 +141,17 @@ def test_report_of_insufficient_data_and_no_verdicts(tmp_path):
     assert "## Result: not enough data" in text and "AUC |" not in text
     assert "No stored verdicts" in text
     assert not any((tmp_path / name).exists() for name in report.PLOTS)
+
+
+def test_docs_name_every_feature_and_baseline():
+    from conftest import ROOT
+
+    from models import features, graph
+
+    text = (ROOT / "docs" / "models.md").read_text()
+    for name in (*features.FEATURE_NAMES, *graph.GRAPH_FEATURE_NAMES):
+        bucket = name.rsplit("_", 1)[0] + "_0" if "bucket" in name else name
+        assert f"`{bucket}`" in text, name
+    for key, label in evaluate.LABELS.items():
+        if key != "ensemble" and not key.startswith("member_"):  # "Each member alone"
+            assert f"| {label.split(' (')[0]}" in text, label
