@@ -45,6 +45,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 # -- sections ------------------------------------------------------------------------------------
 def data_section(result: dict[str, Any]) -> list[str]:
     d, p = result["data"], result["protocol"]
+    verb = ("would train", "would be fitted") if result["insufficient"] else ("train", "are fitted")
     lines = [
         "## Data",
         "",
@@ -60,9 +61,9 @@ def data_section(result: dict[str, Any]) -> list[str]:
         "",
         "## Protocol",
         "",
-        f"Jobs in start order; the earliest {p['train_jobs']} train, the latest {p['test_jobs']}"
+        f"Jobs in start order; the earliest {p['train_jobs']} {verb[0]}, the latest {p['test_jobs']}"
         f" (starting from {_when(p['split_start_time'])}) test, {p['test_failures']} of them"
-        " failures.  Members and learned baselines are fitted on the first"
+        f" failures.  Members and learned baselines {verb[1]} on the first"
         f" {p['fit_jobs']} training jobs; ensemble weights, calibration and every alarm threshold"
         f" come from the last {p['validation_jobs']} (the validation slice).  Features see only"
         " what was known at each job's start.  The ensemble is scored through ONNX Runtime, as"
@@ -349,8 +350,8 @@ def write_report(result: dict[str, Any], out_dir: str | Path, verdicts: list[dic
     lines = [f"# {title}", "", *data_section(result)]
     if result["insufficient"]:
         lines += ["## Result: not enough data", "",
-                  f"No AUC is reported: {result['reason']}.  A smaller test part would give"
-                  " numbers too noisy to judge the model by.", ""]  # fmt: skip
+                  f"No AUC is reported and nothing was trained: {result['reason']}.  A test part"
+                  " this small gives numbers too noisy to judge a model by.", ""]  # fmt: skip
     else:
         names = plots(result, out)
         lines += [
