@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import sys
 import time
@@ -320,9 +321,10 @@ def model_report(ctx: click.Context, out_dir: str, epochs: int) -> None:
 @main.command()
 @click.argument("script", type=click.File("r"))
 @click.argument("sbatch_args", nargs=-1, type=click.UNPROCESSED)
+@click.option("--user", default=None, help="score as this user (root only)")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def check(ctx: click.Context, script, sbatch_args, as_json: bool) -> None:
+def check(ctx: click.Context, script, sbatch_args, user: str | None, as_json: bool) -> None:
     """Score a job script before submitting it: `nomadectl check job.sh [sbatch options]`."""
     import getpass
 
@@ -335,7 +337,9 @@ def check(ctx: click.Context, script, sbatch_args, as_json: bool) -> None:
         )
     except ValueError as exc:
         raise click.ClickException(f"{script.name}: {exc}") from None
-    req["user"] = getpass.getuser()
+    if user and os.geteuid() != 0:
+        raise click.ClickException("only root may score a job as another user")
+    req["user"] = user or getpass.getuser()
     try:
         answer = request.ask_aggregator(cfg.hooks.aggregator_url, req)
     except OSError as exc:

@@ -178,14 +178,27 @@ class Ingest:
             )
 
     # -- hook reports -------------------------------------------------------------------------
-    def job_start(
-        self, conn: sqlite3.Connection, fields: dict[str, Any], queue: Any, now: float
-    ) -> int:
+    def job_start(self, conn: sqlite3.Connection, fields: dict[str, Any], queue: Any, now: float,
+                  vector: bytes | None = None, feature_version: int | None = None,
+                  verdict: dict[str, Any] | None = None) -> int:  # fmt: skip
         fields = dict(
             fields, request_json=jobfields.as_json(fields), queue_json=jobfields.as_json(queue)
         )
         uid = self.upsert_job(conn, fields, now)
         event(conn, "job_start", job_uid=uid, t=now)
+        if vector is not None:
+            conn.execute(
+                "INSERT OR REPLACE INTO job_features VALUES (?, ?, ?)",
+                (uid, feature_version, vector),
+            )
+        if verdict is not None:
+            conn.execute(
+                "INSERT OR REPLACE INTO verdicts (job_uid, model_version, t, p_fail, health, probs_json, risk,"
+                " warned, reasons_json, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (uid, verdict["model_version"], now, verdict["p_fail"], verdict["health"],
+                 jobfields.as_json(verdict["probs"]), verdict["risk"], int(verdict["warned"]),
+                 jobfields.as_json(verdict["reasons"]), "\n".join(verdict["lines"])),
+            )  # fmt: skip
         return uid
 
     def job_end(

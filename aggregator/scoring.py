@@ -63,6 +63,17 @@ def explain(job: dict[str, Any], user_jobs: list[dict[str, Any]], p_fail: float,
     """The lines of a warning and its reasons; evidence from the user's own ended jobs only."""
     failure_classes = {c: p for c, p in probs.items() if c not in ("COMPLETED", "CANCELLED")}
     main = max(failure_classes, key=failure_classes.get)
+    # When most of the user's own jobs of this very shape ended one way, that is the reason to
+    # give (the model's class split is less sure than its failure probability).
+    mem, limit = features.requested_mem_bytes(job), job.get("time_limit_seconds")
+    shape = [
+        j
+        for j in user_jobs
+        if features.requested_mem_bytes(j) == mem and j.get("time_limit_seconds") == limit
+    ]
+    for cls in ("OUT_OF_MEMORY", "TIMEOUT"):
+        if shape and sum(j.get("outcome") == cls for j in shape) * 2 >= len(shape):
+            main = cls
     reasons: dict[str, Any] = {"main_outcome": main, "p_fail": round(p_fail, 2)}
     lines = [f"NØMADE: high risk ({p_fail:.2f}) that this job {CLASS_WORDS[main]}."]
     mem = features.requested_mem_bytes(job)

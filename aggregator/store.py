@@ -130,6 +130,7 @@ CREATE TABLE verdicts (
 CREATE INDEX jobs_by_account ON jobs (account, end_time);
 CREATE INDEX jobs_by_user_end ON jobs (user, end_time);
 CREATE INDEX jobs_by_start ON jobs (start_time);
+CREATE INDEX jobs_by_user_start ON jobs (user, start_time);
 """,
     )
 )

@@ -227,9 +227,9 @@ class Replay:
 
     def record(self, job: dict[str, Any]) -> None:
         """Count the job's start, and queue its outcome for jobs submitted after it ended."""
-        start = job.get("start_time") or job["submit_time"]
-        self._starts.append(start)  # callers feed jobs in start order, so these stay sorted
-        self._user_starts[job.get("user") or ""].append(start)
+        if job.get("start_time") is not None:  # a job cancelled while pending never started
+            self._starts.append(job["start_time"])  # fed in start order: stays sorted
+            self._user_starts[job.get("user") or ""].append(job["start_time"])
         if job.get("end_time") is not None and job.get("outcome"):
             self._n += 1
             heapq.heappush(self._pending, (job["end_time"], job["job_id"], self._n, job))
@@ -278,12 +278,10 @@ def views_from_store(
     start = job.get("start_time") or submit
     since = start - ACTIVITY_SECONDS
     cluster = conn.execute(
-        "SELECT count(*) FROM jobs WHERE coalesce(start_time, submit_time) >= ? AND coalesce(start_time, submit_time) < ?",
-        (since, start),
+        "SELECT count(*) FROM jobs WHERE start_time >= ? AND start_time < ?", (since, start)
     ).fetchone()[0]
     mine = conn.execute(
-        "SELECT count(*) FROM jobs WHERE user = ? AND coalesce(start_time, submit_time) >= ?"
-        " AND coalesce(start_time, submit_time) < ?",
+        "SELECT count(*) FROM jobs WHERE user = ? AND start_time >= ? AND start_time < ?",
         (job.get("user") or "", since, start),
     ).fetchone()[0]
     return HistoryView(user[::-1]), HistoryView(account[::-1]), cluster, mine

@@ -114,3 +114,17 @@ def test_the_end_report_without_submit_time_completes_the_started_row(db):
         lambda c: c.execute("SELECT job_id, user, end_time, reconcile FROM jobs").fetchall()
     )
     assert [tuple(r) for r in rows] == [(21, "alice", 150.0, "pending")]
+
+
+def test_a_start_report_stores_the_job_its_features_and_its_verdict_together(db):
+    ing = Ingest("c")
+    verdict = {"model_version": "v1", "p_fail": 0.9, "health": 0.1, "probs": {"OUT_OF_MEMORY": 0.8}, "risk": "high",
+               "warned": True, "lines": ["NØMADE: high risk (0.90)"], "reasons": {"main_outcome": "OUT_OF_MEMORY"}}  # fmt: skip
+    uid = db.call(
+        lambda c: ing.job_start(
+            c, {"job_id": 5, "submit_time": 1.0}, None, 2.0, b"\0" * 8, 1, verdict
+        )
+    )
+    got = db.call(lambda c: (c.execute("SELECT feature_version FROM job_features WHERE job_uid = ?", (uid,)).fetchone()[0],
+                             tuple(c.execute("SELECT p_fail, warned, message FROM verdicts WHERE job_uid = ?", (uid,)).fetchone())))  # fmt: skip
+    assert got == (1, (0.9, 1, "NØMADE: high risk (0.90)"))

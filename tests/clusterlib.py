@@ -1,0 +1,201 @@
+"""The real dev cluster with NØMADE running on it, for the end-to-end tests."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from aggregator import ctl
+
+INCLUDE = "/etc/slurm/nomade-hooks.conf"
+PY = "/usr/bin/python3"
+MiB = 1 << 20
+HOLD_200MB_WRITE_50MB = (
+    "import os, time\n"
+    "block = bytearray(200 * 1024 * 1024)\n"
+    "for i in range(0, len(block), 4096): block[i] = 1\n"
+    "with open('out-%s.bin' % os.environ['SLURM_JOB_ID'], 'wb') as f:\n"
+    "    for _ in range(50): f.write(os.urandom(1024 * 1024))\n"
+    "    f.flush(); os.fsync(f.fileno())\n"
+    "end = time.time() + 7\n"
+    "while time.time() < end: pass\n"
+)
+HOLD_200MB = (
+    "import time, socket\n"
+    "block = bytearray(200 * 1024 * 1024)\n"
+    "for i in range(0, len(block), 4096): block[i] = 1\n"
+    "end = time.time() + 7\n"
+    "while time.time() < end: pass\n"
+)
+GROW_PAST_LIMIT = (
+    "import time\n"
+    "time.sleep(5)\n"
+    "chunks = []\n"
+    "for _ in range(100):\n"
+    "    chunks.append(bytearray(20 * 1024 * 1024))\n"
+    "    for i in range(0, len(chunks[-1]), 4096): chunks[-1][i] = 1\n"
+    "    time.sleep(0.05)\n"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(what: str, predicate, deadline: float, every: float = 0.5):
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {deadline:.0f} s waiting for {what}")
+
+
+class Pipeline:
+    def __init__(self, base: Path, extra_config: str = "") -> None:
+        self.base = base
+        self.zmq_port, self.http_port = free_port(), free_port()
+        self.config = base / "nomade.toml"
+        self.config.write_text(f"""
+[general]
+cluster_name = "nomadedev"
+data_dir = "{base}/data"
+[agent]
+aggregator = "tcp://127.0.0.1:{self.zmq_port}"
+interval_seconds = 1.0
+heartbeat_seconds = 1.0
+resend_seconds = 1.0
+spool_dir = "{base}/spool"
+[aggregator]
+listen = "tcp://127.0.0.1:{self.zmq_port}"
+http_listen = "127.0.0.1:{self.http_port}"
+reconcile_delay_seconds = 1.0
+reconcile_attempts = 8
+[hooks]
+prefix = "{base}/hooks"
+aggregator_url = "http://127.0.0.1:{self.http_port}"
+state_dir = "{base}/hookstate"
+task_notice = true
+{extra_config}
+""")
+        self.db = base / "data" / "nomade.db"
+        self.bindir = Path(sys.executable).parent
+        self.aggregator: subprocess.Popen | None = None
+        self.agents: dict[str, subprocess.Popen] = {}
+
+    def ctl(self, *args: str):
+        result = CliRunner().invoke(ctl.main, ["--config", str(self.config), *args])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    def start_aggregator(self) -> None:
+        log = open(self.base / "aggregator.log", "ab")  # noqa: SIM115
+        self.aggregator = subprocess.Popen(
+            [str(self.bindir / "nomade-aggregator"), "--config", str(self.config)],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def kill_aggregator(self) -> None:
+        self.aggregator.send_signal(signal.SIGKILL)
+        self.aggregator.wait(10)
+
+    def start_agent(self, node: str) -> None:
+        log = open(self.base / f"agent-{node}.log", "ab")  # noqa: SIM115
+        self.agents[node] = subprocess.Popen(
+            [str(self.bindir / "nomade-agent"), "--config", str(self.config), "--node", node,
+             "--ledger", str(self.base / f"ledger-{node}.txt")],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def stop_agent(self, node: str) -> None:
+        self.agents[node].send_signal(signal.SIGTERM)
+        self.agents[node].wait(10)
+
+    def query(self, sql: str, *args):
+        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=10)
+        try:
+            return conn.execute(sql, args).fetchall()
+        finally:
+            conn.close()
+
+    def outbox_depth(self, node: str) -> int:
+        conn = sqlite3.connect(str(self.base / "spool" / node / "outbox.db"), timeout=10)
+        try:
+            return conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
+        finally:
+            conn.close()
+
+    def log(self) -> str:
+        return (self.base / "aggregator.log").read_text(errors="replace")
+
+    def shutdown(self) -> None:
+        _undo(self)
+
+    def job_json(self, job_id: int) -> dict:
+        return json.loads(self.ctl("job", str(job_id), "--json"))
+
+
+@contextlib.contextmanager
+def running_pipeline(extra_config: str = ""):
+    """Hooks installed into the dev cluster, an aggregator and two agents; all undone after."""
+    base = Path(tempfile.mkdtemp(prefix="nomade-it-", dir="/tmp"))
+    base.chmod(0o755)
+    (base / "jobs").mkdir(mode=0o777)
+    (base / "jobs").chmod(0o1777)
+    p = Pipeline(base, extra_config)
+    p.ctl("init")
+    p.ctl("install-hooks", "--include", INCLUDE)
+    try:
+        subprocess.run(["scontrol", "reconfigure"], check=True, timeout=30)
+        wait_for("slurmctld to load NØMADE's hooks", lambda: str(base / "hooks") in subprocess.run(
+            ["scontrol", "show", "config"], capture_output=True, text=True).stdout, 30)  # fmt: skip
+        p.start_aggregator()
+        for node in ("node1", "node2"):
+            p.start_agent(node)
+        wait_for("both agents to say hello",
+                 lambda: len(p.query("SELECT node FROM nodes")) == 2 if p.db.exists() else False, 30)  # fmt: skip
+        yield p
+    finally:
+        p.shutdown()
+
+
+def _undo(p):
+    base = p.base
+    for proc in [p.aggregator, *p.agents.values()]:
+        if proc and proc.poll() is None:
+            proc.terminate()
+            proc.wait(10)
+    p.ctl("uninstall-hooks")
+    subprocess.run(["scontrol", "reconfigure"], timeout=30)
+    if not os.environ.get("NOMADE_KEEP_TEST_DIRS"):
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def sbatch(p: Pipeline, name: str, *args: str, script: str, user: str = "alice") -> int:
+    out = subprocess.run(
+        ["sbatch", "--parsable", f"--uid={user}", f"--gid={user}", "-J", name, "-D", str(p.base / "jobs"),
+         "-o", str(p.base / "jobs" / f"{name}-%j.out"), *args, "--wrap", script],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout.strip().split(";")[0])
+
+
+def py(code: str) -> str:
+    return f"{PY} -c {shlex.quote(code)}"

@@ -1,0 +1,152 @@
+"""Risk at job start on the real cluster: a user whose jobs of one shape ran out of memory gets a
+warning in the next such job's own output; an ordinary job gets none; every number the warning
+states is recomputed from the store; with the aggregator stopped, both jobs still run."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+
+import pytest
+from click.testing import CliRunner
+from clusterlib import PY, py, running_pipeline, sbatch, wait_for
+
+from aggregator import ctl, store
+from aggregator.ingest import Ingest
+from models import features
+
+workload = pytest.importorskip("models.workload")
+pytestmark = pytest.mark.cluster
+
+MiB = 1 << 20
+# Allocates 400 MB in a 200 MB job after a few seconds (so sacct's MaxRSS sees it first).
+OOM_AT_200M = (
+    "import time\ntime.sleep(3)\nchunks = []\n"
+    "for _ in range(40):\n    chunks.append(bytearray(10 * 1024 * 1024))\n"
+    "    for i in range(0, len(chunks[-1]), 4096): chunks[-1][i] = 1\n    time.sleep(0.1)\n"
+)
+ORDINARY = "import time\nb = bytearray(50 * 1024 * 1024)\ntime.sleep(4)\n"
+
+
+def ended(p, ids):
+    rows = p.query(
+        f"SELECT count(*) FROM jobs WHERE reconcile = 'done' AND job_id IN ({','.join(map(str, ids))})"
+    )
+    return rows[0][0] == len(ids)
+
+
+def output(p, name, job_id):
+    return (p.base / "jobs" / f"{name}-{job_id}.out").read_text()
+
+
+def sacct_state(job_id):
+    out = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-o", "State", "-j", str(job_id)],
+        capture_output=True,
+        text=True,
+    )
+    return out.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def scored(slurm_cluster):
+    with running_pipeline("[models]\nwarn_threshold = 0.5\n") as p:
+        # Background history: the workload generator's synthetic users, ending just before now.
+        probe = workload.synthesize(1500, seed=11, start=0.0)
+        span = max(j["end_time"] for j in probe)
+        history = workload.synthesize(1500, seed=11, start=time.time() - span - 600)
+        writer = store.Writer(str(p.db))
+        writer.start()
+        ing = Ingest("nomadedev")
+        keys = set(features.JOB_KEYS) | {"state", "exit_code", "total_cpu_seconds"}
+
+        def put(c):
+            for j in history:
+                row = {k: v for k, v in j.items() if k in keys}
+                row.update(
+                    user=f"syn-{j['user']}", job_id=j["job_id"] + 10_000_000, reconcile="done"
+                )
+                ing.upsert_job(c, row, 0.0)
+
+        writer.call(put, timeout=120)
+        writer.stop()
+        # alice's own history, for real: six jobs of one shape that run out of memory.
+        shape = ("--mem=200M", "-t", "3")
+        oom = [sbatch(p, "oomhist", *shape, script=py(OOM_AT_200M)) for _ in range(6)]
+        # bob's: ordinary jobs that complete.
+        fine = [sbatch(p, "finehist", "--mem=400M", "-t", "3", script=py(ORDINARY), user="bob") for _ in range(4)]
+        wait_for("the history jobs to end", lambda: ended(p, oom + fine), 180, every=1)
+        p.ctl("train", "--epochs", "8", "--activate", "always")
+        wait_for("the aggregator to load the model", lambda: json.loads(
+            p.ctl("model", "list", "--json"))[0]["active"] and "scoring with model" in p.log(), 30)  # fmt: skip
+        warned = sbatch(p, "again", *shape, script=py(OOM_AT_200M))
+        plain = sbatch(p, "plain", "--mem=400M", "-t", "3", script=py(ORDINARY), user="bob")
+        wait_for("the two scored jobs to end", lambda: ended(p, [warned, plain]), 180, every=1)
+        yield p, oom, warned, plain
+
+
+def test_the_repeat_of_a_failing_shape_is_warned_in_its_own_output(scored):
+    p, oom, warned, _ = scored
+    out = output(p, "again", warned)
+    lines = [ln for ln in out.splitlines() if ln.startswith("NØMADE:")]
+    assert lines and out.startswith("NØMADE: high risk"), out
+    assert "runs out of memory" in lines[0]
+    # Every number it states, from the store.
+    uid, p_fail, warned_flag = p.query("SELECT j.uid, v.p_fail, v.warned FROM verdicts v JOIN jobs j ON j.uid = v.job_uid"
+                                        " WHERE j.job_id = ?", warned)[0]  # fmt: skip
+    assert warned_flag == 1
+    assert re.search(r"high risk \((\d\.\d\d)\)", lines[0]).group(1) == f"{p_fail:.2f}"
+    submit = p.query("SELECT submit_time FROM jobs WHERE uid = ?", uid)[0][0]
+    mine = p.query("SELECT outcome, max_rss_bytes FROM jobs WHERE user = 'alice' AND end_time <= ?"
+                   " AND mem_per_node_bytes = ? AND outcome IS NOT NULL", submit, 200 * MiB)  # fmt: skip
+    failed = sum(o == "OUT_OF_MEMORY" for o, _ in mine)
+    m = re.search(r"(\d+) of your (\d+) recent jobs that requested 200 MB ran out of memory", out)
+    assert m and (int(m.group(1)), int(m.group(2))) == (failed, len(mine)) and failed >= 6
+    peak = max(r for _, r in mine if r)
+    assert f"the largest peak was {peak / MiB:.0f} MB" in out
+    assert "consider --mem=" in out and f"nomadectl job {warned}" in out
+    assert "syn-" not in out  # never names other users
+
+
+def test_an_ordinary_job_gets_no_warning_but_a_stored_verdict(scored):
+    p, _, _, plain = scored
+    assert "NØMADE: high risk" not in output(p, "plain", plain)
+    (p_fail, flag), = p.query("SELECT v.p_fail, v.warned FROM verdicts v JOIN jobs j ON j.uid = v.job_uid WHERE j.job_id = ?", plain)  # fmt: skip
+    assert flag == 0 and p_fail < 0.5
+
+
+def test_nomadectl_check_gives_the_same_verdict_before_submission(scored, tmp_path):
+    p, *_ = scored
+    script = tmp_path / "job.sh"
+    script.write_text("#!/bin/bash\n#SBATCH --mem=200M -t 3\npython3 work.py\n")
+    result = CliRunner().invoke(
+        ctl.main, ["--config", str(p.config), "check", "--user", "alice", str(script), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.output)
+    assert answer["request"]["mem_per_node_bytes"] == 200 * MiB
+    assert answer["verdict"]["warned"] and answer["verdict"]["lines"][0].startswith(
+        "NØMADE: high risk"
+    )
+
+
+def test_with_the_aggregator_stopped_both_jobs_still_start_and_finish(scored):
+    p, *_ = scored
+    p.aggregator.terminate()
+    p.aggregator.wait(10)
+    again = sbatch(p, "down1", "--mem=200M", "-t", "3", script=py(OOM_AT_200M))
+    plain = sbatch(
+        p,
+        "down2",
+        "--mem=400M",
+        "-t",
+        "3",
+        script=f"{PY} -c 'import time; time.sleep(2)'",
+        user="bob",
+    )
+    wait_for("both jobs to finish without the aggregator", lambda: sacct_state(again) == "OUT_OF_MEMORY"
+             and sacct_state(plain) == "COMPLETED", 120, every=1)  # fmt: skip
+    assert "NØMADE: high risk" not in output(p, "down1", again)
+    p.start_aggregator()
