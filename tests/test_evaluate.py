@@ -155,3 +155,15 @@ def test_docs_name_every_feature_and_baseline():
     for key, label in evaluate.LABELS.items():
         if key != "ensemble" and not key.startswith("member_"):  # "Each member alone"
             assert f"| {label.split(' (')[0]}" in text, label
+
+
+def test_auc_difference_agrees_with_scikit_learn_and_brackets_it():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    failed = rng.random(400) < 0.25
+    a = np.round(rng.random(400) + 0.4 * failed, 1)  # ties
+    b = rng.random(400)
+    d = evaluate.auc_difference(failed, a, b)
+    assert d["diff"] == pytest.approx(roc_auc_score(failed, a) - roc_auc_score(failed, b))
+    assert d["lo"] < d["diff"] < d["hi"] and d["lo"] > 0
