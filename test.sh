@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 slurm-conf/install-deps.sh
-python3 -m pip install --quiet --disable-pip-version-check -e ".[aggregator,dev]"
+python3 -m pip install --quiet --disable-pip-version-check -e ".[aggregator,train,dev]"
 slurm-conf/cluster-up.sh
 exec python3 -m pytest -q -p no:cacheprovider "$@"

@@ -215,6 +215,13 @@ class Ingest:
         """Store sacct's final record, or schedule the next try with exponential backoff."""
         if final is not None:
             known = {k: v for k, v in final.items() if v is not None}
+            # The job's memory peak: the larger of sacct's MaxRSS (0 or a few KB for short jobs,
+            # sampled only every JobAcctGatherFrequency) and the peak NØMADE's agents sampled.
+            sampled = conn.execute(
+                "SELECT max(mem_peak_bytes) FROM samples WHERE job_uid = ?", (uid,)
+            ).fetchone()[0]
+            if sampled is not None and sampled > (known.get("max_rss_bytes") or 0):
+                known["max_rss_bytes"] = sampled
             if (
                 conn.execute("SELECT submit_time FROM jobs WHERE uid = ?", (uid,)).fetchone()[0]
                 is not None

@@ -300,6 +300,7 @@ def _handler(agg: Aggregator) -> type[BaseHTTPRequestHandler]:
     routes_post = {
         "/api/v1/hooks/job-start": agg.hook_job_start,
         "/api/v1/hooks/job-end": agg.hook_job_end,
+        "/api/v1/check": agg.check,
     }
 
     class Handler(BaseHTTPRequestHandler):

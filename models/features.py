@@ -104,9 +104,9 @@ def history_features(view: HistoryView) -> list[float]:
     fails = sum(is_failure(j.get("outcome")) for j in jobs)
     ooms = sum(j.get("outcome") == "OUT_OF_MEMORY" for j in jobs)
     timeouts = sum(j.get("outcome") == "TIMEOUT" for j in jobs)
-    mem_ratios = [j["max_rss_bytes"] / requested_mem_bytes(j) for j in jobs
+    mem_ratios = [min(4.0, j["max_rss_bytes"] / requested_mem_bytes(j)) for j in jobs
                   if j.get("max_rss_bytes") and requested_mem_bytes(j)]  # fmt: skip
-    time_ratios = [j["elapsed_seconds"] / j["time_limit_seconds"] for j in jobs
+    time_ratios = [min(4.0, j["elapsed_seconds"] / j["time_limit_seconds"]) for j in jobs
                    if j.get("elapsed_seconds") is not None and j.get("time_limit_seconds")]  # fmt: skip
     last = [is_failure(j.get("outcome")) for j in jobs[-2:]]
     return [
@@ -127,6 +127,13 @@ USER_NAMES = ("log_jobs", "fail_rate", "oom_rate", "timeout_rate", "mem_used_rat
               "mem_used_ratio_max", "time_used_ratio_mean", "last_failed", "second_last_failed", "last_oom")  # fmt: skip
 
 
+def _log2_ratio(a: float | None, b: float | None) -> float:
+    """log2(a / b) bounded to [-8, 8] (a job that peaked at a few KB must not dominate); 0 unknown."""
+    if not a or not b:
+        return 0.0
+    return max(-8.0, min(8.0, math.log2(a / b)))
+
+
 def _fit_features(job: dict[str, Any], user: HistoryView) -> list[float]:
     """The request against what this user's jobs actually used (log2 ratios; 0 when unknown)."""
     mem = requested_mem_bytes(job)
@@ -134,10 +141,10 @@ def _fit_features(job: dict[str, Any], user: HistoryView) -> list[float]:
     used = [j["elapsed_seconds"] for j in user.jobs if j.get("elapsed_seconds")]
     limit = job.get("time_limit_seconds")
     return [
-        math.log2(mem / float(np.mean(peaks))) if mem and peaks else 0.0,
-        math.log2(mem / float(np.max(peaks))) if mem and peaks else 0.0,
-        math.log2(limit / float(np.mean(used))) if limit and used else 0.0,
-        math.log2(limit / float(np.max(used))) if limit and used else 0.0,
+        _log2_ratio(mem, float(np.mean(peaks)) if peaks else None),
+        _log2_ratio(mem, float(np.max(peaks)) if peaks else None),
+        _log2_ratio(limit, float(np.mean(used)) if used else None),
+        _log2_ratio(limit, float(np.max(used)) if used else None),
     ]
 
 

@@ -17,6 +17,7 @@ from .features import CLASSES
 
 K = 10
 WINDOW = 10_000
+CLIP = 4.0
 GRAPH_FEATURE_NAMES = (
     "nbr_fail_rate",
     "nbr_oom_rate",
@@ -40,7 +41,9 @@ class Scaler:
         return cls(x.mean(axis=0), np.where(std > 1e-9, std, 1.0))
 
     def transform(self, x: np.ndarray) -> np.ndarray:
-        return (x - self.mean) / self.std
+        """Standardize, bounded to +-4 standard deviations: a job unlike any in training must
+        not push the linear and neural members far outside what they learned."""
+        return np.clip((x - self.mean) / self.std, -CLIP, CLIP)
 
 
 def unit(z: np.ndarray) -> np.ndarray:

@@ -95,7 +95,7 @@ def fit(p: Prepared, n_train: int, epochs: int = 25, seed: int = 0, progress=Non
     fit_rows, val_rows = slice(0, n_fit), slice(n_fit, n_train)
     say = progress or (lambda *_: None)
     say("features and graph ready", 0.1)
-    lr = LogisticRegression(max_iter=500, C=1.0).fit(_f32(p.z[fit_rows]), p.y[fit_rows])
+    lr = LogisticRegression(max_iter=500, C=0.1).fit(_f32(p.z[fit_rows]), p.y[fit_rows])
     say("logistic regression", 0.2)
     gbt = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.08, max_leaf_nodes=31,
                                          l2_regularization=1.0, random_state=seed)  # fmt: skip

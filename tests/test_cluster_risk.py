@@ -27,7 +27,11 @@ OOM_AT_200M = (
     "for _ in range(40):\n    chunks.append(bytearray(10 * 1024 * 1024))\n"
     "    for i in range(0, len(chunks[-1]), 4096): chunks[-1][i] = 1\n    time.sleep(0.1)\n"
 )
-ORDINARY = "import time\nb = bytearray(50 * 1024 * 1024)\ntime.sleep(4)\n"
+# An ordinary job: uses about 60% of what it asks for, as the generator's well-behaved users do.
+ORDINARY = (
+    "import time\nb = bytearray(240 * 1024 * 1024)\n"
+    "for i in range(0, len(b), 4096): b[i] = 1\ntime.sleep(4)\n"
+)
 
 
 def ended(p, ids):

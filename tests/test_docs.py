@@ -3,9 +3,9 @@
 import dataclasses
 
 from click.testing import CliRunner
+from conftest import ROOT
 
 from aggregator import ctl, query
-from conftest import ROOT
 from nomade_common import config, wire
 
 DOCS = {p.name: p.read_text() for p in (ROOT / "docs").glob("*.md")}
@@ -25,11 +25,20 @@ def test_every_setting_is_documented_and_in_the_example_config():
         assert f"[{section}]" in DOCS["configuration.md"]
         for field in dataclasses.fields(cls):
             assert f"`{field.name}`" in DOCS["configuration.md"], f"{section}.{field.name}"
-            assert field.name in example, f"{section}.{field.name} missing from slurm-conf/nomade.toml"
+            assert field.name in example, (
+                f"{section}.{field.name} missing from slurm-conf/nomade.toml"
+            )
 
 
 def test_every_json_field_of_a_job_and_every_sample_field_is_documented():
-    for name in (*query.JOB_COLUMNS, "nodes", "series", "mem_peak_bytes", "queue_at_start", "failed"):
+    for name in (
+        *query.JOB_COLUMNS,
+        "nodes",
+        "series",
+        "mem_peak_bytes",
+        "queue_at_start",
+        "failed",
+    ):
         assert f"`{name}`" in DOCS["json.md"], name
     for name in wire.SAMPLE_FIELDS[2:]:
         assert f"`{name}`" in DOCS["json.md"], name
