@@ -9,9 +9,12 @@ import collections
 import json
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -55,6 +58,7 @@ class Aggregator:
         self._idents: dict[str, bytes] = {}  # node -> ZeroMQ routing id of its agent
         self.scorer = Scorer(cfg.database, cfg.models.warn_threshold)
         self.scoring_failures = 0
+        self._retraining: subprocess.Popen | None = None
         self.reconciler.on_final = self._job_ended
         self._bad_logged: dict[str, float] = {}
         self.http: ThreadingHTTPServer | None = None
@@ -165,11 +169,38 @@ class Aggregator:
             try:
                 if ticks % 5 == 0:
                     self.scorer.reload()
+                if ticks % 60 == 0:
+                    self._maybe_retrain()
                 ticks += 1
                 self._liveness()
                 self.reconciler.run_once()
             except Exception:
                 log.exception("housekeeping failed; continuing")
+
+    def _maybe_retrain(self) -> None:
+        """Retrain on schedule (models.retrain_interval_hours), in a separate process (torch stays
+        out of the aggregator); the new model is activated only if it is not worse."""
+        hours = self.cfg.models.retrain_interval_hours
+        if hours <= 0 or (self._retraining is not None and self._retraining.poll() is None):
+            return
+        last = self.reader().execute("SELECT max(created) FROM models").fetchone()[0]
+        if last is not None and time.time() - last < hours * 3600:
+            return
+        ended = (
+            self.reader()
+            .execute("SELECT count(*) FROM jobs WHERE outcome IS NOT NULL")
+            .fetchone()[0]
+        )
+        if ended < 200:  # models.pipeline.MIN_JOBS, without importing the training code
+            return
+        ctl = Path(sys.executable).parent / "nomadectl"
+        log_path = Path(self.cfg.general.data_dir) / "retrain.log"
+        log.info("retraining on schedule (every %.1f h); log %s", hours, log_path)
+        with open(log_path, "ab") as out:
+            self._retraining = subprocess.Popen(
+                [str(ctl), "--config", self.cfg.path, "train", "--activate", "if-better"],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
 
     def _liveness(self) -> None:
         rows = self.reader().execute("SELECT node, last_seen, state FROM nodes").fetchall()
