@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 import threading
@@ -10,7 +9,6 @@ import threading
 import click
 
 from nomade_common import config as cfgmod
-from nomade_common.errors import ConfigError
 
 
 @click.command()
@@ -23,13 +21,7 @@ from nomade_common.errors import ConfigError
 @click.option("--log-level", default=None, help="override general.log_level")
 def main(config_path: str | None, log_level: str | None) -> None:
     """Run the NØMADE aggregator until SIGTERM or SIGINT."""
-    try:
-        cfg = cfgmod.load(config_path)
-    except ConfigError as exc:
-        click.echo(f"nomade-aggregator: {exc}", err=True)
-        sys.exit(2)
-    logging.basicConfig(level=(log_level or cfg.general.log_level).upper(),
-                        format="%(asctime)s nomade-aggregator %(levelname)s %(message)s")  # fmt: skip
+    cfg = cfgmod.load_for_daemon("nomade-aggregator", config_path, log_level)
     from .server import Aggregator  # imported late: config errors show before heavy imports
 
     try:

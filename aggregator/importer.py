@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gzip
 import sqlite3
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -25,6 +24,7 @@ from .jobs import REQUEST_KEYS, final_from_sacct
 from .outcome import UNFINISHED, split_state
 from .parsers import sacct
 from .parsers import slurmvalues as sv
+from .reconcile import run_command
 from .store import Writer
 
 BATCH = 2000  # job runs per transaction
@@ -301,14 +301,7 @@ def sacct_argv(command: str, start: str, end: str) -> list[str]:
 
 
 def run_sacct(argv: list[str], timeout: float = 600.0) -> str:
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(f"{argv[0]} did not answer within {timeout:.0f} s") from None
-    if proc.returncode != 0:
-        first = (proc.stderr.strip().splitlines() or ["no message"])[0]
-        raise RuntimeError(f"{argv[0]} exited {proc.returncode}: {first}")
-    return proc.stdout
+    return run_command(argv, timeout)
 
 
 def import_range(

@@ -24,13 +24,18 @@ def run_sacct(command: str, job_ids: list[int], timeout: float = 20.0) -> str:
     """Ask sacct about JOB_IDS (and their steps); raises OSError or RuntimeError on failure."""
     argv = [command, "--parsable2", "--noheader", "-D", "-j", ",".join(map(str, job_ids)),
             "-o", ",".join(sacct.RECONCILE_FIELDS)]  # fmt: skip
+    return run_command(argv, timeout)
+
+
+def run_command(argv: list[str], timeout: float) -> str:
+    """A Slurm command's stdout; OSError or RuntimeError (with its first error line) otherwise."""
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise RuntimeError(f"{command} did not answer within {timeout:.0f} s") from None
+        raise RuntimeError(f"{argv[0]} did not answer within {timeout:.0f} s") from None
     if proc.returncode != 0:
         first = (proc.stderr.strip().splitlines() or ["no message"])[0]
-        raise RuntimeError(f"{command} exited {proc.returncode}: {first}")
+        raise RuntimeError(f"{argv[0]} exited {proc.returncode}: {first}")
     return proc.stdout
 
 

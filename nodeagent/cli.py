@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import logging
 import signal
 import sys
 
 import click
 
 from nomade_common import config as cfgmod
-from nomade_common.errors import ConfigError
 
 
 @click.command()
@@ -32,13 +30,7 @@ from nomade_common.errors import ConfigError
 )
 def main(config_path, node, once, log_level, ledger) -> None:
     """Run the NØMADE node agent until SIGTERM or SIGINT."""
-    try:
-        cfg = cfgmod.load(config_path)
-    except ConfigError as exc:
-        click.echo(f"nomade-agent: {exc}", err=True)
-        sys.exit(2)
-    logging.basicConfig(level=(log_level or cfg.general.log_level).upper(),
-                        format="%(asctime)s nomade-agent %(levelname)s %(message)s")  # fmt: skip
+    cfg = cfgmod.load_for_daemon("nomade-agent", config_path, log_level)
     if once:
         from .sampler import JobSampler
 

@@ -191,3 +191,18 @@ def load(path: str | None = None) -> Config:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(target, None, f"cannot read ({exc.__class__.__name__})") from None
     return parse(text, target)
+
+
+def load_for_daemon(program: str, path: str | None, log_level: str | None) -> Config:
+    """A daemon's start: load the configuration or exit 2 with one line; set up logging."""
+    import logging
+    import sys
+
+    try:
+        cfg = load(path)
+    except ConfigError as exc:
+        print(f"{program}: {exc}", file=sys.stderr)
+        sys.exit(2)
+    logging.basicConfig(level=(log_level or cfg.general.log_level).upper(),
+                        format=f"%(asctime)s {program} %(levelname)s %(message)s")  # fmt: skip
+    return cfg
