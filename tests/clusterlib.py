@@ -40,6 +40,7 @@ HOLD_200MB = (
     "end = time.time() + 7\n"
     "while time.time() < end: pass\n"
 )
+# Grows past its 150 MB limit in 20 MB steps 0.3 s apart, so 1-second samples see the climb.
 GROW_PAST_LIMIT = (
     "import time\n"
     "time.sleep(5)\n"
@@ -47,7 +48,7 @@ GROW_PAST_LIMIT = (
     "for _ in range(100):\n"
     "    chunks.append(bytearray(20 * 1024 * 1024))\n"
     "    for i in range(0, len(chunks[-1]), 4096): chunks[-1][i] = 1\n"
-    "    time.sleep(0.05)\n"
+    "    time.sleep(0.3)\n"
 )
 
 
