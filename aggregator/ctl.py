@@ -347,3 +347,35 @@ def check(ctx: click.Context, script, sbatch_args, user: str | None, as_json: bo
             f"cannot reach the aggregator at {cfg.hooks.aggregator_url}: {exc}"
         ) from None
     _emit(answer, as_json, render.check)
+
+
+@main.command()
+@click.argument("kind")
+@click.argument("path", type=click.Path(allow_dash=True))
+def parse(kind: str, path: str) -> None:
+    """Print what NØMADE reads from one captured output, as JSON lines (`nomadectl parse KIND FILE`)."""
+    from nomade_common import parsekinds
+    from nomade_common.errors import ParseError
+
+    try:
+        fn = parsekinds.parser(kind)
+    except KeyError as exc:
+        raise click.ClickException(exc.args[0]) from None
+    try:
+        if kind == "cgroup":
+            records = fn(path)
+        else:
+            text = (
+                sys.stdin.read()
+                if path == "-"
+                else Path(path).read_text(encoding="utf-8", errors="replace")
+            )
+            records = fn(text, "-" if path == "-" else path)
+    except ParseError as exc:
+        click.echo(f"nomadectl parse {kind}: {exc}", err=True)
+        sys.exit(2)
+    except OSError as exc:
+        click.echo(f"nomadectl parse {kind}: {path}: cannot read ({exc.strerror or exc})", err=True)
+        sys.exit(2)
+    for record in records:
+        click.echo(json.dumps(record, sort_keys=True, default=str))

@@ -64,3 +64,37 @@ def parse(
         row["step"] = step or ""
         rows.append(row)
     return rows
+
+
+def records(text: str, source: str = "sacct") -> list[dict]:
+    """`nomadectl parse sacct`: one record per job line and step, typed, units in the names."""
+    from . import slurmvalues as sv
+
+    out = []
+    for row in parse(text, source, fields=list(RECONCILE_FIELDS)):
+
+        def safe(fn, value, *args):
+            try:
+                return fn(value, *args)
+            except ValueError:
+                return None
+
+        code = safe(sv.exit_code, row.get("ExitCode")) or (None, None)
+        out.append({
+            "job_id": row.get("JobIDRaw") or row.get("JobID"),
+            "step": row["step"] or None,
+            "user": row.get("User") or None,
+            "account": row.get("Account") or None,
+            "partition": row.get("Partition") or None,
+            "state": row.get("State") or None,
+            "exit_code": code[0],
+            "signal": code[1],
+            "submit_time": safe(sv.timestamp, row.get("Submit")),
+            "start_time": safe(sv.timestamp, row.get("Start")),
+            "end_time": safe(sv.timestamp, row.get("End")),
+            "elapsed_seconds": safe(sv.duration, row.get("Elapsed")),
+            "total_cpu_seconds": safe(sv.duration, row.get("TotalCPU")),
+            "max_rss_bytes": (safe(sv.memory, row.get("MaxRSS"), "K") or (None,))[0],
+            "time_limit_seconds": safe(sv.duration, row.get("Timelimit")),
+        })  # fmt: skip
+    return out

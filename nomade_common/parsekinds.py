@@ -1,0 +1,54 @@
+"""The registry behind `nomadectl parse KIND FILE`: every parser NØMADE has, by kind.
+
+Each kind maps to "module:function" of a pure parser `parse(text: str, source: str) -> list[dict]`
+that raises nomade_common.errors.ParseError (the `cgroup` kind reads a directory instead and its
+function takes the directory's path).  Records follow one documented schema per kind
+(docs/parsers.md): units in the field names, None for absent values.  Modules are imported only
+when their kind is asked for, so a kind whose parser is not installed reports that cleanly.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+KINDS: dict[str, str] = {
+    # Slurm, read on the head node
+    "sacct": "aggregator.parsers.sacct:records",
+    "sacct-json": "aggregator.parsers.sacct:records_json",
+    "squeue": "aggregator.parsers.squeue:records",
+    "squeue-json": "aggregator.parsers.squeue:records_json",
+    "sinfo": "aggregator.parsers.sinfo:records",
+    "sinfo-json": "aggregator.parsers.sinfo:records_json",
+    "scontrol-node": "aggregator.parsers.scontrol:node_records",
+    "scontrol-job": "aggregator.parsers.scontrol:job_records",
+    "sstat": "aggregator.parsers.sstat:records",
+    "sshare": "aggregator.parsers.sshare:records",
+    "sdiag": "aggregator.parsers.sdiag:records",
+    # node collectors
+    "nvidia-smi-xml": "nodeagent.collectors.gpu:parse_xml",
+    "nvidia-smi-csv": "nodeagent.collectors.gpu:parse_csv",
+    "iostat": "nodeagent.collectors.sysstat:parse_iostat",
+    "iostat-json": "nodeagent.collectors.sysstat:parse_iostat_json",
+    "mpstat": "nodeagent.collectors.sysstat:parse_mpstat",
+    "mpstat-json": "nodeagent.collectors.sysstat:parse_mpstat_json",
+    "vmstat": "nodeagent.collectors.sysstat:parse_vmstat",
+    "pressure": "nodeagent.collectors.pressure:parse",
+    "mountstats": "nodeagent.collectors.nfs:parse_mountstats",
+    "nfsiostat": "nodeagent.collectors.nfs:parse_nfsiostat",
+    "proc-io": "nodeagent.collectors.procio:records",
+    "cgroup": "nodeagent.collectors.cgroup:records",
+    "lmstat": "nodeagent.collectors.licenses:parse_lmstat",
+    "rlmstat": "nodeagent.collectors.licenses:parse_rlmstat",
+}
+
+
+def parser(kind: str) -> Callable[..., list[dict[str, Any]]]:
+    if kind not in KINDS:
+        raise KeyError(f"unknown kind {kind!r} (known: {', '.join(sorted(KINDS))})")
+    module, _, name = KINDS[kind].partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        raise KeyError(f"kind {kind!r} has no parser in this version of NØMADE yet") from None
