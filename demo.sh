@@ -79,6 +79,6 @@ head -n 1 "$DEMO/jobs/fits-$ok.out"
 cat <<MSG
 
 The cluster and NØMADE keep running.  Try: NOMADE_CONFIG=$NOMADE_CONFIG nomadectl job $oom
-Stop NØMADE:  NOMADE_CONFIG=$NOMADE_CONFIG nomadectl stop && NOMADE_CONFIG=$NOMADE_CONFIG nomadectl uninstall-hooks && scontrol reconfigure
+Stop NØMADE:  NOMADE_CONFIG=$NOMADE_CONFIG nomadectl stop && NOMADE_CONFIG=$NOMADE_CONFIG nomadectl uninstall-hooks
 Stop Slurm:   slurm-conf/cluster-down.sh
 MSG

@@ -171,10 +171,15 @@ def install_hooks(ctx, prefix, include, slurm_user) -> None:
 
 @main.command("uninstall-hooks")
 @click.option("--prefix", default=None)
+@click.option("--no-reconfigure", is_flag=True,
+              help="do not run scontrol reconfigure (then remove NØMADE's lines from slurm.conf and reconfigure first)")  # fmt: skip
 @click.pass_context
-def uninstall_hooks(ctx, prefix) -> None:
-    """Remove the hooks that install-hooks wrote (and restore its Include file)."""
-    removed = hooksetup.uninstall(_cfg(ctx), prefix)
+def uninstall_hooks(ctx, prefix, no_reconfigure) -> None:
+    """Remove the hooks that install-hooks wrote: restore the include file, let Slurm reread
+    its configuration, then delete the files (a hook Slurm still names must not vanish)."""
+    removed = hooksetup.uninstall(
+        _cfg(ctx), prefix, None if no_reconfigure else hooksetup.slurm_reconfigure
+    )
     click.echo("\n".join(f"removed {r}" for r in removed) or "no NØMADE hooks installed there")
 
 

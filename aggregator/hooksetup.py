@@ -103,18 +103,19 @@ def install(cfg: Config, prefix: str | None = None, include: str | None = None,
     return lines
 
 
-def uninstall(cfg: Config, prefix: str | None = None) -> list[str]:
-    """Remove what install() wrote; return what was removed."""
+def uninstall(cfg: Config, prefix: str | None = None, reconfigure=None) -> list[str]:
+    """Remove what install() wrote; return what was removed.
+
+    The include file is restored first and RECONFIGURE (a callable that makes Slurm reread its
+    configuration and returns once it no longer names the hooks) runs before any hook file is
+    deleted: a Prolog or Epilog path that Slurm still names but that no longer exists fails, and
+    a failing Epilog drains the node.
+    """
     dest = Path(prefix or cfg.hooks.prefix)
     manifest = _read_manifest(dest)
     if manifest is None:
         return []
     removed = []
-    for name in [*manifest["files"], MANIFEST]:
-        path = dest / name
-        if path.exists():
-            path.unlink()
-            removed.append(str(path))
     include = manifest.get("include")
     if include:
         before = manifest.get("include_before")
@@ -123,6 +124,13 @@ def uninstall(cfg: Config, prefix: str | None = None) -> list[str]:
         else:
             Path(include).write_text(before, encoding="utf-8")
         removed.append(f"{include} (restored)")
+    if reconfigure is not None:
+        reconfigure(str(dest))
+    for name in [*manifest["files"], MANIFEST]:
+        path = dest / name
+        if path.exists():
+            path.unlink()
+            removed.append(str(path))
     if manifest.get("state_dir"):
         shutil.rmtree(manifest["state_dir"], ignore_errors=True)
         removed.append(manifest["state_dir"])
@@ -159,3 +167,32 @@ def _remove_dirs(created: list[str]) -> list[str]:
         except OSError:
             break  # not empty: something else lives there now
     return removed
+
+
+def slurm_reconfigure(prefix: str, deadline: float = 30.0, settle: float = 3.0) -> None:
+    """`scontrol reconfigure`, then wait until slurmctld no longer names PREFIX and give the
+    slurmd daemons SETTLE seconds to take the new configuration."""
+    import subprocess
+    import time
+
+    scontrol = shutil.which("scontrol")
+    if scontrol is None:
+        return
+    try:
+        shown = subprocess.run(
+            [scontrol, "show", "config"], capture_output=True, text=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return
+    if prefix not in shown:
+        return  # this Slurm does not run these hooks: nothing to wait for
+    subprocess.run([scontrol, "reconfigure"], capture_output=True, timeout=60)
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        shown = subprocess.run(
+            [scontrol, "show", "config"], capture_output=True, text=True, timeout=30
+        ).stdout
+        if prefix not in shown:
+            break
+        time.sleep(0.5)
+    time.sleep(settle)

@@ -182,8 +182,7 @@ def _undo(p):
         if proc and proc.poll() is None:
             proc.terminate()
             proc.wait(10)
-    p.ctl("uninstall-hooks")
-    subprocess.run(["scontrol", "reconfigure"], timeout=30)
+    p.ctl("uninstall-hooks")  # restores the include, reconfigures and waits, then deletes
     if not os.environ.get("NOMADE_KEEP_TEST_DIRS"):
         shutil.rmtree(base, ignore_errors=True)
 
