@@ -13,6 +13,7 @@ import math
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -188,7 +189,14 @@ class Scorer:
     def vector(self, job: dict[str, Any]) -> np.ndarray:
         return features.live_vector(self.conn(), job)
 
-    def score(self, job: dict[str, Any], x: np.ndarray | None = None) -> dict[str, Any] | None:
+    def assess(self, job: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any] | None]:
+        """A starting job's feature vector and verdict, reading its history once."""
+        views = features.views_from_store(self.conn(), job)
+        x = features.vector(job, *views)
+        return x, self.score(job, x, views[0].jobs)
+
+    def score(self, job: dict[str, Any], x: np.ndarray | None = None,
+              user_jobs: Sequence[dict[str, Any]] | None = None) -> dict[str, Any] | None:  # fmt: skip
         """The verdict for a starting job, or None when no model is active."""
         with self._lock:
             model, index, version = self.model, self.index, self.version
@@ -223,7 +231,8 @@ class Scorer:
             "lines": [], "reasons": {}, "score_ms": 0.0,
         }  # fmt: skip
         if verdict["warned"]:
-            user_jobs = features.views_from_store(self.conn(), job)[0].jobs
+            if user_jobs is None:
+                user_jobs = features.views_from_store(self.conn(), job)[0].jobs
             verdict["lines"], verdict["reasons"] = explain(
                 job, list(user_jobs), p_fail, probs, self.threshold
             )

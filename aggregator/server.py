@@ -248,8 +248,7 @@ class Aggregator:
         job = dict(fields)
         job["submit_time"] = job.get("submit_time") or job.get("start_time") or time.time()
         try:
-            x = self.scorer.vector(job)
-            verdict = self.scorer.score(job, x)
+            x, verdict = self.scorer.assess(job)
         except Exception:
             log.exception(
                 "scoring job %s failed; it starts without a verdict", fields.get("job_id")
@@ -273,7 +272,7 @@ class Aggregator:
             raise ValueError("the request names no user")
         now = time.time()
         job.update(job_id=job.get("job_id") or 0, submit_time=now, start_time=now)
-        verdict = self.scorer.score(job)
+        verdict = self.scorer.assess(job)[1]
         return {"ok": True, "verdict": verdict, "model": self.scorer.version}
 
     def hook_job_end(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Scoring one starting job with a history of 1,000,000 jobs: NØMADE's whole live path.
 
-The path under test is `aggregator.scoring.Scorer.score`: the job's features from the store
+The path under test is `aggregator.scoring.Scorer.assess` (what the start hook calls): the job's features from the store
 (its user's and account's last 100 ended jobs, the starts of the last hour: indexed queries),
 its neighbours from the in-memory index of recently ended jobs, the three ONNX members in ONNX
 Runtime and the calibrated combination.  Baseline, in the same run: the bare onnxruntime calls
@@ -96,11 +96,11 @@ def main() -> None:
             start_time=last + i + 1,
         )
     for j in probe[:20]:
-        scorer.score(j)  # warm caches
+        scorer.assess(j)  # warm caches
     live, verdicts = [], []
     for j in probe:
         t = time.perf_counter()
-        verdicts.append(scorer.score(j))
+        verdicts.append(scorer.assess(j)[1])
         live.append((time.perf_counter() - t) * 1000)
     model = scorer.model
     k, d = model.k, len(model.meta["feature_names"])
