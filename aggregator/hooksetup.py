@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import shlex
 import shutil
 from pathlib import Path
 
@@ -21,7 +22,7 @@ WRAPPERS = {
     "PrologSlurmctld": "prologslurmctld",
     "EpilogSlurmctld": "epilogslurmctld",
 }
-FILES = [*WRAPPERS.values(), "nomade_hook.py"]
+FILES = [*WRAPPERS.values(), "nomade_hook.py", "node_hook.sh"]
 MANIFEST = ".nomade-manifest.json"
 
 
@@ -52,6 +53,16 @@ def hook_settings(cfg: Config) -> dict:
     }
 
 
+def shell_settings(cfg: Config) -> str:
+    """The node hooks' settings, as shell assignments (node_hook.sh sources them)."""
+    values = {
+        "NOMADE_SPOOL_DIR": cfg.agent.spool_dir,
+        "NOMADE_STATE_DIR": cfg.hooks.state_dir,
+        "NOMADE_TASK_NOTICE": "1" if cfg.hooks.task_notice else "0",
+    }
+    return "".join(f"{k}={shlex.quote(v)}\n" for k, v in values.items())
+
+
 def install(cfg: Config, prefix: str | None = None, include: str | None = None,
             slurm_user: str = "slurm") -> list[str]:  # fmt: skip
     """Install the hooks; return the slurm.conf lines (also written to INCLUDE if given)."""
@@ -63,7 +74,7 @@ def install(cfg: Config, prefix: str | None = None, include: str | None = None,
     limit = f"{cfg.hooks.timeout_seconds:g}"
     for name in FILES:
         text = (source / name).read_text(encoding="utf-8")
-        if name != "nomade_hook.py":
+        if name not in ("nomade_hook.py", "node_hook.sh"):
             text = text.replace("timeout -s KILL 1 ", f"timeout -s KILL {limit} ")
         (dest / name).write_text(text, encoding="utf-8")
         os.chmod(dest / name, 0o755)
@@ -71,6 +82,8 @@ def install(cfg: Config, prefix: str | None = None, include: str | None = None,
         json.dumps(hook_settings(cfg), indent=1) + "\n", encoding="utf-8"
     )
     os.chmod(dest / "hooks.json", 0o644)
+    (dest / "hooks.env").write_text(shell_settings(cfg), encoding="utf-8")
+    os.chmod(dest / "hooks.env", 0o644)
     state = Path(cfg.hooks.state_dir)
     state_created_dirs = _missing_dirs(state)
     state_owner = None if state_created_dirs else [state.stat().st_uid, state.stat().st_gid]
@@ -88,7 +101,7 @@ def install(cfg: Config, prefix: str | None = None, include: str | None = None,
         except FileNotFoundError:
             include_before = None
         Path(include).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    manifest = {"files": [*FILES, "hooks.json"], "created_dirs": created_dirs,
+    manifest = {"files": [*FILES, "hooks.json", "hooks.env"], "created_dirs": created_dirs,
                 "state_path": str(state), "state_dir": str(state) if state_created_dirs else None,
                 "state_created_dirs": state_created_dirs, "state_owner_before": state_owner,
                 "include": include, "include_before": include_before}  # fmt: skip

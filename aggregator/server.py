@@ -239,8 +239,8 @@ class Aggregator:
         # not delay a job's start).  The verdict goes to the agents of the job's nodes now.
         self.writer.submit(WorkItem(lambda c: self.ingest.job_start(
             c, fields, snapshot, now, vector, features.FEATURE_VERSION, verdict)))  # fmt: skip
-        if verdict is not None:
-            self._push_verdict(fields.get("node_list"), verdict)
+        # Every start gets a verdict message, even without a model: TaskProlog waits for it.
+        self._push_verdict(fields, verdict)
         return {"ok": True, "verdict": verdict}
 
     def _score(self, fields: dict[str, Any]) -> tuple[bytes | None, dict[str, Any] | None]:
@@ -257,9 +257,12 @@ class Aggregator:
             return None, None
         return pack(x), verdict
 
-    def _push_verdict(self, node_list: str | None, verdict: dict[str, Any]) -> None:
-        payload = {k: verdict[k] for k in ("job_id", "warned", "p_fail", "lines", "model_version")}
-        for node in slurmvalues.hostlist(node_list):
+    def _push_verdict(self, fields: dict[str, Any], verdict: dict[str, Any] | None) -> None:
+        keys = ("warned", "p_fail", "lines", "model_version")
+        payload = {k: verdict[k] for k in keys} if verdict else {"warned": False, "p_fail": None, "lines": [],
+                                                                    "model_version": None}  # fmt: skip
+        payload.update(job_id=fields["job_id"], user_id=fields.get("user_id"))
+        for node in slurmvalues.hostlist(fields.get("node_list")):
             ident = self._idents.get(node)
             if ident is not None:
                 self._acks.append((ident, wire.Envelope(wire.VERDICT, node, 0, 0, payload).pack()))

@@ -1,20 +1,16 @@
-"""NØMADE's Slurm hooks: one standard-library file, run by the shell wrappers beside it as
-`timeout -s KILL 1 /usr/bin/python3 -I nomade_hook.py KIND` (KIND: prolog, epilog, taskprolog,
-prologslurmctld, epilogslurmctld).
+"""NØMADE's head-node Slurm hooks, standard library only, run by the shell wrappers beside it as
+`timeout -s KILL 1 /usr/bin/python3 -I nomade_hook.py KIND` (KIND: prologslurmctld,
+epilogslurmctld).  The node hooks (prolog, epilog, taskprolog) are plain shell: node_hook.sh.
 
 The rules every hook keeps: it exits 0 whatever happens, it gives up well within its hard time
 limit, and it never does the agent's or the aggregator's work itself.
-- prolog / epilog (root, every node): drop a report into the local agent's spool inbox (written
-  to a hidden file, then renamed into place) and return.  No network.
 - prologslurmctld / epilogslurmctld (SlurmUser, head node): tell the aggregator that the job
   starts or ends, with `scontrol show job -o` for what the environment lacks.  After
   `breaker_failures` failures in a row the aggregator is skipped for `breaker_seconds`.
-- taskprolog (the job's user): may print a notice into the job's output (off by default).
 """
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -85,64 +81,6 @@ def note_failure(conf, kind, error):
             )
     except OSError:
         pass
-
-
-# -- node hooks: hand the job to the local agent ------------------------------------------------
-def node_report(conf, event):
-    job = int(os.environ["SLURM_JOB_ID"])
-    node = os.environ.get("SLURMD_NODENAME") or socket.gethostname().split(".")[0]
-    inbox = os.path.join(conf["spool_dir"], node, "inbox")
-    os.makedirs(inbox, exist_ok=True)
-    report = {
-        "event": event,
-        "job_id": job,
-        "node": node,
-        "t": time.time(),
-        "uid": os.environ.get("SLURM_JOB_UID"),
-        "user": os.environ.get("SLURM_JOB_USER"),
-    }
-    name = f"{time.time_ns()}-{job}-{event}.json"
-    write_atomically(os.path.join(inbox, name), json.dumps(report))
-    node_dir = os.path.join(conf["spool_dir"], node)
-    if event == "start":
-        hand_over_verdict(conf, node_dir, job)
-    else:
-        for path in (
-            os.path.join(node_dir, "jobs", str(job)),
-            os.path.join(node_dir, "verdicts", f"{job}.json"),
-        ):
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
-
-
-def hand_over_verdict(conf, node_dir, job):
-    """Wait briefly for the agent to receive the job's verdict (sent when PrologSlurmctld scored
-    it), and leave its warning lines in a file only the job's user can read, for TaskProlog."""
-    path = os.path.join(node_dir, "verdicts", f"{job}.json")
-    deadline = time.monotonic() + min(
-        conf.get("verdict_wait_seconds", 0.3), max(0.0, remaining(conf) - 0.2)
-    )
-    while not os.path.exists(path) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    try:
-        with open(path, encoding="utf-8") as f:
-            verdict = json.load(f)
-    except (OSError, ValueError):
-        return
-    lines = verdict.get("lines") if verdict.get("warned") else None
-    if not lines:
-        return
-    jobs_dir = os.path.join(node_dir, "jobs")
-    os.makedirs(jobs_dir, mode=0o755, exist_ok=True)
-    target = os.path.join(jobs_dir, str(job))
-    write_atomically(
-        target, "".join(str(line).replace("\n", " ") + "\n" for line in lines[:6]), mode=0o400
-    )
-    uid = os.environ.get("SLURM_JOB_UID")
-    if uid and uid.isdigit():
-        os.chown(target, int(uid), -1)
 
 
 # -- head-node hooks: tell the aggregator, behind a circuit breaker ------------------------------
@@ -236,50 +174,14 @@ def controller_report(conf, event):
         breaker_write(conf, state)
 
 
-# -- task prolog: a line in the job's own output -------------------------------------------------
-def task_prolog(conf):
-    """Print the job's warning (left by the Prolog) or, when task_notice is on, a notice."""
-    if os.environ.get("SLURM_PROCID", "0") != "0":
-        return
-    # Once per job: in the batch step (its task environment has no step id in Slurm 22.05), or
-    # in step 0 of a job that has no batch script (srun/salloc; a batch job's steps inherit
-    # ENVIRONMENT=BATCH from the batch script).
-    step = os.environ.get("SLURM_STEP_ID") or os.environ.get("SLURM_STEPID") or "batch"
-    is_batch = step in ("batch", "4294967294")
-    first_step_of_interactive = step == "0" and os.environ.get("ENVIRONMENT") != "BATCH"
-    if not (is_batch or first_step_of_interactive):
-        return
-    job = os.environ.get("SLURM_JOB_ID", "?")
-    node = os.environ.get("SLURMD_NODENAME") or socket.gethostname().split(".")[0]
-    try:
-        with open(os.path.join(conf["spool_dir"], node, "jobs", job), encoding="utf-8") as f:
-            warning = [line.rstrip("\n") for line in f if line.strip()]
-    except OSError:
-        warning = []
-    lines = warning or (
-        [f"NØMADE: job {job} is monitored by NØMADE (nomadectl job {job})"]
-        if conf["task_notice"]
-        else []
-    )
-    for line in lines:
-        sys.stdout.write(f"print {line}\n")
-    sys.stdout.flush()
-
-
 def main(argv):
     kind = argv[1] if len(argv) > 1 else ""
     conf = load_conf()
     try:
-        if kind == "prolog":
-            node_report(conf, "start")
-        elif kind == "epilog":
-            node_report(conf, "end")
-        elif kind == "prologslurmctld":
+        if kind == "prologslurmctld":
             controller_report(conf, "start")
         elif kind == "epilogslurmctld":
             controller_report(conf, "end")
-        elif kind == "taskprolog":
-            task_prolog(conf)
         else:
             note_failure(conf, "unknown", f"unknown hook kind {kind!r}")
     except Exception as exc:  # a hook never fails a job

@@ -30,6 +30,18 @@ INBOX_POLL_SECONDS = 0.2
 WINDOW = 256  # envelopes in flight at once
 
 
+def _write_private(directory: Path, name: str, text: str, uid: int) -> None:
+    """Write NAME readable only by UID (mode 0400), renamed into place."""
+    directory.mkdir(mode=0o755, exist_ok=True)
+    tmp = directory / f".{name}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o400)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    if uid and os.geteuid() == 0:
+        os.chown(tmp, uid, -1)
+    os.replace(tmp, directory / name)
+
+
 def read_spool_file(path: Path) -> dict[str, Any]:
     """One hook report: JSON with 'event' (start|end) and an integer 'job_id'."""
     data = json.loads(path.read_text(encoding="utf-8"))
@@ -106,15 +118,17 @@ class Agent:
                 self.inflight.pop(env.seq, None)
 
     def keep_verdict(self, payload: Any) -> None:
-        """Leave a starting job's verdict where the Prolog looks for it (renamed into place)."""
+        """A starting job's verdict: kept for TaskProlog, and when the job is warned, its lines in
+        a file only the job's user can read (both renamed into place; the Epilog removes them)."""
         if not isinstance(payload, dict) or not isinstance(payload.get("job_id"), int):
             log.warning("ignored a verdict without a job id from %s", self.cfg.agent.aggregator)
             return
-        self.verdicts.mkdir(exist_ok=True)
-        final = self.verdicts / f"{payload['job_id']}.json"
-        tmp = self.verdicts / f".{payload['job_id']}.json.tmp"
-        tmp.write_text(json.dumps(payload), encoding="utf-8")
-        os.replace(tmp, final)
+        job, uid = payload["job_id"], payload.get("user_id")
+        lines = payload.get("lines") if payload.get("warned") else None
+        if lines and isinstance(uid, int):
+            text = "".join(str(line).replace("\n", " ") + "\n" for line in lines[:6])
+            _write_private(self.spool / "jobs", str(job), text, uid)
+        _write_private(self.verdicts, f"{job}.json", json.dumps(payload), 0)
 
     def sweep_verdicts(self, now: float, max_age: float = 86400.0) -> None:
         """Verdicts of jobs whose Epilog never came (a crashed node) are removed after a day."""
