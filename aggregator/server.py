@@ -286,8 +286,9 @@ class Aggregator:
         fields["end_time"] = body.get("t")
         now = time.time()
         delay = self.cfg.aggregator.reconcile_delay_seconds
-        uid = self.writer.call(lambda c: self.ingest.job_end(c, fields, delay, now))
-        return {"ok": True, "job_uid": uid}
+        # Stored asynchronously, like the start: the hook never waits for the writer.
+        self.writer.submit(WorkItem(lambda c: self.ingest.job_end(c, fields, delay, now)))
+        return {"ok": True}
 
     def _make_http(self) -> ThreadingHTTPServer:
         host, _, port = self.cfg.aggregator.http_listen.rpartition(":")

@@ -1,0 +1,250 @@
+"""Wall time of each NØMADE hook as slurmd and slurmctld run it, on the real dev cluster.
+
+Every hook (PrologSlurmctld, Prolog, TaskProlog, Epilog, EpilogSlurmctld) is wrapped in a tiny
+timing shell script that records its start and end in nanoseconds; the wrapper calls either
+NØMADE's installed hook or /bin/true (the empty hook).  The wrappers are switched in through
+/etc/slurm/nomade-hooks.conf and `scontrol reconfigure`, and a job array of --jobs one-second
+tasks runs in each of these modes, in the same run:
+
+  empty        every hook is /bin/true (the baseline)
+  nomade       NØMADE's hooks with the aggregator under ingest load: two simulated agents
+               (separate processes) stream 10,000 samples/s over ZeroMQ, as a 1,500-node cluster
+               with 64 jobs per node sampled every 10 s would
+  unreachable  NØMADE's hooks with the aggregator stopped (connections refused)
+  hung         NØMADE's hooks with the aggregator frozen (SIGSTOP: connections accepted, never
+               answered), where the time limit and the circuit breaker must hold
+
+Added time = a mode's percentile minus the empty hook's, per hook.  `value` is the largest added
+p50 among the hooks in `nomade` mode, in ms.  Needs root and the dev cluster
+(slurm-conf/cluster-up.sh); it restores the include file it found.
+
+    python bench/prolog_latency.py [--quick] [--jobs 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from nomade_common import wire  # noqa: E402
+
+INCLUDE = Path("/etc/slurm/nomade-hooks.conf")
+KINDS = {"PrologSlurmctld": "prologslurmctld", "Prolog": "prolog", "TaskProlog": "taskprolog",
+         "Epilog": "epilog", "EpilogSlurmctld": "epilogslurmctld"}  # fmt: skip
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(*argv: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=kw.pop("timeout", 120), **kw
+    )
+
+
+def write_wrappers(base: Path, mode: str, target_dir: Path | None) -> list[str]:
+    """Timing wrappers for MODE; TARGET_DIR None means the empty hook."""
+    wdir = base / f"timed-{mode}"
+    wdir.mkdir(mode=0o755)
+    lines = []
+    for key, kind in KINDS.items():
+        target = "/bin/true" if target_dir is None else str(target_dir / kind)
+        log = base / "timing" / f"{mode}-{kind}.log"
+        log.touch(mode=0o666)
+        log.chmod(0o666)
+        (wdir / kind).write_text(
+            "#!/bin/sh\n"
+            "s=$(date +%s%N)\n"
+            f"{target}\n"
+            "e=$(date +%s%N)\n"
+            f'echo "$s $e" >> {log}\n'
+            "exit 0\n"
+        )
+        (wdir / kind).chmod(0o755)
+        lines.append(f"{key}={wdir / kind}")
+    return lines
+
+
+def switch(lines: list[str]) -> None:
+    INCLUDE.write_text("# NØMADE prolog latency benchmark (temporary)\n" + "\n".join(lines) + "\n")
+    run("scontrol", "reconfigure", timeout=60).check_returncode()
+    time.sleep(1)
+
+
+def run_jobs(base: Path, n: int, deadline: float = 900) -> None:
+    out = run("sbatch", "--parsable", "--uid=alice", "--gid=alice", "-D", str(base / "jobs"), "-o", "/dev/null",
+              f"--array=1-{n}", "-t", "1", "--mem=50M", "--wrap", "true")  # fmt: skip
+    out.check_returncode()
+    array = out.stdout.strip().split(";")[0]
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if not run("squeue", "-h", "-j", array).stdout.strip():
+            return
+        time.sleep(1)
+    raise SystemExit(f"error: job array {array} did not finish in {deadline:.0f} s")
+
+
+def durations(base: Path, mode: str) -> dict[str, list[float]]:
+    out = {}
+    for kind in KINDS.values():
+        text = (base / "timing" / f"{mode}-{kind}.log").read_text()
+        out[kind] = [
+            (int(e) - int(s)) / 1e6
+            for s, e in (ln.split() for ln in text.splitlines() if ln.strip())
+        ]
+    return out
+
+
+LOAD_SAMPLES_PER_SECOND = (
+    5_000  # per simulated agent process: two make a 1,500-node cluster's stream
+)
+
+
+def load_agent(port: int, node: str, stop_at: float) -> None:
+    """A simulated agent streaming 64-job SAMPLES envelopes at LOAD_SAMPLES_PER_SECOND (a
+    1,500-node cluster with 64 jobs per node sampled every 10 s sends about 10,000 a second)."""
+    import zmq
+
+    sock = zmq.Context().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(f"tcp://127.0.0.1:{port}")
+    width = len(wire.SAMPLE_FIELDS)
+    seq, inflight, epoch = 0, 0, time.time_ns()
+    started = time.time()
+    while time.time() < stop_at:
+        due = int((time.time() - started) * LOAD_SAMPLES_PER_SECOND / 64)
+        while inflight < 32 and seq < due:
+            seq += 1
+            rows = [[9_000_000 + j, float(seq)] + [1] * (width - 2) for j in range(64)]
+            sock.send(wire.Envelope(wire.SAMPLES, node, epoch, seq, {"rows": rows}).pack())
+            inflight += 1
+        if sock.poll(10):
+            sock.recv()
+            inflight -= 1
+
+
+def summary(d: dict[str, list[float]], base: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    out = {}
+    for kind, values in d.items():
+        p50, p99 = np.percentile(values, 50), np.percentile(values, 99)
+        b50, b99 = np.percentile(base[kind], 50), np.percentile(base[kind], 99)
+        out[kind] = {"n": len(values), "p50_ms": round(p50, 1), "p99_ms": round(p99, 1),
+                     "added_p50_ms": round(p50 - b50, 1), "added_p99_ms": round(p99 - b99, 1),
+                     "max_ms": round(max(values), 1)}  # fmt: skip
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--jobs", type=int, default=None)
+    args = ap.parse_args()
+    n = args.jobs or (20 if args.quick else 200)
+    before = INCLUDE.read_text() if INCLUDE.exists() else None
+    base = Path(tempfile.mkdtemp(prefix="nomade-bench-hooks-", dir="/tmp"))
+    base.chmod(0o755)
+    for sub in ("timing", "jobs"):
+        (base / sub).mkdir()
+        (base / sub).chmod(0o1777)
+    zport, hport = free_port(), free_port()
+    cfg = base / "nomade.toml"
+    cfg.write_text(f'[general]\ncluster_name = "nomadedev"\ndata_dir = "{base}/data"\n'
+                   f'[agent]\naggregator = "tcp://127.0.0.1:{zport}"\nspool_dir = "{base}/spool"\n'
+                   f'[aggregator]\nlisten = "tcp://127.0.0.1:{zport}"\nhttp_listen = "127.0.0.1:{hport}"\n'
+                   f'[hooks]\nprefix = "{base}/hooks"\naggregator_url = "http://127.0.0.1:{hport}"\n'
+                   f'state_dir = "{base}/hookstate"\n')  # fmt: skip
+    env = {**os.environ, "NOMADE_CONFIG": str(cfg)}
+    procs: list[subprocess.Popen] = []
+    results: dict[str, dict] = {}
+    try:
+        run(str(BIN / "nomadectl"), "init", env=env).check_returncode()
+        run(str(BIN / "nomadectl"), "install-hooks", env=env).check_returncode()
+        agg = subprocess.Popen(
+            [str(BIN / "nomade-aggregator")],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        procs.append(agg)
+        for node in ("node1", "node2"):
+            procs.append(subprocess.Popen([str(BIN / "nomade-agent"), "--node", node], env=env,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
+        time.sleep(2)
+        modes = {m: write_wrappers(base, m, None if m == "empty" else base / "hooks")
+                 for m in ("empty", "nomade", "unreachable", "hung")}  # fmt: skip
+        timings = {}
+        switch(modes["empty"])
+        run_jobs(base, n)
+        timings["empty"] = durations(base, "empty")
+        switch(modes["nomade"])
+        stop_at = time.time() + 3600
+        ctx = mp.get_context("spawn")
+        loaders = [
+            ctx.Process(target=load_agent, args=(zport, f"loadnode{i}", stop_at), daemon=True)
+            for i in range(2)
+        ]
+        for p in loaders:
+            p.start()
+        run_jobs(base, n)
+        for p in loaders:
+            p.terminate()
+        timings["nomade"] = durations(base, "nomade")
+        agg.send_signal(signal.SIGSTOP)
+        switch(modes["hung"])
+        run_jobs(base, max(20, n // 4))
+        timings["hung"] = durations(base, "hung")
+        agg.send_signal(signal.SIGCONT)
+        agg.terminate()
+        agg.wait(10)
+        switch(modes["unreachable"])
+        run_jobs(base, max(20, n // 4))
+        timings["unreachable"] = durations(base, "unreachable")
+        for mode in ("nomade", "hung", "unreachable"):
+            results[mode] = summary(timings[mode], timings["empty"])
+        results["empty"] = {k: {"n": len(v), "p50_ms": round(float(np.percentile(v, 50)), 1),
+                                "p99_ms": round(float(np.percentile(v, 99)), 1)} for k, v in timings["empty"].items()}  # fmt: skip
+    finally:
+        if before is None:
+            INCLUDE.unlink(missing_ok=True)
+        else:
+            INCLUDE.write_text(before)
+        run("scontrol", "reconfigure", timeout=60)
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGCONT)
+                p.terminate()
+        run(str(BIN / "nomadectl"), "uninstall-hooks", env=env)
+    for mode in ("empty", "nomade", "hung", "unreachable"):
+        for kind, r in results[mode].items():
+            print(f"{mode:<12}{kind:<17}" + "  ".join(f"{k} {v}" for k, v in r.items()))
+    added50 = max(r["added_p50_ms"] for r in results["nomade"].values())
+    added99 = max(r["added_p99_ms"] for r in results["nomade"].values())
+    worst_down = max(r["max_ms"] for m in ("hung", "unreachable") for r in results[m].values())
+    base50 = max(r["p50_ms"] for r in results["empty"].values())
+    print(json.dumps({"bench": "prolog_latency", "value": added50, "unit": "ms", "baseline": base50,
+                      "ratio": round((base50 + added50) / base50, 2) if base50 else None,
+                      "goal": "added p50 <= 50 ms, added p99 <= 150 ms, <= 1000 ms when the aggregator is unreachable",
+                      "added_p99_ms": added99, "worst_ms_aggregator_down": worst_down, "jobs": n,
+                      "per_hook": results}))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
