@@ -336,19 +336,19 @@ class _Reader:
     def __init__(self, source: str) -> None:
         self.source = source
 
-    def text(self, node: Node, *paths: str) -> str | None:
+    def as_text(self, node: Node, *paths: str) -> str | None:
         found = node.first(*paths)
         return None if found is None else _text(found.text)
 
-    def int(self, node: Node, *paths: str) -> int | None:
+    def as_int(self, node: Node, *paths: str) -> int | None:
         found = node.first(*paths)
         return None if found is None else _int(found.text, self.source, found.line)
 
-    def float(self, node: Node, *paths: str) -> float | None:
+    def as_float(self, node: Node, *paths: str) -> float | None:
         found = node.first(*paths)
         return None if found is None else _float(found.text, self.source, found.line)
 
-    def bytes(self, node: Node, *paths: str) -> int | None:
+    def as_bytes(self, node: Node, *paths: str) -> int | None:
         found = node.first(*paths)
         return None if found is None else _bytes(found.text, self.source, found.line)
 
@@ -356,7 +356,7 @@ class _Reader:
         """The sum of those of ``paths`` that hold a number; None when none does."""
         if node is None:
             return None
-        values = [self.int(node, path) for path in paths]
+        values = [self.as_int(node, path) for path in paths]
         present = [value for value in values if value is not None]
         return sum(present) if present else None
 
@@ -400,19 +400,19 @@ def _gpu_record(gpu: Node, index: int, top: dict[str, str | None], r: _Reader) -
         GPU_FIELDS,
         {
             "index": index,
-            "uuid": r.text(gpu, "uuid"),
-            "name": r.text(gpu, "product_name"),
-            "bus_id": r.text(gpu, "pci/pci_bus_id") or _text(gpu.attrs.get("id")),
-            "minor_number": r.int(gpu, "minor_number"),
+            "uuid": r.as_text(gpu, "uuid"),
+            "name": r.as_text(gpu, "product_name"),
+            "bus_id": r.as_text(gpu, "pci/pci_bus_id") or _text(gpu.attrs.get("id")),
+            "minor_number": r.as_int(gpu, "minor_number"),
             **top,
-            "memory_total_bytes": r.bytes(memory, "total"),
-            "memory_used_bytes": r.bytes(memory, "used"),
-            "memory_free_bytes": r.bytes(memory, "free"),
-            "memory_reserved_bytes": r.bytes(memory, "reserved"),
-            "util_gpu_percent": r.float(gpu, "utilization/gpu_util", "utilization/gpu"),
-            "util_memory_percent": r.float(gpu, "utilization/memory_util", "utilization/memory"),
-            "temperature_gpu_c": r.float(gpu, "temperature/gpu_temp"),
-            "temperature_memory_c": r.float(gpu, "temperature/memory_temp"),
+            "memory_total_bytes": r.as_bytes(memory, "total"),
+            "memory_used_bytes": r.as_bytes(memory, "used"),
+            "memory_free_bytes": r.as_bytes(memory, "free"),
+            "memory_reserved_bytes": r.as_bytes(memory, "reserved"),
+            "util_gpu_percent": r.as_float(gpu, "utilization/gpu_util", "utilization/gpu"),
+            "util_memory_percent": r.as_float(gpu, "utilization/memory_util", "utilization/memory"),
+            "temperature_gpu_c": r.as_float(gpu, "temperature/gpu_temp"),
+            "temperature_memory_c": r.as_float(gpu, "temperature/memory_temp"),
             "power_draw_w": _first_float(gpu, r, [f"{p}/{k}" for p in power for k in _DRAW_KEYS]),
             "power_limit_w": _first_float(gpu, r, [f"{p}/{k}" for p in power for k in _LIMIT_KEYS]),
             "ecc_volatile_corrected": r.total(ecc and ecc.child("volatile"), *_CORRECTED),
@@ -420,8 +420,8 @@ def _gpu_record(gpu: Node, index: int, top: dict[str, str | None], r: _Reader) -
             "ecc_aggregate_corrected": r.total(ecc and ecc.child("aggregate"), *_CORRECTED),
             "ecc_aggregate_uncorrected": r.total(ecc and ecc.child("aggregate"), *_UNCORRECTED),
             "throttle_reasons": _throttle_reasons(gpu),
-            "pstate": r.text(gpu, "performance_state"),
-            "mig_enabled": _mig_enabled(r.text(gpu, "mig_mode/current_mig", "mig_mode/current")),
+            "pstate": r.as_text(gpu, "performance_state"),
+            "mig_enabled": _mig_enabled(r.as_text(gpu, "mig_mode/current_mig", "mig_mode/current")),
         },
     )
 
@@ -435,7 +435,7 @@ _LIMIT_KEYS = ("current_power_limit", "enforced_power_limit", "power_limit")
 def _first_float(node: Node, r: _Reader, paths: list[str]) -> float | None:
     """The first of ``paths`` that holds a number (older drivers print N/A in some)."""
     for path in paths:
-        value = r.float(node, path)
+        value = r.as_float(node, path)
         if value is not None:
             return value
     return None
@@ -457,15 +457,15 @@ def _mig_records(gpu: Node, parent: dict, r: _Reader) -> list[dict]:
                 {
                     "gpu_index": parent["index"],
                     "gpu_uuid": parent["uuid"],
-                    "index": r.int(dev, "index"),
-                    "uuid": r.text(dev, "uuid"),
-                    "gpu_instance_id": r.int(dev, "gpu_instance_id"),
-                    "compute_instance_id": r.int(dev, "compute_instance_id"),
-                    "sm_count": r.int(dev, "device_attributes/shared/multiprocessor_count"),
-                    "memory_total_bytes": r.bytes(memory, "total"),
-                    "memory_used_bytes": r.bytes(memory, "used"),
-                    "memory_free_bytes": r.bytes(memory, "free"),
-                    "memory_reserved_bytes": r.bytes(memory, "reserved"),
+                    "index": r.as_int(dev, "index"),
+                    "uuid": r.as_text(dev, "uuid"),
+                    "gpu_instance_id": r.as_int(dev, "gpu_instance_id"),
+                    "compute_instance_id": r.as_int(dev, "compute_instance_id"),
+                    "sm_count": r.as_int(dev, "device_attributes/shared/multiprocessor_count"),
+                    "memory_total_bytes": r.as_bytes(memory, "total"),
+                    "memory_used_bytes": r.as_bytes(memory, "used"),
+                    "memory_free_bytes": r.as_bytes(memory, "free"),
+                    "memory_reserved_bytes": r.as_bytes(memory, "reserved"),
                     "ecc_volatile_uncorrected": r.total(ecc, "sram_uncorrectable"),
                 },
             )
@@ -484,12 +484,12 @@ def _process_records(gpu: Node, parent: dict, r: _Reader) -> list[dict]:
                 {
                     "gpu_index": parent["index"],
                     "gpu_uuid": parent["uuid"],
-                    "pid": r.int(info, "pid"),
-                    "type": r.text(info, "type"),
-                    "name": r.text(info, "process_name"),
-                    "used_memory_bytes": r.bytes(info, "used_memory"),
-                    "gpu_instance_id": r.int(info, "gpu_instance_id"),
-                    "compute_instance_id": r.int(info, "compute_instance_id"),
+                    "pid": r.as_int(info, "pid"),
+                    "type": r.as_text(info, "type"),
+                    "name": r.as_text(info, "process_name"),
+                    "used_memory_bytes": r.as_bytes(info, "used_memory"),
+                    "gpu_instance_id": r.as_int(info, "gpu_instance_id"),
+                    "compute_instance_id": r.as_int(info, "compute_instance_id"),
                 },
             )
         )
@@ -499,8 +499,8 @@ def _process_records(gpu: Node, parent: dict, r: _Reader) -> list[dict]:
 def _records(root: Node, source: str) -> list[dict[str, Any]]:
     r = _Reader(source)
     top = {
-        "driver_version": r.text(root, "driver_version"),
-        "cuda_version": r.text(root, "cuda_version"),
+        "driver_version": r.as_text(root, "driver_version"),
+        "cuda_version": r.as_text(root, "cuda_version"),
     }
     out: list[dict[str, Any]] = []
     for index, gpu in enumerate(root.all("gpu")):
