@@ -405,3 +405,56 @@ def parse_job(raw: RawJob, version: int, user_hz: int = 100) -> ParsedJob:
             where = f"line {exc.line}: " if exc.line is not None else ""
             problems.append((name, f"malformed: {where}{exc.reason}"))
     return ParsedJob(fields, problems)
+
+
+# ---------------------------------------------------------------------------------------------
+# A captured tree, for `nomadectl parse cgroup DIR`
+
+
+def layouts_in(cgroup_root: str) -> list[tuple[str | None, Layout]]:
+    """Every Slurm layout under ``cgroup_root``, with its node name (None for plain ``slurm``):
+    v1 ``<controller>/slurm[_<node>]`` and v2 ``[unified/]system.slice/[<node>_]slurmstepd.scope``.
+    """
+    v1_nodes: set[str | None] = set()
+    v2: list[tuple[str | None, Layout]] = []
+    for entry in _subdirs(cgroup_root):
+        for name in _subdirs(entry):
+            base = os.path.basename(name)
+            if base == "slurm" or base.startswith("slurm_"):
+                v1_nodes.add(base[len("slurm_") :] if base != "slurm" else None)
+    for base in (cgroup_root, f"{cgroup_root}/unified"):
+        for scope in _subdirs(f"{base}/system.slice"):
+            name = os.path.basename(scope)
+            if name == "slurmstepd.scope":
+                v2.append((None, Layout(2, "unified", (("unified", scope),))))
+            elif name.endswith("_slurmstepd.scope"):
+                node = name[: -len("_slurmstepd.scope")]
+                v2.append((node, Layout(2, "unified", (("unified", scope),))))
+    found: list[tuple[str | None, Layout]] = []
+    for node in sorted(v1_nodes, key=lambda n: n or ""):
+        layout = discover(cgroup_root, node or "")
+        if layout is not None and layout.version == 1:
+            found.append((node, layout))
+    return found + v2
+
+
+def _subdirs(path: str) -> list[str]:
+    try:
+        with os.scandir(path) as entries:
+            return sorted(e.path for e in entries if e.is_dir(follow_symlinks=False))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def records(path: str) -> list[dict]:
+    """One record per Slurm job found in the cgroup tree at ``path``: ``job_id``, ``node``,
+    ``cgroup_version``, the CGROUP_FIELDS and ``problems`` (["file: reason", ...])."""
+    out: list[dict] = []
+    for node, layout in layouts_in(path):
+        for job_id, dirs in sorted(list_jobs(layout).items()):
+            parsed = parse_job(read_job(layout, dirs), layout.version)
+            record: dict = {"job_id": job_id, "node": node, "cgroup_version": layout.version}
+            record.update(parsed.fields)
+            record["problems"] = [f"{name}: {reason}" for name, reason in parsed.problems]
+            out.append(record)
+    return out

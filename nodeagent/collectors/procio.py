@@ -102,3 +102,8 @@ def _line_of(text: str, key: str) -> int | None:
         if line.startswith(key):
             return number
     return None
+
+
+def records(text: str, source: str = "io") -> list[dict[str, int]]:
+    """``parse`` as a one-record list, for ``nomadectl parse proc-io FILE``."""
+    return [parse(text, source)]
