@@ -29,6 +29,7 @@ KINDS: dict[str, str] = {
     # node collectors
     "nvidia-smi-xml": "nodeagent.collectors.gpu:parse_xml",
     "nvidia-smi-csv": "nodeagent.collectors.gpu:parse_csv",
+    "nvidia-smi-text": "nodeagent.collectors.gpu:parse_text",
     "iostat": "nodeagent.collectors.sysstat:parse_iostat",
     "iostat-json": "nodeagent.collectors.sysstat:parse_iostat_json",
     "mpstat": "nodeagent.collectors.sysstat:parse_mpstat",
