@@ -149,7 +149,7 @@ def findings_section(result: dict[str, Any]) -> list[str]:
             f" {_f(maj['cost_per_job'])} for the constant rule (warn for all or for none) and"
             f" {_f(m[simple]['cost_per_job']) if simple else 'n/a'} for the best simple baseline")  # fmt: skip
     if cheapest == "ensemble":
-        out.append(f"{cost}; no other score is cheaper.")
+        out.append(f"{cost}; no baseline is cheaper at its own threshold.")
     else:
         out.append(f"{cost}; **{_name(cheapest)} is cheaper at its own threshold**"
                    f" ({_f(m[cheapest]['cost_per_job'])} per job).")  # fmt: skip
