@@ -243,7 +243,9 @@ def _nfsiostat_row(
             known = _NFSIOSTAT_COLUMNS.get(name)
             if known is not None:
                 field, factor = known
-                record[f"{section}_{field}"] = round(value * factor, 3) if factor != 1 else value
+                record[f"{section}_{field}"] = (
+                    int(value) if field in ("retrans", "errors") else round(value * factor, 3)
+                )
     # Other sections (-a attribute cache, -d directory, -p page cache) are skipped.
 
 
