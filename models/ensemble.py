@@ -66,18 +66,35 @@ def choose_weights(
 
 
 def fit_platt(p_raw: np.ndarray, failed: np.ndarray) -> tuple[float, float]:
-    """Logistic calibration of the failure probability (a few Newton steps, no sklearn)."""
+    """Logistic calibration of the failure probability: damped Newton steps on the log loss
+    (a step that does not lower the loss is halved), so overconfident scores cannot make it
+    run away."""
     x = logit(p_raw)
+    y = failed.astype(np.float64)
+
+    def loss(a: float, b: float) -> float:
+        z = a * x + b
+        return float(np.mean(np.logaddexp(0.0, z) - y * z))
+
     a, b = 1.0, 0.0
-    for _ in range(50):
+    current = loss(a, b)
+    for _ in range(100):
         p = 1.0 / (1.0 + np.exp(-(a * x + b)))
-        g = np.array([np.sum((p - failed) * x), np.sum(p - failed)])
+        g = np.array([np.sum((p - y) * x), np.sum(p - y)])
         w = p * (1 - p) + 1e-9
         h = np.array(
             [[np.sum(w * x * x), np.sum(w * x)], [np.sum(w * x), np.sum(w)]]
         ) + 1e-6 * np.eye(2)
         step = np.linalg.solve(h, g)
-        a, b = a - step[0], b - step[1]
-        if np.abs(step).max() < 1e-8:
+        scale = 1.0
+        while scale > 1e-6 and loss(a - scale * step[0], b - scale * step[1]) > current:
+            scale /= 2
+        if scale <= 1e-6:
             break
+        a, b = a - scale * step[0], b - scale * step[1]
+        new = loss(a, b)
+        if current - new < 1e-12:
+            current = new
+            break
+        current = new
     return float(a), float(b)
