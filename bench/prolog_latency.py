@@ -212,7 +212,7 @@ def main() -> None:
         run_jobs(base, max(20, n // 4))
         timings["hung"] = durations(base, "hung")
         agg.send_signal(signal.SIGCONT)
-        agg.terminate()
+        agg.kill()  # stopped for good: the hooks now find nothing listening
         agg.wait(10)
         switch(modes["unreachable"])
         run_jobs(base, max(20, n // 4))
