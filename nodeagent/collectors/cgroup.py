@@ -428,13 +428,13 @@ def layouts_in(cgroup_root: str) -> list[tuple[str | None, Layout]]:
             if name == "slurmstepd.scope":
                 v2.append((None, Layout(2, "unified", (("unified", scope),))))
             elif name.endswith("_slurmstepd.scope"):
-                node = name[: -len("_slurmstepd.scope")]
-                v2.append((node, Layout(2, "unified", (("unified", scope),))))
+                v2_node = name[: -len("_slurmstepd.scope")]
+                v2.append((v2_node, Layout(2, "unified", (("unified", scope),))))
     found: list[tuple[str | None, Layout]] = []
-    for node in sorted(v1_nodes, key=lambda n: n or ""):
-        layout = discover(cgroup_root, node or "")
+    for v1_node in sorted(v1_nodes, key=lambda n: n or ""):
+        layout = discover(cgroup_root, v1_node or "")
         if layout is not None and layout.version == 1:
-            found.append((node, layout))
+            found.append((v1_node, layout))
     return found + v2
 
 

@@ -146,7 +146,7 @@ def _load_json(text: str, source: str) -> list[dict[str, Any]]:
     hosts = doc.get("sysstat", {}).get("hosts") if isinstance(doc, dict) else None
     if not isinstance(hosts, list):
         raise ParseError(source, None, "no sysstat.hosts list: not sysstat -o JSON output")
-    stats = []
+    stats: list[dict[str, Any]] = []
     for host in hosts:
         if not isinstance(host, dict) or not isinstance(host.get("statistics", []), list):
             raise ParseError(source, None, "a host without a statistics list")
