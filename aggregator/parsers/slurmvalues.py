@@ -129,3 +129,71 @@ def hostlist(text: str | None) -> list[str]:
                 continue
             out += [f"{prefix}{i:0{len(lo)}d}" for i in range(int(lo), int(hi) + 1)]
     return out
+
+
+def number(value):
+    """A JSON number as Slurm's --json prints it, plain (21.08-22.05) or {"set", "infinite",
+    "number"} (data_parser, 23.02 and later): the number, or None when unset or infinite."""
+    if isinstance(value, dict):
+        if not value.get("set", True) or value.get("infinite"):
+            return None
+        value = value.get("number")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value
+
+
+def epoch(value) -> float | None:
+    """A Unix time from --json (0 is Slurm's "never"); None when unset."""
+    n = number(value)
+    return float(n) if n else None
+
+
+def string(value) -> str | None:
+    """A string field of --json or text output: None for Slurm's words for nothing."""
+    if value is None:
+        return None
+    s = str(value).strip()
+    return None if absent(s) else s
+
+
+# Node states as sinfo prints them short (%t) -> the long form (%T); suffixes -> flags.
+_NODE_SHORT = {
+    "alloc": "allocated", "comp": "completing", "drng": "draining", "drain": "drained",
+    "fail": "fail", "failg": "failing", "futr": "future", "inval": "invalid", "mix": "mixed",
+    "npc": "perfctrs", "plnd": "planned", "resv": "reserved", "unk": "unknown",
+    "boot": "rebooting", "pow_dn": "power_down", "pow_up": "powering_up", "blocked": "blocked",
+}  # fmt: skip
+_NODE_SUFFIX = {
+    "*": "NOT_RESPONDING", "~": "POWERED_DOWN", "#": "POWERING_UP", "!": "POWER_DOWN",
+    "%": "POWERING_DOWN", "$": "MAINTENANCE", "@": "REBOOT_REQUESTED", "^": "REBOOT_ISSUED",
+    "-": "PLANNED",
+}  # fmt: skip
+
+
+def node_state(value) -> tuple[str | None, list[str]]:
+    """A node's state in any form Slurm prints it -> (sinfo's long state, lower case; flags).
+
+    'drain*', 'DRAINED*', 'IDLE+DRAIN', 'DOWN*+DRAIN+NOT_RESPONDING', ['IDLE', 'DRAIN'] (23.02+
+    JSON) and ('idle', ['DRAIN']) (21.08/22.05 JSON) all come out the way sinfo -o %T shows them:
+    idle+DRAIN is 'drained', allocated or mixed+DRAIN 'draining'.
+    """
+    words = value if isinstance(value, list) else str(value or "").strip().split("+")
+    words = [w for w in words if w]
+    if not words:
+        return None, []
+    flags: list[str] = []
+    first = str(words[0])
+    while first and first[-1] in _NODE_SUFFIX:
+        flags.append(_NODE_SUFFIX[first[-1]])
+        first = first[:-1]
+    base = _NODE_SHORT.get(first.lower(), first.lower())
+    flags += [str(w).strip().upper() for w in words[1:]]
+    flags = list(dict.fromkeys(flags))
+    if "DRAIN" in flags and base in ("idle", "down"):
+        base = "drained"
+    elif "DRAIN" in flags and base in ("allocated", "mixed", "completing"):
+        base = "draining"
+    elif base in ("drained", "draining") and "DRAIN" not in flags:
+        flags.append("DRAIN")
+    return base, flags
