@@ -98,3 +98,120 @@ def records(text: str, source: str = "sacct") -> list[dict]:
             "time_limit_seconds": safe(sv.duration, row.get("Timelimit")),
         })  # fmt: skip
     return out
+
+
+def _json_state(value) -> str | None:
+    if isinstance(value, dict):
+        value = value.get("current")
+    if isinstance(value, list):  # 23.02+: ["COMPLETED"]
+        value = value[0] if value else None
+    return str(value) if value else None
+
+
+def _json_exit(value, state: str | None) -> tuple[int | None, int | None]:
+    """exit_code {status, return_code, signal} -> (exit status, signal) as text sacct shows them.
+
+    22.05 (dbv0.0.38) loses non-zero exit statuses: a FAILED job or step comes out as SUCCESS 0
+    (jobs 14 and 17 of tests/fixtures/slurm/22.05/sacct.json); that is reported as unknown.
+    """
+    from . import slurmvalues as sv
+
+    if not isinstance(value, dict):
+        return None, None
+    status = value.get("status")
+    status = (status[0] if status else None) if isinstance(status, list) else status
+    signal = value.get("signal") or {}
+    sig = sv.number(signal.get("signal_id", signal.get("id"))) if isinstance(signal, dict) else None
+    code = sv.number(value.get("return_code"))
+    if status == "SIGNALED":
+        return 0, sig
+    if status == "SUCCESS" and not code and state in ("FAILED", "NODE_FAIL", "OUT_OF_MEMORY"):
+        return None, None
+    return code, ((sig or 0) if code is not None else None)
+
+
+def _cpu_seconds(value) -> float | None:
+    if not isinstance(value, dict):
+        return None
+    from . import slurmvalues as sv
+
+    secs, micro = sv.number(value.get("seconds")), sv.number(value.get("microseconds"))
+    if secs is None and micro is None:
+        return None
+    return (secs or 0) + (micro or 0) / 1e6  # 22.05 lets microseconds exceed a second
+
+
+def _max_rss(step: dict) -> int | None:
+    # 'requested' holds the usage in (TRESUsageIn*): Slurm's name, not a request.
+    from . import slurmvalues as sv
+
+    for item in ((step.get("tres") or {}).get("requested") or {}).get("max") or []:
+        if isinstance(item, dict) and item.get("type") == "mem":
+            return sv.number(item.get("count"))
+    return None
+
+
+def _step_name(step: dict) -> str:
+    ident = (step.get("step") or {}).get("id")
+    if isinstance(ident, dict):
+        ident = ident.get("id", ident.get("name"))
+    text = str(ident if ident is not None else (step.get("step") or {}).get("name", ""))
+    return text.rsplit(".", 1)[-1] if "." in text else text  # 23.02+: "12.batch"
+
+
+def records_json(text: str, source: str = "sacct") -> list[dict]:
+    """`sacct --json` (dbv0.0.38 of 22.05, data_parser v0.0.39+): the records of `records`.
+
+    A job's TotalCPU is the sum of its steps' (22.05 reports 0 for the job itself).
+    """
+    import json
+
+    from . import slurmvalues as sv
+
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ParseError(source, exc.lineno, f"not JSON: {exc.msg}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("jobs"), list):
+        raise ParseError(source, None, "no 'jobs' list: not sacct --json output")
+    out = []
+    for job in doc["jobs"]:
+        jid = str(sv.number(job.get("job_id")))
+        t = job.get("time") or {}
+        state = _json_state(job.get("state"))
+        steps = [s for s in job.get("steps") or [] if isinstance(s, dict)]
+        total = _cpu_seconds(t.get("total"))
+        if not total and steps:
+            total = sum(_cpu_seconds((s.get("time") or {}).get("total")) or 0 for s in steps)
+        limit = sv.number(t.get("limit"))
+        code = _json_exit(job.get("exit_code"), state)
+        account = sv.string(job.get("account"))
+        out.append({
+            "job_id": jid, "step": None, "user": sv.string(job.get("user")), "account": account,
+            "partition": sv.string(job.get("partition")), "state": state,
+            "exit_code": code[0], "signal": code[1],
+            "submit_time": sv.epoch(t.get("submission")), "start_time": sv.epoch(t.get("start")),
+            "end_time": sv.epoch(t.get("end")), "elapsed_seconds": _float(t.get("elapsed")),
+            "total_cpu_seconds": total, "max_rss_bytes": None,
+            "time_limit_seconds": limit * 60.0 if limit is not None else None,
+        })  # fmt: skip
+        for step in steps:
+            st = step.get("time") or {}
+            name, sstate = _step_name(step), _json_state(step.get("state"))
+            code = _json_exit(step.get("exit_code"), sstate)
+            out.append({
+                "job_id": f"{jid}.{name}", "step": name, "user": None, "account": account,
+                "partition": None, "state": sstate, "exit_code": code[0], "signal": code[1],
+                "submit_time": sv.epoch(st.get("start")), "start_time": sv.epoch(st.get("start")),
+                "end_time": sv.epoch(st.get("end")), "elapsed_seconds": _float(st.get("elapsed")),
+                "total_cpu_seconds": _cpu_seconds(st.get("total")), "max_rss_bytes": _max_rss(step),
+                "time_limit_seconds": None,
+            })  # fmt: skip
+    return out
+
+
+def _float(value) -> float | None:
+    from . import slurmvalues as sv
+
+    n = sv.number(value)
+    return float(n) if n is not None else None
