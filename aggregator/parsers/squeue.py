@@ -192,8 +192,9 @@ def _explain_limit(code: str) -> tuple[str, str] | None:
             f"it will not start as it is: ask for less ({what}) or use another QOS or account",
         )
     scope = f"{per.strip()}" if per else "for all its jobs together"
+    by = "jobs already queued" if what == "submitted jobs" else "jobs already running"
     return (
-        f"the limit of {who} on {what} ({scope}) is reached by jobs already running",
+        f"the limit of {who} on {what} ({scope}) is reached by {by}",
         f"{_WAIT_RUNNING} under the same limit; ask for less, or ask an administrator to raise it",
     )
 
