@@ -48,8 +48,6 @@ def hook_settings(cfg: Config) -> dict:
         "task_notice": h.task_notice,
         "breaker_failures": h.breaker_failures,
         "breaker_seconds": h.breaker_seconds,
-        # Slurm runs the hooks with almost no environment (no PATH): name the tools in full.
-        "scontrol": shutil.which("scontrol") or "/usr/bin/scontrol",
     }
 
 

@@ -6,6 +6,7 @@ jobs with sacct and tracks node liveness.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ from . import liveness, query
 from .ingest import Ingest, Rejected
 from .parsers import scontrol, slurmvalues
 from .queue import QueueSnapshots
-from .reconcile import Reconciler
+from .reconcile import Reconciler, run_command
 from .scoring import Scorer, pack, unpack
 from .store import WorkItem, Writer, bump, connect, event
 
@@ -59,6 +60,8 @@ class Aggregator:
         self.scorer = Scorer(cfg.database, cfg.models.warn_threshold)
         self.scoring_failures = 0
         self._retraining: subprocess.Popen | None = None
+        # Job starts are processed off the HTTP thread, two at a time, in arrival order per worker.
+        self._starts = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="start")
         self.reconciler.on_final = self._job_ended
         self._bad_logged: dict[str, float] = {}
         self.http: ThreadingHTTPServer | None = None
@@ -221,27 +224,44 @@ class Aggregator:
 
     # -- hooks over HTTP ----------------------------------------------------------------------
     def hook_job_start(self, body: dict[str, Any]) -> dict[str, Any]:
+        """PrologSlurmctld's report: answered at once; the request is completed from
+        `scontrol show job`, scored, stored and sent to the job's nodes by the start worker."""
         env = body.get("env") or {}
         fields = jobfields.request_from_env(env)
-        text = body.get("scontrol")
-        if isinstance(text, str) and text.strip():
-            recs = scontrol.parse(text, "scontrol show job")
-            if recs:
-                fields = jobfields.merge(fields, jobfields.request_from_scontrol(recs[0]))
         if fields.get("job_id") is None:
             raise ValueError("no job id (SLURM_JOB_ID) in the hook's report")
-        fields.setdefault("start_time", None)
-        fields["start_time"] = fields["start_time"] or body.get("t")
-        snapshot = self.queue.get()
-        now = time.time()
-        vector, verdict = self._score(fields)
-        # Stored asynchronously: the hook's answer never waits for the writer (heavy ingest must
-        # not delay a job's start).  The verdict goes to the agents of the job's nodes now.
-        self.writer.submit(WorkItem(lambda c: self.ingest.job_start(
-            c, fields, snapshot, now, vector, features.FEATURE_VERSION, verdict)))  # fmt: skip
-        # Every start gets a verdict message, even without a model: TaskProlog waits for it.
-        self._push_verdict(fields, verdict)
-        return {"ok": True, "verdict": verdict}
+        self._starts.submit(self._job_started, fields, body.get("scontrol"), body.get("t"))
+        return {"ok": True}
+
+    def _job_started(self, fields: dict[str, Any], text: Any, t: float | None) -> None:
+        try:
+            if not isinstance(text, str) or not text.strip():
+                text = self._scontrol_job(fields["job_id"])
+            recs = scontrol.parse(text, "scontrol show job") if text else []
+            if recs:
+                fields = jobfields.merge(fields, jobfields.request_from_scontrol(recs[0]))
+            fields["start_time"] = fields.get("start_time") or t
+            snapshot = self.queue.get()
+            now = time.time()
+            vector, verdict = self._score(fields)
+            # Stored through the writer without waiting (heavy ingest must not delay a start).
+            self.writer.submit(WorkItem(lambda c: self.ingest.job_start(
+                c, fields, snapshot, now, vector, features.FEATURE_VERSION, verdict)))  # fmt: skip
+            # Every start gets a verdict message, even without a model: TaskProlog waits for it.
+            self._push_verdict(fields, verdict)
+        except Exception:
+            log.exception("job %s: start report not processed", fields.get("job_id"))
+
+    def _scontrol_job(self, job_id: int) -> str | None:
+        try:
+            return run_command(
+                [self.cfg.aggregator.scontrol, "show", "job", "-o", str(job_id)], 10.0
+            )
+        except (OSError, RuntimeError) as exc:
+            log.warning(
+                "job %s: scontrol show job failed (%s); its request stays incomplete", job_id, exc
+            )
+            return None
 
     def _score(self, fields: dict[str, Any]) -> tuple[bytes | None, dict[str, Any] | None]:
         """Features and verdict of a starting job; any failure means "no verdict", never an error."""
@@ -314,6 +334,7 @@ class Aggregator:
 
     def stop(self) -> None:
         self._stop.set()
+        self._starts.shutdown(wait=False, cancel_futures=True)
         if self.http is not None:
             self.http.shutdown()
         self.writer.stop()

@@ -50,6 +50,7 @@ class Aggregator:
     database: str = ""  # empty: <data_dir>/nomade.db
     sacct: str = "sacct"
     squeue: str = "squeue"
+    scontrol: str = "scontrol"
     reconcile_delay_seconds: float = 2.0
     reconcile_attempts: int = 6
     node_down_seconds: float = 60.0
