@@ -7,7 +7,11 @@ OUT_OF_MEMORY only on the step).
 
 from __future__ import annotations
 
+import json
+
 from nomade_common.errors import ParseError
+
+from . import slurmvalues as sv
 
 # The fields NØMADE asks sacct for when it reconciles a job; the order is the command's.
 RECONCILE_FIELDS = (
@@ -114,8 +118,6 @@ def _json_exit(value, state: str | None) -> tuple[int | None, int | None]:
     22.05 (dbv0.0.38) loses non-zero exit statuses: a FAILED job or step comes out as SUCCESS 0
     (jobs 14 and 17 of tests/fixtures/slurm/22.05/sacct.json); that is reported as unknown.
     """
-    from . import slurmvalues as sv
-
     if not isinstance(value, dict):
         return None, None
     status = value.get("status")
@@ -133,8 +135,6 @@ def _json_exit(value, state: str | None) -> tuple[int | None, int | None]:
 def _cpu_seconds(value) -> float | None:
     if not isinstance(value, dict):
         return None
-    from . import slurmvalues as sv
-
     secs, micro = sv.number(value.get("seconds")), sv.number(value.get("microseconds"))
     if secs is None and micro is None:
         return None
@@ -143,8 +143,6 @@ def _cpu_seconds(value) -> float | None:
 
 def _max_rss(step: dict) -> int | None:
     # 'requested' holds the usage in (TRESUsageIn*): Slurm's name, not a request.
-    from . import slurmvalues as sv
-
     for item in ((step.get("tres") or {}).get("requested") or {}).get("max") or []:
         if isinstance(item, dict) and item.get("type") == "mem":
             return sv.number(item.get("count"))
@@ -164,10 +162,6 @@ def records_json(text: str, source: str = "sacct") -> list[dict]:
 
     A job's TotalCPU is the sum of its steps' (22.05 reports 0 for the job itself).
     """
-    import json
-
-    from . import slurmvalues as sv
-
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -211,7 +205,5 @@ def records_json(text: str, source: str = "sacct") -> list[dict]:
 
 
 def _float(value) -> float | None:
-    from . import slurmvalues as sv
-
     n = sv.number(value)
     return float(n) if n is not None else None

@@ -6,6 +6,9 @@ import re
 
 from nomade_common.errors import ParseError
 
+from . import slurmvalues as sv
+from .squeue import FIELDS, REASONS, _explain_limit, explain
+
 # A key starts a token: letters, digits, '/', ':' and '_' before '='.  Values may contain spaces
 # (WorkDir, Command, Reason), so a token ends only where the next key begins.
 _KEY = re.compile(r"(?:^|\s)([A-Za-z][A-Za-z0-9_:/.]*)=")
@@ -42,7 +45,7 @@ def blocks(text: str, source: str = "scontrol") -> list[tuple[int, dict[str, str
     puts each on one line.  A line that starts at the margin starts a record either way.
     """
     out: list[tuple[int, dict[str, str]]] = []
-    start, parts = 0, []
+    start, parts = 0, list[str]()
     for number, line in enumerate([*text.splitlines(), ""], start=1):
         if not line.strip() or not line[0].isspace():
             if parts:
@@ -63,8 +66,6 @@ _MIB = 1 << 20
 
 
 def _mib(value) -> int | None:
-    from . import slurmvalues as sv
-
     try:
         n = sv.number(float(value)) if value not in (None, "") and not sv.absent(value) else None
     except ValueError:
@@ -94,8 +95,6 @@ NODE_FIELDS = (
 
 
 def _node_record(rec: dict[str, str]) -> dict:
-    from . import slurmvalues as sv
-
     cfg, alloc = sv.tres(rec.get("CfgTRES")), sv.tres(rec.get("AllocTRES"))
     state, flags = sv.node_state(rec.get("State")) if rec.get("State") else (None, [])
     reason, user, when = sv.string(rec.get("Reason")), None, None
@@ -163,9 +162,6 @@ JOB_EXTRA_FIELDS = (
 
 
 def _job_record(rec: dict[str, str]) -> dict:
-    from . import slurmvalues as sv
-    from .squeue import FIELDS, REASONS, _explain_limit, explain
-
     raw = rec["JobId"]
     array, task = sv.string(rec.get("ArrayJobId")), sv.string(rec.get("ArrayTaskId"))
     job_id = raw

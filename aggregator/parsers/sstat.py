@@ -37,9 +37,9 @@ def _bytes(value: str | None) -> int | None:
 
 def _hz(value: str | None) -> float | None:
     """AveCPUFreq is in kHz, scaled by 1000 with a suffix: '2.60M' is 2.6 GHz."""
-    if sv.absent(value) or value.strip() in ("0",):
+    s = (value or "").strip()
+    if sv.absent(s) or s == "0":
         return None
-    s = value.strip()
     scale = {"K": 1e3, "M": 1e6, "G": 1e9}.get(s[-1].upper(), 1.0)
     number = s[:-1] if s[-1].isalpha() else s
     return float(number) * scale * 1000
