@@ -7,17 +7,14 @@ on the test machines); `read()` is tested on a machine with neither NVML nor nvi
 
 from __future__ import annotations
 
-import json
 import sys
 import types
-from pathlib import Path
 
 import pytest
 
 from nodeagent.collectors import gpu, licenses
-from nomade_common import parsekinds
 from nomade_common.errors import ParseError
-from tests.conftest import ROOT, shared
+from tests.conftest import shared
 
 MIB = 1 << 20
 
@@ -499,31 +496,3 @@ def test_read_when_nvidia_smi_finds_no_driver(tmp_path, monkeypatch):
     fake.chmod(0o755)
     monkeypatch.setitem(sys.modules, "pynvml", None)
     assert gpu.read(proc_root=str(tmp_path), nvidia_smi=str(fake)) == []
-
-
-# ---------------------------------------------------------------------------------------------
-# Private check of the gpu-*/lic-* case folders until tests/test_parser_cases.py exists
-
-
-def _cases() -> list[Path]:
-    return sorted(
-        p for p in (ROOT / "tests" / "cases").glob("*") if p.name.startswith(("gpu-", "lic-"))
-    )
-
-
-@pytest.mark.skipif(
-    (ROOT / "tests" / "test_parser_cases.py").exists(),
-    reason="tests/test_parser_cases.py runs every case folder",
-)
-@pytest.mark.parametrize("case", _cases(), ids=lambda p: p.name)
-def test_case_folder(case):
-    kind = (case / "kind").read_text().strip()
-    if (case / "source").exists():
-        ref = (case / "source").read_text().strip().removeprefix("shared:")
-        path = shared(*ref.split("/"))
-    else:
-        path = case / "input"
-    records = parsekinds.parser(kind)(path.read_text(), str(path))
-    got = [json.loads(json.dumps(r, sort_keys=True)) for r in records]
-    expected = [json.loads(line) for line in (case / "expected.jsonl").read_text().splitlines()]
-    assert got == expected

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -482,31 +481,3 @@ def test_node_agent_imports_no_heavy_library():
 
 
 # -- case folders: private runner until tests/test_parser_cases.py exists --------------------------
-
-
-def _cases() -> list[Path]:
-    return sorted(p for p in (ROOT / "tests" / "cases").glob("node-*") if p.is_dir())
-
-
-def _case_path(case: Path) -> Path:
-    if (case / "input").exists():
-        return case / "input"
-    ref = (case / "source").read_text().strip()
-    if ref.startswith("shared:"):
-        return shared(*ref.removeprefix("shared:").split("/"))
-    return ROOT / ref
-
-
-@pytest.mark.skipif(
-    (ROOT / "tests" / "test_parser_cases.py").exists(),
-    reason="tests/test_parser_cases.py runs every case folder",
-)
-@pytest.mark.parametrize("case", _cases(), ids=lambda p: p.name)
-def test_case_folder(case):
-    kind = (case / "kind").read_text().strip()
-    path = _case_path(case)
-    fn = parsekinds.parser(kind)
-    records = fn(str(path)) if kind == "cgroup" else fn(path.read_text(), str(path))
-    got = [json.loads(json.dumps(r, sort_keys=True, default=str)) for r in records]
-    text = (case / "expected.jsonl").read_text()
-    assert got == [json.loads(line) for line in text.splitlines()]
