@@ -22,7 +22,7 @@ WRAPPERS = {
     "PrologSlurmctld": "prologslurmctld",
     "EpilogSlurmctld": "epilogslurmctld",
 }
-FILES = [*WRAPPERS.values(), "nomade_hook.py", "node_hook.sh"]
+FILES = [*WRAPPERS.values(), "node_hook.sh", "controller_hook.sh"]
 MANIFEST = ".nomade-manifest.json"
 
 
@@ -72,7 +72,7 @@ def install(cfg: Config, prefix: str | None = None, include: str | None = None,
     limit = f"{cfg.hooks.timeout_seconds:g}"
     for name in FILES:
         text = (source / name).read_text(encoding="utf-8")
-        if name not in ("nomade_hook.py", "node_hook.sh"):
+        if name not in ("node_hook.sh", "controller_hook.sh"):
             text = text.replace("timeout -s KILL 1 ", f"timeout -s KILL {limit} ")
         (dest / name).write_text(text, encoding="utf-8")
         os.chmod(dest / name, 0o755)

@@ -1,0 +1,114 @@
+#!/bin/bash
+# NØMADE's head-node hooks (PrologSlurmctld, EpilogSlurmctld) in bash, without starting an
+# interpreter or, on the common path, any other process: slurmctld starts one per job, a job
+# array starts them by the dozen, and each millisecond here delays a job's start.  One HTTP POST
+# to the aggregator over bash's /dev/tcp, behind a circuit breaker; every path exits 0.  Run by
+# the wrappers beside it under `timeout -s KILL`.
+export LC_ALL=C
+kind=$1
+here=${0%/*}
+start=$EPOCHREALTIME
+conf=
+[[ -r $here/hooks.json ]] && conf=$(<"$here/hooks.json")
+
+setting() { # $1 key, $2 default: a flat value from hooks.json (written by nomadectl install-hooks)
+    if [[ $conf =~ \"$1\":\ *\"?([^\",\}]*) ]]; then REPLY=${BASH_REMATCH[1]}; else REPLY=$2; fi
+}
+setting timeout_seconds 1.0; limit=$REPLY
+setting aggregator_url http://127.0.0.1:27011; url=${REPLY#*://}; url=${url%%/*}
+setting state_dir /var/spool/nomade/hooks; state_dir=$REPLY
+setting breaker_failures 3; breaker_failures=${REPLY%%.*}
+setting breaker_seconds 60; breaker_seconds=${REPLY%%.*}
+host=${url%:*}; port=${url##*:}; [[ $port == "$host" ]] && port=80
+now=${EPOCHREALTIME%.*}
+job=${SLURM_JOB_ID:-}
+breaker=$state_dir/breaker.json
+
+state=
+[[ -r $breaker ]] && state=$(<"$breaker")
+count() { if [[ $state =~ \"$1\":\ *([0-9.]+) ]]; then REPLY=${BASH_REMATCH[1]%%.*}; else REPLY=0; fi; }
+count failures_in_row; in_row=$REPLY
+count failures_total; total=$REPLY
+count skipped_total; skipped=$REPLY
+count open_until; open_until=$REPLY
+last_error=
+[[ $state =~ \"last_error\":\ *\"([^\"]*)\" ]] && last_error=${BASH_REMATCH[1]}
+
+save_breaker() {
+    mkdir -p "$state_dir" 2>/dev/null
+    printf '{"failures_in_row": %s, "failures_total": %s, "skipped_total": %s, "open_until": %s, "last_error": "%s"}\n' \
+        "$in_row" "$total" "$skipped" "$open_until" "$last_error" >"$breaker.tmp.$$" 2>/dev/null &&
+        mv -f "$breaker.tmp.$$" "$breaker" 2>/dev/null
+}
+
+failed() { # $1: what went wrong
+    last_error=${1//\"/\'}
+    in_row=$((in_row + 1))
+    total=$((total + 1))
+    if ((in_row >= breaker_failures)); then
+        open_until=$((now + breaker_seconds))
+        in_row=0
+    fi
+    save_breaker
+    mkdir -p "$state_dir" 2>/dev/null
+    printf '%(%Y-%m-%dT%H:%M:%S)T %s job=%s %s\n' -1 "$kind" "$job" "$last_error" >>"$state_dir/hooks-$kind.log" 2>/dev/null
+    exit 0
+}
+
+if ((open_until > now)); then
+    skipped=$((skipped + 1))
+    save_breaker
+    exit 0
+fi
+
+json_string() { # JSON-escape $1 into REPLY
+    local s=${1//\\/\\\\}
+    s=${s//\"/\\\"}
+    s=${s//$'\n'/\\n}
+    s=${s//$'\t'/\\t}
+    s=${s//$'\r'/\\r}
+    REPLY=${s//[$'\001'-$'\037']/}
+}
+
+body='{"env": {'
+sep=
+for name in ${!SLURM@}; do
+    json_string "${!name}"
+    body+="$sep\"$name\": \"$REPLY\""
+    sep=', '
+done
+body+="}, \"t\": $EPOCHREALTIME}"
+case $kind in
+prologslurmctld) path=/api/v1/hooks/job-start ;;
+epilogslurmctld) path=/api/v1/hooks/job-end ;;
+*) exit 0 ;;
+esac
+
+# Keep 30% of the limit (at least 0.1 s) to record a failure before the wrapper's kill.
+spent=$(((${EPOCHREALTIME/./} - ${start/./}) / 1000)) # ms since this script started
+whole=${limit%%.*}
+frac=0
+[[ $limit == *.* ]] && frac=${limit#*.}
+frac=${frac}000
+limit_ms=$((10#${whole:-0} * 1000 + 10#${frac:0:3}))
+reserve=$((limit_ms * 3 / 10 < 100 ? 100 : limit_ms * 3 / 10))
+budget=$((limit_ms - reserve - spent))
+((budget > 50)) || failed "TimeoutError: no time left to reach the aggregator"
+printf -v wait_s '%d.%03d' $((budget / 1000)) $((budget % 1000))
+
+exec 3<>"/dev/tcp/$host/$port" 2>/dev/null || failed "ConnectionRefusedError: cannot connect to $host:$port"
+printf 'POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s' \
+    "$path" "$host" "${#body}" "$body" >&3 2>/dev/null || failed "BrokenPipeError: sending to $host:$port"
+IFS= read -r -t "$wait_s" status <&3 || failed "TimeoutError: no answer from $host:$port within ${wait_s} s"
+[[ $status == "HTTP/1."?" 200"* ]] || failed "HTTPError: ${status%$'\r'}"
+answer=
+while IFS= read -r -t "$wait_s" line <&3; do answer+=$line; done
+answer+=$line
+exec 3<&-
+[[ $answer =~ \"ok\":\ *true ]] || failed "ValueError: unexpected answer from the aggregator"
+if ((in_row > 0 || open_until > 0)); then
+    in_row=0
+    open_until=0
+    save_breaker
+fi
+exit 0
