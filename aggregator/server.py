@@ -312,7 +312,10 @@ class Aggregator:
 
     def _make_http(self) -> ThreadingHTTPServer:
         host, _, port = self.cfg.aggregator.http_listen.rpartition(":")
-        server = ThreadingHTTPServer((host, int(port)), _handler(self))
+        # A job array starts dozens of PrologSlurmctld at once: with the default backlog of 5,
+        # connections beyond it wait for a SYN retransmission (1 s), the hooks' whole budget.
+        server_class = type("HookServer", (ThreadingHTTPServer,), {"request_queue_size": 256})
+        server = server_class((host, int(port)), _handler(self))
         server.daemon_threads = True
         return server
 

@@ -1,60 +1,66 @@
-#!/bin/sh
-# NØMADE's node hooks in plain shell (no interpreter to start): prolog and epilog (root, every
-# node) hand the job's start and end to the local agent through its spool inbox, written under a
-# hidden name and renamed into place; taskprolog (the job's user) prints the job's warning, left
-# by the agent, into the job's output with Slurm's "print" mechanism.  Run by the wrappers beside
-# it under `timeout -s KILL`; every path exits 0.
+#!/bin/bash
+# NØMADE's node hooks in bash, with one child process at most (the rename): prolog and epilog
+# (root, every node) hand the job's start and end to the local agent through its spool inbox,
+# written under a hidden name and renamed into place; taskprolog (the job's user) prints the
+# job's warning, left by the agent, into the job's output with Slurm's "print" mechanism.  Run by
+# the wrappers beside it under `timeout -s KILL`; every path exits 0.
+export LC_ALL=C
 kind=$1
-here=$(dirname "$0")
+here=${0%/*}
 NOMADE_SPOOL_DIR=/var/spool/nomade
 NOMADE_STATE_DIR=/var/spool/nomade/hooks
 NOMADE_TASK_NOTICE=0
 NOMADE_VERDICT_WAIT_STEPS=10
 # shellcheck source=/dev/null
-[ -r "$here/hooks.env" ] && . "$here/hooks.env"
+[[ -r $here/hooks.env ]] && . "$here/hooks.env"
 
 job=${SLURM_JOB_ID:-}
-case $job in '' | *[!0-9]*) exit 0 ;; esac
-node=${SLURMD_NODENAME:-$(hostname -s 2>/dev/null)}
+[[ $job =~ ^[0-9]+$ ]] || exit 0
+node=${SLURMD_NODENAME:-$HOSTNAME}
+node=${node%%.*}
 dir=$NOMADE_SPOOL_DIR/$node
 
 fail() {
-    { mkdir -p "$NOMADE_STATE_DIR" && printf '%s %s job=%s %s\n' "$(date +%Y-%m-%dT%H:%M:%S)" "$kind" "$job" "$1" \
-        >>"$NOMADE_STATE_DIR/hooks-$kind.log"; } 2>/dev/null
+    { [[ -d $NOMADE_STATE_DIR ]] || mkdir -p "$NOMADE_STATE_DIR"; } 2>/dev/null
+    printf '%(%Y-%m-%dT%H:%M:%S)T %s job=%s %s\n' -1 "$kind" "$job" "$1" >>"$NOMADE_STATE_DIR/hooks-$kind.log" 2>/dev/null
     exit 0
 }
 
 report() { # $1: start | end
-    mkdir -p "$dir/inbox" 2>/dev/null || fail "cannot create $dir/inbox"
-    user=$(printf '%s' "${SLURM_JOB_USER:-}" | tr -d '"\134')
-    uid=$(printf '%s' "${SLURM_JOB_UID:-}" | tr -cd '0-9')
-    name="$(date +%s%N)-$job-$1.json"
+    [[ -d $dir/inbox ]] || mkdir -p "$dir/inbox" 2>/dev/null || fail "cannot create $dir/inbox"
+    local user=${SLURM_JOB_USER:-} uid=${SLURM_JOB_UID:-} now=$EPOCHREALTIME
+    user=${user//[\"\\]/}
+    [[ $uid =~ ^[0-9]+$ ]] || uid=
+    local name="${now/./}-$job-$1.json"
     if ! printf '{"event": "%s", "job_id": %s, "node": "%s", "t": %s, "uid": "%s", "user": "%s"}\n' \
-        "$1" "$job" "$node" "$(date +%s.%N)" "$uid" "$user" >"$dir/inbox/.$name.tmp" 2>/dev/null; then
+        "$1" "$job" "$node" "$now" "$uid" "$user" >"$dir/inbox/.$name.tmp" 2>/dev/null; then
         fail "cannot write $dir/inbox/.$name.tmp"
     fi
     mv "$dir/inbox/.$name.tmp" "$dir/inbox/$name" 2>/dev/null || fail "cannot rename into $dir/inbox/$name"
 }
 
 task_prolog() {
-    [ "${SLURM_PROCID:-0}" = 0 ] || exit 0
+    [[ ${SLURM_PROCID:-0} == 0 ]] || exit 0
     # Once per job: in the batch step (its task has no step id in Slurm 22.05), or in step 0 of
     # a job without a batch script (a batch job's steps inherit ENVIRONMENT=BATCH).
-    step=${SLURM_STEP_ID:-${SLURM_STEPID:-batch}}
+    local step=${SLURM_STEP_ID:-${SLURM_STEPID:-batch}}
     case $step in
     batch | 4294967294) ;;
-    0) [ "${ENVIRONMENT:-}" = BATCH ] && exit 0 ;;
+    0) [[ ${ENVIRONMENT:-} == BATCH ]] && exit 0 ;;
     *) exit 0 ;;
     esac
     # The agent receives every scored job's verdict moments after PrologSlurmctld; wait briefly.
-    i=0
-    while [ ! -e "$dir/verdicts/$job.json" ] && [ "$i" -lt "$NOMADE_VERDICT_WAIT_STEPS" ]; do
+    local i=0
+    while [[ ! -e $dir/verdicts/$job.json ]] && ((i < NOMADE_VERDICT_WAIT_STEPS)); do
         sleep 0.02
         i=$((i + 1))
     done
-    if [ -r "$dir/jobs/$job" ]; then
-        sed 's/^/print /' "$dir/jobs/$job"
-    elif [ "$NOMADE_TASK_NOTICE" = 1 ]; then
+    if [[ -r $dir/jobs/$job ]]; then
+        local line
+        while IFS= read -r line || [[ -n $line ]]; do
+            printf 'print %s\n' "$line"
+        done <"$dir/jobs/$job"
+    elif [[ $NOMADE_TASK_NOTICE == 1 ]]; then
         echo "print NØMADE: job $job is monitored by NØMADE (nomadectl job $job)"
     fi
 }
@@ -63,7 +69,7 @@ case $kind in
 prolog) report start ;;
 epilog)
     report end
-    rm -f "$dir/jobs/$job" "$dir/verdicts/$job.json" 2>/dev/null
+    [[ -e $dir/jobs/$job || -e $dir/verdicts/$job.json ]] && rm -f "$dir/jobs/$job" "$dir/verdicts/$job.json" 2>/dev/null
     ;;
 taskprolog) task_prolog ;;
 esac
