@@ -30,7 +30,11 @@ count() { if [[ $state =~ \"$1\":\ *([0-9.]+) ]]; then REPLY=${BASH_REMATCH[1]%%
 count failures_in_row; in_row=$REPLY
 count failures_total; total=$REPLY
 count skipped_total; skipped=$REPLY
-count open_until; open_until=$REPLY
+# Whether the breaker is open is its own file, written only by the hook that opens it, so that
+# a hook finishing later with an older view of breaker.json cannot close it again.
+open_until=0
+[[ -r $state_dir/open_until ]] && open_until=$(<"$state_dir/open_until")
+[[ $open_until =~ ^[0-9]+$ ]] || open_until=0
 last_error=
 [[ $state =~ \"last_error\":\ *\"([^\"]*)\" ]] && last_error=${BASH_REMATCH[1]}
 
@@ -43,11 +47,25 @@ save_breaker() {
 
 failed() { # $1: what went wrong
     last_error=${1//\"/\'}
-    in_row=$((in_row + 1))
+    # Failures in a row are counted in an append-only file (one line each, atomic with O_APPEND),
+    # so that hooks failing at the same moment in a job-array burst all count: a read-modify-write
+    # of breaker.json would let each of them see the same old count.
+    mkdir -p "$state_dir" 2>/dev/null
+    printf '%s\n' "$now" >>"$state_dir/failures" 2>/dev/null
+    local lines=
+    [[ -r $state_dir/failures ]] && lines=$(<"$state_dir/failures") # trailing newline dropped
+    in_row=0
+    if [[ -n $lines ]]; then
+        lines=${lines//[!$'\n']/}
+        in_row=$((${#lines} + 1))
+    fi
     total=$((total + 1))
     if ((in_row >= breaker_failures)); then
         open_until=$((now + breaker_seconds))
         in_row=0
+        printf '%s\n' "$open_until" >"$state_dir/open_until.$$" 2>/dev/null &&
+            mv -f "$state_dir/open_until.$$" "$state_dir/open_until" 2>/dev/null
+        rm -f "$state_dir/failures" 2>/dev/null
     fi
     save_breaker
     mkdir -p "$state_dir" 2>/dev/null
@@ -106,9 +124,10 @@ while IFS= read -r -t "$wait_s" line <&3; do answer+=$line; done
 answer+=$line
 exec 3<&-
 [[ $answer =~ \"ok\":\ *true ]] || failed "ValueError: unexpected answer from the aggregator"
-if ((in_row > 0 || open_until > 0)); then
+if ((in_row > 0 || open_until > 0)) || [[ -e $state_dir/failures || -e $state_dir/open_until ]]; then
     in_row=0
     open_until=0
+    rm -f "$state_dir/failures" "$state_dir/open_until" 2>/dev/null
     save_breaker
 fi
 exit 0
