@@ -12,13 +12,7 @@ from nomade_common import config as cfgmod
 
 
 @click.command()
-@click.option(
-    "--config",
-    "config_path",
-    default=None,
-    help="nomade.toml (default: $NOMADE_CONFIG or /etc/nomade/nomade.toml)",
-)
-@click.option("--log-level", default=None, help="override general.log_level")
+@cfgmod.daemon_options
 def main(config_path: str | None, log_level: str | None) -> None:
     """Run the NØMADE aggregator until SIGTERM or SIGINT."""
     cfg = cfgmod.load_for_daemon("nomade-aggregator", config_path, log_level)

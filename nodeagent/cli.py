@@ -12,19 +12,13 @@ from nomade_common import config as cfgmod
 
 
 @click.command()
-@click.option(
-    "--config",
-    "config_path",
-    default=None,
-    help="nomade.toml (default: $NOMADE_CONFIG or /etc/nomade/nomade.toml)",
-)
+@cfgmod.daemon_options
 @click.option(
     "--node",
     default=None,
     help="Slurm node name (default: agent.node, $SLURMD_NODENAME, host name)",
 )
 @click.option("--once", is_flag=True, help="sample once, print the samples as JSON lines and exit")
-@click.option("--log-level", default=None, help="override general.log_level")
 @click.option(
     "--ledger", default=None, hidden=True, help="append every sample's (job, t) to FILE (tests)"
 )

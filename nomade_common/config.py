@@ -207,3 +207,13 @@ def load_for_daemon(program: str, path: str | None, log_level: str | None) -> Co
     logging.basicConfig(level=(log_level or cfg.general.log_level).upper(),
                         format=f"%(asctime)s {program} %(levelname)s %(message)s")  # fmt: skip
     return cfg
+
+
+def daemon_options(fn):
+    """The options both daemons share: --config and --log-level (click is imported lazily so
+    that the hooks' and parsers' users of this module need not have it)."""
+    import click
+
+    fn = click.option("--log-level", default=None, help="override general.log_level")(fn)
+    return click.option("--config", "config_path", default=None,
+                        help="nomade.toml (default: $NOMADE_CONFIG or /etc/nomade/nomade.toml)")(fn)  # fmt: skip

@@ -253,8 +253,6 @@ def test_synthesize_queues_jobs_like_a_two_node_cluster():
 
 @pytest.fixture(scope="module")
 def recorded():
-    if not (DATA / "sacct.txt.gz").exists():
-        pytest.skip("data/workload-v1 not recorded yet")
     text = gzip.open(DATA / "sacct.txt.gz", "rt", encoding="utf-8").read()
     gen = [json.loads(line) for line in gzip.open(DATA / "generator.jsonl.gz", "rt")]
     return parse(text, source="sacct.txt.gz"), gen, text
