@@ -36,6 +36,7 @@ say "starting NØMADE: database, hooks, aggregator, agents for node1 and node2"
 nomadectl init
 nomadectl install-hooks --include /etc/slurm/nomade-hooks.conf
 scontrol reconfigure
+slurm-conf/cluster-up.sh --hooks-changed # restarts slurmctld if it started without PrologSlurmctld
 nomadectl start --nodes node1,node2
 
 say "submitting a small mixed workload as user alice"

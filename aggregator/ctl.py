@@ -160,6 +160,7 @@ def syscheck_cmd(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def install_hooks(ctx, prefix, include, slurm_user) -> None:
     """Install the Slurm hooks and print the slurm.conf lines that enable them."""
+    unset_before = hooksetup.controller_hooks_unset()
     try:
         lines = hooksetup.install(_cfg(ctx), prefix, include, slurm_user)
     except OSError as exc:
@@ -167,6 +168,10 @@ def install_hooks(ctx, prefix, include, slurm_user) -> None:
     click.echo("\n".join(lines))
     if include:
         click.echo(f"# written to {include}; apply with: scontrol reconfigure", err=True)
+    if unset_before:
+        click.echo("# slurmctld runs no PrologSlurmctld now: after `scontrol reconfigure`, restart "
+                   "slurmctld once (Slurm decides at its start whether to run PrologSlurmctld and "
+                   "EpilogSlurmctld; running jobs survive a restart)", err=True)  # fmt: skip
 
 
 @main.command("uninstall-hooks")

@@ -180,6 +180,30 @@ def _remove_dirs(created: list[str]) -> list[str]:
     return removed
 
 
+def controller_hooks_unset() -> bool | None:
+    """Whether the running slurmctld shows no PrologSlurmctld (None: scontrol cannot tell).
+
+    Slurm 22.05 decides when slurmctld starts whether it runs PrologSlurmctld and
+    EpilogSlurmctld at all: one added later by `scontrol reconfigure` shows in `scontrol show
+    config` but never runs, so NØMADE would never hear of a job's start.  Read before the
+    hooks are installed, "unset" means slurmctld must be restarted once."""
+    import subprocess
+
+    scontrol = shutil.which("scontrol")
+    if scontrol is None:
+        return None
+    try:
+        shown = subprocess.run([scontrol, "show", "config"], capture_output=True, text=True,
+                               timeout=30).stdout  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for line in shown.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "PrologSlurmctld":
+            return value.strip() in ("", "(null)")
+    return None
+
+
 def slurm_reconfigure(prefix: str, deadline: float = 30.0, settle: float = 3.0) -> None:
     """`scontrol reconfigure`, then wait until slurmctld no longer names PREFIX and give the
     slurmd daemons SETTLE seconds to take the new configuration."""

@@ -86,6 +86,8 @@ def write_wrappers(base: Path, mode: str, target_dir: Path | None) -> list[str]:
 def switch(lines: list[str]) -> None:
     INCLUDE.write_text("# NØMADE prolog latency benchmark (temporary)\n" + "\n".join(lines) + "\n")
     run("scontrol", "reconfigure", timeout=60).check_returncode()
+    # A slurmctld started without PrologSlurmctld never runs one: the dev cluster restarts it.
+    run(str(ROOT / "slurm-conf" / "cluster-up.sh"), "--hooks-changed", timeout=120).check_returncode()
     time.sleep(1)
 
 

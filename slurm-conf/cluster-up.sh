@@ -7,6 +7,12 @@
 #   NOMADE_CLUSTER_DIR   run dir for PIDs, logs and Slurm state [/var/lib/nomade-cluster]
 #   NOMADE_CLUSTER_WAIT  seconds to wait for each daemon          [60]
 #
+#   --hooks-changed      run after `nomadectl install-hooks --include /etc/slurm/nomade-hooks.conf`:
+#                        restarts slurmctld when it was started without PrologSlurmctld.  Slurm
+#                        22.05 decides when slurmctld starts whether to run PrologSlurmctld and
+#                        EpilogSlurmctld at all; `scontrol reconfigure` adds them to the
+#                        configuration it shows but never runs them.  Running jobs survive.
+#
 # Layout of the run dir:
 #   pids/<daemon>.pid  PIDs recorded by this script (cluster-down.sh reads them)
 #   log/<daemon>.log   stdout+stderr of each daemon (all run in the foreground);
@@ -15,7 +21,19 @@
 #   run/               PID files the Slurm daemons write themselves (owner slurm)
 #   state/             slurmctld StateSaveLocation;  spool/<node>/  SlurmdSpoolDir
 #   db.pass            password of the MariaDB user `slurm` (mode 600)
+#   slurmctld.prep     1 when slurmctld was started with PrologSlurmctld configured, else 0
 set -euo pipefail
+
+HOOKS_CHANGED=0
+for arg in "$@"; do
+    case $arg in
+    --hooks-changed) HOOKS_CHANGED=1 ;;
+    *)
+        printf 'cluster-up: ERROR: unknown argument %s (expected --hooks-changed or nothing)\n' "$arg" >&2
+        exit 2
+        ;;
+    esac
+done
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 RUN_DIR=${NOMADE_CLUSTER_DIR:-/var/lib/nomade-cluster}
@@ -211,6 +229,20 @@ if [[ ! -s $HOOKS_CONF ]]; then
     say "created $HOOKS_CONF without hooks"
 fi
 
+# A slurmctld started without PrologSlurmctld never runs one added later: restart it.
+controller_hooks_configured() { grep -q '^[[:space:]]*PrologSlurmctld=' "$HOOKS_CONF" 2>/dev/null; }
+if ((HOOKS_CHANGED)) && alive slurmctld && controller_hooks_configured &&
+    [[ $(cat "$RUN_DIR/slurmctld.prep" 2>/dev/null) != 1 ]]; then
+    say "restarting slurmctld: it was started without PrologSlurmctld, which Slurm then never runs"
+    pid=$(<"$(pid_of slurmctld)")
+    kill "$pid"
+    deadline=$((SECONDS + WAIT_S))
+    while alive slurmctld; do
+        ((SECONDS < deadline)) || die "$(log_of slurmctld)" "slurmctld (pid $pid) did not exit within ${WAIT_S}s"
+        sleep 0.1
+    done
+fi
+
 # Fast path: everything recorded is running and both nodes answer.
 all_alive=1
 for d in "${DAEMONS[@]}"; do alive "$d" || all_alive=0; done
@@ -263,6 +295,9 @@ ensure_user bob 2002 physics physics
 # --- slurmctld and the two slurmd ----------------------------------------------
 ctld_was_up=0
 alive slurmctld && ctld_was_up=1
+if ! alive slurmctld; then
+    if controller_hooks_configured; then echo 1; else echo 0; fi >"$RUN_DIR/slurmctld.prep"
+fi
 start slurmctld slurmctld -D
 wait_for slurmctld "slurmctld to answer" scontrol ping
 if ((conf_changed && ctld_was_up)); then

@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from aggregator import ctl
 
 INCLUDE = "/etc/slurm/nomade-hooks.conf"
+CLUSTER_UP = Path(__file__).resolve().parent.parent / "slurm-conf" / "cluster-up.sh"
 PY = "/usr/bin/python3"
 MiB = 1 << 20
 HOLD_200MB_WRITE_50MB = (
@@ -166,6 +167,9 @@ def running_pipeline(extra_config: str = ""):
         subprocess.run(["scontrol", "reconfigure"], check=True, timeout=30)
         wait_for("slurmctld to load NØMADE's hooks", lambda: str(base / "hooks") in subprocess.run(
             ["scontrol", "show", "config"], capture_output=True, text=True).stdout, 30)  # fmt: skip
+        # A slurmctld started without PrologSlurmctld never runs one: the dev cluster restarts it.
+        subprocess.run([str(CLUSTER_UP), "--hooks-changed"], check=True, timeout=120,
+                       stdout=subprocess.DEVNULL)  # fmt: skip
         p.start_aggregator()
         for node in ("node1", "node2"):
             p.start_agent(node)
