@@ -14,7 +14,7 @@ import click
 from nomade_common import config as cfgmod
 from nomade_common.errors import ConfigError, ParseError
 
-from . import daemons, hooksetup, importer, query, render, store, syscheck
+from . import clusterviews, daemons, hooksetup, importer, query, render, render_cluster, store, syscheck
 
 
 def _cfg(ctx: click.Context) -> cfgmod.Config:
@@ -104,8 +104,52 @@ def stop(ctx: click.Context, only: str) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
-    """Nodes and their last heartbeat, running jobs, ingest rate."""
-    _emit(query.status(_reader(_cfg(ctx))), as_json, render.status)
+    """Filesystems, queue, I/O, CPU, memory, nodes, licenses, agents, running jobs, ingest and
+    each collector's runs and success rate."""
+    conn = _reader(_cfg(ctx))
+    _emit({**query.status(conn), **clusterviews.overview(conn)}, as_json, render.status)
+
+
+@main.command("queue")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def queue_cmd(ctx: click.Context, as_json: bool) -> None:
+    """Running and pending jobs per partition, and why each pending job waits."""
+    _emit(clusterviews.queue(_reader(_cfg(ctx))), as_json, render_cluster.queue)
+
+
+@main.command("nodes")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def nodes_cmd(ctx: click.Context, as_json: bool) -> None:
+    """Each node: Slurm state, allocation, load, drain reason, and its agent."""
+    _emit(clusterviews.nodes(_reader(_cfg(ctx))), as_json, render_cluster.nodes)
+
+
+@main.command("licenses")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def licenses_cmd(ctx: click.Context, as_json: bool) -> None:
+    """License servers and features: issued, in use, by whom, expiry."""
+    _emit(clusterviews.licenses(_reader(_cfg(ctx))), as_json, render_cluster.licenses)
+
+
+@main.command("collect")
+@click.option("--once", is_flag=True, required=True, help="one cycle (the daemons run them on schedule)")
+@click.option("-C", "only", default=None, help="collectors to run, comma-separated (default: all enabled)")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines: one per record")
+@click.pass_context
+def collect(ctx: click.Context, once: bool, only: str | None, as_json: bool) -> None:
+    """Run every collector once on this host and print what it read."""
+    from .collectcmd import collect_once
+
+    try:
+        readings, skipped = collect_once(_cfg(ctx), only.split(",") if only else None)
+    except KeyError as exc:
+        raise click.UsageError(exc.args[0]) from None
+    click.echo(render_cluster.collect(readings, skipped, as_json))
+    if any(not r.ok for r in readings):
+        sys.exit(1)
 
 
 @main.command()

@@ -38,8 +38,10 @@ class Rejected(ValueError):
 class Ingest:
     """Owned by the writer thread: keeps the job-id -> row cache that samples need."""
 
-    def __init__(self, cluster: str, reconcile_delay: float = 2.0) -> None:
+    def __init__(self, cluster: str, reconcile_delay: float = 2.0,
+                 readings_history_seconds: float = 600.0) -> None:  # fmt: skip
         self.cluster, self.reconcile_delay = cluster, reconcile_delay
+        self.readings_history_seconds = readings_history_seconds
         self._uids: dict[int, int] = {}
 
     def forget(self) -> None:
@@ -121,6 +123,8 @@ class Ingest:
                 self._samples(conn, env, rows, now)
             elif env.type == wire.JOB_EVENT:
                 self._job_event(conn, env, now)
+            elif env.type == wire.READINGS:
+                self._readings(conn, env.node, env.payload, now)
         except Exception:
             self.forget()  # the writer rolls this envelope back: rows it created are gone
             raise
@@ -140,6 +144,8 @@ class Ingest:
                 (p.get("host"), p.get("agent_version"), p.get("interval_seconds"), env.node),
             )
         elif env.type == wire.HEARTBEAT:
+            if isinstance(p.get("collectors"), dict):
+                store_collector_status(conn, env.node, "node", p["collectors"], now)
             jobs = p.get("jobs")
             conn.execute(
                 "UPDATE nodes SET last_heartbeat = ?, running_jobs = ?, outbox_depth = ?,"
@@ -147,6 +153,14 @@ class Ingest:
                 (now, len(jobs) if isinstance(jobs, list) else None, p.get("outbox_depth"),
                  p.get("dropped"), env.node),
             )  # fmt: skip
+
+    # -- collectors -----------------------------------------------------------------------------
+    def _readings(self, conn: sqlite3.Connection, node: str, p: Any, now: float) -> None:
+        if not (isinstance(p, dict) and isinstance(p.get("collector"), str)
+                and isinstance(p.get("t"), (int, float)) and isinstance(p.get("records"), list)):  # fmt: skip
+            raise Rejected("readings payload needs 'collector', a numeric 't' and a 'records' list")
+        store_reading(conn, node, p["collector"], float(p["t"]), p.get("seconds"), p["records"],
+                      self.readings_history_seconds)  # fmt: skip
 
     def _samples(self, conn: sqlite3.Connection, env: wire.Envelope, rows: Any, now: float) -> None:
         if not isinstance(rows, list):
@@ -241,3 +255,38 @@ class Ingest:
         )
         if state == "unreconciled":
             event(conn, "job_unreconciled", job_uid=uid, t=now)
+
+
+# -- collectors (node readings arrive in envelopes; head-node ones from the aggregator itself) ---
+def store_reading(conn: sqlite3.Connection, node: str, collector: str, t: float,
+                  seconds: Any, records: list[Any], history_seconds: float) -> None:  # fmt: skip
+    """The latest reading of (node, collector), and one reading per HISTORY_SECONDS kept as
+    history (for fill rates and trends) so that a 1,000-node cluster does not store every run."""
+    text = json.dumps(records, separators=(",", ":"), default=str)
+    row = conn.execute("SELECT t FROM readings_latest WHERE node = ? AND collector = ?",
+                       (node, collector)).fetchone()  # fmt: skip
+    if row is not None and row[0] > t:
+        return  # an older reading delivered late (resent after an aggregator restart)
+    conn.execute("INSERT OR REPLACE INTO readings_latest VALUES (?, ?, ?, ?, ?)",
+                 (node, collector, t, seconds if isinstance(seconds, (int, float)) else None, text))  # fmt: skip
+    last = conn.execute("SELECT max(t) FROM readings WHERE collector = ? AND node = ?",
+                        (collector, node)).fetchone()[0]  # fmt: skip
+    if last is None or t - last >= history_seconds:
+        conn.execute("INSERT INTO readings (node, collector, t, records_json) VALUES (?, ?, ?, ?)",
+                     (node, collector, t, text))  # fmt: skip
+
+
+_STATUS_SQL = (
+    "INSERT OR REPLACE INTO collector_status (node, collector, role, interval_seconds, runs,"
+    " failures, last_t, last_ok_t, last_error, last_seconds, skipped, updated)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def store_collector_status(conn: sqlite3.Connection, node: str, role: str,
+                           status: dict[Any, Any], now: float) -> None:  # fmt: skip
+    """Each collector's [interval, runs, failures, last_t, last_ok_t, last_error, last_seconds,
+    skipped] as its runner reports it (wire.HEARTBEAT); malformed entries are skipped."""
+    for name, values in status.items():
+        if isinstance(name, str) and isinstance(values, list) and len(values) == 8:
+            conn.execute(_STATUS_SQL, (node, name, role, *values, now))

@@ -56,6 +56,10 @@ def status(st: dict[str, Any]) -> str:
     rejected = st["counters"].get("messages_rejected")
     if rejected:
         out.append(f"  rejected messages: {rejected}")
+    if "collection" in st:
+        from .render_cluster import status_sections
+
+        out = [out[0], "", *status_sections(st), "", "Agents:", *out[3:]]
     return "\n".join(out)
 
 

@@ -10,6 +10,7 @@ import concurrent.futures
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -22,11 +23,13 @@ import zmq
 
 from models import features
 from nomade_common import wire
+from nomade_common.collect import Reading, Scheduler
 from nomade_common.config import Config
 
+from . import importer, liveness, query
 from . import jobs as jobfields
-from . import liveness, query
-from .ingest import Ingest, Rejected
+from .headcollect import HEAD_COLLECTORS
+from .ingest import Ingest, Rejected, store_collector_status, store_reading
 from .parsers import scontrol, slurmvalues
 from .queue import QueueSnapshots
 from .reconcile import Reconciler, run_command
@@ -40,7 +43,8 @@ class Aggregator:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.writer = Writer(cfg.database, max_wait=cfg.aggregator.batch_max_seconds)
-        self.ingest = Ingest(cfg.general.cluster_name, cfg.aggregator.reconcile_delay_seconds)
+        self.ingest = Ingest(cfg.general.cluster_name, cfg.aggregator.reconcile_delay_seconds,
+                             cfg.aggregator.readings_history_seconds)  # fmt: skip
         self._readers = threading.local()
         self.queue = QueueSnapshots(
             cfg.aggregator.squeue, cfg.aggregator.queue_snapshot_max_age_seconds
@@ -65,6 +69,8 @@ class Aggregator:
         self.reconciler.on_final = self._job_ended
         self._bad_logged: dict[str, float] = {}
         self.http: ThreadingHTTPServer | None = None
+        self.head = socket.gethostname().split(".")[0]
+        self.collectors = Scheduler(cfg, HEAD_COLLECTORS, self._store_reading)
 
     def reader(self):
         """A read connection of this thread's own (SQLite connections are not shared)."""
@@ -166,6 +172,36 @@ class Aggregator:
         if row is not None and final.get("end_time") is not None:
             self.scorer.add_ended(job_id, final["end_time"], final["outcome"], unpack(row[0]))
 
+    # -- head-node collectors ---------------------------------------------------------------
+    def _store_reading(self, r: Reading) -> None:
+        """A head collector's run: its records (finished jobs go to `jobs`), and the status of
+        every collector, written through the writer like everything else."""
+        status = self.collectors.snapshot()
+        history = self.cfg.aggregator.readings_history_seconds
+
+        def apply(c):
+            if r.ok and r.collector == "job_history":
+                counts = importer.store_jobs(c, self.ingest, r.records, time.time())
+                store_reading(c, self.head, r.collector, r.t, r.seconds, [dict(counts)], history)
+            elif r.ok:
+                store_reading(c, self.head, r.collector, r.t, r.seconds, r.records, history)
+            store_collector_status(c, self.head, "head", status, time.time())
+
+        self.writer.submit(WorkItem(apply))
+
+    def _collect(self) -> None:
+        while not self._stop.is_set():
+            try:
+                wait = self.collectors.run_due()
+            except Exception:
+                log.exception("head-node collectors failed; continuing")
+                wait = 5.0
+            self._stop.wait(min(wait, 5.0))
+
+    def _prune_readings(self) -> None:
+        cutoff = time.time() - self.cfg.aggregator.readings_retention_days * 86400
+        self.writer.submit(WorkItem(lambda c: c.execute("DELETE FROM readings WHERE t < ?", (cutoff,))))
+
     def _housekeeping(self) -> None:
         ticks = 0
         while not self._stop.wait(1.0):
@@ -174,6 +210,8 @@ class Aggregator:
                     self.scorer.reload()
                 if ticks % 60 == 0:
                     self._maybe_retrain()
+                if ticks % 3600 == 0:
+                    self._prune_readings()
                 ticks += 1
                 self._liveness()
                 self.reconciler.run_once()
@@ -329,6 +367,7 @@ class Aggregator:
         )
         self._zmq_thread.start()
         threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True).start()
+        threading.Thread(target=self._collect, name="collectors", daemon=True).start()
         threading.Thread(
             target=self.http.serve_forever, args=(0.2,), name="http", daemon=True
         ).start()

@@ -135,6 +135,42 @@ CREATE INDEX jobs_by_user_start ON jobs (user, start_time);
     )
 )
 
+MIGRATIONS.append(
+    (
+        "0003_collectors",
+        """
+CREATE TABLE readings_latest (
+  node TEXT NOT NULL,
+  collector TEXT NOT NULL,
+  t REAL NOT NULL,
+  seconds REAL,
+  records_json TEXT NOT NULL,
+  PRIMARY KEY (node, collector)
+) WITHOUT ROWID;
+CREATE TABLE readings (
+  id INTEGER PRIMARY KEY,
+  node TEXT NOT NULL,
+  collector TEXT NOT NULL,
+  t REAL NOT NULL,
+  records_json TEXT NOT NULL
+);
+CREATE INDEX readings_by_collector ON readings (collector, node, t);
+CREATE INDEX readings_by_t ON readings (t);
+CREATE TABLE collector_status (
+  node TEXT NOT NULL,
+  collector TEXT NOT NULL,
+  role TEXT NOT NULL,
+  interval_seconds REAL,
+  runs INTEGER NOT NULL DEFAULT 0,
+  failures INTEGER NOT NULL DEFAULT 0,
+  last_t REAL, last_ok_t REAL, last_error TEXT, last_seconds REAL, skipped TEXT,
+  updated REAL NOT NULL,
+  PRIMARY KEY (node, collector)
+) WITHOUT ROWID;
+""",
+    )
+)
+
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

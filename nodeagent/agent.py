@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import socket
 import time
 from pathlib import Path
@@ -21,6 +22,8 @@ import zmq
 from nomade_common import wire
 from nomade_common.config import Config
 
+from nomade_common.collect import CollectorThread, Reading
+from .node_collectors import NODE_COLLECTORS
 from .outbox import Outbox
 from .sampler import JobSampler
 
@@ -67,6 +70,7 @@ class Agent:
         self.sock: zmq.Socket | None = None
         self._stop = False
         self._followups: dict[int, float] = {}
+        self.collectors = CollectorThread(cfg, NODE_COLLECTORS)
 
     # -- transport ----------------------------------------------------------------------------
     def connect(self) -> None:
@@ -155,9 +159,23 @@ class Agent:
             self.ledger.flush()
         return len(rows)
 
+    def drain_readings(self) -> int:
+        """Move what the collector thread read into the outbox (durable, sent like samples)."""
+        n = 0
+        while True:
+            try:
+                r: Reading = self.collectors.readings.get_nowait()
+            except queue.Empty:
+                return n
+            if r.ok:
+                self.enqueue(wire.READINGS, {"collector": r.collector, "t": r.t,
+                                             "seconds": round(r.seconds, 4), "records": r.records})  # fmt: skip
+                n += 1
+
     def heartbeat(self, now: float) -> None:
         payload = {"t": now, "jobs": sorted(self.sampler.running_jobs()),
-                   "outbox_depth": self.outbox.depth(), "dropped": self.outbox.dropped()}  # fmt: skip
+                   "outbox_depth": self.outbox.depth(), "dropped": self.outbox.dropped(),
+                   "collectors": self.collectors.scheduler.snapshot()}  # fmt: skip
         self._send(wire.Envelope(wire.HEARTBEAT, self.node, self.outbox.epoch, 0, payload).pack())
 
     def hello(self) -> None:
@@ -185,6 +203,7 @@ class Agent:
     def run(self) -> None:
         self.connect()
         self.hello()
+        self.collectors.start()
         interval, beat = self.cfg.agent.interval_seconds, self.cfg.agent.heartbeat_seconds
         now = time.monotonic()
         next_sample, next_beat, next_inbox = now, now, now
@@ -210,6 +229,7 @@ class Agent:
                 next_beat = now + beat
                 if int(now) % 3600 < beat:
                     self.sweep_verdicts(time.time())
+            self.drain_readings()
             self.pump(now)
             wait = min(next_inbox, next_sample, next_beat) - time.monotonic()
             if self.sock.poll(max(1, int(wait * 1000)), zmq.POLLIN):
@@ -217,6 +237,7 @@ class Agent:
 
     def stop(self) -> None:
         self._stop = True
+        self.collectors.stop()
 
     def close(self) -> None:
         if self.sock is not None:

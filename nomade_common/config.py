@@ -56,6 +56,8 @@ class Aggregator:
     node_down_seconds: float = 60.0
     queue_snapshot_max_age_seconds: float = 5.0
     batch_max_seconds: float = 0.05
+    readings_history_seconds: float = 600.0  # one collector reading per node kept this often
+    readings_retention_days: float = 14.0
 
 
 @dataclass
@@ -77,6 +79,97 @@ class Models:
     cost_false_alarm: float = 1.0
 
 
+# -- collectors ----------------------------------------------------------------------------------
+# Each collector is a table of its own, [collectors.NAME], with `enabled` and `interval_seconds`
+# and the settings only it has.  Node collectors run in nomade-agent, head collectors in
+# nomade-aggregator (nodeagent/collect.py, aggregator/headcollect.py list them).
+
+
+@dataclass
+class Every:
+    enabled: bool = True
+    interval_seconds: float = 60.0
+
+
+def _every(seconds: float, enabled: bool = True):
+    return field(default_factory=lambda: Every(enabled, seconds))
+
+
+@dataclass
+class GpuCollector:
+    enabled: bool = True
+    interval_seconds: float = 30.0
+    nvidia_smi: str = "nvidia-smi"  # the fallback where the nvidia-ml-py package is missing
+
+
+@dataclass
+class DiskCollector:
+    enabled: bool = True
+    interval_seconds: float = 300.0
+    filesystems: list = field(default_factory=lambda: ["/"])
+    probe_timeout_seconds: float = 5.0  # a hung (NFS) mount is reported, never waited for
+    quota_filesystems: list = field(default_factory=list)  # repquota -u/-g on these (root)
+    lustre_filesystems: list = field(default_factory=list)  # lfs quota on these
+
+
+@dataclass
+class HealthCollector:
+    enabled: bool = True
+    interval_seconds: float = 300.0
+    services: list = field(default_factory=lambda: ["slurmd", "munged"])
+    kernel_log: bool = True  # hardware errors from dmesg (root)
+
+
+@dataclass
+class ScratchCollector:
+    enabled: bool = False  # walks directories: off unless a site asks for it
+    interval_seconds: float = 3600.0
+    paths: list = field(default_factory=list)
+    large_bytes: int = 10 << 30
+    stale_days: float = 30.0
+    max_entries: int = 200_000
+    max_seconds: float = 20.0
+
+
+@dataclass
+class LicenseCollector:
+    enabled: bool = True  # skipped where no server is configured
+    interval_seconds: float = 300.0
+    flexlm_servers: list = field(default_factory=list)  # "port@host"
+    rlm_servers: list = field(default_factory=list)
+    lmutil: str = "lmutil"
+    rlmutil: str = "rlmutil"
+
+
+@dataclass
+class SacctCollector:
+    enabled: bool = True
+    interval_seconds: float = 300.0
+    overlap_seconds: float = 600.0  # each run reads jobs ended since the last run, less this
+
+
+@dataclass
+class Collectors:
+    # node (nomade-agent)
+    iostat: Every = _every(60.0)
+    mpstat: Every = _every(60.0)
+    vmstat: Every = _every(60.0)
+    pressure: Every = _every(30.0)
+    gpu: GpuCollector = field(default_factory=GpuCollector)
+    nfs: Every = _every(60.0)
+    disk: DiskCollector = field(default_factory=DiskCollector)
+    health: HealthCollector = field(default_factory=HealthCollector)
+    scratch: ScratchCollector = field(default_factory=ScratchCollector)
+    # head node (nomade-aggregator)
+    queue: Every = _every(60.0)
+    partitions: Every = _every(60.0)
+    node_state: Every = _every(60.0)
+    fairshare: Every = _every(300.0)
+    scheduler: Every = _every(300.0)
+    licenses: LicenseCollector = field(default_factory=LicenseCollector)
+    job_history: SacctCollector = field(default_factory=SacctCollector)
+
+
 @dataclass
 class Config:
     general: General = field(default_factory=General)
@@ -84,6 +177,7 @@ class Config:
     aggregator: Aggregator = field(default_factory=Aggregator)
     hooks: Hooks = field(default_factory=Hooks)
     models: Models = field(default_factory=Models)
+    collectors: Collectors = field(default_factory=Collectors)
     path: str = "<defaults>"
 
     @property
@@ -97,6 +191,7 @@ _SECTIONS = {
     "aggregator": Aggregator,
     "hooks": Hooks,
     "models": Models,
+    "collectors": Collectors,
 }
 _LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR"}
 
@@ -111,7 +206,13 @@ def _section(path: str, name: str, cls: type, raw: Any) -> Any:
             raise ConfigError(
                 path, f"{name}.{key}", f"unknown setting (known: {', '.join(fields)})"
             )
-        want = type(getattr(cls(), key))
+        default = getattr(cls(), key)
+        if dataclasses.is_dataclass(default):  # a sub-table, e.g. [collectors.disk]
+            values[key] = _section(path, f"{name}.{key}", type(default), value)
+            continue
+        want = type(default)
+        if want is list and isinstance(value, list) and not all(isinstance(v, str) for v in value):
+            raise ConfigError(path, f"{name}.{key}", "expected a list of strings")
         if want is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if type(value) is not want:
@@ -145,6 +246,9 @@ def _validate(cfg: Config) -> None:
         ("models.cost_missed_failure", cfg.models.cost_missed_failure > 0, "positive"),
         ("models.cost_false_alarm", cfg.models.cost_false_alarm > 0, "positive"),
     ]
+    for name in (f.name for f in dataclasses.fields(Collectors)):
+        every = getattr(cfg.collectors, name).interval_seconds
+        checks.append((f"collectors.{name}.interval_seconds", 1.0 <= every <= 86400, "between 1 and 86400"))
     for key, ok, expected in checks:
         if not ok:
             raise ConfigError(cfg.path, key, f"must be {expected}")

@@ -25,15 +25,20 @@ VERSION = 1
 
 # Agent -> aggregator.
 HELLO = "hello"  # payload: {"host", "agent_version", "interval_seconds", "started"}
-HEARTBEAT = "heartbeat"  # payload: {"t", "jobs": [job_id, ...], "outbox_depth", "dropped"}
+HEARTBEAT = "heartbeat"  # payload: {"t", "jobs": [job_id, ...], "outbox_depth", "dropped", "collectors"}
 SAMPLES = "samples"  # payload: {"rows": [SAMPLE_FIELDS values, ...]}
 JOB_EVENT = "job_event"  # payload: {"event": "start"|"end", "job_id", "t", ...from the hook}
+# One collector run that succeeded: {"collector", "t", "seconds", "records": [{...}, ...]}.  The
+# records are the parser's, raw (docs/parsers-*.md); failures travel in the heartbeat's
+# "collectors": {name: [interval_seconds, runs, failures, last_t, last_ok_t, last_error,
+# last_seconds, skipped]}, a state in which the last value wins.
+READINGS = "readings"
 # Aggregator -> agent.
 ACK = "ack"  # payload: {"epoch", "seq"}: stored and committed
 NACK = "nack"  # payload: {"epoch", "seq", "reason"}: will never be stored (rejected)
 VERDICT = "verdict"  # payload: {"job_id", "warned", "p_fail", "lines", "model_version"}
 
-AGENT_TYPES = frozenset({HELLO, HEARTBEAT, SAMPLES, JOB_EVENT})
+AGENT_TYPES = frozenset({HELLO, HEARTBEAT, SAMPLES, JOB_EVENT, READINGS})
 
 # One sample is one row per (job, node, time).  Units are in the names; None means "not
 # available on this node" and is never replaced by 0.

@@ -30,6 +30,15 @@ def test_every_setting_is_documented_and_in_the_example_config():
             )
 
 
+def test_every_collector_and_its_settings_are_documented_and_in_the_example_config():
+    example = (ROOT / "slurm-conf" / "nomade.toml").read_text()
+    for f in dataclasses.fields(config.Collectors):
+        assert f"[collectors.{f.name}]" in DOCS["configuration.md"], f.name
+        assert f"[collectors.{f.name}]" in example, f.name
+        for setting in dataclasses.fields(type(getattr(config.Collectors(), f.name))):
+            assert f"`{setting.name}`" in DOCS["configuration.md"], f"collectors.{f.name}.{setting.name}"
+
+
 def test_every_json_field_of_a_job_and_every_sample_field_is_documented():
     for name in (
         *query.JOB_COLUMNS,

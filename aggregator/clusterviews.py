@@ -1,0 +1,158 @@
+"""Read-side views of what the collectors read: queue, nodes, filesystems, I/O, CPU, memory,
+licenses and the collectors' own health.  Shared by `nomadectl` and the JSON API; each view
+works on the latest reading of each (node, collector) and says how old it is.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import statistics
+import time
+from collections import Counter, defaultdict
+from typing import Any
+
+
+def latest(conn: sqlite3.Connection, collector: str) -> dict[str, tuple[float, list[dict]]]:
+    """node -> (time, records) of COLLECTOR's newest reading."""
+    rows = conn.execute("SELECT node, t, records_json FROM readings_latest WHERE collector = ?"
+                        " ORDER BY node", (collector,)).fetchall()  # fmt: skip
+    return {r[0]: (r[1], json.loads(r[2])) for r in rows}
+
+
+def _newest(conn: sqlite3.Connection, collector: str) -> tuple[float | None, list[dict]]:
+    """The newest reading of a head-node collector (one aggregator writes it)."""
+    found = latest(conn, collector)
+    if not found:
+        return None, []
+    return max(found.values(), key=lambda v: v[0])
+
+
+def queue(conn: sqlite3.Connection, now: float | None = None) -> dict[str, Any]:
+    """Per partition: running and pending jobs, the longest wait; pending reasons in words."""
+    now = time.time() if now is None else now
+    t, records = _newest(conn, "queue")
+    parts: dict[str, Counter] = defaultdict(Counter)
+    waits: dict[str, float] = {}
+    reasons: Counter = Counter()
+    explain: dict[str, tuple[str | None, str | None]] = {}
+    pending = []
+    for r in records:
+        part, state = r.get("partition") or "-", (r.get("state") or "").upper()
+        parts[part][state] += 1
+        if state != "PENDING":
+            continue
+        wait = now - r["submit_time"] if r.get("submit_time") else None
+        if wait is not None:
+            waits[part] = max(waits.get(part, 0.0), wait)
+        reasons[r.get("reason") or "-"] += 1
+        explain[r.get("reason") or "-"] = (r.get("reason_text"), r.get("unblock"))
+        pending.append({"job_id": r.get("job_id"), "user": r.get("user"), "partition": part,
+                        "reason": r.get("reason"), "reason_text": r.get("reason_text"),
+                        "unblock": r.get("unblock"), "wait_seconds": wait})  # fmt: skip
+    return {
+        "time": t,
+        "partitions": [{"partition": p, "running": c["RUNNING"], "pending": c["PENDING"],
+                        "other": sum(c.values()) - c["RUNNING"] - c["PENDING"],
+                        "longest_wait_seconds": waits.get(p)} for p, c in sorted(parts.items())],  # fmt: skip
+        "pending_reasons": [{"reason": k, "jobs": n, "reason_text": explain[k][0], "unblock": explain[k][1]}
+                            for k, n in reasons.most_common()],  # fmt: skip
+        "pending": sorted(pending, key=lambda j: -(j["wait_seconds"] or 0)),
+    }
+
+
+def nodes(conn: sqlite3.Connection, now: float | None = None) -> dict[str, Any]:
+    """Slurm's view of each node (state, allocation, load, drain reason) beside its agent's."""
+    now = time.time() if now is None else now
+    t, records = _newest(conn, "node_state")
+    agents = {r["node"]: dict(r) for r in conn.execute(
+        "SELECT node, state, last_seen FROM nodes")}  # fmt: skip
+    out = []
+    for r in records:
+        a = agents.pop(r["node"], None)
+        mem, alloc = r.get("memory_bytes"), r.get("memory_alloc_bytes")
+        out.append({**{k: r.get(k) for k in ("node", "state", "state_flags", "cpus", "cpus_alloc",
+                                               "cpu_load", "memory_bytes", "memory_alloc_bytes",
+                                               "reason", "reason_user", "reason_time", "partitions")},
+                    "memory_alloc_fraction": round(alloc / mem, 4) if mem and alloc is not None else None,
+                    "agent": a["state"] if a else None,
+                    "agent_seconds_since_seen": round(now - a["last_seen"], 1) if a else None})  # fmt: skip
+    for node, a in sorted(agents.items()):  # an agent whose node Slurm does not list
+        out.append({"node": node, "state": None, "agent": a["state"],
+                    "agent_seconds_since_seen": round(now - a["last_seen"], 1)})  # fmt: skip
+    return {"time": t, "nodes": out}
+
+
+def licenses(conn: sqlite3.Connection) -> dict[str, Any]:
+    t, records = _newest(conn, "licenses")
+    users: dict[tuple, Counter] = defaultdict(Counter)
+    for r in records:
+        if r.get("record") == "checkout":
+            users[(r.get("vendor"), r.get("feature"))][r.get("user") or "-"] += r.get("count") or 1
+    features = [{**{k: r.get(k) for k in ("vendor", "feature", "issued", "in_use", "reserved", "expiry")},
+                 "users": dict(users.get((r.get("vendor"), r.get("feature")), {}))}
+                for r in records if r.get("record") == "feature"]  # fmt: skip
+    servers = [{k: r.get(k) for k in ("name", "kind", "up", "version", "message")}
+               for r in records if r.get("record") == "server"]  # fmt: skip
+    return {"time": t, "servers": servers, "features": features}
+
+
+def _node_summary(conn: sqlite3.Connection) -> dict[str, Any]:
+    """I/O, CPU cores and memory of each node, from its newest iostat, mpstat and vmstat."""
+    out: dict[str, dict[str, Any]] = defaultdict(dict)
+    for node, (t, recs) in latest(conn, "iostat").items():
+        cpu = [r for r in recs if r.get("record") == "cpu"]
+        out[node]["io"] = {"t": t, "cpu": cpu[-1] if cpu else None,
+                           "devices": [r for r in recs if r.get("record") == "device"]}  # fmt: skip
+    for node, (t, recs) in latest(conn, "mpstat").items():
+        summary = [r for r in recs if r.get("record") == "summary"]
+        cores = [r["busy_percent"] for r in recs if r.get("record") == "cpu" and r.get("cpu") != "all"
+                 and r.get("busy_percent") is not None]  # fmt: skip
+        out[node]["cpu"] = {"t": t, **(summary[-1] if summary else {}),
+                            "busy_min_percent": min(cores) if cores else None,
+                            "busy_max_percent": max(cores) if cores else None}  # fmt: skip
+    for node, (t, recs) in latest(conn, "vmstat").items():
+        out[node]["memory"] = {"t": t, **(recs[-1] if recs else {})}
+    for node, (t, recs) in latest(conn, "pressure").items():
+        mem = [r for r in recs if r.get("resource") == "memory"]
+        if mem:
+            out[node].setdefault("memory", {"t": t})["pressure_some_avg60_percent"] = mem[0].get("some_avg60_percent")
+    return dict(out)
+
+
+def filesystems(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    """Each configured filesystem once (shared filesystems are seen by every node: the newest)."""
+    best: dict[str, tuple[float, str, dict]] = {}
+    for node, (t, recs) in latest(conn, "disk").items():
+        for r in recs:
+            if r.get("record") == "filesystem" and (r["path"] not in best or best[r["path"]][0] < t):
+                best[r["path"]] = (t, node, r)
+    return [{**r, "node": node, "t": t} for t, node, r in (best[p] for p in sorted(best))]
+
+
+def collection(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    """Per collector: runs and success rate over every node that runs it, the newest error."""
+    rows = conn.execute("SELECT * FROM collector_status ORDER BY collector, node").fetchall()
+    by: dict[str, list[sqlite3.Row]] = defaultdict(list)
+    for r in rows:
+        by[r["collector"]].append(r)
+    out = []
+    for name, rs in sorted(by.items()):
+        runs, failures = sum(r["runs"] for r in rs), sum(r["failures"] for r in rs)
+        errors = sorted((r for r in rs if r["last_error"]), key=lambda r: r["last_t"] or 0)
+        skipped = [r for r in rs if r["skipped"]]
+        out.append({"collector": name, "role": rs[0]["role"], "nodes": len(rs), "runs": runs,
+                    "failures": failures, "success_rate": round(1 - failures / runs, 4) if runs else None,
+                    "skipped_on": len(skipped), "skipped": skipped[0]["skipped"] if skipped else None,
+                    "last_error": f"{errors[-1]['node']}: {errors[-1]['last_error']}" if errors else None,
+                    "mean_seconds": round(statistics.mean(r["last_seconds"] for r in rs if r["last_seconds"] is not None), 3)
+                    if any(r["last_seconds"] is not None for r in rs) else None})  # fmt: skip
+    return out
+
+
+def overview(conn: sqlite3.Connection, now: float | None = None) -> dict[str, Any]:
+    """Everything `nomadectl status` adds to the agents' view."""
+    q = queue(conn, now)
+    return {"filesystems": filesystems(conn), "queue": q["partitions"], "queue_time": q["time"],
+            "node_metrics": _node_summary(conn), "nodes": nodes(conn, now)["nodes"],
+            "licenses": licenses(conn), "collection": collection(conn)}  # fmt: skip

@@ -1,0 +1,33 @@
+"""`nomadectl collect --once`: every collector, node and head, run once here and shown."""
+
+from __future__ import annotations
+
+from nodeagent.node_collectors import NODE_COLLECTORS
+from nomade_common.collect import Reading, run_one
+from nomade_common.config import Config
+
+from .headcollect import HEAD_COLLECTORS
+
+ALL = [*NODE_COLLECTORS, *HEAD_COLLECTORS]
+
+
+def collect_once(cfg: Config, only: list[str] | None = None) -> tuple[list[Reading], dict[str, str]]:
+    """The readings of the collectors asked for (default: every enabled one), and those skipped
+    here with the reason.  An unknown name raises KeyError with the known ones."""
+    names = [c.name for c in ALL]
+    for name in only or []:
+        if name not in names:
+            raise KeyError(f"unknown collector {name!r} (known: {', '.join(names)})")
+    readings, skipped = [], {}
+    for c in ALL:
+        if only is not None and c.name not in only:
+            continue
+        if only is None and not getattr(cfg.collectors, c.name).enabled:
+            skipped[c.name] = "disabled in the configuration"
+            continue
+        why = c.absent(cfg)
+        if why:
+            skipped[c.name] = why
+            continue
+        readings.append(run_one(c, cfg, {}))
+    return readings, skipped

@@ -1,0 +1,106 @@
+"""The node agent's collectors: each a thin read over a pure parser in nodeagent/collectors/.
+
+Raw values only, as the kernel and the tools give them (cumulative counters stay cumulative; the
+aggregator turns them into rates).  A source this host lacks is skipped, with the reason, never
+reported as a failure: `absent` says why.  Defaults and settings: `[collectors.NAME]`
+(docs/configuration.md).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from typing import Any
+
+from nomade_common.config import Config
+
+from nomade_common.collect import Collector, CollectorError, missing_tool, run_tool
+from .collectors import gpu, nfs, pressure, sysstat
+from .collectors.procio import read_text
+
+TOOL_TIMEOUT = 15.0
+
+
+def _sysstat(tool: str, state: dict[str, Any]) -> bool:
+    """Whether TOOL has `-o JSON` (sysstat 11 and later), asked once."""
+    if "json" not in state:
+        version = sysstat.sysstat_version(run_tool([tool, "-V"], TOOL_TIMEOUT) or "")
+        state["json"] = version is not None and version >= (11,)
+    return bool(state["json"])
+
+
+def read_iostat(cfg: Config, state: dict[str, Any]) -> list[dict[str, Any]]:
+    use_json = _sysstat("iostat", state)
+    argv = ["iostat", "-x", "-y", "-k", *(["-o", "JSON"] if use_json else []), "1", "1"]
+    parse = sysstat.parse_iostat_json if use_json else sysstat.parse_iostat
+    return parse(run_tool(argv, TOOL_TIMEOUT), " ".join(argv))
+
+
+def read_mpstat(cfg: Config, state: dict[str, Any]) -> list[dict[str, Any]]:
+    use_json = _sysstat("mpstat", state)
+    argv = ["mpstat", "-P", "ALL", *(["-o", "JSON"] if use_json else []), "1", "1"]
+    parse = sysstat.parse_mpstat_json if use_json else sysstat.parse_mpstat
+    return parse(run_tool(argv, TOOL_TIMEOUT), " ".join(argv))
+
+
+def read_vmstat(cfg: Config, state: dict[str, Any]) -> list[dict[str, Any]]:
+    argv = ["vmstat", "-w", "1", "2"]  # line 0 is the average since boot: keep the interval's
+    records = sysstat.parse_vmstat(run_tool(argv, TOOL_TIMEOUT), " ".join(argv))
+    return [r for r in records if r["sample"] > 0]
+
+
+def read_pressure(cfg: Config, state: dict[str, Any]) -> list[dict[str, Any]]:
+    return pressure.read(cfg.agent.proc_root)
+
+
+def absent_pressure(cfg: Config) -> str | None:
+    if os.path.isdir(f"{cfg.agent.proc_root}/pressure"):
+        return None
+    return f"no {cfg.agent.proc_root}/pressure (kernel before 4.20 or booted with psi=0)"
+
+
+def _has_nvml() -> bool:
+    return importlib.util.find_spec("pynvml") is not None
+
+
+def read_gpu(cfg: Config, state: dict[str, Any]) -> list[dict[str, Any]]:
+    records = gpu.read(cfg.agent.proc_root, cfg.collectors.gpu.nvidia_smi, TOOL_TIMEOUT)
+    if not records:
+        raise CollectorError("neither NVML nor nvidia-smi answered")
+    return records
+
+
+def absent_gpu(cfg: Config) -> str | None:
+    if _has_nvml() and os.path.exists("/dev/nvidiactl"):
+        return None
+    if shutil.which(cfg.collectors.gpu.nvidia_smi):
+        return None
+    return "no NVIDIA GPU here (neither NVML nor nvidia-smi)"
+
+
+def _network_mounts(cfg: Config) -> list[str]:
+    text = read_text(f"{cfg.agent.proc_root}/self/mounts") or ""
+    return [f[1] for f in (line.split() for line in text.splitlines())
+            if len(f) > 2 and f[2].startswith("nfs")]  # fmt: skip
+
+
+def read_nfs(cfg: Config, state: dict[str, Any]) -> list[dict[str, Any]]:
+    return nfs.read(cfg.agent.proc_root)
+
+
+def absent_nfs(cfg: Config) -> str | None:
+    return None if _network_mounts(cfg) else "no NFS mount on this node"
+
+
+NODE_COLLECTORS: list[Collector] = [
+    Collector("iostat", read_iostat, missing_tool("iostat", "install sysstat: no device I/O"),
+              "iostat -x: device utilisation, await, throughput; CPU %iowait"),
+    Collector("mpstat", read_mpstat, missing_tool("mpstat", "install sysstat: no per-core CPU"),
+              "mpstat -P ALL: per-core busy, imbalance, saturated cores"),
+    Collector("vmstat", read_vmstat, missing_tool("vmstat", "install procps: no memory pressure"),
+              "vmstat: memory, swap in/out, blocked processes"),
+    Collector("pressure", read_pressure, absent_pressure, "/proc/pressure: PSI stall averages"),
+    Collector("gpu", read_gpu, absent_gpu, "NVML or nvidia-smi: GPUs, MIG, processes by job"),
+    Collector("nfs", read_nfs, absent_nfs, "/proc/self/mountstats: per-mount NFS ops, bytes, RTT"),
+]
