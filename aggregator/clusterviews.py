@@ -154,5 +154,5 @@ def overview(conn: sqlite3.Connection, now: float | None = None) -> dict[str, An
     """Everything `nomadectl status` adds to the agents' view."""
     q = queue(conn, now)
     return {"filesystems": filesystems(conn), "queue": q["partitions"], "queue_time": q["time"],
-            "node_metrics": _node_summary(conn), "nodes": nodes(conn, now)["nodes"],
+            "node_metrics": _node_summary(conn), "slurm_nodes": nodes(conn, now)["nodes"],
             "licenses": licenses(conn), "collection": collection(conn)}  # fmt: skip

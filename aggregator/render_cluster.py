@@ -117,8 +117,8 @@ def status_sections(st: dict[str, Any]) -> list[str]:
     metrics = node_metrics(st["node_metrics"])
     if metrics:
         out += [*metrics, ""]
-    if st["nodes"]:
-        out += ["Slurm nodes:", *node_lines(st["nodes"]), ""]
+    if st["slurm_nodes"]:
+        out += ["Slurm nodes:", *node_lines(st["slurm_nodes"]), ""]
     if st["licenses"]["servers"] or st["licenses"]["features"]:
         out += ["Licenses:", *license_lines(st["licenses"]), ""]
     return [*out, *collection_lines(st["collection"])]

@@ -70,6 +70,69 @@ def _database(path: str) -> list[Check]:
             Check("Database", "schema version", state, f"{version} (this NØMADE expects {SCHEMA_VERSION})")]  # fmt: skip
 
 
+def _collectors(cfg: Config) -> list[Check]:
+    """Each collector: will it run on this host, and if not, why."""
+    from nodeagent.node_collectors import NODE_COLLECTORS
+
+    from .headcollect import HEAD_COLLECTORS
+
+    out = []
+    for role, collectors in (("node", NODE_COLLECTORS), ("head", HEAD_COLLECTORS)):
+        for c in collectors:
+            if not getattr(cfg.collectors, c.name).enabled:
+                out.append(Check(f"Collectors ({role})", c.name, "skip", "disabled in the configuration"))
+                continue
+            try:
+                why = c.absent(cfg)
+            except Exception as exc:  # a probe that fails says so; syscheck goes on
+                why = f"cannot tell ({type(exc).__name__}: {exc})"
+            every = getattr(cfg.collectors, c.name).interval_seconds
+            out.append(Check(f"Collectors ({role})", c.name, "skip" if why else "ok",
+                             why or f"every {every:g} s: {c.what}"))  # fmt: skip
+    return out
+
+
+def _slurmdbd(conf: dict[str, str]) -> list[Check]:
+    """slurmdbd answers, and knows this cluster (sacct has the jobs NØMADE reconciles)."""
+    cluster = conf.get("ClusterName", "")
+    try:
+        out = subprocess.run(["sacctmgr", "-n", "-P", "show", "cluster", "format=cluster"],
+                             capture_output=True, text=True, timeout=10)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return [Check("Slurm", "slurmdbd answers", "fail", f"sacctmgr: {type(exc).__name__}")]
+    if out.returncode != 0:
+        first = (out.stderr.strip().splitlines() or ["no message"])[0]
+        return [Check("Slurm", "slurmdbd answers", "fail", f"sacctmgr exited {out.returncode}: {first}")]
+    known = out.stdout.split()
+    return [Check("Slurm", "slurmdbd answers", "ok" if cluster in known else "fail",
+                  f"cluster {cluster} registered" if cluster in known
+                  else f"cluster {cluster!r} not in slurmdbd (known: {', '.join(known) or 'none'})")]  # fmt: skip
+
+
+def _controller_hooks_report(path: str) -> list[Check]:
+    """Whether PrologSlurmctld reports reach NØMADE: jobs whose node Prolog reported a start in
+    the last day but none from PrologSlurmctld mean slurmctld does not run it (Slurm decides at
+    its start whether to run PrologSlurmctld at all: restart slurmctld after installing)."""
+    if not Path(path).exists():
+        return []
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        since = __import__("time").time() - 86400
+        node, head = (conn.execute(
+            "SELECT count(DISTINCT job_uid) FROM events WHERE kind = ? AND t >= ?", (k, since)).fetchone()[0]
+            for k in ("node_job_start", "job_start"))  # fmt: skip
+        conn.close()
+    except sqlite3.Error:
+        return []
+    if node == 0:
+        return [Check("Slurm hooks", "PrologSlurmctld reports", "skip", "no job started in the last day")]
+    if head == 0:
+        return [Check("Slurm hooks", "PrologSlurmctld reports", "fail",
+                      f"none for the {node} jobs whose nodes reported a start in the last day: restart "
+                      "slurmctld (it runs PrologSlurmctld only if it was configured when slurmctld started)")]  # fmt: skip
+    return [Check("Slurm hooks", "PrologSlurmctld reports", "ok", f"{head} job starts in the last day")]
+
+
 def run(cfg: Config) -> list[Check]:
     checks = [Check("Python", "version", "ok" if sys.version_info >= (3, 11) else "fail",
                     sys.version.split()[0] + " (requires >= 3.11)")]  # fmt: skip
@@ -86,6 +149,8 @@ def run(cfg: Config) -> list[Check]:
         storage = conf.get("AccountingStorageType", "")
         checks.append(Check("Slurm", "slurmdbd", "ok" if "slurmdbd" in storage else "skip",
                             storage or "not set (sacct has no history: no reconciliation)"))  # fmt: skip
+        if "slurmdbd" in storage and shutil.which("sacctmgr"):
+            checks += _slurmdbd(conf)
         gather = conf.get("JobAcctGatherType", "")
         checks.append(Check("Slurm", "JobAcctGather", "ok" if gather and "none" not in gather else "skip",
                             gather or "not set (MaxRSS and TotalCPU missing from sacct)"))  # fmt: skip
@@ -112,6 +177,8 @@ def run(cfg: Config) -> list[Check]:
     io_ok = os.access(f"{cfg.agent.proc_root}/1/io", os.R_OK)
     checks.append(Check("System", "/proc/<pid>/io", "ok" if io_ok else "skip",
                         "readable" if io_ok else "not readable (run the agent as root): no per-job I/O bytes"))  # fmt: skip
+    checks += _collectors(cfg)
     checks += _database(cfg.database)
+    checks += _controller_hooks_report(cfg.database)
     checks.append(Check("Config", "config", "ok", cfg.path))
     return checks

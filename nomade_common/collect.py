@@ -130,13 +130,14 @@ class Scheduler:
     collectors: list[Collector]
     deliver: Callable[[Reading], None]
     only: set[str] | None = None
+    clock: Callable[[], float] = time.monotonic
     status: dict[str, Status] = field(default_factory=dict)
     _state: dict[str, dict[str, Any]] = field(default_factory=dict)
     _due: dict[str, float] = field(default_factory=dict)
     _absent_checked: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         for c in self.enabled():
             self.status[c.name] = Status(settings(self.cfg, c.name).interval_seconds)
             self._state[c.name] = {}
@@ -158,9 +159,9 @@ class Scheduler:
                 st.skipped = f"cannot tell whether it can run here ({type(exc).__name__}: {exc})"
         return st.skipped
 
-    def run_due(self, now: float | None = None) -> float:
+    def run_due(self) -> float:
         """Run every collector that is due; return the seconds until the next one is."""
-        now = time.monotonic() if now is None else now
+        now = self.clock()
         for c in self.enabled():
             if self._due[c.name] > now:
                 continue
@@ -173,8 +174,8 @@ class Scheduler:
             if not reading.ok:
                 log.warning("collector %s: %s", c.name, reading.error)
             self.deliver(reading)
-            now = time.monotonic()
-        return max(0.0, min(self._due.values(), default=now + 60) - time.monotonic())
+            now = self.clock()
+        return max(0.0, min(self._due.values(), default=now + 60) - self.clock())
 
     def snapshot(self) -> dict[str, list[Any]]:
         return {name: st.as_list() for name, st in self.status.items()}

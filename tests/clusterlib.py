@@ -96,6 +96,10 @@ state_dir = "{base}/hookstate"
 task_notice = true
 {extra_config}
 """)
+        if "[collectors.job_history]" not in extra_config:
+            # Each test's database holds its own jobs only: no import of the cluster's sacct history.
+            with self.config.open("a") as f:
+                f.write("[collectors.job_history]\nenabled = false\n")
         self.db = base / "data" / "nomade.db"
         self.bindir = Path(sys.executable).parent
         self.aggregator: subprocess.Popen | None = None

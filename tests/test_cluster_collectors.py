@@ -1,0 +1,80 @@
+"""The collectors on the real dev cluster: node readings travel agent -> ZeroMQ -> aggregator ->
+SQLite, head-node readings come from the real Slurm, and `nomadectl` shows both."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+from clusterlib import running_pipeline, sbatch, wait_for
+
+pytestmark = pytest.mark.cluster
+
+FAST = "".join(f"[collectors.{name}]\ninterval_seconds = 2.0\n"
+               for name in ("iostat", "mpstat", "vmstat", "pressure", "queue", "partitions",
+                            "node_state", "fairshare", "scheduler", "disk", "health"))  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pipeline(slurm_cluster):
+    with running_pipeline(FAST) as p:
+        yield p
+
+
+def latest(p, collector: str) -> dict[str, list[dict]]:
+    rows = p.query("SELECT node, records_json FROM readings_latest WHERE collector = ?", collector)
+    return {node: json.loads(text) for node, text in rows}
+
+
+def test_every_node_collector_reading_reaches_the_store_from_both_nodes(pipeline):
+    p = pipeline
+    for collector in ("iostat", "mpstat", "vmstat"):
+        wait_for(f"{collector} readings from node1 and node2",
+                 lambda c=collector: {"node1", "node2"} <= set(latest(p, c)), 60)  # fmt: skip
+    for node, records in latest(p, "mpstat").items():
+        summary = [r for r in records if r["record"] == "summary"]
+        assert summary and summary[0]["cores"] == os.cpu_count(), node  # the host's CPUs, as mpstat saw
+    for node, records in latest(p, "vmstat").items():
+        assert records[0]["mem_free_bytes"] > 0, node
+    devices = [r for r in latest(p, "iostat")["node1"] if r["record"] == "device"]
+    assert devices, "iostat -x lists this host's block devices"
+
+
+def test_pending_jobs_show_in_the_queue_with_their_reason_in_words(pipeline):
+    p = pipeline
+    held = sbatch(p, "held", "--hold", "-t", "1", script="true")
+    later = sbatch(p, "later", "--begin=now+3600", "-t", "1", script="true")
+    try:
+        def pending():
+            q = json.loads(p.ctl("queue", "--json"))
+            by = {int(str(j["job_id"])): j for j in q["pending"]}
+            return (held in by and later in by) and (q, by)
+
+        q, by = wait_for("both jobs pending in nomadectl queue", pending, 30)
+        assert by[held]["reason"] == "JobHeldUser" and by[held]["reason_text"]
+        assert by[later]["reason"] == "BeginTime" and by[later]["unblock"]
+        debug = {x["partition"]: x for x in q["partitions"]}["debug"]
+        assert debug["pending"] >= 2
+        assert "JobHeldUser" in p.ctl("queue")
+    finally:
+        subprocess.run(["scancel", str(held), str(later)], check=False)
+
+
+def test_nodes_status_and_collection_health_are_shown(pipeline):
+    p = pipeline
+    wait_for("Slurm node states", lambda: latest(p, "node_state"), 30)
+    nodes = {n["node"]: n for n in json.loads(p.ctl("nodes", "--json"))["nodes"]}
+    assert {"node1", "node2"} <= set(nodes)
+    assert nodes["node1"]["agent"] == "up" and nodes["node1"]["cpus"] == 8  # config_overrides CPUs=8
+    wait_for("collector status in the heartbeats",
+             lambda: p.query("SELECT count(*) FROM collector_status WHERE role = 'node' AND runs > 0")[0][0] >= 6, 30)  # fmt: skip
+    status = json.loads(p.ctl("status", "--json"))
+    coll = {c["collector"]: c for c in status["collection"]}
+    assert coll["iostat"]["runs"] >= 2 and coll["iostat"]["success_rate"] == 1.0
+    assert coll["queue"]["role"] == "head" and coll["queue"]["failures"] == 0
+    assert coll["gpu"]["skipped"].startswith("no NVIDIA GPU")
+    text = p.ctl("status")
+    for section in ("Queue:", "Slurm nodes:", "Collection:", "Agents:"):
+        assert section in text, section
