@@ -58,7 +58,50 @@ def queue(conn: sqlite3.Connection, now: float | None = None) -> dict[str, Any]:
         "pending_reasons": [{"reason": k, "jobs": n, "reason_text": explain[k][0], "unblock": explain[k][1]}
                             for k, n in reasons.most_common()],  # fmt: skip
         "pending": sorted(pending, key=lambda j: -(j["wait_seconds"] or 0)),
+        "stuck": stuck(conn, now),
+        "arrays": arrays(conn, now),
     }
+
+
+def stuck(conn: sqlite3.Connection, now: float | None = None, window: float = 1800.0,
+          min_cpu_seconds: float = 1.0) -> list[dict[str, Any]]:  # fmt: skip
+    """Running jobs that used less than MIN_CPU_SECONDS of CPU over the last WINDOW seconds on
+    every node they run on, though sampled across most of it: hung, waiting on a dead mount or
+    a lost peer, or sleeping on an allocation someone else could use."""
+    now = time.time() if now is None else now
+    rows = conn.execute(
+        "SELECT j.job_id, j.user, j.partition, j.node_list, j.start_time, s.node,"
+        " min(s.t), max(s.t), max(s.cpu_usage_seconds) - min(s.cpu_usage_seconds)"
+        " FROM jobs j JOIN samples s ON s.job_uid = j.uid"
+        " WHERE j.start_time IS NOT NULL AND j.end_time IS NULL AND s.t >= ?"
+        " GROUP BY j.uid, s.node", (now - window,)).fetchall()  # fmt: skip
+    by: dict[int, list] = defaultdict(list)
+    for r in rows:
+        by[r[0]].append(r)
+    out = []
+    for job_id, rs in sorted(by.items()):
+        covered = min(r[7] - r[6] for r in rs)
+        used = max((r[8] or 0.0) for r in rs)
+        if covered >= window / 2 and used < min_cpu_seconds:
+            r = rs[0]
+            out.append({"job_id": job_id, "user": r[1], "partition": r[2], "node_list": r[3],
+                        "start_time": r[4], "cpu_seconds_in_window": round(used, 3),
+                        "window_seconds": window})  # fmt: skip
+    return out
+
+
+def arrays(conn: sqlite3.Connection, now: float | None = None, days: float = 7.0) -> list[dict[str, Any]]:
+    """Job arrays of the last DAYS: how many tasks ended in each outcome, failures first."""
+    now = time.time() if now is None else now
+    rows = conn.execute(
+        "SELECT array_job_id, user, count(*), sum(outcome IS NULL),"
+        " sum(outcome = 'COMPLETED'), sum(outcome IS NOT NULL AND outcome NOT IN ('COMPLETED', 'CANCELLED')),"
+        " group_concat(DISTINCT outcome) FROM jobs WHERE array_job_id IS NOT NULL"
+        " AND coalesce(submit_time, start_time, created) >= ? GROUP BY array_job_id", (now - days * 86400,)
+    ).fetchall()  # fmt: skip
+    out = [{"array_job_id": r[0], "user": r[1], "tasks": r[2], "unfinished": r[3], "completed": r[4],
+            "failed": r[5], "outcomes": sorted((r[6] or "").split(",")) if r[6] else []} for r in rows]  # fmt: skip
+    return sorted(out, key=lambda a: (-(a["failed"] or 0), -a["array_job_id"]))
 
 
 def nodes(conn: sqlite3.Connection, now: float | None = None) -> dict[str, Any]:

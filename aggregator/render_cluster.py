@@ -136,6 +136,17 @@ def queue(q: dict[str, Any]) -> str:
         for j in q["pending"][:50]:
             out.append(f"  {str(j['job_id']):<14}{j['user'] or '-':<10}{j['partition']:<11}"
                        f"{seconds(j['wait_seconds']):<12}{j['reason'] or '-'}")  # fmt: skip
+    if q.get("stuck"):
+        out += ["", "Running but making no CPU progress (last 30 min):"]
+        for j in q["stuck"]:
+            out.append(f"  {j['job_id']:<10} {j['user'] or '-':<10} {j['node_list'] or '-':<16}"
+                       f" {j['cpu_seconds_in_window']} CPU s, running since {when(j['start_time'])}")  # fmt: skip
+    failing = [a for a in q.get("arrays", []) if a["failed"]]
+    if failing:
+        out += ["", "Job arrays with failed tasks (last 7 days):"]
+        for a in failing[:20]:
+            out.append(f"  {a['array_job_id']:<10} {a['user'] or '-':<10} {a['failed']} of {a['tasks']} tasks failed"
+                       f" ({', '.join(a['outcomes'])}), {a['completed']} completed, {a['unfinished']} unfinished")  # fmt: skip
     return "\n".join(out)
 
 

@@ -197,3 +197,26 @@ def test_status_and_the_views_print_from_a_database_with_readings(tmp_path):
 def test_collect_once_names_an_unknown_collector(tmp_path):
     result = CliRunner().invoke(ctl.main, ["collect", "--once", "-C", "iostat,nonesuch"])
     assert result.exit_code == 2 and "unknown collector 'nonesuch'" in result.output
+
+
+def test_a_running_job_without_cpu_progress_is_stuck_and_a_busy_one_is_not(db):
+    def setup(c):
+        for uid, job, cpu_step in ((1, 101, 0.0), (2, 102, 5.0)):
+            c.execute("INSERT INTO jobs (uid, cluster, job_id, user, start_time, created, updated)"
+                      " VALUES (?, 'c', ?, 'alice', 0, 0, 0)", (uid, job))  # fmt: skip
+            for i in range(31):
+                c.execute("INSERT INTO samples (job_uid, node, t, cpu_usage_seconds) VALUES (?, 'node1', ?, ?)",
+                          (uid, 1000.0 + 60 * i, 10.0 + cpu_step * i))  # fmt: skip
+    db.call(setup)
+    found = db.call(lambda c: clusterviews.stuck(c, now=1000.0 + 1800))
+    assert [j["job_id"] for j in found] == [101]
+
+
+def test_array_health_counts_failed_tasks(db):
+    def setup(c):
+        for task, outcome in enumerate(["COMPLETED", "FAILED", "OUT_OF_MEMORY", "CANCELLED", None]):
+            c.execute("INSERT INTO jobs (cluster, job_id, array_job_id, array_task_id, user, submit_time, outcome,"
+                      " created, updated) VALUES ('c', ?, 500, ?, 'bob', 100, ?, 0, 0)", (501 + task, task, outcome))  # fmt: skip
+    db.call(setup)
+    (a,) = db.call(lambda c: clusterviews.arrays(c, now=200.0))
+    assert (a["tasks"], a["completed"], a["failed"], a["unfinished"]) == (5, 1, 2, 1)
