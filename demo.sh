@@ -71,6 +71,10 @@ done
 
 say "nomadectl status"
 nomadectl status
+say "nomadectl nodes   (Slurm's view beside each node's agent)"
+nomadectl nodes
+say "nomadectl queue   (why jobs wait, stuck jobs, job arrays)"
+nomadectl queue
 say "nomadectl jobs --user alice"
 nomadectl jobs --user alice --limit 5
 say "nomadectl job $two   (the two-node job)"

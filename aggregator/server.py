@@ -26,7 +26,7 @@ from nomade_common import wire
 from nomade_common.collect import Reading, Scheduler
 from nomade_common.config import Config
 
-from . import importer, liveness, query
+from . import clusterviews, importer, liveness, query
 from . import jobs as jobfields
 from .headcollect import HEAD_COLLECTORS
 from .ingest import Ingest, Rejected, store_collector_status, store_reading
@@ -434,7 +434,13 @@ def _handler(agg: Aggregator) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:  # noqa: N802
             try:
                 if self.path == "/api/v1/status":
-                    return self._reply(200, query.status(agg.reader()))
+                    conn = agg.reader()
+                    return self._reply(200, {**query.status(conn), **clusterviews.overview(conn)})
+                view = {"/api/v1/queue": clusterviews.queue, "/api/v1/nodes": clusterviews.nodes,
+                        "/api/v1/licenses": clusterviews.licenses,
+                        "/api/v1/collectors": clusterviews.collection}.get(self.path)  # fmt: skip
+                if view is not None:
+                    return self._reply(200, view(agg.reader()))
                 if self.path.startswith("/api/v1/jobs/"):
                     job = query.job(agg.reader(), int(self.path.rsplit("/", 1)[1]))
                     return self._reply(200 if job else 404, job or {"error": "no such job"})

@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 from clusterlib import running_pipeline, sbatch, wait_for
+from conftest import ROOT
 
 pytestmark = pytest.mark.cluster
 
@@ -17,9 +18,18 @@ FAST = "".join(f"[collectors.{name}]\ninterval_seconds = 2.0\n"
                             "node_state", "fairshare", "scheduler", "disk", "health"))  # fmt: skip
 
 
+LMSTAT = ROOT / "tests" / "cases" / "lic-lmstat-handmade" / "input"
+
+
 @pytest.fixture(scope="module")
-def pipeline(slurm_cluster):
-    with running_pipeline(FAST) as p:
+def pipeline(slurm_cluster, tmp_path_factory):
+    # No FlexLM server can run here: a stand-in lmutil replays an lmstat -a report.
+    lmutil = tmp_path_factory.mktemp("lic") / "lmutil"
+    lmutil.write_text(f"#!/bin/sh\nexec cat {LMSTAT}\n")
+    lmutil.chmod(0o755)
+    lic = (f'[collectors.licenses]\ninterval_seconds = 2.0\nflexlm_servers = ["27000@lic1"]\n'
+           f'lmutil = "{lmutil}"\n')  # fmt: skip
+    with running_pipeline(FAST + lic) as p:
         yield p
 
 
@@ -78,3 +88,29 @@ def test_nodes_status_and_collection_health_are_shown(pipeline):
     text = p.ctl("status")
     for section in ("Queue:", "Slurm nodes:", "Collection:", "Agents:"):
         assert section in text, section
+
+
+def test_the_json_api_serves_the_same_views(pipeline):
+    import urllib.request
+
+    p = pipeline
+    wait_for("Slurm node states", lambda: latest(p, "node_state"), 30)
+    base = f"http://127.0.0.1:{p.http_port}/api/v1"
+    with urllib.request.urlopen(f"{base}/nodes", timeout=10) as r:
+        api = json.load(r)
+    assert {n["node"] for n in api["nodes"]} >= {"node1", "node2"}
+    with urllib.request.urlopen(f"{base}/collectors", timeout=10) as r:
+        assert {"queue", "iostat"} <= {c["collector"] for c in json.load(r)}
+    with urllib.request.urlopen(f"{base}/status", timeout=10) as r:
+        assert "collection" in json.load(r)
+
+
+def test_license_features_and_checkouts_show_from_the_configured_server(pipeline):
+    p = pipeline
+    wait_for("a license reading", lambda: latest(p, "licenses"), 30)
+    lic = json.loads(p.ctl("licenses", "--json"))
+    matlab = {f["feature"]: f for f in lic["features"]}["MATLAB"]
+    assert (matlab["issued"], matlab["in_use"]) == (50, 3)  # "Total of 50 licenses issued;  Total of 3"
+    assert matlab["users"].get("alice", 0) >= 1
+    assert any(s["up"] for s in lic["servers"])
+    assert "MATLAB" in p.ctl("status")
