@@ -416,7 +416,10 @@ def parse(kind: str, path: str) -> None:
     except KeyError as exc:
         raise click.ClickException(exc.args[0]) from None
     try:
-        if kind == "cgroup":
+        if kind in parsekinds.DIRECTORY_KINDS:
+            if not Path(path).is_dir():
+                click.echo(f"nomadectl parse {kind}: {path}: expected a directory (a copy of the tree)", err=True)
+                sys.exit(2)
             records = fn(path)
         else:
             text = (

@@ -71,6 +71,7 @@ class Agent:
         self._stop = False
         self._followups: dict[int, float] = {}
         self.collectors = CollectorThread(cfg, NODE_COLLECTORS)
+        self.job_uids: dict[int, int] = {}  # from the Prolog's reports, where cgroup paths have none
 
     # -- transport ----------------------------------------------------------------------------
     def connect(self) -> None:
@@ -149,6 +150,9 @@ class Agent:
 
     def sample(self, only: list[int] | None = None) -> int:
         rows = self.sampler.sample(only)
+        owners = self.sampler.job_owners()
+        self.collectors.scheduler.shared["running"] = {
+            job: uid if uid is not None else self.job_uids.get(job) for job, uid in owners.items()}  # fmt: skip
         for problem in self.sampler.problems():
             log.warning("%s", problem)
         if not rows:
@@ -195,6 +199,10 @@ class Agent:
                 os.replace(path, self.inbox / "bad" / path.name)
                 continue
             self.enqueue(wire.JOB_EVENT, report)
+            if report["event"] == "start" and str(report.get("uid", "")).isdigit():
+                self.job_uids[report["job_id"]] = int(report["uid"])
+            elif report["event"] == "end":
+                self.job_uids.pop(report["job_id"], None)
             if report["event"] == "start":  # short jobs must not be missed
                 self.sample([report["job_id"]])
                 self._followups[report["job_id"]] = now + 1.0

@@ -17,6 +17,7 @@ otherwise dip them for a cycle).
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Iterable
 
@@ -32,6 +33,9 @@ _ZERO = (0, 0, 0, 0, 0, 0)
 def _stamp(path: str) -> tuple[int, int]:
     st = os.stat(path)
     return st.st_nlink, st.st_mtime_ns
+
+
+_UID = re.compile(r"/uid_(\d+)(?:/|$)")
 
 
 class _Job:
@@ -82,6 +86,14 @@ class JobSampler:
         """Ids of the jobs with a cgroup on this node now."""
         self._refresh_jobs(force=False)
         return set(self._jobs)
+
+    def job_owners(self) -> dict[int, int | None]:
+        """Job id -> the uid in its cgroup path (v1 ``uid_<U>``), None where the path has none."""
+        out: dict[int, int | None] = {}
+        for job_id, job in self._jobs.items():
+            found = next((_UID.search(d) for d in job.dirs.values() if _UID.search(d)), None)
+            out[job_id] = int(found.group(1)) if found else None
+        return out
 
     def sample(self, only_jobs: Iterable[int] | None = None) -> list[dict]:
         """One dict per running job (restricted to ``only_jobs`` if given), keyed by SAMPLE_FIELDS."""

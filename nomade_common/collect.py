@@ -132,6 +132,9 @@ class Scheduler:
     only: set[str] | None = None
     clock: Callable[[], float] = time.monotonic
     status: dict[str, Status] = field(default_factory=dict)
+    # What the host process shares with its collectors (every collector's state["shared"]):
+    # the agent publishes {"running": {job_id: uid}} after each sampling cycle.
+    shared: dict[str, Any] = field(default_factory=dict)
     _state: dict[str, dict[str, Any]] = field(default_factory=dict)
     _due: dict[str, float] = field(default_factory=dict)
     _absent_checked: dict[str, float] = field(default_factory=dict)
@@ -140,7 +143,7 @@ class Scheduler:
         now = self.clock()
         for c in self.enabled():
             self.status[c.name] = Status(settings(self.cfg, c.name).interval_seconds)
-            self._state[c.name] = {}
+            self._state[c.name] = {"shared": self.shared}
             self._due[c.name] = now
 
     def enabled(self) -> list[Collector]:

@@ -42,7 +42,18 @@ KINDS: dict[str, str] = {
     "cgroup": "nodeagent.collectors.cgroup:records",
     "lmstat": "nodeagent.collectors.licenses:parse_lmstat",
     "rlmstat": "nodeagent.collectors.licenses:parse_rlmstat",
+    # node health and storage (docs/parsers-health-disk.md)
+    "repquota": "nodeagent.collectors.disk:parse_repquota",
+    "quota": "nodeagent.collectors.disk:parse_quota",
+    "lfs-quota": "nodeagent.collectors.disk:parse_lfs_quota",
+    "hwmon": "nodeagent.collectors.health:parse_hwmon",
+    "edac": "nodeagent.collectors.health:parse_edac",
+    "kernel-errors": "nodeagent.collectors.health:parse_kernel_errors",
 }
+
+# The kinds whose parser reads a directory (a captured /sys or cgroup tree) and takes its path
+# instead of (text, source).
+DIRECTORY_KINDS: frozenset[str] = frozenset({"cgroup", "hwmon", "edac"})
 
 
 def parser(kind: str) -> Callable[..., list[dict[str, Any]]]:

@@ -15,7 +15,8 @@ pytestmark = pytest.mark.cluster
 
 FAST = "".join(f"[collectors.{name}]\ninterval_seconds = 2.0\n"
                for name in ("iostat", "mpstat", "vmstat", "pressure", "queue", "partitions",
-                            "node_state", "fairshare", "scheduler", "disk", "health"))  # fmt: skip
+                            "node_state", "fairshare", "scheduler", "health"))  # fmt: skip
+FAST += '[collectors.disk]\ninterval_seconds = 2.0\nfilesystems = ["/", "/var/lib/nomade-cluster"]\n'  
 
 
 LMSTAT = ROOT / "tests" / "cases" / "lic-lmstat-handmade" / "input"
@@ -114,3 +115,19 @@ def test_license_features_and_checkouts_show_from_the_configured_server(pipeline
     assert matlab["users"].get("alice", 0) >= 1
     assert any(s["up"] for s in lic["servers"])
     assert "MATLAB" in p.ctl("status")
+
+
+def test_filesystem_usage_and_the_nodes_daemons_are_read_on_every_node(pipeline):
+    p = pipeline
+    wait_for("disk and health readings from both nodes",
+             lambda: {"node1", "node2"} <= set(latest(p, "disk")) & set(latest(p, "health")), 30)  # fmt: skip
+    st = os.statvfs("/")
+    for node, records in latest(p, "disk").items():
+        root = {r["path"]: r for r in records}["/"]
+        assert root["responsive"] and root["size_bytes"] == st.f_blocks * st.f_frsize, node
+    for node, records in latest(p, "health").items():
+        services = {r["name"]: r for r in records if r["record"] == "service"}
+        assert services["slurmd"]["running"] and services["munged"]["running"], node
+    fs = {f["path"]: f for f in json.loads(p.ctl("status", "--json"))["filesystems"]}
+    assert set(fs) == {"/", "/var/lib/nomade-cluster"}
+    assert "Filesystems:" in p.ctl("status") and "/var/lib/nomade-cluster" in p.ctl("status")

@@ -61,7 +61,7 @@ def test_case(case: Path, utc) -> None:
         pytest.fail(f"{case.name}: input {path} is missing")
     kwargs = json.loads((case / "args.json").read_text()) if (case / "args.json").is_file() else {}
     fn = parsekinds.parser(kind)
-    if kind == "cgroup":
+    if kind in parsekinds.DIRECTORY_KINDS:
         records = fn(str(path), **kwargs)
     else:
         records = fn(path.read_text(encoding="utf-8", errors="replace"), str(path), **kwargs)
