@@ -14,7 +14,17 @@ import click
 from nomade_common import config as cfgmod
 from nomade_common.errors import ConfigError, ParseError
 
-from . import clusterviews, daemons, hooksetup, importer, query, render, render_cluster, store, syscheck
+from . import (
+    clusterviews,
+    daemons,
+    hooksetup,
+    importer,
+    query,
+    render,
+    render_cluster,
+    store,
+    syscheck,
+)
 
 
 def _cfg(ctx: click.Context) -> cfgmod.Config:

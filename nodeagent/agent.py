@@ -20,9 +20,9 @@ from typing import Any
 import zmq
 
 from nomade_common import wire
+from nomade_common.collect import CollectorThread, Reading
 from nomade_common.config import Config
 
-from nomade_common.collect import CollectorThread, Reading
 from .node_collectors import NODE_COLLECTORS
 from .outbox import Outbox
 from .sampler import JobSampler

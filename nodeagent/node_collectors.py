@@ -13,9 +13,9 @@ import os
 import shutil
 from typing import Any
 
+from nomade_common.collect import Collector, CollectorError, missing_tool, run_tool
 from nomade_common.config import Config
 
-from nomade_common.collect import Collector, CollectorError, missing_tool, run_tool
 from .collectors import disk, gpu, health, nfs, pressure, scratch, sysstat
 from .collectors.procio import read_text
 

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.cluster
 FAST = "".join(f"[collectors.{name}]\ninterval_seconds = 2.0\n"
                for name in ("iostat", "mpstat", "vmstat", "pressure", "queue", "partitions",
                             "node_state", "fairshare", "scheduler", "health"))  # fmt: skip
-FAST += '[collectors.disk]\ninterval_seconds = 2.0\nfilesystems = ["/", "/var/lib/nomade-cluster"]\n'  
+FAST += '[collectors.disk]\ninterval_seconds = 2.0\nfilesystems = ["/", "/var/lib/nomade-cluster"]\n'
 
 
 LMSTAT = ROOT / "tests" / "cases" / "lic-lmstat-handmade" / "input"
