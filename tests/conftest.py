@@ -39,3 +39,14 @@ def slurm_cluster():
     if not cluster_up():
         pytest.skip("the dev Slurm cluster is not running (slurm-conf/cluster-up.sh)")
     return True
+
+
+@pytest.fixture
+def db(tmp_path):
+    """A store with its writer thread running (tests call it with `db.call(fn)`)."""
+    from aggregator import store
+
+    w = store.Writer(str(tmp_path / "n.db"))
+    w.start()
+    yield w
+    w.stop()

@@ -91,14 +91,6 @@ def test_collector_settings_are_validated_with_the_key_named():
 
 
 # -- storage -----------------------------------------------------------------------------------
-@pytest.fixture
-def db(tmp_path):
-    w = store.Writer(str(tmp_path / "n.db"))
-    w.start()
-    yield w
-    w.stop()
-
-
 def test_readings_keep_the_newest_and_a_history_point_every_interval(db):
     for t in (1000.0, 1100.0, 1700.0, 1650.0, 2400.0):  # 1650 arrives late (a resend)
         db.call(lambda c, t=t: store_reading(c, "node1", "disk", t, 0.01, [{"t": t}], 600.0))

@@ -16,14 +16,6 @@ def row(job, t, mem=None):
     return r
 
 
-@pytest.fixture
-def db(tmp_path):
-    w = store.Writer(str(tmp_path / "n.db"))
-    w.start()
-    yield w
-    w.stop()
-
-
 def test_migrations_are_recorded_and_applied_once(tmp_path):
     path = str(tmp_path / "m.db")
     conn = store.open_store(path)
