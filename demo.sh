@@ -30,6 +30,10 @@ reconcile_delay_seconds = 1.0
 prefix = "/opt/nomade/hooks"
 state_dir = "$DEMO/hookstate"
 task_notice = true
+[collectors.queue]
+interval_seconds = 5.0
+[collectors.node_state]
+interval_seconds = 5.0
 TOML
 
 say "starting NØMADE: database, hooks, aggregator, agents for node1 and node2"

@@ -42,16 +42,20 @@ def queue(conn: sqlite3.Connection, now: float | None = None) -> dict[str, Any]:
         parts[part][state] += 1
         if state != "PENDING":
             continue
-        wait = now - r["submit_time"] if r.get("submit_time") else None
+        # Waits as of the reading (a view of an old reading must not make them grow).
+        wait = (t or now) - r["submit_time"] if r.get("submit_time") else None
         if wait is not None:
             waits[part] = max(waits.get(part, 0.0), wait)
-        reasons[r.get("reason") or "-"] += 1
-        explain[r.get("reason") or "-"] = (r.get("reason_text"), r.get("unblock"))
+        reason = r.get("reason") or "None"
+        reasons[reason] += 1
+        explain[reason] = (r.get("reason_text") or ("not yet considered by the scheduler" if reason == "None" else None),
+                           r.get("unblock"))  # fmt: skip
         pending.append({"job_id": r.get("job_id"), "user": r.get("user"), "partition": part,
                         "reason": r.get("reason"), "reason_text": r.get("reason_text"),
                         "unblock": r.get("unblock"), "wait_seconds": wait})  # fmt: skip
     return {
         "time": t,
+        "age_seconds": round(now - t, 1) if t else None,
         "partitions": [{"partition": p, "running": c["RUNNING"], "pending": c["PENDING"],
                         "other": sum(c.values()) - c["RUNNING"] - c["PENDING"],
                         "longest_wait_seconds": waits.get(p)} for p, c in sorted(parts.items())],  # fmt: skip

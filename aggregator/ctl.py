@@ -223,9 +223,10 @@ def install_hooks(ctx, prefix, include, slurm_user) -> None:
     if include:
         click.echo(f"# written to {include}; apply with: scontrol reconfigure", err=True)
     if unset_before:
-        click.echo("# slurmctld runs no PrologSlurmctld now: after `scontrol reconfigure`, restart "
-                   "slurmctld once (Slurm decides at its start whether to run PrologSlurmctld and "
-                   "EpilogSlurmctld; running jobs survive a restart)", err=True)  # fmt: skip
+        click.echo("# slurmctld has no PrologSlurmctld configured now: if it started without one, "
+                   "restart slurmctld once after `scontrol reconfigure` (Slurm decides at its start "
+                   "whether to run PrologSlurmctld and EpilogSlurmctld at all; running jobs survive "
+                   "a restart; docs/hooks.md)", err=True)  # fmt: skip
 
 
 @main.command("uninstall-hooks")

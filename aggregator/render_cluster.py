@@ -125,7 +125,8 @@ def status_sections(st: dict[str, Any]) -> list[str]:
 
 
 def queue(q: dict[str, Any]) -> str:
-    out = [f"Queue at {when(q['time'])}", *queue_lines(q["partitions"])]
+    age = f" ({seconds(q['age_seconds'])} ago)" if q.get("age_seconds") is not None else ""
+    out = [f"Queue as squeue showed it at {when(q['time'])}{age}", *queue_lines(q["partitions"])]
     if q["pending_reasons"]:
         out += ["", "Why jobs wait:"]
         for r in q["pending_reasons"]:

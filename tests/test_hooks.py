@@ -472,3 +472,17 @@ def test_wrappers_pass_shellcheck(wrapper):
         ["shellcheck", str(ROOT / "hooks" / wrapper)], capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stdout
+
+
+@pytest.mark.parametrize("shown, warned", [("(null)", True), ("/opt/site/prologslurmctld", False)])
+def test_install_hooks_says_when_slurmctld_must_be_restarted(tmp_path, monkeypatch, shown, warned):
+    """A slurmctld started without PrologSlurmctld never runs one added by reconfigure."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "scontrol").write_text(f"#!/bin/sh\necho 'PrologSlurmctld         = {shown}'\n")
+    (bindir / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    config = write_config(tmp_path / "nomade.toml", tmp_path / "spool", state_dir=str(tmp_path / "state"))
+    result = CliRunner().invoke(ctl.main, ["--config", str(config), "install-hooks", "--prefix", str(tmp_path / "p")])
+    assert result.exit_code == 0
+    assert ("restart slurmctld once" in result.output) is warned
