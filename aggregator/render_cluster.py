@@ -113,7 +113,10 @@ def collection_lines(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def status_sections(st: dict[str, Any]) -> list[str]:
-    out = [*filesystems(st["filesystems"]), "", *queue_lines(st["queue"]), ""]
+    queue = queue_lines(st["queue"])
+    if st.get("queue_time") and st["queue"]:
+        queue[0] = f"Queue (squeue at {when(st['queue_time'])}):"
+    out = [*filesystems(st["filesystems"]), "", *queue, ""]
     metrics = node_metrics(st["node_metrics"])
     if metrics:
         out += [*metrics, ""]
