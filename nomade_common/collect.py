@@ -172,10 +172,15 @@ class Scheduler:
             self._due[c.name] = now + st.interval_seconds
             if self._skipped(c, now):
                 continue
+            was_ok, last_error = st.last_t is None or st.last_ok_t == st.last_t, st.last_error
             reading = run_one(c, self.cfg, self._state[c.name])
             st.count(reading)
-            if not reading.ok:
+            # One line when a collector starts failing or fails differently, one when it
+            # recovers: a source that stays broken must not fill the log every interval.
+            if not reading.ok and (was_ok or reading.error != last_error):
                 log.warning("collector %s: %s", c.name, reading.error)
+            elif reading.ok and not was_ok:
+                log.warning("collector %s: works again", c.name)
             self.deliver(reading)
             now = self.clock()
         return max(0.0, min(self._due.values(), default=now + 60) - self.clock())

@@ -212,3 +212,22 @@ def test_array_health_counts_failed_tasks(db):
     db.call(setup)
     (a,) = db.call(lambda c: clusterviews.arrays(c, now=200.0))
     assert (a["tasks"], a["completed"], a["failed"], a["unfinished"]) == (5, 1, 2, 1)
+
+
+def test_a_collector_that_stays_broken_logs_once_and_once_more_when_it_recovers(caplog):
+    outcomes = iter([CollectorError("squeue exited 1: slurmctld down")] * 3 + [None])
+
+    def read(cfg, state):
+        err = next(outcomes)
+        if err:
+            raise err
+        return []
+
+    clock = [0.0]
+    s = Scheduler(cfg_with(), [Collector("queue", read)], lambda r: None, clock=lambda: clock[0])
+    for t in range(4):
+        clock[0] = 60.0 * t
+        s.run_due()
+    lines = [r.getMessage() for r in caplog.records if r.name == "nomade.collect"]
+    assert lines == ["collector queue: squeue exited 1: slurmctld down", "collector queue: works again"]
+    assert s.status["queue"].failures == 3 and s.status["queue"].runs == 4
