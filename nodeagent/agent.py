@@ -71,6 +71,8 @@ class Agent:
         self._stop = False
         self._followups: dict[int, float] = {}
         self.collectors = CollectorThread(cfg, NODE_COLLECTORS)
+        self._status_sent: dict[str, list[Any]] | None = None
+        self._status_sent_at = 0.0
         self.job_uids: dict[int, int] = {}  # from the Prolog's reports, where cgroup paths have none
 
     # -- transport ----------------------------------------------------------------------------
@@ -178,8 +180,13 @@ class Agent:
 
     def heartbeat(self, now: float) -> None:
         payload = {"t": now, "jobs": sorted(self.sampler.running_jobs()),
-                   "outbox_depth": self.outbox.depth(), "dropped": self.outbox.dropped(),
-                   "collectors": self.collectors.scheduler.snapshot()}  # fmt: skip
+                   "outbox_depth": self.outbox.depth(), "dropped": self.outbox.dropped()}  # fmt: skip
+        # The collectors' status only when it changed, or once a minute (an aggregator that
+        # restarted learns it again): 1,000 nodes beating every 5 s must not each rewrite it.
+        status = self.collectors.scheduler.snapshot()
+        if status != self._status_sent or now - self._status_sent_at >= 60.0:
+            payload["collectors"] = status
+            self._status_sent, self._status_sent_at = status, now
         self._send(wire.Envelope(wire.HEARTBEAT, self.node, self.outbox.epoch, 0, payload).pack())
 
     def hello(self) -> None:
