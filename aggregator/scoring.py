@@ -129,6 +129,7 @@ class Scorer:
         self.model: Model | None = None
         self.version: str | None = None
         self.index: graph.NeighborIndex | None = None
+        self._stale: str | None = None  # an active model of another feature version, logged once
         self._lock = threading.Lock()
         self._local = threading.local()
 
@@ -153,6 +154,18 @@ class Scorer:
             return None
         if row["version"] == self.version:
             return self.version
+        if row["feature_version"] != features.FEATURE_VERSION:
+            # Trained on features this code no longer computes: no verdicts until a retrain.
+            if row["version"] != self._stale:
+                log.warning(
+                    "active model %s uses feature version %s, this aggregator computes version %s:"
+                    " jobs are not scored until a model is trained (nomadectl train)",
+                    row["version"], row["feature_version"], features.FEATURE_VERSION,
+                )  # fmt: skip
+                self._stale = row["version"]
+            with self._lock:
+                self.model, self.version, self.index = None, None, None
+            return None
         model = Model(row["path"])
         index = graph.NeighborIndex(len(features.FEATURE_NAMES))
         rows = conn.execute(

@@ -32,7 +32,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
-from sklearn.ensemble import HistGradientBoostingClassifier  # noqa: E402
 
 from models import features, graph, train, workload  # noqa: E402
 
@@ -77,8 +76,7 @@ def baseline_gbt(p: train.Prepared, n: int, seed: int) -> float:
     rows = slice(0, max(1, int(n * 0.8)))
     x = train._f32(np.hstack([p.x[rows], p.gfeat[rows]]))
     t0 = time.perf_counter()
-    HistGradientBoostingClassifier(max_iter=200, learning_rate=0.08, max_leaf_nodes=31,
-                                   l2_regularization=1.0, random_state=seed).fit(x, p.y[rows])  # fmt: skip
+    train.gbt_model(seed).fit(x, p.y[rows])
     return time.perf_counter() - t0
 
 

@@ -23,7 +23,6 @@ import tempfile
 from typing import Any
 
 import numpy as np
-from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, roc_auc_score
 
@@ -212,8 +211,7 @@ def baselines(p: train.Prepared, fitted_members: dict[str, np.ndarray], n_fit: i
     if 0 < p.failed[fit].sum() < n_fit:
         lr = LogisticRegression(max_iter=500).fit(p.z[fit, :N_REQUEST], p.failed[fit])
         scores["lr_request"] = lr.predict_proba(p.z[rest, :N_REQUEST])[:, 1]
-    gbt = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.08, max_leaf_nodes=31,
-                                         l2_regularization=1.0, random_state=seed)  # fmt: skip
+    gbt = train.gbt_model(seed)  # the GBT member's settings
     gbt.fit(train._f32(p.x[fit]), p.y[fit])
     scores["gbt_no_graph"] = ensemble.raw_failure(
         ensemble.expand(gbt.predict_proba(train._f32(p.x[rest])), gbt.classes_)

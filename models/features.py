@@ -11,6 +11,7 @@ feature differently (a test replays stored jobs through both and compares).
 
 from __future__ import annotations
 
+import functools
 import heapq
 import math
 import re
@@ -24,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2
 WINDOW = 100  # ended jobs of a user (or account) that the history features look at
+KIND_WINDOW = 100  # ended jobs of a user's kind (same name key) that the kind features look at
 ACTIVITY_SECONDS = 3600.0
 CLASSES = ("COMPLETED", "FAILED", "TIMEOUT", "OUT_OF_MEMORY", "CANCELLED", "OTHER")
 NOT_FAILURE = {"COMPLETED", "CANCELLED"}
@@ -91,6 +93,18 @@ def name_tokens(name: str | None) -> list[str]:
     return [t for t in re.split(r"[^a-z]+", stem) if len(t) > 1]
 
 
+@functools.lru_cache(maxsize=8192)
+def name_key(name: str | None) -> str:
+    """The kind of a job as Slurm knows it at start: the first word of its name
+    ('train_resnet_e10' -> 'train'), lower-case ASCII letters only, '' when the name has none.
+    Only ASCII letters, so that the store's case-insensitive `LIKE '%key%'` finds every job of
+    this kind (`views_from_store`)."""
+    if not name:
+        return ""
+    stem = re.sub(r"\.(sh|slurm|sbatch|py|job)$", "", name, flags=re.IGNORECASE)
+    return next((t.lower() for t in re.findall(r"[A-Za-z]+", stem) if len(t) > 1), "")
+
+
 @dataclass
 class HistoryView:
     """The ended jobs of one user (or account) before a moment, oldest first, at most WINDOW."""
@@ -148,6 +162,89 @@ def _fit_features(job: dict[str, Any], user: HistoryView) -> list[float]:
     ]
 
 
+def _rate(count: float, n: int, prior: float) -> float:
+    return (count + PRIOR_WEIGHT * prior) / (n + PRIOR_WEIGHT)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def kind_features(
+    job: dict[str, Any], kind: HistoryView, user_hist: list[float], user_fit: list[float]
+) -> list[float]:
+    """The request against the user's earlier jobs of the same kind (`name_key`): what those
+    used, how they ended, what the user usually asks for them (a larger request than usual for
+    this kind says the job is larger), and how many of them would not have fitted this request.
+    With few such jobs, rates are smoothed towards the user's own rates, and a missing ratio
+    falls back to the user's (0 when unknown).  USER_HIST and USER_FIT: `history_features` and
+    `_fit_features` of the user's history."""
+    jobs = kind.jobs
+    n = len(jobs)
+    ufail, uoom, utimeout = user_hist[1:4]
+    mem = requested_mem_bytes(job)
+    limit = job.get("time_limit_seconds")
+    peaks, used, log_asked, log_limits, mem_ratios, time_ratios = [], [], [], [], [], []
+    fails = ooms = timeouts = 0
+    over_mem = over_time = 0.0  # jobs that would not have fitted this request (see below)
+    for j in jobs:
+        outcome, asked = j.get("outcome"), requested_mem_bytes(j)
+        rss, elapsed, own = (
+            j.get("max_rss_bytes"),
+            j.get("elapsed_seconds"),
+            j.get("time_limit_seconds"),
+        )
+        fails += is_failure(outcome)
+        if rss:
+            peaks.append(rss)
+            if asked:
+                mem_ratios.append(min(4.0, rss / asked))
+        if elapsed:
+            used.append(elapsed)
+        if elapsed is not None and own:
+            time_ratios.append(min(4.0, elapsed / own))
+        if asked:
+            log_asked.append(math.log2(asked))
+        if own:
+            log_limits.append(math.log2(own))
+        # A job that ran out of memory peaked above its request: above this one's when it had
+        # asked at least as much, unknown (one half) when it asked less.  Likewise for time.
+        if outcome == "OUT_OF_MEMORY":
+            ooms += 1
+            if mem:
+                over_mem += 1.0 if asked and asked >= mem else 0.5
+        elif mem and rss and rss > mem:
+            over_mem += 1.0
+        if outcome == "TIMEOUT":
+            timeouts += 1
+            if limit:
+                over_time += 1.0 if own and own >= limit else 0.5
+        elif limit and elapsed and elapsed > limit:
+            over_time += 1.0
+    fit = user_fit
+    return [
+        math.log1p(n),
+        _rate(fails, n, ufail),
+        _rate(ooms, n, uoom),
+        _rate(timeouts, n, utimeout),
+        _mean(mem_ratios) if mem_ratios else user_hist[4],
+        max(mem_ratios) if mem_ratios else user_hist[5],
+        _mean(time_ratios) if time_ratios else user_hist[6],
+        _log2_ratio(mem, _mean(peaks)) if peaks else fit[0],
+        _log2_ratio(mem, max(peaks)) if peaks else fit[1],
+        _log2_ratio(limit, _mean(used)) if used else fit[2],
+        _log2_ratio(limit, max(used)) if used else fit[3],
+        _log2_ratio(mem, 2.0 ** _mean(log_asked)) if log_asked else 0.0,
+        _log2_ratio(limit, 2.0 ** _mean(log_limits)) if log_limits else 0.0,
+        _rate(over_mem, n, uoom) if mem else uoom,
+        _rate(over_time, n, utimeout) if limit else utimeout,
+    ]
+
+
+KIND_NAMES = ("log_jobs", "fail_rate", "oom_rate", "timeout_rate", "mem_used_ratio_mean",
+              "mem_used_ratio_max", "time_used_ratio_mean")  # fmt: skip
+
+
 def request_features(job: dict[str, Any]) -> list[float]:
     mem = requested_mem_bytes(job)
     limit = job.get("time_limit_seconds")
@@ -179,18 +276,26 @@ FEATURE_NAMES: tuple[str, ...] = (
     "log2_limit_over_user_mean_elapsed", "log2_limit_over_user_max_elapsed",
     *(f"account_{n}" for n in USER_NAMES[:4]),
     "log_cluster_starts_last_hour", "log_user_starts_last_hour",
+    *(f"kind_{n}" for n in KIND_NAMES),
+    "log2_mem_over_kind_mean_peak", "log2_mem_over_kind_max_peak",
+    "log2_limit_over_kind_mean_elapsed", "log2_limit_over_kind_max_elapsed",
+    "log2_mem_over_kind_usual_request", "log2_limit_over_kind_usual_limit",
+    "kind_share_peak_over_request", "kind_share_elapsed_over_limit",
 )  # fmt: skip
 
 
 def vector(job: dict[str, Any], user: HistoryView, account: HistoryView,
-           cluster_starts: int, user_starts: int) -> np.ndarray:  # fmt: skip
+           cluster_starts: int, user_starts: int, kind: HistoryView) -> np.ndarray:  # fmt: skip
+    """KIND: the user's ended jobs with the job's `name_key` (at most KIND_WINDOW)."""
+    user_hist, user_fit = history_features(user), _fit_features(job, user)
     values = [
         *request_features(job),
-        *history_features(user),
-        *_fit_features(job, user),
+        *user_hist,
+        *user_fit,
         *history_features(account)[:4],
         math.log1p(cluster_starts),
         math.log1p(user_starts),
+        *kind_features(job, kind, user_hist, user_fit),
     ]
     return np.asarray(values, dtype=np.float64)
 
@@ -210,6 +315,7 @@ class Replay:
         self._pending: list[tuple[float, int, int, dict[str, Any]]] = []  # ended-later heap
         self._users: dict[str, deque] = defaultdict(lambda: deque(maxlen=WINDOW))
         self._accounts: dict[str, deque] = defaultdict(lambda: deque(maxlen=WINDOW))
+        self._kinds: dict[tuple[str, str], deque] = defaultdict(lambda: deque(maxlen=KIND_WINDOW))
         self._starts: list[float] = []
         self._user_starts: dict[str, list[float]] = defaultdict(list)
         self._n = 0
@@ -219,6 +325,7 @@ class Replay:
             _, _, _, job = heapq.heappop(self._pending)
             self._users[job.get("user") or ""].append(job)
             self._accounts[job.get("account") or ""].append(job)
+            self._kinds[(job.get("user") or "", name_key(job.get("job_name")))].append(job)
 
     def vector_for(self, job: dict[str, Any]) -> np.ndarray:
         self._advance(job["submit_time"])
@@ -229,8 +336,10 @@ class Replay:
         cluster = bisect_left(self._starts, start) - bisect_left(self._starts, since)
         mine = self._user_starts[user]
         user_count = bisect_left(mine, start) - bisect_left(mine, since)
+        kind = HistoryView(list(self._kinds.get((user, name_key(job.get("job_name"))), ())))
         return vector(job, HistoryView(list(self._users[user])),
-                      HistoryView(list(self._accounts[job.get("account") or ""])), cluster, user_count)  # fmt: skip
+                      HistoryView(list(self._accounts[job.get("account") or ""])), cluster, user_count,
+                      kind)  # fmt: skip
 
     def record(self, job: dict[str, Any]) -> None:
         """Count the job's start, and queue its outcome for jobs submitted after it ended."""
@@ -268,9 +377,34 @@ def _rows(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> list[dict[
     return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
 
+def _kind_rows(conn: sqlite3.Connection, job: dict[str, Any]) -> list[dict[str, Any]]:
+    """The user's last KIND_WINDOW ended jobs with the job's name key, newest first.  SQL narrows
+    to names containing the key (LIKE ignores ASCII case, and the key is ASCII letters); the exact
+    `name_key` test is applied here, reading rows until KIND_WINDOW match."""
+    key = name_key(job.get("job_name"))
+    sql = (
+        f"SELECT {', '.join(JOB_KEYS)} FROM jobs WHERE user = ? AND end_time <= ?"
+        " AND outcome IS NOT NULL"
+        + (" AND job_name LIKE ?" if key else "")
+        + " ORDER BY end_time DESC, job_id DESC"
+    )
+    args: tuple = (job.get("user") or "", job["submit_time"]) + ((f"%{key}%",) if key else ())
+    cur = conn.execute(sql, args)
+    names = [d[0] for d in cur.description]
+    out: list[dict[str, Any]] = []
+    for row in cur:
+        r = dict(zip(names, row, strict=True))
+        if name_key(r.get("job_name")) == key:
+            out.append(r)
+            if len(out) >= KIND_WINDOW:
+                break
+    cur.close()
+    return out
+
+
 def views_from_store(
     conn: sqlite3.Connection, job: dict[str, Any]
-) -> tuple[HistoryView, HistoryView, int, int]:
+) -> tuple[HistoryView, HistoryView, int, int, HistoryView]:
     """The same inputs `Replay` builds, read from NØMADE's store for one starting job."""
     keys = ", ".join(JOB_KEYS)
     submit = job["submit_time"]
@@ -291,7 +425,14 @@ def views_from_store(
         "SELECT count(*) FROM jobs WHERE user = ? AND start_time >= ? AND start_time < ?",
         (job.get("user") or "", since, start),
     ).fetchone()[0]
-    return HistoryView(user[::-1]), HistoryView(account[::-1]), cluster, mine
+    kind = _kind_rows(conn, job)
+    return (
+        HistoryView(user[::-1]),
+        HistoryView(account[::-1]),
+        cluster,
+        mine,
+        HistoryView(kind[::-1]),
+    )
 
 
 def live_vector(conn: sqlite3.Connection, job: dict[str, Any]) -> np.ndarray:

@@ -63,6 +63,16 @@ def prepare(jobs: list[dict[str, Any]], n_train: int | None = None, k: int = gra
     )  # fmt: skip
 
 
+# The gradient-boosted trees' settings, shared by the GBT member and the evaluation's GBT
+# baseline: shallow trees and a slow rate suit the few thousand jobs a cluster's history holds.
+GBT_PARAMS: dict[str, Any] = {"max_iter": 100, "learning_rate": 0.05, "max_leaf_nodes": 4,
+                              "min_samples_leaf": 20, "l2_regularization": 1.0}  # fmt: skip
+
+
+def gbt_model(seed: int = 0) -> HistGradientBoostingClassifier:
+    return HistGradientBoostingClassifier(**GBT_PARAMS, random_state=seed)
+
+
 def _f32(a: np.ndarray) -> np.ndarray:
     # Trees are fitted on float32 values, as ONNX Runtime will see them, so splits agree.
     return a.astype(np.float32).astype(np.float64)
@@ -97,8 +107,7 @@ def fit(p: Prepared, n_train: int, epochs: int = 25, seed: int = 0, progress=Non
     say("features and graph ready", 0.1)
     lr = LogisticRegression(max_iter=500, C=0.1).fit(_f32(p.z[fit_rows]), p.y[fit_rows])
     say("logistic regression", 0.2)
-    gbt = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.08, max_leaf_nodes=31,
-                                         l2_regularization=1.0, random_state=seed)  # fmt: skip
+    gbt = gbt_model(seed)
     gbt.fit(_f32(np.hstack([p.x[fit_rows], p.gfeat[fit_rows]])), p.y[fit_rows])
     say("gradient-boosted trees", 0.4)
     net = gnn.fit(_sel(p, fit_rows), p.y[fit_rows], len(features.CLASSES), epochs=epochs, seed=seed,

@@ -101,6 +101,7 @@ task_notice = true
             with self.config.open("a") as f:
                 f.write("[collectors.job_history]\nenabled = false\n")
         self.db = base / "data" / "nomade.db"
+        self.started = time.time()
         self.bindir = Path(sys.executable).parent
         self.aggregator: subprocess.Popen | None = None
         self.agents: dict[str, subprocess.Popen] = {}

@@ -98,3 +98,21 @@ def test_rollback_and_activate(stored):
     assert again.exit_code == 0
     bad = runner.invoke(ctl.main, ["--config", str(cfg), "model", "activate", "nope"])
     assert bad.exit_code == 1 and "no model 'nope'" in bad.output
+
+
+def test_an_active_model_of_another_feature_version_scores_nothing(stored, tmp_path):
+    import shutil
+    import sqlite3
+
+    base, _cfg, _trained = stored
+    db = tmp_path / "old.db"
+    shutil.copy(base / "data" / "nomade.db", db)
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE models SET feature_version = ?", (features.FEATURE_VERSION - 1,))
+    conn.commit()
+    conn.close()
+    scorer = Scorer(str(db))
+    assert scorer.reload() is None and scorer.model is None
+    job = dataset.ended_jobs(store.connect(str(db), readonly=True))[-1]
+    x, verdict = scorer.assess(job)
+    assert verdict is None and x.shape == (len(features.FEATURE_NAMES),)
