@@ -49,8 +49,10 @@ task_prolog() {
     0) [[ ${ENVIRONMENT:-} == BATCH ]] && exit 0 ;;
     *) exit 0 ;;
     esac
-    # The agent receives every scored job's verdict moments after PrologSlurmctld; wait briefly.
+    # The agent receives every scored job's verdict moments after PrologSlurmctld; wait briefly,
+    # unless the agent knows the aggregator is not answering (no verdict can come).
     local i=0
+    [[ -e $dir/offline ]] && i=$NOMADE_VERDICT_WAIT_STEPS
     while [[ ! -e $dir/verdicts/$job.json ]] && ((i < NOMADE_VERDICT_WAIT_STEPS)); do
         sleep 0.02
         i=$((i + 1))

@@ -71,6 +71,7 @@ class Agent:
         self._stop = False
         self._followups: dict[int, float] = {}
         self.collectors = CollectorThread(cfg, NODE_COLLECTORS)
+        self._first_sent: dict[int, float] = {}  # seq -> when it was first sent
         self._status_sent: dict[str, list[Any]] | None = None
         self._status_sent_at = 0.0
         self.job_uids: dict[int, int] = {}  # from the Prolog's reports, where cgroup paths have none
@@ -101,6 +102,7 @@ class Agent:
             if not self._send(wire.pack_stored(mtype, self.node, self.outbox.epoch, seq, payload)):
                 return  # not connected: try again on the next pump
             self.inflight[seq] = now
+            self._first_sent.setdefault(seq, now)
 
     def receive(self) -> None:
         while True:
@@ -123,6 +125,7 @@ class Agent:
                     )
                 self.outbox.ack(env.seq)
                 self.inflight.pop(env.seq, None)
+                self._first_sent.pop(env.seq, None)
 
     def keep_verdict(self, payload: Any) -> None:
         """A starting job's verdict: kept for TaskProlog, and when the job is warned, its lines in
@@ -177,6 +180,24 @@ class Agent:
                 self.enqueue(wire.READINGS, {"collector": r.collector, "t": r.t,
                                              "seconds": round(r.seconds, 4), "records": r.records})  # fmt: skip
                 n += 1
+
+    def mark_offline(self, now: float) -> bool:
+        """Whether the aggregator has acknowledged nothing sent over 3 resend intervals ago; kept
+        as the spool file `offline`, so that TaskProlog does not wait for a verdict that cannot
+        come (every job start would pay that wait while the aggregator is down)."""
+        oldest = min(self._first_sent.values(), default=now)
+        offline = now - oldest > 3 * self.cfg.agent.resend_seconds
+        marker = self.spool / "offline"
+        try:
+            if offline and not marker.exists():
+                marker.touch(mode=0o644)
+                log.warning("aggregator %s acknowledges nothing: job starts get no verdict", self.cfg.agent.aggregator)
+            elif not offline and marker.exists():
+                marker.unlink()
+                log.info("aggregator %s answers again", self.cfg.agent.aggregator)
+        except OSError:
+            pass
+        return offline
 
     def heartbeat(self, now: float) -> None:
         payload = {"t": now, "jobs": sorted(self.sampler.running_jobs()),
@@ -240,6 +261,7 @@ class Agent:
                 if next_sample < now:  # we fell behind (suspended host): do not burst
                     next_sample = now + interval
             if now >= next_beat:
+                self.mark_offline(now)
                 self.heartbeat(time.time())
                 next_beat = now + beat
                 if int(now) % 3600 < beat:

@@ -97,3 +97,17 @@ def test_liveness_marks_silent_nodes_down_and_back_up():
     nodes = [NodeLife("b", 119.0, "down")]
     assert tick(nodes, 120.0, down_after=60)[1] == [("b", "node_up")]
     assert tick([NodeLife("a", 100.0)], 120.0, down_after=60)[1] == []
+
+
+def test_the_agent_marks_the_aggregator_offline_when_nothing_is_acknowledged(tmp_path):
+    from nodeagent.agent import Agent
+
+    cfg = config.parse(f'[agent]\nspool_dir = "{tmp_path}/spool"\ncgroup_root = "{tmp_path}/cg"\n'
+                       f'proc_root = "{tmp_path}/proc"\nresend_seconds = 2.0\n')  # fmt: skip
+    agent = Agent(cfg, node="n1")
+    agent._first_sent = {7: 100.0}  # envelope 7 went out at t=100 and was never acknowledged
+    assert not agent.mark_offline(105.0) and not (agent.spool / "offline").exists()
+    assert agent.mark_offline(107.0) and (agent.spool / "offline").exists()
+    agent._first_sent.pop(7)  # acknowledged at last
+    assert not agent.mark_offline(108.0) and not (agent.spool / "offline").exists()
+    agent.close()

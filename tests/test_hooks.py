@@ -486,3 +486,23 @@ def test_install_hooks_says_when_slurmctld_must_be_restarted(tmp_path, monkeypat
     result = CliRunner().invoke(ctl.main, ["--config", str(config), "install-hooks", "--prefix", str(tmp_path / "p")])
     assert result.exit_code == 0
     assert ("restart slurmctld once" in result.output) is warned
+
+
+@pytest.mark.parametrize("offline, waits", [(False, 10), (True, 0)])
+def test_taskprolog_waits_for_a_verdict_only_while_the_aggregator_answers(world, offline, waits):
+    """With no verdict for the job, TaskProlog polls for it (10 short sleeps) unless the agent
+    has marked the aggregator offline: then no job start pays that wait."""
+    strace = shutil.which("strace")
+    if not strace:
+        pytest.skip("strace is needed to watch the hook's child processes")
+    site = Site(world, task_notice=True)
+    node_dir = site.spool / "node1"
+    node_dir.mkdir(parents=True, exist_ok=True)
+    if offline:
+        (node_dir / "offline").touch()
+    trace = world / "strace.txt"
+    cmd = [strace, "-f", "-qq", "-e", "trace=execve", "-o", str(trace), str(site.prefix / "taskprolog")]
+    proc = subprocess.run(cmd, env=slurm_env("taskprolog-node1-batch"), cwd="/", capture_output=True, timeout=60)
+    assert proc.returncode == 0 and "print NØMADE" in proc.stdout.decode("utf-8")
+    sleeps = re.findall(r'execve\("[^"]*/sleep"', trace.read_text(encoding="utf-8"))
+    assert len(sleeps) == waits
