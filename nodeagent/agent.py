@@ -71,7 +71,7 @@ class Agent:
         self._stop = False
         self._followups: dict[int, float] = {}
         self.collectors = CollectorThread(cfg, NODE_COLLECTORS)
-        self._first_sent: dict[int, float] = {}  # seq -> when it was first sent
+        self._first_sent: dict[int, float] = {}  # seq -> when it was first due to be sent
         self._status_sent: dict[str, list[Any]] | None = None
         self._status_sent_at = 0.0
         self.job_uids: dict[int, int] = {}  # from the Prolog's reports, where cgroup paths have none
@@ -96,13 +96,13 @@ class Agent:
         """Send what the aggregator has not acknowledged: new envelopes and overdue ones."""
         resend = self.cfg.agent.resend_seconds
         for seq, mtype, payload in self.outbox.pending(limit=WINDOW):
+            self._first_sent.setdefault(seq, now)  # when it was first due: unsent counts too
             sent = self.inflight.get(seq)
             if sent is not None and now - sent < resend:
                 continue
             if not self._send(wire.pack_stored(mtype, self.node, self.outbox.epoch, seq, payload)):
                 return  # not connected: try again on the next pump
             self.inflight[seq] = now
-            self._first_sent.setdefault(seq, now)
 
     def receive(self) -> None:
         while True:
@@ -182,7 +182,7 @@ class Agent:
                 n += 1
 
     def mark_offline(self, now: float) -> bool:
-        """Whether the aggregator has acknowledged nothing sent over 3 resend intervals ago; kept
+        """Whether the aggregator has acknowledged nothing due over 3 resend intervals ago; kept
         as the spool file `offline`, so that TaskProlog does not wait for a verdict that cannot
         come (every job start would pay that wait while the aggregator is down)."""
         oldest = min(self._first_sent.values(), default=now)

@@ -111,3 +111,18 @@ def test_the_agent_marks_the_aggregator_offline_when_nothing_is_acknowledged(tmp
     agent._first_sent.pop(7)  # acknowledged at last
     assert not agent.mark_offline(108.0) and not (agent.spool / "offline").exists()
     agent.close()
+
+
+def test_an_aggregator_never_reached_is_marked_offline(tmp_path):
+    """Nothing listening: ZeroMQ sends nothing at all (no connection), which counts as well."""
+    from nodeagent.agent import Agent
+
+    cfg = config.parse(f'[agent]\nspool_dir = "{tmp_path}/spool"\ncgroup_root = "{tmp_path}/cg"\n'
+                       f'proc_root = "{tmp_path}/proc"\nresend_seconds = 1.0\n'
+                       'aggregator = "tcp://127.0.0.1:9"\n')  # fmt: skip
+    agent = Agent(cfg, node="n1")
+    agent.connect()
+    agent.enqueue("job_event", {"event": "start", "job_id": 5, "t": 1.0})
+    agent.pump(10.0)
+    assert agent.mark_offline(14.0) and (agent.spool / "offline").exists()
+    agent.close()
