@@ -31,6 +31,10 @@ _JOB_COLUMNS = (
 )  # fmt: skip
 
 
+# Samples for a job id whose newest run ended this long before them belong to a new run.
+REUSED_AFTER_SECONDS = 3600.0
+
+
 class Rejected(ValueError):
     """An envelope that is well-formed msgpack but whose content can never be stored."""
 
@@ -48,19 +52,24 @@ class Ingest:
         self._uids.clear()
 
     # -- jobs ---------------------------------------------------------------------------------
-    def job_uid(self, conn: sqlite3.Connection, job_id: int, now: float) -> int:
-        """The newest row for JOB_ID; a placeholder row when the job is not known yet."""
+    def job_uid(self, conn: sqlite3.Connection, job_id: int, now: float, t: float | None = None) -> int:
+        """The newest row for JOB_ID; a placeholder row when the job is not known yet, or when
+        what arrives at time T is from long after that row's run ended: job ids come round again
+        (a controller reset, history imported from another cluster), and a new run's first
+        samples often arrive before its start report."""
         uid = self._uids.get(job_id)
         if uid is None:
             row = conn.execute(
-                "SELECT uid FROM jobs WHERE cluster = ? AND job_id = ? ORDER BY uid DESC LIMIT 1",
+                "SELECT uid, end_time FROM jobs WHERE cluster = ? AND job_id = ? ORDER BY uid DESC LIMIT 1",
                 (self.cluster, job_id),
             ).fetchone()
-            if row is None:
+            if row is None or (t is not None and row[1] is not None and t > row[1] + REUSED_AFTER_SECONDS):
                 uid = conn.execute(
                     "INSERT INTO jobs (cluster, job_id, created, updated) VALUES (?, ?, ?, ?)",
                     (self.cluster, job_id, now, now),
                 ).lastrowid
+            elif row[1] is not None:
+                return row[0]  # late data of an ended run: not cached, the next run is found anew
             else:
                 uid = row[0]
             self._uids[job_id] = uid
@@ -96,7 +105,9 @@ class Ingest:
                 f"UPDATE jobs SET {sets}, updated = ? WHERE uid = ?", (*known.values(), now, uid)
             )
         newest = self._uids.get(job_id)
-        if newest is None or uid > newest:
+        if fields.get("end_time") is not None:
+            self._uids.pop(job_id, None)  # an ended run: a later run of this id is found anew
+        elif newest is None or uid > newest:
             self._uids[job_id] = uid
         return uid
 
@@ -172,17 +183,20 @@ class Ingest:
                 raise Rejected(
                     f"sample row {i} is not a list of {width} values starting with a job id"
                 )
-            values.append((self.job_uid(conn, row[0], now), env.node, *row[1:]))
+            t = row[1] if isinstance(row[1], (int, float)) else None
+            values.append((self.job_uid(conn, row[0], now, t), env.node, *row[1:]))
         conn.executemany(_SAMPLE_SQL, values)
 
     def _job_event(self, conn: sqlite3.Connection, env: wire.Envelope, now: float) -> None:
         p = env.payload
         if not isinstance(p, dict) or not isinstance(p.get("job_id"), int):
             raise Rejected("job_event payload needs an integer job_id")
-        uid = self.job_uid(conn, p["job_id"], now)
+        t = p.get("t") if isinstance(p.get("t"), (int, float)) else None
+        uid = self.job_uid(conn, p["job_id"], now, t if p.get("event") == "start" else None)
         kind = f"node_job_{p.get('event', 'unknown')}"
         event(conn, kind, node=env.node, job_uid=uid, detail=json.dumps(p), t=p.get("t", now))
         if p.get("event") == "end":
+            self._uids.pop(p["job_id"], None)  # a later run of this id is found anew (job_uid)
             # The Epilog's report is durable (it travels through the agent's outbox), so a job
             # whose EpilogSlurmctld could not reach the aggregator is still reconciled.
             conn.execute(

@@ -120,3 +120,22 @@ def test_a_start_report_stores_the_job_its_features_and_its_verdict_together(db)
     got = db.call(lambda c: (c.execute("SELECT feature_version FROM job_features WHERE job_uid = ?", (uid,)).fetchone()[0],
                              tuple(c.execute("SELECT p_fail, warned, message FROM verdicts WHERE job_uid = ?", (uid,)).fetchone())))  # fmt: skip
     assert got == (1, (0.9, 1, "NØMADE: high risk (0.90)"))
+
+
+def test_samples_of_a_reused_job_id_start_a_new_run_and_late_ones_keep_theirs(db):
+    """Job ids come round again (imported history, a controller reset): samples from long after
+    the old run ended belong to a new run, while samples resent late belong to the old one."""
+    ing = Ingest("c")
+    db.call(lambda c: ing.upsert_job(c, {"job_id": 281, "submit_time": 100.0, "start_time": 110.0,
+                                         "end_time": 1000.0, "outcome": "COMPLETED"}, 1000.0))  # fmt: skip
+    late = wire.Envelope(wire.SAMPLES, "n", 1, 1, {"rows": [row(281, 990.0)]})
+    new = wire.Envelope(wire.SAMPLES, "n", 1, 2, {"rows": [row(281, 90_000.0)]})
+    for env in (late, new):
+        db.call(lambda c, env=env: ing.apply_envelope(c, env))
+    runs = db.call(lambda c: c.execute(
+        "SELECT j.uid, j.submit_time, group_concat(s.t) FROM jobs j LEFT JOIN samples s ON s.job_uid = j.uid"
+        " WHERE j.job_id = 281 GROUP BY j.uid ORDER BY j.uid").fetchall())  # fmt: skip
+    assert [(r[1], r[2]) for r in runs] == [(100.0, "990.0"), (None, "90000.0")]
+    # The new run's start report completes the placeholder rather than adding a third row.
+    db.call(lambda c: ing.upsert_job(c, {"job_id": 281, "submit_time": 89_990.0, "user": "alice"}, 90_001.0))
+    assert db.call(lambda c: c.execute("SELECT count(*) FROM jobs WHERE job_id = 281").fetchone()[0]) == 2
