@@ -243,6 +243,8 @@ class Writer(threading.Thread):
         # Each item runs in a SAVEPOINT; keep its statement journal in memory rather than in a
         # temporary file once it passes 64 KiB (bounded by one item's pages; 1.5x throughput).
         self.conn.execute("PRAGMA temp_store = MEMORY")
+        self.conn.execute("PRAGMA cache_size = -65536")
+        self.conn.execute("PRAGMA wal_autocheckpoint = 10000")
         self.q: queue.Queue[WorkItem | None] = queue.Queue()
         self.max_batch, self.max_wait = max_batch, max_wait
         self.commits = 0
