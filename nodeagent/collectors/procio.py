@@ -14,6 +14,9 @@ from nomade_common.errors import ParseError
 IO_FIELDS: tuple[str, ...] = ("read_bytes", "write_bytes", "rchar", "wchar", "syscr", "syscw")
 _IO_KEYS = tuple(name + ":" for name in IO_FIELDS)
 
+# The order in which every kernel since 2.6.20 prints them (proc_pid_io_accounting).
+_KERNEL_ORDER = ("rchar:", "wchar:", "syscr:", "syscw:", "read_bytes:", "write_bytes:")
+
 # A seq_file read returns less than asked only when its buffer (one page or more) is full.
 _SHORT_READ = 3840
 
@@ -62,6 +65,12 @@ def parse(text: str, source: str = "io") -> dict[str, int]:
     because the kernel always prints all of them together.
     """
     parts = text.split()
+    if tuple(parts[0:12:2]) == _KERNEL_ORDER:  # the kernel's own order: no dict to build
+        try:
+            r, w, sr, sw, rb, wb = (int(v) for v in parts[1:12:2])
+            return {"read_bytes": rb, "write_bytes": wb, "rchar": r, "wchar": w, "syscr": sr, "syscw": sw}
+        except ValueError:
+            pass  # the general path below names the bad line
     values = dict(zip(parts[::2], parts[1::2], strict=False))
     out = {}
     for name, key in zip(IO_FIELDS, _IO_KEYS, strict=True):
