@@ -92,7 +92,7 @@ def parse_stat(text: str, source: str = "stat") -> tuple[int, int]:
     The comm field (2) may hold spaces, parentheses and newlines, so split at the last ')'.
     """
     head, paren, rest = text.rpartition(")")
-    fields = rest.split()
+    fields = rest.split(None, 20)  # state ... starttime, then the rest unsplit
     if not paren or len(fields) < 20:
         raise ParseError(source, None, "expected 'pid (comm) state ppid ...' with 22+ fields")
     try:
