@@ -34,16 +34,25 @@ CONTROLLER = {"prologslurmctld": "job-start", "epilogslurmctld": "job-end"}
 MARGIN = 0.5  # what a hook may take beyond its hard limit: process start and exit
 
 
+# What these tests need, `./test.sh` provides (as root: slurm-conf/install-deps.sh installs the
+# tools, slurm-conf/cluster-up.sh creates the users); a machine without them fails, naming what
+# is missing, rather than passing without having tested the hooks.
+def _need(tool: str, package: str) -> str:
+    path = shutil.which(tool)
+    if not path:
+        pytest.fail(f"{tool} not found: install {package} (slurm-conf/install-deps.sh does)")
+    return path
+
+
 def _need_identities() -> None:
     if os.geteuid() != 0:
-        pytest.skip("runs the hooks as root, slurm and alice: needs root")
-    if not shutil.which("setpriv"):
-        pytest.skip("setpriv (util-linux) is needed to run a hook as another user")
+        pytest.fail("the hooks run as root, slurm and alice: run the tests as root (./test.sh)")
+    _need("setpriv", "util-linux")
     for user in ("slurm", "alice"):
         try:
             pwd.getpwnam(user)
         except KeyError:
-            pytest.skip(f"user {user!r} does not exist (slurm-conf/cluster-up.sh creates it)")
+            pytest.fail(f"user {user!r} does not exist (slurm-conf/cluster-up.sh creates it)")
 
 
 def slurm_env(capture: str, **override: str | None) -> dict[str, str]:
@@ -238,9 +247,7 @@ def test_node_hook_drops_report_in_inbox(world, kind, capture, event):
 def test_node_report_is_renamed_into_place(world):
     """The report is written under a hidden name and renamed: the agent, which reads only
     *.json, never sees a partial file under the final name."""
-    strace = shutil.which("strace")
-    if not strace:
-        pytest.skip("strace is needed to watch the hook's system calls")
+    strace = _need("strace", "strace")
     site = Site(world)
     trace = world / "strace.txt"
     env = slurm_env("prolog-node1")
@@ -466,10 +473,8 @@ def test_install_uninstall_leaves_no_trace(world, aggregator, existing, installs
 # -- 8. shellcheck ----------------------------------------------------------------------------
 @pytest.mark.parametrize("wrapper", WRAPPERS)
 def test_wrappers_pass_shellcheck(wrapper):
-    if not shutil.which("shellcheck"):
-        pytest.skip("shellcheck is not installed")
     proc = subprocess.run(
-        ["shellcheck", str(ROOT / "hooks" / wrapper)], capture_output=True, text=True
+        [_need("shellcheck", "shellcheck"), str(ROOT / "hooks" / wrapper)], capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stdout
 
@@ -492,9 +497,7 @@ def test_install_hooks_says_when_slurmctld_must_be_restarted(tmp_path, monkeypat
 def test_taskprolog_waits_for_a_verdict_only_while_the_aggregator_answers(world, offline, waits):
     """With no verdict for the job, TaskProlog polls for it (10 short sleeps) unless the agent
     has marked the aggregator offline: then no job start pays that wait."""
-    strace = shutil.which("strace")
-    if not strace:
-        pytest.skip("strace is needed to watch the hook's child processes")
+    strace = _need("strace", "strace")
     site = Site(world, task_notice=True)
     node_dir = site.spool / "node1"
     node_dir.mkdir(parents=True, exist_ok=True)
