@@ -29,6 +29,13 @@ def _newest(conn: sqlite3.Connection, collector: str) -> tuple[float | None, lis
 
 
 def queue(conn: sqlite3.Connection, now: float | None = None) -> dict[str, Any]:
+    """The squeue reading (`queue_reading`), and from the store: running jobs without CPU
+    progress and job arrays with failed tasks."""
+    now = time.time() if now is None else now
+    return {**queue_reading(conn, now), "stuck": stuck(conn, now), "arrays": arrays(conn, now)}
+
+
+def queue_reading(conn: sqlite3.Connection, now: float | None = None) -> dict[str, Any]:
     """Per partition: running and pending jobs, the longest wait; pending reasons in words."""
     now = time.time() if now is None else now
     t, records = _newest(conn, "queue")
@@ -62,8 +69,6 @@ def queue(conn: sqlite3.Connection, now: float | None = None) -> dict[str, Any]:
         "pending_reasons": [{"reason": k, "jobs": n, "reason_text": explain[k][0], "unblock": explain[k][1]}
                             for k, n in reasons.most_common()],  # fmt: skip
         "pending": sorted(pending, key=lambda j: -(j["wait_seconds"] or 0)),
-        "stuck": stuck(conn, now),
-        "arrays": arrays(conn, now),
     }
 
 
@@ -199,7 +204,7 @@ def collection(conn: sqlite3.Connection) -> list[dict[str, Any]]:
 
 def overview(conn: sqlite3.Connection, now: float | None = None) -> dict[str, Any]:
     """Everything `nomadectl status` adds to the agents' view."""
-    q = queue(conn, now)
+    q = queue_reading(conn, now)  # the partitions only: no stuck-job query for a status
     return {"filesystems": filesystems(conn), "queue": q["partitions"], "queue_time": q["time"],
             "node_metrics": _node_summary(conn), "slurm_nodes": nodes(conn, now)["nodes"],
             "licenses": licenses(conn), "collection": collection(conn)}  # fmt: skip

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from nodeagent.node_collectors import NODE_COLLECTORS
-from nomade_common.collect import Reading, run_one
+from nomade_common.collect import Reading, run_one, skip_reason
 from nomade_common.config import Config
 
 from .headcollect import HEAD_COLLECTORS
@@ -22,10 +22,7 @@ def collect_once(cfg: Config, only: list[str] | None = None) -> tuple[list[Readi
     for c in ALL:
         if only is not None and c.name not in only:
             continue
-        if only is None and not getattr(cfg.collectors, c.name).enabled:
-            skipped[c.name] = "disabled in the configuration"
-            continue
-        why = c.absent(cfg)
+        why = skip_reason(c, cfg, respect_enabled=only is None)  # a collector named runs
         if why:
             skipped[c.name] = why
             continue

@@ -117,7 +117,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     """Filesystems, queue, I/O, CPU, memory, nodes, licenses, agents, running jobs, ingest and
     each collector's runs and success rate."""
     conn = _reader(_cfg(ctx))
-    _emit({**query.status(conn), **clusterviews.overview(conn)}, as_json, render.status)
+    _emit({**query.status(conn), **clusterviews.overview(conn)}, as_json, render_cluster.status)
 
 
 @main.command("queue")

@@ -67,14 +67,12 @@ def read_licenses(cfg: Config, state: dict[str, Any]) -> list[dict[str, Any]]:
     """Every configured server's features; a server that does not answer is a server record
     with `up: False` (what an admin is alerted on), not a failure of the collector."""
     lc, out = cfg.collectors.licenses, []
-    for server in lc.flexlm_servers:
-        text = licenses.read_lmstat(server, lc.lmutil)
-        out += licenses.parse_lmstat(text, f"lmutil lmstat -a -c {server}") if text else [
-            _down(server, "lmgrd")]
-    for server in lc.rlm_servers:
-        text = licenses.read_rlmstat(server, lc.rlmutil)
-        out += licenses.parse_rlmstat(text, f"rlmutil rlmstat -a -c {server}") if text else [
-            _down(server, "rlm")]
+    kinds = ((lc.flexlm_servers, licenses.read_lmstat, licenses.parse_lmstat, lc.lmutil, "lmstat", "lmgrd"),
+             (lc.rlm_servers, licenses.read_rlmstat, licenses.parse_rlmstat, lc.rlmutil, "rlmstat", "rlm"))  # fmt: skip
+    for servers, read, parse, tool, command, kind in kinds:
+        for server in servers:
+            text = read(server, tool)
+            out += parse(text, f"{tool} {command} -a -c {server}") if text else [_down(server, kind)]
     return out
 
 

@@ -187,21 +187,10 @@ def controller_hooks_unset() -> bool | None:
     EpilogSlurmctld at all: one added later by `scontrol reconfigure` shows in `scontrol show
     config` but never runs, so NØMADE would never hear of a job's start.  Read before the
     hooks are installed, "unset" means slurmctld must be restarted once."""
-    import subprocess
+    from .syscheck import slurm_config
 
-    scontrol = shutil.which("scontrol")
-    if scontrol is None:
-        return None
-    try:
-        shown = subprocess.run([scontrol, "show", "config"], capture_output=True, text=True,
-                               timeout=30).stdout  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    for line in shown.splitlines():
-        key, _, value = line.partition("=")
-        if key.strip() == "PrologSlurmctld":
-            return value.strip() in ("", "(null)")
-    return None
+    value = slurm_config().get("PrologSlurmctld")
+    return None if value is None else value in ("", "(null)")
 
 
 def slurm_reconfigure(prefix: str, deadline: float = 30.0, settle: float = 3.0) -> None:

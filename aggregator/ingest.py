@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from nomade_common import wire
+from nomade_common.collect import STATUS_FIELDS
 
 from . import jobs as jobfields
 from .store import bump, event
@@ -291,16 +292,15 @@ def store_reading(conn: sqlite3.Connection, node: str, collector: str, t: float,
 
 
 _STATUS_SQL = (
-    "INSERT OR REPLACE INTO collector_status (node, collector, role, interval_seconds, runs,"
-    " failures, last_t, last_ok_t, last_error, last_seconds, skipped, updated)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT OR REPLACE INTO collector_status (node, collector, role, {', '.join(STATUS_FIELDS)},"
+    f" updated) VALUES ({', '.join('?' * (len(STATUS_FIELDS) + 4))})"
 )
 
 
 def store_collector_status(conn: sqlite3.Connection, node: str, role: str,
                            status: dict[Any, Any], now: float) -> None:  # fmt: skip
-    """Each collector's [interval, runs, failures, last_t, last_ok_t, last_error, last_seconds,
-    skipped] as its runner reports it (wire.HEARTBEAT); malformed entries are skipped."""
+    """Each collector's STATUS_FIELDS values as its runner reports them (wire.HEARTBEAT);
+    malformed entries are skipped."""
     for name, values in status.items():
-        if isinstance(name, str) and isinstance(values, list) and len(values) == 8:
+        if isinstance(name, str) and isinstance(values, list) and len(values) == len(STATUS_FIELDS):
             conn.execute(_STATUS_SQL, (node, name, role, *values, now))

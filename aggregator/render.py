@@ -35,8 +35,10 @@ def seconds(s: float | None) -> str:
     )
 
 
-def status(st: dict[str, Any]) -> str:
-    out = ["═══ NØMADE Status ═══", "", "Nodes:"]
+def agent_sections(st: dict[str, Any]) -> list[str]:
+    """`nomadectl status`'s agents, running jobs and ingest (render_cluster.status puts the
+    collectors' views before them)."""
+    out = ["Agents:"]
     for n in st["nodes"] or [{"node": "(no agent has reported yet)"}]:
         if "state" not in n:
             out.append(f"  {n['node']}")
@@ -56,11 +58,7 @@ def status(st: dict[str, Any]) -> str:
     rejected = st["counters"].get("messages_rejected")
     if rejected:
         out.append(f"  rejected messages: {rejected}")
-    if "collection" in st:
-        from .render_cluster import status_sections
-
-        out = [out[0], "", *status_sections(st), "", "Agents:", *out[3:]]
-    return "\n".join(out)
+    return out
 
 
 def jobs(rows: list[dict[str, Any]]) -> str:

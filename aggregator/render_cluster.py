@@ -8,7 +8,7 @@ from typing import Any
 
 from nomade_common.collect import Reading
 
-from .render import seconds, size, when
+from .render import agent_sections, seconds, size, when
 
 
 def _pct(v: float | None) -> str:
@@ -125,6 +125,11 @@ def status_sections(st: dict[str, Any]) -> list[str]:
     if st["licenses"]["servers"] or st["licenses"]["features"]:
         out += ["Licenses:", *license_lines(st["licenses"]), ""]
     return [*out, *collection_lines(st["collection"])]
+
+
+def status(st: dict[str, Any]) -> str:
+    """`nomadectl status`: the collectors' views, then the agents, running jobs and ingest."""
+    return "\n".join(["═══ NØMADE Status ═══", "", *status_sections(st), "", *agent_sections(st)])
 
 
 def queue(q: dict[str, Any]) -> str:

@@ -29,7 +29,8 @@ def _tool(section: str, name: str, missing: str) -> Check:
     return Check(section, name, "ok" if path else "skip", path or f"not found ({missing})")
 
 
-def _slurm_config() -> dict[str, str]:
+def slurm_config() -> dict[str, str]:
+    """`scontrol show config` as a dict; {} where scontrol is missing or does not answer."""
     try:
         out = subprocess.run(
             ["scontrol", "show", "config"], capture_output=True, text=True, timeout=5
@@ -73,19 +74,14 @@ def _database(path: str) -> list[Check]:
 def _collectors(cfg: Config) -> list[Check]:
     """Each collector: will it run on this host, and if not, why."""
     from nodeagent.node_collectors import NODE_COLLECTORS
+    from nomade_common.collect import skip_reason
 
     from .headcollect import HEAD_COLLECTORS
 
     out = []
     for role, collectors in (("node", NODE_COLLECTORS), ("head", HEAD_COLLECTORS)):
         for c in collectors:
-            if not getattr(cfg.collectors, c.name).enabled:
-                out.append(Check(f"Collectors ({role})", c.name, "skip", "disabled in the configuration"))
-                continue
-            try:
-                why = c.absent(cfg)
-            except Exception as exc:  # a probe that fails says so; syscheck goes on
-                why = f"cannot tell ({type(exc).__name__}: {exc})"
+            why = skip_reason(c, cfg)
             every = getattr(cfg.collectors, c.name).interval_seconds
             out.append(Check(f"Collectors ({role})", c.name, "skip" if why else "ok",
                              why or f"every {every:g} s: {c.what}"))  # fmt: skip
@@ -144,7 +140,7 @@ def run(cfg: Config) -> list[Check]:
             checks.append(Check("Python", mod, "fail", "missing: pip install nomade"))
     for cmd in ("sinfo", "squeue", "sacct", "sstat", "scontrol"):
         checks.append(_tool("Slurm", cmd, "no Slurm commands on this host"))
-    conf = _slurm_config()
+    conf = slurm_config()
     if conf:
         storage = conf.get("AccountingStorageType", "")
         checks.append(Check("Slurm", "slurmdbd", "ok" if "slurmdbd" in storage else "skip",

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -37,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from collectors_overhead import collectors_share, report  # noqa: E402
+from collectors_overhead import collectors_share, cpu, report  # noqa: E402
 
 from nodeagent.sampler import JobSampler  # noqa: E402
 from nomade_common import config  # noqa: E402
@@ -93,12 +92,6 @@ def floor_cycle(paths: list[str]) -> None:
         fd = os.open(path, os.O_RDONLY)
         os.read(fd, 65536)
         os.close(fd)
-
-
-def cpu() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def per_cycle(run, cycles: int) -> float:

@@ -61,8 +61,8 @@ def stand_ins(tmp: Path) -> tuple[Path, Path, list[str]]:
         text = MOUNTSTATS.read_text()
         (proc / "self" / "mountstats").write_text(text)
         mounts = [line.split() for line in text.splitlines() if line.startswith("device ")]
-        (proc / "self" / "mounts").write_text("".join(
-            f"{m[1]} {m[4]} {m[7]} rw 0 0\n" for m in mounts if len(m) > 7))  # fmt: skip
+        (proc / "self" / "mountinfo").write_text("".join(  # id parent dev root point opts - type src
+            f"{i} 1 0:{i} / {m[4]} rw - {m[7]} {m[1]} rw\n" for i, m in enumerate(mounts, 30) if len(m) > 7))  # fmt: skip
         covered.append("nfs")
     for name in ("pressure",):
         if Path("/proc", name).is_dir():

@@ -170,6 +170,19 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
+def _would_not_fit(hit_limit: bool, want: float | None, asked: float | None,
+                   used: float | None) -> float:  # fmt: skip
+    """Whether an earlier job would not have fitted WANT (this job's request): one that hit its
+    own limit (ran out of memory, timed out) used more than it ASKED, so more than WANT when it
+    had asked at least as much, and unknown (one half) when it asked less; any other one when
+    it USED more than WANT.  0 when this job's request is unknown."""
+    if not want:
+        return 0.0
+    if hit_limit:
+        return 1.0 if asked and asked >= want else 0.5
+    return 1.0 if used and used > want else 0.0
+
+
 def kind_features(
     job: dict[str, Any], kind: HistoryView, user_hist: list[float], user_fit: list[float]
 ) -> list[float]:
@@ -186,7 +199,7 @@ def kind_features(
     limit = job.get("time_limit_seconds")
     peaks, used, log_asked, log_limits, mem_ratios, time_ratios = [], [], [], [], [], []
     fails = ooms = timeouts = 0
-    over_mem = over_time = 0.0  # jobs that would not have fitted this request (see below)
+    over_mem = over_time = 0.0  # jobs that would not have fitted this request (_would_not_fit)
     for j in jobs:
         outcome, asked = j.get("outcome"), requested_mem_bytes(j)
         rss, elapsed, own = (
@@ -207,20 +220,10 @@ def kind_features(
             log_asked.append(math.log2(asked))
         if own:
             log_limits.append(math.log2(own))
-        # A job that ran out of memory peaked above its request: above this one's when it had
-        # asked at least as much, unknown (one half) when it asked less.  Likewise for time.
-        if outcome == "OUT_OF_MEMORY":
-            ooms += 1
-            if mem:
-                over_mem += 1.0 if asked and asked >= mem else 0.5
-        elif mem and rss and rss > mem:
-            over_mem += 1.0
-        if outcome == "TIMEOUT":
-            timeouts += 1
-            if limit:
-                over_time += 1.0 if own and own >= limit else 0.5
-        elif limit and elapsed and elapsed > limit:
-            over_time += 1.0
+        ooms += outcome == "OUT_OF_MEMORY"
+        timeouts += outcome == "TIMEOUT"
+        over_mem += _would_not_fit(outcome == "OUT_OF_MEMORY", mem, asked, rss)
+        over_time += _would_not_fit(outcome == "TIMEOUT", limit, own, elapsed)
     fit = user_fit
     return [
         math.log1p(n),

@@ -22,32 +22,23 @@ from .collectors.procio import read_text
 TOOL_TIMEOUT = 15.0
 
 
-def _sysstat(tool: str, state: dict[str, Any]) -> bool:
+def _json_ok(tool: str, state: dict[str, Any]) -> bool:
     """Whether TOOL has `-o JSON` (sysstat 11 and later), asked once."""
     if "json" not in state:
-        version = sysstat.sysstat_version(run_tool([tool, "-V"], TOOL_TIMEOUT) or "")
-        state["json"] = version is not None and version >= (11,)
+        state["json"] = sysstat.has_json(tool, TOOL_TIMEOUT, run=run_tool)
     return bool(state["json"])
 
 
 def read_iostat(cfg: Config, state: dict[str, Any]) -> list[dict[str, Any]]:
-    use_json = _sysstat("iostat", state)
-    argv = ["iostat", "-x", "-y", "-k", *(["-o", "JSON"] if use_json else []), "1", "1"]
-    parse = sysstat.parse_iostat_json if use_json else sysstat.parse_iostat
-    return parse(run_tool(argv, TOOL_TIMEOUT), " ".join(argv))
+    return sysstat.read_iostat(json_ok=_json_ok("iostat", state), timeout=TOOL_TIMEOUT, run=run_tool)
 
 
 def read_mpstat(cfg: Config, state: dict[str, Any]) -> list[dict[str, Any]]:
-    use_json = _sysstat("mpstat", state)
-    argv = ["mpstat", "-P", "ALL", *(["-o", "JSON"] if use_json else []), "1", "1"]
-    parse = sysstat.parse_mpstat_json if use_json else sysstat.parse_mpstat
-    return parse(run_tool(argv, TOOL_TIMEOUT), " ".join(argv))
+    return sysstat.read_mpstat(json_ok=_json_ok("mpstat", state), timeout=TOOL_TIMEOUT, run=run_tool)
 
 
 def read_vmstat(cfg: Config, state: dict[str, Any]) -> list[dict[str, Any]]:
-    argv = ["vmstat", "-w", "1", "2"]  # line 0 is the average since boot: keep the interval's
-    records = sysstat.parse_vmstat(run_tool(argv, TOOL_TIMEOUT), " ".join(argv))
-    return [r for r in records if r["sample"] > 0]
+    return sysstat.read_vmstat(timeout=TOOL_TIMEOUT, run=run_tool)
 
 
 def read_pressure(cfg: Config, state: dict[str, Any]) -> list[dict[str, Any]]:
@@ -79,10 +70,9 @@ def absent_gpu(cfg: Config) -> str | None:
     return "no NVIDIA GPU here (neither NVML nor nvidia-smi)"
 
 
-def _network_mounts(cfg: Config) -> list[str]:
-    text = read_text(f"{cfg.agent.proc_root}/self/mounts") or ""
-    return [f[1] for f in (line.split() for line in text.splitlines())
-            if len(f) > 2 and f[2].startswith("nfs")]  # fmt: skip
+def _nfs_mounts(cfg: Config) -> list[str]:
+    table = nfs.mount_table(read_text(f"{cfg.agent.proc_root}/self/mountinfo") or "")
+    return [point for point, fstype in table.items() if fstype.startswith("nfs")]
 
 
 def read_nfs(cfg: Config, state: dict[str, Any]) -> list[dict[str, Any]]:
@@ -90,7 +80,7 @@ def read_nfs(cfg: Config, state: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def absent_nfs(cfg: Config) -> str | None:
-    return None if _network_mounts(cfg) else "no NFS mount on this node"
+    return None if _nfs_mounts(cfg) else "no NFS mount on this node"
 
 
 def _running(state: dict[str, Any]) -> dict[int, int | None]:

@@ -41,10 +41,13 @@ _UID = re.compile(r"/uid_(\d+)(?:/|$)")
 class _Job:
     """What the sampler remembers about one running job."""
 
-    __slots__ = ("dirs", "files", "stamp", "settled", "procs", "gone", "last", "reported")
+    __slots__ = ("dirs", "uid", "files", "stamp", "settled", "procs", "gone", "last", "reported")
 
     def __init__(self, dirs: cgroup.JobDirs) -> None:
         self.dirs = dirs
+        # The owner, where the layout names it (v1 ``uid_<U>``): read once, at discovery.
+        found = next(filter(None, map(_UID.search, dirs.values())), None)
+        self.uid: int | None = int(found.group(1)) if found else None
         self.files: list[str] = []  # cgroup.procs files of the job's tree
         self.stamp: tuple[int, int] | None = None  # of the job dir when files was walked
         self.settled = False  # two walks in a row found the same tree
@@ -89,11 +92,7 @@ class JobSampler:
 
     def job_owners(self) -> dict[int, int | None]:
         """Job id -> the uid in its cgroup path (v1 ``uid_<U>``), None where the path has none."""
-        out: dict[int, int | None] = {}
-        for job_id, job in self._jobs.items():
-            found = next((_UID.search(d) for d in job.dirs.values() if _UID.search(d)), None)
-            out[job_id] = int(found.group(1)) if found else None
-        return out
+        return {job_id: job.uid for job_id, job in self._jobs.items()}
 
     def sample(self, only_jobs: Iterable[int] | None = None) -> list[dict]:
         """One dict per running job (restricted to ``only_jobs`` if given), keyed by SAMPLE_FIELDS."""

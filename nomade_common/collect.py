@@ -20,10 +20,11 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from nomade_common.config import Config
+from nomade_common.errors import ParseError
 
 log = logging.getLogger("nomade.collect")
 
@@ -76,12 +77,11 @@ class Status:
             self.last_error = r.error
 
     def as_list(self) -> list[Any]:
-        return [self.interval_seconds, self.runs, self.failures, self.last_t, self.last_ok_t,
-                self.last_error, self.last_seconds, self.skipped]  # fmt: skip
+        """The values in STATUS_FIELDS order: what the heartbeat carries."""
+        return [getattr(self, name) for name in STATUS_FIELDS]
 
 
-STATUS_FIELDS = ("interval_seconds", "runs", "failures", "last_t", "last_ok_t", "last_error",
-                 "last_seconds", "skipped")  # fmt: skip
+STATUS_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Status))
 
 
 def run_tool(argv: list[str], timeout: float) -> str:
@@ -108,18 +108,29 @@ def run_one(c: Collector, cfg: Config, state: dict[str, Any]) -> Reading:
     """Run one collector; never raises.  STATE is the collector's own memory between runs."""
     t, start = time.time(), time.monotonic()
     try:
-        records = c.read(cfg, state)
-        return Reading(c.name, t, time.monotonic() - start, records)
+        return Reading(c.name, t, time.monotonic() - start, c.read(cfg, state))
+    except CollectorError as exc:  # a tool that failed: its own line says it all
+        error = str(exc)
     except Exception as exc:  # a collector that fails never stops the cycle
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if not isinstance(exc, (CollectorError, OSError)) and "ParseError" not in type(exc).__name__:
+        if not isinstance(exc, (OSError, ParseError)):  # a bug: keep the traceback for debug
             log.debug("collector %s failed", c.name, exc_info=True)
-        return Reading(c.name, t, time.monotonic() - start, [], f"{type(exc).__name__}: {text}"
-                       if not isinstance(exc, CollectorError) else text)  # fmt: skip
+        lines = str(exc).strip().splitlines()
+        error = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return Reading(c.name, t, time.monotonic() - start, [], error)
 
 
 def settings(cfg: Config, name: str) -> Any:
     return getattr(cfg.collectors, name)
+
+
+def skip_reason(c: Collector, cfg: Config, respect_enabled: bool = True) -> str | None:
+    """Why C does not run here (disabled, or its source absent), or None when it runs."""
+    if respect_enabled and not settings(cfg, c.name).enabled:
+        return "disabled in the configuration"
+    try:
+        return c.absent(cfg)
+    except Exception as exc:  # a probe that fails says so; the caller goes on
+        return f"cannot tell whether it can run here ({type(exc).__name__}: {exc})"
 
 
 @dataclass
@@ -141,14 +152,12 @@ class Scheduler:
 
     def __post_init__(self) -> None:
         now = self.clock()
-        for c in self.enabled():
+        self._enabled = [c for c in self.collectors if settings(self.cfg, c.name).enabled
+                         and (self.only is None or c.name in self.only)]  # fmt: skip
+        for c in self._enabled:
             self.status[c.name] = Status(settings(self.cfg, c.name).interval_seconds)
             self._state[c.name] = {"shared": self.shared}
             self._due[c.name] = now
-
-    def enabled(self) -> list[Collector]:
-        return [c for c in self.collectors
-                if settings(self.cfg, c.name).enabled and (self.only is None or c.name in self.only)]  # fmt: skip
 
     def _skipped(self, c: Collector, now: float) -> str | None:
         """Whether C's source is absent here, asked again every ten intervals (a GPU driver
@@ -156,16 +165,13 @@ class Scheduler:
         st = self.status[c.name]
         if now - self._absent_checked.get(c.name, -1e18) >= 10 * st.interval_seconds:
             self._absent_checked[c.name] = now
-            try:
-                st.skipped = c.absent(self.cfg)
-            except Exception as exc:
-                st.skipped = f"cannot tell whether it can run here ({type(exc).__name__}: {exc})"
+            st.skipped = skip_reason(c, self.cfg)
         return st.skipped
 
     def run_due(self) -> float:
         """Run every collector that is due; return the seconds until the next one is."""
         now = self.clock()
-        for c in self.enabled():
+        for c in self._enabled:
             if self._due[c.name] > now:
                 continue
             st = self.status[c.name]

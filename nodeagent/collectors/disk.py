@@ -204,28 +204,27 @@ def _is_value(token: str) -> bool:
     return bool(_VALUE.fullmatch(token)) or token == "-"
 
 
-def _space(token: str, source: str, line: int) -> tuple[int | None, bool]:
-    """(bytes, marked with '*') of a space figure in KiB, with an optional unit suffix."""
-    found = _VALUE.fullmatch(token)
+def _figure(token: str, source: str, line: int, what: str, base: int, unit: int) -> tuple[int | None, bool]:
+    """(value, marked with '*') of a figure: a bare number counts UNITs, a suffixed one (K, M,
+    G, ... each a factor of BASE) stands for itself; '-' is None."""
     if token == "-":
         return None, False
+    found = _VALUE.fullmatch(token)
     if not found:
-        raise ParseError(source, line, f"expected a space figure in KiB, got {token!r}")
+        raise ParseError(source, line, f"expected {what}, got {token!r}")
     number, suffix, star = found.groups()
-    factor = KIB * (KIB ** (_SUFFIX.index(suffix.upper()) if suffix else 0))
+    factor = base ** (_SUFFIX.index(suffix.upper()) + 1) if suffix else unit
     return round(float(number) * factor), bool(star)
+
+
+def _space(token: str, source: str, line: int) -> tuple[int | None, bool]:
+    """(bytes, marked with '*') of a space figure in KiB, with an optional unit suffix."""
+    return _figure(token, source, line, "a space figure in KiB", KIB, KIB)
 
 
 def _count(token: str, source: str, line: int) -> tuple[int | None, bool]:
     """(count, marked with '*') of a file count; quota-tools' -s suffixes are powers of 1000."""
-    found = _VALUE.fullmatch(token)
-    if token == "-":
-        return None, False
-    if not found:
-        raise ParseError(source, line, f"expected a file count, got {token!r}")
-    number, suffix, star = found.groups()
-    factor = 1000 ** (_SUFFIX.index(suffix.upper()) + 1) if suffix else 1
-    return round(float(number) * factor), bool(star)
+    return _figure(token, source, line, "a file count", 1000, 1)
 
 
 def _limit(value: int | None) -> int | None:

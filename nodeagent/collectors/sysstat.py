@@ -23,6 +23,7 @@ import os
 import re
 import statistics
 import subprocess
+from collections.abc import Callable
 from typing import Any
 
 from nomade_common.errors import ParseError
@@ -392,20 +393,25 @@ def sysstat_version(text: str) -> tuple[int, ...] | None:
     return tuple(int(p) for p in found.group(1).split(".")) if found else None
 
 
-def has_json(tool: str = "iostat", timeout: float = 5.0) -> bool:
+Runner = Callable[[list[str], float], "str | None"]
+
+
+def has_json(tool: str = "iostat", timeout: float = 5.0, run: Runner = _run) -> bool:
     """Whether the installed sysstat has ``-o JSON`` (version 11 and later)."""
-    out = _run([tool, "-V"], timeout)
+    out = run([tool, "-V"], timeout)
     version = sysstat_version(out or "")
     return version is not None and version >= (11,)
 
 
 def read_iostat(
-    interval: int = 1, iostat: str = "iostat", timeout: float = 10.0, json_ok: bool | None = None
+    interval: int = 1, iostat: str = "iostat", timeout: float = 10.0, json_ok: bool | None = None,
+    run: Runner = _run,
 ) -> list[dict[str, Any]]:
-    """One ``iostat -x -y`` interval as records; [] where iostat is not installed."""
-    use_json = has_json(iostat) if json_ok is None else json_ok
+    """One ``iostat -x -y`` interval as records; [] where iostat is not installed (RUN may
+    raise instead: the node agent's runner reports a failing tool)."""
+    use_json = has_json(iostat, run=run) if json_ok is None else json_ok
     argv = [iostat, "-x", "-y", "-k"] + (["-o", "JSON"] if use_json else []) + [str(interval), "1"]
-    text = _run(argv, timeout + interval)
+    text = run(argv, timeout + interval)
     if text is None:
         return []
     parse = parse_iostat_json if use_json else parse_iostat
@@ -413,22 +419,25 @@ def read_iostat(
 
 
 def read_mpstat(
-    interval: int = 1, mpstat: str = "mpstat", timeout: float = 10.0, json_ok: bool | None = None
+    interval: int = 1, mpstat: str = "mpstat", timeout: float = 10.0, json_ok: bool | None = None,
+    run: Runner = _run,
 ) -> list[dict[str, Any]]:
     """One ``mpstat -P ALL`` interval as records; [] where mpstat is not installed."""
-    use_json = has_json(mpstat) if json_ok is None else json_ok
+    use_json = has_json(mpstat, run=run) if json_ok is None else json_ok
     argv = [mpstat, "-P", "ALL"] + (["-o", "JSON"] if use_json else []) + [str(interval), "1"]
-    text = _run(argv, timeout + interval)
+    text = run(argv, timeout + interval)
     if text is None:
         return []
     parse = parse_mpstat_json if use_json else parse_mpstat
     return parse(text, " ".join(argv))
 
 
-def read_vmstat(interval: int = 1, vmstat: str = "vmstat", timeout: float = 10.0) -> list[dict]:
+def read_vmstat(
+    interval: int = 1, vmstat: str = "vmstat", timeout: float = 10.0, run: Runner = _run
+) -> list[dict]:
     """The interval line of ``vmstat -w <interval> 2`` (line 0 is since boot); [] if absent."""
     argv = [vmstat, "-w", str(interval), "2"]
-    text = _run(argv, timeout + 2 * interval)
+    text = run(argv, timeout + 2 * interval)
     if text is None:
         return []
     return [r for r in parse_vmstat(text, " ".join(argv)) if r["sample"] > 0]
