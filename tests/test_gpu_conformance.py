@@ -14,7 +14,7 @@ import pytest
 
 from nodeagent.collectors import gpu, licenses
 from nomade_common.errors import ParseError
-from tests.conftest import shared
+from tests.conftest import FIXTURES, shared
 
 MIB = 1 << 20
 
@@ -213,6 +213,52 @@ def test_csv_noheader_nounits_with_nomade_fields():
     assert record["power_draw_w"] == 631.95 and record["util_gpu_percent"] == 100.0
     assert record["throttle_reasons"] == ["sw_power_cap", "hw_thermal_slowdown"]
     assert record["mig_enabled"] is False
+
+
+# ---------------------------------------------------------------------------------------------
+# NØMADE's own capture: an H200 (driver 580.159.04) while tests/gpu_holder.py (pid 460) held
+# 1 GiB and ran matrix products.  Expected values read by hand from each file.
+
+H200 = FIXTURES / "gpu" / "h200-580.159.04"
+H200_UUID = "GPU-a79b6375-f09a-a160-8248-ca7ae62d4a59"
+
+
+@pytest.mark.parametrize(
+    "name, parse",
+    [
+        ("q-x.xml", lambda text: gpu.parse_xml(text, "q-x.xml")),
+        ("q.txt", lambda text: gpu.parse_text(text, "q.txt")),
+        ("query-gpu.csv", lambda text: gpu.parse_csv(text, "query-gpu.csv")),
+        (
+            "query-gpu-noheader-nounits.csv",
+            lambda text: gpu.parse_csv(text, "noheader", fields=gpu.QUERY_GPU_FIELDS),
+        ),
+    ],
+)
+def test_own_h200_capture_in_every_form(name, parse):
+    records = parse((H200 / name).read_text())
+    (card,) = gpu.records_of(records, "gpu")
+    assert card["uuid"] == H200_UUID and card["name"] == "NVIDIA H200"
+    assert card["bus_id"] == "00000000:00:06.0" and card["driver_version"] == "580.159.04"
+    assert card["memory_total_bytes"] == 143771 * MIB
+    assert card["memory_used_bytes"] == 1869 * MIB
+    assert card["util_gpu_percent"] == 100.0 and card["util_memory_percent"] == 5.0
+    assert card["temperature_gpu_c"] == 58.0 and card["power_limit_w"] == 700.0
+    # the GPU's own draw (each form read a moment apart), not the memory's 59.76 W after it
+    assert 547 < card["power_draw_w"] < 549
+    assert card["throttle_reasons"] == [] and card["pstate"] == "P0"
+    assert card["mig_enabled"] is False and card["ecc_volatile_uncorrected"] == 0
+    if name.endswith(("xml", "txt")):
+        (process,) = gpu.records_of(records, "process")
+        assert (process["pid"], process["name"], process["type"]) == (460, "python3", "C")
+        assert process["used_memory_bytes"] == 1860 * MIB
+        assert card["cuda_version"] == "13.0" and card["temperature_memory_c"] == 44.0
+
+
+def test_own_h200_compute_apps_csv():
+    (process,) = gpu.parse_csv((H200 / "query-compute-apps.csv").read_text())
+    assert process["gpu_uuid"] == H200_UUID and process["pid"] == 460
+    assert process["used_memory_bytes"] == 1860 * MIB  # header says used_gpu_memory [MiB]
 
 
 # ---------------------------------------------------------------------------------------------
