@@ -237,18 +237,50 @@ class WorkItem:
 class Writer(threading.Thread):
     """The one thread that writes.  Batches whatever is queued into one transaction."""
 
-    def __init__(self, path: str, *, max_batch: int = 5000, max_wait: float = 0.05) -> None:
+    def __init__(self, path: str, *, max_batch: int = 5000, max_wait: float = 0.05,
+                 checkpoint_seconds: float = 1.0, wal_limit_bytes: int = 256 << 20) -> None:  # fmt: skip
         super().__init__(name="nomade-writer", daemon=True)
+        self.path = path
         self.conn = open_store(path)
         # Each item runs in a SAVEPOINT; keep its statement journal in memory rather than in a
         # temporary file once it passes 64 KiB (bounded by one item's pages; 1.5x throughput).
         self.conn.execute("PRAGMA temp_store = MEMORY")
         self.conn.execute("PRAGMA cache_size = -65536")
-        self.conn.execute("PRAGMA wal_autocheckpoint = 10000")
+        # Checkpoints (copying the WAL into the database) run in their own thread and
+        # connection, beside the writer rather than inside its COMMITs; the writer checkpoints
+        # itself only when the WAL outgrows wal_limit_bytes, which happens when writes never
+        # pause long enough for a background checkpoint to catch up.
+        self.conn.execute("PRAGMA wal_autocheckpoint = 0")
+        self.conn.execute(f"PRAGMA journal_size_limit = {int(wal_limit_bytes)}")
+        self.checkpoint_seconds, self.wal_limit_bytes = checkpoint_seconds, wal_limit_bytes
+        self._wal_too_big = False
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_loop, name="nomade-checkpoint", daemon=True
+        )
         self.q: queue.Queue[WorkItem | None] = queue.Queue()
         self.max_batch, self.max_wait = max_batch, max_wait
         self.commits = 0
         self._stopped = threading.Event()
+
+    def start(self) -> None:
+        super().start()
+        self._checkpointer.start()
+
+    def _checkpoint_loop(self) -> None:
+        conn = connect(self.path)
+        page = conn.execute("PRAGMA page_size").fetchone()[0]
+        try:
+            while not self._stopped.wait(self.checkpoint_seconds):
+                if self._wal_too_big:
+                    continue  # the writer's turn: this one's read lock would keep the WAL long
+                try:
+                    _busy, frames, _done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error as exc:
+                    log.warning("store: checkpoint of %s failed: %s", self.path, exc)
+                    continue
+                self._wal_too_big = frames * page > self.wal_limit_bytes
+        finally:
+            conn.close()
 
     def submit(self, item: WorkItem) -> None:
         self.q.put(item)
@@ -319,6 +351,9 @@ class Writer(threading.Thread):
             item = next_item
         self.conn.execute("COMMIT")
         self.commits += 1
+        if self._wal_too_big:  # until a checkpoint here copies it all: then the WAL restarts
+            busy, frames, done = self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            self._wal_too_big = bool(busy) or done < frames
         for item, result, exc in results:
             callback = item.on_error if exc is not None else item.on_commit
             if callback is not None:

@@ -139,3 +139,48 @@ def test_samples_of_a_reused_job_id_start_a_new_run_and_late_ones_keep_theirs(db
     # The new run's start report completes the placeholder rather than adding a third row.
     db.call(lambda c: ing.upsert_job(c, {"job_id": 281, "submit_time": 89_990.0, "user": "alice"}, 90_001.0))
     assert db.call(lambda c: c.execute("SELECT count(*) FROM jobs WHERE job_id = 281").fetchone()[0]) == 2
+
+
+@pytest.mark.parametrize("count", [1, 3, 63, 64, 65, 257, 341])
+@pytest.mark.parametrize("limit", [32766, 999, 100])
+def test_every_row_of_an_envelope_is_stored_whatever_its_size(db, count, limit):
+    """Rows go in as multi-row INSERTs sized to SQLite's parameter limit (999 before 3.32)."""
+    ing = Ingest("c")
+    rows = [row(100 + i % 7, float(i), mem=i * 1000) for i in range(count)]
+    env = wire.Envelope(wire.SAMPLES, "node1", 1, 1, {"rows": rows})
+
+    def apply(c):
+        old = c.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, limit)
+        try:
+            return ing.apply_envelope(c, env)
+        finally:
+            c.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, old)
+
+    assert db.call(apply) == "stored"
+    stored = db.call(lambda c: c.execute(
+        "SELECT j.job_id, s.node, s.t, s.mem_peak_bytes FROM samples s"
+        " JOIN jobs j ON j.uid = s.job_uid ORDER BY s.t").fetchall())  # fmt: skip
+    assert [tuple(r) for r in stored] == [
+        (100 + i % 7, "node1", float(i), i * 1000) for i in range(count)
+    ]
+
+
+def test_the_wal_stays_bounded_while_writes_never_pause(tmp_path):
+    """Background checkpoints cannot finish under non-stop writes; the writer then checkpoints
+    itself, so the WAL (disk the store uses beside the database) does not grow without end."""
+    path = str(tmp_path / "w.db")
+    limit = 1 << 20
+    w = store.Writer(path, max_wait=0.0, checkpoint_seconds=0.01, wal_limit_bytes=limit)
+    w.start()
+    ing = Ingest("c")
+    try:
+        for seq in range(1, 601):  # about 16 MB of samples, one envelope after the other
+            rows = [[job, seq * 10.0] + [seq * 1e6 + job] * (WIDTH - 2) for job in range(1, 129)]
+            env = wire.Envelope(wire.SAMPLES, "node1", 1, seq, {"rows": rows})
+            w.call(lambda c, env=env: ing.apply_envelope(c, env))  # one commit each
+        assert w.call(lambda c: c.execute("SELECT count(*) FROM samples").fetchone()[0]) == 600 * 128
+        wal = tmp_path / "w.db-wal"
+        assert wal.stat().st_size < 32 * limit  # 300 times the limit without it, f"the WAL grew to {wal.stat().st_size} bytes"
+        assert (tmp_path / "w.db").stat().st_size > 8 * limit  # the data did reach the database
+    finally:
+        w.stop()
