@@ -220,26 +220,27 @@ class JobSampler:
     def _proc_totals(self, job: _Job, pids: set[int]) -> tuple[int, ...] | None:
         """Summed /proc/<pid>/io counters over every process ever seen in the job."""
         live: dict[tuple[int, int], tuple[int, tuple[int, ...]]] = {}
-        root = self.proc_root
+        root, read = self.proc_root, procio.read_text
         for pid in pids:
+            base = f"{root}/{pid}/"
             try:
-                io_text = procio.read(root, pid)
-                stat_text = procio.read_stat(root, pid) if io_text is not None else None
+                io_text = read(base + "io")
+                stat_text = read(base + "stat") if io_text is not None else None
+            except ProcessLookupError:  # ESRCH: it exited while we read
+                continue
             except OSError as exc:
                 kind = type(exc).__name__
-                message = f"proc file {root}/{pid}/io unreadable: {kind} (reported once)"
+                message = f"proc file {base}io unreadable: {kind} (reported once)"
                 self._problem(self._reported, "proc unreadable " + kind, message)
                 continue
             if io_text is None or stat_text is None:
                 continue  # exited between the cgroup listing and now
             try:
                 ppid, start = procio.parse_stat(stat_text)
-                io = procio.parse(io_text)
+                live[(pid, start)] = (ppid, procio.parse_counters(io_text))
             except ParseError as exc:
-                message = f"proc file {root}/{pid}/{exc.source} malformed: {exc.reason}"
+                message = f"proc file {base}{exc.source} malformed: {exc.reason}"
                 self._problem(self._reported, "proc malformed", message + " (reported once)")
-                continue
-            live[(pid, start)] = (ppid, tuple(io.values()))
         live_pids = {pid for pid, _ in live}
         gone = job.gone
         for key, (ppid, values) in job.procs.items():
@@ -248,9 +249,7 @@ class JobSampler:
         job.procs, job.gone = live, gone
         if not live and gone is None:
             return job.last
-        totals = gone or _ZERO
-        for _, values in live.values():
-            totals = tuple(map(int.__add__, totals, values))
+        totals = tuple(map(sum, zip(gone or _ZERO, *(values for _, values in live.values()))))
         if job.last is not None:
             totals = tuple(map(max, totals, job.last))
         job.last = totals

@@ -64,26 +64,31 @@ def parse(text: str, source: str = "io") -> dict[str, int]:
     Unknown keys (``cancelled_write_bytes``, newer ones) are skipped; a missing one is an error
     because the kernel always prints all of them together.
     """
+    return dict(zip(IO_FIELDS, parse_counters(text, source), strict=True))
+
+
+def parse_counters(text: str, source: str = "io") -> tuple[int, ...]:
+    """parse()'s values as a tuple in IO_FIELDS order (the sampler's form: no dict per process)."""
     parts = text.split()
     if tuple(parts[0:12:2]) == _KERNEL_ORDER:  # the kernel's own order: no dict to build
         try:
-            r, w, sr, sw, rb, wb = (int(v) for v in parts[1:12:2])
-            return {"read_bytes": rb, "write_bytes": wb, "rchar": r, "wchar": w, "syscr": sr, "syscw": sw}
+            r, w, sr, sw, rb, wb = map(int, parts[1:12:2])
+            return rb, wb, r, w, sr, sw
         except ValueError:
             pass  # the general path below names the bad line
     values = dict(zip(parts[::2], parts[1::2], strict=False))
-    out = {}
-    for name, key in zip(IO_FIELDS, _IO_KEYS, strict=True):
+    out = []
+    for key in _IO_KEYS:
         raw = values.get(key)
         if raw is None:
             raise ParseError(source, None, f"no {key} line")
         try:
-            out[name] = int(raw)
+            out.append(int(raw))
         except ValueError:
             raise ParseError(
                 source, _line_of(text, key), f"{key} {raw!r} is not an integer"
             ) from None
-    return out
+    return tuple(out)
 
 
 def parse_stat(text: str, source: str = "stat") -> tuple[int, int]:
