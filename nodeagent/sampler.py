@@ -249,7 +249,7 @@ class JobSampler:
         job.procs, job.gone = live, gone
         if not live and gone is None:
             return job.last
-        totals = tuple(map(sum, zip(gone or _ZERO, *(values for _, values in live.values()))))
+        totals = tuple(map(sum, zip(gone or _ZERO, *(v for _, v in live.values()), strict=True)))
         if job.last is not None:
             totals = tuple(map(max, totals, job.last))
         job.last = totals
