@@ -69,11 +69,11 @@ def install(cfg: Config, prefix: str | None = None, include: str | None = None,
     created_dirs = _missing_dirs(dest)
     dest.mkdir(parents=True, exist_ok=True, mode=0o755)
     source = Path(hooks_pkg.__file__).parent
-    limit = f"{cfg.hooks.timeout_seconds:g}"
+    limit_us = round(cfg.hooks.timeout_seconds * 1e6)
     for name in FILES:
         text = (source / name).read_text(encoding="utf-8")
         if name not in ("node_hook.sh", "controller_hook.sh"):
-            text = text.replace("timeout -s KILL 1 ", f"timeout -s KILL {limit} ")
+            text = text.replace("\nlimit_us=1000000\n", f"\nlimit_us={limit_us}\n")
         (dest / name).write_text(text, encoding="utf-8")
         os.chmod(dest / name, 0o755)
     (dest / "hooks.json").write_text(

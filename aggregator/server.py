@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,7 @@ class Aggregator:
         self._retraining: subprocess.Popen | None = None
         # Job starts are processed off the HTTP thread, two at a time, in arrival order per worker.
         self._starts = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="start")
+        self._reply_local = threading.local()  # work to run once an HTTP reply is sent
         self.reconciler.on_final = self._job_ended
         self._bad_logged: dict[str, float] = {}
         self.http: ThreadingHTTPServer | None = None
@@ -268,8 +270,19 @@ class Aggregator:
         fields = jobfields.request_from_env(env)
         if fields.get("job_id") is None:
             raise ValueError("no job id (SLURM_JOB_ID) in the hook's report")
-        self._starts.submit(self._job_started, fields, body.get("scontrol"), body.get("t"))
+        self.after_reply(self._starts.submit, self._job_started, fields, body.get("scontrol"), body.get("t"))
         return {"ok": True}
+
+    def after_reply(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run FN(*ARGS) once this HTTP request's connection is closed (at once elsewhere).
+
+        A hook waits for the end of the aggregator's answer; work begun before that would hold
+        the GIL while the answer waits to be written (up to the 5 ms switch interval)."""
+        pending = getattr(self._reply_local, "after", None)
+        if pending is None:
+            fn(*args)
+        else:
+            pending.append((fn, args))
 
     def _job_started(self, fields: dict[str, Any], text: Any, t: float | None) -> None:
         try:
@@ -352,7 +365,21 @@ class Aggregator:
         host, _, port = self.cfg.aggregator.http_listen.rpartition(":")
         # A job array starts dozens of PrologSlurmctld at once: with the default backlog of 5,
         # connections beyond it wait for a SYN retransmission (1 s), the hooks' whole budget.
-        server_class = type("HookServer", (ThreadingHTTPServer,), {"request_queue_size": 256})
+        local = self._reply_local
+
+        def process_request_thread(server: ThreadingHTTPServer, request: Any, address: Any) -> None:
+            local.after = []
+            try:
+                ThreadingHTTPServer.process_request_thread(server, request, address)  # closes it
+                for fn, args in local.after:
+                    fn(*args)
+            except Exception:
+                log.exception("http: work after a reply failed")
+            finally:
+                local.after = None
+
+        server_class = type("HookServer", (ThreadingHTTPServer,),
+                            {"request_queue_size": 256, "process_request_thread": process_request_thread})  # fmt: skip
         server = server_class((host, int(port)), _handler(self))
         server.daemon_threads = True
         return server

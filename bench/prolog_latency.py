@@ -7,9 +7,10 @@ NØMADE's installed hook or /bin/true (the empty hook).  The wrappers are switch
 tasks runs in each of these modes, in the same run:
 
   empty        every hook is /bin/true (the baseline)
-  nomade       NØMADE's hooks with the aggregator under ingest load: two simulated agents
-               (separate processes) stream 10,000 samples/s over ZeroMQ, as a 1,500-node cluster
-               with 64 jobs per node sampled every 10 s would
+  nomade       NØMADE's hooks
+  (both with the aggregator under ingest load: two simulated agents, separate processes,
+  stream 10,000 samples/s over ZeroMQ, as a 1,500-node cluster with 64 jobs per node sampled
+  every 10 s would; the two modes alternate in ROUNDS rounds of --jobs / ROUNDS jobs)
   unreachable  NØMADE's hooks with the aggregator stopped (connections refused)
   hung         NØMADE's hooks with the aggregator frozen (SIGSTOP: connections accepted, never
                answered), where the time limit and the circuit breaker must hold
@@ -115,6 +116,8 @@ def durations(base: Path, mode: str) -> dict[str, list[float]]:
     return out
 
 
+ROUNDS = 2  # empty and nomade alternate, each run n / ROUNDS jobs at a time
+
 LOAD_SAMPLES_PER_SECOND = (
     5_000  # per simulated agent process: two make a 1,500-node cluster's stream
 )
@@ -193,10 +196,6 @@ def main() -> None:
         modes = {m: write_wrappers(base, m, None if m == "empty" else base / "hooks")
                  for m in ("empty", "nomade", "unreachable", "hung")}  # fmt: skip
         timings = {}
-        switch(modes["empty"])
-        run_jobs(base, n)
-        timings["empty"] = durations(base, "empty")
-        switch(modes["nomade"])
         stop_at = time.time() + 3600
         ctx = mp.get_context("spawn")
         loaders = [
@@ -205,9 +204,16 @@ def main() -> None:
         ]
         for p in loaders:
             p.start()
-        run_jobs(base, n)
+        # The same ingest load under both, in alternating rounds, so that the difference is
+        # what NØMADE's hooks add and neither side gets a quieter stretch of the machine.
+        for r in range(ROUNDS):
+            share = n // ROUNDS + (r < n % ROUNDS)
+            for mode in ("empty", "nomade"):
+                switch(modes[mode])
+                run_jobs(base, share)
         for p in loaders:
             p.terminate()
+        timings["empty"] = durations(base, "empty")
         timings["nomade"] = durations(base, "nomade")
         agg.send_signal(signal.SIGSTOP)
         switch(modes["hung"])

@@ -3,7 +3,7 @@
 # interpreter or, on the common path, any other process: slurmctld starts one per job, a job
 # array starts them by the dozen, and each millisecond here delays a job's start.  One HTTP POST
 # to the aggregator over bash's /dev/tcp, behind a circuit breaker; every path exits 0.  Run by
-# the wrappers beside it under `timeout -s KILL`.
+# the wrappers beside it, in a subshell that they kill past their hard limit.
 export LC_ALL=C
 kind=$1
 here=${0%/*}

@@ -1,9 +1,9 @@
 #!/bin/bash
-# NØMADE's node hooks in bash, with one child process at most (the rename): prolog and epilog
-# (root, every node) hand the job's start and end to the local agent through its spool inbox,
-# written under a hidden name and renamed into place; taskprolog (the job's user) prints the
-# job's warning, left by the agent, into the job's output with Slurm's "print" mechanism.  Run by
-# the wrappers beside it under `timeout -s KILL`; every path exits 0.
+# NØMADE's node hooks in bash, starting no process on the common path: prolog and epilog (root,
+# every node) hand the job's start and end to the local agent through its spool inbox;
+# taskprolog (the job's user) prints the job's warning, left by the agent, into the job's output
+# with Slurm's "print" mechanism.  Sourced, in a subshell, by the wrappers beside it, which kill
+# it past their hard limit; every path exits 0.
 export LC_ALL=C
 kind=$1
 here=${0%/*}
@@ -31,12 +31,12 @@ report() { # $1: start | end
     local user=${SLURM_JOB_USER:-} uid=${SLURM_JOB_UID:-} now=$EPOCHREALTIME
     user=${user//[\"\\]/}
     [[ $uid =~ ^[0-9]+$ ]] || uid=
+    # One line in one write, under its final name: the agent takes a report only once its
+    # closing newline is there (no rename, which would cost a process).
     local name="${now/./}-$job-$1.json"
-    if ! printf '{"event": "%s", "job_id": %s, "node": "%s", "t": %s, "uid": "%s", "user": "%s"}\n' \
-        "$1" "$job" "$node" "$now" "$uid" "$user" >"$dir/inbox/.$name.tmp" 2>/dev/null; then
-        fail "cannot write $dir/inbox/.$name.tmp"
-    fi
-    mv "$dir/inbox/.$name.tmp" "$dir/inbox/$name" 2>/dev/null || fail "cannot rename into $dir/inbox/$name"
+    printf '{"event": "%s", "job_id": %s, "node": "%s", "t": %s, "uid": "%s", "user": "%s"}\n' \
+        "$1" "$job" "$node" "$now" "$uid" "$user" >"$dir/inbox/$name" 2>/dev/null ||
+        fail "cannot write $dir/inbox/$name"
 }
 
 task_prolog() {
@@ -69,10 +69,7 @@ task_prolog() {
 
 case $kind in
 prolog) report start ;;
-epilog)
-    report end
-    [[ -e $dir/jobs/$job || -e $dir/verdicts/$job.json ]] && rm -f "$dir/jobs/$job" "$dir/verdicts/$job.json" 2>/dev/null
-    ;;
+epilog) report end ;; # the agent removes the job's verdict when it takes this report
 taskprolog) task_prolog ;;
 esac
 exit 0

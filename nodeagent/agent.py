@@ -45,9 +45,24 @@ def _write_private(directory: Path, name: str, text: str, uid: int) -> None:
     os.replace(tmp, directory / name)
 
 
+class Incomplete(Exception):
+    """A hook report still being written (its closing newline has not arrived)."""
+
+
+# A report without its closing newline after this long was left half-written (a hook killed
+# at its limit, a full disk): it is set aside like a malformed one.
+INCOMPLETE_GRACE_SECONDS = 10.0
+
+
 def read_spool_file(path: Path) -> dict[str, Any]:
-    """One hook report: JSON with 'event' (start|end) and an integer 'job_id'."""
-    data = json.loads(path.read_text(encoding="utf-8"))
+    """One hook report: one line of JSON with 'event' (start|end) and an integer 'job_id'.
+
+    The hooks write it under its final name in one write; until its newline is there it raises
+    Incomplete."""
+    text = path.read_text(encoding="utf-8")
+    if not text.endswith("\n"):
+        raise Incomplete(path.name)
+    data = json.loads(text)
     if not isinstance(data, dict) or data.get("event") not in ("start", "end"):
         raise ValueError("expected a JSON object with event 'start' or 'end'")
     if not isinstance(data.get("job_id"), int):
@@ -129,7 +144,8 @@ class Agent:
 
     def keep_verdict(self, payload: Any) -> None:
         """A starting job's verdict: kept for TaskProlog, and when the job is warned, its lines in
-        a file only the job's user can read (both renamed into place; the Epilog removes them)."""
+        a file only the job's user can read (both renamed into place; removed at the Epilog's
+        report, see forget_verdict)."""
         if not isinstance(payload, dict) or not isinstance(payload.get("job_id"), int):
             log.warning("ignored a verdict without a job id from %s", self.cfg.agent.aggregator)
             return
@@ -140,9 +156,15 @@ class Agent:
             _write_private(self.spool / "jobs", str(job), text, uid)
         _write_private(self.verdicts, f"{job}.json", json.dumps(payload), 0)
 
+    def forget_verdict(self, job: int) -> None:
+        """The job has ended: its verdict and warning lines go (done here, not by the Epilog,
+        which would need a process for it)."""
+        for path in (self.verdicts / f"{job}.json", self.spool / "jobs" / str(job)):
+            path.unlink(missing_ok=True)
+
     def sweep_verdicts(self, now: float, max_age: float = 86400.0) -> None:
         """Verdicts of jobs whose Epilog never came (a crashed node) are removed after a day."""
-        for path in self.verdicts.glob("*.json"):
+        for path in [*self.verdicts.glob("*.json"), *(self.spool / "jobs").glob("*")]:
             try:
                 if now - path.stat().st_mtime > max_age:
                     path.unlink()
@@ -219,22 +241,32 @@ class Agent:
         for path in sorted(self.inbox.glob("*.json")):
             try:
                 report = read_spool_file(path)
+            except Incomplete:
+                try:
+                    if time.time() - path.stat().st_mtime < INCOMPLETE_GRACE_SECONDS:
+                        continue  # being written: taken at the next look
+                except FileNotFoundError:
+                    continue
+                self._set_aside(path, f"no end of line after {INCOMPLETE_GRACE_SECONDS:g} s")
+                continue
             except (OSError, ValueError) as exc:
-                log.warning(
-                    "hook report %s unreadable (%s); moved to %s", path, exc, self.inbox / "bad"
-                )
-                (self.inbox / "bad").mkdir(exist_ok=True)
-                os.replace(path, self.inbox / "bad" / path.name)
+                self._set_aside(path, str(exc))
                 continue
             self.enqueue(wire.JOB_EVENT, report)
             if report["event"] == "start" and str(report.get("uid", "")).isdigit():
                 self.job_uids[report["job_id"]] = int(report["uid"])
             elif report["event"] == "end":
                 self.job_uids.pop(report["job_id"], None)
+                self.forget_verdict(report["job_id"])
             if report["event"] == "start":  # short jobs must not be missed
                 self.sample([report["job_id"]])
                 self._followups[report["job_id"]] = now + 1.0
             path.unlink(missing_ok=True)
+
+    def _set_aside(self, path: Path, why: str) -> None:
+        log.warning("hook report %s unreadable (%s); moved to %s", path, why, self.inbox / "bad")
+        (self.inbox / "bad").mkdir(exist_ok=True)
+        os.replace(path, self.inbox / "bad" / path.name)
 
     def run(self) -> None:
         self.connect()

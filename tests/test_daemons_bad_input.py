@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -79,14 +81,58 @@ def test_an_unreadable_hook_report_is_set_aside_and_the_good_ones_are_read(tmp_p
     cfg = config.parse(f'[agent]\nspool_dir = "{tmp_path}/spool"\ncgroup_root = "{tmp_path}/cg"\n'
                        f'proc_root = "{tmp_path}/proc"\n')  # fmt: skip
     agent = Agent(cfg, node="n1")
-    (agent.inbox / "1-5-start.json").write_text("{not json")
+    (agent.inbox / "1-5-start.json").write_text("{not json\n")
     (agent.inbox / "2-6-start.json").write_text(
-        json.dumps({"event": "start", "job_id": 6, "t": 1.0})
+        json.dumps({"event": "start", "job_id": 6, "t": 1.0}) + "\n"
     )
     agent.read_inbox(0.0)
     assert (agent.inbox / "bad" / "1-5-start.json").exists()
     assert list(agent.inbox.glob("*.json")) == []
     assert [r[1] for r in agent.outbox.pending()] == ["job_event"]
+    agent.close()
+
+
+def test_a_report_still_being_written_waits_and_one_left_half_written_is_set_aside(tmp_path):
+    """The hooks write a report under its final name in one write, without a rename: the agent
+    takes it only once its closing newline is there."""
+    from nodeagent.agent import INCOMPLETE_GRACE_SECONDS, Agent
+
+    cfg = config.parse(f'[agent]\nspool_dir = "{tmp_path}/spool"\ncgroup_root = "{tmp_path}/cg"\n'
+                       f'proc_root = "{tmp_path}/proc"\n')  # fmt: skip
+    agent = Agent(cfg, node="n1")
+    line = json.dumps({"event": "start", "job_id": 7, "t": 1.0})
+    young, old = agent.inbox / "1-7-start.json", agent.inbox / "2-8-start.json"
+    young.write_text(line[:20])
+    old.write_text('{"event": "start", "job_id": 8')
+    past = time.time() - INCOMPLETE_GRACE_SECONDS - 1
+    os.utime(old, (past, past))
+    agent.read_inbox(0.0)
+    assert young.exists() and agent.outbox.pending() == []
+    assert (agent.inbox / "bad" / old.name).exists()
+    young.write_text(line + "\n")
+    agent.read_inbox(0.0)
+    assert not young.exists()
+    assert [r[1] for r in agent.outbox.pending()] == ["job_event"]
+    agent.close()
+
+
+def test_the_epilogs_report_removes_the_jobs_verdict_and_warning(tmp_path):
+    """The Epilog starts no process: the agent removes the verdict and the warning lines (left
+    for TaskProlog) when it takes the job's end report."""
+    from nodeagent.agent import Agent
+
+    cfg = config.parse(f'[agent]\nspool_dir = "{tmp_path}/spool"\ncgroup_root = "{tmp_path}/cg"\n'
+                       f'proc_root = "{tmp_path}/proc"\n')  # fmt: skip
+    agent = Agent(cfg, node="n1")
+    for job in (41, 42):
+        agent.keep_verdict({"job_id": job, "user_id": os.getuid(), "warned": True,
+                            "lines": [f"NØMADE: job {job}"], "p_fail": 0.9})  # fmt: skip
+    jobs = agent.spool / "jobs"
+    assert {p.name for p in jobs.iterdir()} == {"41", "42"}
+    (agent.inbox / "1-41-end.json").write_text(json.dumps({"event": "end", "job_id": 41}) + "\n")
+    agent.read_inbox(0.0)
+    assert {p.name for p in jobs.iterdir()} == {"42"}
+    assert {p.name for p in agent.verdicts.iterdir()} == {"42.json"}
     agent.close()
 
 
