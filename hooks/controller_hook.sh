@@ -90,8 +90,11 @@ json_string() { # JSON-escape $1 into REPLY
 
 body='{"env": {'
 sep=
+special=$'*["\\\\\001-\037]*' # a value without '"', '\' or a control character needs no escaping
 for name in ${!SLURM@}; do
-    json_string "${!name}"
+    REPLY=${!name}
+    # shellcheck disable=SC2053 # $special is a pattern
+    [[ $REPLY == $special ]] && json_string "$REPLY"
     body+="$sep\"$name\": \"$REPLY\""
     sep=', '
 done

@@ -300,6 +300,19 @@ def test_prologslurmctld_posts_env_as_slurm_and_leaves_scontrol_to_the_aggregato
     assert site.breaker().get("failures_total", 0) == 0
 
 
+def test_job_names_with_quotes_backslashes_and_tabs_reach_the_aggregator_intact(world, aggregator):
+    """Values are JSON-escaped only when they need it (most do not): both kinds arrive as sent."""
+    agg = aggregator("ok")
+    site = Site(world, aggregator_url=agg.url)
+    env = dict(slurm_env("prologslurmctld"), SLURM_JOB_NAME='fit "v2" C:\\runs\ttab',
+               SLURM_JOB_COMMENT="plain value, with spaces")  # fmt: skip
+    proc, _took = site.run("prologslurmctld", env, user="slurm")
+    assert proc.returncode == 0 and len(agg.requests) == 1
+    sent = agg.requests[0][1]["env"]
+    assert sent["SLURM_JOB_NAME"] == env["SLURM_JOB_NAME"]
+    assert sent["SLURM_JOB_COMMENT"] == env["SLURM_JOB_COMMENT"]
+
+
 def test_epilogslurmctld_posts_job_end(world, aggregator):
     agg = aggregator("ok")
     site = Site(world, aggregator_url=agg.url)
