@@ -51,10 +51,16 @@ task_prolog() {
     esac
     # The agent receives every scored job's verdict moments after PrologSlurmctld; wait briefly,
     # unless the agent knows the aggregator is not answering (no verdict can come).
-    local i=0
+    # Each 20 ms wait is a read with a timeout on the agent's FIFO <node>/wait, opened
+    # read-write so the open never blocks; nobody writes to it, so no process is started for
+    # the wait (sleep where the FIFO is missing).
+    local i=0 wait_fd=
     [[ -e $dir/offline ]] && i=$NOMADE_VERDICT_WAIT_STEPS
     while [[ ! -e $dir/verdicts/$job.json ]] && ((i < NOMADE_VERDICT_WAIT_STEPS)); do
-        sleep 0.02
+        if [[ -z $wait_fd ]]; then
+            { [[ -p $dir/wait ]] && exec {wait_fd}<>"$dir/wait"; } 2>/dev/null || wait_fd=none
+        fi
+        if [[ $wait_fd == none ]]; then sleep 0.02; else read -r -t 0.02 -u "$wait_fd" _; fi
         i=$((i + 1))
     done
     if [[ -r $dir/jobs/$job ]]; then

@@ -70,6 +70,18 @@ def read_spool_file(path: Path) -> dict[str, Any]:
     return data
 
 
+def _make_wait_fifo(path: Path) -> None:
+    """The FIFO TaskProlog waits on (a read with a timeout: a sleep that starts no process).
+    Every job's user opens it read-write, so it is mode 0666; nobody ever writes to it."""
+    try:
+        if not path.is_fifo():
+            path.unlink(missing_ok=True)
+            os.mkfifo(path)
+        os.chmod(path, 0o666)
+    except OSError as exc:
+        log.warning("cannot make %s (%s): TaskProlog waits with sleep instead", path, exc)
+
+
 class Agent:
     def __init__(self, cfg: Config, node: str | None = None, ledger: str | None = None) -> None:
         a = cfg.agent
@@ -78,6 +90,7 @@ class Agent:
         self.inbox = self.spool / "inbox"
         self.inbox.mkdir(parents=True, exist_ok=True, mode=0o755)
         self.verdicts = self.spool / "verdicts"
+        _make_wait_fifo(self.spool / "wait")
         self.outbox = Outbox(str(self.spool / "outbox.db"), a.outbox_max_envelopes)
         self.sampler = JobSampler(self.node, a.cgroup_root, a.proc_root)
         self.ledger = open(ledger, "a", encoding="utf-8") if ledger else None  # noqa: SIM115

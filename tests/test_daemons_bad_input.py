@@ -124,6 +124,8 @@ def test_the_epilogs_report_removes_the_jobs_verdict_and_warning(tmp_path):
     cfg = config.parse(f'[agent]\nspool_dir = "{tmp_path}/spool"\ncgroup_root = "{tmp_path}/cg"\n'
                        f'proc_root = "{tmp_path}/proc"\n')  # fmt: skip
     agent = Agent(cfg, node="n1")
+    wait = agent.spool / "wait"  # TaskProlog's FIFO: every job's user opens it read-write
+    assert wait.is_fifo() and wait.stat().st_mode & 0o777 == 0o666
     for job in (41, 42):
         agent.keep_verdict({"job_id": job, "user_id": os.getuid(), "warned": True,
                             "lines": [f"NØMADE: job {job}"], "p_fail": 0.9})  # fmt: skip

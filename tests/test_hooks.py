@@ -509,19 +509,29 @@ def test_install_hooks_says_when_slurmctld_must_be_restarted(tmp_path, monkeypat
     assert ("restart slurmctld once" in result.output) is warned
 
 
-@pytest.mark.parametrize("offline, waits", [(False, 10), (True, 0)])
-def test_taskprolog_waits_for_a_verdict_only_while_the_aggregator_answers(world, offline, waits):
-    """With no verdict for the job, TaskProlog polls for it (10 short sleeps) unless the agent
-    has marked the aggregator offline: then no job start pays that wait."""
+@pytest.mark.parametrize(
+    "offline, fifo, waits, sleeps",
+    [(False, True, 10, 0), (False, False, 10, 10), (True, True, 0, 0)],
+    ids=["waits-on-fifo", "waits-with-sleep", "offline"],
+)
+def test_taskprolog_waits_for_a_verdict_only_while_the_aggregator_answers(world, offline, fifo, waits, sleeps):
+    """With no verdict for the job, TaskProlog polls for it (10 waits of 20 ms: reads with a
+    timeout on the agent's FIFO, which start no process, or `sleep` where there is none) unless
+    the agent has marked the aggregator offline: then no job start pays that wait."""
     strace = _need("strace", "strace")
     site = Site(world, task_notice=True)
     node_dir = site.spool / "node1"
     node_dir.mkdir(parents=True, exist_ok=True)
+    if fifo:
+        os.mkfifo(node_dir / "wait")
+        os.chmod(node_dir / "wait", 0o666)
     if offline:
         (node_dir / "offline").touch()
     trace = world / "strace.txt"
-    cmd = [strace, "-f", "-qq", "-e", "trace=execve", "-o", str(trace), str(site.prefix / "taskprolog")]
+    cmd = [strace, "-f", "-qq", "-e", "trace=execve,pselect6", "-o", str(trace), str(site.prefix / "taskprolog")]
     proc = subprocess.run(cmd, env=slurm_env("taskprolog-node1-batch"), cwd="/", capture_output=True, timeout=60)
     assert proc.returncode == 0 and "print NØMADE" in proc.stdout.decode("utf-8")
-    sleeps = re.findall(r'execve\("[^"]*/sleep"', trace.read_text(encoding="utf-8"))
-    assert len(sleeps) == waits
+    text = trace.read_text(encoding="utf-8")
+    assert len(re.findall(r'execve\("[^"]*/sleep"', text)) == sleeps
+    timed_reads = re.findall(r"pselect6\(\d+, \[\d+\], NULL, NULL, \{tv_sec=0, tv_nsec=\d+\}.*= 0 \(Timeout\)", text)
+    assert len(timed_reads) == waits - sleeps
