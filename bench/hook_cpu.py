@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from prolog_latency import BIN, free_port, run  # noqa: E402
+from prolog_latency import BIN, bench_config, run  # noqa: E402
 
 ENVS = ROOT / "tests" / "fixtures" / "slurm" / "22.05" / "hook-env"
 HOOKS = {"prolog": "prolog-node1", "epilog": "epilog-node1", "taskprolog": "taskprolog-node1-batch",
@@ -63,14 +63,7 @@ def main() -> None:
     args = ap.parse_args()
     calls = args.calls or (50 if args.quick else 200)
     base = Path(tempfile.mkdtemp(prefix="nomade-bench-hookcpu-"))
-    zport, hport = free_port(), free_port()
-    cfg = base / "nomade.toml"
-    cfg.write_text(f'[general]\ncluster_name = "nomadedev"\ndata_dir = "{base}/data"\n'
-                   f'[agent]\naggregator = "tcp://127.0.0.1:{zport}"\nspool_dir = "{base}/spool"\n'
-                   f'[aggregator]\nlisten = "tcp://127.0.0.1:{zport}"\nhttp_listen = "127.0.0.1:{hport}"\n'
-                   f'[hooks]\nprefix = "{base}/hooks"\naggregator_url = "http://127.0.0.1:{hport}"\n'
-                   f'state_dir = "{base}/hookstate"\n')  # fmt: skip
-    env = {**os.environ, "NOMADE_CONFIG": str(cfg)}
+    _zport, env = bench_config(base)
     node_dir = base / "spool" / "node1"
     (node_dir / "inbox").mkdir(parents=True)  # as the running agent has it, with its FIFO
     os.mkfifo(node_dir / "wait")

@@ -61,6 +61,19 @@ def run(*argv: str, **kw) -> subprocess.CompletedProcess:
     )
 
 
+def bench_config(base: Path) -> tuple[int, dict[str, str]]:
+    """A nomade.toml under BASE on free loopback ports (data, spool, hooks and their state all
+    under BASE); returns the agents' ZeroMQ port and an environment that points at it."""
+    zport, hport = free_port(), free_port()
+    cfg = base / "nomade.toml"
+    cfg.write_text(f'[general]\ncluster_name = "nomadedev"\ndata_dir = "{base}/data"\n'
+                   f'[agent]\naggregator = "tcp://127.0.0.1:{zport}"\nspool_dir = "{base}/spool"\n'
+                   f'[aggregator]\nlisten = "tcp://127.0.0.1:{zport}"\nhttp_listen = "127.0.0.1:{hport}"\n'
+                   f'[hooks]\nprefix = "{base}/hooks"\naggregator_url = "http://127.0.0.1:{hport}"\n'
+                   f'state_dir = "{base}/hookstate"\n')  # fmt: skip
+    return zport, {**os.environ, "NOMADE_CONFIG": str(cfg)}
+
+
 def write_wrappers(base: Path, mode: str, target_dir: Path | None) -> list[str]:
     """Timing wrappers for MODE; TARGET_DIR None means the empty hook."""
     wdir = base / f"timed-{mode}"
@@ -169,14 +182,7 @@ def main() -> None:
     for sub in ("timing", "jobs"):
         (base / sub).mkdir()
         (base / sub).chmod(0o1777)
-    zport, hport = free_port(), free_port()
-    cfg = base / "nomade.toml"
-    cfg.write_text(f'[general]\ncluster_name = "nomadedev"\ndata_dir = "{base}/data"\n'
-                   f'[agent]\naggregator = "tcp://127.0.0.1:{zport}"\nspool_dir = "{base}/spool"\n'
-                   f'[aggregator]\nlisten = "tcp://127.0.0.1:{zport}"\nhttp_listen = "127.0.0.1:{hport}"\n'
-                   f'[hooks]\nprefix = "{base}/hooks"\naggregator_url = "http://127.0.0.1:{hport}"\n'
-                   f'state_dir = "{base}/hookstate"\n')  # fmt: skip
-    env = {**os.environ, "NOMADE_CONFIG": str(cfg)}
+    zport, env = bench_config(base)
     procs: list[subprocess.Popen] = []
     results: dict[str, dict] = {}
     try:

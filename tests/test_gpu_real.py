@@ -145,9 +145,7 @@ def test_a_jobs_gpu_process_is_counted_against_the_job(holder):
     assert process["used_memory_bytes"] >= HELD_BYTES
     assert process["gpu_index"] == 0 and process["gpu_uuid"] == _gpus(records)[0]["uuid"]
     assert _gpus(records)[0]["util_gpu_percent"] > 0, "a GPU running matrix products reads idle"
-    if job_id is None:
-        pytest.skip("no writable cgroup hierarchy to place the holder in a job")
-    assert process["job_id"] == job_id
+    assert process["job_id"] == job_id  # None where no cgroup could be made: then no job
 
 
 def test_nvidia_smi_xml_agrees_with_nvml(holder):
