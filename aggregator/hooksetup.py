@@ -48,6 +48,8 @@ def hook_settings(cfg: Config) -> dict:
         "task_notice": h.task_notice,
         "breaker_failures": h.breaker_failures,
         "breaker_seconds": h.breaker_seconds,
+        # Empty: the head-node hooks post over HTTP.
+        "controller_spool": h.reports_dir if h.controller_spool() else "",
     }
 
 
@@ -90,7 +92,15 @@ def install(cfg: Config, prefix: str | None = None, include: str | None = None,
         pw = pwd.getpwnam(slurm_user)
         os.chown(state, pw.pw_uid, pw.pw_gid)
     except (KeyError, PermissionError):
-        pass  # no such user here: the head-node hooks then log nothing, and still exit 0
+        pw = None  # no such user here: the head-node hooks then log nothing, and still exit 0
+    reports = Path(cfg.hooks.reports_dir)
+    reports_created = cfg.hooks.controller_spool() and not reports.exists()
+    if reports_created:
+        # Only SlurmUser writes here and only the aggregator (root) reads: a job's user must
+        # not be able to forge a job's start.
+        reports.mkdir(mode=0o700)
+        if pw is not None:
+            os.chown(reports, pw.pw_uid, pw.pw_gid)
     lines = slurm_conf_lines(str(dest))
     include_before = None
     if include:
@@ -102,12 +112,14 @@ def install(cfg: Config, prefix: str | None = None, include: str | None = None,
     manifest = {"files": [*FILES, "hooks.json", "hooks.env"], "created_dirs": created_dirs,
                 "state_path": str(state), "state_dir": str(state) if state_created_dirs else None,
                 "state_created_dirs": state_created_dirs, "state_owner_before": state_owner,
+                "reports_dir": str(reports) if reports_created else None,
                 "include": include, "include_before": include_before}  # fmt: skip
     if earlier:
         manifest["created_dirs"] = earlier.get("created_dirs") or []
         if earlier.get("state_path") == str(state):
             for key in ("state_dir", "state_created_dirs", "state_owner_before"):
                 manifest[key] = earlier.get(key)
+            manifest["reports_dir"] = earlier.get("reports_dir") or manifest["reports_dir"]
         if earlier.get("include") == include:
             manifest["include_before"] = earlier.get("include_before")
     (dest / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
@@ -142,6 +154,9 @@ def uninstall(cfg: Config, prefix: str | None = None, reconfigure=None) -> list[
         if path.exists():
             path.unlink()
             removed.append(str(path))
+    if manifest.get("reports_dir"):
+        shutil.rmtree(manifest["reports_dir"], ignore_errors=True)
+        removed.append(manifest["reports_dir"])
     if manifest.get("state_dir"):
         shutil.rmtree(manifest["state_dir"], ignore_errors=True)
         removed.append(manifest["state_dir"])

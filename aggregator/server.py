@@ -1,6 +1,6 @@
-"""The aggregator daemon: receives agent streams over ZeroMQ and hook reports over HTTP,
-stores them through the one writer, acknowledges envelopes after their COMMIT, reconciles ended
-jobs with sacct and tracks node liveness.
+"""The aggregator daemon: receives agent streams over ZeroMQ and the head-node hooks' reports
+(files in the reports directory, or HTTP), stores them through the one writer, acknowledges
+envelopes after their COMMIT, reconciles ended jobs with sacct and tracks node liveness.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from models import features
 from nomade_common import wire
 from nomade_common.collect import Reading, Scheduler
 from nomade_common.config import Config
+from nomade_common.reportdir import ReportDir
 
 from . import clusterviews, importer, liveness, query
 from . import jobs as jobfields
@@ -38,6 +39,9 @@ from .scoring import Scorer, pack, unpack
 from .store import WorkItem, Writer, bump, connect, event
 
 log = logging.getLogger("nomade.aggregator")
+REPORTS_POLL_SECONDS = 0.02  # how often the reports directory is looked at
+LATE_REPORT_SECONDS = 60.0  # a start report older than this was kept while the aggregator was down
+Settle = Callable[..., None]  # settle(True) once a report is stored, settle(False, why) if not
 
 
 class Aggregator:
@@ -68,6 +72,8 @@ class Aggregator:
         # Job starts are processed off the HTTP thread, two at a time, in arrival order per worker.
         self._starts = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="start")
         self._reply_local = threading.local()  # work to run once an HTTP reply is sent
+        self._reports_taken: set[str] = set()  # reports handed on and not yet stored
+        self._starts_in_hand: set[str] = set()  # job ids whose start report is among them
         self.reconciler.on_final = self._job_ended
         self._bad_logged: dict[str, float] = {}
         self.http: ThreadingHTTPServer | None = None
@@ -263,14 +269,16 @@ class Aggregator:
             log.warning("%s: %s", node, kind.replace("_", " "))
 
     # -- hooks over HTTP ----------------------------------------------------------------------
-    def hook_job_start(self, body: dict[str, Any]) -> dict[str, Any]:
+    def hook_job_start(self, body: dict[str, Any], settle: Settle | None = None) -> dict[str, Any]:
         """PrologSlurmctld's report: answered at once; the request is completed from
-        `scontrol show job`, scored, stored and sent to the job's nodes by the start worker."""
+        `scontrol show job`, scored, stored and sent to the job's nodes by the start worker.
+        SETTLE(True) follows the COMMIT that stored it, SETTLE(False, why) a failure."""
         env = body.get("env") or {}
         fields = jobfields.request_from_env(env)
         if fields.get("job_id") is None:
             raise ValueError("no job id (SLURM_JOB_ID) in the hook's report")
-        self.after_reply(self._starts.submit, self._job_started, fields, body.get("scontrol"), body.get("t"))
+        self.after_reply(self._starts.submit, self._job_started, fields, body.get("scontrol"),
+                         body.get("t"), settle)  # fmt: skip
         return {"ok": True}
 
     def after_reply(self, fn: Callable[..., Any], *args: Any) -> None:
@@ -284,7 +292,8 @@ class Aggregator:
         else:
             pending.append((fn, args))
 
-    def _job_started(self, fields: dict[str, Any], text: Any, t: float | None) -> None:
+    def _job_started(self, fields: dict[str, Any], text: Any, t: float | None,
+                     settle: Settle | None = None) -> None:  # fmt: skip
         try:
             if not isinstance(text, str) or not text.strip():
                 text = self._scontrol_job(fields["job_id"])
@@ -292,16 +301,25 @@ class Aggregator:
             if recs:
                 fields = jobfields.merge(fields, jobfields.request_from_scontrol(recs[0]))
             fields["start_time"] = fields.get("start_time") or t
-            snapshot = self.queue.get()
             now = time.time()
+            # A report taken long after the job started (the aggregator was down) gets no queue
+            # snapshot, since today's queue is not the one it met, and no verdict is sent: its
+            # TaskProlog has run long since.
+            late = isinstance(t, (int, float)) and now - t > LATE_REPORT_SECONDS
+            snapshot = None if late else self.queue.get()
             vector, verdict = self._score(fields)
             # Stored through the writer without waiting (heavy ingest must not delay a start).
-            self.writer.submit(WorkItem(lambda c: self.ingest.job_start(
-                c, fields, snapshot, now, vector, features.FEATURE_VERSION, verdict)))  # fmt: skip
+            self.writer.submit(WorkItem(
+                lambda c: self.ingest.job_start(c, fields, snapshot, now, vector, features.FEATURE_VERSION, verdict),
+                None if settle is None else lambda _: settle(True),
+                None if settle is None else lambda exc: settle(False, f"not stored: {exc}")))  # fmt: skip
             # Every start gets a verdict message, even without a model: TaskProlog waits for it.
-            self._push_verdict(fields, verdict)
-        except Exception:
+            if not late:
+                self._push_verdict(fields, verdict)
+        except Exception as exc:
             log.exception("job %s: start report not processed", fields.get("job_id"))
+            if settle is not None:
+                settle(False, f"not processed: {type(exc).__name__}")
 
     def _scontrol_job(self, job_id: int) -> str | None:
         try:
@@ -349,7 +367,7 @@ class Aggregator:
         verdict = self.scorer.assess(job)[1]
         return {"ok": True, "verdict": verdict, "model": self.scorer.version}
 
-    def hook_job_end(self, body: dict[str, Any]) -> dict[str, Any]:
+    def hook_job_end(self, body: dict[str, Any], settle: Settle | None = None) -> dict[str, Any]:
         env = body.get("env") or {}
         fields = jobfields.request_from_env(env)
         if fields.get("job_id") is None:
@@ -358,8 +376,54 @@ class Aggregator:
         now = time.time()
         delay = self.cfg.aggregator.reconcile_delay_seconds
         # Stored asynchronously, like the start: the hook never waits for the writer.
-        self.writer.submit(WorkItem(lambda c: self.ingest.job_end(c, fields, delay, now)))
+        self.writer.submit(WorkItem(
+            lambda c: self.ingest.job_end(c, fields, delay, now),
+            None if settle is None else lambda _: settle(True),
+            None if settle is None else lambda exc: settle(False, f"not stored: {exc}")))  # fmt: skip
         return {"ok": True}
+
+    # -- hooks through the reports directory --------------------------------------------------
+    def _reports_loop(self) -> None:
+        reports = ReportDir(self.cfg.hooks.reports_dir)
+        while not self._stop.wait(REPORTS_POLL_SECONDS):
+            try:
+                self.take_reports(reports)
+            except Exception:
+                log.exception("reading %s failed", reports.path)
+
+    def take_reports(self, reports: ReportDir) -> int:
+        """Hand every complete report in REPORTS to its handler; each file is removed once what
+        it says is stored (a report read again after a crash is stored again, idempotently)."""
+        taken = 0
+        for path, body in reports.ready(skip=self._reports_taken):
+            handler = {"prologslurmctld": self.hook_job_start,
+                       "epilogslurmctld": self.hook_job_end}.get(body.get("kind"))  # fmt: skip
+            if handler is None:
+                reports.set_aside(path, "expected kind prologslurmctld or epilogslurmctld")
+                continue
+            job = str((body.get("env") or {}).get("SLURM_JOB_ID", "")) if isinstance(body.get("env"), dict) else ""
+            if body["kind"] == "epilogslurmctld" and job in self._starts_in_hand:
+                continue  # stored after the job's start (still being scored), at a later look
+            self._reports_taken.add(path.name)
+            start = body["kind"] == "prologslurmctld" and job
+            if start:
+                self._starts_in_hand.add(job)
+
+            def settle(ok: bool, why: str = "", path: Path = path, start: str = start) -> None:
+                if ok:
+                    path.unlink(missing_ok=True)
+                else:
+                    reports.set_aside(path, why)
+                self._reports_taken.discard(path.name)
+                if start:
+                    self._starts_in_hand.discard(start)
+
+            try:
+                handler(body, settle)
+            except ValueError as exc:
+                settle(False, str(exc))
+            taken += 1
+        return taken
 
     def _make_http(self) -> ThreadingHTTPServer:
         host, _, port = self.cfg.aggregator.http_listen.rpartition(":")
@@ -395,6 +459,7 @@ class Aggregator:
         self._zmq_thread.start()
         threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True).start()
         threading.Thread(target=self._collect, name="collectors", daemon=True).start()
+        threading.Thread(target=self._reports_loop, name="reports", daemon=True).start()
         threading.Thread(
             target=self.http.serve_forever, args=(0.2,), name="http", daemon=True
         ).start()

@@ -1,9 +1,11 @@
 #!/bin/bash
 # NØMADE's head-node hooks (PrologSlurmctld, EpilogSlurmctld) in bash, without starting an
 # interpreter or, on the common path, any other process: slurmctld starts one per job, a job
-# array starts them by the dozen, and each millisecond here delays a job's start.  One HTTP POST
-# to the aggregator over bash's /dev/tcp, behind a circuit breaker; every path exits 0.  Run by
-# the wrappers beside it, in a subshell that they kill past their hard limit.
+# array starts them by the dozen, and each millisecond here delays a job's start.  The report is
+# one file left in the aggregator's reports directory when the aggregator runs on this host
+# (controller_spool in hooks.json: no waiting on the aggregator at all, and starts are kept while
+# it is down), else one HTTP POST over bash's /dev/tcp behind a circuit breaker.  Every path
+# exits 0.  Run by the wrappers beside it, in a subshell that they kill past their hard limit.
 export LC_ALL=C
 kind=$1
 here=${0%/*}
@@ -23,6 +25,43 @@ host=${url%:*}; port=${url##*:}; [[ $port == "$host" ]] && port=80
 now=${EPOCHREALTIME%.*}
 job=${SLURM_JOB_ID:-}
 breaker=$state_dir/breaker.json
+
+json_string() { # JSON-escape $1 into REPLY
+    local s=${1//\\/\\\\}
+    s=${s//\"/\\\"}
+    s=${s//$'\n'/\\n}
+    s=${s//$'\t'/\\t}
+    s=${s//$'\r'/\\r}
+    REPLY=${s//[$'\001'-$'\037']/}
+}
+
+body='{"env": {'
+sep=
+special=$'*["\\\\\001-\037]*' # a value without '"', '\' or a control character needs no escaping
+for name in ${!SLURM@}; do
+    REPLY=${!name}
+    # shellcheck disable=SC2053 # $special is a pattern
+    [[ $REPLY == $special ]] && json_string "$REPLY"
+    body+="$sep\"$name\": \"$REPLY\""
+    sep=', '
+done
+body+="}, \"kind\": \"$kind\", \"t\": $EPOCHREALTIME}"
+case $kind in
+prologslurmctld) path=/api/v1/hooks/job-start ;;
+epilogslurmctld) path=/api/v1/hooks/job-end ;;
+*) exit 0 ;;
+esac
+
+# Spool transport: one line in one write, under its final name; the aggregator takes a report
+# once its closing newline is there.  Should the write fail, the report goes over HTTP.
+setting controller_spool ''
+if [[ -n $REPLY ]]; then
+    name=$REPLY/${EPOCHREALTIME/./}-${job//[!0-9]/}-$kind.json
+    printf '%s\n' "$body" >"$name" 2>/dev/null && exit 0
+    mkdir -p "$state_dir" 2>/dev/null
+    printf '%(%Y-%m-%dT%H:%M:%S)T %s job=%s cannot write %s; sent over HTTP\n' -1 "$kind" "$job" "$name" \
+        >>"$state_dir/hooks-$kind.log" 2>/dev/null
+fi
 
 state=
 [[ -r $breaker ]] && state=$(<"$breaker")
@@ -78,32 +117,6 @@ if ((open_until > now)); then
     save_breaker
     exit 0
 fi
-
-json_string() { # JSON-escape $1 into REPLY
-    local s=${1//\\/\\\\}
-    s=${s//\"/\\\"}
-    s=${s//$'\n'/\\n}
-    s=${s//$'\t'/\\t}
-    s=${s//$'\r'/\\r}
-    REPLY=${s//[$'\001'-$'\037']/}
-}
-
-body='{"env": {'
-sep=
-special=$'*["\\\\\001-\037]*' # a value without '"', '\' or a control character needs no escaping
-for name in ${!SLURM@}; do
-    REPLY=${!name}
-    # shellcheck disable=SC2053 # $special is a pattern
-    [[ $REPLY == $special ]] && json_string "$REPLY"
-    body+="$sep\"$name\": \"$REPLY\""
-    sep=', '
-done
-body+="}, \"t\": $EPOCHREALTIME}"
-case $kind in
-prologslurmctld) path=/api/v1/hooks/job-start ;;
-epilogslurmctld) path=/api/v1/hooks/job-end ;;
-*) exit 0 ;;
-esac
 
 # Keep 30% of the limit (at least 0.1 s) to record a failure before the wrapper's kill.
 spent=$(((${EPOCHREALTIME/./} - ${start/./}) / 1000)) # ms since this script started

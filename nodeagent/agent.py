@@ -22,6 +22,7 @@ import zmq
 from nomade_common import wire
 from nomade_common.collect import CollectorThread, Reading
 from nomade_common.config import Config
+from nomade_common.reportdir import ReportDir
 
 from .node_collectors import NODE_COLLECTORS
 from .outbox import Outbox
@@ -45,25 +46,9 @@ def _write_private(directory: Path, name: str, text: str, uid: int) -> None:
     os.replace(tmp, directory / name)
 
 
-class Incomplete(Exception):
-    """A hook report still being written (its closing newline has not arrived)."""
-
-
-# A report without its closing newline after this long was left half-written (a hook killed
-# at its limit, a full disk): it is set aside like a malformed one.
-INCOMPLETE_GRACE_SECONDS = 10.0
-
-
-def read_spool_file(path: Path) -> dict[str, Any]:
-    """One hook report: one line of JSON with 'event' (start|end) and an integer 'job_id'.
-
-    The hooks write it under its final name in one write; until its newline is there it raises
-    Incomplete."""
-    text = path.read_text(encoding="utf-8")
-    if not text.endswith("\n"):
-        raise Incomplete(path.name)
-    data = json.loads(text)
-    if not isinstance(data, dict) or data.get("event") not in ("start", "end"):
+def check_job_report(data: dict[str, Any]) -> dict[str, Any]:
+    """A node hook's report: 'event' start or end and an integer 'job_id' (ValueError if not)."""
+    if data.get("event") not in ("start", "end"):
         raise ValueError("expected a JSON object with event 'start' or 'end'")
     if not isinstance(data.get("job_id"), int):
         raise ValueError("expected an integer job_id")
@@ -89,6 +74,7 @@ class Agent:
         self.spool = Path(a.spool_dir) / self.node
         self.inbox = self.spool / "inbox"
         self.inbox.mkdir(parents=True, exist_ok=True, mode=0o755)
+        self.inbox_reports = ReportDir(self.inbox)
         self.verdicts = self.spool / "verdicts"
         _make_wait_fifo(self.spool / "wait")
         self.outbox = Outbox(str(self.spool / "outbox.db"), a.outbox_max_envelopes)
@@ -251,19 +237,11 @@ class Agent:
         self._send(wire.Envelope(wire.HELLO, self.node, self.outbox.epoch, 0, payload).pack())
 
     def read_inbox(self, now: float) -> None:
-        for path in sorted(self.inbox.glob("*.json")):
+        for path, report in self.inbox_reports.ready():
             try:
-                report = read_spool_file(path)
-            except Incomplete:
-                try:
-                    if time.time() - path.stat().st_mtime < INCOMPLETE_GRACE_SECONDS:
-                        continue  # being written: taken at the next look
-                except FileNotFoundError:
-                    continue
-                self._set_aside(path, f"no end of line after {INCOMPLETE_GRACE_SECONDS:g} s")
-                continue
-            except (OSError, ValueError) as exc:
-                self._set_aside(path, str(exc))
+                check_job_report(report)
+            except ValueError as exc:
+                self.inbox_reports.set_aside(path, str(exc))
                 continue
             self.enqueue(wire.JOB_EVENT, report)
             if report["event"] == "start" and str(report.get("uid", "")).isdigit():
@@ -275,11 +253,6 @@ class Agent:
                 self.sample([report["job_id"]])
                 self._followups[report["job_id"]] = now + 1.0
             path.unlink(missing_ok=True)
-
-    def _set_aside(self, path: Path, why: str) -> None:
-        log.warning("hook report %s unreadable (%s); moved to %s", path, why, self.inbox / "bad")
-        (self.inbox / "bad").mkdir(exist_ok=True)
-        os.replace(path, self.inbox / "bad" / path.name)
 
     def run(self) -> None:
         self.connect()

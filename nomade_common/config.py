@@ -69,6 +69,23 @@ class Hooks:
     task_notice: bool = False
     breaker_failures: int = 3
     breaker_seconds: float = 60.0
+    # How PrologSlurmctld and EpilogSlurmctld reach the aggregator: "spool" leaves each report
+    # as a file in <state_dir>/reports, which the aggregator (on the same host) takes within
+    # 20 ms; "http" posts it; "auto" is spool when aggregator_url names a loopback address.
+    controller_transport: str = "auto"
+
+    @property
+    def reports_dir(self) -> str:
+        """Where the head-node hooks leave their reports for the aggregator (spool transport)."""
+        return str(Path(self.state_dir) / "reports")
+
+    def controller_spool(self) -> bool:
+        """Whether the head-node hooks report through reports_dir rather than over HTTP."""
+        if self.controller_transport != "auto":
+            return self.controller_transport == "spool"
+        netloc = self.aggregator_url.partition("://")[2].split("/")[0]
+        host = netloc[1:].partition("]")[0] if netloc.startswith("[") else netloc.partition(":")[0]
+        return host == "localhost" or host == "::1" or host.startswith("127.")
 
 
 @dataclass
@@ -240,6 +257,11 @@ def _validate(cfg: Config) -> None:
         ("agent.resend_seconds", cfg.agent.resend_seconds > 0, "positive"),
         ("hooks.timeout_seconds", 0.1 <= cfg.hooks.timeout_seconds <= 30, "between 0.1 and 30"),
         ("hooks.breaker_failures", cfg.hooks.breaker_failures >= 1, "at least 1"),
+        (
+            "hooks.controller_transport",
+            cfg.hooks.controller_transport in ("auto", "spool", "http"),
+            "one of auto, spool, http",
+        ),
         ("aggregator.reconcile_attempts", cfg.aggregator.reconcile_attempts >= 1, "at least 1"),
         ("models.warn_threshold", 0.0 < cfg.models.warn_threshold < 1.0, "between 0 and 1"),
         ("models.retrain_interval_hours", cfg.models.retrain_interval_hours >= 0, "0 or more"),

@@ -95,7 +95,8 @@ def test_an_unreadable_hook_report_is_set_aside_and_the_good_ones_are_read(tmp_p
 def test_a_report_still_being_written_waits_and_one_left_half_written_is_set_aside(tmp_path):
     """The hooks write a report under its final name in one write, without a rename: the agent
     takes it only once its closing newline is there."""
-    from nodeagent.agent import INCOMPLETE_GRACE_SECONDS, Agent
+    from nodeagent.agent import Agent
+    from nomade_common.reportdir import INCOMPLETE_GRACE_SECONDS
 
     cfg = config.parse(f'[agent]\nspool_dir = "{tmp_path}/spool"\ncgroup_root = "{tmp_path}/cg"\n'
                        f'proc_root = "{tmp_path}/proc"\n')  # fmt: skip

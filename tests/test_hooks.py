@@ -177,6 +177,8 @@ class Site:
         self.spool = root / "spool"
         hooks.setdefault("state_dir", str(self.state))
         hooks.setdefault("aggregator_url", closed_port_url())
+        # The HTTP path; test_controller_reports.py tests the reports directory.
+        hooks.setdefault("controller_transport", "http")
         self.config = write_config(root / "nomade.toml", self.spool, **hooks)
         nomadectl(self.config, "install-hooks", "--prefix", str(self.prefix))
         self.limit = float(hooks.get("timeout_seconds", 1.0))
@@ -459,13 +461,15 @@ def site_layout(world: Path, existing: bool) -> tuple[Path, Path, Path, Path]:
     return site, prefix, include, state
 
 
+@pytest.mark.parametrize("transport", ["http", "spool"])
 @pytest.mark.parametrize("existing", [False, True], ids=["fresh", "existing"])
 @pytest.mark.parametrize("installs", [1, 2], ids=["once", "twice"])
-def test_install_uninstall_leaves_no_trace(world, aggregator, existing, installs):
+def test_install_uninstall_leaves_no_trace(world, aggregator, existing, installs, transport):
     site, prefix, include, state = site_layout(world, existing)
     agg = aggregator("error")
     config = write_config(world / "nomade.toml", world / "spool", state_dir=str(state),
-                          aggregator_url=agg.url, breaker_failures=1)  # fmt: skip
+                          aggregator_url=agg.url, breaker_failures=1,
+                          controller_transport=transport)  # fmt: skip
     before = snapshot(site)
     for _ in range(installs):
         out = nomadectl(config, "install-hooks", "--prefix", str(prefix), "--include", str(include))
@@ -475,9 +479,21 @@ def test_install_uninstall_leaves_no_trace(world, aggregator, existing, installs
         assert f"{key}={prefix}/{name}" in out
         assert f"{key}={prefix}/{name}" in include.read_text()
     assert state.stat().st_uid == pwd.getpwnam("slurm").pw_uid
-    if not existing:  # the hooks at work leave their state (breaker, failure log) behind
+    reports = state / "reports"
+    if transport == "spool":  # only SlurmUser may leave reports: a user must not forge a start
+        assert reports.stat().st_uid == pwd.getpwnam("slurm").pw_uid
+        assert stat.S_IMODE(reports.stat().st_mode) == 0o700
+    else:
+        assert not reports.exists()
+    # The hooks at work leave their state behind: a report that no aggregator took, or (in a
+    # state directory that install made) breaker and failure log.
+    if transport == "spool" or not existing:
         proc, _ = run_hook(prefix, "prologslurmctld", slurm_env("prologslurmctld"), "slurm")
-        assert proc.returncode == 0 and (state / "breaker.json").exists()
+        assert proc.returncode == 0
+        if transport == "spool":
+            assert len(list(reports.glob("*-prologslurmctld.json"))) == 1
+        else:
+            assert (state / "breaker.json").exists()
     removed = nomadectl(config, "uninstall-hooks", "--prefix", str(prefix))
     assert "removed" in removed
     assert snapshot(site) == before
