@@ -35,6 +35,7 @@ from .ingest import Ingest, Rejected, store_collector_status, store_reading
 from .parsers import scontrol, slurmvalues
 from .queue import QueueSnapshots
 from .reconcile import Reconciler, run_command
+from .scontroljobs import ScontrolJobs
 from .scoring import Scorer, pack, unpack
 from .store import WorkItem, Writer, bump, connect, event
 
@@ -72,6 +73,7 @@ class Aggregator:
         # Job starts are processed off the HTTP thread, two at a time, in arrival order per worker.
         self._starts = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="start")
         self._reply_local = threading.local()  # work to run once an HTTP reply is sent
+        self.scontrol_jobs = ScontrolJobs(self._scontrol_job)  # one call per job array burst
         self._reports_taken: set[str] = set()  # reports handed on and not yet stored
         self._starts_in_hand: set[str] = set()  # job ids whose start report is among them
         self.reconciler.on_final = self._job_ended
@@ -296,7 +298,9 @@ class Aggregator:
                      settle: Settle | None = None) -> None:  # fmt: skip
         try:
             if not isinstance(text, str) or not text.strip():
-                text = self._scontrol_job(fields["job_id"])
+                text = self.scontrol_jobs.text(
+                    fields["job_id"], fields.get("array_job_id"), fields.get("array_task_id")
+                )
             recs = scontrol.parse(text, "scontrol show job") if text else []
             if recs:
                 fields = jobfields.merge(fields, jobfields.request_from_scontrol(recs[0]))

@@ -15,11 +15,14 @@ tasks runs in each of these modes, in the same run:
   hung         NØMADE's hooks with the aggregator frozen (SIGSTOP: connections accepted, never
                answered), where the time limit and the circuit breaker must hold
 
+--transport picks how PrologSlurmctld and EpilogSlurmctld reach the aggregator: the reports
+directory (spool, what `auto` chooses for an aggregator on the same host, as here) or HTTP.
+
 Added time = a mode's percentile minus the empty hook's, per hook.  `value` is the largest added
 p50 among the hooks in `nomade` mode, in ms.  Needs root and the dev cluster
 (slurm-conf/cluster-up.sh); it restores the include file it found.
 
-    python bench/prolog_latency.py [--quick] [--jobs 200]
+    python bench/prolog_latency.py [--quick] [--jobs 200] [--transport auto|spool|http]
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ def run(*argv: str, **kw) -> subprocess.CompletedProcess:
     )
 
 
-def bench_config(base: Path) -> tuple[int, dict[str, str]]:
+def bench_config(base: Path, transport: str = "auto") -> tuple[int, dict[str, str]]:
     """A nomade.toml under BASE on free loopback ports (data, spool, hooks and their state all
     under BASE); returns the agents' ZeroMQ port and an environment that points at it."""
     zport, hport = free_port(), free_port()
@@ -70,7 +73,7 @@ def bench_config(base: Path) -> tuple[int, dict[str, str]]:
                    f'[agent]\naggregator = "tcp://127.0.0.1:{zport}"\nspool_dir = "{base}/spool"\n'
                    f'[aggregator]\nlisten = "tcp://127.0.0.1:{zport}"\nhttp_listen = "127.0.0.1:{hport}"\n'
                    f'[hooks]\nprefix = "{base}/hooks"\naggregator_url = "http://127.0.0.1:{hport}"\n'
-                   f'state_dir = "{base}/hookstate"\n')  # fmt: skip
+                   f'state_dir = "{base}/hookstate"\ncontroller_transport = "{transport}"\n')  # fmt: skip
     return zport, {**os.environ, "NOMADE_CONFIG": str(cfg)}
 
 
@@ -174,6 +177,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--jobs", type=int, default=None)
+    ap.add_argument("--transport", choices=("auto", "spool", "http"), default="auto",
+                    help="how the head-node hooks reach the aggregator (auto: spool, as it is local)")  # fmt: skip
     args = ap.parse_args()
     n = args.jobs or (20 if args.quick else 200)
     before = INCLUDE.read_text() if INCLUDE.exists() else None
@@ -182,7 +187,7 @@ def main() -> None:
     for sub in ("timing", "jobs"):
         (base / sub).mkdir()
         (base / sub).chmod(0o1777)
-    zport, env = bench_config(base)
+    zport, env = bench_config(base, args.transport)
     procs: list[subprocess.Popen] = []
     results: dict[str, dict] = {}
     try:
@@ -256,7 +261,7 @@ def main() -> None:
     print(json.dumps({"bench": "prolog_latency", "value": added50, "unit": "ms", "baseline": base50,
                       "ratio": round((base50 + added50) / base50, 2) if base50 else None,
                       "goal": "added p50 <= 50 ms, added p99 <= 150 ms, <= 1000 ms when the aggregator is unreachable",
-                      "added_p99_ms": added99, "worst_ms_aggregator_down": worst_down, "jobs": n,
+                      "added_p99_ms": added99, "transport": args.transport, "worst_ms_aggregator_down": worst_down, "jobs": n,
                       "per_hook": results}))  # fmt: skip
 
 
