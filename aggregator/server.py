@@ -402,16 +402,17 @@ class Aggregator:
         for path, body in reports.ready(skip=self._reports_taken):
             handler = {"prologslurmctld": self.hook_job_start,
                        "epilogslurmctld": self.hook_job_end}.get(body.get("kind"))  # fmt: skip
-            if handler is None:
-                reports.set_aside(path, "expected kind prologslurmctld or epilogslurmctld")
+            env = body.get("env")
+            if handler is None or not isinstance(env, dict):
+                reports.set_aside(path, "expected kind prologslurmctld or epilogslurmctld and an env object")
                 continue
-            job = str((body.get("env") or {}).get("SLURM_JOB_ID", "")) if isinstance(body.get("env"), dict) else ""
+            job = str(env.get("SLURM_JOB_ID", ""))
             if body["kind"] == "epilogslurmctld" and job in self._starts_in_hand:
                 continue  # stored after the job's start (still being scored), at a later look
             self._reports_taken.add(path.name)
-            start = body["kind"] == "prologslurmctld" and job
+            start = job if body["kind"] == "prologslurmctld" else ""
             if start:
-                self._starts_in_hand.add(job)
+                self._starts_in_hand.add(start)
 
             def settle(ok: bool, why: str = "", path: Path = path, start: str = start) -> None:
                 if ok:
@@ -424,8 +425,8 @@ class Aggregator:
 
             try:
                 handler(body, settle)
-            except ValueError as exc:
-                settle(False, str(exc))
+            except Exception as exc:  # a report that cannot be taken must not block the others
+                settle(False, f"{type(exc).__name__}: {exc}")
             taken += 1
         return taken
 

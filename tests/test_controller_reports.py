@@ -163,6 +163,7 @@ def test_bad_reports_are_set_aside_with_one_line_and_the_good_one_is_stored(worl
     (spool / "1-1-prologslurmctld.json").write_text("not json\n")
     (spool / "2-2-prologslurmctld.json").write_text('{"kind": "somethingelse", "env": {}}\n')
     (spool / "3-3-prologslurmctld.json").write_text('{"kind": "prologslurmctld", "env": {}}\n')
+    (spool / "3-4-epilogslurmctld.json").write_text('{"kind": "epilogslurmctld", "env": ["not", "an", "object"]}\n')
     half = spool / "4-4-prologslurmctld.json"
     half.write_text('{"kind": "prologslurmctld", "env": {"SLURM_JOB_ID": "4"')
     young = spool / "6-6-prologslurmctld.json"
@@ -177,14 +178,14 @@ def test_bad_reports_are_set_aside_with_one_line_and_the_good_one_is_stored(worl
         agg = start_aggregator(world, site)
         try:
             wait_until(lambda: stored_job(agg, 5)[0], "good report stored")
-            bad = wait_until(lambda: len(list((spool / "bad").glob("*.json"))) == 4
+            bad = wait_until(lambda: len(list((spool / "bad").glob("*.json"))) == 5
                              and sorted(p.name for p in (spool / "bad").glob("*.json")), "bad set aside")  # fmt: skip
         finally:
             agg.stop()
-    assert [n.split("-")[0] for n in bad] == ["1", "2", "3", "4"]
+    assert [n.split("-")[0] for n in bad] == ["1", "2", "3", "3", "4"]
     assert young.exists()  # still being written: left for a later look
     lines = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
-    assert len(lines) == 4 and all(str(spool) in line for line in lines)
+    assert len(lines) == 5 and all(str(spool) in line for line in lines)
     assert any("no job id" in line for line in lines)
     assert any("expected kind" in line for line in lines)
     assert any("no end of line" in line for line in lines)
