@@ -426,6 +426,10 @@ class Aggregator:
             try:
                 handler(body, settle)
             except Exception as exc:  # a report that cannot be taken must not block the others
+                if self._stop.is_set():  # shutting down: left for the next start
+                    self._reports_taken.discard(path.name)
+                    self._starts_in_hand.discard(start)
+                    break
                 settle(False, f"{type(exc).__name__}: {exc}")
             taken += 1
         return taken
