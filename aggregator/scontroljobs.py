@@ -24,7 +24,6 @@ class ScontrolJobs:
     def __init__(self, run: Callable[[int], str | None], max_age: float = MAX_AGE_SECONDS) -> None:
         """RUN(job_id) is `scontrol show job -o JOB_ID`'s output, or None when it failed."""
         self.run, self.max_age = run, max_age
-        self.calls = 0
         self._lock = threading.Lock()
         self._arrays: dict[int, tuple[float, dict[tuple[str, str], str]]] = {}
         self._array_locks: dict[int, threading.Lock] = {}
@@ -33,20 +32,20 @@ class ScontrolJobs:
              array_task_id: int | None = None) -> str | None:  # fmt: skip
         """The record (one line) of JOB_ID; for an array task, from its array's answer."""
         if array_job_id is None or array_task_id is None:
-            return self._call(job_id)
+            return self.run(job_id)
         key = (str(job_id), str(array_task_id))
         with self._lock:
             lock = self._array_locks.setdefault(array_job_id, threading.Lock())
         with lock:  # the other tasks of a burst wait for the one call, then read its answer
             line = self._cached(array_job_id, key)
             if line is None:
-                out = self._call(array_job_id)
+                out = self.run(array_job_id)
                 lines = _by_task(out) if out else {}
                 with self._lock:
                     self._forget_old(keep=array_job_id)
                     self._arrays[array_job_id] = (time.monotonic(), lines)
                 line = lines.get(key)
-        return line if line is not None else self._call(job_id)
+        return line if line is not None else self.run(job_id)
 
     def _cached(self, array_job_id: int, key: tuple[str, str]) -> str | None:
         with self._lock:
@@ -58,10 +57,6 @@ class ScontrolJobs:
         for array in [a for a, (t, _) in self._arrays.items() if now - t > self.max_age and a != keep]:
             del self._arrays[array]
             self._array_locks.pop(array, None)
-
-    def _call(self, job_id: int) -> str | None:
-        self.calls += 1
-        return self.run(job_id)
 
 
 def _by_task(text: str) -> dict[tuple[str, str], str]:

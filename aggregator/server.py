@@ -75,7 +75,6 @@ class Aggregator:
         self._reply_local = threading.local()  # work to run once an HTTP reply is sent
         self.scontrol_jobs = ScontrolJobs(self._scontrol_job)  # one call per job array burst
         self._reports_taken: set[str] = set()  # reports handed on and not yet stored
-        self._starts_in_hand: set[str] = set()  # job ids whose start report is among them
         self.reconciler.on_final = self._job_ended
         self._bad_logged: dict[str, float] = {}
         self.http: ThreadingHTTPServer | None = None
@@ -313,10 +312,8 @@ class Aggregator:
             snapshot = None if late else self.queue.get()
             vector, verdict = self._score(fields)
             # Stored through the writer without waiting (heavy ingest must not delay a start).
-            self.writer.submit(WorkItem(
-                lambda c: self.ingest.job_start(c, fields, snapshot, now, vector, features.FEATURE_VERSION, verdict),
-                None if settle is None else lambda _: settle(True),
-                None if settle is None else lambda exc: settle(False, f"not stored: {exc}")))  # fmt: skip
+            self.writer.submit(_settled(lambda c: self.ingest.job_start(
+                c, fields, snapshot, now, vector, features.FEATURE_VERSION, verdict), settle))  # fmt: skip
             # Every start gets a verdict message, even without a model: TaskProlog waits for it.
             if not late:
                 self._push_verdict(fields, verdict)
@@ -380,10 +377,7 @@ class Aggregator:
         now = time.time()
         delay = self.cfg.aggregator.reconcile_delay_seconds
         # Stored asynchronously, like the start: the hook never waits for the writer.
-        self.writer.submit(WorkItem(
-            lambda c: self.ingest.job_end(c, fields, delay, now),
-            None if settle is None else lambda _: settle(True),
-            None if settle is None else lambda exc: settle(False, f"not stored: {exc}")))  # fmt: skip
+        self.writer.submit(_settled(lambda c: self.ingest.job_end(c, fields, delay, now), settle))
         return {"ok": True}
 
     # -- hooks through the reports directory --------------------------------------------------
@@ -399,36 +393,31 @@ class Aggregator:
         """Hand every complete report in REPORTS to its handler; each file is removed once what
         it says is stored (a report read again after a crash is stored again, idempotently)."""
         taken = 0
+        handlers = {"prologslurmctld": self.hook_job_start, "epilogslurmctld": self.hook_job_end}
         for path, body in reports.ready(skip=self._reports_taken):
-            handler = {"prologslurmctld": self.hook_job_start,
-                       "epilogslurmctld": self.hook_job_end}.get(body.get("kind"))  # fmt: skip
-            env = body.get("env")
+            handler, env = handlers.get(body.get("kind")), body.get("env")
             if handler is None or not isinstance(env, dict):
                 reports.set_aside(path, "expected kind prologslurmctld or epilogslurmctld and an env object")
                 continue
-            job = str(env.get("SLURM_JOB_ID", ""))
-            if body["kind"] == "epilogslurmctld" and job in self._starts_in_hand:
-                continue  # stored after the job's start (still being scored), at a later look
+            # A job's end waits while its start (named <µs>-<job>-prologslurmctld.json by the
+            # hook) is still being scored, and is stored after it, at a later look.
+            started = f"-{env.get('SLURM_JOB_ID', '')}-prologslurmctld.json"
+            if body["kind"] == "epilogslurmctld" and any(n.endswith(started) for n in list(self._reports_taken)):
+                continue
             self._reports_taken.add(path.name)
-            start = job if body["kind"] == "prologslurmctld" else ""
-            if start:
-                self._starts_in_hand.add(start)
 
-            def settle(ok: bool, why: str = "", path: Path = path, start: str = start) -> None:
+            def settle(ok: bool, why: str = "", path: Path = path) -> None:
                 if ok:
                     path.unlink(missing_ok=True)
                 else:
                     reports.set_aside(path, why)
                 self._reports_taken.discard(path.name)
-                if start:
-                    self._starts_in_hand.discard(start)
 
             try:
                 handler(body, settle)
             except Exception as exc:  # a report that cannot be taken must not block the others
                 if self._stop.is_set():  # shutting down: left for the next start
                     self._reports_taken.discard(path.name)
-                    self._starts_in_hand.discard(start)
                     break
                 settle(False, f"{type(exc).__name__}: {exc}")
             taken += 1
@@ -492,6 +481,13 @@ class Aggregator:
             os.close(self._wake_r)
             os.close(self._wake_w)
             self._wake_r = self._wake_w = -1
+
+
+def _settled(apply: Callable[[Any], Any], settle: Settle | None) -> WorkItem:
+    """A writer item that settles its report: settle(True) after the COMMIT, else (False, why)."""
+    if settle is None:
+        return WorkItem(apply)
+    return WorkItem(apply, lambda _: settle(True), lambda exc: settle(False, f"not stored: {exc}"))
 
 
 def _handler(agg: Aggregator) -> type[BaseHTTPRequestHandler]:

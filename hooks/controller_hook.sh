@@ -16,15 +16,13 @@ conf=
 setting() { # $1 key, $2 default: a flat value from hooks.json (written by nomadectl install-hooks)
     if [[ $conf =~ \"$1\":\ *\"?([^\",\}]*) ]]; then REPLY=${BASH_REMATCH[1]}; else REPLY=$2; fi
 }
-setting timeout_seconds 1.0; limit=$REPLY
-setting aggregator_url http://127.0.0.1:27011; url=${REPLY#*://}; url=${url%%/*}
 setting state_dir /var/spool/nomade/hooks; state_dir=$REPLY
-setting breaker_failures 3; breaker_failures=${REPLY%%.*}
-setting breaker_seconds 60; breaker_seconds=${REPLY%%.*}
-host=${url%:*}; port=${url##*:}; [[ $port == "$host" ]] && port=80
-now=${EPOCHREALTIME%.*}
 job=${SLURM_JOB_ID:-}
-breaker=$state_dir/breaker.json
+case $kind in
+prologslurmctld) path=/api/v1/hooks/job-start ;;
+epilogslurmctld) path=/api/v1/hooks/job-end ;;
+*) exit 0 ;;
+esac
 
 json_string() { # JSON-escape $1 into REPLY
     local s=${1//\\/\\\\}
@@ -46,11 +44,6 @@ for name in ${!SLURM@}; do
     sep=', '
 done
 body+="}, \"kind\": \"$kind\", \"t\": $EPOCHREALTIME}"
-case $kind in
-prologslurmctld) path=/api/v1/hooks/job-start ;;
-epilogslurmctld) path=/api/v1/hooks/job-end ;;
-*) exit 0 ;;
-esac
 
 # Spool transport: one line in one write, under its final name; the aggregator takes a report
 # once its closing newline is there.  Should the write fail, the report goes over HTTP.
@@ -63,6 +56,14 @@ if [[ -n $REPLY ]]; then
         >>"$state_dir/hooks-$kind.log" 2>/dev/null
 fi
 
+# HTTP transport, behind the circuit breaker.
+setting timeout_seconds 1.0; limit=$REPLY
+setting aggregator_url http://127.0.0.1:27011; url=${REPLY#*://}; url=${url%%/*}
+setting breaker_failures 3; breaker_failures=${REPLY%%.*}
+setting breaker_seconds 60; breaker_seconds=${REPLY%%.*}
+host=${url%:*}; port=${url##*:}; [[ $port == "$host" ]] && port=80
+now=${EPOCHREALTIME%.*}
+breaker=$state_dir/breaker.json
 state=
 [[ -r $breaker ]] && state=$(<"$breaker")
 count() { if [[ $state =~ \"$1\":\ *([0-9.]+) ]]; then REPLY=${BASH_REMATCH[1]%%.*}; else REPLY=0; fi; }

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import time
 from pathlib import Path
 
 import pytest
+from clusterlib import free_port, wait_for
 from test_hooks import Site, closed_port_url, fake_scontrol, slurm_env, world  # noqa: F401
 
 from aggregator import server
@@ -21,14 +23,6 @@ from nomade_common import config
 from nomade_common.reportdir import INCOMPLETE_GRACE_SECONDS, ReportDir
 
 pytestmark = pytest.mark.usefixtures("world")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def spool_site(root: Path) -> Site:
@@ -53,14 +47,8 @@ def start_aggregator(root: Path, site: Site | None = None) -> server.Aggregator:
     return agg
 
 
-def wait_until(check, what: str, deadline: float = 20.0):
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    pytest.fail(f"no {what} within {deadline:g} s")
+def wait_until(check, what: str):
+    return wait_for(what, check, 20.0, every=0.05)
 
 
 def stored_job(agg: server.Aggregator, job_id: int):
@@ -169,8 +157,6 @@ def test_bad_reports_are_set_aside_with_one_line_and_the_good_one_is_stored(worl
     young = spool / "6-6-prologslurmctld.json"
     young.write_text('{"kind": "prologslurmctld"')
     past = time.time() - INCOMPLETE_GRACE_SECONDS - 1
-    import os
-
     os.utime(half, (past, past))
     proc, _ = site.run("prologslurmctld", slurm_env("prologslurmctld", SLURM_JOB_ID="5"), user="slurm")
     assert proc.returncode == 0
