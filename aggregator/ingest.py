@@ -23,29 +23,35 @@ from .store import bump, event
 # Samples go in as multi-row INSERTs of these sizes (largest first, as many as fit SQLite's
 # limit on parameters): one statement per up to 256 rows binds and steps about 30% faster than
 # executemany's one step per row, and a handful of fixed sizes keeps the statement cache warm.
+# Every row of a statement names the envelope's node as the same parameter, ?1, so the rows
+# are bound as they arrived (wire order, job id replaced by the job's uid) with nothing inserted.
 _CHUNK_SIZES = (256, 64, 16, 4, 1)
-_SAMPLE_WIDTH = len(wire.SAMPLE_FIELDS) + 1  # job_uid and node, then the fields after job_id
+_SAMPLE_WIDTH = len(wire.SAMPLE_FIELDS)
 
 
 @functools.cache
 def _sample_sql(rows: int) -> str:
-    one = f"({', '.join('?' * _SAMPLE_WIDTH)})"
+    one = f"(?1, {', '.join('?' * _SAMPLE_WIDTH)})"
     return (
-        f"INSERT OR IGNORE INTO samples (job_uid, node, {', '.join(wire.SAMPLE_FIELDS[1:])}) "
+        f"INSERT OR IGNORE INTO samples (node, job_uid, {', '.join(wire.SAMPLE_FIELDS[1:])}) "
         f"VALUES {', '.join([one] * rows)}"
     )
 
 
-def insert_samples(conn: sqlite3.Connection, rows: list[list[Any]]) -> None:
-    """Insert ROWS, each ``[job_uid, node, t, ...]`` in samples' column order."""
+def insert_samples(conn: sqlite3.Connection, node: str, rows: list[list[Any]]) -> None:
+    """Insert ROWS of NODE, each ``[job_uid, t, ...]``: SAMPLE_FIELDS with the job's uid first."""
     limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
     i, n = 0, len(rows)
     for size in _CHUNK_SIZES:
-        if size * _SAMPLE_WIDTH > limit and size > 1:
+        if size * _SAMPLE_WIDTH + 1 > limit and size > 1:
             continue
         while n - i >= size:
-            conn.execute(_sample_sql(size), list(chain.from_iterable(rows[i : i + size])))
+            params = [node]
+            params.extend(chain.from_iterable(rows[i : i + size]))
+            conn.execute(_sample_sql(size), params)
             i += size
+
+
 _JOB_COLUMNS = (
     "submit_time", "array_job_id", "array_task_id", "het_job_id", "het_job_offset", "user",
     "user_id", "account", "partition", "job_name", "work_dir", "nodes_requested", "node_list",
@@ -201,22 +207,19 @@ class Ingest:
     def _samples(self, conn: sqlite3.Connection, env: wire.Envelope, rows: Any, now: float) -> None:
         if not isinstance(rows, list):
             raise Rejected("samples payload has no 'rows' list")
-        width = len(wire.SAMPLE_FIELDS)
+        # The rows are this envelope's own lists: each row's job id is replaced by its uid in place.
+        uids, width = self._uids, _SAMPLE_WIDTH
         for i, row in enumerate(rows):
-            if not isinstance(row, list) or len(row) != width or not isinstance(row[0], int):
+            if type(row) is not list or len(row) != width or type(row[0]) is not int:
                 raise Rejected(
                     f"sample row {i} is not a list of {width} values starting with a job id"
                 )
-        # The rows are this envelope's own lists: turned in place into samples' column order.
-        uids, node = self._uids, env.node
-        for row in rows:
             uid = uids.get(row[0])
             if uid is None:
                 t = row[1] if isinstance(row[1], (int, float)) else None
                 uid = self.job_uid(conn, row[0], now, t)
             row[0] = uid
-            row.insert(1, node)
-        insert_samples(conn, rows)
+        insert_samples(conn, env.node, rows)
 
     def _job_event(self, conn: sqlite3.Connection, env: wire.Envelope, now: float) -> None:
         p = env.payload

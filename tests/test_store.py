@@ -46,13 +46,19 @@ def test_the_same_seq_from_a_new_outbox_epoch_is_new_data(db):
 def test_a_bad_row_rejects_its_envelope_and_keeps_everything_stored_before(db):
     ing = Ingest("c")
     good = wire.Envelope(wire.SAMPLES, "n", 1, 1, {"rows": [row(5, 1.0)]})
-    bad = wire.Envelope(wire.SAMPLES, "n", 1, 2, {"rows": [row(5, 2.0), ["x"]]})
+    # Its first rows are good, one of them from a job not seen before; its third is not a row.
+    bad = wire.Envelope(wire.SAMPLES, "n", 1, 2, {"rows": [row(5, 2.0), row(6, 2.0), ["x"]]})
     db.call(lambda c: ing.apply_envelope(c, good))
-    with pytest.raises(Rejected, match="sample row 1"):
+    with pytest.raises(Rejected, match="sample row 2"):
         db.call(lambda c: ing.apply_envelope(c, bad))
     counts = db.call(lambda c: (c.execute("SELECT count(*) FROM samples").fetchone()[0],
-                                c.execute("SELECT count(*) FROM received").fetchone()[0]))  # fmt: skip
-    assert counts == (1, 1)  # the bad envelope left nothing behind, not even its key
+                                c.execute("SELECT count(*) FROM received").fetchone()[0],
+                                c.execute("SELECT count(*) FROM jobs").fetchone()[0]))  # fmt: skip
+    assert counts == (1, 1, 1)  # the bad envelope left nothing behind: no key, no job 6
+    # Job 6 arrives again in a good envelope: it gets a row (no stale cached uid).
+    db.call(lambda c: ing.apply_envelope(c, wire.Envelope(wire.SAMPLES, "n", 1, 3, {"rows": [row(6, 3.0)]})))
+    jobs = db.call(lambda c: c.execute("SELECT j.job_id FROM samples s JOIN jobs j ON j.uid = s.job_uid ORDER BY t").fetchall())
+    assert [r[0] for r in jobs] == [5, 6]
 
 
 def test_samples_before_the_hook_report_join_the_same_job_row(db):
