@@ -6,8 +6,9 @@ and plays node "simnode-K" running --jobs jobs: before timing starts it packs on
 envelope per cycle (one row per job, realistic values in every SAMPLE_FIELDS column, some None,
 t advancing by 10 s per cycle) and announces its jobs with one acknowledged JOB_EVENT each, which
 also proves its connection.  Then it streams its envelopes over a ZeroMQ DEALER, keeping
---window unacknowledged envelopes in flight as nodeagent.agent does, and counts a sample only
-when the ACK of its envelope (sent by the aggregator after the COMMIT) arrives.
+--window unacknowledged envelopes in flight (default: nodeagent.agent.WINDOW, what a real agent
+keeps), and counts a sample only when the ACK of its envelope (sent by the aggregator after the
+COMMIT) arrives.
 
     rate = acknowledged samples / (last ACK received - first envelope sent), over all agents
 
@@ -16,7 +17,7 @@ sample, into a fresh database made by aggregator.store.open_store (the same sche
 pragmas).  At the end the aggregator's database must hold exactly the acknowledged samples.
 The last line of stdout is one JSON object.
 
-    python bench/ingest.py [--quick] [--agents 4] [--jobs 64] [--cycles N] [--window 64]
+    python bench/ingest.py [--quick] [--agents 4] [--jobs 64] [--cycles N] [--window 256]
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from aggregator.server import Aggregator  # noqa: E402
 from aggregator.store import open_store  # noqa: E402
+from nodeagent.agent import WINDOW  # noqa: E402
 from nomade_common import wire  # noqa: E402
 from nomade_common.config import Aggregator as AggregatorSettings  # noqa: E402
 from nomade_common.config import Config, General  # noqa: E402
@@ -300,7 +302,8 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=4, help="simulated agent processes")
     parser.add_argument("--jobs", type=int, default=64, help="running jobs per simulated node")
     parser.add_argument("--cycles", type=int, help="envelopes per agent (default: by --quick)")
-    parser.add_argument("--window", type=int, default=64, help="envelopes in flight per agent")
+    parser.add_argument("--window", type=int, default=WINDOW,
+                        help="envelopes in flight per agent (default: the agent's own window)")  # fmt: skip
     parser.add_argument("--baseline-samples", type=int, help="samples for the naive baseline")
     args = parser.parse_args()
     if args.cycles is None:
