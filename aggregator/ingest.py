@@ -135,9 +135,16 @@ class Ingest:
             conn.execute(
                 f"UPDATE jobs SET {sets}, updated = ? WHERE uid = ?", (*known.values(), now, uid)
             )
+        # An ended run is not cached: a later run of this id is found anew.  A start can arrive
+        # after its end (over HTTP, a short job's end is stored while its start is scored), so
+        # it is the row that says whether the run has ended, not the report.
+        ended = fields.get("end_time") is not None or (
+            conn.execute("SELECT end_time FROM jobs WHERE uid = ?", (uid,)).fetchone()[0] is not None
+        )
         newest = self._uids.get(job_id)
-        if fields.get("end_time") is not None:
-            self._uids.pop(job_id, None)  # an ended run: a later run of this id is found anew
+        if ended:
+            if newest == uid:
+                self._uids.pop(job_id)
         elif newest is None or uid > newest:
             self._uids[job_id] = uid
         return uid

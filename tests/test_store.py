@@ -114,6 +114,24 @@ def test_the_end_report_without_submit_time_completes_the_started_row(db):
     assert [tuple(r) for r in rows] == [(21, "alice", 150.0, "pending")]
 
 
+def test_an_end_stored_before_its_start_leaves_one_ended_job(db):
+    # Over HTTP a short job's end can be stored while its start is still being scored.
+    ing = Ingest("c")
+    db.call(lambda c: ing.job_end(c, {"job_id": 31, "end_time": 150.0}, 2.0, 150.0))
+    db.call(lambda c: ing.job_start(
+        c, {"job_id": 31, "submit_time": 100.0, "start_time": 140.0, "user": "alice"}, None, 151.0))  # fmt: skip
+    rows = db.call(lambda c: c.execute(
+        "SELECT job_id, user, submit_time, start_time, end_time, reconcile FROM jobs").fetchall())  # fmt: skip
+    assert [tuple(r) for r in rows] == [(31, "alice", 100.0, 140.0, 150.0, "pending")]
+    # The job has ended: samples of the same id two hours later are a new run's, not this one's.
+    db.call(lambda c: ing.apply_envelope(
+        c, wire.Envelope(wire.SAMPLES, "n", 1, 1, {"rows": [row(31, 150.0 + 7200)]})))  # fmt: skip
+    runs = db.call(lambda c: c.execute(
+        "SELECT j.uid, j.end_time, count(s.t) FROM jobs j LEFT JOIN samples s ON s.job_uid = j.uid"
+        " GROUP BY j.uid ORDER BY j.uid").fetchall())  # fmt: skip
+    assert [tuple(r)[1:] for r in runs] == [(150.0, 0), (None, 1)]
+
+
 def test_a_start_report_stores_the_job_its_features_and_its_verdict_together(db):
     ing = Ingest("c")
     verdict = {"model_version": "v1", "p_fail": 0.9, "health": 0.1, "probs": {"OUT_OF_MEMORY": 0.8}, "risk": "high",
