@@ -24,6 +24,29 @@ WRAPPERS = {
 }
 FILES = [*WRAPPERS.values(), "node_hook.sh", "controller_hook.sh"]
 MANIFEST = ".nomade-manifest.json"
+# The wrappers written from hooks/wrapper.sh: (hook body, what the hook does).  TaskProlog,
+# whose output Slurm reads, has its own wrapper (hooks/taskprolog).
+FROM_TEMPLATE = {
+    "prolog": ("node_hook.sh", "hands the job's start to the local agent"),
+    "epilog": ("node_hook.sh", "hands the job's end to the local agent"),
+    "prologslurmctld": ("controller_hook.sh", "tells the aggregator that the job starts"),
+    "epilogslurmctld": ("controller_hook.sh", "tells the aggregator that the job has ended"),
+}
+
+
+def hook_text(name: str, timeout_seconds: float) -> str:
+    """The text installed as hook file NAME, for a hard limit of TIMEOUT_SECONDS."""
+    source = Path(hooks_pkg.__file__).parent
+    if name in FROM_TEMPLATE:
+        body, purpose = FROM_TEMPLATE[name]
+        lines = (source / "wrapper.sh").read_text(encoding="utf-8").splitlines(keepends=True)
+        text = "".join(line for line in lines if not line.startswith("## "))
+        text = text.replace("@HOOK@", name).replace("@BODY@", body).replace("@PURPOSE@", purpose)
+    else:
+        text = (source / name).read_text(encoding="utf-8")
+    if name in WRAPPERS.values():
+        text = text.replace("\nlimit_us=1000000\n", f"\nlimit_us={round(timeout_seconds * 1e6)}\n")
+    return text
 
 
 def slurm_conf_lines(prefix: str) -> list[str]:
@@ -70,13 +93,8 @@ def install(cfg: Config, prefix: str | None = None, include: str | None = None,
     earlier = _read_manifest(dest)  # a re-install (upgrade) keeps what the first one found
     created_dirs = _missing_dirs(dest)
     dest.mkdir(parents=True, exist_ok=True, mode=0o755)
-    source = Path(hooks_pkg.__file__).parent
-    limit_us = round(cfg.hooks.timeout_seconds * 1e6)
     for name in FILES:
-        text = (source / name).read_text(encoding="utf-8")
-        if name not in ("node_hook.sh", "controller_hook.sh"):
-            text = text.replace("\nlimit_us=1000000\n", f"\nlimit_us={limit_us}\n")
-        (dest / name).write_text(text, encoding="utf-8")
+        (dest / name).write_text(hook_text(name, cfg.hooks.timeout_seconds), encoding="utf-8")
         os.chmod(dest / name, 0o755)
     (dest / "hooks.json").write_text(
         json.dumps(hook_settings(cfg), indent=1) + "\n", encoding="utf-8"
