@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from .outcome import is_failure
+from .store import JOB_TIME
 
 JOB_COLUMNS = (
     "job_id", "submit_time", "user", "user_id", "account", "partition", "job_name", "work_dir",
@@ -40,9 +41,10 @@ def _row_job(row: sqlite3.Row) -> dict[str, Any]:
 
 
 def find_job(conn: sqlite3.Connection, job_id: int) -> sqlite3.Row | None:
-    """The newest record of JOB_ID (ids are reused after requeues and controller resets)."""
+    """The newest run of JOB_ID by submit time (ids are reused after controller resets, and
+    imported history makes newer rows for older runs)."""
     return conn.execute(
-        "SELECT * FROM jobs WHERE job_id = ? ORDER BY uid DESC LIMIT 1", (job_id,)
+        f"SELECT * FROM jobs WHERE job_id = ? ORDER BY {JOB_TIME} DESC, uid DESC LIMIT 1", (job_id,)
     ).fetchone()
 
 
@@ -100,10 +102,10 @@ def jobs(conn: sqlite3.Connection, user: str | None = None, state: str | None = 
         where.append("(outcome = ? OR state LIKE ?)")
         args += [state.upper(), state.upper() + "%"]
     if since is not None:
-        where.append("coalesce(submit_time, start_time, created) >= ?")
+        where.append(f"{JOB_TIME} >= ?")
         args.append(since)
     sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
-    sql += " ORDER BY uid DESC LIMIT ?"
+    sql += f" ORDER BY {JOB_TIME} DESC, uid DESC LIMIT ?"  # the indexes jobs_by_time, _user_time
     return [_row_job(r) for r in conn.execute(sql, (*args, limit))]
 
 

@@ -171,6 +171,20 @@ CREATE TABLE collector_status (
     )
 )
 
+# Jobs are listed newest first by when they were submitted (started, or first seen, when that is
+# all NØMADE knows), not in the order their rows were made: history imported later (the sacct
+# collector, `nomadectl import sacct`) makes newer rows for older jobs.
+JOB_TIME = "coalesce(submit_time, start_time, created)"
+MIGRATIONS.append(
+    (
+        "0004_jobs_by_time",
+        f"""
+CREATE INDEX jobs_by_time ON jobs ({JOB_TIME});
+CREATE INDEX jobs_by_user_time ON jobs (user, {JOB_TIME});
+""",
+    )
+)
+
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -208,3 +208,23 @@ def test_the_wal_stays_bounded_while_writes_never_pause(tmp_path):
         assert (tmp_path / "w.db").stat().st_size > 8 * limit  # the data did reach the database
     finally:
         w.stop()
+
+
+def test_the_jobs_list_is_newest_first_by_submit_time_whatever_the_order_they_were_stored(db, tmp_path):
+    from aggregator import query
+
+    ing = Ingest("c")
+    # Live jobs stored first; then history imported afterwards (older jobs, newer rows); then a
+    # running job known only from its samples (no submit time yet: listed by when it was seen).
+    for job_id, submit in ((101, 5_000.0), (102, 5_100.0)):
+        db.call(lambda c, j=job_id, s=submit: ing.job_start(c, {"job_id": j, "submit_time": s, "user": "alice"}, None, s + 1))  # fmt: skip
+    for job_id, submit in ((11, 1_000.0), (12, 1_100.0)):
+        db.call(lambda c, j=job_id, s=submit: ing.upsert_job(c, {"job_id": j, "submit_time": s, "user": "alice"}, 9_000.0))  # fmt: skip
+    db.call(lambda c: ing.apply_envelope(c, wire.Envelope(wire.SAMPLES, "n", 1, 1, {"rows": [row(103, 5_200.0)]}), now=5_200.0))  # fmt: skip
+    reader = store.connect(str(tmp_path / "n.db"), readonly=True)
+    assert [j["job_id"] for j in query.jobs(reader)] == [103, 102, 101, 12, 11]
+    assert [j["job_id"] for j in query.jobs(reader, user="alice", limit=3)] == [102, 101, 12]
+    assert [j["job_id"] for j in query.jobs(reader, since=5_050.0)] == [103, 102]
+    # `nomadectl job ID`: the newest run of a reused id, even when an older run was stored later.
+    db.call(lambda c: ing.upsert_job(c, {"job_id": 101, "submit_time": 900.0, "user": "bob"}, 9_100.0))  # fmt: skip
+    assert query.find_job(reader, 101)["user"] == "alice"
