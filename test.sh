@@ -6,4 +6,6 @@ cd "$(dirname "$0")"
 slurm-conf/install-deps.sh
 python3 -m pip install --quiet --disable-pip-version-check -e ".[aggregator,train,dev]"
 slurm-conf/cluster-up.sh
-exec python3 -m pytest -q -p no:cacheprovider "$@"
+# The cluster, nvidia-ml-py and torch are all provided above: under this command their absence is
+# a failure, not a skip (conftest.required).
+NOMADE_TEST_COMMAND=1 exec python3 -m pytest -q -p no:cacheprovider "$@"

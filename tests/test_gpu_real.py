@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import required
 
 from nodeagent.collectors import gpu
 from nodeagent.node_collectors import NODE_COLLECTORS
@@ -32,7 +33,7 @@ def _nvml_or_skip():
     try:
         import pynvml  # type: ignore[import-not-found]
     except ImportError:
-        pytest.skip("pynvml (nvidia-ml-py) is not installed")
+        required("pynvml (nvidia-ml-py) is not installed")
     try:
         pynvml.nvmlInit()
     except Exception as exc:
@@ -76,7 +77,7 @@ def holder():
     try:
         import torch  # noqa: F401
     except ImportError:
-        pytest.skip("torch is needed to put work on the GPU")
+        required("torch is needed to put work on the GPU")
     cgroup = _job_cgroup()
     script = Path(__file__).with_name("gpu_holder.py")
     enter = f'echo $$ > "{cgroup}/cgroup.procs" && ' if cgroup else ""
