@@ -89,6 +89,43 @@ class Hooks:
 
 
 @dataclass
+class Security:
+    """Who may reach the aggregator (docs/security.md).  Secure is the default."""
+
+    # CurveZMQ between agents and aggregator: "on" (only enrolled node keys, and agents talk only
+    # to the configured server key), "rollout" (CURVE on aggregator.listen and, for agents not
+    # moved yet, plain ZeroMQ on plain_listen), or "off" (no authentication; warns at every start).
+    curve: str = "on"
+    keys_dir: str = "/etc/nomade/keys"  # server.key (public), server.key_secret, <node>.key_secret
+    plain_listen: str = ""  # rollout only: the address the not-yet-moved agents use
+    # HTTP: every endpoint but /api/v1/health needs a MUNGE credential; hook reports must come
+    # from root or slurm_user; a user is answered for the credential's uid; root and these users
+    # and groups see everything.
+    slurm_user: str = "slurm"
+    admin_users: list = field(default_factory=list)
+    admin_groups: list = field(default_factory=list)
+    credential_max_age_seconds: float = 60.0  # besides munged's own TTL and replay cache
+    # What users may not see beyond their own jobs: "auto" reads Slurm's PrivateData; or a
+    # comma-separated list of its flags (jobs, nodes, partitions, usage, users, accounts).
+    private_data: str = "auto"
+    # HTTP that leaves loopback needs TLS: certificate and key for the aggregator; clients verify
+    # it against tls_ca (default: the system's trust store).
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    munge_socket: str = ""  # empty: libmunge's default (/run/munge/munge.socket.2)
+
+    def server_public(self) -> str:
+        return str(Path(self.keys_dir) / "server.key")
+
+    def server_secret(self) -> str:
+        return str(Path(self.keys_dir) / "server.key_secret")
+
+    def node_secret(self, node: str) -> str:
+        return str(Path(self.keys_dir) / f"{node}.key_secret")
+
+
+@dataclass
 class Models:
     warn_threshold: float = 0.5  # a job whose failure probability reaches this gets a warning
     retrain_interval_hours: float = 0.0  # 0: retrain only by hand (nomadectl train)
@@ -194,6 +231,7 @@ class Config:
     aggregator: Aggregator = field(default_factory=Aggregator)
     hooks: Hooks = field(default_factory=Hooks)
     models: Models = field(default_factory=Models)
+    security: Security = field(default_factory=Security)
     collectors: Collectors = field(default_factory=Collectors)
     path: str = "<defaults>"
 
@@ -208,6 +246,7 @@ _SECTIONS = {
     "aggregator": Aggregator,
     "hooks": Hooks,
     "models": Models,
+    "security": Security,
     "collectors": Collectors,
 }
 _LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR"}
@@ -267,6 +306,24 @@ def _validate(cfg: Config) -> None:
         ("models.retrain_interval_hours", cfg.models.retrain_interval_hours >= 0, "0 or more"),
         ("models.cost_missed_failure", cfg.models.cost_missed_failure > 0, "positive"),
         ("models.cost_false_alarm", cfg.models.cost_false_alarm > 0, "positive"),
+        ("security.curve", cfg.security.curve in ("on", "rollout", "off"), "one of on, rollout, off"),
+        (
+            "security.credential_max_age_seconds",
+            1.0 <= cfg.security.credential_max_age_seconds <= 3600,
+            "between 1 and 3600",
+        ),
+        (
+            "security.plain_listen",
+            cfg.security.curve != "rollout"
+            or (cfg.security.plain_listen.startswith("tcp://")
+                and cfg.security.plain_listen != cfg.aggregator.listen),
+            "a tcp:// address other than aggregator.listen when curve is rollout",
+        ),
+        (
+            "security.tls_key",
+            bool(cfg.security.tls_cert) == bool(cfg.security.tls_key),
+            "set together with security.tls_cert",
+        ),
     ]
     for name in (f.name for f in dataclasses.fields(Collectors)):
         every = getattr(cfg.collectors, name).interval_seconds

@@ -1,0 +1,99 @@
+"""CurveZMQ key files for NØMADE's agents and aggregator.
+
+A key pair is two small TOML files in `security.keys_dir`:
+
+    NAME.key         public_key = "<Z85>"                      (mode 0644: safe to hand out)
+    NAME.key_secret  public_key = "<Z85>"  secret_key = "<Z85>" (mode 0600: never leaves its host)
+
+NAME is `server` for the aggregator and the Slurm node name for an agent.  A node's key pair is
+made on the node (`nomade-agent --make-key`), so its secret half never travels; the line that
+command prints, `NODE PUBLIC_KEY`, is what `nomadectl keys add` takes, one node or a whole
+cluster's collected lines at once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+
+import zmq
+from zmq.utils import z85
+
+from .errors import ConfigError
+
+Z85_KEY = re.compile(r"^[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}$")
+NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+
+
+def valid_key(text: str) -> bool:
+    """Whether TEXT is a Z85-encoded 32-byte CURVE public key."""
+    if not Z85_KEY.match(text):
+        return False
+    try:
+        return len(z85.decode(text.encode())) == 32
+    except (ValueError, KeyError):
+        return False
+
+
+def make_pair(keys_dir: str, name: str, *, owner: int | None = None) -> str:
+    """Write a new pair NAME.key / NAME.key_secret (replacing any); return the public key."""
+    public, secret = (k.decode() for k in zmq.curve_keypair())
+    d = Path(keys_dir)
+    d.mkdir(mode=0o755, parents=True, exist_ok=True)
+    header = f"# NØMADE CURVE key {name!r}"
+    _write(d / f"{name}.key_secret", f'{header}: secret, keep on this host only\n'
+           f'public_key = "{public}"\nsecret_key = "{secret}"\n', 0o600, owner)  # fmt: skip
+    _write(d / f"{name}.key", f'{header}: public\npublic_key = "{public}"\n', 0o644, owner)
+    return public
+
+
+def _write(path: Path, text: str, mode: int, owner: int | None) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    if owner is not None:
+        os.chown(tmp, owner, -1)
+    os.replace(tmp, path)
+
+
+def load(path: str, *, secret: bool) -> tuple[str, str | None]:
+    """(public, secret) from a key file; ConfigError naming the file when it is unusable.  A
+    secret file that others may read is refused, as ssh refuses a private key."""
+    p = Path(path)
+    try:
+        st = p.stat()
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(path, None, "no such key file") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(path, None, f"cannot read the key ({type(exc).__name__})") from None
+    if secret and st.st_mode & 0o077:
+        raise ConfigError(path, None, f"a secret key must be mode 0600, not {st.st_mode & 0o777:o}")
+    public, sec = data.get("public_key"), data.get("secret_key")
+    if not isinstance(public, str) or not valid_key(public):
+        raise ConfigError(path, "public_key", "expected a 40-character Z85 CURVE key")
+    if secret and (not isinstance(sec, str) or not valid_key(sec)):
+        raise ConfigError(path, "secret_key", "expected a 40-character Z85 CURVE key")
+    return public, sec if secret else None
+
+
+def parse_enrolment(text: str, source: str = "-") -> list[tuple[str, str]]:
+    """(node, public key) pairs from lines `NODE PUBLIC_KEY`, as `nomade-agent --make-key`
+    prints them; a prefix added by a parallel shell (`node12: `, pdsh and clush) is skipped.
+    Blank lines and `#` comments are skipped; anything else raises ValueError naming the line."""
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        if len(words) == 3 and words[0].endswith(":"):
+            words = words[1:]
+        if len(words) != 2 or not NODE_NAME.match(words[0]) or not valid_key(words[1]):
+            raise ValueError(f"{source}:{n}: expected 'NODE PUBLIC_KEY' (a Slurm node name and "
+                             f"a 40-character Z85 key), got {line[:80]!r}")  # fmt: skip
+        out.append((words[0], words[1]))
+    return out
