@@ -306,7 +306,11 @@ def _validate(cfg: Config) -> None:
         ("models.retrain_interval_hours", cfg.models.retrain_interval_hours >= 0, "0 or more"),
         ("models.cost_missed_failure", cfg.models.cost_missed_failure > 0, "positive"),
         ("models.cost_false_alarm", cfg.models.cost_false_alarm > 0, "positive"),
-        ("security.curve", cfg.security.curve in ("on", "rollout", "off"), "one of on, rollout, off"),
+        (
+            "security.curve",
+            cfg.security.curve in ("on", "rollout", "off"),
+            "one of on, rollout, off",
+        ),
         (
             "security.credential_max_age_seconds",
             1.0 <= cfg.security.credential_max_age_seconds <= 3600,
@@ -315,8 +319,10 @@ def _validate(cfg: Config) -> None:
         (
             "security.plain_listen",
             cfg.security.curve != "rollout"
-            or (cfg.security.plain_listen.startswith("tcp://")
-                and cfg.security.plain_listen != cfg.aggregator.listen),
+            or (
+                cfg.security.plain_listen.startswith("tcp://")
+                and cfg.security.plain_listen != cfg.aggregator.listen
+            ),
             "a tcp:// address other than aggregator.listen when curve is rollout",
         ),
         (
@@ -327,7 +333,9 @@ def _validate(cfg: Config) -> None:
     ]
     for name in (f.name for f in dataclasses.fields(Collectors)):
         every = getattr(cfg.collectors, name).interval_seconds
-        checks.append((f"collectors.{name}.interval_seconds", 1.0 <= every <= 86400, "between 1 and 86400"))
+        checks.append(
+            (f"collectors.{name}.interval_seconds", 1.0 <= every <= 86400, "between 1 and 86400")
+        )
     for key, ok, expected in checks:
         if not ok:
             raise ConfigError(cfg.path, key, f"must be {expected}")

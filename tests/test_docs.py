@@ -20,7 +20,7 @@ def test_every_nomadectl_command_is_documented_and_has_help():
 
 def test_every_setting_is_documented_and_in_the_example_config():
     example = (ROOT / "slurm-conf" / "nomade.toml").read_text()
-    for section in ("general", "agent", "aggregator", "hooks", "models"):
+    for section in ("general", "agent", "aggregator", "hooks", "models", "security"):
         cls = type(getattr(config.Config(), section))
         assert f"[{section}]" in DOCS["configuration.md"]
         for field in dataclasses.fields(cls):
