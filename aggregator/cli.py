@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -15,6 +16,7 @@ from nomade_common import config as cfgmod
 @cfgmod.daemon_options
 def main(config_path: str | None, log_level: str | None) -> None:
     """Run the NØMADE aggregator until SIGTERM or SIGINT."""
+    os.umask(0o077)  # the database, its WAL and shm, logs: readable by the service user alone
     cfg = cfgmod.load_for_daemon("nomade-aggregator", config_path, log_level)
     from .server import Aggregator  # imported late: config errors show before heavy imports
 

@@ -43,6 +43,30 @@ def _reader(cfg: cfgmod.Config) -> sqlite3.Connection:
         raise click.ClickException(f"{cfg.database}: cannot open ({exc})") from None
 
 
+def _from_store() -> bool:
+    """Root reads the store itself (so root's nomadectl on the head node works with the
+    aggregator or munged down); everyone else asks the aggregator's API, as themselves."""
+    return os.geteuid() == 0
+
+
+def _api(cfg: cfgmod.Config, path: str, params: dict | None = None, *, none_if_404: bool = False):
+    """A signed GET of the aggregator's API; a refusal or no answer is one line."""
+    from .apiclient import ApiError, get
+
+    try:
+        return get(cfg, path, params)
+    except ApiError as exc:
+        if exc.status == 404 and none_if_404:
+            return None
+        raise click.ClickException(str(exc)) from None
+
+
+def _view(ctx: click.Context, path: str, local):
+    """A read view: LOCAL(connection) from the store as root, else the API's PATH."""
+    cfg = _cfg(ctx)
+    return local(_reader(cfg)) if _from_store() else _api(cfg, path)
+
+
 def _emit(obj, as_json: bool, human) -> None:
     click.echo(json.dumps(obj, indent=1, sort_keys=True, default=str) if as_json else human(obj))
 
@@ -79,11 +103,23 @@ def main(ctx: click.Context, config: str | None) -> None:
 @main.command()
 @click.pass_context
 def init(ctx: click.Context) -> None:
-    """Create the data directory and the database (applies pending migrations)."""
+    """Create the data directory, the database (applies pending migrations) and, with CURVE,
+    the aggregator's key pair in security.keys_dir."""
     cfg = _cfg(ctx)
     conn = store.open_store(cfg.database)
     click.echo(f"database {cfg.database}: schema version {store.schema_version(conn)}")
     conn.close()
+    if cfg.security.curve != "off":
+        from . import keyscmd
+
+        try:
+            path, made = keyscmd.ensure_server_pair(cfg.security)
+        except OSError as exc:
+            raise click.ClickException(
+                f"cannot make the server key in {cfg.security.keys_dir}: {exc}"
+            ) from None
+        click.echo(f"server key {path}{' (new)' if made else ''}: copy it to every node's "
+                   f"{cfg.security.keys_dir}")  # fmt: skip
 
 
 @main.command()
@@ -116,8 +152,8 @@ def stop(ctx: click.Context, only: str) -> None:
 def status(ctx: click.Context, as_json: bool) -> None:
     """Filesystems, queue, I/O, CPU, memory, nodes, licenses, agents, running jobs, ingest and
     each collector's runs and success rate."""
-    conn = _reader(_cfg(ctx))
-    _emit({**query.status(conn), **clusterviews.overview(conn)}, as_json, render_cluster.status)
+    view = _view(ctx, "/api/v1/status", lambda c: {**query.status(c), **clusterviews.overview(c)})
+    _emit(view, as_json, render_cluster.status)
 
 
 @main.command("queue")
@@ -125,7 +161,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def queue_cmd(ctx: click.Context, as_json: bool) -> None:
     """Running and pending jobs per partition, and why each pending job waits."""
-    _emit(clusterviews.queue(_reader(_cfg(ctx))), as_json, render_cluster.queue)
+    _emit(_view(ctx, "/api/v1/queue", clusterviews.queue), as_json, render_cluster.queue)
 
 
 @main.command("nodes")
@@ -133,7 +169,7 @@ def queue_cmd(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def nodes_cmd(ctx: click.Context, as_json: bool) -> None:
     """Each node: Slurm state, allocation, load, drain reason, and its agent."""
-    _emit(clusterviews.nodes(_reader(_cfg(ctx))), as_json, render_cluster.nodes)
+    _emit(_view(ctx, "/api/v1/nodes", clusterviews.nodes), as_json, render_cluster.nodes)
 
 
 @main.command("licenses")
@@ -141,7 +177,7 @@ def nodes_cmd(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def licenses_cmd(ctx: click.Context, as_json: bool) -> None:
     """License servers and features: issued, in use, by whom, expiry."""
-    _emit(clusterviews.licenses(_reader(_cfg(ctx))), as_json, render_cluster.licenses)
+    _emit(_view(ctx, "/api/v1/licenses", clusterviews.licenses), as_json, render_cluster.licenses)
 
 
 @main.command("collect")
@@ -170,8 +206,13 @@ def collect(ctx: click.Context, once: bool, only: str | None, as_json: bool) -> 
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def jobs(ctx, user, state, since, limit, as_json) -> None:
-    """Recent jobs, newest first."""
-    rows = query.jobs(_reader(_cfg(ctx)), user, state, _since(since), limit)
+    """Recent jobs, newest first (a user sees only their own; root and admins see all)."""
+    cfg, after = _cfg(ctx), _since(since)
+    if _from_store():
+        rows = query.jobs(_reader(cfg), user, state, after, limit)
+    else:
+        params = {"user": user, "state": state, "since": after, "limit": limit}
+        rows = _api(cfg, "/api/v1/jobs", params)
     _emit(rows, as_json, render.jobs)
 
 
@@ -181,9 +222,14 @@ def jobs(ctx, user, state, since, limit, as_json) -> None:
 @click.pass_context
 def job(ctx: click.Context, job_id: int, as_json: bool) -> None:
     """One job: request, outcome, per-node CPU, memory and I/O, and a compact time series."""
-    found = query.job(_reader(_cfg(ctx)), job_id)
+    cfg = _cfg(ctx)
+    if _from_store():
+        found = query.job(_reader(cfg), job_id)
+    else:
+        found = _api(cfg, f"/api/v1/jobs/{job_id}", none_if_404=True)
     if found is None:
-        raise click.ClickException(f"job {job_id} is not in the database")
+        mine = "" if _from_store() else " (or it is another user's)"
+        raise click.ClickException(f"job {job_id} is not in the database{mine}")
     _emit(found, as_json, render.job)
 
 
@@ -405,12 +451,13 @@ def check(ctx: click.Context, script, sbatch_args, user: str | None, as_json: bo
     if user and os.geteuid() != 0:
         raise click.ClickException("only root may score a job as another user")
     req["user"] = user or getpass.getuser()
+    from .apiclient import ApiError
+
     try:
-        answer = request.ask_aggregator(cfg.hooks.aggregator_url, req)
-    except OSError as exc:
-        raise click.ClickException(
-            f"cannot reach the aggregator at {cfg.hooks.aggregator_url}: {exc}"
-        ) from None
+        answer = request.ask_aggregator(cfg.hooks.aggregator_url, req, ca=cfg.security.tls_ca,
+                                        munge_socket=cfg.security.munge_socket)  # fmt: skip
+    except ApiError as exc:
+        raise click.ClickException(str(exc)) from None
     _emit(answer, as_json, render.check)
 
 
@@ -447,3 +494,80 @@ def parse(kind: str, path: str) -> None:
         sys.exit(2)
     for record in records:
         click.echo(json.dumps(record, sort_keys=True, default=str))
+
+
+@main.group("keys")
+def keys_group() -> None:
+    """Which nodes' agents may send to the aggregator: their CurveZMQ keys (root only)."""
+
+
+def _keys(ctx: click.Context, command: str):
+    """(keyscmd, config, write connection) for a key command run by root."""
+    from . import keyscmd
+
+    try:
+        keyscmd.require_root(command)
+    except keyscmd.KeysError as exc:
+        raise click.ClickException(str(exc)) from None
+    cfg = _cfg(ctx.find_root())
+    return keyscmd, cfg, _writer_conn(cfg)
+
+
+@keys_group.command("add")
+@click.argument("node", required=False)
+@click.argument("key", required=False)
+@click.option("--file", "path", type=click.Path(allow_dash=True),
+              help="lines `NODE PUBLIC_KEY` as nomade-agent --make-key prints them ('-': stdin)")  # fmt: skip
+@click.option("--replace", is_flag=True, help="change the key of a node enrolled with another")
+@click.pass_context
+def keys_add(ctx, node, key, path, replace) -> None:
+    """Enrol NODE's KEY, or every line of --file in one transaction."""
+    if (path is None) == (node is None) or (node is not None and key is None):
+        raise click.UsageError("give NODE KEY, or --file FILE (or - for stdin)")
+    keyscmd, _cfg_, conn = _keys(ctx, "keys add")
+    try:
+        text = f"{node} {key}\n" if path is None else click.open_file(path, encoding="utf-8").read()
+        source = "arguments" if path is None else path
+        counts = keyscmd.add(conn, keyscmd.parse(text, source), source, replace)
+    except (keyscmd.KeysError, OSError, UnicodeDecodeError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{counts['add']} enrolled, {counts['replace']} replaced, {counts['keep']} already enrolled"
+               " (the aggregator accepts them within a second)")  # fmt: skip
+
+
+@keys_group.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def keys_list(ctx, as_json) -> None:
+    """Enrolled nodes: key, added when and by whom, last seen over CURVE, revoked."""
+    keyscmd, _cfg_, conn = _keys(ctx, "keys list")
+    _emit(keyscmd.listing(conn), as_json, keyscmd.table)
+
+
+@keys_group.command("revoke")
+@click.argument("node")
+@click.pass_context
+def keys_revoke(ctx, node) -> None:
+    """Revoke NODE's key: its connections are dropped within a second."""
+    keyscmd, _cfg_, conn = _keys(ctx, "keys revoke")
+    try:
+        keyscmd.revoke(conn, node)
+    except keyscmd.KeysError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{node}: key revoked; the aggregator drops its connection within a second")
+
+
+@keys_group.command("rotate-server")
+@click.pass_context
+def keys_rotate_server(ctx) -> None:
+    """A new aggregator key pair (the old one kept as server.key.previous)."""
+    keyscmd, cfg, conn = _keys(ctx, "keys rotate-server")
+    try:
+        public = keyscmd.rotate_server(conn, cfg.security)
+    except OSError as exc:
+        raise click.ClickException(f"cannot make the new server key: {exc}") from None
+    sec = cfg.security
+    click.echo(f"new server key {public}; the old one is {sec.server_public()}.previous\n"
+               f"copy {sec.server_public()} to {sec.server_public()} on every node: each agent "
+               "reconnects with it by itself and keeps its data until then; the aggregator uses "
+               "the new key within a second")  # fmt: skip

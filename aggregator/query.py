@@ -138,4 +138,31 @@ def status(conn: sqlite3.Connection, now: float | None = None) -> dict[str, Any]
         "unreconciled_jobs": conn.execute(
             "SELECT count(*) FROM jobs WHERE reconcile = 'unreconciled'"
         ).fetchone()[0],
+        "agents_refused": agents_refused(conn, counters),
+        "agents_on_plain": agents_on_plain(conn),
     }
+
+
+REFUSED = "agents_refused_"
+
+
+def agents_refused(conn: sqlite3.Connection, counters: dict[str, int]) -> dict[str, Any]:
+    """Handshakes and messages the agent socket refused, by reason, and the last one."""
+    by_reason = {k[len(REFUSED) :]: v for k, v in counters.items() if k.startswith(REFUSED)}
+    last = conn.execute(
+        "SELECT t, detail FROM events WHERE kind = 'agent_refused' ORDER BY t DESC LIMIT 1"
+    ).fetchone()
+    peer, _, reason = (last[1] or "").rpartition(": ") if last else ("", "", "")
+    return {"total": sum(by_reason.values()), "by_reason": by_reason,
+            "last_time": last[0] if last else None, "last_peer": peer or None,
+            "last_reason": reason or None}  # fmt: skip
+
+
+def agents_on_plain(conn: sqlite3.Connection) -> list[str]:
+    """Nodes that have sent over plain ZeroMQ (security.curve "rollout") and never over CURVE."""
+    try:
+        rows = conn.execute("SELECT node FROM agent_links WHERE plain_seen IS NOT NULL"
+                            " AND curve_seen IS NULL ORDER BY node").fetchall()  # fmt: skip
+    except sqlite3.OperationalError:  # a database from before migration 0005
+        return []
+    return [r[0] for r in rows]

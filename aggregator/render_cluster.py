@@ -4,6 +4,7 @@ collect`; `--json` prints the underlying dicts instead."""
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from nomade_common.collect import Reading
@@ -129,7 +130,32 @@ def status_sections(st: dict[str, Any]) -> list[str]:
 
 def status(st: dict[str, Any]) -> str:
     """`nomadectl status`: the collectors' views, then the agents, running jobs and ingest."""
-    return "\n".join(["═══ NØMADE Status ═══", "", *status_sections(st), "", *agent_sections(st)])
+    return "\n".join(["═══ NØMADE Status ═══", "", *status_sections(st), "", *agent_sections(st),
+                      *agent_security(st)])  # fmt: skip
+
+
+def _terminal(text: str) -> str:
+    """TEXT without control characters (a node name in a refused message is the sender's)."""
+    return "".join(c if c.isprintable() else "?" for c in text)[:160]
+
+
+def agent_security(st: dict[str, Any]) -> list[str]:
+    """Refused agents (by reason, and the last one) and, in rollout, the nodes still on plain."""
+    out = []
+    refused = st.get("agents_refused") or {}
+    if refused.get("total"):
+        reasons = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(refused["by_reason"].items(),
+                                                                          key=lambda kv: -kv[1]))  # fmt: skip
+        last = ""
+        if refused.get("last_time") is not None:
+            clock = time.strftime("%H:%M:%S", time.localtime(refused["last_time"]))
+            last = f"; last {clock} from {_terminal(refused.get('last_peer') or '?')}"
+        out.append(f"  agents refused: {refused['total']} ({reasons}{last})")
+    plain = st.get("agents_on_plain") or []
+    if plain:
+        names = ", ".join(_terminal(n) for n in plain[:10]) + (", ..." if len(plain) > 10 else "")
+        out.append(f"  agents still on plain ZeroMQ (not moved to CURVE): {len(plain)} ({names})")
+    return out
 
 
 def queue(q: dict[str, Any]) -> str:

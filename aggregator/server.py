@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import json
 import logging
 import os
 import socket
@@ -17,7 +16,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +27,9 @@ from nomade_common.collect import Reading, Scheduler
 from nomade_common.config import Config
 from nomade_common.reportdir import ReportDir
 
-from . import clusterviews, importer, liveness, query
+from . import api, importer, liveness
 from . import jobs as jobfields
+from .agentauth import INSECURE_WARNING, AgentAuth, HandshakeWatch
 from .headcollect import HEAD_COLLECTORS
 from .ingest import Ingest, Rejected, store_collector_status, store_reading
 from .parsers import scontrol, slurmvalues
@@ -44,6 +43,9 @@ log = logging.getLogger("nomade.aggregator")
 REPORTS_POLL_SECONDS = 0.02  # how often the reports directory is looked at
 LATE_REPORT_SECONDS = 60.0  # a start report older than this was kept while the aggregator was down
 Settle = Callable[..., None]  # settle(True) once a report is stored, settle(False, why) if not
+Peer = tuple[int, bytes]  # (index of the agent socket, ZeroMQ routing id)
+BIND_RETRY_SECONDS = 5.0  # a rebound port the old socket has not quite released yet
+Later = Callable[..., None]  # later(fn, *args): run fn(*args) once the HTTP answer is sent
 
 
 class Aggregator:
@@ -59,7 +61,13 @@ class Aggregator:
         self.reconciler = Reconciler(
             connect(cfg.database), self.writer, self.ingest, cfg.aggregator
         )
-        self._acks: collections.deque[tuple[bytes, bytes]] = collections.deque()
+        # Replies wait here as ((socket index, routing id), data): index 0 is aggregator.listen
+        # (CURVE unless security.curve is "off"), 1 the plain rollout socket.
+        self._acks: collections.deque[tuple[Peer, bytes]] = collections.deque()
+        self._zctx = zmq.Context()  # its own: the ZAP handler answers for these sockets alone
+        self.auth: AgentAuth | None = None
+        self._socks: list[zmq.Socket] = []
+        self._watch: HandshakeWatch | None = None
         # The writer thread wakes the ZeroMQ loop through this pipe when it queues replies, so an
         # acknowledgement leaves as soon as its COMMIT is done, not at the loop's next timeout.
         self._wake_r, self._wake_w = os.pipe()
@@ -67,18 +75,17 @@ class Aggregator:
         os.set_blocking(self._wake_w, False)
         self._zmq_thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self._idents: dict[str, bytes] = {}  # node -> ZeroMQ routing id of its agent
+        self._idents: dict[str, Peer] = {}  # node -> where its agent is (admitted messages only)
         self.scorer = Scorer(cfg.database, cfg.models.warn_threshold)
         self.scoring_failures = 0
         self._retraining: subprocess.Popen | None = None
         # Job starts are processed off the HTTP thread, two at a time, in arrival order per worker.
         self._starts = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="start")
-        self._reply_local = threading.local()  # work to run once an HTTP reply is sent
         self.scontrol_jobs = ScontrolJobs(self._scontrol_job)  # one call per job array burst
         self._reports_taken: set[str] = set()  # reports handed on and not yet stored
         self.reconciler.on_final = self._job_ended
         self._bad_logged: dict[str, float] = {}
-        self.http: ThreadingHTTPServer | None = None
+        self.http: api.HttpServer | None = None
         self.head = socket.gethostname().split(".")[0]
         self.collectors = Scheduler(cfg, HEAD_COLLECTORS, self._store_reading)
 
@@ -109,15 +116,23 @@ class Aggregator:
         else:
             self.writer.submit(WorkItem(note))
 
-    def _receive(self, ident: bytes, frames: list[bytes]) -> None:
+    def _receive(self, peer: Peer, frames: list[Any]) -> None:
         """One message from an agent, handed to the writer as it came.  The writer decodes it,
         so this thread only moves bytes and sends acknowledgements and verdicts without waiting
         behind a backlog of decoding; and the thousand-odd objects of a samples envelope are
-        made, bound and freed by one thread (4 to 9% more samples/s in bench/ingest.py)."""
+        made, bound and freed by one thread (4 to 9% more samples/s in bench/ingest.py).
+
+        Over CURVE the frame carries the node its key is enrolled for (User-Id): an envelope
+        naming another node is dropped and counted, and never becomes where that node's
+        verdicts go."""
+        ident = peer[1]
         if len(frames) != 1:
             self._bad(ident.hex(), f"expected one frame, got {len(frames)}")
             return
-        data, got = frames[0], []
+        frame, got = frames[0], []
+        data = frame.bytes if isinstance(frame, zmq.Frame) else frame
+        auth = self.auth if peer[0] == 0 or self.cfg.security.curve == "rollout" else None
+        user_id = frame.get("User-Id") if peer[0] == 0 and auth is not None else None
 
         def apply(c: sqlite3.Connection) -> Any:
             try:
@@ -125,7 +140,9 @@ class Aggregator:
             except wire.WireError as exc:
                 self._bad(ident.hex(), str(exc), c)
                 return None
-            self._idents[env.node] = ident
+            if auth is not None and not auth.admit(c, env.node, user_id, _address(frame)):
+                return None
+            self._idents[env.node] = peer
             if env.type not in wire.AGENT_TYPES:
                 self._bad(f"{env.node} ({ident.hex()})", f"unknown message type {env.type!r}", c)
                 return None
@@ -135,14 +152,14 @@ class Aggregator:
         def done(result: Any) -> None:
             if got and result != "live":  # heartbeats are not durable and not acknowledged
                 env = got[0]
-                self._acks.append((ident, wire.ack(env.node, env.epoch, env.seq)))
+                self._acks.append((peer, wire.ack(env.node, env.epoch, env.seq)))
                 self._wake()
 
         def failed(exc: BaseException) -> None:
             if got and isinstance(exc, Rejected):
                 env = got[0]
                 self._bad(f"{env.node} ({ident.hex()})", str(exc))
-                self._acks.append((ident, wire.nack(env.node, env.epoch, env.seq, str(exc))))
+                self._acks.append((peer, wire.nack(env.node, env.epoch, env.seq, str(exc))))
                 self._wake()
 
         self.writer.submit(WorkItem(apply, done, failed))
@@ -153,16 +170,63 @@ class Aggregator:
         except BlockingIOError:
             pass  # the pipe is full: the loop has been woken already
 
-    def _bind(self) -> zmq.Socket:
-        sock = zmq.Context.instance().socket(zmq.ROUTER)
+    def _bind(self) -> list[zmq.Socket]:
+        """The agent sockets: aggregator.listen (CURVE unless security.curve is "off") and, in
+        rollout, the plain security.plain_listen."""
+        sec = self.cfg.security
+        if sec.curve == "off":
+            log.warning(INSECURE_WARNING, self.cfg.aggregator.listen)
+            return [self._socket(self.cfg.aggregator.listen, curve=False)]
+        if self.auth is None:
+            self.auth = AgentAuth(self.cfg, self._zctx, self.writer)  # the server key, or fails
+        socks = [self._socket(self.cfg.aggregator.listen, curve=True)]
+        if sec.curve == "rollout":
+            socks.append(self._socket(sec.plain_listen, curve=False))
+        return socks
+
+    def _socket(self, address: str, *, curve: bool) -> zmq.Socket:
+        sock = self._zctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        sock.bind(self.cfg.aggregator.listen)
-        return sock
+        if curve and self.auth is not None:
+            sock.setsockopt(zmq.CURVE_SERVER, 1)
+            sock.setsockopt(zmq.CURVE_SECRETKEY, self.auth.secret)
+            sock.setsockopt(zmq.ZAP_DOMAIN, b"nomade")
+            sock.setsockopt(zmq.HANDSHAKE_IVL, 5000)  # a refused peer is left, then closed
+            if self._watch is not None:
+                self._watch.close()
+            self._watch = HandshakeWatch(sock, self.auth.refusals)
+        deadline = time.monotonic() + BIND_RETRY_SECONDS
+        while True:
+            try:
+                sock.bind(address)
+                return sock
+            except zmq.ZMQError as exc:
+                if exc.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
+                    sock.close(0)
+                    raise
+                time.sleep(0.05)
 
-    def _zmq_loop(self, sock: zmq.Socket) -> None:
+    def _rebind(self, poller: zmq.Poller) -> None:
+        """Drop every CURVE connection (a key was revoked, the server key changed): a new
+        socket, so that each agent must pass the handshake again with the current keys."""
+        assert self.auth is not None
+        self.auth.rebind.clear()
+        old = self._socks[0]
+        poller.unregister(old)
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+        old.close(0)
+        self._acks = collections.deque(a for a in self._acks if a[0][0] != 0)
+        self._socks[0] = self._socket(self.cfg.aggregator.listen, curve=True)
+        poller.register(self._socks[0], zmq.POLLIN)
+
+    def _zmq_loop(self, socks: list[zmq.Socket]) -> None:
+        self._socks = socks
         poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
+        for sock in socks:
+            poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         try:
             while not self._stop.is_set():
@@ -172,21 +236,38 @@ class Aggregator:
                         os.read(self._wake_r, 65536)
                     except BlockingIOError:
                         pass
-                if sock in events:
-                    for _ in range(1000):
-                        try:
-                            ident, *frames = sock.recv_multipart(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
-                        self._receive(ident, frames)
-                while self._acks:
-                    ident, data = self._acks.popleft()
-                    try:
-                        sock.send_multipart([ident, data], zmq.NOBLOCK)
-                    except zmq.ZMQError:
-                        pass  # the agent is gone; it resends and we acknowledge again
+                for i, sock in enumerate(self._socks):
+                    if sock in events:
+                        self._drain(i, sock)
+                self._send_replies()
+                if self.auth is not None and self._watch is not None:
+                    self._watch.read()
+                if self.auth is not None and self.auth.rebind.is_set():
+                    self._rebind(poller)
         finally:
-            sock.close(0)
+            if self._watch is not None:
+                self._watch.close()
+            for sock in self._socks:
+                sock.close(0)
+            if self.auth is not None:
+                self.auth.stop()
+
+    def _drain(self, index: int, sock: zmq.Socket) -> None:
+        copy = self.auth is None  # else frames with metadata: User-Id (CURVE), Peer-Address
+        for _ in range(1000):
+            try:
+                ident, *frames = sock.recv_multipart(zmq.NOBLOCK, copy=copy)
+            except zmq.Again:
+                return
+            self._receive((index, ident.bytes if isinstance(ident, zmq.Frame) else ident), frames)
+
+    def _send_replies(self) -> None:
+        while self._acks:
+            (index, ident), data = self._acks.popleft()
+            try:
+                self._socks[index].send_multipart([ident, data], zmq.NOBLOCK)
+            except (zmq.ZMQError, IndexError):
+                pass  # the agent is gone; it resends and we acknowledge again
 
     # -- periodic work ------------------------------------------------------------------------
     def _job_ended(self, uid: int, job_id: int, final: dict[str, Any]) -> None:
@@ -285,28 +366,22 @@ class Aggregator:
             log.warning("%s: %s", node, kind.replace("_", " "))
 
     # -- hooks over HTTP ----------------------------------------------------------------------
-    def hook_job_start(self, body: dict[str, Any], settle: Settle | None = None) -> dict[str, Any]:
+    def hook_job_start(self, body: dict[str, Any], settle: Settle | None = None,
+                       later: Later | None = None) -> dict[str, Any]:  # fmt: skip
         """PrologSlurmctld's report: answered at once; the request is completed from
         `scontrol show job`, scored, stored and sent to the job's nodes by the start worker.
-        SETTLE(True) follows the COMMIT that stored it, SETTLE(False, why) a failure."""
+        SETTLE(True) follows the COMMIT that stored it, SETTLE(False, why) a failure.
+
+        Over HTTP, LATER(fn, *args) runs the work once the answer is sent (a background task of
+        the API): the hook waits for the end of the answer, and work begun before that would
+        hold the GIL while the answer waits to be written (up to the 5 ms switch interval)."""
         env = body.get("env") or {}
         fields = jobfields.request_from_env(env)
         if fields.get("job_id") is None:
             raise ValueError("no job id (SLURM_JOB_ID) in the hook's report")
-        self.after_reply(self._starts.submit, self._job_started, fields, body.get("scontrol"),
-                         body.get("t"), settle)  # fmt: skip
+        (later or _now)(self._starts.submit, self._job_started, fields, body.get("scontrol"),
+                        body.get("t"), settle)  # fmt: skip
         return {"ok": True}
-
-    def after_reply(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run FN(*ARGS) once this HTTP request's connection is closed (at once elsewhere).
-
-        A hook waits for the end of the aggregator's answer; work begun before that would hold
-        the GIL while the answer waits to be written (up to the 5 ms switch interval)."""
-        pending = getattr(self._reply_local, "after", None)
-        if pending is None:
-            fn(*args)
-        else:
-            pending.append((fn, args))
 
     def _job_started(self, fields: dict[str, Any], text: Any, t: float | None,
                      settle: Settle | None = None) -> None:  # fmt: skip
@@ -383,7 +458,8 @@ class Aggregator:
         verdict = self.scorer.assess(job)[1]
         return {"ok": True, "verdict": verdict, "model": self.scorer.version}
 
-    def hook_job_end(self, body: dict[str, Any], settle: Settle | None = None) -> dict[str, Any]:
+    def hook_job_end(self, body: dict[str, Any], settle: Settle | None = None,
+                     later: Later | None = None) -> dict[str, Any]:  # fmt: skip
         env = body.get("env") or {}
         fields = jobfields.request_from_env(env)
         if fields.get("job_id") is None:
@@ -438,52 +514,33 @@ class Aggregator:
             taken += 1
         return taken
 
-    def _make_http(self) -> ThreadingHTTPServer:
-        host, _, port = self.cfg.aggregator.http_listen.rpartition(":")
-        # A job array starts dozens of PrologSlurmctld at once: with the default backlog of 5,
-        # connections beyond it wait for a SYN retransmission (1 s), the hooks' whole budget.
-        local = self._reply_local
-
-        def process_request_thread(server: ThreadingHTTPServer, request: Any, address: Any) -> None:
-            local.after = []
-            try:
-                ThreadingHTTPServer.process_request_thread(server, request, address)  # closes it
-                for fn, args in local.after:
-                    fn(*args)
-            except Exception:
-                log.exception("http: work after a reply failed")
-            finally:
-                local.after = None
-
-        server_class = type("HookServer", (ThreadingHTTPServer,),
-                            {"request_queue_size": 256, "process_request_thread": process_request_thread})  # fmt: skip
-        server = server_class((host, int(port)), _handler(self))
-        server.daemon_threads = True
-        return server
-
     # -- life cycle ---------------------------------------------------------------------------
     def start(self) -> None:
-        sock = self._bind()  # bind first, so a port in use fails start-up, not a thread
-        self.http = self._make_http()
+        self.http = api.HttpServer(self)  # a port in use or no TLS off loopback fails here
+        socks = self._bind()  # bind first: a port in use or a missing key fails start-up
         self.writer.start()
         self._zmq_thread = threading.Thread(
-            target=self._zmq_loop, args=(sock,), name="zmq", daemon=True
+            target=self._zmq_loop, args=(socks,), name="zmq", daemon=True
         )
         self._zmq_thread.start()
+        if self.auth is not None:
+            self.auth.start()
         threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True).start()
         threading.Thread(target=self._collect, name="collectors", daemon=True).start()
         threading.Thread(target=self._reports_loop, name="reports", daemon=True).start()
-        threading.Thread(
-            target=self.http.serve_forever, args=(0.2,), name="http", daemon=True
-        ).start()
-        log.info("aggregator listening on %s (agents) and http://%s (hooks, API); store %s",
-                 self.cfg.aggregator.listen, self.cfg.aggregator.http_listen, self.cfg.database)  # fmt: skip
+        self.http.start()
+        log.info("aggregator listening on %s (agents) and %s://%s (hooks, API); store %s",
+                 self.cfg.aggregator.listen, self.http.scheme, self.cfg.aggregator.http_listen,
+                 self.cfg.database)  # fmt: skip
+        why = api.munged_answers(self.cfg.security.munge_socket)
+        if why:
+            log.warning("HTTP callers get 503 until munged answers: %s", why)
 
     def stop(self) -> None:
         self._stop.set()
         self._starts.shutdown(wait=False, cancel_futures=True)
         if self.http is not None:
-            self.http.shutdown()
+            self.http.stop()
         self.writer.stop()
         self._close_wake_pipe()
 
@@ -498,66 +555,20 @@ class Aggregator:
             self._wake_r = self._wake_w = -1
 
 
+def _now(fn: Callable[..., Any], *args: Any) -> None:
+    fn(*args)
+
+
+def _address(frame: Any) -> str:
+    """The peer's IP address, where the frame carries it."""
+    try:
+        return str(frame.get("Peer-Address")) if isinstance(frame, zmq.Frame) else "?"
+    except zmq.ZMQError:
+        return "?"
+
+
 def _settled(apply: Callable[[Any], Any], settle: Settle | None) -> WorkItem:
     """A writer item that settles its report: settle(True) after the COMMIT, else (False, why)."""
     if settle is None:
         return WorkItem(apply)
     return WorkItem(apply, lambda _: settle(True), lambda exc: settle(False, f"not stored: {exc}"))
-
-
-def _handler(agg: Aggregator) -> type[BaseHTTPRequestHandler]:
-    routes_post = {
-        "/api/v1/hooks/job-start": agg.hook_job_start,
-        "/api/v1/hooks/job-end": agg.hook_job_end,
-        "/api/v1/check": agg.check,
-    }
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, fmt: str, *args: Any) -> None:
-            log.debug("http: " + fmt, *args)
-
-        def _reply(self, code: int, obj: Any) -> None:
-            data = json.dumps(obj).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-            route = routes_post.get(self.path)
-            if route is None:
-                return self._reply(404, {"error": f"no such endpoint {self.path}"})
-            try:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(min(length, 1 << 20)) or b"{}")
-                if not isinstance(body, dict):
-                    raise ValueError("expected a JSON object")
-                self._reply(200, route(body))
-            except (ValueError, UnicodeDecodeError) as exc:
-                log.warning("hook report on %s rejected: %s", self.path, exc)
-                self._reply(400, {"error": str(exc)})
-            except Exception as exc:
-                log.exception("hook report on %s failed", self.path)
-                self._reply(500, {"error": type(exc).__name__})
-
-        def do_GET(self) -> None:  # noqa: N802
-            try:
-                if self.path == "/api/v1/status":
-                    conn = agg.reader()
-                    return self._reply(200, {**query.status(conn), **clusterviews.overview(conn)})
-                view = {"/api/v1/queue": clusterviews.queue, "/api/v1/nodes": clusterviews.nodes,
-                        "/api/v1/licenses": clusterviews.licenses,
-                        "/api/v1/collectors": clusterviews.collection}.get(self.path)  # fmt: skip
-                if view is not None:
-                    return self._reply(200, view(agg.reader()))
-                if self.path.startswith("/api/v1/jobs/"):
-                    job = query.job(agg.reader(), int(self.path.rsplit("/", 1)[1]))
-                    return self._reply(200 if job else 404, job or {"error": "no such job"})
-                self._reply(404, {"error": f"no such endpoint {self.path}"})
-            except ValueError as exc:
-                self._reply(400, {"error": str(exc)})
-
-    return Handler

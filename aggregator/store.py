@@ -9,8 +9,10 @@ from ordered, named migrations recorded in `schema_migrations`.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -185,6 +187,38 @@ CREATE INDEX jobs_by_user_time ON jobs (user, {JOB_TIME});
     )
 )
 
+# Who may send: the nodes' CURVE keys (`nomadectl keys`), when each node was last seen over CURVE
+# and over plain ZeroMQ (security.curve = "rollout"), and what administrators did, by uid.
+MIGRATIONS.append(
+    (
+        "0005_security",
+        """
+CREATE TABLE agent_keys (
+  node TEXT PRIMARY KEY,
+  public_key TEXT NOT NULL UNIQUE,
+  added REAL NOT NULL,
+  added_by TEXT NOT NULL,
+  revoked REAL,
+  revoked_by TEXT
+);
+CREATE TABLE agent_links (
+  node TEXT PRIMARY KEY,
+  curve_seen REAL,
+  plain_seen REAL
+) WITHOUT ROWID;
+CREATE TABLE admin_log (
+  id INTEGER PRIMARY KEY,
+  t REAL NOT NULL,
+  uid INTEGER NOT NULL,
+  user TEXT,
+  action TEXT NOT NULL,
+  detail TEXT
+);
+CREATE INDEX admin_log_by_t ON admin_log (t);
+""",
+    )
+)
+
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -235,10 +269,33 @@ def schema_version(conn: sqlite3.Connection) -> int:
 
 
 def open_store(path: str) -> sqlite3.Connection:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    """The database at PATH, migrated.  It holds every user's jobs, work directories and job
+    names, so only its owner (the aggregator's user) may read it: a new data directory is made
+    0700 and a new database 0600 before SQLite opens it (SQLite gives the -wal and -shm files
+    the database's own mode); an existing one that others could read is tightened, with a
+    warning."""
+    _private_database(Path(path))
     conn = connect(path)
     migrate(conn)
     return conn
+
+
+def _private_database(db: Path) -> None:
+    if not db.parent.is_dir():
+        db.parent.mkdir(parents=True, mode=0o700)
+        db.parent.chmod(0o700)  # whatever the umask
+    if not db.exists():
+        os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600))
+    for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+        except FileNotFoundError:
+            continue
+        if mode & 0o077:
+            path.chmod(mode & 0o700)
+            log.warning(
+                "store: %s was readable by others (mode %o): now %o", path, mode, mode & 0o700
+            )
 
 
 @dataclass
@@ -397,4 +454,26 @@ def event(
     conn.execute(
         "INSERT INTO events (t, kind, node, job_uid, detail) VALUES (?, ?, ?, ?, ?)",
         (t if t is not None else time.time(), kind, node, job_uid, detail),
+    )
+
+
+def whoami() -> tuple[int, str]:
+    """This process's uid and its user name (the uid itself where it has no name)."""
+    import os
+    import pwd
+
+    uid = os.getuid()
+    try:
+        return uid, pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return uid, str(uid)
+
+
+def audit(conn: sqlite3.Connection, action: str, detail: str = "") -> None:
+    """Record an administrator's action (key enrolment, model activation, ...) with the uid that
+    made it, in the caller's transaction."""
+    uid, user = whoami()
+    conn.execute(
+        "INSERT INTO admin_log (t, uid, user, action, detail) VALUES (?, ?, ?, ?, ?)",
+        (time.time(), uid, user, action, detail),
     )

@@ -12,6 +12,10 @@ COMMIT) arrives.
 
     rate = acknowledged samples / (last ACK received - first envelope sent), over all agents
 
+`value` is that rate with CurveZMQ on (security.curve = "on", every simulated node enrolled with
+a key of its own, as the agents run by default); `plain_value` the same run again without it
+(security.curve = "off"), on a fresh database, in the same process.
+
 Baseline, in the same run: the naive way to store the same rows, one INSERT and one COMMIT per
 sample, into a fresh database made by aggregator.store.open_store (the same schema, indexes and
 pragmas).  At the end the aggregator's database must hold exactly the acknowledged samples.
@@ -44,7 +48,7 @@ from aggregator.store import open_store  # noqa: E402
 from nodeagent.agent import WINDOW  # noqa: E402
 from nomade_common import wire  # noqa: E402
 from nomade_common.config import Aggregator as AggregatorSettings  # noqa: E402
-from nomade_common.config import Config, General  # noqa: E402
+from nomade_common.config import Config, General, Security  # noqa: E402
 
 INTERVAL = 10.0  # seconds between an agent's sampling cycles (the agent's default)
 T0 = 1_700_000_000.0
@@ -135,7 +139,7 @@ def stream(sock: Any, envelopes: list[bytes], first_seq: int, window: int, epoch
 
 
 def agent_main(k: int, endpoint: str, jobs: int, cycles: int, window: int, timeout: float,
-               ready: Any, go: Any, results: Any) -> None:  # fmt: skip
+               ready: Any, go: Any, results: Any, curve: tuple[bytes, bytes, bytes] | None) -> None:  # fmt: skip
     import zmq
 
     node, epoch = f"simnode-{k}", time.time_ns() // 1_000_000 + k
@@ -148,6 +152,8 @@ def agent_main(k: int, endpoint: str, jobs: int, cycles: int, window: int, timeo
     ]  # fmt: skip
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    if curve is not None:  # (server public, own public, own secret), as nomade-agent has them
+        sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = curve
     sock.connect(endpoint)
     hello = {"host": node, "agent_version": "bench", "interval_seconds": INTERVAL, "started": T0}
     sock.send(wire.Envelope(wire.HELLO, node, epoch, 0, hello).pack())
@@ -203,14 +209,15 @@ def naive_baseline(path: str, n: int, jobs: int) -> float:
     return n / elapsed
 
 
-def make_config(tmp: str) -> Config:
+def make_config(tmp: str, curve: str) -> Config:
     cfg = Config(
         general=General(cluster_name="bench", data_dir=tmp, log_level="WARNING"),
         aggregator=AggregatorSettings(
             listen=f"tcp://127.0.0.1:{free_port()}",
             http_listen=f"127.0.0.1:{free_port()}",
-            database=str(Path(tmp) / "nomade.db"),
+            database=str(Path(tmp) / f"nomade-{curve}.db"),
         ),
+        security=Security(curve=curve, keys_dir=str(Path(tmp) / "keys")),
         path="<bench>",
     )
     # Sample ingest only: the head-node collectors (squeue ... sacct) all run once when the
@@ -233,8 +240,33 @@ def wait_for(q: Any, timeout: float, what: str) -> Any:
         raise SystemExit(f"error: a simulated agent has not {what} after {timeout:.0f} s") from None
 
 
+def enrol(cfg: Config, agents: int) -> list[tuple[bytes, bytes, bytes] | None]:
+    """With CURVE: the server pair and one enrolled pair per simulated node (as `nomadectl init`,
+    `nomade-agent --make-key` and `nomadectl keys add` make them); their keys to connect with."""
+    if cfg.security.curve == "off":
+        return [None] * agents
+    from aggregator import keyscmd
+    from nomade_common import keys
+
+    keyscmd.ensure_server_pair(cfg.security)
+    server = keys.load(cfg.security.server_public(), secret=False)[0].encode()
+    pairs = [zmq_pair() for _ in range(agents)]
+    conn = open_store(cfg.database)
+    lines = [(k, f"simnode-{k}", pub.decode()) for k, (pub, _) in enumerate(pairs)]
+    keyscmd.add(conn, lines, "bench")
+    conn.close()
+    return [(server, pub, sec) for pub, sec in pairs]
+
+
+def zmq_pair() -> tuple[bytes, bytes]:
+    import zmq
+
+    return zmq.curve_keypair()
+
+
 def run_agents(cfg: Config, args: argparse.Namespace, timeout: float) -> dict[str, Any]:
     """Start the aggregator and the agents; return what was measured."""
+    curve = enrol(cfg, args.agents)
     agg = Aggregator(cfg)
     agg.start()
     ctx = mp.get_context("spawn")
@@ -252,6 +284,7 @@ def run_agents(cfg: Config, args: argparse.Namespace, timeout: float) -> dict[st
                 ready,
                 go,
                 results,
+                curve[k],
             ),  # fmt: skip
             daemon=True,
         )
@@ -315,9 +348,12 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="nomade-bench-ingest-") as tmp:
         baseline = naive_baseline(str(Path(tmp) / "naive.db"), args.baseline_samples, args.jobs)
-        cfg = make_config(tmp)
+        cfg = make_config(tmp, "on")
         m = run_agents(cfg, args, timeout)
         stored, received = stored_counts(cfg.database)
+        plain_cfg = make_config(tmp, "off")  # the same, unencrypted and unauthenticated
+        plain = run_agents(plain_cfg, args, timeout)
+        plain_stored, _ = stored_counts(plain_cfg.database)
 
     expected = args.agents * args.jobs * args.cycles
     rate = m["samples"] / m["wall"]
@@ -325,8 +361,10 @@ def main() -> None:
           f" {m['bytes'] / m['acked'] / 1024:.1f} KiB per envelope")  # fmt: skip
     print(f"naive       {baseline:10.0f} samples/s (one INSERT + COMMIT per sample, "
           f"{args.baseline_samples} samples)")  # fmt: skip
-    print(f"aggregator  {rate:10.0f} samples/s ({m['samples']} acknowledged in {m['wall']:.2f} s,"
+    plain_rate = plain["samples"] / plain["wall"]
+    print(f"aggregator  {rate:10.0f} samples/s with CURVE ({m['samples']} acknowledged in {m['wall']:.2f} s,"
           f" {m['commits']} commits, {m['acked'] / max(m['commits'], 1):.1f} envelopes/commit)")  # fmt: skip
+    print(f"plain       {plain_rate:10.0f} samples/s without CURVE (security.curve = off)")
     print(
         f"aggregator process CPU {m['cpu']:.2f} s ({m['cpu'] / m['wall'] * 100:.0f}% of one core)"
     )
@@ -336,6 +374,9 @@ def main() -> None:
         problems.append(f"{m['nacks']} envelopes were rejected")
     if m["samples"] != expected:
         problems.append(f"{m['samples']} samples acknowledged, {expected} sent")
+    if plain["samples"] != expected or plain_stored != expected or plain["nacks"]:
+        problems.append(f"without CURVE: {plain['samples']} samples acknowledged and"
+                        f" {plain_stored} stored, {expected} sent")  # fmt: skip
     if stored != m["samples"] or received != m["acked"]:
         problems.append(
             f"the database holds {stored} samples from {received} envelopes, but"
@@ -346,6 +387,7 @@ def main() -> None:
     result = {
         "bench": "ingest",
         "value": round(rate),
+        "plain_value": round(plain_rate),
         "unit": "samples/s",
         "baseline": round(baseline),
         "ratio": round(rate / baseline, 2),

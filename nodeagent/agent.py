@@ -12,7 +12,9 @@ import json
 import logging
 import os
 import queue
+import re
 import socket
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -22,8 +24,10 @@ import zmq
 from nomade_common import wire
 from nomade_common.collect import CollectorThread, Reading
 from nomade_common.config import Config
+from nomade_common.errors import ConfigError
 from nomade_common.reportdir import ReportDir
 
+from . import curvekeys
 from .node_collectors import NODE_COLLECTORS
 from .outbox import Outbox
 from .sampler import JobSampler
@@ -32,18 +36,85 @@ log = logging.getLogger("nomade.agent")
 VERSION = "0.1.0"
 INBOX_POLL_SECONDS = 0.2
 WINDOW = 256  # envelopes in flight at once
+INSECURE_AGENT = (
+    'security.curve = "off": this agent talks to whatever listens on %s without knowing it is '
+    "the aggregator, and any process that reaches the aggregator can send data under any node "
+    'name; enrol this node\'s key and set curve = "on" (docs/security.md)'
+)
 
 
-def _write_private(directory: Path, name: str, text: str, uid: int) -> None:
-    """Write NAME readable only by UID (mode 0400), renamed into place."""
-    directory.mkdir(mode=0o755, exist_ok=True)
+# The spool layout (docs/security.md).  <spool>/<node> and the places TaskProlog looks into are
+# traversable but not listable (0711): TaskProlog runs as the job's user and only tests or opens
+# a name it knows.  What only the agent and the root Prolog/Epilog use is 0700/0600.
+SPOOL_DIR_MODES = {".": 0o711, "inbox": 0o700, "verdicts": 0o711, "jobs": 0o711, "wait": 0o711}
+PRIVATE_FILE = 0o600  # outbox.db and its -wal/-shm, verdicts, a wait FIFO (for its one user)
+WARNING_FILE = 0o400  # jobs/<job>: the job's user reads it, nobody writes it
+_UID = re.compile(r"[0-9]{1,10}")
+MAX_UID = 2**32 - 2
+# What must not reach the job's output, hence a terminal: C0 and C1 controls (escape sequences
+# would come from a job name), and the bidirectional overrides that reorder what a reader sees.
+_NOT_PRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+MAX_WARNING_LINE = 500
+
+
+def printable(text: str) -> str:
+    """TEXT on one line without control characters (each becomes a space), for a terminal."""
+    return _NOT_PRINTABLE.sub(" ", text)[:MAX_WARNING_LINE]
+
+
+def _tighten(path: Path, mode: int) -> None:
+    """Take from PATH any permission beyond MODE (as an older version may have left it)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode) or not stat.S_IMODE(st.st_mode) & ~mode:
+        return
+    os.chmod(path, stat.S_IMODE(st.st_mode) & mode)
+    log.info("tightened %s to mode %o", path, stat.S_IMODE(st.st_mode) & mode)
+
+
+def _make_dir(path: Path, mode: int) -> None:
+    """PATH a directory of exactly MODE, whatever the umask; anything else of that name (the
+    single wait FIFO of versions before 0.2) is replaced."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        path.unlink()
+    path.mkdir(mode=mode, exist_ok=True)
+    if stat.S_IMODE(os.stat(path).st_mode) != mode:
+        os.chmod(path, mode)
+
+
+def _make_spool_root(path: Path) -> None:
+    """The spool directory: made 0711 if missing; an existing one must let job users through
+    (TaskProlog), so a missing search permission is added, with a warning."""
+    if not path.is_dir():
+        path.mkdir(parents=True, mode=0o711)
+        os.chmod(path, 0o711)
+        return
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o011 != 0o011:
+        os.chmod(path, mode | 0o011)
+        log.warning("made %s traversable by job users (TaskProlog), mode %o", path, mode | 0o011)
+
+
+def _write_private(directory: Path, name: str, text: str, uid: int, mode: int) -> None:
+    """Write NAME with MODE, owned by UID (as root), renamed into place."""
+    _make_dir(directory, SPOOL_DIR_MODES[directory.name])
     tmp = directory / f".{name}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o400)
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
+        os.fchmod(f.fileno(), mode)  # exactly MODE, whatever the umask
         f.write(text)
-    if uid and os.geteuid() == 0:
-        os.chown(tmp, uid, -1)
+        if uid and os.geteuid() == 0:
+            os.fchown(f.fileno(), uid, -1)
     os.replace(tmp, directory / name)
+
+
+def report_uid(report: dict[str, Any]) -> int | None:
+    """The job's uid from a Prolog's report (a string of digits; None if absent or not one)."""
+    text = str(report.get("uid", ""))
+    return int(text) if _UID.fullmatch(text) and int(text) <= MAX_UID else None
 
 
 def check_job_report(data: dict[str, Any]) -> dict[str, Any]:
@@ -55,16 +126,27 @@ def check_job_report(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def _make_wait_fifo(path: Path) -> None:
-    """The FIFO TaskProlog waits on (a read with a timeout: a sleep that starts no process).
-    Every job's user opens it read-write, so it is mode 0666; nobody ever writes to it."""
+def make_wait_fifo(wait_dir: Path, uid: int) -> None:
+    """The FIFO <wait_dir>/<uid> that TaskProlog of UID's jobs waits on (a read with a timeout:
+    a sleep that starts no process).  Mode 0600, owned by UID: no other user can open it, hence
+    none can write to it and cut a job's wait short.  One that is already right is only touched,
+    which keeps it from the daily sweep.  Made under another name and renamed into place, so
+    that TaskProlog never opens one that is not yet its user's."""
+    path = wait_dir / str(uid)
     try:
-        if not path.is_fifo():
-            path.unlink(missing_ok=True)
-            os.mkfifo(path)
-        os.chmod(path, 0o666)
-    except OSError as exc:
-        log.warning("cannot make %s (%s): TaskProlog waits with sleep instead", path, exc)
+        st = os.lstat(path)
+        if stat.S_ISFIFO(st.st_mode) and st.st_uid == uid and stat.S_IMODE(st.st_mode) == 0o600:
+            os.utime(path, follow_symlinks=False)
+            return
+    except FileNotFoundError:
+        pass
+    tmp = wait_dir / f".{uid}.tmp"
+    tmp.unlink(missing_ok=True)
+    os.mkfifo(tmp, 0o600)
+    os.chmod(tmp, 0o600)
+    if os.geteuid() == 0:
+        os.chown(tmp, uid, -1)
+    os.replace(tmp, path)
 
 
 class Agent:
@@ -73,31 +155,89 @@ class Agent:
         self.cfg, self.node = cfg, node or a.node_name()
         self.spool = Path(a.spool_dir) / self.node
         self.inbox = self.spool / "inbox"
-        self.inbox.mkdir(parents=True, exist_ok=True, mode=0o755)
         self.inbox_reports = ReportDir(self.inbox)
         self.verdicts = self.spool / "verdicts"
-        _make_wait_fifo(self.spool / "wait")
+        self.wait_dir = self.spool / "wait"
+        self.make_spool()
         self.outbox = Outbox(str(self.spool / "outbox.db"), a.outbox_max_envelopes)
         self.sampler = JobSampler(self.node, a.cgroup_root, a.proc_root)
         self.ledger = open(ledger, "a", encoding="utf-8") if ledger else None  # noqa: SIM115
         self.inflight: dict[int, float] = {}
         self.sock: zmq.Socket | None = None
+        self.keys: curvekeys.ClientKeys | None = None
         self._stop = False
         self._followups: dict[int, float] = {}
         self.collectors = CollectorThread(cfg, NODE_COLLECTORS)
         self._first_sent: dict[int, float] = {}  # seq -> when it was first due to be sent
         self._status_sent: dict[str, list[Any]] | None = None
         self._status_sent_at = 0.0
-        self.job_uids: dict[int, int] = {}  # from the Prolog's reports, where cgroup paths have none
+        # From the Prolog's reports, where cgroup paths have none:
+        self.job_uids: dict[int, int] = {}
+
+    def make_spool(self) -> None:
+        """The node's spool with the modes of SPOOL_DIR_MODES; whatever an older version left
+        looser (0755 directories, a 0666 wait FIFO, a 0644 outbox) is tightened here."""
+        _make_spool_root(self.spool.parent)
+        for name, mode in SPOOL_DIR_MODES.items():
+            _make_dir(self.spool / name, mode)
+        _tighten(self.inbox / "bad", 0o700)
+        outbox = self.spool / "outbox.db"
+        if not outbox.exists():  # SQLite gives its -wal and -shm the database's own mode
+            os.close(os.open(outbox, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, PRIVATE_FILE))
+        for path in (outbox, self.spool / "outbox.db-wal", self.spool / "outbox.db-shm"):
+            _tighten(path, PRIVATE_FILE)
+        for path in self.verdicts.iterdir():
+            _tighten(path, PRIVATE_FILE)
+        for path in (self.spool / "jobs").iterdir():
+            _tighten(path, WARNING_FILE)
 
     # -- transport ----------------------------------------------------------------------------
     def connect(self) -> None:
+        """The DEALER socket; with CURVE (security.curve not "off") it proves this node with
+        its key and talks only to the server key in keys_dir (ConfigError if one is missing)."""
         sock = zmq.Context.instance().socket(zmq.DEALER)
         for opt, value in ((zmq.LINGER, 0), (zmq.IMMEDIATE, 1), (zmq.SNDHWM, 1000),
                            (zmq.RECONNECT_IVL, 200), (zmq.RECONNECT_IVL_MAX, 5000)):  # fmt: skip
             sock.setsockopt(opt, value)
+        if self.cfg.security.curve == "off":
+            log.warning(INSECURE_AGENT, self.cfg.agent.aggregator)
+        else:
+            try:
+                self.keys = curvekeys.load(self.cfg.security, self.node)
+            except BaseException:
+                sock.close(0)
+                raise
+            sock.setsockopt(zmq.CURVE_SERVERKEY, self.keys.server)
+            sock.setsockopt(zmq.CURVE_PUBLICKEY, self.keys.public)
+            sock.setsockopt(zmq.CURVE_SECRETKEY, self.keys.secret)
+            # A refused handshake is dropped silently: try again soon (enrolled late, new key).
+            sock.setsockopt(zmq.HANDSHAKE_IVL, 3000)
         sock.connect(self.cfg.agent.aggregator)
         self.sock = sock
+
+    def watch_server_key(self) -> None:
+        """Reconnect with a new server.key (rotated on the head node and copied here): what is
+        unacknowledged is sent again at once; the outbox kept it all."""
+        if self.keys is None:
+            return
+        if curvekeys.stamp(self.cfg.security.server_public()) == self.keys.stamp:
+            return
+        old = self.keys
+        try:
+            new = curvekeys.load(self.cfg.security, self.node)
+        except ConfigError as exc:
+            log.warning("server key not usable (yet): %s", exc)
+            return
+        self.keys = new
+        if new.server == old.server:
+            return
+        log.warning("server key changed: reconnecting to %s with %s", self.cfg.agent.aggregator,
+                    new.server.decode())  # fmt: skip
+        if self.sock is not None:
+            self.sock.close(0)
+        self.connect()
+        self.inflight.clear()
+        self.hello()
 
     def _send(self, data: bytes) -> bool:
         try:
@@ -151,9 +291,11 @@ class Agent:
         job, uid = payload["job_id"], payload.get("user_id")
         lines = payload.get("lines") if payload.get("warned") else None
         if lines and isinstance(uid, int):
-            text = "".join(str(line).replace("\n", " ") + "\n" for line in lines[:6])
-            _write_private(self.spool / "jobs", str(job), text, uid)
-        _write_private(self.verdicts, f"{job}.json", json.dumps(payload), 0)
+            # TaskProlog prints each line into the job's output: no control characters (a job
+            # name could carry escape sequences for the terminal that shows it).
+            text = "".join(printable(str(line)) + "\n" for line in lines[:6])
+            _write_private(self.spool / "jobs", str(job), text, uid, WARNING_FILE)
+        _write_private(self.verdicts, f"{job}.json", json.dumps(payload), 0, PRIVATE_FILE)
 
     def forget_verdict(self, job: int) -> None:
         """The job has ended: its verdict and warning lines go (done here, not by the Epilog,
@@ -161,14 +303,26 @@ class Agent:
         for path in (self.verdicts / f"{job}.json", self.spool / "jobs" / str(job)):
             path.unlink(missing_ok=True)
 
-    def sweep_verdicts(self, now: float, max_age: float = 86400.0) -> None:
-        """Verdicts of jobs whose Epilog never came (a crashed node) are removed after a day."""
-        for path in [*self.verdicts.glob("*.json"), *(self.spool / "jobs").glob("*")]:
+    def sweep(self, now: float, max_age: float = 86400.0) -> None:
+        """Hourly: verdicts of jobs whose Epilog never came (a crashed node) are removed after a
+        day, and so are the wait FIFOs of users who have had no job here for a day."""
+        old = [*self.verdicts.glob("*.json"), *(self.spool / "jobs").glob("*")]
+        old += [p for p in self.wait_dir.iterdir() if p.name.isdigit()]
+        for path in old:
             try:
-                if now - path.stat().st_mtime > max_age:
+                if now - path.lstat().st_mtime > max_age:
                     path.unlink()
             except OSError:
                 pass
+
+    def wait_fifo(self, uid: int) -> None:
+        """A start report names the job's uid: its TaskProlog will wait on wait/<uid>."""
+        try:
+            make_wait_fifo(self.wait_dir, uid)
+        except OSError as exc:
+            log.warning(
+                "cannot make %s/%s (%s): TaskProlog waits with sleep", self.wait_dir, uid, exc
+            )
 
     # -- work ---------------------------------------------------------------------------------
     def enqueue(self, mtype: str, payload: Any) -> int:
@@ -211,8 +365,12 @@ class Agent:
         marker = self.spool / "offline"
         try:
             if offline and not marker.exists():
-                marker.touch(mode=0o644)
-                log.warning("aggregator %s acknowledges nothing: job starts get no verdict", self.cfg.agent.aggregator)
+                marker.touch()
+                os.chmod(marker, 0o644)  # TaskProlog, as any job's user, looks for it
+                log.warning(
+                    "aggregator %s acknowledges nothing: job starts get no verdict",
+                    self.cfg.agent.aggregator,
+                )
             elif not offline and marker.exists():
                 marker.unlink()
                 log.info("aggregator %s answers again", self.cfg.agent.aggregator)
@@ -243,9 +401,12 @@ class Agent:
             except ValueError as exc:
                 self.inbox_reports.set_aside(path, str(exc))
                 continue
+            uid = report_uid(report)
+            if report["event"] == "start" and uid is not None:
+                self.wait_fifo(uid)  # first: the job's TaskProlog is about to wait on it
             self.enqueue(wire.JOB_EVENT, report)
-            if report["event"] == "start" and str(report.get("uid", "")).isdigit():
-                self.job_uids[report["job_id"]] = int(report["uid"])
+            if report["event"] == "start" and uid is not None:
+                self.job_uids[report["job_id"]] = uid
             elif report["event"] == "end":
                 self.job_uids.pop(report["job_id"], None)
                 self.forget_verdict(report["job_id"])
@@ -281,9 +442,10 @@ class Agent:
             if now >= next_beat:
                 self.mark_offline(now)
                 self.heartbeat(time.time())
+                self.watch_server_key()
                 next_beat = now + beat
                 if int(now) % 3600 < beat:
-                    self.sweep_verdicts(time.time())
+                    self.sweep(time.time())
             self.drain_readings()
             self.pump(now)
             wait = min(next_inbox, next_sample, next_beat) - time.monotonic()

@@ -41,7 +41,9 @@ def make_pair(keys_dir: str, name: str, *, owner: int | None = None) -> str:
     """Write a new pair NAME.key / NAME.key_secret (replacing any); return the public key."""
     public, secret = (k.decode() for k in zmq.curve_keypair())
     d = Path(keys_dir)
-    d.mkdir(mode=0o755, parents=True, exist_ok=True)
+    if not d.is_dir():
+        d.mkdir(parents=True)
+        d.chmod(0o755)  # public halves are handed out from here; secret files are 0600
     header = f"# NØMADE CURVE key {name!r}"
     _write(d / f"{name}.key_secret", f'{header}: secret, keep on this host only\n'
            f'public_key = "{public}"\nsecret_key = "{secret}"\n', 0o600, owner)  # fmt: skip
@@ -53,6 +55,7 @@ def _write(path: Path, text: str, mode: int, owner: int | None) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    os.fchmod(fd, mode)  # the mode meant, whatever the caller's umask (the agent's is 077)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
     if owner is not None:

@@ -94,6 +94,8 @@ prefix = "{base}/hooks"
 aggregator_url = "http://127.0.0.1:{self.http_port}"
 state_dir = "{base}/hookstate"
 task_notice = true
+[security]
+keys_dir = "{base}/keys"
 {extra_config}
 """)
         if "[collectors.job_history]" not in extra_config:
@@ -121,6 +123,15 @@ task_notice = true
     def kill_aggregator(self) -> None:
         self.aggregator.send_signal(signal.SIGKILL)
         self.aggregator.wait(10)
+
+    def enrol(self, nodes: tuple[str, ...]) -> None:
+        """As a site does: each node makes its pair (`nomade-agent --make-key`), the collected
+        lines are enrolled at once (`nomadectl keys add --file`)."""
+        lines = [subprocess.run([str(self.bindir / "nomade-agent"), "--config", str(self.config), "--make-key",
+                                 "--node", node], capture_output=True, text=True, check=True, timeout=30).stdout
+                 for node in nodes]  # fmt: skip
+        (self.base / "enrol.txt").write_text("".join(lines))
+        self.ctl("keys", "add", "--file", str(self.base / "enrol.txt"))
 
     def start_agent(self, node: str) -> None:
         log = open(self.base / f"agent-{node}.log", "ab")  # noqa: SIM115
@@ -166,7 +177,8 @@ def running_pipeline(extra_config: str = ""):
     (base / "jobs").mkdir(mode=0o777)
     (base / "jobs").chmod(0o1777)
     p = Pipeline(base, extra_config)
-    p.ctl("init")
+    p.ctl("init")  # the database and the aggregator's key pair
+    p.enrol(("node1", "node2"))
     p.ctl("install-hooks", "--include", INCLUDE)
     try:
         subprocess.run(["scontrol", "reconfigure"], check=True, timeout=30)

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "ingest.py"
-KEYS = {"bench", "value", "unit", "baseline", "ratio", "goal", "agents", "jobs_per_agent",
+KEYS = {"bench", "value", "plain_value", "unit", "baseline", "ratio", "goal", "agents", "jobs_per_agent",
         "samples"}  # fmt: skip
 
 

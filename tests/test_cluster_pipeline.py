@@ -172,27 +172,40 @@ def test_status_shows_both_nodes_and_the_jobs_list_filters_by_outcome(pipeline, 
     assert "OUT_OF_MEMORY" in p.ctl("jobs", "--user", "alice")
 
 
-def test_foreign_and_malformed_messages_are_counted_and_dropped_without_harm(pipeline, jobs):
+def test_senders_without_an_enrolled_key_are_refused_and_nothing_stored(pipeline, jobs):
+    """Plain ZeroMQ, a CURVE client with a key nobody enrolled (both claiming to be node1, with
+    well-formed envelopes) and a stray HTTP request: refused, counted, and not one row stored."""
     import zmq
 
+    from nomade_common import keys, wire
+
     p = pipeline
-    before = p.query("SELECT count(*) FROM samples")[0][0]
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 1000)
-    sock.connect(f"tcp://127.0.0.1:{p.zmq_port}")
-    for junk in (
-        b"\xc1not msgpack",
-        json.dumps({"hello": 1}).encode(),
-        b"\x95\x01\xa4nope\xa1x\x92\x01\x01\x80",
-    ):
-        sock.send(junk)
-    sock.close()
+    forged = [wire.Envelope(wire.JOB_EVENT, "node1", 1, seq, {"event": "start", "job_id": 999_000 + seq,
+                                                               "t": time.time()}).pack() for seq in (1, 2)]  # fmt: skip
+    ctx = zmq.Context()
+    plain = ctx.socket(zmq.DEALER)
+    stranger = ctx.socket(zmq.DEALER)
+    server_key = keys.load(str(p.base / "keys" / "server.key"), secret=False)[0]
+    stranger.curve_serverkey = server_key.encode()
+    stranger.curve_publickey, stranger.curve_secretkey = zmq.curve_keypair()
+    for sock, junk in ((plain, [b"\xc1not msgpack", forged[0]]), (stranger, [forged[1]])):
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(f"tcp://127.0.0.1:{p.zmq_port}")
+        for data in junk:
+            sock.send(data)
     with socket.create_connection(("127.0.0.1", p.zmq_port)) as raw:  # not even ZeroMQ
         raw.sendall(b"GET / HTTP/1.0\r\n\r\n")
-    wait_for("the rejected messages to be counted", lambda: (p.query(
-        "SELECT value FROM counters WHERE name = 'messages_rejected'") or [[0]])[0][0] >= 3, 20)  # fmt: skip
+
+    def refused():
+        counts = json.loads(p.ctl("status", "--json"))["agents_refused"]["by_reason"]
+        return counts.get("wrong_mechanism", 0) >= 1 and counts.get("unknown_key", 0) >= 1
+
+    wait_for("the refusals to be counted", refused, 20)
+    plain.close()
+    stranger.close()
+    ctx.term()
     assert p.aggregator.poll() is None, "the aggregator died"
-    assert p.query("SELECT count(*) FROM samples")[0][0] >= before
-    log = (p.base / "aggregator.log").read_text()
-    assert f"dropped a message on tcp://127.0.0.1:{p.zmq_port}" in log
-    assert "Traceback" not in log
+    assert p.query("SELECT count(*) FROM received WHERE node = 'node1' AND epoch = 1")[0][0] == 0
+    assert p.query("SELECT count(*) FROM jobs WHERE job_id >= 999000")[0][0] == 0
+    assert "agents refused:" in p.ctl("status")
+    assert "Traceback" not in p.log()

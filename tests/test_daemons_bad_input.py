@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ from aggregator import ctl, store
 from aggregator.ingest import Ingest
 from aggregator.liveness import NodeLife, tick
 from aggregator.reconcile import Reconciler
-from nomade_common import config
+from nomade_common import config, keys
 
 BIN = Path(sys.executable).parent
 
@@ -125,8 +126,6 @@ def test_the_epilogs_report_removes_the_jobs_verdict_and_warning(tmp_path):
     cfg = config.parse(f'[agent]\nspool_dir = "{tmp_path}/spool"\ncgroup_root = "{tmp_path}/cg"\n'
                        f'proc_root = "{tmp_path}/proc"\n')  # fmt: skip
     agent = Agent(cfg, node="n1")
-    wait = agent.spool / "wait"  # TaskProlog's FIFO: every job's user opens it read-write
-    assert wait.is_fifo() and wait.stat().st_mode & 0o777 == 0o666
     for job in (41, 42):
         agent.keep_verdict({"job_id": job, "user_id": os.getuid(), "warned": True,
                             "lines": [f"NØMADE: job {job}"], "p_fail": 0.9})  # fmt: skip
@@ -136,6 +135,86 @@ def test_the_epilogs_report_removes_the_jobs_verdict_and_warning(tmp_path):
     agent.read_inbox(0.0)
     assert {p.name for p in jobs.iterdir()} == {"42"}
     assert {p.name for p in agent.verdicts.iterdir()} == {"42.json"}
+    agent.close()
+
+
+def test_a_start_report_gives_the_jobs_user_a_wait_fifo_of_their_own(tmp_path):
+    """TaskProlog runs as the job's user and waits for the verdict on wait/<uid>: a FIFO only
+    that user can open (nobody else can write to it and end the wait early).  It is made at the
+    user's first start report, kept for later jobs, and swept after a day without one."""
+    from nodeagent.agent import Agent
+
+    cfg = config.parse(f'[agent]\nspool_dir = "{tmp_path}/spool"\ncgroup_root = "{tmp_path}/cg"\n'
+                       f'proc_root = "{tmp_path}/proc"\n')  # fmt: skip
+    agent = Agent(cfg, node="n1")
+    starts = [("1", 41, "2001"), ("2", 42, "2002"), ("3", 43, "2001"), ("4", 44, ""),
+              ("6", 46, "²")]  # fmt: skip
+    for name, job, uid in starts:
+        report = {"event": "start", "job_id": job, "t": 1.0, "uid": uid}
+        (agent.inbox / f"{name}-{job}-start.json").write_text(json.dumps(report) + "\n")
+    agent.read_inbox(0.0)
+    wait = agent.spool / "wait"
+    assert sorted(p.name for p in wait.iterdir()) == ["2001", "2002"]
+    for uid in (2001, 2002):
+        st = (wait / str(uid)).lstat()
+        assert stat.S_ISFIFO(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
+        assert st.st_uid == uid
+    assert stat.S_IMODE(wait.stat().st_mode) == 0o711 and wait.stat().st_uid == 0
+    day_ago = time.time() - 86400 - 60
+    for uid in ("2001", "2002"):
+        os.utime(wait / uid, (day_ago, day_ago))
+    (agent.inbox / "5-45-start.json").write_text(
+        json.dumps({"event": "start", "job_id": 45, "t": 2.0, "uid": "2001"}) + "\n"
+    )
+    agent.read_inbox(0.0)  # alice is back: her FIFO is kept
+    agent.sweep(time.time())
+    assert [p.name for p in wait.iterdir()] == ["2001"]
+    agent.close()
+
+
+def test_an_agent_tightens_the_spool_an_older_version_left_open(tmp_path):
+    """Before 0.2 the node's spool was 0755, the outbox 0644 and the wait FIFO 0666 (any user
+    could read every job's outbox and flood every job's wait)."""
+    from nodeagent.agent import Agent
+
+    cfg = config.parse(f'[agent]\nspool_dir = "{tmp_path}/spool"\ncgroup_root = "{tmp_path}/cg"\n'
+                       f'proc_root = "{tmp_path}/proc"\n')  # fmt: skip
+    node = tmp_path / "spool" / "n1"
+    for sub in ("inbox", "verdicts", "jobs"):
+        (node / sub).mkdir(parents=True, mode=0o755)
+    os.mkfifo(node / "wait", 0o666)
+    (node / "outbox.db").touch(mode=0o644)
+    (node / "verdicts" / "7.json").touch(mode=0o644)
+    for path in (node, node / "wait", node / "outbox.db", node / "verdicts" / "7.json"):
+        os.chmod(path, 0o777 if path.is_dir() else 0o666 if path.is_fifo() else 0o644)
+    agent = Agent(cfg, node="n1")
+    agent.enqueue("job_event", {"event": "start", "job_id": 5, "t": 1.0})
+    modes = {str(p.relative_to(node)): stat.S_IMODE(p.lstat().st_mode) for p in node.rglob("*")}
+    modes["."] = stat.S_IMODE(node.stat().st_mode)
+    assert modes == {".": 0o711, "inbox": 0o700, "verdicts": 0o711, "jobs": 0o711, "wait": 0o711,
+                     "outbox.db": 0o600, "outbox.db-wal": 0o600, "outbox.db-shm": 0o600,
+                     "verdicts/7.json": 0o600}  # fmt: skip
+    agent.close()
+
+
+def test_a_warning_reaches_the_jobs_output_without_terminal_control_characters(tmp_path):
+    """A job name is the user's to choose, and its warning is printed into the job's output,
+    which a terminal shows: escape sequences and bidirectional overrides are blanked."""
+    from nodeagent.agent import Agent
+
+    cfg = config.parse(f'[agent]\nspool_dir = "{tmp_path}/spool"\ncgroup_root = "{tmp_path}/cg"\n'
+                       f'proc_root = "{tmp_path}/proc"\n')  # fmt: skip
+    agent = Agent(cfg, node="n1")
+    line = "NØMADE: job 9 (\x1b]0;owned\x07\x1b[2J\u202eevil) may fail\nexport X=1\r"
+    agent.keep_verdict({"job_id": 9, "user_id": 2001, "warned": True, "lines": [line]})
+    warning = agent.spool / "jobs" / "9"
+    assert warning.read_text(encoding="utf-8") == (
+        "NØMADE: job 9 ( ]0;owned  [2J evil) may fail export X=1 \n"
+    )
+    st = warning.stat()
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (2001, 0o400)
+    verdict = (agent.verdicts / "9.json").stat()
+    assert (verdict.st_uid, stat.S_IMODE(verdict.st_mode)) == (0, 0o600)
     agent.close()
 
 
@@ -168,7 +247,10 @@ def test_an_aggregator_never_reached_is_marked_offline(tmp_path):
 
     cfg = config.parse(f'[agent]\nspool_dir = "{tmp_path}/spool"\ncgroup_root = "{tmp_path}/cg"\n'
                        f'proc_root = "{tmp_path}/proc"\nresend_seconds = 1.0\n'
-                       'aggregator = "tcp://127.0.0.1:9"\n')  # fmt: skip
+                       'aggregator = "tcp://127.0.0.1:9"\n'
+                       f'[security]\nkeys_dir = "{tmp_path}/keys"\n')  # fmt: skip
+    for name in ("server", "n1"):  # CURVE, as always: the node's pair and the server's key
+        keys.make_pair(cfg.security.keys_dir, name)
     agent = Agent(cfg, node="n1")
     agent.connect()
     agent.enqueue("job_event", {"event": "start", "job_id": 5, "t": 1.0})

@@ -101,13 +101,13 @@ def test_rollback_and_activate(stored):
 
 
 def test_an_active_model_of_another_feature_version_scores_nothing(stored, tmp_path):
-    import shutil
     import sqlite3
 
     base, _cfg, _trained = stored
     db = tmp_path / "old.db"
-    shutil.copy(base / "data" / "nomade.db", db)
     conn = sqlite3.connect(db)
+    with sqlite3.connect(base / "data" / "nomade.db") as source:  # the WAL's pages included
+        source.backup(conn)
     conn.execute("UPDATE models SET feature_version = ?", (features.FEATURE_VERSION - 1,))
     conn.commit()
     conn.close()

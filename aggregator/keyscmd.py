@@ -1,0 +1,182 @@
+"""`nomadectl keys`: which nodes' agents may send to the aggregator (CurveZMQ keys).
+
+A site enrols its nodes from the lines `nomade-agent --make-key` prints on each of them, one node
+at a time or a whole cluster's collected output at once (`pdsh -w node[1-1000] nomade-agent
+--make-key | nomadectl keys add --file -`), in one transaction: one bad line and nothing is
+enrolled.  The running aggregator sees a change within a second; a revoked key's connections
+are dropped at once.  Every change is root's alone and recorded in `admin_log` with the uid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from nomade_common import keys
+from nomade_common.config import Security
+
+from . import store
+
+MAX_PROBLEMS_SHOWN = 20
+
+
+class KeysError(Exception):
+    """What a key command refuses, in one line (or one line per refused input line)."""
+
+
+def require_root(command: str) -> None:
+    if os.geteuid() != 0:
+        raise KeysError(f"nomadectl {command}: only root may manage agent keys (they decide which "
+                        f"nodes may send data to the aggregator)")  # fmt: skip
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def ensure_server_pair(sec: Security) -> tuple[str, bool]:
+    """The aggregator's key pair in keys_dir, made if missing: (public key path, made now)."""
+    if Path(sec.server_secret()).exists():
+        return sec.server_public(), False
+    keys.make_pair(sec.keys_dir, "server")
+    return sec.server_public(), True
+
+
+def parse(text: str, source: str) -> list[tuple[int, str, str]]:
+    """(line number, node, key) from enrolment lines; KeysError naming a bad line."""
+    try:
+        pairs = keys.parse_enrolment(text, source)
+    except ValueError as exc:
+        raise KeysError(str(exc)) from None
+    numbers = [n for n, line in enumerate(text.splitlines(), 1)
+               if line.split() and not line.split()[0].startswith("#")]  # fmt: skip
+    return [(n, node, key) for n, (node, key) in zip(numbers, pairs, strict=True)]
+
+
+def _duplicates(lines: list[tuple[int, str, str]], source: str) -> list[str]:
+    problems: list[str] = []
+    nodes: dict[str, str] = {}
+    owners: dict[str, str] = {}
+    for n, node, key in lines:
+        if nodes.setdefault(node, key) != key:
+            problems.append(f"{source}:{n}: {node} appears again with another key")
+        if owners.setdefault(key, node) != node:
+            problems.append(f"{source}:{n}: {node} has the same key as {owners[key]}")
+    return problems
+
+
+def _verdict(row: sqlite3.Row | None, owner: str | None, node: str, key: str,
+             replace: bool) -> str:  # fmt: skip
+    """What enrolling KEY for NODE does: add, replace, keep, or why not ("!...")."""
+    if owner is not None and owner != node:
+        return f"!this key is already enrolled for {owner}"
+    if row is None:
+        return "add"
+    if row["public_key"] == key:
+        return (
+            "keep"
+            if row["revoked"] is None
+            else "!this key was revoked: make a new pair "
+            f"on the node (nomade-agent --make-key --force --node {node})"
+        )
+    if row["revoked"] is None and not replace:
+        return "!enrolled with another key (give --replace to change it)"
+    return "replace"
+
+
+def add(conn: sqlite3.Connection, lines: list[tuple[int, str, str]], source: str,
+        replace: bool = False) -> dict[str, int]:  # fmt: skip
+    """Enrol LINES in one transaction; KeysError listing every refused line, nothing written."""
+    problems = _duplicates(lines, source)
+    counts = {"add": 0, "replace": 0, "keep": 0}
+    now, user = time.time(), store.whoami()[1]
+    with _transaction(conn):
+        rows = {r["node"]: r for r in conn.execute("SELECT * FROM agent_keys")}
+        owners = {r["public_key"]: r["node"] for r in rows.values()}
+        for n, node, key in lines:
+            what = _verdict(rows.get(node), owners.get(key), node, key, replace)
+            if what.startswith("!"):
+                problems.append(f"{source}:{n}: {node}: {what[1:]}")
+                continue
+            counts[what] += 1
+            if what != "keep":
+                conn.execute("INSERT INTO agent_keys (node, public_key, added, added_by) VALUES (?, ?, ?, ?)"
+                             " ON CONFLICT (node) DO UPDATE SET public_key = excluded.public_key, added ="
+                             " excluded.added, added_by = excluded.added_by, revoked = NULL, revoked_by = NULL",
+                             (node, key, now, user))  # fmt: skip
+        if problems:
+            raise KeysError(_refused(problems))
+        changed = [node for _, node, _ in lines][:20]
+        store.audit(conn, "keys add", f"{counts['add']} added, {counts['replace']} replaced, "
+                    f"{counts['keep']} unchanged from {source}: {' '.join(changed)}")  # fmt: skip
+    return counts
+
+
+def _refused(problems: list[str]) -> str:
+    shown = problems[:MAX_PROBLEMS_SHOWN]
+    more = len(problems) - len(shown)
+    tail = [f"... and {more} more"] if more else []
+    return "\n".join([f"nothing enrolled: {len(problems)} line(s) refused", *shown, *tail])
+
+
+def revoke(conn: sqlite3.Connection, node: str) -> None:
+    with _transaction(conn):
+        row = conn.execute("SELECT revoked FROM agent_keys WHERE node = ?", (node,)).fetchone()
+        if row is None:
+            raise KeysError(f"{node} has no enrolled key (nomadectl keys list)")
+        if row["revoked"] is not None:
+            raise KeysError(f"{node}'s key is already revoked")
+        conn.execute("UPDATE agent_keys SET revoked = ?, revoked_by = ? WHERE node = ?",
+                     (time.time(), store.whoami()[1], node))  # fmt: skip
+        store.audit(conn, "keys revoke", node)
+
+
+def listing(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        "SELECT k.node, k.public_key, k.added, k.added_by, k.revoked, k.revoked_by,"
+        " l.curve_seen AS last_seen_curve FROM agent_keys k"
+        " LEFT JOIN agent_links l ON l.node = k.node ORDER BY k.node"
+    )
+    return [dict(r) for r in rows]
+
+
+def rotate_server(conn: sqlite3.Connection, sec: Security) -> str:
+    """A new server pair; the old one kept as server.key.previous (and .key_secret.previous).
+    Returns the new public key."""
+    d = Path(sec.keys_dir)
+    for name in ("server.key", "server.key_secret"):
+        if (d / name).exists():
+            shutil.copy2(d / name, d / f"{name}.previous")  # keeps the secret's 0600
+    with _transaction(conn):
+        public = keys.make_pair(sec.keys_dir, "server")
+        store.audit(conn, "keys rotate-server", public)
+    return public
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """`nomadectl keys list`, for a terminal."""
+    if not rows:
+        return "no agent keys enrolled (nomadectl keys add)"
+
+    def when(t: float | None) -> str:
+        return "-" if t is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
+
+    out = [f"{'NODE':<16}{'PUBLIC KEY':<42}{'ADDED':<18}{'BY':<10}{'LAST SEEN (CURVE)':<19}REVOKED"]
+    for r in rows:
+        revoked = "-" if r["revoked"] is None else f"{when(r['revoked'])} by {r['revoked_by']}"
+        out.append(f"{r['node']:<16}{r['public_key']:<42}{when(r['added']):<18}{r['added_by']:<10}"
+                   f"{when(r['last_seen_curve']):<19}{revoked}")  # fmt: skip
+    return "\n".join(out)

@@ -1,0 +1,68 @@
+"""The agent's side of CurveZMQ: its own key pair and the aggregator's public key.
+
+With `security.curve` "on" or "rollout" the agent connects with CURVE whatever the address: it
+proves its node with `<keys_dir>/<node>.key_secret` (made here by `nomade-agent --make-key`, and
+enrolled on the head node with `nomadectl keys add`) and talks only to the server whose public key
+is `<keys_dir>/server.key`, so an impostor aggregator gets nothing and can send no verdict.  The
+agent looks at server.key every heartbeat: a new one (`nomadectl keys rotate-server`, copied to
+the nodes) makes it reconnect with it; its outbox keeps everything meanwhile.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from nomade_common import keys
+from nomade_common.config import Security
+from nomade_common.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ClientKeys:
+    server: bytes  # the aggregator's public key (Z85)
+    public: bytes
+    secret: bytes
+    stamp: tuple[int, int, int] | None  # server.key's (inode, mtime, size) when it was read
+
+
+def stamp(path: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def load(sec: Security, node: str) -> ClientKeys:
+    """NODE's pair and the server's public key; ConfigError naming the file and the command
+    that makes it."""
+    server_path, own_path = sec.server_public(), sec.node_secret(node)
+    before = stamp(server_path)
+    try:
+        server, _ = keys.load(server_path, secret=False)
+    except ConfigError as exc:
+        raise ConfigError(server_path, exc.key, f"{exc.reason} (copy it from the aggregator's "
+                          f"keys_dir, where `nomadectl init` makes it)") from None  # fmt: skip
+    try:
+        public, secret = keys.load(own_path, secret=True)
+    except ConfigError as exc:
+        raise ConfigError(own_path, exc.key, f"{exc.reason} (make it with `nomade-agent "
+                          f"--make-key --node {node}`, then enrol the line it prints with "
+                          f"`nomadectl keys add`)") from None  # fmt: skip
+    assert secret is not None
+    return ClientKeys(server.encode(), public.encode(), secret.encode(), before)
+
+
+def make(sec: Security, node: str, force: bool = False) -> str:
+    """NODE's enrolment line `NODE PUBLIC_KEY`, making the pair first if there is none (or
+    FORCE); an existing pair is kept, so running it twice prints the same line."""
+    if not keys.NODE_NAME.match(node):
+        raise ConfigError(sec.keys_dir, None, f"{node!r} is not a Slurm node name")
+    path = sec.node_secret(node)
+    if Path(path).exists() and not force:
+        public, _ = keys.load(path, secret=True)
+    else:
+        public = keys.make_pair(sec.keys_dir, node)
+    return f"{node} {public}"
