@@ -73,6 +73,9 @@ def hook_settings(cfg: Config) -> dict:
         "breaker_seconds": h.breaker_seconds,
         # Empty: the head-node hooks post over HTTP.
         "controller_spool": h.reports_dir if h.controller_spool() else "",
+        # Over HTTP: munged's socket for the hooks' credentials, the CA for an https:// URL.
+        "munge_socket": cfg.security.munge_socket,
+        "tls_ca": cfg.security.tls_ca,
     }
 
 

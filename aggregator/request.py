@@ -164,14 +164,15 @@ def cluster_defaults(scontrol_cmd: str = "scontrol") -> dict[str, Any]:
     return out
 
 
-def ask_aggregator(url: str, req: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
-    """POST the request to the aggregator's /api/v1/check; raises OSError when it cannot."""
+def ask_aggregator(url: str, req: dict[str, Any], timeout: float = 10.0, *, ca: str = "",
+                   munge_socket: str = "") -> dict[str, Any]:  # fmt: skip
+    """POST the request to the aggregator's /api/v1/check, signed with the caller's MUNGE
+    credential (the aggregator scores it as that user); apiclient.ApiError when it cannot."""
     import json
-    import urllib.request
+
+    from .apiclient import call
 
     body = json.dumps({"request": req}).encode()
-    http = urllib.request.Request(url.rstrip("/") + "/api/v1/check", data=body, method="POST",
-                                  headers={"Content-Type": "application/json"})  # fmt: skip
-    with urllib.request.urlopen(http, timeout=timeout) as resp:
-        answer = json.loads(resp.read())
+    answer = call(url, "POST", "/api/v1/check", body, ca=ca, munge_socket=munge_socket,
+                  timeout=timeout)  # fmt: skip
     return {"request": req, **answer}

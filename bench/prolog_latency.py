@@ -16,7 +16,9 @@ tasks runs in each of these modes, in the same run:
                answered), where the time limit and the circuit breaker must hold
 
 --transport picks how PrologSlurmctld and EpilogSlurmctld reach the aggregator: the reports
-directory (spool, what `auto` chooses for an aggregator on the same host, as here) or HTTP.
+directory (spool, what `auto` chooses for an aggregator on the same host, as here) or HTTP, where
+each report is signed with a MUNGE credential (the body's sha256sum and `munge -s`: two processes
+per hook) and the aggregator has munged decode it before answering.
 
 Added time = a mode's percentile minus the empty hook's, per hook.  `value` is the largest added
 p50 among the hooks in `nomade` mode, in ms.  Needs root and the dev cluster
@@ -73,7 +75,8 @@ def bench_config(base: Path, transport: str = "auto") -> tuple[int, dict[str, st
                    f'[agent]\naggregator = "tcp://127.0.0.1:{zport}"\nspool_dir = "{base}/spool"\n'
                    f'[aggregator]\nlisten = "tcp://127.0.0.1:{zport}"\nhttp_listen = "127.0.0.1:{hport}"\n'
                    f'[hooks]\nprefix = "{base}/hooks"\naggregator_url = "http://127.0.0.1:{hport}"\n'
-                   f'state_dir = "{base}/hookstate"\ncontroller_transport = "{transport}"\n')  # fmt: skip
+                   f'state_dir = "{base}/hookstate"\ncontroller_transport = "{transport}"\n'
+                   f'[security]\nkeys_dir = "{base}/keys"\n')  # fmt: skip
     return zport, {**os.environ, "NOMADE_CONFIG": str(cfg)}
 
 
@@ -139,13 +142,33 @@ LOAD_SAMPLES_PER_SECOND = (
 )
 
 
-def load_agent(port: int, node: str, stop_at: float) -> None:
+def enrol(base: Path, env: dict[str, str], nodes: list[str]) -> dict[str, tuple[bytes, ...]]:
+    """CURVE keys as a site makes them: `nomade-agent --make-key` for the real agents, pairs
+    made here for the simulated ones, all enrolled with one `nomadectl keys add --file`; returns
+    the simulated agents' (server public, public, secret)."""
+    import zmq
+
+    from nomade_common import keys
+
+    make = [str(BIN / "nomade-agent"), "--make-key", "--node"]
+    lines = [run(*make, n, env=env).stdout for n in ("node1", "node2")]
+    pairs = {n: zmq.curve_keypair() for n in nodes}
+    lines += [f"{n} {pub.decode()}\n" for n, (pub, _) in pairs.items()]
+    (base / "enrol.txt").write_text("".join(lines))
+    add = [str(BIN / "nomadectl"), "keys", "add", "--file", str(base / "enrol.txt")]
+    run(*add, env=env).check_returncode()
+    server = keys.load(str(base / "keys" / "server.key"), secret=False)[0].encode()
+    return {n: (server, pub, sec) for n, (pub, sec) in pairs.items()}
+
+
+def load_agent(port: int, node: str, stop_at: float, curve: tuple[bytes, ...]) -> None:
     """A simulated agent streaming 64-job SAMPLES envelopes at LOAD_SAMPLES_PER_SECOND (a
     1,500-node cluster with 64 jobs per node sampled every 10 s sends about 10,000 a second)."""
     import zmq
 
     sock = zmq.Context().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = curve
     sock.connect(f"tcp://127.0.0.1:{port}")
     width = len(wire.SAMPLE_FIELDS)
     seq, inflight, epoch = 0, 0, time.time_ns()
@@ -191,7 +214,8 @@ def main() -> None:
     procs: list[subprocess.Popen] = []
     results: dict[str, dict] = {}
     try:
-        run(str(BIN / "nomadectl"), "init", env=env).check_returncode()
+        run(str(BIN / "nomadectl"), "init", env=env).check_returncode()  # and the server key
+        curve = enrol(base, env, [f"loadnode{i}" for i in range(2)])
         run(str(BIN / "nomadectl"), "install-hooks", env=env).check_returncode()
         agg = subprocess.Popen(
             [str(BIN / "nomade-aggregator")],
@@ -210,7 +234,8 @@ def main() -> None:
         stop_at = time.time() + 3600
         ctx = mp.get_context("spawn")
         loaders = [
-            ctx.Process(target=load_agent, args=(zport, f"loadnode{i}", stop_at), daemon=True)
+            ctx.Process(target=load_agent, args=(zport, f"loadnode{i}", stop_at, curve[f"loadnode{i}"]),
+                        daemon=True)  # fmt: skip
             for i in range(2)
         ]
         for p in loaders:
@@ -261,7 +286,9 @@ def main() -> None:
     print(json.dumps({"bench": "prolog_latency", "value": added50, "unit": "ms", "baseline": base50,
                       "ratio": round((base50 + added50) / base50, 2) if base50 else None,
                       "goal": "added p50 <= 50 ms, added p99 <= 150 ms, <= 1000 ms when the aggregator is unreachable",
-                      "added_p99_ms": added99, "transport": args.transport, "worst_ms_aggregator_down": worst_down, "jobs": n,
+                      "added_p99_ms": added99, "transport": args.transport,
+                      "auth": "munge" if args.transport == "http" else None,
+                      "worst_ms_aggregator_down": worst_down, "jobs": n,
                       "per_hook": results}))  # fmt: skip
 
 

@@ -4,8 +4,9 @@
 # array starts them by the dozen, and each millisecond here delays a job's start.  The report is
 # one file left in the aggregator's reports directory when the aggregator runs on this host
 # (controller_spool in hooks.json: no waiting on the aggregator at all, and starts are kept while
-# it is down), else one HTTP POST over bash's /dev/tcp behind a circuit breaker.  Every path
-# exits 0.  Run by the wrappers beside it, in a subshell that they kill past their hard limit.
+# it is down), else one HTTP POST behind a circuit breaker, signed with a MUNGE credential
+# (`munge -s`, for the body's sha256sum: the only processes started, and only on this path) and
+# sent over bash's /dev/tcp, or with curl for an https:// aggregator_url.  Every path exits 0.  Run by the wrappers beside it, in a subshell that they kill past their hard limit.
 export LC_ALL=C
 kind=$1
 here=${0%/*}
@@ -58,7 +59,7 @@ fi
 
 # HTTP transport, behind the circuit breaker.
 setting timeout_seconds 1.0; limit=$REPLY
-setting aggregator_url http://127.0.0.1:27011; url=${REPLY#*://}; url=${url%%/*}
+setting aggregator_url http://127.0.0.1:27011; scheme=${REPLY%%://*}; url=${REPLY#*://}; url=${url%%/*}
 setting breaker_failures 3; breaker_failures=${REPLY%%.*}
 setting breaker_seconds 60; breaker_seconds=${REPLY%%.*}
 host=${url%:*}; port=${url##*:}; [[ $port == "$host" ]] && port=80
@@ -119,6 +120,15 @@ if ((open_until > now)); then
     exit 0
 fi
 
+# The credential binds method, path and body (nomade_common/munge.py's payload): taken from this
+# request, it is good for no other, and munged accepts it once.
+digest=$(printf '%s' "$body" | sha256sum 2>/dev/null) || failed "MungeError: sha256sum failed"
+setting munge_socket ''
+socket_opt=()
+[[ -n $REPLY ]] && socket_opt=(--socket="$REPLY")
+cred=$(munge "${socket_opt[@]}" -s "nomade-http-1 POST $path ${digest%% *}" 2>/dev/null) ||
+    failed "MungeError: munge could not make a credential (is munged running?)"
+
 # Keep 30% of the limit (at least 0.1 s) to record a failure before the wrapper's kill.
 spent=$(((${EPOCHREALTIME/./} - ${start/./}) / 1000)) # ms since this script started
 whole=${limit%%.*}
@@ -131,15 +141,30 @@ budget=$((limit_ms - reserve - spent))
 ((budget > 50)) || failed "TimeoutError: no time left to reach the aggregator"
 printf -v wait_s '%d.%03d' $((budget / 1000)) $((budget % 1000))
 
-exec 3<>"/dev/tcp/$host/$port" 2>/dev/null || failed "ConnectionRefusedError: cannot connect to $host:$port"
-printf 'POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s' \
-    "$path" "$host" "${#body}" "$body" >&3 2>/dev/null || failed "BrokenPipeError: sending to $host:$port"
-IFS= read -r -t "$wait_s" status <&3 || failed "TimeoutError: no answer from $host:$port within ${wait_s} s"
-[[ $status == "HTTP/1."?" 200"* ]] || failed "HTTPError: ${status%$'\r'}"
-answer=
-while IFS= read -r -t "$wait_s" line <&3; do answer+=$line; done
-answer+=$line
-exec 3<&-
+if [[ $scheme == https ]]; then
+    # curl reads the credential from a pipe (-H @file), not its command line: no other user
+    # sees it in the process list.
+    setting tls_ca ''
+    ca=()
+    [[ -n $REPLY ]] && ca=(--cacert "$REPLY")
+    answer=$(printf '%s' "$body" | curl -sS --max-time "$wait_s" "${ca[@]}" -X POST \
+        -H @<(printf 'Authorization: MUNGE %s\n' "$cred") -H 'Content-Type: application/json' \
+        --data-binary @- -w '\n%{http_code}' "https://$url$path" 2>&1) ||
+        failed "CurlError: ${answer//[$'\n\r']/ }"
+    code=${answer##*$'\n'}
+    answer=${answer%$'\n'*}
+    [[ $code == 200 ]] || failed "HTTPError: HTTP Error $code"
+else
+    exec 3<>"/dev/tcp/$host/$port" 2>/dev/null || failed "ConnectionRefusedError: cannot connect to $host:$port"
+    printf 'POST %s HTTP/1.1\r\nHost: %s\r\nAuthorization: MUNGE %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s' \
+        "$path" "$host" "$cred" "${#body}" "$body" >&3 2>/dev/null || failed "BrokenPipeError: sending to $host:$port"
+    IFS= read -r -t "$wait_s" status <&3 || failed "TimeoutError: no answer from $host:$port within ${wait_s} s"
+    [[ $status == "HTTP/1."?" 200"* ]] || failed "HTTPError: ${status%$'\r'}"
+    answer=
+    while IFS= read -r -t "$wait_s" line <&3; do answer+=$line; done
+    answer+=$line
+    exec 3<&-
+fi
 [[ $answer =~ \"ok\":\ *true ]] || failed "ValueError: unexpected answer from the aggregator"
 if ((in_row > 0 || open_until > 0)) || [[ -e $state_dir/failures || -e $state_dir/open_until ]]; then
     in_row=0

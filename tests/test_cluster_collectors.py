@@ -93,18 +93,26 @@ def test_nodes_status_and_collection_health_are_shown(pipeline):
 
 
 def test_the_json_api_serves_the_same_views(pipeline):
+    """Read as root, with root's MUNGE credential (root sees everything); without one, nothing."""
+    import urllib.error
     import urllib.request
+
+    from aggregator import apiclient
 
     p = pipeline
     wait_for("Slurm node states", lambda: latest(p, "node_state"), 30)
-    base = f"http://127.0.0.1:{p.http_port}/api/v1"
-    with urllib.request.urlopen(f"{base}/nodes", timeout=10) as r:
-        api = json.load(r)
-    assert {n["node"] for n in api["nodes"]} >= {"node1", "node2"}
-    with urllib.request.urlopen(f"{base}/collectors", timeout=10) as r:
-        assert {"queue", "iostat"} <= {c["collector"] for c in json.load(r)}
-    with urllib.request.urlopen(f"{base}/status", timeout=10) as r:
-        assert "collection" in json.load(r)
+    url = f"http://127.0.0.1:{p.http_port}"
+
+    def get(path: str):
+        return apiclient.call(url, "GET", f"/api/v1/{path}")
+
+    assert {n["node"] for n in get("nodes")["nodes"]} >= {"node1", "node2"}
+    wait_for("head and node collectors' status", lambda: {"queue", "iostat"} <= {
+        c["collector"] for c in get("collectors")}, 30)  # fmt: skip
+    assert "collection" in get("status")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{url}/api/v1/nodes", timeout=10)
+    assert refused.value.code == 401
 
 
 def test_license_features_and_checkouts_show_from_the_configured_server(pipeline):

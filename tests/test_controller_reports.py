@@ -19,7 +19,7 @@ from clusterlib import free_port, wait_for
 from test_hooks import Site, closed_port_url, fake_scontrol, slurm_env, world  # noqa: F401
 
 from aggregator import server
-from nomade_common import config
+from nomade_common import config, keys
 from nomade_common.reportdir import INCOMPLETE_GRACE_SECONDS, ReportDir
 
 pytestmark = pytest.mark.usefixtures("world")
@@ -34,12 +34,15 @@ def start_aggregator(root: Path, site: Site | None = None) -> server.Aggregator:
     """The real aggregator, with the site's state_dir (hence its reports directory)."""
     state = site.state if site else root / "state"
     scontrol = fake_scontrol(root, "exit 1")  # the job is gone: its request stays the env's
+    if not (root / "keys" / "server.key").exists():
+        keys.make_pair(str(root / "keys"), "server")
     cfg = config.parse(
         f'[general]\ncluster_name = "nomadedev"\ndata_dir = "{root}/data"\n'
         f'[aggregator]\nlisten = "tcp://127.0.0.1:{free_port()}"\n'
         f'http_listen = "127.0.0.1:{free_port()}"\nscontrol = "{scontrol}"\n'
         f'squeue = "{root}/no-squeue"\n'
         f'[hooks]\nstate_dir = "{state}"\n'
+        f'[security]\nkeys_dir = "{root}/keys"\n'
     )
     (root / "data").mkdir(exist_ok=True)
     agg = server.Aggregator(cfg)

@@ -26,6 +26,7 @@ from click.testing import CliRunner
 from conftest import FIXTURES, ROOT
 
 from aggregator import ctl, hooksetup
+from nomade_common import munge
 
 HOOK_ENV = FIXTURES / "slurm" / "22.05" / "hook-env"
 SCONTROL_RUNNING = FIXTURES / "slurm" / "22.05" / "scontrol-show-job-o-running.txt"
@@ -74,11 +75,13 @@ def slurm_env(capture: str, **override: str | None) -> dict[str, str]:
 class Aggregator:
     """An HTTP server on 127.0.0.1 (port 0) answering the hooks' POSTs as MODE says:
     ok, slow (answers after 5 s), hang (never answers), garbage (200, not JSON), error (500),
-    notok (200, {"ok": false})."""
+    notok (200, {"ok": false}).  Each request's MUNGE credential is checked against the real
+    munged, as the aggregator checks it: `callers` has the uid it proves, or why it is refused."""
 
     def __init__(self, mode: str = "ok") -> None:
         self.mode = mode
         self.requests: list[tuple[str, dict]] = []
+        self.callers: list[int | str] = []
         self.release = threading.Event()
         agg = self
 
@@ -86,6 +89,11 @@ class Aggregator:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 agg.requests.append((self.path, json.loads(body)))
+                try:
+                    ident = munge.verify(self.headers.get("Authorization"), "POST", self.path, body)
+                    agg.callers.append(ident.uid)
+                except munge.MungeError as exc:
+                    agg.callers.append(str(exc))
                 if agg.mode == "slow":
                     agg.release.wait(5)
                 elif agg.mode == "hang":
@@ -254,7 +262,7 @@ def test_node_report_is_one_write_by_a_hook_that_starts_no_process(world):
     site = Site(world)
     inbox = site.spool / "node1" / "inbox"
     inbox.mkdir(parents=True)  # as the running agent has (without it the hook makes it)
-    trace = world / "strace.txt"
+    trace = world / "strace"
     env = slurm_env("prolog-node1")
     cmd = [strace, "-f", "-qq", "-s", "400", "-e", "trace=execve,openat,write,rename,renameat,renameat2",
            "-o", str(trace), str(site.prefix / "prolog")]  # fmt: skip
@@ -298,6 +306,8 @@ def test_prologslurmctld_posts_env_as_slurm_and_leaves_scontrol_to_the_aggregato
     assert path == "/api/v1/hooks/job-start"
     assert body["env"] == {k: v for k, v in env.items() if k.startswith("SLURM")}
     assert "scontrol" not in body
+    # signed by `munge -s` over the body's sha256sum, as munge.payload says: the same request
+    assert agg.callers == [pwd.getpwnam("slurm").pw_uid]
     assert site.log("prologslurmctld") == []
     assert site.breaker().get("failures_total", 0) == 0
 
@@ -310,6 +320,7 @@ def test_job_names_with_quotes_backslashes_and_tabs_reach_the_aggregator_intact(
                SLURM_JOB_COMMENT="plain value, with spaces")  # fmt: skip
     proc, _took = site.run("prologslurmctld", env, user="slurm")
     assert proc.returncode == 0 and len(agg.requests) == 1
+    assert agg.callers == [pwd.getpwnam("slurm").pw_uid]  # escaped bytes, digested as sent
     sent = agg.requests[0][1]["env"]
     assert sent["SLURM_JOB_NAME"] == env["SLURM_JOB_NAME"]
     assert sent["SLURM_JOB_COMMENT"] == env["SLURM_JOB_COMMENT"]
@@ -323,6 +334,7 @@ def test_epilogslurmctld_posts_job_end(world, aggregator):
     assert proc.returncode == 0
     (req,) = agg.requests
     assert req[0] == "/api/v1/hooks/job-end"
+    assert agg.callers == [pwd.getpwnam("slurm").pw_uid]
     assert req[1]["env"]["SLURM_JOB_EXIT_CODE2"] == "0:0"
     assert "scontrol" not in req[1]
 
@@ -528,29 +540,105 @@ def test_install_hooks_says_when_slurmctld_must_be_restarted(tmp_path, monkeypat
     assert ("restart slurmctld once" in result.output) is warned
 
 
+def _make_user_fifo(node_dir: Path, user: str) -> Path:
+    """What the agent makes on taking a start report: wait/<uid>, 0600, the user's own."""
+    pw = pwd.getpwnam(user)
+    (node_dir / "wait").mkdir(mode=0o711, parents=True, exist_ok=True)
+    fifo = node_dir / "wait" / str(pw.pw_uid)
+    os.mkfifo(fifo, 0o600)
+    os.chown(fifo, pw.pw_uid, -1)
+    return fifo
+
+
+def _traced_taskprolog(
+    site: Site, trace: Path, during=None
+) -> tuple[subprocess.CompletedProcess, str]:
+    """TaskProlog run as alice under strace (execs and timed reads, one file per process, so
+    that no call is split across lines); DURING(trace) runs while it does.  Returns (process,
+    the traces' text)."""
+    pw = pwd.getpwnam("alice")
+    cmd = [_need("strace", "strace"), "-ff", "-qq", "-e", "trace=execve,pselect6", "-o", str(trace),
+           shutil.which("setpriv"), f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups",
+           "--", str(site.prefix / "taskprolog")]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=slurm_env("taskprolog-node1-batch"), cwd="/",
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    if during is not None:
+        during(trace)
+    out, err = proc.communicate(timeout=60)
+    done = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    return done, _traces(trace)
+
+
+def _traces(trace: Path) -> str:
+    return "".join(
+        p.read_text(encoding="utf-8", errors="replace")
+        for p in trace.parent.glob(trace.name + ".*")
+    )
+
+
+SLEEP_EXEC = re.compile(r'execve\("[^"]*/sleep"')
+TIMED_READ = re.compile(
+    r"pselect6\(\d+, \[\d+\], NULL, NULL, \{tv_sec=0, tv_nsec=\d+\}.*= 0 \(Timeout\)"
+)
+
+
 @pytest.mark.parametrize(
     "offline, fifo, waits, sleeps",
     [(False, True, 10, 0), (False, False, 10, 10), (True, True, 0, 0)],
     ids=["waits-on-fifo", "waits-with-sleep", "offline"],
 )
-def test_taskprolog_waits_for_a_verdict_only_while_the_aggregator_answers(world, offline, fifo, waits, sleeps):
+def test_taskprolog_waits_for_a_verdict_only_while_the_aggregator_answers(
+    world, offline, fifo, waits, sleeps
+):
     """With no verdict for the job, TaskProlog polls for it (10 waits of 20 ms: reads with a
-    timeout on the agent's FIFO, which start no process, or `sleep` where there is none) unless
+    timeout on its user's FIFO, which start no process, or `sleep` where there is none) unless
     the agent has marked the aggregator offline: then no job start pays that wait."""
-    strace = _need("strace", "strace")
     site = Site(world, task_notice=True)
     node_dir = site.spool / "node1"
     node_dir.mkdir(parents=True, exist_ok=True)
     if fifo:
-        os.mkfifo(node_dir / "wait")
-        os.chmod(node_dir / "wait", 0o666)
+        _make_user_fifo(node_dir, "alice")
     if offline:
         (node_dir / "offline").touch()
-    trace = world / "strace.txt"
-    cmd = [strace, "-f", "-qq", "-e", "trace=execve,pselect6", "-o", str(trace), str(site.prefix / "taskprolog")]
-    proc = subprocess.run(cmd, env=slurm_env("taskprolog-node1-batch"), cwd="/", capture_output=True, timeout=60)
+    proc, text = _traced_taskprolog(site, world / "strace")
     assert proc.returncode == 0 and "print NØMADE" in proc.stdout.decode("utf-8")
-    text = trace.read_text(encoding="utf-8")
-    assert len(re.findall(r'execve\("[^"]*/sleep"', text)) == sleeps
-    timed_reads = re.findall(r"pselect6\(\d+, \[\d+\], NULL, NULL, \{tv_sec=0, tv_nsec=\d+\}.*= 0 \(Timeout\)", text)
-    assert len(timed_reads) == waits - sleeps
+    assert len(SLEEP_EXEC.findall(text)) == sleeps
+    assert len(TIMED_READ.findall(text)) == waits - sleeps
+
+
+def test_taskprolog_sleeps_only_until_its_users_fifo_appears(world):
+    """A user's first job on a node: TaskProlog may start before the agent has taken the Prolog's
+    report and made wait/<uid>; it sleeps meanwhile, and waits on the FIFO once it is there."""
+    site = Site(world, task_notice=True)
+    node_dir = site.spool / "node1"
+    node_dir.mkdir(parents=True, exist_ok=True)
+
+    def agent_takes_the_report(trace: Path) -> None:
+        wait_for_text(trace, SLEEP_EXEC)
+        _make_user_fifo(node_dir, "alice")
+
+    proc, text = _traced_taskprolog(site, world / "strace", agent_takes_the_report)
+    assert proc.returncode == 0
+    sleeps, reads = len(SLEEP_EXEC.findall(text)), len(TIMED_READ.findall(text))
+    assert sleeps >= 1 and reads >= 1 and sleeps + reads == 10, (sleeps, reads)
+
+
+def test_taskprolog_does_not_wait_on_another_users_fifo(world):
+    """The FIFO named for alice's uid but not hers (as a 0666 one of an older agent could have
+    been replaced): she cannot open it, and sleeps rather than reading from it."""
+    site = Site(world, task_notice=True)
+    node_dir = site.spool / "node1"
+    fifo = _make_user_fifo(node_dir, "alice")
+    os.chown(fifo, pwd.getpwnam("bob").pw_uid, -1)
+    proc, text = _traced_taskprolog(site, world / "strace")
+    assert proc.returncode == 0
+    assert len(SLEEP_EXEC.findall(text)) == 10 and TIMED_READ.findall(text) == []
+
+
+def wait_for_text(trace: Path, pattern: re.Pattern, deadline: float = 10.0) -> None:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if pattern.search(_traces(trace)):
+            return
+        time.sleep(0.002)
+    raise AssertionError(f"{pattern.pattern} never appeared in {trace}.*")

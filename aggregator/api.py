@@ -1,0 +1,487 @@
+"""The aggregator's HTTP API: Starlette routes behind MUNGE authentication, served by uvicorn in
+a thread of nomade-aggregator (docs/api.md).
+
+Every endpoint but /api/v1/health needs `Authorization: MUNGE <credential>`, a credential bound
+to the request's method, path and query and the SHA-256 of its body (nomade_common/munge.py).
+The middleware reads the body (at most MAX_BODY_BYTES), has munged decode the credential off the
+event loop, and hands the app the caller (uid, name, admin) with the body replayed.  What each
+caller may see is aggregator/policy.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import grp
+import ipaddress
+import json
+import logging
+import os
+import pwd
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.background import BackgroundTasks
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from nomade_common import munge
+from nomade_common.config import Config
+
+from . import clusterviews, policy, query
+from .policy import Caller, Forbidden
+from .reconcile import run_command
+
+log = logging.getLogger("nomade.api")
+HEALTH = "/api/v1/health"
+MAX_BODY_BYTES = 1 << 20  # a larger body is answered 413
+MAX_JSON_DEPTH = 32  # nesting of a request's JSON
+HEADER_SECONDS = 10.0  # a connection that has not sent its request's headers by then is closed
+BODY_SECONDS = 10.0  # nor its body
+KEEPALIVE_SECONDS = 5
+CONCURRENCY = 512  # connections and requests in progress; beyond it uvicorn answers 503
+BACKLOG = 256  # a job array starts dozens of PrologSlurmctld at once
+PRIVATE_DATA_SECONDS = 300.0  # how often Slurm's PrivateData is read again
+CALLER_KEY = "nomade.caller"
+
+
+def error(status: int, text: str) -> JSONResponse:
+    return JSONResponse({"error": " ".join(str(text).split())}, status_code=status)
+
+
+# -- who is asking ------------------------------------------------------------------------------
+class Access:
+    """The callers' identities (from the credential's uid) and Slurm's PrivateData flags."""
+
+    def __init__(self, cfg: Config, reader: Callable[[], str] | None = None) -> None:
+        self.sec = cfg.security
+        self.scontrol = cfg.aggregator.scontrol
+        self.slurm_uid = _uid(self.sec.slurm_user)
+        self._read = reader or self._scontrol_config
+        self._private: frozenset[str] | None = None
+        self._read_at = float("-inf")
+        self._lock = threading.Lock()
+
+    def caller(self, ident: munge.Identity) -> Caller:
+        try:
+            name: str | None = pwd.getpwuid(ident.uid).pw_name
+        except KeyError:
+            name = None
+        groups = frozenset(_group_names(name, ident.gid)) if name else frozenset()
+        admin = policy.is_admin(
+            ident.uid, name, groups, self.sec.admin_users, self.sec.admin_groups
+        )
+        return Caller(ident.uid, name, admin, groups)
+
+    def private(self) -> frozenset[str]:
+        """The PrivateData flags in force: the setting, or Slurm's (read now and then).  Until
+        Slurm has answered once, every flag is set: what cannot be checked stays hidden."""
+        if self.sec.private_data != "auto":
+            return policy.parse_private_data(self.sec.private_data)
+        if time.monotonic() - self._read_at > PRIVATE_DATA_SECONDS and self._lock.acquire(
+            blocking=False
+        ):
+            try:
+                self._refresh()
+            finally:
+                self._lock.release()
+        return policy.PRIVATE_FLAGS if self._private is None else self._private
+
+    def _refresh(self) -> None:
+        self._read_at = time.monotonic()
+        try:
+            found = policy.private_data_from_config(self._read())
+        except (OSError, RuntimeError) as exc:
+            log.warning("cannot read Slurm's PrivateData (%s); %s", exc,
+                        "keeping the last value" if self._private is not None else "hiding what it could hide")  # fmt: skip
+            return
+        self._private = found if found is not None else frozenset()
+
+    def _scontrol_config(self) -> str:
+        return run_command([self.scontrol, "show", "config"], 10.0)
+
+
+def _uid(user: str) -> int | None:
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        return None
+
+
+def _group_names(name: str, gid: int) -> list[str]:
+    out = []
+    for g in os.getgrouplist(name, gid):
+        try:
+            out.append(grp.getgrgid(g).gr_name)
+        except KeyError:
+            pass
+    return out
+
+
+# -- authentication -----------------------------------------------------------------------------
+class MungeAuth:
+    """ASGI middleware: a request without a valid MUNGE credential for exactly this method,
+    target and body gets 401 (503 while munged does not answer); others reach the app with
+    scope[CALLER_KEY] set and their body replayed."""
+
+    def __init__(self, app: ASGIApp, verify: Callable[..., munge.Identity], access: Access) -> None:
+        self.app, self.verify, self.access = app, verify, access
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] == HEALTH:
+            return await self.app(scope, receive, send)
+        try:
+            body = await _read_body(scope, receive)
+        except _Refused as exc:
+            return await error(exc.status, exc.text)(scope, receive, send)
+        header = _header(scope, b"authorization")
+        method, target = scope["method"], _target(scope)
+        try:
+            scope[CALLER_KEY] = await run_in_threadpool(self._caller, header, method, target, body)
+        except munge.MungeError as exc:
+            if exc.unavailable:
+                return await error(503, f"munged is not answering on the head node: {exc}")(
+                    scope, receive, send
+                )
+            log.info("http: %s %s refused: %s", method, target, exc)
+            return await error(401, str(exc))(scope, receive, send)
+        await self.app(scope, _replay(body, receive), send)
+
+    def _caller(self, header: str | None, method: str, target: str, body: bytes) -> Caller:
+        return self.access.caller(self.verify(header, method, target, body))
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(text)
+        self.status, self.text = status, text
+
+
+async def _read_body(scope: Scope, receive: Receive) -> bytes:
+    """The whole body, within MAX_BODY_BYTES and BODY_SECONDS."""
+    length = _header(scope, b"content-length")
+    if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+        raise _Refused(413, f"request body over {MAX_BODY_BYTES} bytes")
+    chunks, size, more = [], 0, True
+    while more:
+        try:
+            message = await asyncio.wait_for(receive(), BODY_SECONDS)
+        except TimeoutError:
+            raise _Refused(408, f"request body not received within {BODY_SECONDS:.0f} s") from None
+        if message["type"] == "http.disconnect":
+            raise _Refused(400, "the client went away")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise _Refused(413, f"request body over {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def again() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # a disconnect, once the response is under way
+
+    return again
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _target(scope: Scope) -> str:
+    """The request target as the client sent (and signed) it: raw path and query string."""
+    path = scope.get("raw_path") or scope["path"].encode()
+    query = scope.get("query_string") or b""
+    return (path + (b"?" + query if query else b"")).decode("latin-1")
+
+
+# -- the endpoints ------------------------------------------------------------------------------
+def parse_json(body: bytes) -> dict[str, Any]:
+    """A request body: a JSON object nested at most MAX_JSON_DEPTH deep (ValueError if not)."""
+    try:
+        obj = json.loads(body or b"{}")
+    except RecursionError:
+        raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH}") from None
+    if not isinstance(obj, dict):
+        raise ValueError("expected a JSON object")
+    if _depth(obj) > MAX_JSON_DEPTH:
+        raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH}")
+    return obj
+
+
+def _depth(obj: Any) -> int:
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > MAX_JSON_DEPTH:
+            break
+        children = (
+            value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        )
+        stack += [(c, depth + 1) for c in children if isinstance(c, (dict, list))]
+    return deepest
+
+
+def _answer(fn: Callable[..., Any]) -> Callable[[Request], Any]:
+    """An endpoint: FN(request, caller) run in the thread pool (it reads SQLite or scores), its
+    refusals and failures turned into one-line JSON errors."""
+
+    @functools.wraps(fn)
+    async def endpoint(request: Request) -> JSONResponse:
+        body = await request.body()
+        try:
+            out = await run_in_threadpool(fn, request, request.scope[CALLER_KEY], body)
+        except Forbidden as exc:
+            return error(403, str(exc))
+        except ValueError as exc:
+            return error(400, str(exc))
+        except Exception as exc:
+            log.exception("http: %s %s failed", request.method, request.url.path)
+            return error(500, type(exc).__name__)
+        return out if isinstance(out, JSONResponse) else JSONResponse(out)
+
+    return endpoint
+
+
+class Api:
+    """The routes, over an Aggregator (its reader, hooks and scorer) and an Access."""
+
+    def __init__(self, agg: Any, access: Access) -> None:
+        self.agg, self.access = agg, access
+
+    def routes(self) -> list[Route]:
+        v1 = "/api/v1"
+        return [
+            Route(HEALTH, self.health),
+            Route(f"{v1}/hooks/job-start", self.job_start, methods=["POST"]),
+            Route(f"{v1}/hooks/job-end", self.job_end, methods=["POST"]),
+            Route(f"{v1}/check", _answer(self.check), methods=["POST"]),
+            Route(f"{v1}/status", _answer(self.status)),
+            Route(f"{v1}/queue", _answer(self.queue)),
+            Route(f"{v1}/nodes", _answer(self.nodes)),
+            Route(f"{v1}/licenses", _answer(self.licenses)),
+            Route(f"{v1}/collectors", _answer(self.collectors)),
+            Route(f"{v1}/jobs", _answer(self.jobs)),
+            Route(v1 + "/jobs/{job_id:int}", _answer(self.job)),
+        ]
+
+    async def health(self, request: Request) -> JSONResponse:
+        return JSONResponse({"ok": True})
+
+    # Hook reports: answered at once, before any of their work begins (a background task runs
+    # after the answer is sent), since slurmctld waits for the answer.
+    async def job_start(self, request: Request) -> JSONResponse:
+        return await self._report(request, self.agg.hook_job_start)
+
+    async def job_end(self, request: Request) -> JSONResponse:
+        return await self._report(request, self.agg.hook_job_end)
+
+    async def _report(self, request: Request, handler: Callable[..., dict]) -> JSONResponse:
+        caller = request.scope[CALLER_KEY]
+        if not policy.may_report(caller, self.access.slurm_uid):
+            log.warning("http: a job report from uid %s refused", caller.uid)
+            return error(
+                403, f"job reports are accepted from root and {self.access.sec.slurm_user} only"
+            )
+        tasks = BackgroundTasks()
+        try:
+            answer = handler(parse_json(await request.body()), later=tasks.add_task)
+        except ValueError as exc:
+            log.warning("hook report on %s rejected: %s", request.url.path, exc)
+            return error(400, str(exc))
+        except Exception as exc:
+            log.exception("hook report on %s failed", request.url.path)
+            return error(500, type(exc).__name__)
+        return JSONResponse(answer, background=tasks)
+
+    def check(self, request: Request, caller: Caller, body: bytes) -> dict[str, Any]:
+        req = parse_json(body)
+        job = req.get("request")
+        if not isinstance(job, dict):
+            raise ValueError('expected {"request": {...}}')
+        job["user"] = policy.check_user(caller, job.get("user"))
+        return self.agg.check(req)
+
+    def status(self, request: Request, caller: Caller, body: bytes) -> dict[str, Any]:
+        conn = self.agg.reader()
+        view = {**query.status(conn), **clusterviews.overview(conn)}
+        return policy.status_view(caller, self._private(caller), view)
+
+    def queue(self, request: Request, caller: Caller, body: bytes) -> dict[str, Any]:
+        view = clusterviews.queue(self.agg.reader())
+        return policy.queue_view(caller, self._private(caller), view)
+
+    def nodes(self, request: Request, caller: Caller, body: bytes) -> dict[str, Any]:
+        policy.nodes_allowed(caller, self._private(caller))
+        return clusterviews.nodes(self.agg.reader())
+
+    def licenses(self, request: Request, caller: Caller, body: bytes) -> dict[str, Any]:
+        view = clusterviews.licenses(self.agg.reader())
+        return policy.licenses_view(caller, self._private(caller), view)
+
+    def collectors(self, request: Request, caller: Caller, body: bytes) -> Any:
+        policy.collectors_allowed(caller)
+        return clusterviews.collection(self.agg.reader())
+
+    def jobs(self, request: Request, caller: Caller, body: bytes) -> Any:
+        q = request.query_params
+        user, listed = policy.jobs_user(caller, q.get("user"))
+        since = float(q["since"]) if q.get("since") else None
+        limit = int(q.get("limit") or 100)
+        if not 1 <= limit <= 100_000:
+            raise ValueError("limit must be between 1 and 100000")
+        return query.jobs(self.agg.reader(), user, q.get("state"), since, limit) if listed else []
+
+    def job(self, request: Request, caller: Caller, body: bytes) -> Any:
+        found = query.job(self.agg.reader(), request.path_params["job_id"])
+        if not policy.job_visible(caller, found):
+            return error(404, "no such job")  # another user's job is not disclosed either
+        return found
+
+    def _private(self, caller: Caller) -> frozenset[str]:
+        return frozenset() if caller.admin else self.access.private()
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return error(404, f"no such endpoint {request.url.path}")
+    return error(exc.status_code, exc.detail)
+
+
+def make_app(agg: Any, access: Access, verify: Callable[..., munge.Identity]) -> Starlette:
+    # The body limit is the middleware's, which reads every body to check its digest (Starlette's
+    # max_body_size would answer in plain text, over any JSON answer).
+    app = Starlette(
+        routes=Api(agg, access).routes(), exception_handlers={HTTPException: _http_error}
+    )
+    app.add_middleware(MungeAuth, verify=verify, access=access)
+    return app
+
+
+# -- serving ------------------------------------------------------------------------------------
+class _Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1, with a deadline for a request's headers (uvicorn has none)."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._deadline = self.loop.call_later(HEADER_SECONDS, self._headers_late)
+
+    def _headers_late(self) -> None:
+        if self.cycle is None and not self.transport.is_closing():
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._deadline.cancel()
+        super().connection_lost(exc)
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def tls_files(cfg: Config) -> tuple[str, str] | None:
+    """(cert, key) to serve with, or None on loopback without them; RuntimeError, one line, for
+    plain HTTP that would leave this host."""
+    sec, listen = cfg.security, cfg.aggregator.http_listen
+    if sec.tls_cert and sec.tls_key:
+        return sec.tls_cert, sec.tls_key
+    if is_loopback(split_listen(listen)[0]):
+        return None
+    raise RuntimeError(f"aggregator.http_listen {listen} leaves loopback: set security.tls_cert and "
+                       "security.tls_key (HTTP off this host is served only with TLS)")  # fmt: skip
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+        sock.listen(BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class HttpServer:
+    """uvicorn in a thread (no signal handlers: the daemon owns those), on a socket bound here,
+    so that a port in use or a bad certificate fails start-up, not a thread."""
+
+    def __init__(self, agg: Any, verify: Callable[..., munge.Identity] | None = None) -> None:
+        cfg = agg.cfg
+        tls = tls_files(cfg)
+        sec = cfg.security
+        verify = verify or functools.partial(munge.verify, max_age=sec.credential_max_age_seconds,
+                                             socket=sec.munge_socket)  # fmt: skip
+        config = uvicorn.Config(make_app(agg, Access(cfg), verify), loop="asyncio", http=_Protocol,
+                                lifespan="off", log_config=None, access_log=False, server_header=False,
+                                limit_concurrency=CONCURRENCY, backlog=BACKLOG,
+                                timeout_keep_alive=KEEPALIVE_SECONDS, timeout_graceful_shutdown=2,
+                                h11_max_incomplete_event_size=16 << 10,
+                                ssl_certfile=tls[0] if tls else None, ssl_keyfile=tls[1] if tls else None)  # fmt: skip
+        try:
+            config.load()
+        except (OSError, ssl.SSLError) as exc:
+            raise RuntimeError(
+                f"security.tls_cert / security.tls_key: cannot load ({exc})"
+            ) from None
+        self.scheme = "https" if tls else "http"
+        self.sock = _listen(*split_listen(cfg.aggregator.http_listen))
+        self.server = uvicorn.Server(config)
+        self.thread: threading.Thread | None = None
+        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
+                                       name="http", daemon=True)  # fmt: skip
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        if self.thread is not None:
+            self.thread.join(5.0)
+        self.sock.close()
+
+
+def munged_answers(socket_path: str) -> str | None:
+    """None when munged makes credentials, else why not (logged at start, not fatal)."""
+    try:
+        munge.encode(b"", socket_path)
+    except munge.MungeError as exc:
+        return str(exc)
+    return None

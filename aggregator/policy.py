@@ -1,0 +1,153 @@
+"""Who may see what through the HTTP API: pure functions over a Caller and plain values, so the
+whole policy is tested without sockets (tests/test_policy.py).
+
+- Hook reports come from root or SlurmUser only.
+- A user is answered for the uid of their MUNGE credential, whatever the request names: their own
+  jobs, their own `check`; a job of another user is "no such job" (404, as Slurm answers
+  `scontrol show job` under PrivateData=jobs), so that its existence is not disclosed either.
+- Admins (uid 0, `security.admin_users`, members of `security.admin_groups`) see everything.
+- What Slurm hides from users (its PrivateData flags) NØMADE hides too, from non-admins.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+PRIVATE_FLAGS = frozenset({"jobs", "nodes", "partitions", "usage", "users", "accounts", "events",
+                           "reservations", "cloud"})  # fmt: skip
+PER_USER_FLAGS = frozenset({"usage", "users", "accounts"})
+
+
+class Forbidden(Exception):
+    """The caller may not do this (HTTP 403); the message is one line for the caller."""
+
+
+@dataclass(frozen=True)
+class Caller:
+    uid: int
+    name: str | None  # None: a uid without a name on the head node (sees only what is public)
+    admin: bool = False
+    groups: frozenset[str] = field(default_factory=frozenset)
+
+
+def is_admin(uid: int, name: str | None, groups: frozenset[str], admin_users: list[str],
+             admin_groups: list[str]) -> bool:  # fmt: skip
+    return (
+        uid == 0 or (name is not None and name in admin_users) or bool(groups & set(admin_groups))
+    )
+
+
+def may_report(caller: Caller, slurm_uid: int | None) -> bool:
+    """Hook reports (job starts and ends) only from root or SlurmUser."""
+    return caller.uid == 0 or (slurm_uid is not None and caller.uid == slurm_uid)
+
+
+def parse_private_data(text: str) -> frozenset[str]:
+    """Flags from a `security.private_data` list or a `PrivateData = ...` value ("none", "jobs,
+    nodes"); unknown words are kept (a newer Slurm's flag hides nothing here)."""
+    words = {w.strip().lower() for w in re.split(r"[,\s]+", text) if w.strip()}
+    return frozenset(words - {"none", "(null)"})
+
+
+def private_data_from_config(text: str) -> frozenset[str] | None:
+    """The PrivateData flags in `scontrol show config` output; None when the line is missing."""
+    m = re.search(r"^PrivateData\s*=\s*(.*)$", text, re.MULTILINE)
+    return None if m is None else parse_private_data(m.group(1))
+
+
+def check_user(caller: Caller, named: str | None) -> str:
+    """The user a `check` scores as: the caller's own, or another only for an admin."""
+    if named and named != caller.name:
+        if not caller.admin:
+            raise Forbidden("only root and NØMADE's admins may score a job as another user")
+        return named
+    if caller.name is None:
+        raise Forbidden(f"uid {caller.uid} has no user name on the head node")
+    return caller.name
+
+
+def owns(caller: Caller, job: dict[str, Any]) -> bool:
+    if job.get("user_id") is not None:
+        return int(job["user_id"]) == caller.uid
+    return caller.name is not None and job.get("user") == caller.name
+
+
+def job_visible(caller: Caller, job: dict[str, Any] | None) -> bool:
+    return job is not None and (caller.admin or owns(caller, job))
+
+
+def jobs_user(caller: Caller, named: str | None) -> tuple[str | None, bool]:
+    """(the user to list, whether to list anything): a user lists only their own jobs."""
+    if caller.admin:
+        return named or None, True
+    if caller.name is None or (named and named != caller.name):
+        return caller.name, False
+    return caller.name, True
+
+
+def nodes_allowed(caller: Caller, private: frozenset[str]) -> None:
+    if "nodes" in private and not caller.admin:
+        raise Forbidden("Slurm's PrivateData=nodes: node details are for administrators")
+
+
+def collectors_allowed(caller: Caller) -> None:
+    if not caller.admin:
+        raise Forbidden("the collectors' health is for administrators")
+
+
+def _mine(caller: Caller, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rows if r.get("user") is not None and r.get("user") == caller.name]
+
+
+def _anonymous(caller: Caller, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows with other users' names (and accounts) blanked."""
+    keep = ("user", "account")
+    return [
+        r if r.get("user") == caller.name else {**r, **{k: None for k in keep if k in r}}
+        for r in rows
+    ]
+
+
+def _job_rows(
+    caller: Caller, private: frozenset[str], rows: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    if "jobs" in private:
+        return _mine(caller, rows)
+    if private & PER_USER_FLAGS:
+        return _anonymous(caller, rows)
+    return rows
+
+
+def licenses_view(caller: Caller, private: frozenset[str], view: dict[str, Any]) -> dict[str, Any]:
+    """Who holds a license is a per-user figure: under usage/users/accounts only one's own."""
+    if caller.admin or not private & PER_USER_FLAGS:
+        return view
+    feats = [{**f, "users": {u: n for u, n in (f.get("users") or {}).items() if u == caller.name}}
+             for f in view.get("features", [])]  # fmt: skip
+    return {**view, "features": feats}
+
+
+def queue_view(caller: Caller, private: frozenset[str], view: dict[str, Any]) -> dict[str, Any]:
+    """Per-job lists (pending, stuck, arrays) as PrivateData allows; per-partition counts stay."""
+    if caller.admin:
+        return view
+    return {
+        **view,
+        **{
+            k: _job_rows(caller, private, view[k])
+            for k in ("pending", "stuck", "arrays")
+            if k in view
+        },
+    }
+
+
+def status_view(caller: Caller, private: frozenset[str], view: dict[str, Any]) -> dict[str, Any]:
+    if caller.admin:
+        return view
+    out = {**view, "running_jobs": _job_rows(caller, private, view.get("running_jobs", [])),
+           "collection": [], "licenses": licenses_view(caller, private, view.get("licenses", {}))}  # fmt: skip
+    if "nodes" in private:
+        out.update(nodes=[], slurm_nodes=[], node_metrics={})
+    return out
