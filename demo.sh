@@ -8,7 +8,11 @@ say() { printf '\n== %s\n' "$*"; }
 
 say "installing Debian packages (Slurm, munge, MariaDB, sysstat) and NØMADE"
 slurm-conf/install-deps.sh
-python3 -m pip install --quiet --disable-pip-version-check -e ".[aggregator]"
+# As a site installs it: a virtual environment on the system's Python under /opt/nomade, its
+# commands linked into /usr/local/bin, where every user (alice below) can run them.
+slurm-conf/install-nomade.sh
+nomadectl=/usr/local/bin/nomadectl
+nomade_agent=/usr/local/bin/nomade-agent
 
 say "bringing up the Slurm cluster"
 slurm-conf/cluster-up.sh
@@ -34,14 +38,22 @@ task_notice = true
 interval_seconds = 5.0
 [collectors.node_state]
 interval_seconds = 5.0
+[security]
+keys_dir = "$DEMO/keys"
 TOML
 
-say "starting NØMADE: database, hooks, aggregator, agents for node1 and node2"
-nomadectl init
-nomadectl install-hooks --include /etc/slurm/nomade-hooks.conf
+say "starting NØMADE: database and server key, node keys, hooks, aggregator, agents"
+"$nomadectl" init # the database (mode 0600) and the aggregator's CURVE key pair
+# Each node makes its own key pair (its secret never leaves it) and prints "NODE PUBLIC_KEY";
+# the head node enrols the collected lines.  Here both nodes are this host.
+for node in node1 node2; do
+    "$nomade_agent" --make-key --node "$node"
+done >"$DEMO/node-keys.txt"
+"$nomadectl" keys add --file "$DEMO/node-keys.txt"
+"$nomadectl" install-hooks --include /etc/slurm/nomade-hooks.conf
 scontrol reconfigure
 slurm-conf/cluster-up.sh --hooks-changed # restarts slurmctld if it started without PrologSlurmctld
-nomadectl start --nodes node1,node2
+"$nomadectl" start --nodes node1,node2
 
 say "submitting a small mixed workload as user alice"
 submit() {
@@ -74,20 +86,34 @@ PY
 done
 
 say "nomadectl status"
-nomadectl status
+"$nomadectl" status
 say "nomadectl nodes   (Slurm's view beside each node's agent)"
-nomadectl nodes
+"$nomadectl" nodes
 say "nomadectl queue   (why jobs wait, stuck jobs, job arrays)"
-nomadectl queue
+"$nomadectl" queue
 say "nomadectl jobs --user alice"
-nomadectl jobs --user alice --limit 5
+"$nomadectl" jobs --user alice --limit 5
 say "nomadectl job $two   (the two-node job)"
-nomadectl job "$two"
+"$nomadectl" job "$two"
 say "the notice NØMADE printed into job $ok's own output"
 head -n 1 "$DEMO/jobs/fits-$ok.out"
+
+# An ordinary user: the database is the aggregator's alone (mode 0600), so alice's nomadectl
+# asks the aggregator, which knows her by her MUNGE credential and answers with her jobs only.
+as_alice() { runuser -u alice -- env NOMADE_CONFIG="$NOMADE_CONFIG" "$nomadectl" "$@"; }
+cat >"$DEMO/small-job.sh" <<'SH'
+#!/bin/bash
+#SBATCH --mem=400M --time=00:05:00 --cpus-per-task=1
+python3 -c 'print(sum(range(10**6)))'
+SH
+chmod 644 "$DEMO/small-job.sh"
+say "alice: nomadectl jobs   (her own jobs, through the aggregator's API)"
+as_alice jobs --limit 5
+say "alice: nomadectl check small-job.sh   (scored before she submits it)"
+as_alice check "$DEMO/small-job.sh"
 cat <<MSG
 
-The cluster and NØMADE keep running.  Try: NOMADE_CONFIG=$NOMADE_CONFIG nomadectl job $oom
-Stop NØMADE:  NOMADE_CONFIG=$NOMADE_CONFIG nomadectl stop && NOMADE_CONFIG=$NOMADE_CONFIG nomadectl uninstall-hooks
+The cluster and NØMADE keep running.  Try: NOMADE_CONFIG=$NOMADE_CONFIG $nomadectl job $oom
+Stop NØMADE:  NOMADE_CONFIG=$NOMADE_CONFIG $nomadectl stop && NOMADE_CONFIG=$NOMADE_CONFIG $nomadectl uninstall-hooks
 Stop Slurm:   slurm-conf/cluster-down.sh
 MSG

@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 slurm-conf/install-deps.sh
 python3 -m pip install --quiet --disable-pip-version-check -e ".[aggregator,train,dev]"
+# What the tests that run as other users (slurm, alice, bob) start: /usr/local/bin/nomadectl etc.
+slurm-conf/install-nomade.sh
 slurm-conf/cluster-up.sh
 # The cluster, nvidia-ml-py and torch are all provided above: under this command their absence is
 # a failure, not a skip (conftest.required).

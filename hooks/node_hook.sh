@@ -51,16 +51,16 @@ task_prolog() {
     esac
     # The agent receives every scored job's verdict moments after PrologSlurmctld; wait briefly,
     # unless the agent knows the aggregator is not answering (no verdict can come).
-    # Each 20 ms wait is a read with a timeout on the agent's FIFO <node>/wait, opened
-    # read-write so the open never blocks; nobody writes to it, so no process is started for
-    # the wait (sleep where the FIFO is missing).
-    local i=0 wait_fd=
+    # Each 20 ms wait is a read with a timeout on this user's FIFO <node>/wait/<uid> (mode 0600,
+    # the user's own, so no one else can write to it and end the wait early), opened read-write
+    # so the open never blocks: no process is started for the wait.  The agent makes the FIFO
+    # when it takes the Prolog's report; until then (a user's first job on the node) each step
+    # sleeps and looks for it again.  $UID is the real uid: the job's user cannot set it.
+    local i=0 wait_fd='' fifo=$dir/wait/$UID
     [[ -e $dir/offline ]] && i=$NOMADE_VERDICT_WAIT_STEPS
     while [[ ! -e $dir/verdicts/$job.json ]] && ((i < NOMADE_VERDICT_WAIT_STEPS)); do
-        if [[ -z $wait_fd ]]; then
-            { [[ -p $dir/wait ]] && exec {wait_fd}<>"$dir/wait"; } 2>/dev/null || wait_fd=none
-        fi
-        if [[ $wait_fd == none ]]; then sleep 0.02; else read -r -t 0.02 -u "$wait_fd" _; fi
+        [[ -z $wait_fd && -p $fifo ]] && { exec {wait_fd}<>"$fifo"; } 2>/dev/null
+        if [[ -n $wait_fd ]]; then read -r -t 0.02 -u "$wait_fd" _; else sleep 0.02; fi
         i=$((i + 1))
     done
     if [[ -r $dir/jobs/$job ]]; then

@@ -5,7 +5,7 @@
 # starts them by hand (the dev and CI hosts have no systemd as PID 1).
 set -euo pipefail
 
-PACKAGES=(slurm-wlm slurmdbd munge mariadb-server sysstat shellcheck procps strace)
+PACKAGES=(slurm-wlm slurmdbd munge mariadb-server sysstat shellcheck procps strace curl python3-venv)
 POLICY=/usr/sbin/policy-rc.d
 
 say() { printf 'install-deps: %s\n' "$*"; }
