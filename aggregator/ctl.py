@@ -113,7 +113,8 @@ def init(ctx: click.Context) -> None:
         from . import keyscmd
 
         try:
-            path, made = keyscmd.ensure_server_pair(cfg.security)
+            owner = keyscmd.service_owner(cfg.database)
+            path, made = keyscmd.ensure_server_pair(cfg.security, owner)
         except OSError as exc:
             raise click.ClickException(
                 f"cannot make the server key in {cfg.security.keys_dir}: {exc}"
@@ -496,6 +497,18 @@ def parse(kind: str, path: str) -> None:
         click.echo(json.dumps(record, sort_keys=True, default=str))
 
 
+@main.command("audit")
+@click.option("--limit", default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def audit_cmd(ctx: click.Context, limit: int, as_json: bool) -> None:
+    """Administrators' actions (keys, model activation) with the uid that made them (root)."""
+    if os.geteuid() != 0:
+        raise click.ClickException("nomadectl audit: only root reads the administrators' log")
+    rows = store.admin_log(_reader(_cfg(ctx)), limit)
+    _emit(rows, as_json, render.admin_log)
+
+
 @main.group("keys")
 def keys_group() -> None:
     """Which nodes' agents may send to the aggregator: their CurveZMQ keys (root only)."""
@@ -563,7 +576,7 @@ def keys_rotate_server(ctx) -> None:
     """A new aggregator key pair (the old one kept as server.key.previous)."""
     keyscmd, cfg, conn = _keys(ctx, "keys rotate-server")
     try:
-        public = keyscmd.rotate_server(conn, cfg.security)
+        public = keyscmd.rotate_server(conn, cfg.security, keyscmd.service_owner(cfg.database))
     except OSError as exc:
         raise click.ClickException(f"cannot make the new server key: {exc}") from None
     sec = cfg.security

@@ -47,11 +47,22 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("COMMIT")
 
 
-def ensure_server_pair(sec: Security) -> tuple[str, bool]:
-    """The aggregator's key pair in keys_dir, made if missing: (public key path, made now)."""
+def service_owner(database: str) -> int | None:
+    """Who the aggregator runs as, to own the server's secret key: the owner of the database's
+    directory (the SlurmUser under slurm-conf/systemd; root where root runs it)."""
+    try:
+        uid = Path(database).parent.stat().st_uid
+    except OSError:
+        return None
+    return uid if uid != os.geteuid() and os.geteuid() == 0 else None
+
+
+def ensure_server_pair(sec: Security, owner: int | None = None) -> tuple[str, bool]:
+    """The aggregator's key pair in keys_dir, made if missing (the secret owned by OWNER, the
+    aggregator's service user): (public key path, made now)."""
     if Path(sec.server_secret()).exists():
         return sec.server_public(), False
-    keys.make_pair(sec.keys_dir, "server")
+    keys.make_pair(sec.keys_dir, "server", owner=owner)
     return sec.server_public(), True
 
 
@@ -153,7 +164,7 @@ def listing(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     return [dict(r) for r in rows]
 
 
-def rotate_server(conn: sqlite3.Connection, sec: Security) -> str:
+def rotate_server(conn: sqlite3.Connection, sec: Security, owner: int | None = None) -> str:
     """A new server pair; the old one kept as server.key.previous (and .key_secret.previous).
     Returns the new public key."""
     d = Path(sec.keys_dir)
@@ -161,7 +172,7 @@ def rotate_server(conn: sqlite3.Connection, sec: Security) -> str:
         if (d / name).exists():
             shutil.copy2(d / name, d / f"{name}.previous")  # keeps the secret's 0600
     with _transaction(conn):
-        public = keys.make_pair(sec.keys_dir, "server")
+        public = keys.make_pair(sec.keys_dir, "server", owner=owner)
         store.audit(conn, "keys rotate-server", public)
     return public
 

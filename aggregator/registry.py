@@ -9,6 +9,8 @@ import sqlite3
 import time
 from typing import Any
 
+from .store import audit
+
 
 def register(conn: sqlite3.Connection, version: str, path: str, sha256: str, meta: dict[str, Any],
              metrics: dict[str, Any]) -> None:  # fmt: skip
@@ -35,13 +37,15 @@ def active(conn: sqlite3.Connection) -> dict[str, Any] | None:
     return next((m for m in models(conn) if m["active"]), None)
 
 
-def activate(conn: sqlite3.Connection, version: str) -> None:
+def activate(conn: sqlite3.Connection, version: str, action: str = "model activate") -> None:
+    """Make VERSION the scoring model, recorded in admin_log with the uid that did it."""
     if conn.execute("SELECT 1 FROM models WHERE version = ?", (version,)).fetchone() is None:
         raise KeyError(f"no model {version!r} (nomadectl model list)")
     conn.execute("UPDATE models SET active = 0 WHERE active = 1")
     conn.execute(
         "UPDATE models SET active = 1, activated = ? WHERE version = ?", (time.time(), version)
     )
+    audit(conn, action, version)
 
 
 def rollback(conn: sqlite3.Connection) -> str:
@@ -56,5 +60,5 @@ def rollback(conn: sqlite3.Connection) -> str:
     ).fetchone()
     if previous is None:
         raise KeyError(f"{current[0]} is the only model ever activated: nothing to roll back to")
-    activate(conn, previous[0])
+    activate(conn, previous[0], "model rollback")
     return previous[0]

@@ -153,3 +153,14 @@ def check(answer: dict[str, Any]) -> str:
     if v["warned"]:
         return "\n".join(v["lines"])
     return f"NØMADE: low risk ({v['p_fail']:.2f}) that this job fails (model {v['model_version']})."
+
+
+def admin_log(rows: list[dict[str, Any]]) -> str:
+    """`nomadectl audit`: who did what, newest first."""
+    if not rows:
+        return "no administrators' actions recorded"
+    out = [f"{'WHEN':<20}{'WHO':<14}{'ACTION':<22}DETAIL"]
+    for r in rows:
+        who = f"{r['user']} ({r['uid']})"
+        out.append(f"{when(r['t']):<20}{who:<14}{r['action']:<22}{r['detail'] or ''}")
+    return "\n".join(out)

@@ -477,3 +477,12 @@ def audit(conn: sqlite3.Connection, action: str, detail: str = "") -> None:
         "INSERT INTO admin_log (t, uid, user, action, detail) VALUES (?, ?, ?, ?, ?)",
         (time.time(), uid, user, action, detail),
     )
+
+
+def admin_log(conn: sqlite3.Connection, limit: int = 50) -> list[dict[str, Any]]:
+    """The newest LIMIT administrators' actions, newest first."""
+    rows = conn.execute(
+        "SELECT t, uid, user, action, detail FROM admin_log ORDER BY t DESC, id DESC LIMIT ?",
+        (limit,),
+    )
+    return [dict(r) for r in rows]

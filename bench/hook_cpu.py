@@ -65,9 +65,9 @@ def main() -> None:
     base = Path(tempfile.mkdtemp(prefix="nomade-bench-hookcpu-"))
     _zport, env = bench_config(base)
     node_dir = base / "spool" / "node1"
-    (node_dir / "inbox").mkdir(parents=True)  # as the running agent has it, with its FIFO
-    os.mkfifo(node_dir / "wait")
-    os.chmod(node_dir / "wait", 0o666)
+    (node_dir / "inbox").mkdir(parents=True)  # as the running agent has it, with the FIFO of
+    (node_dir / "wait").mkdir()  # the user TaskProlog runs as (this bench's)
+    os.mkfifo(node_dir / "wait" / str(os.getuid()), 0o600)
     (node_dir / "verdicts").mkdir()
     agg = None
     try:

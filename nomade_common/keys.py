@@ -38,7 +38,8 @@ def valid_key(text: str) -> bool:
 
 
 def make_pair(keys_dir: str, name: str, *, owner: int | None = None) -> str:
-    """Write a new pair NAME.key / NAME.key_secret (replacing any); return the public key."""
+    """Write a new pair NAME.key / NAME.key_secret (replacing any), owned by OWNER where given
+    (the aggregator's service user); return the public key."""
     public, secret = (k.decode() for k in zmq.curve_keypair())
     d = Path(keys_dir)
     if not d.is_dir():

@@ -163,7 +163,7 @@ def test_nodes_view_puts_slurm_state_beside_the_agent(db):
 def test_status_and_the_views_print_from_a_database_with_readings(tmp_path):
     data = tmp_path / "data"
     cfg_path = tmp_path / "n.toml"
-    cfg_path.write_text(f'[general]\ndata_dir = "{data}"\n')
+    cfg_path.write_text(f'[general]\ndata_dir = "{data}"\n[security]\nkeys_dir = "{tmp_path}/keys"\n')
     run = CliRunner()
     assert run.invoke(ctl.main, ["--config", str(cfg_path), "init"]).exit_code == 0
     conn = store.connect(str(data / "nomade.db"))

@@ -98,6 +98,12 @@ def test_rollback_and_activate(stored):
     assert again.exit_code == 0
     bad = runner.invoke(ctl.main, ["--config", str(cfg), "model", "activate", "nope"])
     assert bad.exit_code == 1 and "no model 'nope'" in bad.output
+    # Each change of the scoring model is in the administrators' log, with who made it.
+    log = json.loads(runner.invoke(ctl.main, ["--config", str(cfg), "audit", "--json"]).output)
+    actions = [(r["action"], r["detail"], r["user"], r["uid"]) for r in log[:3]]
+    assert actions == [("model activate", new, "root", 0),
+                       ("model rollback", trained["version"], "root", 0),
+                       ("model activate", new, "root", 0)]  # fmt: skip
 
 
 def test_an_active_model_of_another_feature_version_scores_nothing(stored, tmp_path):
