@@ -473,12 +473,25 @@ class Aggregator:
 
     # -- hooks through the reports directory --------------------------------------------------
     def _reports_loop(self) -> None:
-        reports = ReportDir(self.cfg.hooks.reports_dir)
+        reports = ReportDir(self.cfg.hooks.reports_dir, self.report_writers())
         while not self._stop.wait(REPORTS_POLL_SECONDS):
             try:
                 self.take_reports(reports)
             except Exception:
                 log.exception("reading %s failed", reports.path)
+
+    def report_writers(self) -> frozenset[int]:
+        """Whose report files are believed: root's and the SlurmUser's (PrologSlurmctld runs as
+        the SlurmUser), and this daemon's own user."""
+        import pwd
+
+        uids = {0, os.geteuid()}
+        try:
+            uids.add(pwd.getpwnam(self.cfg.security.slurm_user).pw_uid)
+        except KeyError:
+            log.warning("security.slurm_user %r is not a user here: only root's hook reports are "
+                        "believed", self.cfg.security.slurm_user)  # fmt: skip
+        return frozenset(uids)
 
     def take_reports(self, reports: ReportDir) -> int:
         """Hand every complete report in REPORTS to its handler; each file is removed once what

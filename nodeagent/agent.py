@@ -155,7 +155,8 @@ class Agent:
         self.cfg, self.node = cfg, node or a.node_name()
         self.spool = Path(a.spool_dir) / self.node
         self.inbox = self.spool / "inbox"
-        self.inbox_reports = ReportDir(self.inbox)
+        # The Prolog and Epilog run as root: only root's reports are believed.
+        self.inbox_reports = ReportDir(self.inbox, frozenset({0, os.geteuid()}))
         self.verdicts = self.spool / "verdicts"
         self.wait_dir = self.spool / "wait"
         self.make_spool()

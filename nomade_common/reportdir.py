@@ -5,6 +5,12 @@ A hook writes each report as one line of JSON, in one write, under its final nam
 cost the hook a process).  A reader therefore takes a file only once its closing newline is
 there; one still without it after INCOMPLETE_GRACE_SECONDS was left half-written (a hook killed
 at its limit, a full disk) and is set aside in bad/, like a malformed one, with one log line.
+
+A report is trusted by where it lies and who wrote it, not by what it says: the directory must
+belong to a trusted uid and be writable by nobody else (`nomadectl install-hooks` makes the
+head node's reports/ the SlurmUser's, mode 0700; the agent makes each node's inbox root's, 0700),
+and each file must be a regular file (never followed through a link) owned by a trusted uid.  A
+file that fails is set aside with the reason; a directory that fails is not read at all.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,10 +33,29 @@ class Incomplete(Exception):
     """A hook report still being written (its closing newline has not arrived)."""
 
 
-def read_report(path: Path) -> dict[str, Any]:
+class Untrusted(ValueError):
+    """A report, or a reports directory, that a user other than the trusted ones could have made."""
+
+
+MAX_REPORT_BYTES = 1 << 20
+
+
+def read_report(path: Path, trusted: frozenset[int] | None = None) -> dict[str, Any]:
     """One report: a JSON object on one line.  Raises Incomplete until the newline is there,
-    OSError or ValueError when it cannot be read as one."""
-    text = path.read_text(encoding="utf-8")
+    Untrusted when it is not a regular file owned by a TRUSTED uid, OSError or ValueError when it
+    cannot be read as one."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise Untrusted("not a regular file")
+        if trusted is not None and st.st_uid not in trusted:
+            raise Untrusted(f"owned by uid {st.st_uid}, not by {_names(trusted)}")
+        if st.st_size > MAX_REPORT_BYTES:
+            raise ValueError(f"{st.st_size} bytes, more than a report's {MAX_REPORT_BYTES}")
+        text = os.read(fd, MAX_REPORT_BYTES + 1).decode("utf-8")
+    finally:
+        os.close(fd)
     if not text.endswith("\n"):
         raise Incomplete(path.name)
     data = json.loads(text)
@@ -38,23 +64,60 @@ def read_report(path: Path) -> dict[str, Any]:
     return data
 
 
-class ReportDir:
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
+def _names(uids: frozenset[int]) -> str:
+    import pwd
 
-    def ready(self, skip: set[str] | frozenset[str] = frozenset()) -> Iterator[tuple[Path, dict[str, Any]]]:
+    def name(uid: int) -> str:
+        try:
+            return pwd.getpwuid(uid).pw_name
+        except KeyError:
+            return str(uid)
+
+    return " or ".join(sorted(name(u) for u in uids))
+
+
+def check_directory(path: Path, trusted: frozenset[int] | None) -> None:
+    """Untrusted when PATH is not a directory of a TRUSTED uid that nobody else may write to."""
+    if trusted is None:
+        return
+    st = os.stat(path, follow_symlinks=False)
+    if not stat.S_ISDIR(st.st_mode):
+        raise Untrusted(f"{path} is not a directory")
+    if st.st_uid not in trusted:
+        raise Untrusted(f"{path} belongs to uid {st.st_uid}, not to {_names(trusted)}")
+    if st.st_mode & 0o022:
+        raise Untrusted(f"{path} may be written by others (mode {st.st_mode & 0o7777:o})")
+
+
+class ReportDir:
+    def __init__(self, path: Path | str, trusted: frozenset[int] | None = None) -> None:
+        """TRUSTED: the uids whose reports are believed (None: any, for tests of the format)."""
+        self.path = Path(path)
+        self.trusted = trusted
+        self._untrusted_logged = 0.0
+
+    def ready(
+        self, skip: set[str] | frozenset[str] = frozenset()
+    ) -> Iterator[tuple[Path, dict[str, Any]]]:
         """The complete reports, oldest name first (names begin with the hook's time in µs),
         except those named in SKIP; unreadable ones are set aside on the way."""
         try:
+            check_directory(self.path, self.trusted)
             names = sorted(e.name for e in os.scandir(self.path) if e.name.endswith(".json"))
         except FileNotFoundError:
+            return
+        except Untrusted as exc:
+            if time.monotonic() - self._untrusted_logged > 60:
+                log.error("hook reports not read: %s (a user could forge them; nomadectl "
+                          "install-hooks sets it up)", exc)  # fmt: skip
+                self._untrusted_logged = time.monotonic()
             return
         for name in names:
             if name in skip:
                 continue
             path = self.path / name
             try:
-                report = read_report(path)
+                report = read_report(path, self.trusted)
             except FileNotFoundError:
                 continue  # taken by someone else meanwhile
             except Incomplete:

@@ -139,7 +139,9 @@ def test_over_http_the_real_aggregator_stores_a_start_and_an_end(world):  # noqa
                              ("epilogslurmctld", ["job_start", "job_end"])):  # fmt: skip
             proc, _ = site.run(kind, slurm_env(kind, SLURM_JOB_ID="424244"), user="slurm")
             assert proc.returncode == 0
-            wait_until(lambda stored=stored: stored_job(agg, 424244)[1] == stored, f"{stored[-1]} stored")
+            wait_until(
+                lambda stored=stored: stored_job(agg, 424244)[1] == stored, f"{stored[-1]} stored"
+            )
         row, kinds = wait_until(lambda: (r := stored_job(agg, 424244))[1] == ["job_start", "job_end"] and r,
                                 "start and end stored")  # fmt: skip
         assert row["end_time"] is not None
@@ -154,14 +156,18 @@ def test_bad_reports_are_set_aside_with_one_line_and_the_good_one_is_stored(worl
     (spool / "1-1-prologslurmctld.json").write_text("not json\n")
     (spool / "2-2-prologslurmctld.json").write_text('{"kind": "somethingelse", "env": {}}\n')
     (spool / "3-3-prologslurmctld.json").write_text('{"kind": "prologslurmctld", "env": {}}\n')
-    (spool / "3-4-epilogslurmctld.json").write_text('{"kind": "epilogslurmctld", "env": ["not", "an", "object"]}\n')
+    (spool / "3-4-epilogslurmctld.json").write_text(
+        '{"kind": "epilogslurmctld", "env": ["not", "an", "object"]}\n'
+    )
     half = spool / "4-4-prologslurmctld.json"
     half.write_text('{"kind": "prologslurmctld", "env": {"SLURM_JOB_ID": "4"')
     young = spool / "6-6-prologslurmctld.json"
     young.write_text('{"kind": "prologslurmctld"')
     past = time.time() - INCOMPLETE_GRACE_SECONDS - 1
     os.utime(half, (past, past))
-    proc, _ = site.run("prologslurmctld", slurm_env("prologslurmctld", SLURM_JOB_ID="5"), user="slurm")
+    proc, _ = site.run(
+        "prologslurmctld", slurm_env("prologslurmctld", SLURM_JOB_ID="5"), user="slurm"
+    )
     assert proc.returncode == 0
     with caplog.at_level(logging.WARNING):
         agg = start_aggregator(world, site)
@@ -203,3 +209,56 @@ def test_report_dir_gives_oldest_first_and_skips_those_in_hand(tmp_path):
     assert [p.name for p, _ in d.ready()] == ["10-2-b.json", "20-1-a.json", "30-3-c.json"]
     assert [p.name for p, _ in d.ready(skip={"20-1-a.json"})] == ["10-2-b.json", "30-3-c.json"]
     assert list(ReportDir(tmp_path / "absent").ready()) == []
+
+
+def test_a_report_written_by_a_user_is_never_believed(world, caplog):  # noqa: F811
+    """Only root and the SlurmUser write job starts: a user's file, a link planted in place of a
+    report, or a FIFO meant to block the reader are set aside, and the SlurmUser's own report is
+    stored beside them."""
+    site = spool_site(world)
+    spool = site.state / "reports"
+    forged = spool / "1-777-prologslurmctld.json"
+    forged.write_text(json.dumps({"kind": "prologslurmctld", "env": {"SLURM_JOB_ID": "777",
+                                  "SLURM_JOB_USER": "alice"}}) + "\n")  # fmt: skip
+    os.chown(forged, 2001, 2001)  # as if alice had written it
+    target = world / "elsewhere.json"
+    target.write_text(
+        json.dumps({"kind": "prologslurmctld", "env": {"SLURM_JOB_ID": "778"}}) + "\n"
+    )
+    (spool / "2-778-prologslurmctld.json").symlink_to(target)
+    os.mkfifo(spool / "3-779-prologslurmctld.json")
+    proc, _ = site.run(
+        "prologslurmctld", slurm_env("prologslurmctld", SLURM_JOB_ID="780"), user="slurm"
+    )
+    assert proc.returncode == 0
+    with caplog.at_level(logging.WARNING):
+        agg = start_aggregator(world, site)
+        try:
+            wait_until(lambda: stored_job(agg, 780)[0], "the SlurmUser's report stored")
+            wait_until(lambda: len(list((spool / "bad").iterdir())) == 3, "untrusted set aside")
+            assert all(stored_job(agg, j)[0] is None for j in (777, 778, 779))
+        finally:
+            agg.stop()
+    lines = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+    assert any("owned by uid 2001" in line for line in lines)
+    assert sum("not a regular file" in line or "Too many levels" in line for line in lines) == 2
+
+
+def test_a_reports_directory_others_may_write_to_is_not_read(world, caplog):  # noqa: F811
+    site = spool_site(world)
+    spool = site.state / "reports"
+    spool.chmod(0o777)
+    proc, _ = site.run(
+        "prologslurmctld", slurm_env("prologslurmctld", SLURM_JOB_ID="781"), user="slurm"
+    )
+    assert proc.returncode == 0
+    with caplog.at_level(logging.ERROR):
+        agg = start_aggregator(world, site)
+        try:
+            wait_until(lambda: any("may be written by others" in r.getMessage() for r in caplog.records),
+                       "the refusal logged")  # fmt: skip
+            assert stored_job(agg, 781)[0] is None and len(reports(site)) == 1
+            spool.chmod(0o700)  # as install-hooks makes it: now it is read
+            wait_until(lambda: stored_job(agg, 781)[0], "the report stored")
+        finally:
+            agg.stop()
