@@ -111,6 +111,11 @@ say "alice: nomadectl jobs   (her own jobs, through the aggregator's API)"
 as_alice jobs --limit 5
 say "alice: nomadectl check small-job.sh   (scored before she submits it)"
 as_alice check "$DEMO/small-job.sh"
+say "bob: nomadectl job $ok   (alice's job: bob gets nothing of it)"
+runuser -u bob -- env NOMADE_CONFIG="$NOMADE_CONFIG" "$nomadectl" job "$ok" || true
+say "who may send data: the enrolled node keys (CurveZMQ), and who enrolled them"
+"$nomadectl" keys list
+"$nomadectl" audit --limit 3
 cat <<MSG
 
 The cluster and NØMADE keep running.  Try: NOMADE_CONFIG=$NOMADE_CONFIG $nomadectl job $oom

@@ -54,6 +54,7 @@ CONCURRENCY = 512  # connections and requests in progress; beyond it uvicorn ans
 BACKLOG = 256  # a job array starts dozens of PrologSlurmctld at once
 PRIVATE_DATA_SECONDS = 300.0  # how often Slurm's PrivateData is read again
 CALLER_KEY = "nomade.caller"
+CALLER_SECONDS = 60.0  # a caller's name, groups and admin rights are looked up again after this
 
 
 def error(status: int, text: str) -> JSONResponse:
@@ -72,8 +73,22 @@ class Access:
         self._private: frozenset[str] | None = None
         self._read_at = float("-inf")
         self._lock = threading.Lock()
+        self._callers: dict[tuple[int, int], tuple[Caller, float]] = {}
 
     def caller(self, ident: munge.Identity) -> Caller:
+        """Who IDENT is: name, groups, admin.  Kept CALLER_SECONDS per uid and gid, so that a
+        burst of requests does not ask the site's directory (LDAP, SSSD) for each."""
+        key, now = (ident.uid, ident.gid), time.monotonic()
+        kept = self._callers.get(key)
+        if kept is not None and now - kept[1] < CALLER_SECONDS:
+            return kept[0]
+        if len(self._callers) > 10_000:
+            self._callers.clear()
+        found = self._look_up(ident)
+        self._callers[key] = (found, now)
+        return found
+
+    def _look_up(self, ident: munge.Identity) -> Caller:
         try:
             name: str | None = pwd.getpwuid(ident.uid).pw_name
         except KeyError:

@@ -11,6 +11,8 @@ import click
 
 from nomade_common import config as cfgmod
 
+SWITCH_INTERVAL_SECONDS = 0.0005
+
 
 @click.command()
 @cfgmod.daemon_options
@@ -18,6 +20,10 @@ def main(config_path: str | None, log_level: str | None) -> None:
     """Run the NØMADE aggregator until SIGTERM or SIGINT."""
     os.umask(0o077)  # the database, its WAL and shm, logs: readable by the service user alone
     cfg = cfgmod.load_for_daemon("nomade-aggregator", config_path, log_level)
+    # The writer holds the GIL through long batches; a hook waiting for its HTTP answer would
+    # wait up to 5 ms (Python's default) at each of the handful of hand-overs its request needs.
+    # bench/prolog_latency.py --transport http: PrologSlurmctld added p50 80 -> 60 ms under load.
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     from .server import Aggregator  # imported late: config errors show before heavy imports
 
     try:

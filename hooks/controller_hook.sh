@@ -120,13 +120,13 @@ if ((open_until > now)); then
     exit 0
 fi
 
-# The credential binds method, path and body (nomade_common/munge.py's payload): taken from this
-# request, it is good for no other, and munged accepts it once.
-digest=$(printf '%s' "$body" | sha256sum 2>/dev/null) || failed "MungeError: sha256sum failed"
+# The credential binds method, path and body (nomade_common/munge.py's inline payload: the body
+# itself, as hashing it would cost a process): taken from this request, it is good for no other,
+# and munged accepts it once.
 setting munge_socket ''
 socket_opt=()
 [[ -n $REPLY ]] && socket_opt=(--socket="$REPLY")
-cred=$(munge "${socket_opt[@]}" -s "nomade-http-1 POST $path ${digest%% *}" 2>/dev/null) ||
+cred=$(munge "${socket_opt[@]}" -s "nomade-http-1 POST $path body"$'\n'"$body" 2>/dev/null) ||
     failed "MungeError: munge could not make a credential (is munged running?)"
 
 # Keep 30% of the limit (at least 0.1 s) to record a failure before the wrapper's kill.

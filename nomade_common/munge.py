@@ -5,7 +5,14 @@ A request is signed by encoding, as the credential's payload, what the request i
 
     nomade-http-1 METHOD PATH?QUERY SHA256(BODY)
 
-so a credential taken from one request cannot be used for another path, method or body.  munged
+so a credential taken from one request cannot be used for another path, method or body.  A
+client that cannot hash without starting a process (the head-node hooks, in bash) carries the
+body itself instead of its digest:
+
+    nomade-http-1 METHOD PATH?QUERY body
+    BODY
+
+munged
 refuses a credential decoded twice (its replay cache) or older than its TTL; NØMADE also refuses
 one encoded longer ago than `security.credential_max_age_seconds`.
 
@@ -84,6 +91,11 @@ def payload(method: str, target: str, body: bytes) -> bytes:
     return f"{PAYLOAD_PREFIX} {method.upper()} {target} {hashlib.sha256(body).hexdigest()}".encode()
 
 
+def inline_payload(method: str, target: str, body: bytes) -> bytes:
+    """The same binding with the body itself in place of its digest."""
+    return f"{PAYLOAD_PREFIX} {method.upper()} {target} body\n".encode() + body
+
+
 def _context(lib: ctypes.CDLL, socket: str) -> int:
     ctx = lib.munge_ctx_create()
     if not ctx:
@@ -156,7 +168,7 @@ def verify(header: str | None, method: str, target: str, body: bytes, *,
     if scheme != SCHEME or not cred:
         raise MungeError("expected 'Authorization: MUNGE <credential>'")
     ident, data = decode(cred, socket)
-    if data != payload(method, target, body):
+    if data != payload(method, target, body) and data != inline_payload(method, target, body):
         raise MungeError(f"the credential was made for another request, not {method} {target}")
     age = (time.time() if now is None else now) - ident.encoded
     if age > max_age:

@@ -87,3 +87,15 @@ def test_munged_not_answering_is_told_apart_from_a_bad_credential(tmp_path):
     with pytest.raises(munge.MungeError) as err:
         munge.sign("GET", "/api/v1/status", b"", socket=str(tmp_path / "no-munged.socket"))
     assert err.value.unavailable and "munged is not answering" in str(err.value)
+
+
+def test_a_credential_may_carry_the_body_itself_as_the_bash_hooks_make_it():
+    body = b'{"env": {"SLURM_JOB_ID": "7"}, "kind": "prologslurmctld"}'
+    made = subprocess.run(["munge", "-s", "nomade-http-1 POST /api/v1/hooks/job-start body\n" + body.decode()],
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    header = f"MUNGE {made.stdout.strip()}"
+    assert munge.verify(header, "POST", "/api/v1/hooks/job-start", body).uid == 0
+    other = subprocess.run(["munge", "-s", "nomade-http-1 POST /api/v1/hooks/job-start body\n{}"],
+                           capture_output=True, text=True, timeout=30)  # fmt: skip
+    with pytest.raises(munge.MungeError, match="another request"):
+        munge.verify(f"MUNGE {other.stdout.strip()}", "POST", "/api/v1/hooks/job-start", body)
