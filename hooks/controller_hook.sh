@@ -122,11 +122,12 @@ fi
 
 # The credential binds method, path and body (nomade_common/munge.py's inline payload: the body
 # itself, as hashing it would cost a process): taken from this request, it is good for no other,
-# and munged accepts it once.
+# and munged accepts it once.  The payload goes to munge on stdin: a command line is readable by
+# every user on this host, and the report holds the job's name and directory.
 setting munge_socket ''
 socket_opt=()
 [[ -n $REPLY ]] && socket_opt=(--socket="$REPLY")
-cred=$(munge "${socket_opt[@]}" -s "nomade-http-1 POST $path body"$'\n'"$body" 2>/dev/null) ||
+cred=$(munge "${socket_opt[@]}" 2>/dev/null <<<"nomade-http-1 POST $path body"$'\n'"$body") ||
     failed "MungeError: munge could not make a credential (is munged running?)"
 
 # Keep 30% of the limit (at least 0.1 s) to record a failure before the wrapper's kill.

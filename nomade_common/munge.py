@@ -11,6 +11,7 @@ body itself instead of its digest:
 
     nomade-http-1 METHOD PATH?QUERY body
     BODY
+    (a closing newline)
 
 munged
 refuses a credential decoded twice (its replay cache) or older than its TTL; NØMADE also refuses
@@ -92,8 +93,10 @@ def payload(method: str, target: str, body: bytes) -> bytes:
 
 
 def inline_payload(method: str, target: str, body: bytes) -> bytes:
-    """The same binding with the body itself in place of its digest."""
-    return f"{PAYLOAD_PREFIX} {method.upper()} {target} body\n".encode() + body
+    """The same binding with the body itself in place of its digest, and a closing newline
+    (bash's here-string adds it: the hooks hand munge its payload on stdin, never in its
+    command line, which any user on the host could read in /proc)."""
+    return f"{PAYLOAD_PREFIX} {method.upper()} {target} body\n".encode() + body + b"\n"
 
 
 def _context(lib: ctypes.CDLL, socket: str) -> int:

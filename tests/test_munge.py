@@ -91,11 +91,11 @@ def test_munged_not_answering_is_told_apart_from_a_bad_credential(tmp_path):
 
 def test_a_credential_may_carry_the_body_itself_as_the_bash_hooks_make_it():
     body = b'{"env": {"SLURM_JOB_ID": "7"}, "kind": "prologslurmctld"}'
-    made = subprocess.run(["munge", "-s", "nomade-http-1 POST /api/v1/hooks/job-start body\n" + body.decode()],
-                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    made = subprocess.run(["munge"], input="nomade-http-1 POST /api/v1/hooks/job-start body\n"
+                          + body.decode() + "\n", capture_output=True, text=True, timeout=30)  # fmt: skip
     header = f"MUNGE {made.stdout.strip()}"
     assert munge.verify(header, "POST", "/api/v1/hooks/job-start", body).uid == 0
-    other = subprocess.run(["munge", "-s", "nomade-http-1 POST /api/v1/hooks/job-start body\n{}"],
+    other = subprocess.run(["munge"], input="nomade-http-1 POST /api/v1/hooks/job-start body\n{}\n",
                            capture_output=True, text=True, timeout=30)  # fmt: skip
     with pytest.raises(munge.MungeError, match="another request"):
         munge.verify(f"MUNGE {other.stdout.strip()}", "POST", "/api/v1/hooks/job-start", body)
