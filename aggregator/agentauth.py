@@ -52,6 +52,8 @@ def load_server_secret(cfg: Config) -> tuple[bytes, bytes]:
     path = cfg.security.server_secret()
     try:
         public, secret = keys.load(path, secret=True)
+    except keys.Unsafe:
+        raise
     except ConfigError as exc:
         raise ConfigError(path, exc.key, f"{exc.reason} (nomadectl init makes it)") from None
     assert secret is not None
@@ -215,6 +217,10 @@ class AgentAuth(threading.Thread):
 
     def stop(self) -> None:
         self._halt.set()
+
+    def close(self) -> None:
+        """Close the ZAP socket of a handler that never ran (the thread closes its own)."""
+        self._zap.close(0)
 
     # -- per message (in the writer thread) -----------------------------------------------
     def admit(self, c: Any, node: str, user_id: str | None, peer: str) -> bool:

@@ -529,8 +529,14 @@ class Aggregator:
 
     # -- life cycle ---------------------------------------------------------------------------
     def start(self) -> None:
-        self.http = api.HttpServer(self)  # a port in use or no TLS off loopback fails here
-        socks = self._bind()  # bind first: a port in use or a missing key fails start-up
+        try:
+            self.http = api.HttpServer(self)  # a port in use or no TLS off loopback fails here
+            socks = self._bind()  # bind first: a port in use or a missing key fails start-up
+        except BaseException:
+            if self.http is not None:
+                self.http.sock.close()
+            self._close_sockets()
+            raise
         self.writer.start()
         self._zmq_thread = threading.Thread(
             target=self._zmq_loop, args=(socks,), name="zmq", daemon=True
@@ -556,6 +562,20 @@ class Aggregator:
             self.http.stop()
         self.writer.stop()
         self._close_wake_pipe()
+        self._close_sockets()
+
+    def _close_sockets(self) -> None:
+        """Close the HTTP socket and the ZeroMQ context once no thread uses them: a context
+        left to the garbage collector would wait in its destructor for sockets nobody closes."""
+        threads = [t for t in (self._zmq_thread, self.auth) if t is not None and t.ident]
+        if self.auth is not None:
+            self.auth.stop()
+        for t in threads:
+            t.join(2.0)
+        if not any(t.is_alive() for t in threads):
+            if self.auth is not None and not self.auth.ident:
+                self.auth.close()  # made, never started: its ZAP socket is still open
+            self._zctx.destroy(linger=0)
 
     def _close_wake_pipe(self) -> None:
         """Close the pipe once neither the writer nor the ZeroMQ loop can touch it again."""

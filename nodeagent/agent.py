@@ -97,6 +97,18 @@ def _make_spool_root(path: Path) -> None:
         log.warning("made %s traversable by job users (TaskProlog), mode %o", path, mode | 0o011)
 
 
+def _check_owned(path: Path) -> None:
+    """PermissionError unless PATH is a real directory of this daemon's user that nobody else
+    may write to: the agent runs as root, and would otherwise create, chmod and chown files
+    where a user's links point (a spool under /tmp, or one a user made before the agent ran)."""
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        what = "not a directory" if not stat.S_ISDIR(st.st_mode) else (
+            f"owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o}")  # fmt: skip
+        raise PermissionError(f"{path}: {what}; the agent works only in a spool that is its "
+                              f"own and nobody else may write to (chown root, chmod 711)")  # fmt: skip
+
+
 def _write_private(directory: Path, name: str, text: str, uid: int, mode: int) -> None:
     """Write NAME with MODE, owned by UID (as root), renamed into place."""
     _make_dir(directory, SPOOL_DIR_MODES[directory.name])
@@ -179,8 +191,12 @@ class Agent:
         """The node's spool with the modes of SPOOL_DIR_MODES; whatever an older version left
         looser (0755 directories, a 0666 wait FIFO, a 0644 outbox) is tightened here."""
         _make_spool_root(self.spool.parent)
+        _check_owned(self.spool.parent)
         for name, mode in SPOOL_DIR_MODES.items():
+            if name != "." and (self.spool / name).is_symlink():
+                (self.spool / name).unlink()  # the node's spool is checked to be the agent's
             _make_dir(self.spool / name, mode)
+            _check_owned(self.spool / name)
         _tighten(self.inbox / "bad", 0o700)
         outbox = self.spool / "outbox.db"
         if not outbox.exists():  # SQLite gives its -wal and -shm the database's own mode
@@ -217,11 +233,12 @@ class Agent:
         self.sock = sock
 
     def watch_server_key(self) -> None:
-        """Reconnect with a new server.key (rotated on the head node and copied here): what is
-        unacknowledged is sent again at once; the outbox kept it all."""
+        """Reconnect with a new server.key (rotated on the head node and copied here) or a new
+        key pair of this node's own: what is unacknowledged is sent again at once; the outbox
+        kept it all."""
         if self.keys is None:
             return
-        if curvekeys.stamp(self.cfg.security.server_public()) == self.keys.stamp:
+        if curvekeys.stamps(self.cfg.security, self.node) == self.keys.stamps:
             return
         old = self.keys
         try:
@@ -230,10 +247,10 @@ class Agent:
             log.warning("server key not usable (yet): %s", exc)
             return
         self.keys = new
-        if new.server == old.server:
+        if (new.server, new.public) == (old.server, old.public):
             return
-        log.warning("server key changed: reconnecting to %s with %s", self.cfg.agent.aggregator,
-                    new.server.decode())  # fmt: skip
+        which = "server key" if new.server != old.server else "this node's key"
+        log.warning("%s changed: reconnecting to %s", which, self.cfg.agent.aggregator)
         if self.sock is not None:
             self.sock.close(0)
         self.connect()

@@ -5,7 +5,8 @@ proves its node with `<keys_dir>/<node>.key_secret` (made here by `nomade-agent 
 enrolled on the head node with `nomadectl keys add`) and talks only to the server whose public key
 is `<keys_dir>/server.key`, so an impostor aggregator gets nothing and can send no verdict.  The
 agent looks at server.key every heartbeat: a new one (`nomadectl keys rotate-server`, copied to
-the nodes) makes it reconnect with it; its outbox keeps everything meanwhile.
+the nodes) makes it reconnect with it, and so does a new pair of its own (`nomade-agent
+--make-key --force`, enrolled again); its outbox keeps everything meanwhile.
 """
 
 from __future__ import annotations
@@ -24,10 +25,18 @@ class ClientKeys:
     server: bytes  # the aggregator's public key (Z85)
     public: bytes
     secret: bytes
-    stamp: tuple[int, int, int] | None  # server.key's (inode, mtime, size) when it was read
+    stamps: tuple[Stamp, Stamp]  # server.key's and the node's key file's, when they were read
 
 
-def stamp(path: str) -> tuple[int, int, int] | None:
+Stamp = tuple[int, int, int] | None  # a file's (inode, mtime, size)
+
+
+def stamps(sec: Security, node: str) -> tuple[Stamp, Stamp]:
+    """What tells that server.key or NODE's own key file changed."""
+    return stamp(sec.server_public()), stamp(sec.node_secret(node))
+
+
+def stamp(path: str) -> Stamp:
     try:
         st = os.stat(path)
     except OSError:
@@ -39,14 +48,18 @@ def load(sec: Security, node: str) -> ClientKeys:
     """NODE's pair and the server's public key; ConfigError naming the file and the command
     that makes it."""
     server_path, own_path = sec.server_public(), sec.node_secret(node)
-    before = stamp(server_path)
+    before = stamps(sec, node)
     try:
         server, _ = keys.load(server_path, secret=False)
+    except keys.Unsafe:
+        raise
     except ConfigError as exc:
         raise ConfigError(server_path, exc.key, f"{exc.reason} (copy it from the aggregator's "
                           f"keys_dir, where `nomadectl init` makes it)") from None  # fmt: skip
     try:
         public, secret = keys.load(own_path, secret=True)
+    except keys.Unsafe:
+        raise
     except ConfigError as exc:
         raise ConfigError(own_path, exc.key, f"{exc.reason} (make it with `nomade-agent "
                           f"--make-key --node {node}`, then enrol the line it prints with "

@@ -64,19 +64,42 @@ def _write(path: Path, text: str, mode: int, owner: int | None) -> None:
     os.replace(tmp, path)
 
 
+class Unsafe(ConfigError):
+    """A key file, or its directory, that someone other than its owner could have written (or,
+    for a secret key, read): refused, as ssh refuses such a private key.  A user who could
+    replace the server's public key on a node could put a fake aggregator's in its place."""
+
+
+def _check_safe(path: Path, st: os.stat_result, secret: bool) -> None:
+    trusted = {0, os.geteuid()}
+    d = os.stat(path.parent)
+    if d.st_uid not in trusted or d.st_mode & 0o022:
+        raise Unsafe(str(path.parent), None, f"the keys directory may be written by others "
+                     f"(owner uid {d.st_uid}, mode {d.st_mode & 0o7777:o}): chmod 755 and chown "
+                     f"root it")  # fmt: skip
+    if st.st_uid not in trusted:
+        raise Unsafe(str(path), None, f"owned by uid {st.st_uid}: chown it to the daemon's user")
+    loose = st.st_mode & (0o077 if secret else 0o022)
+    if loose:
+        want = "600" if secret else "644"
+        raise Unsafe(str(path), None, f"mode {st.st_mode & 0o777:o} lets others "
+                     f"{'read or ' if secret else ''}change it: chmod {want} {path}")  # fmt: skip
+
+
 def load(path: str, *, secret: bool) -> tuple[str, str | None]:
-    """(public, secret) from a key file; ConfigError naming the file when it is unusable.  A
-    secret file that others may read is refused, as ssh refuses a private key."""
+    """(public, secret) from a key file; ConfigError naming the file when it is unusable, and
+    Unsafe when others could have written it (or read a secret one)."""
     p = Path(path)
     try:
         st = p.stat()
+        _check_safe(p, st, secret)
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(path, None, "no such key file") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(path, None, f"cannot read the key ({type(exc).__name__})") from None
-    if secret and st.st_mode & 0o077:
-        raise ConfigError(path, None, f"a secret key must be mode 0600, not {st.st_mode & 0o777:o}")
+    except OSError as exc:
+        raise ConfigError(path, None, f"cannot read the key ({exc.strerror or exc})") from None
     public, sec = data.get("public_key"), data.get("secret_key")
     if not isinstance(public, str) or not valid_key(public):
         raise ConfigError(path, "public_key", "expected a 40-character Z85 CURVE key")
@@ -95,6 +118,9 @@ def parse_enrolment(text: str, source: str = "-") -> list[tuple[str, str]]:
         if not words or words[0].startswith("#"):
             continue
         if len(words) == 3 and words[0].endswith(":"):
+            if words[0][:-1] != words[1]:  # a node may speak only for itself
+                raise ValueError(f"{source}:{n}: {words[0][:-1]} printed a key for "
+                                 f"{words[1][:40]!r}: a node enrols only itself")  # fmt: skip
             words = words[1:]
         if len(words) != 2 or not NODE_NAME.match(words[0]) or not valid_key(words[1]):
             raise ValueError(f"{source}:{n}: expected 'NODE PUBLIC_KEY' (a Slurm node name and "

@@ -24,7 +24,7 @@ from clusterlib import free_port, wait_for
 from aggregator import ctl, server
 from nodeagent import curvekeys
 from nodeagent.agent import Agent
-from nomade_common import config, wire
+from nomade_common import config, keys, wire
 
 BIN = Path(sys.executable).parent
 
@@ -361,3 +361,49 @@ def test_key_commands_are_for_root_only():
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 1 and len(lines) == 1, proc.stderr
         assert "only root may manage agent keys" in lines[0]
+
+
+def test_a_node_given_a_new_key_delivers_once_enrolled_again_without_a_restart(site):
+    s = site()
+    s.start()
+    cfg, _ = s.make_node("node1")
+    a = s.agent(cfg, "node1")
+    job_event(a, 70)
+    assert run_for(10, a, until=lambda: a.outbox.depth() == 0)
+    s.ctl("keys", "revoke", "node1")  # a reinstalled node: its old key revoked ...
+    line = curvekeys.make(cfg.security, "node1", force=True)  # ... a new pair made on it
+    time.sleep(1.5)
+    job_event(a, 71)
+    run_for(2, a)
+    assert a.outbox.depth() == 1, "delivered before the new key was enrolled"
+    s.ctl("keys", "add", *line.split())  # ... and enrolled: the running agent gets in
+    assert run_for(15, a, until=lambda: a.outbox.depth() == 0), "not delivered after re-enrolment"
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (lambda c: os.chmod(c.security.server_public(), 0o666), "chmod 644"),
+        (lambda c: os.chmod(c.security.node_secret("node1"), 0o644), "chmod 600"),
+        (lambda c: os.chmod(c.security.keys_dir, 0o777), "keys directory may be written"),
+        (lambda c: os.chown(c.security.server_public(), 2002, -1), "owned by uid 2002"),
+    ],
+)
+def test_a_key_file_others_could_change_stops_the_agent_with_what_to_do(site, change, expected):
+    """A user who could replace server.key on a node could make it trust a fake aggregator."""
+    s = site()
+    s.ctl("init")
+    cfg, _ = s.make_node("node1", enrol=False)
+    change(cfg)
+    with pytest.raises(keys.Unsafe) as err:
+        curvekeys.load(cfg.security, "node1")
+    assert expected in str(err.value) and "--make-key" not in str(err.value)
+
+
+def test_a_node_cannot_enrol_a_key_for_another_node(site):
+    s = site()
+    s.ctl("init")
+    key = zmq.curve_keypair()[0].decode()
+    out = s.ctl("keys", "add", "--file", "-", input=f"node17: node99 {key}\n", ok=False)
+    assert "node17" in out and "enrols only itself" in out
+    assert json.loads(s.ctl("keys", "list", "--json")) == []

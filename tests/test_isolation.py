@@ -315,3 +315,28 @@ def test_the_aggregator_runs_as_slurm_stores_a_hook_report_and_keeps_its_databas
     finally:
         stop(proc)
     assert "Traceback" not in log.read_text(errors="replace")
+
+
+def test_the_agent_will_not_work_in_a_spool_another_user_controls(world):  # noqa: F811
+    """Bob made the spool before the agent first ran, with a link where the agent writes its
+    offline marker: the agent, as root, refuses with one line instead of writing through it."""
+    shared = world / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    spool = shared / "spool"
+    assert as_user("bob", "mkdir", "-p", str(spool / "node9")).returncode == 0
+    target = world / "root-would-create-this"
+    assert as_user("bob", "ln", "-s", str(target), str(spool / "node9" / "offline")).returncode == 0
+    (world / "cfg").mkdir()
+    cfg = write_config(world / "cfg")
+    cfg.write_text(
+        cfg.read_text().replace(f'spool_dir = "{world}/cfg/spool"', f'spool_dir = "{spool}"')
+    )
+    keys.make_pair(str(world / "cfg" / "keys"), "server")
+    keys.make_pair(str(world / "cfg" / "keys"), "node9")
+    proc = subprocess.run([str(BIN / "nomade-agent"), "--config", str(cfg), "--node", "node9"],
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1, proc.stderr
+    assert str(spool) in lines[0] and "owner uid 2002" in lines[0]
+    assert not target.exists()
