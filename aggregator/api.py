@@ -3,9 +3,11 @@ a thread of nomade-aggregator (docs/api.md).
 
 Every endpoint but /api/v1/health needs `Authorization: MUNGE <credential>`, a credential bound
 to the request's method, path and query and the SHA-256 of its body (nomade_common/munge.py).
-The middleware reads the body (at most MAX_BODY_BYTES), has munged decode the credential off the
-event loop, and hands the app the caller (uid, name, admin) with the body replayed.  What each
-caller may see is aggregator/policy.py.
+The middleware has munged decode the credential (off the event loop) as soon as the headers are
+in, so that a request without one is refused before its body is read; it then reads the body (at
+most MAX_BODY_BYTES, within BODY_SECONDS), checks what the credential was made for, and hands the
+app the caller (uid, name, admin) with the body replayed.  What each caller may see is
+aggregator/policy.py.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import logging
 import os
 import pwd
+import re
 import socket
 import ssl
 import threading
@@ -25,6 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import h11
 import uvicorn
 from starlette.applications import Starlette
 from starlette.background import BackgroundTasks
@@ -48,8 +52,11 @@ HEALTH = "/api/v1/health"
 MAX_BODY_BYTES = 1 << 20  # a larger body is answered 413
 MAX_JSON_DEPTH = 32  # nesting of a request's JSON
 HEADER_SECONDS = 10.0  # a connection that has not sent its request's headers by then is closed
-BODY_SECONDS = 10.0  # nor its body
+BODY_SECONDS = 10.0  # nor its whole body, from then on
+LINGER_SECONDS = 2.0  # a connection answered before its body was in is closed this long after
+REFUSALS_LOG_SECONDS = 60.0  # one log line per reason of refusal in this time
 KEEPALIVE_SECONDS = 5
+MAX_JOB_ID = (1 << 63) - 1  # a job id past SQLite's integers is no job (404, not a traceback)
 CONCURRENCY = 512  # connections and requests in progress; beyond it uvicorn answers 503
 BACKLOG = 256  # a job array starts dozens of PrologSlurmctld at once
 PRIVATE_DATA_SECONDS = 300.0  # how often Slurm's PrivateData is read again
@@ -146,35 +153,93 @@ def _group_names(name: str, gid: int) -> list[str]:
 
 # -- authentication -----------------------------------------------------------------------------
 class MungeAuth:
-    """ASGI middleware: a request without a valid MUNGE credential for exactly this method,
-    target and body gets 401 (503 while munged does not answer); others reach the app with
-    scope[CALLER_KEY] set and their body replayed."""
+    """ASGI middleware, in this order: the credential is decoded as soon as the headers are in
+    (none or a bad one: 401 at once, before any body is read; 503 while munged does not answer);
+    a user with USER_REQUESTS requests in progress gets 429; the body is read, whole, within
+    BODY_SECONDS; the credential must name exactly this method, target and body (401).  The
+    rest reach the app with scope[CALLER_KEY] set and their body replayed."""
 
-    def __init__(self, app: ASGIApp, verify: Callable[..., munge.Identity], access: Access) -> None:
-        self.app, self.verify, self.access = app, verify, access
+    def __init__(self, app: ASGIApp, access: Access, refusals: RefusalLog, socket: str = "",
+                 max_age: float = 60.0) -> None:  # fmt: skip
+        self.app, self.access, self.refusals = app, access, refusals
+        self.socket, self.max_age = socket, max_age
+        self.busy: dict[int, int] = {}  # uid: requests in progress (touched on the loop only)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] == HEALTH:
             return await self.app(scope, receive, send)
+        header = _header(scope, b"authorization")
+        try:
+            caller, cred = await run_in_threadpool(self._decode, header)
+        except munge.MungeError as exc:
+            return await self._refuse(scope, receive, send, exc)
+        cap = policy.requests_cap(caller, self.access.slurm_uid)
+        if cap is not None and self.busy.get(caller.uid, 0) >= cap:
+            busy = _Refused(429, f"uid {caller.uid} has {cap} requests in progress already; "
+                                 "try again once one is answered")  # fmt: skip
+            return await self._refuse(scope, receive, send, busy)
+        self.busy[caller.uid] = self.busy.get(caller.uid, 0) + 1
+        try:
+            await self._bound(scope, receive, send, caller, cred)
+        finally:
+            self.busy[caller.uid] -= 1
+            if not self.busy[caller.uid]:
+                del self.busy[caller.uid]
+
+    def _decode(self, header: str | None) -> tuple[Caller, tuple[munge.Identity, bytes]]:
+        cred = munge.decode_header(header, self.socket)
+        return self.access.caller(cred[0]), cred
+
+    async def _bound(self, scope: Scope, receive: Receive, send: Send, caller: Caller,
+                     cred: tuple[munge.Identity, bytes]) -> None:  # fmt: skip
+        """The request, once its body is in and the credential names it, to the app."""
         try:
             body = await _read_body(scope, receive)
-        except _Refused as exc:
-            return await error(exc.status, exc.text)(scope, receive, send)
-        header = _header(scope, b"authorization")
-        method, target = scope["method"], _target(scope)
-        try:
-            scope[CALLER_KEY] = await run_in_threadpool(self._caller, header, method, target, body)
-        except munge.MungeError as exc:
-            if exc.unavailable:
-                return await error(503, f"munged is not answering on the head node: {exc}")(
-                    scope, receive, send
-                )
-            log.info("http: %s %s refused: %s", method, target, exc)
-            return await error(401, str(exc))(scope, receive, send)
+            munge.check_binding(*cred, scope["method"], _target(scope), body, max_age=self.max_age)
+        except (_Refused, munge.MungeError) as exc:
+            return await self._refuse(scope, receive, send, exc)
+        scope[CALLER_KEY] = caller
         await self.app(scope, _replay(body, receive), send)
 
-    def _caller(self, header: str | None, method: str, target: str, body: bytes) -> Caller:
-        return self.access.caller(self.verify(header, method, target, body))
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, exc: Exception) -> None:
+        if isinstance(exc, munge.MungeError) and exc.unavailable:
+            answer = error(503, f"munged is not answering on the head node: {exc}")
+        else:
+            status = exc.status if isinstance(exc, _Refused) else 401
+            self.refusals.note(status, str(exc), scope["method"], _target(scope))
+            answer = error(status, str(exc))
+        await answer(scope, receive, send)
+
+
+class RefusalLog:
+    """One log line per reason of refusal a minute, the next one saying how many were left out,
+    so that a flood of refused requests does not flood the log."""
+
+    def __init__(self, every: float | None = None) -> None:
+        self.every = REFUSALS_LOG_SECONDS if every is None else every
+        self._seen: dict[str, tuple[float, int]] = {}  # reason: (last logged, left out since)
+
+    def note(self, status: int, text: str, method: str, target: str) -> None:
+        reason, now = f"{status} {_reason(text)}", time.monotonic()
+        last, left_out = self._seen.get(reason, (float("-inf"), 0))
+        if now - last < self.every:
+            self._seen[reason] = (last, left_out + 1)
+            return
+        if len(self._seen) > 1000:
+            self._seen.clear()
+        self._seen[reason] = (now, 0)
+        more = f" ({left_out} more refused for this reason in the last minute)" if left_out else ""
+        log.info("http: %s %s refused: %s%s", method, _clean(target), text, more)
+
+
+def _reason(text: str) -> str:
+    """The kind of a refusal, without what varies between requests (numbers, the target)."""
+    return re.sub(r"\d+", "N", text.split(", not ")[0].split(":")[0])
+
+
+def _clean(text: str) -> str:
+    """A request target fit for one log line (it is the client's)."""
+    return "".join(c if c.isprintable() else "?" for c in text)[:200]
 
 
 class _Refused(Exception):
@@ -184,24 +249,25 @@ class _Refused(Exception):
 
 
 async def _read_body(scope: Scope, receive: Receive) -> bytes:
-    """The whole body, within MAX_BODY_BYTES and BODY_SECONDS."""
+    """The whole body, within MAX_BODY_BYTES and BODY_SECONDS for all of it."""
     length = _header(scope, b"content-length")
     if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
         raise _Refused(413, f"request body over {MAX_BODY_BYTES} bytes")
     chunks, size, more = [], 0, True
-    while more:
-        try:
-            message = await asyncio.wait_for(receive(), BODY_SECONDS)
-        except TimeoutError:
-            raise _Refused(408, f"request body not received within {BODY_SECONDS:.0f} s") from None
-        if message["type"] == "http.disconnect":
-            raise _Refused(400, "the client went away")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise _Refused(413, f"request body over {MAX_BODY_BYTES} bytes")
-        chunks.append(chunk)
-        more = message.get("more_body", False)
+    try:
+        async with asyncio.timeout(BODY_SECONDS):
+            while more:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise _Refused(400, "the client went away")
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    raise _Refused(413, f"request body over {MAX_BODY_BYTES} bytes")
+                chunks.append(chunk)
+                more = message.get("more_body", False)
+    except TimeoutError:
+        raise _Refused(408, f"request body not received within {BODY_SECONDS:g} s") from None
     return b"".join(chunks)
 
 
@@ -284,8 +350,8 @@ def _answer(fn: Callable[..., Any]) -> Callable[[Request], Any]:
 class Api:
     """The routes, over an Aggregator (its reader, hooks and scorer) and an Access."""
 
-    def __init__(self, agg: Any, access: Access) -> None:
-        self.agg, self.access = agg, access
+    def __init__(self, agg: Any, access: Access, refusals: RefusalLog) -> None:
+        self.agg, self.access, self.refusals = agg, access, refusals
 
     def routes(self) -> list[Route]:
         v1 = "/api/v1"
@@ -317,10 +383,9 @@ class Api:
     async def _report(self, request: Request, handler: Callable[..., dict]) -> JSONResponse:
         caller = request.scope[CALLER_KEY]
         if not policy.may_report(caller, self.access.slurm_uid):
-            log.warning("http: a job report from uid %s refused", caller.uid)
-            return error(
-                403, f"job reports are accepted from root and {self.access.sec.slurm_user} only"
-            )
+            text = f"job reports are accepted from root and {self.access.sec.slurm_user} only"
+            self.refusals.note(403, text, request.method, f"{request.url.path} (uid {caller.uid})")
+            return error(403, text)
         tasks = BackgroundTasks()
         try:
             answer = handler(parse_json(await request.body()), later=tasks.add_task)
@@ -371,10 +436,11 @@ class Api:
         return query.jobs(self.agg.reader(), user, q.get("state"), since, limit) if listed else []
 
     def job(self, request: Request, caller: Caller, body: bytes) -> Any:
-        found = query.job(self.agg.reader(), request.path_params["job_id"])
-        if not policy.job_visible(caller, found):
+        job_id = request.path_params["job_id"]
+        found = query.job(self.agg.reader(), job_id) if 0 <= job_id <= MAX_JOB_ID else None
+        if found is None or not policy.job_visible(caller, found):
             return error(404, "no such job")  # another user's job is not disclosed either
-        return found
+        return policy.job_view(caller, self._private(caller), found)
 
     def _private(self, caller: Caller) -> frozenset[str]:
         return frozenset() if caller.admin else self.access.private()
@@ -383,23 +449,32 @@ class Api:
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
-        return error(404, f"no such endpoint {request.url.path}")
+        return error(404, f"no such endpoint {_clean(request.url.path)}")
     return error(exc.status_code, exc.detail)
 
 
-def make_app(agg: Any, access: Access, verify: Callable[..., munge.Identity]) -> Starlette:
+async def _failed(request: Request, exc: Exception) -> JSONResponse:
+    """Whatever else went wrong (Starlette logs the traceback): one JSON line, not plain text."""
+    return error(500, type(exc).__name__)
+
+
+def make_app(agg: Any, access: Access, socket: str = "", max_age: float = 60.0) -> Starlette:
     # The body limit is the middleware's, which reads every body to check its digest (Starlette's
     # max_body_size would answer in plain text, over any JSON answer).
-    app = Starlette(
-        routes=Api(agg, access).routes(), exception_handlers={HTTPException: _http_error}
-    )
-    app.add_middleware(MungeAuth, verify=verify, access=access)
+    refusals = RefusalLog()
+    app = Starlette(routes=Api(agg, access, refusals).routes(),
+                    exception_handlers={HTTPException: _http_error, Exception: _failed})  # fmt: skip
+    app.router.redirect_slashes = False  # "/api/v1/status/" is 404, not a redirect
+    app.add_middleware(MungeAuth, access=access, refusals=refusals, socket=socket, max_age=max_age)
     return app
 
 
 # -- serving ------------------------------------------------------------------------------------
 class _Protocol(H11Protocol):
-    """uvicorn's HTTP/1.1, with a deadline for a request's headers (uvicorn has none)."""
+    """uvicorn's HTTP/1.1, with a deadline for a request's headers (uvicorn has none), and a
+    connection answered before its body was in (refused) closed LINGER_SECONDS later: uvicorn
+    would keep reading, and discarding, a body trickled on for ever.  Not at once, so that a
+    client still sending a body it had written whole reads the answer rather than a reset."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -407,6 +482,17 @@ class _Protocol(H11Protocol):
 
     def _headers_late(self) -> None:
         if self.cycle is None and not self.transport.is_closing():
+            self.transport.close()
+
+    def on_response_complete(self) -> None:
+        cycle = self.cycle
+        super().on_response_complete()  # which may start the next request's cycle
+        body_due = self.cycle is cycle and self.conn.their_state is h11.SEND_BODY
+        if body_due and not self.transport.is_closing():
+            self.loop.call_later(LINGER_SECONDS, self._body_late, cycle)
+
+    def _body_late(self, cycle: Any) -> None:
+        if self.cycle is cycle and not self.transport.is_closing():
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -457,13 +543,12 @@ class HttpServer:
     """uvicorn in a thread (no signal handlers: the daemon owns those), on a socket bound here,
     so that a port in use or a bad certificate fails start-up, not a thread."""
 
-    def __init__(self, agg: Any, verify: Callable[..., munge.Identity] | None = None) -> None:
+    def __init__(self, agg: Any) -> None:
         cfg = agg.cfg
         tls = tls_files(cfg)
         sec = cfg.security
-        verify = verify or functools.partial(munge.verify, max_age=sec.credential_max_age_seconds,
-                                             socket=sec.munge_socket)  # fmt: skip
-        config = uvicorn.Config(make_app(agg, Access(cfg), verify), loop="asyncio", http=_Protocol,
+        app = make_app(agg, Access(cfg), sec.munge_socket, sec.credential_max_age_seconds)
+        config = uvicorn.Config(app, loop="asyncio", http=_Protocol,
                                 lifespan="off", log_config=None, access_log=False, server_header=False,
                                 limit_concurrency=CONCURRENCY, backlog=BACKLOG,
                                 timeout_keep_alive=KEEPALIVE_SECONDS, timeout_graceful_shutdown=2,

@@ -7,6 +7,10 @@ whole policy is tested without sockets (tests/test_policy.py).
   `scontrol show job` under PrivateData=jobs), so that its existence is not disclosed either.
 - Admins (uid 0, `security.admin_users`, members of `security.admin_groups`) see everything.
 - What Slurm hides from users (its PrivateData flags) NØMADE hides too, from non-admins.
+- The agents' side (counters, refused agents and their addresses, nodes still on plain ZeroMQ)
+  is for admins.
+- A user has at most USER_REQUESTS requests in progress at once (HTTP 429 beyond), so that one
+  user cannot take the server's concurrency from the others.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from typing import Any
 PRIVATE_FLAGS = frozenset({"jobs", "nodes", "partitions", "usage", "users", "accounts", "events",
                            "reservations", "cloud"})  # fmt: skip
 PER_USER_FLAGS = frozenset({"usage", "users", "accounts"})
+USER_REQUESTS = 8  # requests in progress at once per uid, for all but admins and SlurmUser
+QUEUE_COUNTS = ("by_state", "by_partition_state", "cpus_by_state", "taken")  # name nobody
 
 
 class Forbidden(Exception):
@@ -42,6 +48,12 @@ def is_admin(uid: int, name: str | None, groups: frozenset[str], admin_users: li
 def may_report(caller: Caller, slurm_uid: int | None) -> bool:
     """Hook reports (job starts and ends) only from root or SlurmUser."""
     return caller.uid == 0 or (slurm_uid is not None and caller.uid == slurm_uid)
+
+
+def requests_cap(caller: Caller, slurm_uid: int | None) -> int | None:
+    """How many requests CALLER may have in progress at once; None: no cap (admins, and the
+    hook reports a job array's starts bring in dozens at once)."""
+    return None if caller.admin or may_report(caller, slurm_uid) else USER_REQUESTS
 
 
 def parse_private_data(text: str) -> frozenset[str]:
@@ -76,6 +88,23 @@ def owns(caller: Caller, job: dict[str, Any]) -> bool:
 
 def job_visible(caller: Caller, job: dict[str, Any] | None) -> bool:
     return job is not None and (caller.admin or owns(caller, job))
+
+
+def job_view(caller: Caller, private: frozenset[str], job: dict[str, Any]) -> dict[str, Any]:
+    """A job of the caller's own: its queue_at_start (squeue's counts when it started) keeps,
+    under PrivateData jobs, usage, users or accounts, only counts that name nobody and the
+    caller's own per-user counts; what it may hold besides is dropped (unchecked, so hidden)."""
+    snap = job.get("queue_at_start")
+    if caller.admin or not isinstance(snap, dict) or not private & (PER_USER_FLAGS | {"jobs"}):
+        return job
+    users = snap.get("by_user_state")
+    mine = {
+        k: n
+        for k, n in (users.items() if isinstance(users, dict) else ())
+        if caller.name is not None and str(k).rpartition(":")[0] == caller.name
+    }
+    kept = {k: snap[k] for k in QUEUE_COUNTS if k in snap}
+    return {**job, "queue_at_start": {**kept, "by_user_state": mine}}
 
 
 def jobs_user(caller: Caller, named: str | None) -> tuple[str | None, bool]:
@@ -144,10 +173,15 @@ def queue_view(caller: Caller, private: frozenset[str], view: dict[str, Any]) ->
 
 
 def status_view(caller: Caller, private: frozenset[str], view: dict[str, Any]) -> dict[str, Any]:
+    """Status as a user may see it: the same keys, with the collectors' health and the agents'
+    side (counters, refused agents and their peers, nodes still on plain) emptied."""
     if caller.admin:
         return view
     out = {**view, "running_jobs": _job_rows(caller, private, view.get("running_jobs", [])),
            "collection": [], "licenses": licenses_view(caller, private, view.get("licenses", {}))}  # fmt: skip
+    for key, empty in (("counters", {}), ("agents_refused", {}), ("agents_on_plain", [])):
+        if key in out:
+            out[key] = empty
     if "nodes" in private:
         out.update(nodes=[], slurm_nodes=[], node_metrics={})
     return out

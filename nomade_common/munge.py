@@ -18,7 +18,9 @@ refuses a credential decoded twice (its replay cache) or older than its TTL; NØ
 one encoded longer ago than `security.credential_max_age_seconds`.
 
 The client sends it as `Authorization: MUNGE <credential>`; `verify` returns the uid and gid that
-munged vouches for, or raises MungeError with one line that says why not.
+munged vouches for, or raises MungeError with one line that says why not.  It is two steps, which
+a server may take apart: `decode_header` (munged's word on the credential, before the body is
+read) and `check_binding` (the payload names this request, once its body is in).
 """
 
 from __future__ import annotations
@@ -164,13 +166,28 @@ def sign(method: str, target: str, body: bytes, socket: str = "") -> str:
 
 def verify(header: str | None, method: str, target: str, body: bytes, *,
            max_age: float = 60.0, socket: str = "", now: float | None = None) -> Identity:  # fmt: skip
-    """The identity behind a request's Authorization HEADER, or MungeError saying why not."""
+    """The identity behind a request's Authorization HEADER, or MungeError saying why not:
+    `decode_header` then `check_binding`."""
+    ident, data = decode_header(header, socket)
+    return check_binding(ident, data, method, target, body, max_age=max_age, now=now)
+
+
+def decode_header(header: str | None, socket: str = "") -> tuple[Identity, bytes]:
+    """The identity munged vouches for in an Authorization HEADER and the credential's payload,
+    or MungeError; what the payload is bound to is `check_binding`'s (a server can so refuse a
+    request without a good credential before reading its body)."""
     if not header:
         raise MungeError("no credential (expected 'Authorization: MUNGE <credential>')")
     scheme, _, cred = header.strip().partition(" ")
     if scheme != SCHEME or not cred:
         raise MungeError("expected 'Authorization: MUNGE <credential>'")
-    ident, data = decode(cred, socket)
+    return decode(cred, socket)
+
+
+def check_binding(ident: Identity, data: bytes, method: str, target: str, body: bytes, *,
+                  max_age: float = 60.0, now: float | None = None) -> Identity:  # fmt: skip
+    """IDENT, when the payload DATA names exactly this request and was made at most MAX_AGE
+    seconds ago; else MungeError."""
     if data != payload(method, target, body) and data != inline_payload(method, target, body):
         raise MungeError(f"the credential was made for another request, not {method} {target}")
     age = (time.time() if now is None else now) - ident.encoded

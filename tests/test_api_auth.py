@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import grp
+import http.client
 import json
+import logging
 import os
 import pwd
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -19,6 +22,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -27,7 +31,7 @@ from clusterlib import free_port, wait_for
 from conftest import required
 from test_hooks import Site, slurm_env
 
-from aggregator import api, apiclient, server
+from aggregator import api, apiclient, policy, server
 from nomade_common import config, keys, munge
 
 NOMADECTL = "/usr/local/bin/nomadectl"
@@ -78,7 +82,7 @@ class Head:
         path.chmod(0o644)
         return path
 
-    def aggregator_config(self, http_port: int, **security) -> Path:
+    def aggregator_config(self, http_port: int, squeue: str = "", **security) -> Path:
         sec = "".join(f"{k} = {json.dumps(v)}\n" for k, v in security.items())
         self.n += 1
         return self.write(
@@ -91,7 +95,7 @@ data_dir = "{self.root}/data"
 listen = "tcp://127.0.0.1:{free_port()}"
 http_listen = "127.0.0.1:{http_port}"
 scontrol = "{self.scontrol}"
-squeue = "{self.root}/no-squeue"
+squeue = "{squeue or self.root / "no-squeue"}"
 [hooks]
 state_dir = "{self.root}/state"
 [security]
@@ -117,9 +121,9 @@ tls_ca = "{tls_ca}"
         )
 
     @contextlib.contextmanager
-    def aggregator(self, client_ca: str = "", **security):
+    def aggregator(self, client_ca: str = "", squeue: str = "", **security):
         port = free_port()
-        cfg = config.load(str(self.aggregator_config(port, **security)))
+        cfg = config.load(str(self.aggregator_config(port, squeue, **security)))
         agg = server.Aggregator(cfg)
         agg.start()
         url = f"{agg.http.scheme}://127.0.0.1:{port}"
@@ -459,3 +463,191 @@ def test_a_start_report_is_answered_before_its_work_begins():
     finally:
         fake.release.set()
         http.stop()
+
+
+# -- slow, refused and odd requests ------------------------------------------------------------
+def port_of(url: str) -> int:
+    return urllib.parse.urlsplit(url).port
+
+
+def begin(
+    url: str, method: str, target: str, length: int, auth: str | None = None
+) -> socket.socket:
+    """A request whose headers are sent whole, declaring a body of LENGTH bytes, none sent."""
+    sock = socket.create_connection(("127.0.0.1", port_of(url)), timeout=10)
+    head = f"{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {length}\r\n"
+    sock.sendall((head + (f"Authorization: {auth}\r\n" if auth else "") + "\r\n").encode())
+    return sock
+
+
+def answer_on(sock: socket.socket, within: float) -> tuple[int, bytes]:
+    sock.settimeout(within)
+    resp = http.client.HTTPResponse(sock)
+    resp.begin()
+    return resp.status, resp.read()
+
+
+class Trickle(threading.Thread):
+    """One byte of body every EVERY seconds, until the server closes the connection."""
+
+    def __init__(self, sock: socket.socket, every: float = 0.3) -> None:
+        super().__init__(daemon=True)
+        self.sock, self.every, self.stop, self.cut = (
+            sock,
+            every,
+            threading.Event(),
+            threading.Event(),
+        )
+
+    def run(self) -> None:
+        while not self.stop.wait(self.every):
+            try:
+                self.sock.send(b" ")
+            except OSError:
+                self.cut.set()
+                return
+
+
+def one_json_line(raw_body: bytes) -> str:
+    assert raw_body.count(b"\n") == 0, raw_body
+    shown = json.loads(raw_body)
+    assert list(shown) == ["error"], shown
+    return shown["error"]
+
+
+def closed_within(sock: socket.socket, seconds: float) -> bool:
+    sock.settimeout(seconds)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def signed_as(user: str, method: str, target: str, body: bytes, n: int) -> list[str]:
+    """N Authorization headers made by USER's own munged credentials."""
+    code = ("import sys\nfrom nomade_common import munge\n"
+            "print('\\n'.join(munge.sign(sys.argv[1], sys.argv[2], sys.argv[3].encode())"
+            " for _ in range(int(sys.argv[4]))))\n")  # fmt: skip
+    proc = subprocess.run(["runuser", "-u", user, "--", VENV_PYTHON, "-c", code, method, target,
+                           body.decode(), str(n)], capture_output=True, text=True, timeout=60, cwd="/")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.splitlines()
+
+
+def test_a_request_without_a_credential_is_refused_before_its_body(site):
+    sock = begin(site.url, "POST", "/api/v1/check", 100_000)  # and not a byte of it
+    trickle = Trickle(sock)
+    trickle.start()
+    try:
+        t0 = time.monotonic()
+        status, body = answer_on(sock, 3)
+        assert status == 401 and "MUNGE" in one_json_line(body)
+        assert time.monotonic() - t0 < 2
+        # and the connection is not held open by the trickle that goes on
+        assert trickle.cut.wait(api.LINGER_SECONDS + 3) or closed_within(sock, 1)
+    finally:
+        trickle.stop.set()
+        sock.close()
+
+
+def test_an_authenticated_body_has_one_deadline_for_all_of_it(site, monkeypatch):
+    monkeypatch.setattr(api, "BODY_SECONDS", 2.0)
+    body = b'{"request": {}}' + b" " * 1000
+    sock = begin(site.url, "POST", "/api/v1/check", len(body),
+                 auth=munge.sign("POST", "/api/v1/check", body))  # fmt: skip
+    trickle = Trickle(sock)  # a byte every 0.3 s: never late for one chunk, late for the body
+    trickle.start()
+    try:
+        t0 = time.monotonic()
+        status, answer = answer_on(sock, 8)
+        took = time.monotonic() - t0
+        assert status == 408 and "within 2 s" in one_json_line(answer)
+        assert 1.5 < took < 4, took
+        assert trickle.cut.wait(api.LINGER_SECONDS + 3) or closed_within(sock, 1)
+    finally:
+        trickle.stop.set()
+        sock.close()
+
+
+def test_one_user_cannot_take_the_servers_concurrency(site, monkeypatch):
+    monkeypatch.setattr(api, "BODY_SECONDS", 60.0)  # bob's slow requests last the whole test
+    n = policy.USER_REQUESTS
+    body = b'{"request": {}}'
+    auths = signed_as("bob", "POST", "/api/v1/check", body, n + 2)
+    slow = [begin(site.url, "POST", "/api/v1/check", len(body), auth=a) for a in auths[:n]]
+    try:
+        time.sleep(1.0)  # their credentials decoded: n requests of bob's in progress
+        assert as_user("alice", site.url, "GET", "/api/v1/jobs")[0] == 200
+        over = begin(site.url, "POST", "/api/v1/check", len(body), auth=auths[n])
+        status, answer = answer_on(over, 3)
+        over.close()
+        assert status == 429 and f"{n} requests in progress" in one_json_line(answer)
+    finally:
+        for sock in slow:
+            sock.close()
+    time.sleep(0.5)  # once they are gone, bob is answered again
+    assert raw(site.url, "POST", "/api/v1/check", body, auth=auths[n + 1])[0] == 200
+
+
+def test_refusals_are_logged_once_a_minute_per_reason(head, monkeypatch, caplog):
+    monkeypatch.setattr(api, "REFUSALS_LOG_SECONDS", 1.5)
+    caplog.set_level(logging.INFO, logger="nomade.api")
+    with head.aggregator(private_data="none") as run:
+        for _ in range(20):
+            assert raw(run.url, "GET", "/api/v1/jobs")[0] == 401
+        assert raw(run.url, "GET", "/api/v1/jobs", auth="MUNGE MUNGE:forged:")[0] == 401
+        time.sleep(1.6)
+        assert raw(run.url, "GET", "/api/v1/status")[0] == 401
+    lines = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(lines) == 3, lines  # no credential, a forged one, no credential again
+    assert "no credential" in lines[0] and "more refused" not in lines[0]
+    assert "(19 more refused for this reason in the last minute)" in lines[2]
+
+
+def test_a_jobs_queue_at_start_names_only_the_callers_own(head):
+    squeue = head.write("squeue-with-alice", "#!/bin/sh\n"
+                        "printf '1|RUNNING|debug|alice|4|None\\n2|PENDING|debug|bob|1|Priority\\n'\n")  # fmt: skip
+    squeue.chmod(0o755)
+    with head.aggregator(private_data="jobs,users", squeue=str(squeue)) as run:
+        apiclient.call(run.url, "POST", "/api/v1/hooks/job-start", start_report(9100050, "bob"))
+        wait_for("bob's job stored", lambda: head.stored(9100050), 20, 0.1)
+        shown = nomadectl("bob", run.client, "job", "9100050", "--json")
+        assert shown.returncode == 0, shown.stderr
+        snap = json.loads(shown.stdout)["queue_at_start"]
+        assert snap["by_user_state"] == {"bob:PENDING": 1} and "alice" not in shown.stdout
+        assert snap["by_state"] == {"RUNNING": 1, "PENDING": 1}
+        full = apiclient.call(run.url, "GET", "/api/v1/jobs/9100050")  # root sees the queue
+        assert full["queue_at_start"]["by_user_state"]["alice:RUNNING"] == 1
+
+
+def test_a_users_status_leaves_out_the_agents_side(site):
+    status, shown = as_user("alice", site.url, "GET", "/api/v1/status")
+    assert status == 200
+    assert (shown["counters"], shown["agents_refused"], shown["agents_on_plain"]) == ({}, {}, [])
+    assert "total" in apiclient.call(site.url, "GET", "/api/v1/status")["agents_refused"]
+
+
+def test_every_error_of_the_app_is_one_json_line(site, caplog):
+    caplog.set_level(logging.INFO, logger="nomade.api")
+
+    def plain(method: str, target: str) -> tuple[int, bytes]:  # no redirect followed
+        conn = http.client.HTTPConnection("127.0.0.1", port_of(site.url), timeout=10)
+        try:
+            conn.request(method, target, headers={"Authorization": munge.sign(method, target, b"")})
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
+    for target in ("/api/v1/jobs/99999999999999999999999", f"/api/v1/jobs/{1 << 63}"):
+        status, body = plain("GET", target)
+        assert (status, one_json_line(body)) == (404, "no such job")
+    status, body = plain("GET", "/api/v1/status/")  # no 307 to /api/v1/status
+    assert status == 404 and "no such endpoint" in one_json_line(body)
+    status, body = plain("GET", "/api/v1/nowhere")
+    assert status == 404 and "no such endpoint" in one_json_line(body)
+    status, body = plain("DELETE", "/api/v1/status")
+    assert status == 405 and one_json_line(body)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

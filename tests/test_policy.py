@@ -137,6 +137,54 @@ def test_status_for_a_user_under_private_nodes_and_jobs():
     assert policy.status_view(ROOT, frozenset({"nodes", "jobs"}), STATUS) == STATUS
 
 
+def test_status_keeps_the_agents_side_for_admins():
+    agents = {"counters": {"agents_refused_bad_key": 3, "messages_rejected": 1},
+              "agents_refused": {"total": 3, "last_peer": "tcp://10.0.0.9:40000"},
+              "agents_on_plain": ["node7"]}  # fmt: skip
+    view = policy.status_view(ALICE, frozenset(), {**STATUS, **agents})
+    assert (view["counters"], view["agents_refused"], view["agents_on_plain"]) == ({}, {}, [])
+    assert "10.0.0.9" not in repr(view) and "node7" not in repr(view)
+    assert policy.status_view(ROOT, frozenset(), {**STATUS, **agents}) == {**STATUS, **agents}
+
+
+JOB = {
+    "job_id": 7,
+    "user": "bob",
+    "user_id": 2002,
+    "queue_at_start": {
+        "by_state": {"RUNNING": 2, "PENDING": 1},
+        "by_partition_state": {"debug:RUNNING": 2, "debug:PENDING": 1},
+        "by_user_state": {"alice:RUNNING": 1, "bob:RUNNING": 1, "bob:PENDING": 1},
+        "cpus_by_state": {"RUNNING": 8, "PENDING": 1},
+        "taken": 1700000000.0,
+        "by_account_state": {"physics:RUNNING": 1},  # a later snapshot's: not known, so hidden
+    },
+}
+
+
+@pytest.mark.parametrize("flags", [{"jobs"}, {"users"}, {"usage"}, {"accounts"}, {"jobs", "users"}])
+def test_a_jobs_queue_at_start_names_no_other_user_under_private_data(flags):
+    snap = policy.job_view(BOB, frozenset(flags), JOB)["queue_at_start"]
+    assert snap["by_user_state"] == {"bob:RUNNING": 1, "bob:PENDING": 1}
+    assert "alice" not in repr(snap) and "physics" not in repr(snap)
+    assert snap["by_state"] == {"RUNNING": 2, "PENDING": 1}  # counts that name nobody stay
+    assert snap["taken"] == 1700000000.0
+    assert policy.job_view(ROOT, frozenset(flags), JOB) == JOB
+    assert policy.job_view(BOB, frozenset(), JOB) == JOB  # PrivateData none: squeue shows all
+    assert policy.job_view(NAMELESS, frozenset(flags), JOB)["queue_at_start"]["by_user_state"] == {}
+    assert policy.job_view(BOB, frozenset(flags), {**JOB, "queue_at_start": None}) == {
+        **JOB,
+        "queue_at_start": None,
+    }
+
+
+def test_a_user_has_a_few_requests_at_once_admins_and_slurm_user_any_number():
+    assert policy.requests_cap(ALICE, 64030) == policy.USER_REQUESTS
+    assert policy.requests_cap(ROOT, 64030) is None
+    assert policy.requests_cap(Caller(64030, "slurm"), 64030) is None  # a job array's starts
+    assert policy.requests_cap(NAMELESS, None) == policy.USER_REQUESTS
+
+
 def test_nodes_and_collectors_refused_as_slurm_would():
     policy.nodes_allowed(ALICE, frozenset({"jobs"}))
     with pytest.raises(Forbidden, match="PrivateData=nodes"):
