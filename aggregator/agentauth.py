@@ -226,10 +226,13 @@ class AgentAuth(threading.Thread):
     def admit(self, c: Any, node: str, user_id: str | None, peer: str) -> bool:
         """Whether an envelope naming NODE may be stored: over CURVE its key must be NODE's and
         still enrolled (USER_ID from the handshake); over plain (rollout, USER_ID None) NODE
-        must never have been seen over CURVE."""
+        must be enrolled (the rollout's first step) and never have been seen over CURVE."""
         if user_id is None:
             if node in self.curve_nodes:
                 self.refusals.add("plain_after_curve", f"{peer} as {node[:64]}")
+                return False
+            if not self.active(node):
+                self.refusals.add("plain_not_enrolled", f"{peer} as {node[:64]}")
                 return False
             self._seen(c, node, "plain_seen")
             return True

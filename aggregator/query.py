@@ -158,11 +158,15 @@ def agents_refused(conn: sqlite3.Connection, counters: dict[str, int]) -> dict[s
             "last_reason": reason or None}  # fmt: skip
 
 
-def agents_on_plain(conn: sqlite3.Connection) -> list[str]:
-    """Nodes that have sent over plain ZeroMQ (security.curve "rollout") and never over CURVE."""
+PLAIN_RECENT_SECONDS = 600.0  # a node heard on the plain port within this is "still on plain"
+
+
+def agents_on_plain(conn: sqlite3.Connection, now: float | None = None) -> list[str]:
+    """Nodes heard over plain ZeroMQ lately (security.curve "rollout") and never over CURVE."""
+    since = (time.time() if now is None else now) - PLAIN_RECENT_SECONDS
     try:
-        rows = conn.execute("SELECT node FROM agent_links WHERE plain_seen IS NOT NULL"
-                            " AND curve_seen IS NULL ORDER BY node").fetchall()  # fmt: skip
+        rows = conn.execute("SELECT node FROM agent_links WHERE plain_seen >= ?"
+                            " AND curve_seen IS NULL ORDER BY node", (since,)).fetchall()  # fmt: skip
     except sqlite3.OperationalError:  # a database from before migration 0005
         return []
     return [r[0] for r in rows]

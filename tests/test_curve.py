@@ -278,7 +278,8 @@ def test_rollout_hears_both_and_refuses_plain_from_a_node_seen_over_curve(site):
     s.start()
     cfg1, _ = s.make_node("node1")
     curve_agent = s.agent(cfg1, "node1")
-    plain_agent = s.agent(s.node_cfg("node2", curve="off", port=s.plain_port), "node2")
+    # node2 is enrolled (the rollout's first step) but not moved yet: plain, to plain_listen.
+    plain_agent = s.agent(s.make_node("node2", curve="off", port=s.plain_port)[0], "node2")
     for i, a in enumerate((curve_agent, plain_agent)):
         job_event(a, 50 + i)
     assert run_for(10, curve_agent, plain_agent,
@@ -292,6 +293,13 @@ def test_rollout_hears_both_and_refuses_plain_from_a_node_seen_over_curve(site):
     assert spoof.outbox.depth() == 1 and s.stored("node1") == 1
     refused = wait_for("plain refusal", lambda: s.status()["agents_refused"], 10)
     assert refused["by_reason"].get("plain_after_curve", 0) >= 1
+    stranger = s.agent(s.node_cfg("nodeQ", curve="off", port=s.plain_port), "nodeQ")
+    job_event(stranger, 53)
+    run_for(3, stranger)  # a name never enrolled: refused, and never listed as a node on plain
+    assert stranger.outbox.depth() == 1
+    wait_for("the stranger refused", lambda: s.status()["agents_refused"]["by_reason"]
+             .get("plain_not_enrolled"), 10)  # fmt: skip
+    assert s.status()["agents_on_plain"] == ["node2"]
 
 
 def test_off_warns_at_the_start_of_both_daemons(site, caplog):
