@@ -88,7 +88,30 @@ def _since(text: str | None) -> float | None:
         ) from None
 
 
-@click.group()
+class _Commands(click.Group):
+    """nomadectl's commands, each failing in one line: a file only root (or the aggregator's
+    user) may touch, or a package this host lacks, is named with what to do instead."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except PermissionError as exc:
+            raise click.ClickException(
+                f"{exc.filename or 'a file'}: permission denied (run this as root on the head "
+                "node; other users see their jobs with nomadectl jobs, job, check and status, "
+                "which ask the aggregator)"
+            ) from None
+        except ModuleNotFoundError as exc:
+            training = exc.name in ("torch", "onnx", "skl2onnx", "matplotlib")
+            extra = "train" if training else "aggregator"
+            raise click.ClickException(
+                f"nomadectl {ctx.invoked_subcommand}: needs the Python package {exc.name!r}, not "
+                f"installed here (pip install 'nomade[{extra}]'"
+                f"{'; torch==2.13.0' if extra == 'train' else ''})"
+            ) from None
+
+
+@click.group(cls=_Commands)
 @click.option(
     "--config",
     default=None,
@@ -103,24 +126,24 @@ def main(ctx: click.Context, config: str | None) -> None:
 @main.command()
 @click.pass_context
 def init(ctx: click.Context) -> None:
-    """Create the data directory, the database (applies pending migrations) and, with CURVE,
-    the aggregator's key pair in security.keys_dir."""
+    """Create the data directory, the database (applies pending migrations) and the
+    aggregator's key pair in security.keys_dir (made with CURVE off too: turning CURVE on in a
+    running cluster starts by copying server.key to the nodes)."""
     cfg = _cfg(ctx)
     conn = store.open_store(cfg.database)
     click.echo(f"database {cfg.database}: schema version {store.schema_version(conn)}")
     conn.close()
-    if cfg.security.curve != "off":
-        from . import keyscmd
+    from . import keyscmd
 
-        try:
-            owner = keyscmd.service_owner(cfg.database)
-            path, made = keyscmd.ensure_server_pair(cfg.security, owner)
-        except OSError as exc:
-            raise click.ClickException(
-                f"cannot make the server key in {cfg.security.keys_dir}: {exc}"
-            ) from None
-        click.echo(f"server key {path}{' (new)' if made else ''}: copy it to every node's "
-                   f"{cfg.security.keys_dir}")  # fmt: skip
+    try:
+        owner = keyscmd.service_owner(cfg.database)
+        path, made = keyscmd.ensure_server_pair(cfg.security, owner)
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot make the server key in {cfg.security.keys_dir}: {exc}"
+        ) from None
+    click.echo(f"server key {path}{' (new)' if made else ''}: copy it to every node's "
+               f"{cfg.security.keys_dir}")  # fmt: skip
 
 
 @main.command()
@@ -203,7 +226,7 @@ def collect(ctx: click.Context, once: bool, only: str | None, as_json: bool) -> 
 @click.option("--user", default=None)
 @click.option("--state", default=None, help="outcome or Slurm state, e.g. FAILED, OUT_OF_MEMORY")
 @click.option("--since", default=None, help="30m, 2h, 3d or a date")
-@click.option("--limit", default=100, show_default=True)
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 100_000))
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def jobs(ctx, user, state, since, limit, as_json) -> None:
@@ -218,7 +241,7 @@ def jobs(ctx, user, state, since, limit, as_json) -> None:
 
 
 @main.command()
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=click.IntRange(0, 2**63 - 1))
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def job(ctx: click.Context, job_id: int, as_json: bool) -> None:
@@ -430,7 +453,7 @@ def model_report(ctx: click.Context, out_dir: str, epochs: int) -> None:
     click.echo(f"report written to {path}")
 
 
-@main.command()
+@main.command(context_settings={"ignore_unknown_options": True})
 @click.argument("script", type=click.File("r"))
 @click.argument("sbatch_args", nargs=-1, type=click.UNPROCESSED)
 @click.option("--user", default=None, help="score as this user (root only)")
@@ -581,6 +604,6 @@ def keys_rotate_server(ctx) -> None:
         raise click.ClickException(f"cannot make the new server key: {exc}") from None
     sec = cfg.security
     click.echo(f"new server key {public}; the old one is {sec.server_public()}.previous\n"
-               f"copy {sec.server_public()} to {sec.server_public()} on every node: each agent "
+               f"copy {sec.server_public()} to the same path on every node: each agent "
                "reconnects with it by itself and keeps its data until then; the aggregator uses "
                "the new key within a second")  # fmt: skip

@@ -74,3 +74,18 @@ def test_bob_cannot_read_the_store_file(alices_job):
                            ".execute('SELECT user FROM jobs').fetchall()"],
                           capture_output=True, text=True, timeout=60, cwd="/")  # fmt: skip
     assert proc.returncode != 0 and "unable to open" in proc.stderr
+
+
+def test_alice_checks_a_script_with_sbatch_options_after_it(alices_job):
+    p, _, script = alices_job
+    out = as_user("alice", p.config, "check", str(script), "-p", "debug", "--mem=400M", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["request"]["mem_per_node_bytes"] == 400 << 20
+
+
+@pytest.mark.parametrize("args", [["init"], ["model", "list"], ["audit"], ["stop"]])
+def test_a_users_admin_command_fails_in_one_line(alices_job, args):
+    p, _, _ = alices_job
+    out = as_user("bob", p.config, *args)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
