@@ -49,23 +49,10 @@ INSECURE_WARNING = (
 def load_server_secret(cfg: Config) -> tuple[bytes, bytes]:
     """The aggregator's CURVE pair (public, secret) as Z85 bytes; ConfigError naming the file
     and the command that makes it."""
-    path = cfg.security.server_secret()
-    try:
-        public, secret = keys.load(path, secret=True)
-    except keys.Unsafe:
-        raise
-    except ConfigError as exc:
-        raise ConfigError(path, exc.key, f"{exc.reason} (nomadectl init makes it)") from None
+    public, secret = keys.load_or_hint(cfg.security.server_secret(), secret=True,
+                                       hint="nomadectl init makes it")  # fmt: skip
     assert secret is not None
     return public.encode(), secret.encode()
-
-
-def _stamp(path: str) -> tuple[int, int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 class Refusals:
@@ -104,7 +91,7 @@ class AgentAuth(threading.Thread):
         super().__init__(name="zap", daemon=True)
         self.cfg, self.ctx, self.writer = cfg, ctx, writer
         self.public, self.secret = load_server_secret(cfg)
-        self._key_stamp = _stamp(cfg.security.server_secret())
+        self._key_stamp = keys.stamp(cfg.security.server_secret())
         self.refusals = Refusals()
         self.rebind = threading.Event()
         self._halt = threading.Event()
@@ -145,7 +132,7 @@ class AgentAuth(threading.Thread):
         self._check_server_key()
 
     def _check_server_key(self) -> None:
-        stamp = _stamp(self.cfg.security.server_secret())
+        stamp = keys.stamp(self.cfg.security.server_secret())
         if stamp == self._key_stamp or stamp is None:
             return
         try:
@@ -259,7 +246,8 @@ class HandshakeWatch:
     """Handshakes libzmq refuses before any ZAP question (a peer without CURVE, or one using
     another server key), read from the socket's monitor and counted with the peer's address."""
 
-    EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_DISCONNECTED
+    EVENTS = (zmq.EVENT_ACCEPTED | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_DISCONNECTED
+              | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)  # fmt: skip
 
     def __init__(self, sock: zmq.Socket, refusals: Refusals) -> None:
         self.sock, self.refusals = sock, refusals
@@ -276,6 +264,8 @@ class HandshakeWatch:
                 self._peers[m["value"]] = _peer_of(m["value"])
             elif m["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
                 self._failed = _REASONS.get(m["value"], "bad_handshake")
+            elif m["event"] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and self._failed is None:
+                self._failed = "bad_handshake"
             elif m["event"] == zmq.EVENT_DISCONNECTED:
                 peer = self._peers.pop(m["value"], "?")
                 if self._failed is not None:

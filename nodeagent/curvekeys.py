@@ -11,7 +11,6 @@ the nodes) makes it reconnect with it, and so does a new pair of its own (`nomad
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,37 +32,18 @@ Stamp = tuple[int, int, int] | None  # a file's (inode, mtime, size)
 
 def stamps(sec: Security, node: str) -> tuple[Stamp, Stamp]:
     """What tells that server.key or NODE's own key file changed."""
-    return stamp(sec.server_public()), stamp(sec.node_secret(node))
-
-
-def stamp(path: str) -> Stamp:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_ino, st.st_mtime_ns, st.st_size
+    return keys.stamp(sec.server_public()), keys.stamp(sec.node_secret(node))
 
 
 def load(sec: Security, node: str) -> ClientKeys:
     """NODE's pair and the server's public key; ConfigError naming the file and the command
     that makes it."""
-    server_path, own_path = sec.server_public(), sec.node_secret(node)
     before = stamps(sec, node)
-    try:
-        server, _ = keys.load(server_path, secret=False)
-    except keys.Unsafe:
-        raise
-    except ConfigError as exc:
-        raise ConfigError(server_path, exc.key, f"{exc.reason} (copy it from the aggregator's "
-                          f"keys_dir, where `nomadectl init` makes it)") from None  # fmt: skip
-    try:
-        public, secret = keys.load(own_path, secret=True)
-    except keys.Unsafe:
-        raise
-    except ConfigError as exc:
-        raise ConfigError(own_path, exc.key, f"{exc.reason} (make it with `nomade-agent "
-                          f"--make-key --node {node}`, then enrol the line it prints with "
-                          f"`nomadectl keys add`)") from None  # fmt: skip
+    server, _ = keys.load_or_hint(sec.server_public(), secret=False, hint="copy it from the "
+                                  "aggregator's keys_dir, where `nomadectl init` makes it")  # fmt: skip
+    public, secret = keys.load_or_hint(sec.node_secret(node), secret=True, hint=(
+        f"make it with `nomade-agent --make-key --node {node}`, then enrol the line it prints "
+        "with `nomadectl keys add`"))  # fmt: skip
     assert secret is not None
     return ClientKeys(server.encode(), public.encode(), secret.encode(), before)
 

@@ -108,6 +108,26 @@ def load(path: str, *, secret: bool) -> tuple[str, str | None]:
     return public, sec if secret else None
 
 
+def load_or_hint(path: str, *, secret: bool, hint: str) -> tuple[str, str | None]:
+    """`load`, where a missing or unreadable key says HINT, the command that makes it (an
+    unsafe one says how to make it safe instead)."""
+    try:
+        return load(path, secret=secret)
+    except Unsafe:
+        raise
+    except ConfigError as exc:
+        raise ConfigError(path, exc.key, f"{exc.reason} ({hint})") from None
+
+
+def stamp(path: str) -> tuple[int, int, int] | None:
+    """What tells that a key file changed: (inode, mtime, size), None where it is missing."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
 def parse_enrolment(text: str, source: str = "-") -> list[tuple[str, str]]:
     """(node, public key) pairs from lines `NODE PUBLIC_KEY`, as `nomade-agent --make-key`
     prints them; a prefix added by a parallel shell (`node12: `, pdsh and clush) is skipped.

@@ -177,12 +177,28 @@ def test_senders_without_an_enrolled_key_are_refused_and_nothing_stored(pipeline
     well-formed envelopes) and a stray HTTP request: refused, counted, and not one row stored."""
     import zmq
 
-    from nomade_common import keys, wire
+    from nomade_common import wire
 
     p = pipeline
     forged = [wire.Envelope(wire.JOB_EVENT, "node1", 1, seq, {"event": "start", "job_id": 999_000 + seq,
                                                                "t": time.time()}).pack() for seq in (1, 2)]  # fmt: skip
     ctx = zmq.Context()
+    try:
+        _send_unauthenticated(ctx, p, forged)
+    finally:
+        ctx.destroy(linger=0)  # also when an assertion failed: a context left open blocks GC
+    assert p.aggregator.poll() is None, "the aggregator died"
+    assert p.query("SELECT count(*) FROM received WHERE node = 'node1' AND epoch = 1")[0][0] == 0
+    assert p.query("SELECT count(*) FROM jobs WHERE job_id >= 999000")[0][0] == 0
+    assert "agents refused:" in p.ctl("status")
+    assert "Traceback" not in p.log()
+
+
+def _send_unauthenticated(ctx, p, forged) -> None:
+    import zmq
+
+    from nomade_common import keys
+
     plain = ctx.socket(zmq.DEALER)
     stranger = ctx.socket(zmq.DEALER)
     server_key = keys.load(str(p.base / "keys" / "server.key"), secret=False)[0]
@@ -198,14 +214,10 @@ def test_senders_without_an_enrolled_key_are_refused_and_nothing_stored(pipeline
 
     def refused():
         counts = json.loads(p.ctl("status", "--json"))["agents_refused"]["by_reason"]
-        return counts.get("wrong_mechanism", 0) >= 1 and counts.get("unknown_key", 0) >= 1
+        # The unknown key is refused by NØMADE's ZAP handler; the plain and the non-ZeroMQ peers
+        # by libzmq before any ZAP question, read from its monitor, which does not always say
+        # which of the two a refused handshake was.
+        before_zap = counts.get("wrong_mechanism", 0) + counts.get("bad_handshake", 0)
+        return before_zap >= 1 and counts.get("unknown_key", 0) >= 1
 
     wait_for("the refusals to be counted", refused, 20)
-    plain.close()
-    stranger.close()
-    ctx.term()
-    assert p.aggregator.poll() is None, "the aggregator died"
-    assert p.query("SELECT count(*) FROM received WHERE node = 'node1' AND epoch = 1")[0][0] == 0
-    assert p.query("SELECT count(*) FROM jobs WHERE job_id >= 999000")[0][0] == 0
-    assert "agents refused:" in p.ctl("status")
-    assert "Traceback" not in p.log()

@@ -165,10 +165,7 @@ def test_bad_reports_are_set_aside_with_one_line_and_the_good_one_is_stored(worl
     young.write_text('{"kind": "prologslurmctld"')
     past = time.time() - INCOMPLETE_GRACE_SECONDS - 1
     os.utime(half, (past, past))
-    proc, _ = site.run(
-        "prologslurmctld", slurm_env("prologslurmctld", SLURM_JOB_ID="5"), user="slurm"
-    )
-    assert proc.returncode == 0
+    slurm_user_reports_start(site, 5)
     with caplog.at_level(logging.WARNING):
         agg = start_aggregator(world, site)
         try:
@@ -202,6 +199,13 @@ def test_an_unwritable_reports_directory_falls_back_to_http(world):  # noqa: F81
         http.close()
 
 
+def slurm_user_reports_start(site: Site, job_id: int) -> None:
+    """PrologSlurmctld of JOB_ID, run as the SlurmUser, leaves its report (the spool site)."""
+    proc, _ = site.run("prologslurmctld", slurm_env("prologslurmctld", SLURM_JOB_ID=str(job_id)),
+                       user="slurm")  # fmt: skip
+    assert proc.returncode == 0
+
+
 def test_report_dir_gives_oldest_first_and_skips_those_in_hand(tmp_path):
     d = ReportDir(tmp_path)
     for name in ("20-1-a.json", "10-2-b.json", "30-3-c.json"):
@@ -227,10 +231,7 @@ def test_a_report_written_by_a_user_is_never_believed(world, caplog):  # noqa: F
     )
     (spool / "2-778-prologslurmctld.json").symlink_to(target)
     os.mkfifo(spool / "3-779-prologslurmctld.json")
-    proc, _ = site.run(
-        "prologslurmctld", slurm_env("prologslurmctld", SLURM_JOB_ID="780"), user="slurm"
-    )
-    assert proc.returncode == 0
+    slurm_user_reports_start(site, 780)
     with caplog.at_level(logging.WARNING):
         agg = start_aggregator(world, site)
         try:
@@ -248,10 +249,7 @@ def test_a_reports_directory_others_may_write_to_is_not_read(world, caplog):  # 
     site = spool_site(world)
     spool = site.state / "reports"
     spool.chmod(0o777)
-    proc, _ = site.run(
-        "prologslurmctld", slurm_env("prologslurmctld", SLURM_JOB_ID="781"), user="slurm"
-    )
-    assert proc.returncode == 0
+    slurm_user_reports_start(site, 781)
     with caplog.at_level(logging.ERROR):
         agg = start_aggregator(world, site)
         try:

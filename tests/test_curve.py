@@ -255,13 +255,19 @@ def test_an_impostor_aggregator_gets_nothing_and_its_verdicts_never_arrive(site)
     fake_ctx.term()
 
 
+def delivering(s: Site, node: str, job: int) -> tuple[config.Config, Agent]:
+    """NODE enrolled, its agent connected and its first job event delivered."""
+    cfg, _ = s.make_node(node)
+    a = s.agent(cfg, node)
+    job_event(a, job)
+    assert run_for(10, a, until=lambda: a.outbox.depth() == 0)
+    return cfg, a
+
+
 def test_after_rotation_the_agent_delivers_once_it_has_the_new_server_key(site):
     s = site()
     s.start()
-    cfg, _ = s.make_node("node1")
-    a = s.agent(cfg, "node1")
-    job_event(a, 40)
-    assert run_for(10, a, until=lambda: a.outbox.depth() == 0)
+    cfg, a = delivering(s, "node1", 40)
     out = s.ctl("keys", "rotate-server")
     assert "copy" in out and Path(s.cfg.security.server_public() + ".previous").exists()
     time.sleep(2)  # the aggregator takes the new key and drops every connection
@@ -374,10 +380,7 @@ def test_key_commands_are_for_root_only():
 def test_a_node_given_a_new_key_delivers_once_enrolled_again_without_a_restart(site):
     s = site()
     s.start()
-    cfg, _ = s.make_node("node1")
-    a = s.agent(cfg, "node1")
-    job_event(a, 70)
-    assert run_for(10, a, until=lambda: a.outbox.depth() == 0)
+    cfg, a = delivering(s, "node1", 70)
     s.ctl("keys", "revoke", "node1")  # a reinstalled node: its old key revoked ...
     line = curvekeys.make(cfg.security, "node1", force=True)  # ... a new pair made on it
     time.sleep(1.5)
