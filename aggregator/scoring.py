@@ -233,12 +233,14 @@ class Scorer:
         )
         gfeat = graph.graph_features(cls, s, m)
         res = ensemble.combine(model.members(x[None, :], nx, ny, s, m, gfeat), model.meta)
-        p_fail = float(res["p_fail"][0])
+        # Rounded once: the warning's "high risk (0.93)" and the stored p_fail must be one number
+        # (0.934996 printed as 0.93 was stored as 0.935, which reads as 0.94).
+        p_fail = round(float(res["p_fail"][0]), 4)
         probs = {
             c: round(float(p), 4) for c, p in zip(features.CLASSES, res["probs"][0], strict=True)
         }
         verdict = {
-            "job_id": job["job_id"], "model_version": version, "p_fail": round(p_fail, 4),
+            "job_id": job["job_id"], "model_version": version, "p_fail": p_fail,
             "health": round(float(res["health"][0]), 4), "probs": probs,
             "risk": "high" if p_fail >= self.threshold else "low", "warned": p_fail >= self.threshold,
             "lines": [], "reasons": {}, "score_ms": 0.0,
