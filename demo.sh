@@ -116,6 +116,11 @@ runuser -u bob -- env NOMADE_CONFIG="$NOMADE_CONFIG" "$nomadectl" job "$ok" || t
 say "who may send data: the enrolled node keys (CurveZMQ), and who enrolled them"
 "$nomadectl" keys list
 "$nomadectl" audit --limit 3
+say "an agent whose key nobody enrolled: refused, counted, nothing stored"
+"$nomade_agent" --make-key --node intruder >/dev/null # made, never enrolled
+timeout 8 "$nomade_agent" --node intruder >/dev/null 2>&1 || true
+sleep 2 # refusals are written once a second
+"$nomadectl" status | grep -E "agents refused" || echo "(no refusal counted)"
 cat <<MSG
 
 The cluster and NØMADE keep running.  Try: NOMADE_CONFIG=$NOMADE_CONFIG $nomadectl job $oom

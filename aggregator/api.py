@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import grp
-import ipaddress
 import json
 import logging
 import os
@@ -41,7 +40,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from nomade_common import munge
-from nomade_common.config import Config
+from nomade_common.config import Config, is_loopback
+from nomade_common.text import printable
 
 from . import clusterviews, policy, query
 from .policy import Caller, Forbidden
@@ -75,7 +75,7 @@ class Access:
     def __init__(self, cfg: Config, reader: Callable[[], str] | None = None) -> None:
         self.sec = cfg.security
         self.scontrol = cfg.aggregator.scontrol
-        self.slurm_uid = _uid(self.sec.slurm_user)
+        self.slurm_uid = self.sec.slurm_uid()
         self._read = reader or self._scontrol_config
         self._private: frozenset[str] | None = None
         self._read_at = float("-inf")
@@ -132,13 +132,6 @@ class Access:
 
     def _scontrol_config(self) -> str:
         return run_command([self.scontrol, "show", "config"], 10.0)
-
-
-def _uid(user: str) -> int | None:
-    try:
-        return pwd.getpwnam(user).pw_uid
-    except KeyError:
-        return None
 
 
 def _group_names(name: str, gid: int) -> list[str]:
@@ -239,7 +232,7 @@ def _reason(text: str) -> str:
 
 def _clean(text: str) -> str:
     """A request target fit for one log line (it is the client's)."""
-    return "".join(c if c.isprintable() else "?" for c in text)[:200]
+    return printable(text, 200, "?")
 
 
 class _Refused(Exception):
@@ -429,10 +422,8 @@ class Api:
     def jobs(self, request: Request, caller: Caller, body: bytes) -> Any:
         q = request.query_params
         user, listed = policy.jobs_user(caller, q.get("user"))
-        since = float(q["since"]) if q.get("since") else None
-        limit = int(q.get("limit") or 100)
-        if not 1 <= limit <= 100_000:
-            raise ValueError("limit must be between 1 and 100000")
+        since = _number(q, "since", float, "Unix seconds", (0.0, 1e11), None)
+        limit = _number(q, "limit", int, "a whole number", (1, 100_000), 100)
         return query.jobs(self.agg.reader(), user, q.get("state"), since, limit) if listed else []
 
     def job(self, request: Request, caller: Caller, body: bytes) -> Any:
@@ -444,6 +435,23 @@ class Api:
 
     def _private(self, caller: Caller) -> frozenset[str]:
         return frozenset() if caller.admin else self.access.private()
+
+
+def _number(query: Any, key: str, kind: type, what: str, bounds: tuple[float, float],
+            default: Any) -> Any:  # fmt: skip
+    """Query parameter KEY as KIND within BOUNDS, DEFAULT where absent; else one clear
+    ValueError (400) naming the parameter."""
+    low, high = bounds
+    text = query.get(key)
+    if not text:
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:  # NaN compares false: refused too
+        raise ValueError(f"{key} must be {what} between {low:g} and {high:g}, not {text[:40]!r}")
+    return value
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -503,15 +511,6 @@ class _Protocol(H11Protocol):
 def split_listen(listen: str) -> tuple[str, int]:
     host, _, port = listen.rpartition(":")
     return host.strip("[]"), int(port)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def tls_files(cfg: Config) -> tuple[str, str] | None:

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from nomade_common.collect import Reading
+from nomade_common.text import printable
 
 from .render import agent_sections, seconds, size, when
 
@@ -135,8 +136,8 @@ def status(st: dict[str, Any]) -> str:
 
 
 def _terminal(text: str) -> str:
-    """TEXT without control characters (a node name in a refused message is the sender's)."""
-    return "".join(c if c.isprintable() else "?" for c in text)[:160]
+    """A node name or peer from a refused message (the sender's) for the terminal."""
+    return printable(text, 160, "?")
 
 
 def agent_security(st: dict[str, Any]) -> list[str]:

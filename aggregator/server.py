@@ -483,15 +483,11 @@ class Aggregator:
     def report_writers(self) -> frozenset[int]:
         """Whose report files are believed: root's and the SlurmUser's (PrologSlurmctld runs as
         the SlurmUser), and this daemon's own user."""
-        import pwd
-
-        uids = {0, os.geteuid()}
-        try:
-            uids.add(pwd.getpwnam(self.cfg.security.slurm_user).pw_uid)
-        except KeyError:
+        slurm = self.cfg.security.slurm_uid()
+        if slurm is None:
             log.warning("security.slurm_user %r is not a user here: only root's hook reports are "
                         "believed", self.cfg.security.slurm_user)  # fmt: skip
-        return frozenset(uids)
+        return frozenset(u for u in (0, os.geteuid(), slurm) if u is not None)
 
     def take_reports(self, reports: ReportDir) -> int:
         """Hand every complete report in REPORTS to its handler; each file is removed once what

@@ -219,6 +219,9 @@ CREATE INDEX admin_log_by_t ON admin_log (t);
     )
 )
 
+# Events by kind, so that `status` finds the newest refused agent without reading every job's.
+MIGRATIONS.append(("0006_events_by_kind", "CREATE INDEX events_by_kind ON events (kind, t);"))
+
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -459,7 +462,6 @@ def event(
 
 def whoami() -> tuple[int, str]:
     """This process's uid and its user name (the uid itself where it has no name)."""
-    import os
     import pwd
 
     uid = os.getuid()

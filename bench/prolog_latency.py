@@ -17,8 +17,8 @@ tasks runs in each of these modes, in the same run:
 
 --transport picks how PrologSlurmctld and EpilogSlurmctld reach the aggregator: the reports
 directory (spool, what `auto` chooses for an aggregator on the same host, as here) or HTTP, where
-each report is signed with a MUNGE credential (the body's sha256sum and `munge -s`: two processes
-per hook) and the aggregator has munged decode it before answering.
+each report is signed with a MUNGE credential carrying the body (one `munge` process per hook)
+and the aggregator has munged decode it before answering.
 
 Added time = a mode's percentile minus the empty hook's, per hook.  `value` is the largest added
 p50 among the hooks in `nomade` mode, in ms.  Needs root and the dev cluster

@@ -4,9 +4,10 @@
 # array starts them by the dozen, and each millisecond here delays a job's start.  The report is
 # one file left in the aggregator's reports directory when the aggregator runs on this host
 # (controller_spool in hooks.json: no waiting on the aggregator at all, and starts are kept while
-# it is down), else one HTTP POST behind a circuit breaker, signed with a MUNGE credential
-# (`munge -s`, for the body's sha256sum: the only processes started, and only on this path) and
-# sent over bash's /dev/tcp, or with curl for an https:// aggregator_url.  Every path exits 0.  Run by the wrappers beside it, in a subshell that they kill past their hard limit.
+# it is down), else one HTTP POST behind a circuit breaker, signed with a MUNGE credential (one
+# `munge` process, the only one started, and only on this path) and sent over bash's /dev/tcp,
+# or with curl for an https:// aggregator_url.  Every path exits 0.  Run by the wrappers beside
+# it, in a subshell that they kill past their hard limit.
 export LC_ALL=C
 kind=$1
 here=${0%/*}

@@ -26,6 +26,7 @@ from nomade_common.collect import CollectorThread, Reading
 from nomade_common.config import Config
 from nomade_common.errors import ConfigError
 from nomade_common.reportdir import ReportDir
+from nomade_common.text import printable
 
 from . import curvekeys
 from .node_collectors import NODE_COLLECTORS
@@ -51,15 +52,7 @@ PRIVATE_FILE = 0o600  # outbox.db and its -wal/-shm, verdicts, a wait FIFO (for 
 WARNING_FILE = 0o400  # jobs/<job>: the job's user reads it, nobody writes it
 _UID = re.compile(r"[0-9]{1,10}")
 MAX_UID = 2**32 - 2
-# What must not reach the job's output, hence a terminal: C0 and C1 controls (escape sequences
-# would come from a job name), and the bidirectional overrides that reorder what a reader sees.
-_NOT_PRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 MAX_WARNING_LINE = 500
-
-
-def printable(text: str) -> str:
-    """TEXT on one line without control characters (each becomes a space), for a terminal."""
-    return _NOT_PRINTABLE.sub(" ", text)[:MAX_WARNING_LINE]
 
 
 def _tighten(path: Path, mode: int) -> None:
@@ -311,7 +304,7 @@ class Agent:
         if lines and isinstance(uid, int):
             # TaskProlog prints each line into the job's output: no control characters (a job
             # name could carry escape sequences for the terminal that shows it).
-            text = "".join(printable(str(line)) + "\n" for line in lines[:6])
+            text = "".join(printable(str(line), MAX_WARNING_LINE) + "\n" for line in lines[:6])
             _write_private(self.spool / "jobs", str(job), text, uid, WARNING_FILE)
         _write_private(self.verdicts, f"{job}.json", json.dumps(payload), 0, PRIVATE_FILE)
 

@@ -8,6 +8,7 @@ the file and the key (ConfigError); nothing is silently ignored or guessed.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import socket
 import tomllib
@@ -85,7 +86,17 @@ class Hooks:
             return self.controller_transport == "spool"
         netloc = self.aggregator_url.partition("://")[2].split("/")[0]
         host = netloc[1:].partition("]")[0] if netloc.startswith("[") else netloc.partition(":")[0]
-        return host == "localhost" or host == "::1" or host.startswith("127.")
+        return is_loopback(host)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether HOST (a name or an address) is this host's loopback."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass
@@ -123,6 +134,15 @@ class Security:
 
     def node_secret(self, node: str) -> str:
         return str(Path(self.keys_dir) / f"{node}.key_secret")
+
+    def slurm_uid(self) -> int | None:
+        """The uid of slurm_user here (None where there is no such user)."""
+        import pwd
+
+        try:
+            return pwd.getpwnam(self.slurm_user).pw_uid
+        except KeyError:
+            return None
 
 
 @dataclass

@@ -12,6 +12,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("NOMADE_SHARED_FIXTURES") or ROOT.parent / "shared" / "fixtures")
 FIXTURES = ROOT / "tests" / "fixtures"
+# NØMADE as a site installs it (slurm-conf/install-nomade.sh), what tests run as ordinary users.
+SITE_BIN = Path("/usr/local/bin")
+SITE_NOMADECTL = str(SITE_BIN / "nomadectl")
+SITE_PYTHON = "/opt/nomade/venv/bin/python"
 
 
 def shared(*parts: str) -> Path:

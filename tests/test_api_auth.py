@@ -28,14 +28,13 @@ from pathlib import Path
 
 import pytest
 from clusterlib import free_port, wait_for
-from conftest import required
+from conftest import SITE_NOMADECTL, SITE_PYTHON, required
 from test_hooks import Site, slurm_env
 
 from aggregator import api, apiclient, policy, server
 from nomade_common import config, keys, munge
 
-NOMADECTL = "/usr/local/bin/nomadectl"
-VENV_PYTHON = "/opt/nomade/venv/bin/python"
+NOMADECTL, VENV_PYTHON = SITE_NOMADECTL, SITE_PYTHON
 ALICE_JOB, BOB_JOB = 9100001, 9100002
 ONE_LINE_ERROR = "Error: "
 

@@ -10,10 +10,10 @@ import subprocess
 
 import pytest
 from clusterlib import running_pipeline, sbatch, wait_for
-from conftest import required
+from conftest import SITE_NOMADECTL, SITE_PYTHON, required
 
 pytestmark = pytest.mark.cluster
-NOMADECTL = "/usr/local/bin/nomadectl"  # slurm-conf/install-nomade.sh
+NOMADECTL = SITE_NOMADECTL
 
 
 def as_user(user: str, config, *args: str) -> subprocess.CompletedProcess:
@@ -61,7 +61,7 @@ def test_bob_cannot_score_a_job_as_alice(alices_job):
     code = ("import sys; from aggregator import request, apiclient\n"
             "try: request.ask_aggregator(sys.argv[1], {'user': 'alice', 'job_name': 'private-work'})\n"
             "except apiclient.ApiError as exc: print(exc); sys.exit(3)")  # fmt: skip
-    raw = subprocess.run(["runuser", "-u", "bob", "--", "/opt/nomade/venv/bin/python", "-c", code,
+    raw = subprocess.run(["runuser", "-u", "bob", "--", SITE_PYTHON, "-c", code,
                           f"http://127.0.0.1:{p.http_port}"],
                          capture_output=True, text=True, timeout=60, cwd="/")  # fmt: skip
     assert raw.returncode == 3 and "403" in raw.stdout and "another user" in raw.stdout, raw
@@ -69,7 +69,7 @@ def test_bob_cannot_score_a_job_as_alice(alices_job):
 
 def test_bob_cannot_read_the_store_file(alices_job):
     p, _, _ = alices_job
-    proc = subprocess.run(["runuser", "-u", "bob", "--", "/opt/nomade/venv/bin/python", "-c",
+    proc = subprocess.run(["runuser", "-u", "bob", "--", SITE_PYTHON, "-c",
                            f"import sqlite3; sqlite3.connect('file:{p.db}?mode=ro', uri=True)"
                            ".execute('SELECT user FROM jobs').fetchall()"],
                           capture_output=True, text=True, timeout=60, cwd="/")  # fmt: skip

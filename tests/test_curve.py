@@ -20,6 +20,7 @@ import pytest
 import zmq
 from click.testing import CliRunner
 from clusterlib import free_port, wait_for
+from conftest import SITE_NOMADECTL, required
 
 from aggregator import ctl, server
 from nodeagent import curvekeys
@@ -362,13 +363,9 @@ def test_a_thousand_nodes_enrol_in_one_command_and_a_bad_line_is_named(site):
 
 
 def test_key_commands_are_for_root_only():
-    nomadectl = Path("/usr/local/bin/nomadectl")
+    nomadectl = Path(SITE_NOMADECTL)
     if not nomadectl.exists() or subprocess.run(["id", "alice"], capture_output=True).returncode:
-        if os.environ.get("NOMADE_TEST_COMMAND"):
-            pytest.fail(
-                "needs /usr/local/bin/nomadectl (slurm-conf/install-nomade.sh) and user alice"
-            )
-        pytest.skip("needs /usr/local/bin/nomadectl (slurm-conf/install-nomade.sh) and user alice")
+        required("needs /usr/local/bin/nomadectl (slurm-conf/install-nomade.sh) and user alice")
     for args in (["keys", "list"], ["keys", "revoke", "node1"], ["keys", "rotate-server"]):
         proc = subprocess.run(["runuser", "-u", "alice", "--", str(nomadectl), *args],
                               capture_output=True, text=True, timeout=30)  # fmt: skip

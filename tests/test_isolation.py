@@ -21,13 +21,12 @@ from pathlib import Path
 
 import pytest
 from clusterlib import free_port, wait_for
-from conftest import required
+from conftest import SITE_BIN, required
 from test_hooks import fake_scontrol, nomadectl, run_hook, slurm_env, world  # noqa: F401
 
 from nomade_common import keys
 
 BIN = Path(sys.executable).parent  # root's interpreter: the daemons root starts
-SITE_BIN = Path("/usr/local/bin")  # slurm-conf/install-nomade.sh: what other users run
 JOB, ALICE, BOB = 23, 2001, 2002  # job 23 is alice's in the captured hook environments
 JOB_NAME = "fx-hooks"  # its name there (SLURM_JOB_NAME)
 

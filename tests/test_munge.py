@@ -8,11 +8,11 @@ import subprocess
 import time
 
 import pytest
-from conftest import required
+from conftest import SITE_PYTHON, required
 
 from nomade_common import munge
 
-VENV_PYTHON = "/opt/nomade/venv/bin/python"  # slurm-conf/install-nomade.sh: readable by users
+VENV_PYTHON = SITE_PYTHON
 
 
 @pytest.fixture(autouse=True)

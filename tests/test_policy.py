@@ -251,3 +251,13 @@ def test_private_data_auto_hides_everything_until_slurm_answers_then_follows_it(
     assert access.private() == policy.PRIVATE_FLAGS
     access._read_at = float("-inf")  # the next look is due
     assert access.private() == {"nodes"}
+
+
+@pytest.mark.parametrize("key, text", [("since", "abc"), ("since", "nan"), ("since", "-1"),
+                                       ("limit", "1e3"), ("limit", "0")])  # fmt: skip
+def test_a_jobs_query_number_that_is_wrong_is_named_in_one_line(key, text):
+    kind, what, bounds = (float, "Unix seconds", (0.0, 1e11)) if key == "since" else (
+        int, "a whole number", (1, 100_000))  # fmt: skip
+    with pytest.raises(ValueError, match=f"^{key} must be {what}") as err:
+        api._number({key: text}, key, kind, what, bounds, None)
+    assert text in str(err.value) and "\n" not in str(err.value)
