@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import grp
-import json
 import logging
 import os
 import pwd
@@ -30,7 +29,7 @@ from typing import Any
 import h11
 import uvicorn
 from starlette.applications import Starlette
-from starlette.background import BackgroundTasks
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -39,7 +38,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from nomade_common import munge
+from nomade_common import jsonin, munge
 from nomade_common.config import Config, is_loopback
 from nomade_common.text import printable
 
@@ -57,6 +56,7 @@ LINGER_SECONDS = 2.0  # a connection answered before its body was in is closed t
 REFUSALS_LOG_SECONDS = 60.0  # one log line per reason of refusal in this time
 KEEPALIVE_SECONDS = 5
 MAX_JOB_ID = (1 << 63) - 1  # a job id past SQLite's integers is no job (404, not a traceback)
+COMMIT_SHARE = 0.4  # of hooks.timeout_seconds: how long a hook report may wait for its COMMIT
 CONCURRENCY = 512  # connections and requests in progress; beyond it uvicorn answers 503
 BACKLOG = 256  # a job array starts dozens of PrologSlurmctld at once
 PRIVATE_DATA_SECONDS = 300.0  # how often Slurm's PrivateData is read again
@@ -294,29 +294,10 @@ def _target(scope: Scope) -> str:
 # -- the endpoints ------------------------------------------------------------------------------
 def parse_json(body: bytes) -> dict[str, Any]:
     """A request body: a JSON object nested at most MAX_JSON_DEPTH deep (ValueError if not)."""
-    try:
-        obj = json.loads(body or b"{}")
-    except RecursionError:
-        raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH}") from None
+    obj = jsonin.loads(body or b"{}", MAX_JSON_DEPTH)
     if not isinstance(obj, dict):
         raise ValueError("expected a JSON object")
-    if _depth(obj) > MAX_JSON_DEPTH:
-        raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH}")
     return obj
-
-
-def _depth(obj: Any) -> int:
-    deepest, stack = 0, [(obj, 1)]
-    while stack:
-        value, depth = stack.pop()
-        deepest = max(deepest, depth)
-        if deepest > MAX_JSON_DEPTH:
-            break
-        children = (
-            value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
-        )
-        stack += [(c, depth + 1) for c in children if isinstance(c, (dict, list))]
-    return deepest
 
 
 def _answer(fn: Callable[..., Any]) -> Callable[[Request], Any]:
@@ -358,37 +339,60 @@ class Api:
             Route(f"{v1}/nodes", _answer(self.nodes)),
             Route(f"{v1}/licenses", _answer(self.licenses)),
             Route(f"{v1}/collectors", _answer(self.collectors)),
+            Route(f"{v1}/aggregator", _answer(self.aggregator)),
             Route(f"{v1}/jobs", _answer(self.jobs)),
             Route(v1 + "/jobs/{job_id:int}", _answer(self.job)),
         ]
 
     async def health(self, request: Request) -> JSONResponse:
-        return JSONResponse({"ok": True})
+        """For monitors, unauthenticated, so it says no more than whether the store is taking
+        writes: 503 while it fails (the details are in the signed /aggregator and status)."""
+        if self.agg.writer.health()["ok"]:
+            return JSONResponse({"ok": True})
+        return error(503, "store failing")
 
-    # Hook reports: answered at once, before any of their work begins (a background task runs
-    # after the answer is sent), since slurmctld waits for the answer.
+    def aggregator(self, request: Request, caller: Caller, body: bytes) -> dict[str, Any]:
+        return self.agg.runtime()
+
+    # Hook reports: answered once the report as received is committed (an urgent writer item,
+    # so a backlog of samples does not delay it), before the rest of their work begins (a
+    # background task runs after the answer is sent), since slurmctld waits for the answer.
+    # A store that cannot commit within COMMIT_SHARE of the hook's limit gets 503: the hook
+    # keeps the report and sends it again.
     async def job_start(self, request: Request) -> JSONResponse:
-        return await self._report(request, self.agg.hook_job_start)
+        return await self._report(request, "job-start")
 
     async def job_end(self, request: Request) -> JSONResponse:
-        return await self._report(request, self.agg.hook_job_end)
+        return await self._report(request, "job-end")
 
-    async def _report(self, request: Request, handler: Callable[..., dict]) -> JSONResponse:
+    async def _report(self, request: Request, kind: str) -> JSONResponse:
         caller = request.scope[CALLER_KEY]
         if not policy.may_report(caller, self.access.slurm_uid):
             text = f"job reports are accepted from root and {self.access.sec.slurm_user} only"
             self.refusals.note(403, text, request.method, f"{request.url.path} (uid {caller.uid})")
             return error(403, text)
-        tasks = BackgroundTasks()
         try:
-            answer = handler(parse_json(await request.body()), later=tasks.add_task)
+            received, after = self.agg.receive_report(kind, parse_json(await request.body()))
         except ValueError as exc:
             log.warning("hook report on %s rejected: %s", request.url.path, exc)
             return error(400, str(exc))
         except Exception as exc:
             log.exception("hook report on %s failed", request.url.path)
             return error(500, type(exc).__name__)
-        return JSONResponse(answer, background=tasks)
+        wait = self.agg.cfg.hooks.timeout_seconds * COMMIT_SHARE
+        try:
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(received.future)), wait)
+        except TimeoutError:
+            received.cancel()
+            health = self.agg.writer.health()
+            why = f"store failing: {health['reason']}" if not health["ok"] else "store busy"
+            log.warning("hook report on %s answered 503: not stored within %.2f s (%s)",
+                        request.url.path, wait, why)  # fmt: skip
+            return error(503, f"report not stored within {wait:.2f} s ({why}); send it again")
+        except Exception as exc:  # the report itself could not be stored (not the store's fault)
+            log.warning("hook report on %s not stored: %s", request.url.path, exc)
+            return error(400, f"report not storable: {exc}")
+        return JSONResponse({"ok": True}, background=BackgroundTask(after))
 
     def check(self, request: Request, caller: Caller, body: bytes) -> dict[str, Any]:
         req = parse_json(body)
@@ -400,7 +404,7 @@ class Api:
 
     def status(self, request: Request, caller: Caller, body: bytes) -> dict[str, Any]:
         conn = self.agg.reader()
-        view = {**query.status(conn), **clusterviews.overview(conn)}
+        view = {**query.status(conn), **clusterviews.overview(conn), "aggregator": self.agg.runtime()}
         return policy.status_view(caller, self._private(caller), view)
 
     def queue(self, request: Request, caller: Caller, body: bytes) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import click
 from nomade_common import config as cfgmod
 
 SWITCH_INTERVAL_SECONDS = 0.0005
+STORE_FAILED_EXIT = 3  # the store stayed unusable (aggregator.store_failing_exit_seconds)
 
 
 @click.command()
@@ -32,8 +33,19 @@ def main(config_path: str | None, log_level: str | None) -> None:
     except Exception as exc:  # a port in use, an unwritable database: one line, exit 1
         click.echo(f"nomade-aggregator: cannot start: {exc}", err=True)
         sys.exit(1)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    stop.wait()
+    signalled = threading.Event()
+
+    def on_signal(*_: object) -> None:
+        signalled.set()
+        agg.writer.fatal.set()  # the one event the loop below waits on
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    # Set by a signal, or by the writer when the store stayed unusable past
+    # aggregator.store_failing_exit_seconds: then exit non-zero, so the unit restarts it.
+    while not agg.writer.fatal.wait(1.0):
+        pass  # a timed wait: the main thread runs signal handlers between waits
     agg.stop()
+    if not signalled.is_set():
+        click.echo("nomade-aggregator: the store stayed unusable; exiting for a restart", err=True)
+        sys.exit(STORE_FAILED_EXIT)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sqlite3
@@ -13,6 +14,7 @@ import click
 
 from nomade_common import config as cfgmod
 from nomade_common.errors import ConfigError, ParseError
+from nomade_common.text import TerminalText
 
 from . import (
     clusterviews,
@@ -90,7 +92,22 @@ def _since(text: str | None) -> float | None:
 
 class _Commands(click.Group):
     """nomadectl's commands, each failing in one line: a file only root (or the aggregator's
-    user) may touch, or a package this host lacks, is named with what to do instead."""
+    user) may touch, or a package this host lacks, is named with what to do instead.
+
+    Whatever a command prints reaches the terminal without control characters: a job name, a
+    node name or a file's content is the user's, and an escape sequence in it would act on the
+    administrator's terminal.  (JSON output keeps them, escaped as JSON escapes them.)"""
+
+    def main(self, *args, **kwargs):
+        out, err = sys.stdout, sys.stderr
+        if out is not None and not isinstance(out, TerminalText):
+            sys.stdout = TerminalText(out)
+        if err is not None and not isinstance(err, TerminalText):
+            sys.stderr = TerminalText(err)
+        try:
+            return super().main(*args, **kwargs)
+        finally:
+            sys.stdout, sys.stderr = out, err
 
     def invoke(self, ctx: click.Context):
         try:
@@ -176,7 +193,17 @@ def stop(ctx: click.Context, only: str) -> None:
 def status(ctx: click.Context, as_json: bool) -> None:
     """Filesystems, queue, I/O, CPU, memory, nodes, licenses, agents, running jobs, ingest and
     each collector's runs and success rate."""
+    cfg = _cfg(ctx)
     view = _view(ctx, "/api/v1/status", lambda c: {**query.status(c), **clusterviews.overview(c)})
+    if "aggregator" not in view:  # read from the store: the running daemon says how it fares
+        from . import apiclient
+
+        try:
+            view["aggregator"] = apiclient.call(
+                cfg.hooks.aggregator_url, "GET", "/api/v1/aggregator", ca=cfg.security.tls_ca,
+                munge_socket=cfg.security.munge_socket, timeout=3.0)  # fmt: skip
+        except apiclient.ApiError as exc:
+            view["aggregator"] = {"answering": False, "why": str(exc)}
     _emit(view, as_json, render_cluster.status)
 
 
@@ -490,13 +517,13 @@ def check(ctx: click.Context, script, sbatch_args, user: str | None, as_json: bo
 @click.argument("path", type=click.Path(allow_dash=True))
 def parse(kind: str, path: str) -> None:
     """Print what NØMADE reads from one captured output, as JSON lines (`nomadectl parse KIND FILE`)."""
-    from nomade_common import parsekinds
-    from nomade_common.errors import ParseError
+    from nomade_common import jsonin, parsekinds
 
     try:
         fn = parsekinds.parser(kind)
     except KeyError as exc:
         raise click.ClickException(exc.args[0]) from None
+    source = "-" if path == "-" else path
     try:
         if kind in parsekinds.DIRECTORY_KINDS:
             if not Path(path).is_dir():
@@ -504,20 +531,52 @@ def parse(kind: str, path: str) -> None:
                 sys.exit(2)
             records = fn(path)
         else:
-            text = (
-                sys.stdin.read()
+            stream = (
+                io.TextIOWrapper(click.get_binary_stream("stdin"), "utf-8", "replace")
                 if path == "-"
-                else Path(path).read_text(encoding="utf-8", errors="replace")
+                else open(path, encoding="utf-8", errors="replace")  # noqa: SIM115
             )
-            records = fn(text, "-" if path == "-" else path)
+            with stream:
+                text = stream.read()
+            limit = jsonin.TOOL_OUTPUT_DEPTH
+            if kind.endswith("-json") and jsonin.deeper_than(text, limit):
+                raise ParseError(source, None, f"JSON nested deeper than {limit} levels")
+            records = fn(text, source)
     except ParseError as exc:
         click.echo(f"nomadectl parse {kind}: {exc}", err=True)
+        sys.exit(2)
+    except RecursionError:  # a parser that recurses (XML, nested output) met deeper input
+        click.echo(f"nomadectl parse {kind}: {source}: nested too deep to read", err=True)
         sys.exit(2)
     except OSError as exc:
         click.echo(f"nomadectl parse {kind}: {path}: cannot read ({exc.strerror or exc})", err=True)
         sys.exit(2)
     for record in records:
         click.echo(json.dumps(record, sort_keys=True, default=str))
+
+
+@main.group("db")
+def db_group() -> None:
+    """The store itself: a consistent backup while the aggregator runs."""
+
+
+@db_group.command("backup")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True, help="replace FILE if it exists")
+@click.pass_context
+def db_backup(ctx: click.Context, file: str, force: bool) -> None:
+    """Copy the store to FILE (mode 0600) as of one moment, while the aggregator keeps writing;
+    the copy is checked before it is put in place.  Restore: stop the aggregator, put the copy
+    in place of the database (and remove its -wal and -shm files), start it."""
+    cfg = _cfg(ctx.find_root())
+    if not Path(cfg.database).exists():
+        raise click.ClickException(f"{cfg.database}: no database yet (run nomadectl init)")
+    try:
+        done = store.backup(cfg.database, file, force=force)
+    except (OSError, sqlite3.Error) as exc:
+        raise click.ClickException(f"db backup: {exc}") from None
+    click.echo(f"{cfg.database} -> {done['file']}: {done['bytes'] / 1e6:.1f} MB, schema version "
+               f"{done['schema_version']}, checked, in {done['seconds']} s")  # fmt: skip
 
 
 @main.command("audit")
@@ -549,7 +608,8 @@ def _keys(ctx: click.Context, command: str):
     return keyscmd, cfg, _writer_conn(cfg)
 
 
-@keys_group.command("add")
+# A Z85 key may begin with '-': taken as the KEY argument, not as an unknown option.
+@keys_group.command("add", context_settings={"ignore_unknown_options": True})
 @click.argument("node", required=False)
 @click.argument("key", required=False)
 @click.option("--file", "path", type=click.Path(allow_dash=True),
@@ -607,3 +667,7 @@ def keys_rotate_server(ctx) -> None:
                f"copy {sec.server_public()} to the same path on every node: each agent "
                "reconnects with it by itself and keeps its data until then; the aggregator uses "
                "the new key within a second")  # fmt: skip
+
+
+if __name__ == "__main__":  # python -m aggregator.ctl, as the nomadectl script does
+    main(prog_name="nomadectl")

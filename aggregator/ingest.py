@@ -9,16 +9,23 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
+import math
 import sqlite3
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from itertools import chain
 from typing import Any
 
 from nomade_common import wire
 from nomade_common.collect import STATUS_FIELDS
+from nomade_common.text import printable
 
 from . import jobs as jobfields
-from .store import bump, event
+from .store import bump, event, store_failed
+
+log = logging.getLogger("nomade.aggregator")
 
 # Samples go in as multi-row INSERTs of these sizes (largest first, as many as fit SQLite's
 # limit on parameters): one statement per up to 256 rows binds and steps about 30% faster than
@@ -70,14 +77,39 @@ class Rejected(ValueError):
     """An envelope that is well-formed msgpack but whose content can never be stored."""
 
 
+@dataclass(slots=True)
+class Answer:
+    """What an envelope gets: "ack" (stored, or stored before), "nack" (never storable: KEY and
+    REASON say which and why), "live" (a heartbeat or hello: stored, not acknowledged), "drop"
+    (not even its key could be read: nothing to answer)."""
+
+    kind: str
+    env: wire.Envelope | None = None
+    reason: str = ""
+    key: tuple[str, int, int] | None = None
+
+
+MAX_INT = (1 << 63) - 1  # SQLite's INTEGER
+MAX_TEXT = 1024  # a host name, an agent version, a collector's name or error
+MAX_DETAIL = 64 << 10  # a job event's payload, kept as JSON in its event
+_NUMBERS = frozenset({int, float, type(None)})
+BAD_LOG_SECONDS = 60.0  # one log line and one event per (sender, reason) this often; all counted
+
+
 class Ingest:
     """Owned by the writer thread: keeps the job-id -> row cache that samples need."""
 
     def __init__(self, cluster: str, reconcile_delay: float = 2.0,
-                 readings_history_seconds: float = 600.0) -> None:  # fmt: skip
+                 readings_history_seconds: float = 600.0, sample_future_seconds: float = math.inf,
+                 sample_max_age_seconds: float = math.inf) -> None:  # fmt: skip
+        """The sample-time window is the aggregator's (aggregator.sample_future_seconds and
+        sample_max_age_days); an Ingest without one (an import, a test's story) takes any time."""
         self.cluster, self.reconcile_delay = cluster, reconcile_delay
         self.readings_history_seconds = readings_history_seconds
+        self.sample_future_seconds = sample_future_seconds
+        self.sample_max_age_seconds = sample_max_age_seconds
         self._uids: dict[int, int] = {}
+        self._bad_noted: dict[tuple[str, str], float] = {}
 
     def forget(self) -> None:
         self._uids.clear()
@@ -150,6 +182,57 @@ class Ingest:
         return uid
 
     # -- envelopes ----------------------------------------------------------------------------
+    def take(self, conn: sqlite3.Connection, data: bytes, now: float | None = None,
+             admit: Callable[[sqlite3.Connection, wire.Envelope], bool] | None = None,
+             peer: str = "?") -> Answer:  # fmt: skip
+        """One message from an agent, inside the writer's transaction: decoded, checked against
+        its bounds and stored, or refused with nothing of it stored (its own SAVEPOINT).  Every
+        envelope whose key can be read gets an ACK or a NACK with the reason; ADMIT (CURVE:
+        the key is this node's) refusing it answers "refused".  Only the store's own failures
+        (sqlite3.OperationalError: locked, full) are raised, for the writer to retry."""
+        now = time.time() if now is None else now
+        try:
+            env = wire.unpack(data)
+        except wire.WireError as exc:
+            self.note_bad(conn, peer if exc.key is None else f"{exc.key[0]} ({peer})", str(exc), now)
+            return Answer("drop" if exc.key is None else "nack", None, str(exc), exc.key)
+        key = (env.node, env.epoch, env.seq)
+        if admit is not None and not admit(conn, env):
+            return Answer("refused", env, "this agent's key is not enrolled for its node", key)
+        if env.type not in wire.AGENT_TYPES:
+            reason = f"unknown message type {env.type[:32]!r}"
+            self.note_bad(conn, f"{env.node} ({peer})", reason, now)
+            return Answer("nack", env, reason, key)
+        conn.execute("SAVEPOINT envelope")
+        try:
+            result = self.apply_envelope(conn, env, now)
+            conn.execute("RELEASE envelope")
+        except Exception as exc:
+            if store_failed(exc):
+                raise  # the writer rolls the batch back and tries again
+            conn.execute("ROLLBACK TO envelope")
+            conn.execute("RELEASE envelope")
+            self.forget()  # rows it created are gone
+            reason = str(exc) if isinstance(exc, Rejected) else f"not storable ({type(exc).__name__}: {exc})"
+            reason = printable(reason, 300)
+            self.note_bad(conn, f"{env.node} ({peer})", reason, now)
+            return Answer("nack", env, reason, key)
+        return Answer("live" if result == "live" else "ack", env, "", key)
+
+    def note_bad(self, conn: sqlite3.Connection, sender: str, reason: str, now: float) -> None:
+        """Count a refused message; log it and keep an event at most once a minute per
+        (sender, reason), so that a flood of bad messages cannot fill the log or the store."""
+        bump(conn, "messages_rejected")
+        sender = printable(sender, 200)
+        noted = (sender, reason.split("(")[0][:80])
+        if now - self._bad_noted.get(noted, 0.0) < BAD_LOG_SECONDS:
+            return
+        if len(self._bad_noted) > 10_000:
+            self._bad_noted.clear()
+        self._bad_noted[noted] = now
+        log.warning("refused a message from %s: %s", sender, reason)
+        event(conn, "bad_message", detail=f"{sender}: {reason}", t=now)
+
     def apply_envelope(
         self, conn: sqlite3.Connection, env: wire.Envelope, now: float | None = None
     ) -> str:
@@ -190,26 +273,41 @@ class Ingest:
         if env.type == wire.HELLO:
             conn.execute(
                 "UPDATE nodes SET host = ?, agent_version = ?, interval_seconds = ? WHERE node = ?",
-                (p.get("host"), p.get("agent_version"), p.get("interval_seconds"), env.node),
-            )
+                (_text(p, "host"), _text(p, "agent_version"),
+                 _number(p, "interval_seconds", 0, 86400), env.node),
+            )  # fmt: skip
         elif env.type == wire.HEARTBEAT:
             if isinstance(p.get("collectors"), dict):
                 store_collector_status(conn, env.node, "node", p["collectors"], now)
             jobs = p.get("jobs")
             conn.execute(
                 "UPDATE nodes SET last_heartbeat = ?, running_jobs = ?, outbox_depth = ?,"
-                " outbox_dropped = ? WHERE node = ?",
-                (now, len(jobs) if isinstance(jobs, list) else None, p.get("outbox_depth"),
-                 p.get("dropped"), env.node),
+                " outbox_dropped = ?, agent_nacked = ? WHERE node = ?",
+                (now, len(jobs) if isinstance(jobs, list) else None,
+                 _number(p, "outbox_depth", 0, MAX_INT, int), _number(p, "dropped", 0, MAX_INT, int),
+                 _number(p, "nacked", 0, MAX_INT, int), env.node),
             )  # fmt: skip
 
     # -- collectors -----------------------------------------------------------------------------
     def _readings(self, conn: sqlite3.Connection, node: str, p: Any, now: float) -> None:
         if not (isinstance(p, dict) and isinstance(p.get("collector"), str)
-                and isinstance(p.get("t"), (int, float)) and isinstance(p.get("records"), list)):  # fmt: skip
-            raise Rejected("readings payload needs 'collector', a numeric 't' and a 'records' list")
-        store_reading(conn, node, p["collector"], float(p["t"]), p.get("seconds"), p["records"],
+                and isinstance(p.get("records"), list)):  # fmt: skip
+            raise Rejected("readings payload needs 'collector' and a 'records' list")
+        if not 0 < len(p["collector"]) <= 64 or not p["collector"].isprintable():
+            raise Rejected("readings collector must be a name of at most 64 printable characters")
+        t = self._time(p.get("t"), "readings t", now)
+        store_reading(conn, node, p["collector"], t, _number(p, "seconds", 0, 86400), p["records"],
                       self.readings_history_seconds)  # fmt: skip
+
+    def _time(self, t: Any, what: str, now: float) -> float:
+        """T as a sample time: a finite number of Unix seconds near this clock, else Rejected."""
+        if type(t) not in (int, float) or not math.isfinite(t):
+            raise Rejected(f"{what} must be a finite number of Unix seconds, not {_shown(t)}")
+        if not now - self.sample_max_age_seconds <= t <= now + self.sample_future_seconds:
+            raise Rejected(f"{what} {t:.0f} is {t - now:+.0f} s from the aggregator's clock "
+                           f"(allowed: -{self.sample_max_age_seconds:.0f} to "
+                           f"+{self.sample_future_seconds:.0f} s)")  # fmt: skip
+        return float(t)
 
     def _samples(self, conn: sqlite3.Connection, env: wire.Envelope, rows: Any, now: float) -> None:
         if not isinstance(rows, list):
@@ -221,6 +319,9 @@ class Ingest:
                 raise Rejected(
                     f"sample row {i} is not a list of {width} values starting with a job id"
                 )
+        if rows:
+            rows = self._sample_bounds(conn, env.node, rows, now)
+        for row in rows:
             uid = uids.get(row[0])
             if uid is None:
                 t = row[1] if isinstance(row[1], (int, float)) else None
@@ -228,14 +329,53 @@ class Ingest:
             row[0] = uid
         insert_samples(conn, env.node, rows)
 
+    def _sample_bounds(self, conn: sqlite3.Connection, node: str, rows: list[list[Any]],
+                       now: float) -> list[list[Any]]:  # fmt: skip
+        """ROWS checked column by column (each check one pass in C over a column, so that a
+        thousand-row envelope costs microseconds): every value a non-negative integer below 2^63,
+        a finite non-negative float, or null; job id and time present.  A bad value refuses
+        the envelope, naming the row and field; rows stamped too far from this clock are left
+        out and counted on their node (nodes.samples_refused), the others stored."""
+        columns = list(zip(*rows, strict=True))
+        for c, column in enumerate(columns):
+            kinds = set(map(type, column))
+            present = list(filter(None, column))  # None and 0 need no range check
+            try:
+                ok = (kinds <= _NUMBERS and (c > 1 or type(None) not in kinds)
+                      and (c != 0 or kinds == {int})
+                      and (not present or (min(present) >= 0 and max(present) <= MAX_INT
+                                           and math.isfinite(math.fsum(present)))))  # fmt: skip
+            except (OverflowError, TypeError):
+                ok = False
+            if not ok:
+                raise Rejected(_bad_value(rows, c))
+        times = columns[1]
+        low, high = now - self.sample_max_age_seconds, now + self.sample_future_seconds
+        if min(times) >= low and max(times) <= high:
+            return rows
+        kept = [r for r in rows if low <= r[1] <= high]
+        worst = max(times, key=lambda t: abs(t - now))
+        conn.execute(
+            "UPDATE nodes SET samples_refused = samples_refused + ?, samples_refused_why = ?"
+            " WHERE node = ?",
+            (len(rows) - len(kept), f"sample time {worst - now:+.0f} s from the aggregator's clock", node),
+        )
+        bump(conn, "samples_refused_time", len(rows) - len(kept))
+        return kept
+
     def _job_event(self, conn: sqlite3.Connection, env: wire.Envelope, now: float) -> None:
         p = env.payload
-        if not isinstance(p, dict) or not isinstance(p.get("job_id"), int):
-            raise Rejected("job_event payload needs an integer job_id")
-        t = p.get("t") if isinstance(p.get("t"), (int, float)) else None
+        if not isinstance(p, dict) or type(p.get("job_id")) is not int or not 0 <= p["job_id"] <= MAX_INT:
+            raise Rejected(f"job_event payload needs an integer job_id from 0 to {MAX_INT}")
+        if p.get("event") not in ("start", "end"):
+            raise Rejected("job_event event must be 'start' or 'end'")
+        t = self._time(p["t"], "job_event t", now) if "t" in p else now
+        detail = json.dumps(p, default=str)
+        if len(detail) > MAX_DETAIL:
+            raise Rejected(f"job_event payload is {len(detail)} bytes as JSON, over {MAX_DETAIL}")
         uid = self.job_uid(conn, p["job_id"], now, t if p.get("event") == "start" else None)
-        kind = f"node_job_{p.get('event', 'unknown')}"
-        event(conn, kind, node=env.node, job_uid=uid, detail=json.dumps(p), t=p.get("t", now))
+        kind = f"node_job_{p['event']}"
+        event(conn, kind, node=env.node, job_uid=uid, detail=detail, t=t)
         if p.get("event") == "end":
             self._uids.pop(p["job_id"], None)  # a later run of this id is found anew (job_uid)
             # The Epilog's report is durable (it travels through the agent's outbox), so a job
@@ -243,7 +383,7 @@ class Ingest:
             conn.execute(
                 "UPDATE jobs SET end_time = coalesce(end_time, ?),"
                 " reconcile_after = coalesce(reconcile_after, ?) WHERE uid = ? AND reconcile = 'pending'",
-                (p.get("t", now), now + self.reconcile_delay, uid),
+                (t, now + self.reconcile_delay, uid),
             )
 
     # -- hook reports -------------------------------------------------------------------------
@@ -342,5 +482,52 @@ def store_collector_status(conn: sqlite3.Connection, node: str, role: str,
     """Each collector's STATUS_FIELDS values as its runner reports them (wire.HEARTBEAT);
     malformed entries are skipped."""
     for name, values in status.items():
-        if isinstance(name, str) and isinstance(values, list) and len(values) == len(STATUS_FIELDS):
-            conn.execute(_STATUS_SQL, (node, name, role, *values, now))
+        if (isinstance(name, str) and 0 < len(name) <= 64 and isinstance(values, list)
+                and len(values) == len(STATUS_FIELDS) and all(map(_scalar, values))):  # fmt: skip
+            values = [printable(v, MAX_TEXT) if isinstance(v, str) else v for v in values]
+            conn.execute(_STATUS_SQL, (node, printable(name, 64), role, *values, now))
+
+
+def _scalar(v: Any) -> bool:
+    """A value SQLite stores as it is: null, text, an integer in range, a finite float."""
+    t = type(v)
+    return (v is None or t is str or (t is int and -MAX_INT <= v <= MAX_INT)
+            or (t is float and math.isfinite(v)))  # fmt: skip
+
+
+def _shown(value: Any) -> str:
+    """VALUE as a refusal names it: its type, and its value when short."""
+    text = repr(value)
+    return f"{type(value).__name__} {text}" if len(text) <= 40 else type(value).__name__
+
+
+def _bad_value(rows: list[list[Any]], c: int) -> str:
+    """Which value of column C refused its envelope, and why."""
+    field = wire.SAMPLE_FIELDS[c]
+    for i, row in enumerate(rows):
+        v = row[c]
+        if v is None and c > 1:
+            continue
+        if c == 0 and type(v) is not int:
+            return f"sample row {i}: job_id is {_shown(v)}; expected an integer"
+        if type(v) not in (int, float):
+            return f"sample row {i}: {field} is {_shown(v)}; expected a number or null"
+        if not math.isfinite(v):
+            return f"sample row {i}: {field} is {v}; expected a finite number"
+        if not 0 <= v <= MAX_INT:
+            return f"sample row {i}: {field} is {v}; expected 0 to {MAX_INT}"
+    return f"sample column {field}: values out of bounds"
+
+
+def _number(p: dict[Any, Any], key: str, low: float, high: float, kind: type = float) -> Any:
+    """P[KEY] if it is a finite number from LOW to HIGH, else None (a heartbeat's or hello's
+    optional figures: a wrong one is left out rather than refusing the node's liveness)."""
+    v = p.get(key)
+    if type(v) not in (int, float) or (kind is int and type(v) is not int):
+        return None
+    return v if math.isfinite(v) and low <= v <= high else None
+
+
+def _text(p: dict[Any, Any], key: str) -> str | None:
+    v = p.get(key)
+    return printable(v, MAX_TEXT) if isinstance(v, str) else None

@@ -113,7 +113,8 @@ def status(conn: sqlite3.Connection, now: float | None = None) -> dict[str, Any]
     now = time.time() if now is None else now
     nodes = [dict(r) for r in conn.execute(
         "SELECT node, host, state, last_seen, last_heartbeat, running_jobs, outbox_depth,"
-        " outbox_dropped, interval_seconds FROM nodes ORDER BY node")]  # fmt: skip
+        " outbox_dropped, interval_seconds, samples_refused, samples_refused_why, agent_nacked"
+        " FROM nodes ORDER BY node")]  # fmt: skip
     for n in nodes:
         n["seconds_since_seen"] = round(now - n["last_seen"], 1)
     running = conn.execute(

@@ -35,6 +35,25 @@ def seconds(s: float | None) -> str:
     )
 
 
+def store_line(agg: dict[str, Any] | None) -> list[str]:
+    """The running aggregator and its store, first in `nomadectl status`: a store that takes no
+    writes must not go unnoticed."""
+    if agg is None:
+        return []
+    if not agg.get("answering"):
+        return [f"Aggregator: NOT ANSWERING ({agg.get('why', '?')})", ""]
+    store = agg.get("store") or {}
+    if store.get("ok"):
+        line = f"Store: taking writes ({store.get('backlog', 0)} waiting"
+        failed = store.get("failed_batches")
+        return [line + (f"; {failed} failed writes since start, retried)" if failed else ")"), ""]
+    since = store.get("failing_since")
+    for_ = f" for {seconds(time.time() - since)}" if since else ""
+    return [f"Store: FAILING since {when(since)}{for_} ({store.get('reason', '?')}); "
+            f"{store.get('failed_batches', 0)} failed writes, {store.get('backlog', 0)} waiting, "
+            f"nothing of it acknowledged" + ("; gave up, restarting" if store.get("gave_up") else ""), ""]
+
+
 def agent_sections(st: dict[str, Any]) -> list[str]:
     """`nomadectl status`'s agents, running jobs and ingest (render_cluster.status puts the
     collectors' views before them)."""
@@ -46,6 +65,11 @@ def agent_sections(st: dict[str, Any]) -> list[str]:
         out.append(f"  {n['node']:<14} {n['state'].upper():<5} last heard {n['seconds_since_seen']:>6.1f} s ago"
                    f"  jobs: {n['running_jobs'] if n['running_jobs'] is not None else '-'}"
                    f"  outbox: {n['outbox_depth'] if n['outbox_depth'] is not None else '-'}")  # fmt: skip
+        if n.get("agent_nacked"):
+            out.append(f"    {n['agent_nacked']} envelopes refused by the aggregator and dropped by the agent")
+        if n.get("samples_refused"):
+            out.append(f"    {n['samples_refused']} samples refused: {n.get('samples_refused_why') or '?'}"
+                       " (is the node's clock right?)")  # fmt: skip
     out += ["", f"Running jobs: {len(st['running_jobs'])}"]
     for j in st["running_jobs"][:20]:
         out.append(

@@ -10,7 +10,7 @@ from typing import Any
 from nomade_common.collect import Reading
 from nomade_common.text import printable
 
-from .render import agent_sections, seconds, size, when
+from .render import agent_sections, seconds, size, store_line, when
 
 
 def _pct(v: float | None) -> str:
@@ -131,8 +131,8 @@ def status_sections(st: dict[str, Any]) -> list[str]:
 
 def status(st: dict[str, Any]) -> str:
     """`nomadectl status`: the collectors' views, then the agents, running jobs and ingest."""
-    return "\n".join(["═══ NØMADE Status ═══", "", *status_sections(st), "", *agent_sections(st),
-                      *agent_security(st)])  # fmt: skip
+    return "\n".join(["═══ NØMADE Status ═══", "", *store_line(st.get("aggregator")),
+                      *status_sections(st), "", *agent_sections(st), *agent_security(st)])  # fmt: skip
 
 
 def _terminal(text: str) -> str:

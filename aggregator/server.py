@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
+import json
 import logging
 import os
 import socket
@@ -31,16 +33,20 @@ from . import api, importer, liveness
 from . import jobs as jobfields
 from .agentauth import INSECURE_WARNING, AgentAuth, HandshakeWatch
 from .headcollect import HEAD_COLLECTORS
-from .ingest import Ingest, Rejected, store_collector_status, store_reading
+from .ingest import Ingest, store_collector_status, store_reading
 from .parsers import scontrol, slurmvalues
 from .queue import QueueSnapshots
 from .reconcile import Reconciler, run_command
 from .scontroljobs import ScontrolJobs
 from .scoring import Scorer, pack, unpack
-from .store import WorkItem, Writer, bump, connect, event
+from .store import WorkItem, Writer, connect, event
 
 log = logging.getLogger("nomade.aggregator")
 REPORTS_POLL_SECONDS = 0.02  # how often the reports directory is looked at
+# Hook report fields are cut to these lengths (others to 1,024 characters).
+MAX_FIELD_CHARS = {"work_dir": 4096, "node_list": 65536}
+MAX_JOB_ID = (1 << 63) - 1
+FAILING_BACKLOG = 20_000  # items queued for a failing store past which agents' messages wait
 LATE_REPORT_SECONDS = 60.0  # a start report older than this was kept while the aggregator was down
 Settle = Callable[..., None]  # settle(True) once a report is stored, settle(False, why) if not
 Peer = tuple[int, bytes]  # (index of the agent socket, ZeroMQ routing id)
@@ -51,9 +57,15 @@ Later = Callable[..., None]  # later(fn, *args): run fn(*args) once the HTTP ans
 class Aggregator:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.writer = Writer(cfg.database, max_wait=cfg.aggregator.batch_max_seconds)
-        self.ingest = Ingest(cfg.general.cluster_name, cfg.aggregator.reconcile_delay_seconds,
-                             cfg.aggregator.readings_history_seconds)  # fmt: skip
+        a = cfg.aggregator
+        self.writer = Writer(cfg.database, max_wait=a.batch_max_seconds,
+                             busy_timeout=a.store_busy_timeout_seconds,
+                             synchronous=a.store_synchronous,
+                             failing_exit_seconds=a.store_failing_exit_seconds)  # fmt: skip
+        self.ingest = Ingest(cfg.general.cluster_name, a.reconcile_delay_seconds,
+                             a.readings_history_seconds, a.sample_future_seconds,
+                             a.sample_max_age_days * 86400)  # fmt: skip
+        self.writer.on_rollback.append(self.ingest.forget)  # rows it cached are gone
         self._readers = threading.local()
         self.queue = QueueSnapshots(
             cfg.aggregator.squeue, cfg.aggregator.queue_snapshot_max_age_seconds
@@ -76,6 +88,9 @@ class Aggregator:
         self._zmq_thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._idents: dict[str, Peer] = {}  # node -> where its agent is (admitted messages only)
+        self.deferred = 0  # agents' messages not taken while the store failed (sent again)
+        self.started = time.time()
+        self.cluster_nodes = 0  # nodes in Slurm's newest node_state reading (0: not known yet)
         self.scorer = Scorer(cfg.database, cfg.models.warn_threshold)
         self.scoring_failures = 0
         self._retraining: subprocess.Popen | None = None
@@ -84,10 +99,15 @@ class Aggregator:
         self.scontrol_jobs = ScontrolJobs(self._scontrol_job)  # one call per job array burst
         self._reports_taken: set[str] = set()  # reports handed on and not yet stored
         self.reconciler.on_final = self._job_ended
-        self._bad_logged: dict[str, float] = {}
         self.http: api.HttpServer | None = None
         self.head = socket.gethostname().split(".")[0]
         self.collectors = Scheduler(cfg, HEAD_COLLECTORS, self._store_reading)
+
+    def runtime(self) -> dict[str, Any]:
+        """What only the running aggregator knows: whether its store takes writes (since when
+        it fails, and why), what waits for the writer, messages deferred meanwhile."""
+        return {"answering": True, "store": self.writer.health(), "deferred_messages": self.deferred,
+                "started": self.started, "cluster_nodes": self.cluster_nodes}  # fmt: skip
 
     def reader(self):
         """A read connection of this thread's own (SQLite connections are not shared)."""
@@ -97,72 +117,57 @@ class Aggregator:
         return conn
 
     # -- ZeroMQ -------------------------------------------------------------------------------
-    def _bad(self, peer: str, reason: str, conn: sqlite3.Connection | None = None) -> None:
-        """Count and log (at most once a minute per reason) a message that cannot be stored;
-        counted in CONN's transaction when the writer calls this, through the writer otherwise."""
-        key = reason.split("(")[0]
-        if time.time() - self._bad_logged.get(key, 0) > 60:
-            log.warning(
-                "dropped a message on %s from %s: %s", self.cfg.aggregator.listen, peer, reason
-            )
-            self._bad_logged[key] = time.time()
-
-        def note(c):
-            bump(c, "messages_rejected")
-            event(c, "bad_message", detail=f"{peer}: {reason}")
-
-        if conn is not None:
-            note(conn)
-        else:
-            self.writer.submit(WorkItem(note))
-
     def _receive(self, peer: Peer, frames: list[Any]) -> None:
         """One message from an agent, handed to the writer as it came.  The writer decodes it,
         so this thread only moves bytes and sends acknowledgements and verdicts without waiting
         behind a backlog of decoding; and the thousand-odd objects of a samples envelope are
         made, bound and freed by one thread (4 to 9% more samples/s in bench/ingest.py).
 
-        Over CURVE the frame carries the node its key is enrolled for (User-Id): an envelope
-        naming another node is dropped and counted, and never becomes where that node's
-        verdicts go."""
+        Every envelope whose key can be read is answered: ACK after its COMMIT, NACK with the
+        reason when it can never be stored, REFUSED when its sender's key is not enrolled for
+        the node it names (over CURVE the frame carries that node, User-Id).  A store that is
+        failing answers nothing until it is written, and, while its backlog is long, takes no
+        more: the agents keep what is unanswered and send it again."""
         ident = peer[1]
         if len(frames) != 1:
-            self._bad(ident.hex(), f"expected one frame, got {len(frames)}")
+            why = f"expected one frame, got {len(frames)}"
+            self.writer.submit(WorkItem(lambda c: self.ingest.note_bad(c, ident.hex(), why, time.time())))
             return
-        frame, got = frames[0], []
+        if self.writer.failing_since is not None and self.writer.backlog() > FAILING_BACKLOG:
+            self.deferred += 1
+            return
+        frame = frames[0]
         data = frame.bytes if isinstance(frame, zmq.Frame) else frame
         auth = self.auth if peer[0] == 0 or self.cfg.security.curve == "rollout" else None
-        user_id = frame.get("User-Id") if peer[0] == 0 and auth is not None else None
+        admit = None
+        if auth is not None:
+            user_id = frame.get("User-Id") if peer[0] == 0 else None
+            address = _address(frame)
+
+            def admit(c: sqlite3.Connection, env: wire.Envelope) -> bool:
+                return auth.admit(c, env.node, user_id, address)
 
         def apply(c: sqlite3.Connection) -> Any:
-            try:
-                env = wire.unpack(data)
-            except wire.WireError as exc:
-                self._bad(ident.hex(), str(exc), c)
-                return None
-            if auth is not None and not auth.admit(c, env.node, user_id, _address(frame)):
-                return None
-            self._idents[env.node] = peer
-            if env.type not in wire.AGENT_TYPES:
-                self._bad(f"{env.node} ({ident.hex()})", f"unknown message type {env.type!r}", c)
-                return None
-            got.append(env)
-            return self.ingest.apply_envelope(c, env)
+            answer = self.ingest.take(c, data, admit=admit, peer=ident.hex())
+            if answer.env is not None and answer.kind in ("ack", "live"):
+                self._idents[answer.env.node] = peer
+            return answer
 
-        def done(result: Any) -> None:
-            if got and result != "live":  # heartbeats are not durable and not acknowledged
-                env = got[0]
-                self._acks.append((peer, wire.ack(env.node, env.epoch, env.seq)))
-                self._wake()
+        self.writer.submit(WorkItem(apply, lambda answer: self._answer(peer, answer)))
 
-        def failed(exc: BaseException) -> None:
-            if got and isinstance(exc, Rejected):
-                env = got[0]
-                self._bad(f"{env.node} ({ident.hex()})", str(exc))
-                self._acks.append((peer, wire.nack(env.node, env.epoch, env.seq, str(exc))))
-                self._wake()
-
-        self.writer.submit(WorkItem(apply, done, failed))
+    def _answer(self, peer: Peer, answer: Any) -> None:
+        """After the COMMIT: the reply ANSWER calls for (a heartbeat's is none)."""
+        if answer.key is None or answer.kind in ("live", "drop"):
+            return
+        node, epoch, seq = answer.key
+        if answer.kind == "ack":
+            reply = wire.ack(node, epoch, seq)
+        elif answer.kind == "refused":
+            reply = wire.refused(node, epoch, seq, answer.reason)
+        else:
+            reply = wire.nack(node, epoch, seq, answer.reason)
+        self._acks.append((peer, reply))
+        self._wake()
 
     def _wake(self) -> None:
         try:
@@ -188,6 +193,8 @@ class Aggregator:
         sock = self._zctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # A larger message closes its connection before it is read into memory.
+        sock.setsockopt(zmq.MAXMSGSIZE, self.cfg.aggregator.max_message_bytes)
         if curve and self.auth is not None:
             sock.setsockopt(zmq.CURVE_SERVER, 1)
             sock.setsockopt(zmq.CURVE_SECRETKEY, self.auth.secret)
@@ -315,11 +322,13 @@ class Aggregator:
                     self.scorer.reload()
                 if ticks % 60 == 0:
                     self._maybe_retrain()
+                    self._count_cluster_nodes()
                 if ticks % 3600 == 0:
                     self._prune_readings()
                 ticks += 1
                 self._liveness()
-                self.reconciler.run_once()
+                if self.writer.failing_since is None:  # else its writes would only queue up
+                    self.reconciler.run_once()
             except Exception:
                 log.exception("housekeeping failed; continuing")
 
@@ -368,20 +377,83 @@ class Aggregator:
     # -- hooks over HTTP ----------------------------------------------------------------------
     def hook_job_start(self, body: dict[str, Any], settle: Settle | None = None,
                        later: Later | None = None) -> dict[str, Any]:  # fmt: skip
-        """PrologSlurmctld's report: answered at once; the request is completed from
-        `scontrol show job`, scored, stored and sent to the job's nodes by the start worker.
-        SETTLE(True) follows the COMMIT that stored it, SETTLE(False, why) a failure.
-
-        Over HTTP, LATER(fn, *args) runs the work once the answer is sent (a background task of
-        the API): the hook waits for the end of the answer, and work begun before that would
-        hold the GIL while the answer waits to be written (up to the 5 ms switch interval)."""
-        env = body.get("env") or {}
-        fields = jobfields.request_from_env(env)
-        if fields.get("job_id") is None:
-            raise ValueError("no job id (SLURM_JOB_ID) in the hook's report")
-        (later or _now)(self._starts.submit, self._job_started, fields, body.get("scontrol"),
-                        body.get("t"), settle)  # fmt: skip
+        """PrologSlurmctld's report from the reports directory (whose file is its durable copy
+        until SETTLE(True) follows the COMMIT that stored it; SETTLE(False, why) a failure):
+        completed from `scontrol show job`, scored, stored and sent to the job's nodes by the
+        start worker.  Over HTTP see receive_report: LATER(fn, *args) runs the work once the
+        answer is sent, since work begun before would hold the GIL while the answer waits."""
+        fields, t = self.report_fields(body)
+        (later or _now)(self._starts.submit, self._job_started, fields, body.get("scontrol"), t,
+                        settle)  # fmt: skip
         return {"ok": True}
+
+    def receive_report(self, kind: str, body: dict[str, Any]) -> tuple[Any, Callable[[], None]]:
+        """A hook's report over HTTP, which must not be answered before its COMMIT: the report
+        as received goes to the writer as one small urgent item.  Returns (future of that
+        COMMIT, what to do once it is answered); ValueError when the report is malformed."""
+        fields, t = self.report_fields(body)
+        now = time.time()
+        received = _Received()
+        if kind == "job-start":
+            fields["start_time"] = fields.get("start_time") or t
+
+            def store(c: sqlite3.Connection) -> Any:
+                return self.ingest.upsert_job(c, fields, now)
+
+            def after() -> None:
+                self._starts.submit(self._job_started, fields, body.get("scontrol"), t)
+        else:
+            fields["end_time"] = t
+            delay = self.cfg.aggregator.reconcile_delay_seconds
+
+            def store(c: sqlite3.Connection) -> Any:
+                return self.ingest.job_end(c, fields, delay, now)
+
+            def after() -> None:
+                pass
+
+        self.writer.submit(received.item(store))
+        return received, after
+
+    def report_fields(self, body: dict[str, Any]) -> tuple[dict[str, Any], float | None]:
+        """The job's fields and the hook's time from a head-node hook's report, within bounds
+        (ValueError naming what is wrong): an env object of strings, a job id, a node list no
+        longer than the cluster, a time near this clock; long strings are cut."""
+        env = body.get("env")
+        if not isinstance(env, dict):
+            raise ValueError("the report has no env object")
+        env = {k: v for k, v in env.items() if isinstance(k, str) and isinstance(v, str)}
+        fields = jobfields.request_from_env(env)
+        job_id = fields.get("job_id")
+        if job_id is None or not 0 <= job_id <= MAX_JOB_ID:
+            raise ValueError(f"no job id from 0 to {MAX_JOB_ID} (SLURM_JOB_ID) in the hook's report")
+        for key, value in fields.items():
+            if isinstance(value, str) and len(value) > MAX_FIELD_CHARS.get(key, 1024):
+                fields[key] = value[: MAX_FIELD_CHARS.get(key, 1024)]
+        limit = self.node_limit()
+        if slurmvalues.hostlist_size(fields.get("node_list")) > limit:
+            size = slurmvalues.hostlist_size(fields.get("node_list"))
+            raise ValueError(f"SLURM_JOB_NODELIST names {size} nodes; this cluster allows {limit}")
+        t = body.get("t")
+        if t is not None:
+            if type(t) not in (int, float) or not abs(t - time.time()) < 366 * 86400:
+                raise ValueError("t must be the hook's time in Unix seconds, within a year of now")
+        return fields, t
+
+    def node_limit(self) -> int:
+        """The most nodes a job's node list may name: aggregator.max_job_nodes, or the number
+        of nodes Slurm reported (the node_state collector) when that is smaller."""
+        cap = self.cfg.aggregator.max_job_nodes
+        return min(cap, self.cluster_nodes) if self.cluster_nodes else cap
+
+    def _count_cluster_nodes(self) -> None:
+        row = self.reader().execute(
+            "SELECT records_json FROM readings_latest WHERE collector = 'node_state' ORDER BY t DESC LIMIT 1"
+        ).fetchone()
+        try:
+            self.cluster_nodes = len(json.loads(row[0])) if row else 0
+        except ValueError:
+            self.cluster_nodes = 0
 
     def _job_started(self, fields: dict[str, Any], text: Any, t: float | None,
                      settle: Settle | None = None) -> None:  # fmt: skip
@@ -442,7 +514,12 @@ class Aggregator:
         payload = {k: verdict[k] for k in keys} if verdict else {"warned": False, "p_fail": None, "lines": [],
                                                                     "model_version": None}  # fmt: skip
         payload.update(job_id=fields["job_id"], user_id=fields.get("user_id"))
-        for node in slurmvalues.hostlist(fields.get("node_list")):
+        try:
+            nodes = slurmvalues.hostlist(fields.get("node_list"), self.node_limit())
+        except ValueError as exc:
+            log.warning("job %s: no verdict sent: %s", fields["job_id"], exc)
+            return
+        for node in nodes:
             ident = self._idents.get(node)
             if ident is not None:
                 self._acks.append((ident, wire.Envelope(wire.VERDICT, node, 0, 0, payload).pack()))
@@ -460,14 +537,11 @@ class Aggregator:
 
     def hook_job_end(self, body: dict[str, Any], settle: Settle | None = None,
                      later: Later | None = None) -> dict[str, Any]:  # fmt: skip
-        env = body.get("env") or {}
-        fields = jobfields.request_from_env(env)
-        if fields.get("job_id") is None:
-            raise ValueError("no job id (SLURM_JOB_ID) in the hook's report")
-        fields["end_time"] = body.get("t")
+        fields, t = self.report_fields(body)
+        fields["end_time"] = t
         now = time.time()
         delay = self.cfg.aggregator.reconcile_delay_seconds
-        # Stored asynchronously, like the start: the hook never waits for the writer.
+        # Stored asynchronously, like the start: the reports loop never waits for the writer.
         self.writer.submit(_settled(lambda c: self.ingest.job_end(c, fields, delay, now), settle))
         return {"ok": True}
 
@@ -594,6 +668,40 @@ def _address(frame: Any) -> str:
         return str(frame.get("Peer-Address")) if isinstance(frame, zmq.Frame) else "?"
     except zmq.ZMQError:
         return "?"
+
+
+class _Received:
+    """A hook report over HTTP waiting for its COMMIT.  If its answer is due first (the store
+    is slow or failing), the caller cancels it: the hook keeps the report and sends it again,
+    and an item cancelled before the writer reached it is not stored twice."""
+
+    def __init__(self) -> None:
+        self.future: concurrent.futures.Future = concurrent.futures.Future()
+        self._lock = threading.Lock()
+        self._state = "waiting"
+
+    def item(self, store: Callable[[sqlite3.Connection], Any]) -> WorkItem:
+        def apply(c: sqlite3.Connection) -> Any:
+            with self._lock:
+                if self._state == "cancelled":
+                    return None
+                self._state = "applying"
+            return store(c)
+
+        def done(result: Any) -> None:
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                self.future.set_result(result)
+
+        def failed(exc: BaseException) -> None:
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                self.future.set_exception(exc)
+
+        return WorkItem(apply, done, failed, urgent=True)
+
+    def cancel(self) -> None:
+        with self._lock:
+            if self._state == "waiting":
+                self._state = "cancelled"
 
 
 def _settled(apply: Callable[[Any], Any], settle: Settle | None) -> WorkItem:

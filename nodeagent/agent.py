@@ -175,6 +175,7 @@ class Agent:
         self._followups: dict[int, float] = {}
         self.collectors = CollectorThread(cfg, NODE_COLLECTORS)
         self._first_sent: dict[int, float] = {}  # seq -> when it was first due to be sent
+        self._refused_logged = 0.0  # when the aggregator's last REFUSED was logged
         self._status_sent: dict[str, list[Any]] | None = None
         self._status_sent_at = 0.0
         # From the Prolog's reports, where cgroup paths have none:
@@ -283,12 +284,21 @@ class Agent:
             if env.type == wire.VERDICT:
                 self.keep_verdict(env.payload)
                 continue
+            reason = env.payload.get("reason") if isinstance(env.payload, dict) else None
+            if env.type == wire.REFUSED and env.epoch == self.outbox.epoch:
+                # Kept and sent again: the admin who enrols this node's key makes it storable.
+                if time.monotonic() - self._refused_logged > 60:
+                    log.error("aggregator %s refuses this agent (%s); its envelopes are kept until "
+                              "it takes them", self.cfg.agent.aggregator, printable(str(reason), 300))  # fmt: skip
+                    self._refused_logged = time.monotonic()
+                continue
             if env.type in (wire.ACK, wire.NACK) and env.epoch == self.outbox.epoch:
                 if env.type == wire.NACK:
-                    log.error(
-                        "aggregator rejected envelope %d: %s", env.seq, env.payload.get("reason")
-                    )
-                self.outbox.ack(env.seq)
+                    log.error("aggregator rejected envelope %d, dropped (counted in the heartbeat): %s",
+                              env.seq, printable(str(reason), 300))  # fmt: skip
+                    self.outbox.ack(env.seq, nacked=True)
+                else:
+                    self.outbox.ack(env.seq)
                 self.inflight.pop(env.seq, None)
                 self._first_sent.pop(env.seq, None)
 
@@ -391,7 +401,8 @@ class Agent:
 
     def heartbeat(self, now: float) -> None:
         payload = {"t": now, "jobs": sorted(self.sampler.running_jobs()),
-                   "outbox_depth": self.outbox.depth(), "dropped": self.outbox.dropped()}  # fmt: skip
+                   "outbox_depth": self.outbox.depth(), "dropped": self.outbox.dropped(),
+                   "nacked": self.outbox.nacked()}  # fmt: skip
         # The collectors' status only when it changed, or once a minute (an aggregator that
         # restarted learns it again): 1,000 nodes beating every 5 s must not each rewrite it.
         status = self.collectors.scheduler.snapshot()

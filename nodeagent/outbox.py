@@ -28,6 +28,7 @@ class Outbox:
             "INSERT OR IGNORE INTO meta VALUES ('epoch', ?)", (time.time_ns() // 1_000_000,)
         )
         self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('dropped', 0)")
+        self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('nacked', 0)")
         self.epoch = self.conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0]
         self.max_envelopes = max_envelopes
 
@@ -48,8 +49,15 @@ class Outbox:
         self.conn.execute("COMMIT")
         return seq
 
-    def ack(self, seq: int) -> None:
-        self.conn.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+    def ack(self, seq: int, *, nacked: bool = False) -> None:
+        """SEQ is done with: stored, or (NACKED) refused for good by the aggregator, counted."""
+        if not nacked:
+            self.conn.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        if self.conn.execute("DELETE FROM outbox WHERE seq = ?", (seq,)).rowcount:
+            self.conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'nacked'")
+        self.conn.execute("COMMIT")
 
     def pending(self, after: int = 0, limit: int = 100) -> list[tuple[int, str, bytes]]:
         return self.conn.execute(
@@ -62,6 +70,10 @@ class Outbox:
 
     def dropped(self) -> int:
         return self.conn.execute("SELECT value FROM meta WHERE key = 'dropped'").fetchone()[0]
+
+    def nacked(self) -> int:
+        """Envelopes the aggregator refused for good (NACK) and this outbox therefore dropped."""
+        return self.conn.execute("SELECT value FROM meta WHERE key = 'nacked'").fetchone()[0]
 
     def close(self) -> None:
         self.conn.close()

@@ -8,7 +8,9 @@ the file and the key (ConfigError); nothing is silently ignored or guessed.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import ipaddress
+import math
 import os
 import socket
 import tomllib
@@ -59,6 +61,18 @@ class Aggregator:
     batch_max_seconds: float = 0.05
     readings_history_seconds: float = 600.0  # one collector reading per node kept this often
     readings_retention_days: float = 14.0
+    # The store (docs/operations.md, "Durability"): SQLite's synchronous setting, "normal" or
+    # "full"; how long a write waits for a lock another process holds before the batch is
+    # retried; how long the store may stay unusable before the aggregator exits so that its
+    # service manager restarts it.
+    store_synchronous: str = "full"
+    store_busy_timeout_seconds: float = 5.0
+    store_failing_exit_seconds: float = 600.0
+    # Bounds on what senders may ask of the aggregator.
+    max_message_bytes: int = 8 << 20  # one agent envelope on the ZeroMQ socket
+    max_job_nodes: int = 100_000  # a job's node list naming more nodes is refused unexpanded
+    sample_future_seconds: float = 300.0  # samples stamped further ahead of this clock: refused
+    sample_max_age_days: float = 30.0  # samples older than this: refused
 
 
 @dataclass
@@ -290,7 +304,11 @@ def _section(path: str, name: str, cls: type, raw: Any) -> Any:
         if want is list and isinstance(value, list) and not all(isinstance(v, str) for v in value):
             raise ConfigError(path, f"{name}.{key}", "expected a list of strings")
         if want is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:  # beyond any float
+                why = f"must be finite, got {_shown(value)}"
+                raise ConfigError(path, f"{name}.{key}", why) from None
         if type(value) is not want:
             raise ConfigError(
                 path, f"{name}.{key}", f"expected {want.__name__}, got {type(value).__name__}"
@@ -299,42 +317,120 @@ def _section(path: str, name: str, cls: type, raw: Any) -> Any:
     return cls(**values)
 
 
+# The range of every number in the configuration, inclusive: (key, low, high), a `*` matching
+# any collector.  Floats must also be finite.  tests/test_config.py checks that every int and
+# float setting has a row here, and that a value outside it names its key.
+_RANGES = [
+    ("agent.interval_seconds", 1, 3600),
+    ("agent.heartbeat_seconds", 0.5, 600),
+    ("agent.outbox_max_envelopes", 10, 100_000_000),
+    ("agent.resend_seconds", 0.1, 3600),
+    ("aggregator.reconcile_delay_seconds", 0.1, 3600),
+    ("aggregator.reconcile_attempts", 1, 20),  # retry i waits delay * 2**i
+    ("aggregator.node_down_seconds", 5, 86400),
+    ("aggregator.queue_snapshot_max_age_seconds", 0, 3600),
+    ("aggregator.batch_max_seconds", 0, 10),
+    ("aggregator.readings_history_seconds", 1, 86400),
+    ("aggregator.readings_retention_days", 0.01, 3650),
+    ("aggregator.store_busy_timeout_seconds", 0.1, 600),
+    ("aggregator.store_failing_exit_seconds", 10, 86400),
+    ("aggregator.max_message_bytes", 64 << 10, 1 << 30),
+    ("aggregator.max_job_nodes", 1, 10_000_000),
+    ("aggregator.sample_future_seconds", 1, 86400),
+    ("aggregator.sample_max_age_days", 0.01, 3650),
+    ("hooks.timeout_seconds", 0.1, 30),
+    ("hooks.breaker_failures", 1, 1000),
+    ("hooks.breaker_seconds", 1, 86400),  # the hooks read it as whole seconds
+    ("models.warn_threshold", 0.001, 0.999),
+    ("models.retrain_interval_hours", 0, 8760),  # 0: only by hand
+    ("models.cost_missed_failure", 0.001, 1_000_000),
+    ("models.cost_false_alarm", 0.001, 1_000_000),
+    ("security.credential_max_age_seconds", 1, 3600),
+    ("collectors.*.interval_seconds", 1, 86400),
+    ("collectors.disk.probe_timeout_seconds", 0.1, 300),
+    ("collectors.scratch.large_bytes", 1, 1 << 50),
+    ("collectors.scratch.stale_days", 0.01, 36500),
+    ("collectors.scratch.max_entries", 1, 1_000_000_000),
+    ("collectors.scratch.max_seconds", 0.1, 3600),
+    ("collectors.job_history.overlap_seconds", 0, 86400),
+]
+
+
+def number_settings(cfg: Config) -> dict[str, int | float]:
+    """Every int and float setting of CFG by its dotted key, e.g. collectors.disk.interval_seconds."""
+
+    def walk(obj: Any, prefix: str):
+        for f in dataclasses.fields(obj):
+            value, key = getattr(obj, f.name), f"{prefix}{f.name}"
+            if dataclasses.is_dataclass(value):
+                yield from walk(value, f"{key}.")
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                yield key, value
+
+    return {k: v for name in _SECTIONS for k, v in walk(getattr(cfg, name), f"{name}.")}
+
+
+def range_of(key: str) -> tuple[float, float] | None:
+    """The (low, high) that KEY must lie within (None: a setting missing from _RANGES)."""
+    return next(((lo, hi) for pat, lo, hi in _RANGES if fnmatch.fnmatchcase(key, pat)), None)
+
+
+def _shown(value: Any) -> str:
+    """VALUE for a message: -1 rather than -1.0, and at most 40 characters."""
+    text = repr(value)
+    text = text[:-2] if isinstance(value, float) and text.endswith(".0") else text
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _address_problem(address: str, zmq: bool) -> str | None:
+    """Why ADDRESS is not tcp://HOST:PORT or ipc://PATH (ZMQ), or HOST:PORT; None if it is.
+
+    HOST is not empty (an IPv6 address in brackets), PORT is 1 to 65535: these are addresses
+    that others connect to, so port 0 (any free port) and ZeroMQ's `*` are refused."""
+    if zmq:
+        scheme, sep, address = address.partition("://")
+        if not sep or scheme not in ("tcp", "ipc"):
+            return "expected a ZeroMQ address like tcp://HOST:PORT or ipc://PATH"
+        if scheme == "ipc":
+            return None if address else "expected ipc://PATH"
+        address = address.rpartition(";")[2]  # ZeroMQ's tcp://SOURCE;HOST:PORT
+    host, _, port = address.rpartition(":")
+    bare = host[1:-1] if host[:1] == "[" and host[-1:] == "]" else host
+    if not bare or "[" in bare or "]" in bare or (":" in bare and bare == host):
+        return "expected HOST:PORT (an IPv6 address as [ADDRESS]:PORT)"
+    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        return "the port must be between 1 and 65535"
+    return None
+
+
 def _validate(cfg: Config) -> None:
+    for key, value in number_settings(cfg).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(cfg.path, key, f"must be finite, got {value!r}")
+        low, high = range_of(key) or (value, value)
+        if not low <= value <= high:
+            bounds = f"between {_shown(low)} and {_shown(high)}"
+            raise ConfigError(cfg.path, key, f"must be {bounds}, got {_shown(value)}")
     checks = [
         (
             "general.log_level",
             cfg.general.log_level.upper() in _LOG_LEVELS,
             "one of DEBUG, INFO, WARNING, ERROR",
         ),
-        ("agent.interval_seconds", 1.0 <= cfg.agent.interval_seconds <= 3600, "between 1 and 3600"),
-        (
-            "agent.heartbeat_seconds",
-            0.5 <= cfg.agent.heartbeat_seconds <= 600,
-            "between 0.5 and 600",
-        ),
-        ("agent.outbox_max_envelopes", cfg.agent.outbox_max_envelopes >= 10, "at least 10"),
-        ("agent.resend_seconds", cfg.agent.resend_seconds > 0, "positive"),
-        ("hooks.timeout_seconds", 0.1 <= cfg.hooks.timeout_seconds <= 30, "between 0.1 and 30"),
-        ("hooks.breaker_failures", cfg.hooks.breaker_failures >= 1, "at least 1"),
         (
             "hooks.controller_transport",
             cfg.hooks.controller_transport in ("auto", "spool", "http"),
             "one of auto, spool, http",
         ),
-        ("aggregator.reconcile_attempts", cfg.aggregator.reconcile_attempts >= 1, "at least 1"),
-        ("models.warn_threshold", 0.0 < cfg.models.warn_threshold < 1.0, "between 0 and 1"),
-        ("models.retrain_interval_hours", cfg.models.retrain_interval_hours >= 0, "0 or more"),
-        ("models.cost_missed_failure", cfg.models.cost_missed_failure > 0, "positive"),
-        ("models.cost_false_alarm", cfg.models.cost_false_alarm > 0, "positive"),
+        (
+            "aggregator.store_synchronous",
+            cfg.aggregator.store_synchronous in ("normal", "full"),
+            "one of normal, full",
+        ),
         (
             "security.curve",
             cfg.security.curve in ("on", "rollout", "off"),
             "one of on, rollout, off",
-        ),
-        (
-            "security.credential_max_age_seconds",
-            1.0 <= cfg.security.credential_max_age_seconds <= 3600,
-            "between 1 and 3600",
         ),
         (
             "security.plain_listen",
@@ -351,25 +447,20 @@ def _validate(cfg: Config) -> None:
             "set together with security.tls_cert",
         ),
     ]
-    for name in (f.name for f in dataclasses.fields(Collectors)):
-        every = getattr(cfg.collectors, name).interval_seconds
-        checks.append(
-            (f"collectors.{name}.interval_seconds", 1.0 <= every <= 86400, "between 1 and 86400")
-        )
     for key, ok, expected in checks:
         if not ok:
             raise ConfigError(cfg.path, key, f"must be {expected}")
-    for key, url in (
-        ("agent.aggregator", cfg.agent.aggregator),
-        ("aggregator.listen", cfg.aggregator.listen),
-    ):
-        if not url.startswith(("tcp://", "ipc://")):
-            raise ConfigError(
-                cfg.path, key, f"expected a ZeroMQ address like tcp://host:port, got {url!r}"
-            )
-    host, _, port = cfg.aggregator.http_listen.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(cfg.path, "aggregator.http_listen", "expected HOST:PORT")
+    addresses = [
+        ("agent.aggregator", cfg.agent.aggregator, True),
+        ("aggregator.listen", cfg.aggregator.listen, True),
+        ("aggregator.http_listen", cfg.aggregator.http_listen, False),
+    ]
+    if cfg.security.plain_listen:  # empty: none (required in rollout, checked above)
+        addresses.append(("security.plain_listen", cfg.security.plain_listen, True))
+    for key, address, zmq in addresses:
+        problem = _address_problem(address, zmq)
+        if problem:
+            raise ConfigError(cfg.path, key, f"{problem}, got {_shown(address)}")
 
 
 def parse(text: str, path: str = "<string>") -> Config:

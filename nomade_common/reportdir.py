@@ -10,12 +10,16 @@ A report is trusted by where it lies and who wrote it, not by what it says: the 
 belong to a trusted uid and be writable by nobody else (`nomadectl install-hooks` makes the
 head node's reports/ the SlurmUser's, mode 0700; the agent makes each node's inbox root's, 0700),
 and each file must be a regular file (never followed through a link) owned by a trusted uid.  A
-file that fails is set aside with the reason; a directory that fails is not read at all.
+file that fails is set aside with the reason; a directory that fails is not read at all.  A FIFO
+or a link named like a report is set aside without being opened through (O_NONBLOCK, O_NOFOLLOW).
+Setting aside moves into bad/ only when bad/ is a real directory of the reader or a trusted uid,
+never through a link someone planted there; otherwise the report is removed.  A report nested
+deeper than MAX_REPORT_DEPTH is malformed like any other, not retried.
 """
 
 from __future__ import annotations
 
-import json
+import errno
 import logging
 import os
 import stat
@@ -23,6 +27,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from .jsonin import loads
+from .text import printable
 
 log = logging.getLogger("nomade.reports")
 
@@ -38,6 +45,7 @@ class Untrusted(ValueError):
 
 
 MAX_REPORT_BYTES = 1 << 20
+MAX_REPORT_DEPTH = 32  # as a report sent over HTTP (aggregator/api.py MAX_JSON_DEPTH)
 
 
 def read_report(path: Path, trusted: frozenset[int] | None = None) -> dict[str, Any]:
@@ -58,7 +66,7 @@ def read_report(path: Path, trusted: frozenset[int] | None = None) -> dict[str, 
         os.close(fd)
     if not text.endswith("\n"):
         raise Incomplete(path.name)
-    data = json.loads(text)
+    data = loads(text, MAX_REPORT_DEPTH)
     if not isinstance(data, dict):
         raise ValueError("expected a JSON object")
     return data
@@ -134,11 +142,55 @@ class ReportDir:
             yield path, report
 
     def set_aside(self, path: Path, why: str) -> None:
+        """Move PATH into bad/ for an administrator to look at, with one log line; remove it
+        instead when bad/ is not a real directory of this reader or a trusted uid (a link or a
+        file a user planted there would otherwise take the report wherever it points)."""
+        shown, why = printable(str(path), 400, "?"), printable(why, 400, "?")
         bad = self.path / "bad"
-        log.warning("hook report %s unreadable (%s); moved to %s", path, why, bad)
         try:
-            bad.mkdir(exist_ok=True)
-            os.replace(path, bad / path.name)
+            fd = self._bad_directory(bad)
+        except (OSError, Untrusted) as exc:
+            log.warning("hook report %s unreadable (%s); removed, not moved: %s", shown, why,
+                        printable(str(exc), 400, "?"))  # fmt: skip
+            _remove(path)
+            return
+        try:
+            os.replace(path, path.name, dst_dir_fd=fd)  # a link is moved, never followed
+        except FileNotFoundError:
+            return  # taken by someone else meanwhile
         except OSError as exc:
-            log.warning("cannot set %s aside (%s); removing it", path, exc)
-            path.unlink(missing_ok=True)
+            log.warning("hook report %s unreadable (%s); cannot move it to %s (%s), removed",
+                        shown, why, bad, exc.strerror or exc)  # fmt: skip
+            _remove(path)
+            return
+        finally:
+            os.close(fd)
+        log.warning("hook report %s unreadable (%s); moved to %s", shown, why, bad)
+
+    def _bad_directory(self, bad: Path) -> int:
+        """An open descriptor of BAD, made (0700) if absent; Untrusted when BAD is a link, not a
+        directory, or belongs to a uid other than this reader's and the trusted ones."""
+        try:
+            os.mkdir(bad, 0o700)
+        except FileExistsError:
+            pass
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            fd = os.open(bad, flags)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise Untrusted(f"{bad} is a link or not a directory") from None
+            raise
+        owners = {os.geteuid()} | (self.trusted or set())
+        owner = os.fstat(fd).st_uid
+        if owner not in owners:
+            os.close(fd)
+            raise Untrusted(f"{bad} belongs to uid {owner}, not to {_names(frozenset(owners))}")
+        return fd
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:  # a directory named like a report
+        log.warning("cannot remove %s (%s)", printable(str(path), 400, "?"), exc.strerror or exc)

@@ -16,6 +16,7 @@ Both sides import this module; it imports nothing from either.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,9 @@ READINGS = "readings"
 # Aggregator -> agent.
 ACK = "ack"  # payload: {"epoch", "seq"}: stored and committed
 NACK = "nack"  # payload: {"epoch", "seq", "reason"}: will never be stored (rejected)
+# payload: {"epoch", "seq", "reason"}: not taken from this sender (its key is not enrolled for
+# the node it names); the agent keeps the envelope and sends it again once an admin fixes that.
+REFUSED = "refused"
 VERDICT = "verdict"  # payload: {"job_id", "warned", "p_fail", "lines", "model_version"}
 
 AGENT_TYPES = frozenset({HELLO, HEARTBEAT, SAMPLES, JOB_EVENT, READINGS})
@@ -67,7 +71,24 @@ SAMPLE_FIELDS: tuple[str, ...] = (
 
 
 class WireError(ValueError):
-    """An envelope that cannot be understood; the receiver counts it and drops it."""
+    """An envelope that cannot be understood.  KEY is its (node, epoch, seq) when those could
+    be read, so that the receiver can answer it with a NACK; None when not even they could."""
+
+    def __init__(self, message: str, key: tuple[str, int, int] | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+# Bounds of the envelope's head (the payload's are the aggregator's: aggregator/ingest.py).
+# A node name is a Slurm node name: letters, digits, '.', '_', '-', at most MAX_NODE_NAME.
+MAX_NODE_NAME = 128
+MAX_KEY = (1 << 63) - 1  # epoch and seq are SQLite integers
+_NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def valid_node(node: Any) -> bool:
+    return (isinstance(node, str) and 0 < len(node) <= MAX_NODE_NAME
+            and _NODE_NAME.fullmatch(node) is not None)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,12 +116,17 @@ def unpack(data: bytes) -> Envelope:
     if not isinstance(obj, list) or len(obj) != 5:
         raise WireError("expected a 5-element envelope array")
     version, mtype, node, key, payload = obj
+    if not valid_node(node):
+        raise WireError(f"node must be a Slurm node name of at most {MAX_NODE_NAME} letters, "
+                        "digits, '.', '_' or '-'")  # fmt: skip
+    if not (isinstance(key, list) and len(key) == 2
+            and all(type(k) is int and 0 <= k <= MAX_KEY for k in key)):  # fmt: skip
+        raise WireError(f"envelope key must be [epoch, seq], integers from 0 to {MAX_KEY}")
     if version != VERSION:
-        raise WireError(f"unsupported envelope version {version!r} (this side speaks {VERSION})")
-    if not isinstance(mtype, str) or not isinstance(node, str) or not node:
-        raise WireError("envelope type and node must be non-empty strings")
-    if not (isinstance(key, list) and len(key) == 2 and all(isinstance(k, int) for k in key)):
-        raise WireError("envelope key must be [epoch, seq] integers")
+        raise WireError(f"unsupported envelope version {str(version)[:20]} (this side speaks "
+                        f"{VERSION})", (node, key[0], key[1]))  # fmt: skip
+    if not isinstance(mtype, str) or not mtype or len(mtype) > 32:
+        raise WireError("envelope type must be a non-empty string", (node, key[0], key[1]))
     return Envelope(mtype, node, key[0], key[1], payload, version)
 
 
@@ -110,6 +136,10 @@ def ack(node: str, epoch: int, seq: int) -> bytes:
 
 def nack(node: str, epoch: int, seq: int, reason: str) -> bytes:
     return Envelope(NACK, node, epoch, seq, {"epoch": epoch, "seq": seq, "reason": reason}).pack()
+
+
+def refused(node: str, epoch: int, seq: int, reason: str) -> bytes:
+    return Envelope(REFUSED, node, epoch, seq, {"epoch": epoch, "seq": seq, "reason": reason}).pack()
 
 
 def pack_payload(payload: Any) -> bytes:

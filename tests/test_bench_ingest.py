@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "ingest.py"
-KEYS = {"bench", "value", "plain_value", "unit", "baseline", "ratio", "goal", "agents", "jobs_per_agent",
+KEYS = {"bench", "value", "plain_value", "normal_value", "unit", "baseline", "ratio", "goal", "agents", "jobs_per_agent",
         "samples"}  # fmt: skip
 
 
@@ -39,3 +39,4 @@ def test_every_sent_sample_is_acknowledged_stored_and_reported_as_json():
     assert (result["agents"], result["jobs_per_agent"]) == (agents, jobs)
     assert result["samples"] == agents * jobs * cycles
     assert result["value"] > 0 and result["baseline"] > 0 and result["ratio"] > 0
+    assert result["plain_value"] > 0 and result["normal_value"] > 0

@@ -22,10 +22,26 @@ def test_stored_payload_envelope_equals_a_freshly_packed_one():
         (b"\xc1garbage", "not msgpack"),
         (msgpack.packb({"a": 1}), "5-element"),
         (msgpack.packb([99, "samples", "n", [1, 2], {}]), "unsupported envelope version 99"),
-        (msgpack.packb([1, "samples", "", [1, 2], {}]), "non-empty strings"),
+        (msgpack.packb([1, "samples", "", [1, 2], {}]), "Slurm node name"),
+        (msgpack.packb([1, "samples", "n" * 8_000_000, [1, 2], {}]), "at most 128"),
+        (msgpack.packb([1, "samples", "n1\x1b[2J", [1, 2], {}]), "Slurm node name"),
         (msgpack.packb([1, "samples", "n", [1], {}]), "[epoch, seq]"),
+        (msgpack.packb([1, "samples", "n", [1, (1 << 64) - 1], {}]), "[epoch, seq]"),
+        (msgpack.packb([1, "samples", "n", [-1, 2], {}]), "[epoch, seq]"),
+        (msgpack.packb([1, "", "n", [1, 2], {}]), "type must be"),
+        (b"\x91" * 100_000 + b"\xc0", "not msgpack"),
     ],
 )
 def test_foreign_or_malformed_messages_are_rejected_with_a_reason(data, reason):
     with pytest.raises(wire.WireError, match=reason.replace("[", r"\[").replace("]", r"\]")):
         wire.unpack(data)
+
+
+def test_a_malformed_envelope_whose_key_is_readable_can_be_answered():
+    """The receiver answers with a NACK what it can address: node, epoch and seq were read."""
+    with pytest.raises(wire.WireError) as err:
+        wire.unpack(msgpack.packb([2, "samples", "c7", [5, 9], {}]))
+    assert err.value.key == ("c7", 5, 9)
+    with pytest.raises(wire.WireError) as err:
+        wire.unpack(msgpack.packb([1, "samples", "c7", [5], {}]))
+    assert err.value.key is None

@@ -7,11 +7,10 @@ OUT_OF_MEMORY only on the step).
 
 from __future__ import annotations
 
-import json
-
 from nomade_common.errors import ParseError
 
 from . import slurmvalues as sv
+from .squeue import decode_json
 
 # The fields NØMADE asks sacct for when it reconciles a job; the order is the command's.
 RECONCILE_FIELDS = (
@@ -162,10 +161,7 @@ def records_json(text: str, source: str = "sacct") -> list[dict]:
 
     A job's TotalCPU is the sum of its steps' (22.05 reports 0 for the job itself).
     """
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ParseError(source, exc.lineno, f"not JSON: {exc.msg}") from None
+    doc = decode_json(text, source)
     if not isinstance(doc, dict) or not isinstance(doc.get("jobs"), list):
         raise ParseError(source, None, "no 'jobs' list: not sacct --json output")
     out = []

@@ -9,12 +9,12 @@ times in microseconds; the records give seconds.
 
 from __future__ import annotations
 
-import json
 import re
 
 from nomade_common.errors import ParseError
 
 from . import slurmvalues as sv
+from .squeue import decode_json
 
 # JSON key -> record key; the unit conversion is by suffix of the record key.
 _STATS = {
@@ -116,10 +116,7 @@ def _rpc(kind: str, name_key: str, item: dict) -> dict:
 
 
 def records_json(text: str, source: str = "sdiag") -> list[dict]:
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ParseError(source, exc.lineno, f"not JSON: {exc.msg}") from None
+    doc = decode_json(text, source)
     stats = doc.get("statistics") if isinstance(doc, dict) else None
     if not isinstance(stats, dict):
         raise ParseError(source, None, "no 'statistics' object: not sdiag --json output")

@@ -113,12 +113,37 @@ def gpus_from_gres(text: str | None) -> int | None:
     return total
 
 
-def hostlist(text: str | None) -> list[str]:
-    """'node[1-3,7],gpu01' -> ['node1', 'node2', 'node3', 'node7', 'gpu01'] (zero padding kept)."""
+_HOSTLIST = re.compile(r"([^,\[]+)\[([^\]]+)\]|([^,\[\]]+)")
+HOSTLIST_MAX = 1_000_000  # nodes one list may name unless the caller allows fewer
+
+
+def hostlist_size(text: str | None) -> int:
+    """How many nodes TEXT names, counted without expanding it; ValueError if not a node list."""
     if absent(text):
+        return 0
+    total = 0
+    for _prefix, ranges, plain in _HOSTLIST.findall(text.strip()):
+        if plain:
+            total += 1
+            continue
+        for part in ranges.split(","):
+            lo, _, hi = part.partition("-")
+            if not lo.isdigit() or not (hi.isdigit() or not hi) or len(lo) > 18 or len(hi) > 18:
+                raise ValueError(f"node list range {part[:40]!r} is not N or N-M")
+            total += int(hi) - int(lo) + 1 if hi else 1
+    return total
+
+
+def hostlist(text: str | None, limit: int = HOSTLIST_MAX) -> list[str]:
+    """'node[1-3,7],gpu01' -> ['node1', 'node2', 'node3', 'node7', 'gpu01'] (zero padding kept).
+    A list naming more than LIMIT nodes is refused (ValueError) before it is expanded."""
+    size = hostlist_size(text)
+    if size > limit:
+        raise ValueError(f"node list {text[:60]!r} names {size} nodes, more than {limit}")
+    if not size:
         return []
     out: list[str] = []
-    for prefix, ranges, plain in re.findall(r"([^,\[]+)\[([^\]]+)\]|([^,\[\]]+)", text.strip()):
+    for prefix, ranges, plain in _HOSTLIST.findall(text.strip()):
         if plain:
             out.append(plain)
             continue

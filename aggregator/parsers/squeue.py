@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 
+from nomade_common import jsonin
 from nomade_common.errors import ParseError
 
 from . import slurmvalues as sv
@@ -383,11 +384,21 @@ def records(text: str, source: str = "squeue", format: str | None = None) -> lis
 # JSON
 
 
-def load_json(text: str, source: str, key: str) -> tuple[dict, list]:
+MAX_JSON_DEPTH = jsonin.TOOL_OUTPUT_DEPTH  # Slurm's --json nests about 10 deep
+
+
+def decode_json(text: str, source: str):
+    """TEXT as JSON, or ParseError: not JSON, or nested deeper than MAX_JSON_DEPTH."""
     try:
-        doc = json.loads(text)
+        return jsonin.loads(text, MAX_JSON_DEPTH)
     except json.JSONDecodeError as exc:
         raise ParseError(source, exc.lineno, f"not JSON: {exc.msg}") from None
+    except ValueError as exc:
+        raise ParseError(source, None, str(exc)) from None
+
+
+def load_json(text: str, source: str, key: str) -> tuple[dict, list]:
+    doc = decode_json(text, source)
     if not isinstance(doc, dict) or not isinstance(doc.get(key), list):
         raise ParseError(source, None, f"no {key!r} list: not Slurm --json output")
     return doc, doc[key]
