@@ -347,7 +347,21 @@ class Agent:
 
     # -- work ---------------------------------------------------------------------------------
     def enqueue(self, mtype: str, payload: Any) -> int:
-        return self.outbox.put(mtype, wire.pack_payload(payload))
+        """Keep PAYLOAD in the outbox as one envelope, or several: samples too many for one
+        envelope within wire.MAX_PAYLOAD_BYTES are split (the aggregator closes a connection
+        whose message passes its max_message_bytes, and an envelope it can never read would
+        block this node's stream); anything else that large is dropped with a log line."""
+        data = wire.pack_payload(payload)
+        if len(data) <= wire.MAX_PAYLOAD_BYTES:
+            return self.outbox.put(mtype, data)
+        rows = payload.get("rows") if mtype == wire.SAMPLES and isinstance(payload, dict) else None
+        if rows is not None and len(rows) > 1:
+            half = len(rows) // 2
+            self.enqueue(mtype, {**payload, "rows": rows[:half]})
+            return self.enqueue(mtype, {**payload, "rows": rows[half:]})
+        log.error("a %s envelope of %d bytes is over %d: not sent", mtype, len(data),
+                  wire.MAX_PAYLOAD_BYTES)  # fmt: skip
+        return 0
 
     def sample(self, only: list[int] | None = None) -> int:
         rows = self.sampler.sample(only)

@@ -83,6 +83,8 @@ class WireError(ValueError):
 # A node name is a Slurm node name: letters, digits, '.', '_', '-', at most MAX_NODE_NAME.
 MAX_NODE_NAME = 128
 MAX_KEY = (1 << 63) - 1  # epoch and seq are SQLite integers
+# What an agent puts in one envelope: half the aggregator's default max_message_bytes (8 MiB).
+MAX_PAYLOAD_BYTES = 4 << 20
 _NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 

@@ -378,3 +378,25 @@ def test_the_agent_counts_what_the_aggregator_nacked(tmp_path):
     box.close()
     assert Outbox(str(tmp_path / "outbox.db"), 100).nacked() == 1  # it survives a restart
     os.sync()
+
+
+def test_the_agent_splits_samples_too_many_for_one_envelope_and_stores_every_row(tmp_path, conn):
+    """An envelope over the aggregator's message limit would be refused unread at every resend
+    and hold up the node's whole stream: the agent splits it, and every row arrives."""
+    from nodeagent.agent import Agent
+
+    cfg = config.parse(
+        f'[agent]\nspool_dir = "{tmp_path}/spool"\ncgroup_root = "{tmp_path}/cg"\n'
+        f'proc_root = "{tmp_path}/proc"\n'
+    )
+    agent = Agent(cfg, node="n1")
+    rows = [row(j, NOW, proc_rchar=10**15 + j, proc_wchar=10**15, nprocs=j) for j in range(120_000)]
+    agent.enqueue(wire.SAMPLES, {"rows": rows})
+    pending = agent.outbox.pending(limit=100)
+    assert len(pending) > 1 and all(len(p[2]) <= wire.MAX_PAYLOAD_BYTES for p in pending)
+    ing = Ingest("c")
+    for seq, mtype, payload in pending:
+        data = wire.pack_stored(mtype, "n1", agent.outbox.epoch, seq, payload)
+        assert take(conn, ing, data).kind == "ack"
+    assert counts(conn)["samples"] == 120_000
+    agent.close()
