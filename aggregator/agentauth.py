@@ -233,6 +233,10 @@ class AgentAuth(threading.Thread):
         self._seen(c, node, "curve_seen")
         return True
 
+    def rolled_back(self) -> None:
+        """The writer rolled a batch back: the agent_links rows noted as written may not be."""
+        self._written.clear()
+
     def _seen(self, c: Any, node: str, column: str) -> None:
         now = time.time()
         if now - self._written.get((node, column), 0.0) < LINK_WRITE_SECONDS:

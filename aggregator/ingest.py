@@ -114,6 +114,12 @@ class Ingest:
     def forget(self) -> None:
         self._uids.clear()
 
+    def rolled_back(self) -> None:
+        """The writer rolled a whole batch back: what this cached about it is void, the job
+        rows it made and the refusals it noted (their events are to be written again)."""
+        self._uids.clear()
+        self._bad_noted.clear()
+
     # -- jobs ---------------------------------------------------------------------------------
     def job_uid(self, conn: sqlite3.Connection, job_id: int, now: float, t: float | None = None) -> int:
         """The newest row for JOB_ID; a placeholder row when the job is not known yet, or when

@@ -65,7 +65,7 @@ class Aggregator:
         self.ingest = Ingest(cfg.general.cluster_name, a.reconcile_delay_seconds,
                              a.readings_history_seconds, a.sample_future_seconds,
                              a.sample_max_age_days * 86400)  # fmt: skip
-        self.writer.on_rollback.append(self.ingest.forget)  # rows it cached are gone
+        self.writer.on_rollback.append(self.ingest.rolled_back)
         self._readers = threading.local()
         self.queue = QueueSnapshots(
             cfg.aggregator.squeue, cfg.aggregator.queue_snapshot_max_age_seconds
@@ -184,6 +184,7 @@ class Aggregator:
             return [self._socket(self.cfg.aggregator.listen, curve=False)]
         if self.auth is None:
             self.auth = AgentAuth(self.cfg, self._zctx, self.writer)  # the server key, or fails
+            self.writer.on_rollback.append(self.auth.rolled_back)
         socks = [self._socket(self.cfg.aggregator.listen, curve=True)]
         if sec.curve == "rollout":
             socks.append(self._socket(sec.plain_listen, curve=False))
