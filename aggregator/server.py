@@ -153,7 +153,7 @@ class Aggregator:
                 self._idents[answer.env.node] = peer
             return answer
 
-        self.writer.submit(WorkItem(apply, lambda answer: self._answer(peer, answer)))
+        self.writer.submit(WorkItem(apply, lambda answer: self._answer(peer, answer), atomic=True))
 
     def _answer(self, peer: Peer, answer: Any) -> None:
         """After the COMMIT: the reply ANSWER calls for (a heartbeat's is none)."""

@@ -336,6 +336,9 @@ class WorkItem:
     on_commit: Callable[[Any], None] | None = None
     on_error: Callable[[BaseException], None] | None = None
     urgent: bool = False
+    # APPLY leaves nothing half-written by itself (Ingest.take has its own SAVEPOINT) and raises
+    # only the store's failures: the writer runs it without a SAVEPOINT of its own.
+    atomic: bool = False
 
 
 class StoreFailing(Exception):
@@ -562,6 +565,9 @@ class Writer(threading.Thread):
         results: list[tuple[WorkItem, Any, BaseException | None]] = []
         conn.execute("BEGIN IMMEDIATE")
         for item in batch:
+            if item.atomic:
+                results.append((item, item.apply(conn), None))
+                continue
             conn.execute("SAVEPOINT item")
             try:
                 results.append((item, item.apply(conn), None))

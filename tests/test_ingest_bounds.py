@@ -76,7 +76,7 @@ BAD_ROWS = [
     (row(7, NOW, mem_peak_bytes={"x": 1}), "mem_peak_bytes is dict"),
     (row(7, NOW, mem_peak_bytes=(1 << 64) - 1), "mem_peak_bytes is 18446744073709551615"),
     (row(7, NOW, cpu_usage_seconds=-3.5), "cpu_usage_seconds is -3.5"),
-    (row(7, NOW, nprocs=True), "nprocs is bool"),
+    (row(7, NOW, nprocs="3"), "nprocs is str '3'"),
     (row(7, NOW, cpu_user_seconds=-math.inf), "cpu_user_seconds is -inf"),
     (row(7.5, NOW), "is not a list of 20 values starting with a job id"),
     (row(-2, NOW), "job_id is -2"),
@@ -400,3 +400,11 @@ def test_the_agent_splits_samples_too_many_for_one_envelope_and_stores_every_row
         assert take(conn, ing, data).kind == "ack"
     assert counts(conn)["samples"] == 120_000
     agent.close()
+
+
+def test_values_each_in_range_are_stored_even_when_their_sum_is_not(conn):
+    """The quick check sums an envelope's values; the value-by-value check has the last word."""
+    big = (1 << 63) - 1
+    answer = take(conn, Ingest("c"), samples(1, row(8, NOW, proc_rchar=big, proc_wchar=big)))
+    assert answer.kind == "ack"
+    assert conn.execute("SELECT proc_rchar FROM samples").fetchone()[0] == big
