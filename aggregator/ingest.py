@@ -94,7 +94,14 @@ MAX_INT = (1 << 63) - 1  # SQLite's INTEGER
 _FIRST, _SECOND = operator.itemgetter(0), operator.itemgetter(1)
 MAX_TEXT = 1024  # a host name, an agent version, a collector's name or error
 MAX_DETAIL = 64 << 10  # a job event's payload, kept as JSON in its event
-BAD_LOG_SECONDS = 60.0  # one log line and one event per (sender, reason) this often; all counted
+MAX_READING_CHARS = 4 << 20  # one node collector's records, as JSON
+# The node agents' collectors (nodeagent/node_collectors.py): the names a readings envelope may
+# carry.  Listed here, not imported: the aggregator does not load the agent's code.
+NODE_COLLECTOR_NAMES = frozenset(
+    {"iostat", "mpstat", "vmstat", "pressure", "gpu", "nfs", "disk", "health", "scratch"}
+)
+BAD_LOG_SECONDS = 60.0  # one log line and one event per reason this often; all counted
+BAD_LOG_MAX = 20  # and at most this many a minute, whatever the reasons
 
 
 class Ingest:
@@ -110,7 +117,8 @@ class Ingest:
         self.sample_future_seconds = sample_future_seconds
         self.sample_max_age_seconds = sample_max_age_seconds
         self._uids: dict[int, int] = {}
-        self._bad_noted: dict[tuple[str, str], float] = {}
+        self._bad_noted: dict[str, float] = {}  # reason -> when last logged
+        self._bad_minute: tuple[float, int] = (0.0, 0)  # (start, lines logged in it)
 
     def forget(self) -> None:
         self._uids.clear()
@@ -120,6 +128,7 @@ class Ingest:
         rows it made and the refusals it noted (their events are to be written again)."""
         self._uids.clear()
         self._bad_noted.clear()
+        self._bad_minute = (0.0, 0)
 
     # -- jobs ---------------------------------------------------------------------------------
     def job_uid(self, conn: sqlite3.Connection, job_id: int, now: float, t: float | None = None) -> int:
@@ -199,6 +208,20 @@ class Ingest:
         (sqlite3.OperationalError: locked, full) are raised, for the writer to retry."""
         now = time.time() if now is None else now
         try:
+            return self._take(conn, data, now, admit, peer)
+        except Exception as exc:
+            if store_failed(exc):
+                raise
+            # Whatever else went wrong is this message's doing (a bug it found included): it is
+            # refused, never taken for a failing store that would hold up everyone's batches.
+            log.exception("message from %s not taken", printable(peer, 40))
+            self.note_bad(conn, peer, f"not understood ({type(exc).__name__})", now)
+            return Answer("drop", None, f"not understood ({type(exc).__name__})")
+
+    def _take(self, conn: sqlite3.Connection, data: bytes, now: float,
+              admit: Callable[[sqlite3.Connection, wire.Envelope], bool] | None,
+              peer: str) -> Answer:  # fmt: skip
+        try:
             env = wire.unpack(data)
         except wire.WireError as exc:
             self.note_bad(conn, peer if exc.key is None else f"{exc.key[0]} ({peer})", str(exc), now)
@@ -227,18 +250,23 @@ class Ingest:
         return Answer("live" if result == "live" else "ack", env, "", key)
 
     def note_bad(self, conn: sqlite3.Connection, sender: str, reason: str, now: float) -> None:
-        """Count a refused message; log it and keep an event at most once a minute per
-        (sender, reason), so that a flood of bad messages cannot fill the log or the store."""
+        """Count a refused message; log it and keep an event (naming the sender of the first)
+        at most once a minute per reason, so that a flood of bad messages, under as many node
+        names as it likes, cannot fill the log or the store."""
         bump(conn, "messages_rejected")
-        sender = printable(sender, 200)
-        noted = (sender, reason.split("(")[0][:80])
+        noted = reason.split("(")[0][:80]
         if now - self._bad_noted.get(noted, 0.0) < BAD_LOG_SECONDS:
             return
-        if len(self._bad_noted) > 10_000:
-            self._bad_noted.clear()
+        minute, logged = self._bad_minute
+        if now - minute >= BAD_LOG_SECONDS:
+            self._bad_minute, self._bad_noted = (now, 0), {}
+        elif logged >= BAD_LOG_MAX:  # reasons made to differ (a version number) count too
+            return
+        self._bad_minute = (self._bad_minute[0], self._bad_minute[1] + 1)
         self._bad_noted[noted] = now
-        log.warning("refused a message from %s: %s", sender, reason)
-        event(conn, "bad_message", detail=f"{sender}: {reason}", t=now)
+        what = f"{printable(sender, 200)}: {printable(reason, 300)}"
+        log.warning("refused a message from %s", what)
+        event(conn, "bad_message", detail=what, t=now)
 
     def apply_envelope(
         self, conn: sqlite3.Connection, env: wire.Envelope, now: float | None = None
@@ -300,11 +328,14 @@ class Ingest:
         if not (isinstance(p, dict) and isinstance(p.get("collector"), str)
                 and isinstance(p.get("records"), list)):  # fmt: skip
             raise Rejected("readings payload needs 'collector' and a 'records' list")
-        if not 0 < len(p["collector"]) <= 64 or not p["collector"].isprintable():
-            raise Rejected("readings collector must be a name of at most 64 printable characters")
+        if p["collector"] not in NODE_COLLECTOR_NAMES:  # each name keeps a history of its own
+            raise Rejected(f"readings collector must be one of {', '.join(sorted(NODE_COLLECTOR_NAMES))}")
         t = self._time(p.get("t"), "readings t", now)
+        text = json.dumps(p["records"], separators=(",", ":"), default=_unstorable)
+        if len(text) > MAX_READING_CHARS:
+            raise Rejected(f"readings records are {len(text)} characters as JSON, over {MAX_READING_CHARS}")
         store_reading(conn, node, p["collector"], t, _number(p, "seconds", 0, 86400), p["records"],
-                      self.readings_history_seconds)  # fmt: skip
+                      self.readings_history_seconds, text)  # fmt: skip
 
     def _time(self, t: Any, what: str, now: float) -> float:
         """T as a sample time: a finite number of Unix seconds near this clock, else Rejected."""
@@ -460,10 +491,13 @@ class Ingest:
 
 # -- collectors (node readings arrive in envelopes; head-node ones from the aggregator itself) ---
 def store_reading(conn: sqlite3.Connection, node: str, collector: str, t: float,
-                  seconds: Any, records: list[Any], history_seconds: float) -> None:  # fmt: skip
+                  seconds: Any, records: list[Any], history_seconds: float,
+                  text: str | None = None) -> None:  # fmt: skip
     """The latest reading of (node, collector), and one reading per HISTORY_SECONDS kept as
-    history (for fill rates and trends) so that a 1,000-node cluster does not store every run."""
-    text = json.dumps(records, separators=(",", ":"), default=str)
+    history (for fill rates and trends) so that a 1,000-node cluster does not store every run.
+    TEXT: the records as JSON, when the caller has made it already."""
+    if text is None:
+        text = json.dumps(records, separators=(",", ":"), default=str)
     row = conn.execute("SELECT t FROM readings_latest WHERE node = ? AND collector = ?",
                        (node, collector)).fetchone()  # fmt: skip
     if row is not None and row[0] > t:
@@ -499,6 +533,10 @@ def _scalar(v: Any) -> bool:
     t = type(v)
     return (v is None or t is str or (t is int and -MAX_INT <= v <= MAX_INT)
             or (t is float and math.isfinite(v)))  # fmt: skip
+
+
+def _unstorable(value: Any) -> Any:
+    raise Rejected(f"readings records hold a {type(value).__name__}, which JSON cannot carry")
 
 
 def _shown(value: Any) -> str:

@@ -48,7 +48,7 @@ class QueueSnapshots:
             if self._snapshot is None or time.time() - self._taken > self.max_age:
                 try:
                     out = subprocess.run([self.squeue, "-h", "-a", "-o", SQUEUE_FORMAT],
-                                         capture_output=True, text=True, timeout=5)  # fmt: skip
+                                         capture_output=True, text=True, errors="replace", timeout=5)  # fmt: skip
                     snap = parse_squeue(out.stdout) if out.returncode == 0 else None
                 except (OSError, subprocess.TimeoutExpired):
                     snap = None

@@ -30,7 +30,7 @@ def run_sacct(command: str, job_ids: list[int], timeout: float = 20.0) -> str:
 def run_command(argv: list[str], timeout: float) -> str:
     """A Slurm command's stdout; OSError or RuntimeError (with its first error line) otherwise."""
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=timeout)
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"{argv[0]} did not answer within {timeout:.0f} s") from None
     if proc.returncode != 0:

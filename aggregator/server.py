@@ -28,6 +28,7 @@ from nomade_common import wire
 from nomade_common.collect import Reading, Scheduler
 from nomade_common.config import Config
 from nomade_common.reportdir import ReportDir
+from nomade_common.text import printable
 
 from . import api, importer, liveness
 from . import jobs as jobfields
@@ -47,6 +48,8 @@ REPORTS_POLL_SECONDS = 0.02  # how often the reports directory is looked at
 MAX_FIELD_CHARS = {"work_dir": 4096, "node_list": 65536}
 MAX_JOB_ID = (1 << 63) - 1
 FAILING_BACKLOG = 20_000  # items queued for a failing store past which agents' messages wait
+MAX_BACKLOG = 200_000  # items queued, store failing or not
+MAX_BACKLOG_BYTES = 512 << 20  # agents' message bytes queued
 LATE_REPORT_SECONDS = 60.0  # a start report older than this was kept while the aggregator was down
 Settle = Callable[..., None]  # settle(True) once a report is stored, settle(False, why) if not
 Peer = tuple[int, bytes]  # (index of the agent socket, ZeroMQ routing id)
@@ -133,11 +136,15 @@ class Aggregator:
             why = f"expected one frame, got {len(frames)}"
             self.writer.submit(WorkItem(lambda c: self.ingest.note_bad(c, ident.hex(), why, time.time())))
             return
-        if self.writer.failing_since is not None and self.writer.backlog() > FAILING_BACKLOG:
-            self.deferred += 1
-            return
         frame = frames[0]
         data = frame.bytes if isinstance(frame, zmq.Frame) else frame
+        # Bounded work in waiting: past these, messages are not taken (nor answered) and the
+        # agents send them again; their outboxes, not this process's memory, hold the backlog.
+        backlog = self.writer.backlog()
+        if (backlog > MAX_BACKLOG or self.writer.queued_bytes > MAX_BACKLOG_BYTES
+                or (self.writer.failing_since is not None and backlog > FAILING_BACKLOG)):  # fmt: skip
+            self.deferred += 1
+            return
         auth = self.auth if peer[0] == 0 or self.cfg.security.curve == "rollout" else None
         admit = None
         if auth is not None:
@@ -153,7 +160,8 @@ class Aggregator:
                 self._idents[answer.env.node] = peer
             return answer
 
-        self.writer.submit(WorkItem(apply, lambda answer: self._answer(peer, answer), atomic=True))
+        self.writer.submit(WorkItem(apply, lambda answer: self._answer(peer, answer), atomic=True,
+                                    size=len(data)))  # fmt: skip
 
     def _answer(self, peer: Peer, answer: Any) -> None:
         """After the COMMIT: the reply ANSWER calls for (a heartbeat's is none)."""
@@ -465,7 +473,13 @@ class Aggregator:
                 )
             recs = scontrol.parse(text, "scontrol show job") if text else []
             if recs:
-                fields = jobfields.merge(fields, jobfields.request_from_scontrol(recs[0]))
+                # What slurmctld put in the hook's environment (the job's id, user, nodes...)
+                # wins: `scontrol show job -o` is one line of KEY=VALUE in which a user's own
+                # job name, comment or directory can print a "NodeList=" or "UserId=" of its own.
+                asked = jobfields.request_from_scontrol(recs[0])
+                fields = jobfields.merge(asked, fields)
+                if slurmvalues.hostlist_size(fields.get("node_list")) > self.node_limit():
+                    raise ValueError(f"node list names more than {self.node_limit()} nodes")
             fields["start_time"] = fields.get("start_time") or t
             now = time.time()
             # A report taken long after the job started (the aggregator was down) gets no queue
@@ -533,7 +547,11 @@ class Aggregator:
             raise ValueError("the request names no user")
         now = time.time()
         job.update(job_id=job.get("job_id") or 0, submit_time=now, start_time=now)
-        verdict = self.scorer.assess(job)[1]
+        try:
+            verdict = self.scorer.assess(job)[1]
+        except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
+            raise ValueError(f"the request's fields are not what a job asks for ({type(exc).__name__}: "
+                             f"{printable(str(exc), 120)})") from None  # fmt: skip
         return {"ok": True, "verdict": verdict, "model": self.scorer.version}
 
     def hook_job_end(self, body: dict[str, Any], settle: Settle | None = None,

@@ -339,6 +339,7 @@ class WorkItem:
     # APPLY leaves nothing half-written by itself (Ingest.take has its own SAVEPOINT) and raises
     # only the store's failures: the writer runs it without a SAVEPOINT of its own.
     atomic: bool = False
+    size: int = 0  # bytes of input it holds: a batch gathers at most max_batch_bytes of them
 
 
 class StoreFailing(Exception):
@@ -351,6 +352,7 @@ class StoreFailing(Exception):
 _ITEM_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.ProgrammingError,
                 sqlite3.DataError)  # fmt: skip
 RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS = 0.05, 2.0
+MAX_BATCH_BYTES = 64 << 20  # input bytes gathered into one transaction (its memory and its WAL)
 
 
 def store_failed(exc: BaseException) -> bool:
@@ -381,6 +383,9 @@ class Writer(threading.Thread):
         self.q: queue.Queue[WorkItem | None] = queue.Queue()
         self._urgent: collections.deque[WorkItem] = collections.deque()
         self.max_batch, self.max_wait = max_batch, max_wait
+        self.max_batch_bytes = MAX_BATCH_BYTES
+        self.queued_bytes = 0  # of the items waiting or in the batch being written
+        self._bytes_lock = threading.Lock()  # submitted by one thread, written by another
         self.commits = 0
         self.failing_exit_seconds = failing_exit_seconds
         self.failing_since: float | None = None  # time.time() of the first failure in a row
@@ -431,6 +436,9 @@ class Writer(threading.Thread):
             conn.close()
 
     def submit(self, item: WorkItem) -> None:
+        if item.size:
+            with self._bytes_lock:
+                self.queued_bytes += item.size
         if item.urgent:
             self._urgent.append(item)
             self.q.put(_WAKE)  # wakes a writer waiting for work; ignored when it finds none
@@ -508,8 +516,8 @@ class Writer(threading.Thread):
         """One batch: what is queued within max_wait of the first item, up to max_batch (an
         urgent item ends it); and whether a stop request came."""
         batch: list[WorkItem] = []
-        deadline = None
-        while len(batch) < self.max_batch:
+        deadline, size = None, 0
+        while len(batch) < self.max_batch and size < self.max_batch_bytes:
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             item = self._next(timeout)
             if item is _EMPTY:
@@ -518,6 +526,7 @@ class Writer(threading.Thread):
                 return batch, True
             assert isinstance(item, WorkItem)
             batch.append(item)
+            size += item.size
             if deadline is None:
                 deadline = time.monotonic() + self.max_wait
             if item.urgent:
@@ -549,6 +558,10 @@ class Writer(threading.Thread):
             log.warning("store: writable again; %s", what)
             self.failing_since, self.failing_reason = None, ""
             self.submit(WorkItem(lambda c: event(c, "store_failed", detail=what)))
+        done = sum(item.size for item in batch)
+        if done:
+            with self._bytes_lock:
+                self.queued_bytes -= done
         for item, result, exc in results:
             callback = item.on_error if exc is not None else item.on_commit
             if callback is not None:
@@ -565,8 +578,14 @@ class Writer(threading.Thread):
         results: list[tuple[WorkItem, Any, BaseException | None]] = []
         conn.execute("BEGIN IMMEDIATE")
         for item in batch:
-            if item.atomic:
-                results.append((item, item.apply(conn), None))
+            if item.atomic:  # no SAVEPOINT: it leaves nothing half-written by itself
+                try:
+                    results.append((item, item.apply(conn), None))
+                except Exception as exc:
+                    if store_failed(exc):
+                        raise
+                    log.exception("store: an atomic item failed on its own")
+                    results.append((item, None, exc))
                 continue
             conn.execute("SAVEPOINT item")
             try:

@@ -217,6 +217,14 @@ keep_and_exit() { # keep the report in unsent/ (one line, one write, 0600) for a
 
 failed() { # $1: what went wrong
     last_error=${1//\"/\'}
+    if refused "$code"; then
+        # The aggregator answered: it is up, so this does not count toward the breaker (a user
+        # whose job names kept being refused would otherwise keep it open for everyone).
+        total=$((total + 1))
+        save_breaker
+        log "$last_error; the aggregator refused the report itself: not kept"
+        exit 0
+    fi
     # Failures in a row are counted in an append-only file (one line each, atomic with O_APPEND),
     # so that hooks failing at the same moment in a job-array burst all count: a read-modify-write
     # of breaker.json would let each of them see the same old count.
@@ -236,11 +244,6 @@ failed() { # $1: what went wrong
         printf '%s\n' "$open_until" >"$state_dir/open_until.$$" 2>/dev/null &&
             mv -f "$state_dir/open_until.$$" "$state_dir/open_until" 2>/dev/null
         rm -f "$state_dir/failures" 2>/dev/null
-    fi
-    if refused "$code"; then
-        save_breaker
-        log "$last_error; the aggregator refused the report itself: not kept"
-        exit 0
     fi
     make_room
     save_breaker

@@ -88,7 +88,7 @@ def run_tool(argv: list[str], timeout: float) -> str:
     """Stdout of a tool run in the C locale, or CollectorError with its first error line."""
     env = {**os.environ, "LC_ALL": "C", "S_COLORS": "never"}
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env,
+        done = subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=timeout, env=env,
                               stdin=subprocess.DEVNULL)  # fmt: skip
     except FileNotFoundError:
         raise CollectorError(f"{argv[0]} not found") from None

@@ -334,7 +334,7 @@ _RANGES = [
     ("aggregator.readings_retention_days", 0.01, 3650),
     ("aggregator.store_busy_timeout_seconds", 0.1, 600),
     ("aggregator.store_failing_exit_seconds", 10, 86400),
-    ("aggregator.max_message_bytes", 64 << 10, 1 << 30),
+    ("aggregator.max_message_bytes", 8 << 20, 1 << 30),  # agents split at 4 MiB (wire.py)
     ("aggregator.max_job_nodes", 1, 10_000_000),
     ("aggregator.sample_future_seconds", 1, 86400),
     ("aggregator.sample_max_age_days", 0.01, 3650),

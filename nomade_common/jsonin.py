@@ -50,9 +50,11 @@ def deeper_than(text: str, limit: int) -> bool:
 def loads(data: str | bytes, limit: int) -> Any:
     """json.loads(DATA), refused with TooDeep (a ValueError) when DATA nests arrays and objects
     more than LIMIT deep, before any parsing; otherwise what json.loads raises (JSONDecodeError,
-    UnicodeDecodeError: ValueErrors too)."""
+    a ValueError too)."""
     if isinstance(data, bytes):
-        data = data.decode(json.detect_encoding(data), "surrogatepass")  # as json.loads does
+        # A job's name or directory may hold bytes that are not UTF-8 (Slurm passes them on as
+        # they are): each becomes U+FFFD rather than losing the whole report.
+        data = data.decode(json.detect_encoding(data), "replace")
     if deeper_than(data, limit):
         raise TooDeep(f"JSON nested deeper than {limit} levels")
     try:

@@ -61,7 +61,7 @@ def read_report(path: Path, trusted: frozenset[int] | None = None) -> dict[str, 
             raise Untrusted(f"owned by uid {st.st_uid}, not by {_names(trusted)}")
         if st.st_size > MAX_REPORT_BYTES:
             raise ValueError(f"{st.st_size} bytes, more than a report's {MAX_REPORT_BYTES}")
-        text = os.read(fd, MAX_REPORT_BYTES + 1).decode("utf-8")
+        text = os.read(fd, MAX_REPORT_BYTES + 1).decode("utf-8", "replace")  # a job name's odd bytes
     finally:
         os.close(fd)
     if not text.endswith("\n"):

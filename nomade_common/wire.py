@@ -125,8 +125,9 @@ def unpack(data: bytes) -> Envelope:
             and all(type(k) is int and 0 <= k <= MAX_KEY for k in key)):  # fmt: skip
         raise WireError(f"envelope key must be [epoch, seq], integers from 0 to {MAX_KEY}")
     if version != VERSION:
-        raise WireError(f"unsupported envelope version {str(version)[:20]} (this side speaks "
-                        f"{VERSION})", (node, key[0], key[1]))  # fmt: skip
+        shown = version if type(version) is int and abs(version) < 1 << 32 else type(version).__name__
+        raise WireError(f"unsupported envelope version {shown} (this side speaks {VERSION})",
+                        (node, key[0], key[1]))  # fmt: skip
     if not isinstance(mtype, str) or not mtype or len(mtype) > 32:
         raise WireError("envelope type must be a non-empty string", (node, key[0], key[1]))
     return Envelope(mtype, node, key[0], key[1], payload, version)

@@ -330,6 +330,11 @@ def test_check_scores_as_the_caller(site):
     assert status == 200 and "bob" not in json.dumps(answer)
     req = json.dumps({"request": {"user": "bob", "partition": "debug", "cpus": 1}}).encode()
     assert apiclient.call(site.url, "POST", "/api/v1/check", req)["ok"] is True  # root may
+    # A request whose fields are not a job's gets one line, not a 500 and a traceback in the log.
+    for odd in ({"cpus": "x"}, {"time_limit_seconds": [1]}, {"mem_per_node_bytes": {"a": 1}}):
+        req = json.dumps({"request": {"partition": "debug", **odd}}).encode()
+        status, answer = as_user("alice", site.url, "POST", "/api/v1/check", req)
+        assert status == 400 and "not what a job asks for" in answer, (odd, status, answer)
 
 
 def test_an_admin_group_member_sees_every_job(head):

@@ -206,6 +206,18 @@ def test_what_the_aggregator_refuses_as_bad_is_not_kept_and_the_rest_is(
     assert s.breaker()["failures_total"] == 1
 
 
+def test_reports_refused_as_bad_do_not_open_the_breaker_for_the_next_job(site, aggregator):
+    """A user whose job names the aggregator keeps refusing (400) must not hold everyone else's
+    reports back: the aggregator answered, so it is up."""
+    agg = aggregator(answers=[400, 400, 400, 200])
+    s = site(agg.url, breaker_failures=3)
+    for job in (61, 62, 63, 64):
+        run(s, "prologslurmctld", job=job)
+    assert len(agg.requests) == 4 and unsent(s) == []
+    state = s.breaker()
+    assert state["failures_total"] == 3 and state["open_until"] == 0 and state["skipped_total"] == 0
+
+
 def test_reports_made_while_the_breaker_is_open_are_kept_and_sent_once_it_closes(site, aggregator):
     agg = aggregator(answers=[503])
     s = site(agg.url, breaker_failures=1, breaker_seconds=1)

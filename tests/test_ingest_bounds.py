@@ -346,13 +346,15 @@ def test_a_report_naming_more_nodes_than_allowed_is_refused_unexpanded(tmp_path)
 
 
 def test_a_message_over_the_size_limit_is_not_read_and_the_socket_keeps_serving(tmp_path):
-    agg = aggregator(tmp_path, "max_message_bytes = 65536\n")
+    agg = aggregator(tmp_path, "max_message_bytes = 8388608\n")
     agg.start()
     ctx = zmq.Context()
     try:
         big = ctx.socket(zmq.DEALER)
         big.connect(agg.cfg.aggregator.listen)
-        big.send(samples(1, *(row(1, NOW, proc_rchar=i) for i in range(2000)), node="big"))
+        record = {"mount": "/", "note": "x" * (9 << 20)}
+        p = {"collector": "disk", "t": NOW, "seconds": 0.1, "records": [record]}
+        big.send(wire.Envelope(wire.READINGS, "big", 1, 1, p).pack())
         assert big.poll(1500) == 0  # no answer: the connection was closed unread
         small = ctx.socket(zmq.DEALER)
         small.connect(agg.cfg.aggregator.listen)
@@ -408,3 +410,97 @@ def test_values_each_in_range_are_stored_even_when_their_sum_is_not(conn):
     answer = take(conn, Ingest("c"), samples(1, row(8, NOW, proc_rchar=big, proc_wchar=big)))
     assert answer.kind == "ack"
     assert conn.execute("SELECT proc_rchar FROM samples").fetchone()[0] == big
+
+
+def test_a_version_nested_a_thousand_deep_is_refused_and_the_store_keeps_working(tmp_path):
+    """Found in review: str() of such a version raised RecursionError, which the writer took
+    for a failing store and retried for ever.  Now it is the message that is refused."""
+    head = b"\x95" + b"\x91" * 1015 + b"\x01"
+    data = head + b"".join(msgpack.packb(v) for v in ("samples", "node1", [1, 1], {}))
+    writer = store.Writer(str(tmp_path / "w.db"), max_wait=0.01)
+    ing = Ingest("c")
+    writer.start()
+    try:
+        answers: list = []
+        writer.submit(store.WorkItem(lambda c: ing.take(c, data), answers.append, atomic=True))
+        writer.submit(
+            store.WorkItem(
+                lambda c: ing.take(c, samples(2, row(1, NOW))), answers.append, atomic=True
+            )
+        )
+        wait_for("both answered", lambda: len(answers) == 2, 10, 0.02)
+        assert (
+            answers[0].kind == "nack" and "unsupported envelope version list" in answers[0].reason
+        )
+        assert answers[1].kind == "ack" and writer.health()["ok"]
+        assert writer.health()["failed_batches"] == 0
+    finally:
+        writer.stop()
+
+
+def test_refusals_are_logged_once_a_minute_per_reason_whatever_node_names_they_carry(conn):
+    ing = Ingest("c")
+    for i in range(300):
+        take(conn, ing, msgpack.packb([9, "samples", f"n{i}", [1, 1], {}]))
+    assert conn.execute("SELECT count(*) FROM events WHERE kind = 'bad_message'").fetchone()[0] == 1
+    assert (
+        conn.execute("SELECT value FROM counters WHERE name = 'messages_rejected'").fetchone()[0]
+        == 300
+    )
+
+
+def test_a_job_cannot_rename_its_nodes_or_user_through_its_comment(tmp_path):
+    """`scontrol show job -o` is one line of KEY=VALUE: a user's comment can print a NodeList=
+    or UserId= of its own after the real ones.  What slurmctld put in the hook's environment
+    wins, and nothing is expanded past the cluster's bound (found in review: 1.4 GB)."""
+    agg = aggregator(tmp_path)
+    agg.writer.start()
+    try:
+        line = ("JobId=4003 JobName=ok UserId=alice(2001) GroupId=alice(2001) JobState=RUNNING "
+                "NumNodes=1 NodeList=node1 Comment=x NodeList=n[1-20000000],m[20000000-1] "
+                "UserId=root(0) WorkDir=/home/alice\n")  # fmt: skip
+        body = {"t": time.time(), "env": {"SLURM_JOB_ID": "4003", "SLURM_JOB_USER": "alice",
+                                          "SLURM_JOB_UID": "2001", "SLURM_JOB_NODELIST": "node1"}}  # fmt: skip
+        fields, t = agg.report_fields(body)
+        agg._job_started(fields, line, t)
+        wait_for("the start stored", lambda: agg.writer.call(lambda c: c.execute(
+            "SELECT count(*) FROM events WHERE kind = 'job_start'").fetchone()[0]), 10, 0.05)  # fmt: skip
+        row = agg.writer.call(lambda c: tuple(c.execute(
+            "SELECT node_list, user, user_id FROM jobs WHERE job_id = 4003").fetchone()))  # fmt: skip
+        assert row == ("node1", "alice", 2001)
+        with pytest.raises(ValueError, match="runs backwards"):
+            slurmvalues.hostlist("n[1-3],m[9-1]")
+    finally:
+        agg.stop()
+
+
+def test_readings_name_a_known_collector_and_fit_their_bound(conn):
+    from aggregator.ingest import NODE_COLLECTOR_NAMES
+    from nodeagent.node_collectors import NODE_COLLECTORS
+
+    assert NODE_COLLECTOR_NAMES == {c.name for c in NODE_COLLECTORS}  # the two lists agree
+    ing = Ingest("c")
+
+    def readings(seq, collector, records):
+        p = {"collector": collector, "t": NOW, "seconds": 0.1, "records": records}
+        return wire.Envelope(wire.READINGS, "c1", 1, seq, p).pack()
+
+    assert take(conn, ing, readings(1, "disk", [{"mount": "/", "used": 1}])).kind == "ack"
+    answer = take(conn, ing, readings(2, "x" * 60, [{}]))
+    assert answer.kind == "nack" and "collector must be one of" in answer.reason
+    answer = take(conn, ing, readings(3, "disk", [{"blob": b"\x00" * 10}]))
+    assert answer.kind == "nack" and "bytes, which JSON cannot carry" in answer.reason
+    answer = take(conn, ing, readings(4, "disk", [{"s": "x" * (5 << 20)}]))
+    assert answer.kind == "nack" and "over 4194304" in answer.reason
+    assert conn.execute("SELECT count(*) FROM readings").fetchone()[0] == 1
+
+
+def test_a_batch_gathers_a_bounded_number_of_bytes(tmp_path):
+    writer = store.Writer(str(tmp_path / "w.db"), max_wait=0.5)
+    for _ in range(6):
+        writer.submit(store.WorkItem(lambda c: None, size=30 << 20))
+    assert writer.queued_bytes == 180 << 20
+    writer.start()
+    wait_for("all written", lambda: writer.queued_bytes == 0, 10, 0.02)
+    writer.stop()
+    assert writer.commits == 2  # a batch stops gathering once it holds 64 MiB: 3 items, not 6

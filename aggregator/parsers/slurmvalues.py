@@ -130,6 +130,8 @@ def hostlist_size(text: str | None) -> int:
             lo, _, hi = part.partition("-")
             if not lo.isdigit() or not (hi.isdigit() or not hi) or len(lo) > 18 or len(hi) > 18:
                 raise ValueError(f"node list range {part[:40]!r} is not N or N-M")
+            if hi and int(hi) < int(lo):
+                raise ValueError(f"node list range {part[:40]!r} runs backwards")
             total += int(hi) - int(lo) + 1 if hi else 1
     return total
 
