@@ -121,6 +121,27 @@ say "an agent whose key nobody enrolled: refused, counted, nothing stored"
 timeout 8 "$nomade_agent" --node intruder >/dev/null 2>&1 || true
 sleep 2 # refusals are written once a second
 "$nomadectl" status | grep -E "agents refused" || echo "(no refusal counted)"
+say "the store locked by someone else (an admin's sqlite3 shell left in a transaction)"
+# The agents keep sampling; nothing is acknowledged while the writer cannot write, and status
+# says so.  Once the lock is gone the backlog is written and the outage is kept as an event.
+python3 - "$DEMO/data/nomade.db" <<'PY' &
+import sqlite3, sys, time
+lock = sqlite3.connect(sys.argv[1], isolation_level=None)
+lock.execute("BEGIN IMMEDIATE")
+time.sleep(12)
+lock.execute("ROLLBACK")
+PY
+sleep 9
+"$nomadectl" status | sed -n 3p
+wait
+sleep 4
+"$nomadectl" status | sed -n 3p
+python3 -c 'import sqlite3, sys
+row = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True).execute(
+    "SELECT detail FROM events WHERE kind = ? ORDER BY id DESC LIMIT 1", ("store_failed",)).fetchone()
+print("event store_failed:", row[0] if row else "(none)")' "$DEMO/data/nomade.db"
+say "nomadectl db backup   (a consistent, checked copy while the aggregator keeps writing)"
+"$nomadectl" db backup --force "$DEMO/nomade-backup.db"
 cat <<MSG
 
 The cluster and NØMADE keep running.  Try: NOMADE_CONFIG=$NOMADE_CONFIG $nomadectl job $oom

@@ -16,7 +16,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import chain
+from itertools import chain, filterfalse
 from typing import Any
 
 from nomade_common import wire
@@ -92,6 +92,7 @@ class Answer:
 
 MAX_INT = (1 << 63) - 1  # SQLite's INTEGER
 _FIRST, _SECOND = operator.itemgetter(0), operator.itemgetter(1)
+_EMPTY_NUMBERS = frozenset({type(None), int, float, bool})  # what a falsy sample value may be
 MAX_TEXT = 1024  # a host name, an agent version, a collector's name or error
 MAX_DETAIL = 64 << 10  # a job event's payload, kept as JSON in its event
 MAX_READING_CHARS = 4 << 20  # one node collector's records, as JSON
@@ -376,10 +377,11 @@ class Ingest:
         the envelope, naming its row and field.  Rows stamped too far from this clock are left
         out and counted on their node (nodes.samples_refused), the others stored."""
         present = list(filter(None, chain.from_iterable(rows)))  # None and 0 need no range check
+        empty = set(map(type, filterfalse(None, chain.from_iterable(rows))))  # "", [], {} too
         times = list(map(_SECOND, rows))
         try:  # text or a map fails the sum (TypeError), NaN and infinities its finiteness
             total = sum(present)
-            ok = (math.isfinite(total) and total <= MAX_INT and min(present) >= 0
+            ok = (empty <= _EMPTY_NUMBERS and math.isfinite(total) and total <= MAX_INT and min(present) >= 0
                   and set(map(type, map(_FIRST, rows))) == {int} and None not in times)  # fmt: skip
         except (OverflowError, TypeError, ValueError):
             ok = False
@@ -407,7 +409,10 @@ class Ingest:
         if p.get("event") not in ("start", "end"):
             raise Rejected("job_event event must be 'start' or 'end'")
         t = self._time(p["t"], "job_event t", now) if "t" in p else now
-        detail = json.dumps(p, default=str)
+        try:
+            detail = json.dumps(p, default=str)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise Rejected(f"job_event payload is not JSON-like ({printable(str(exc), 80)})") from None
         if len(detail) > MAX_DETAIL:
             raise Rejected(f"job_event payload is {len(detail)} bytes as JSON, over {MAX_DETAIL}")
         uid = self.job_uid(conn, p["job_id"], now, t if p.get("event") == "start" else None)

@@ -81,6 +81,10 @@ BAD_ROWS = [
     (row(7.5, NOW), "is not a list of 20 values starting with a job id"),
     (row(-2, NOW), "job_id is -2"),
     (row(7, None), "t is NoneType"),
+    (row(7, NOW, cpu_usage_seconds=""), "cpu_usage_seconds is str ''"),
+    (row(7, NOW, cpu_usage_seconds=b""), "cpu_usage_seconds is bytes b''"),
+    (row(7, NOW, nprocs=[]), "nprocs is list []"),
+    (row(7, NOW, nprocs={}), "nprocs is dict {}"),
 ]
 
 
