@@ -5,13 +5,23 @@ that raises nomade_common.errors.ParseError (the `cgroup` kind reads a directory
 function takes the directory's path).  Records follow one documented schema per kind
 (docs/parsers.md): units in the field names, None for absent values.  Modules are imported only
 when their kind is asked for, so a kind whose parser is not installed reports that cleanly.
+
+`parser(kind)` is the one door to them, and it is guarded: an exception a parser lets out on input
+it did not foresee (a bug: TypeError, OverflowError, ...) comes out as a ParseError naming the
+source, so `nomadectl parse` and the importers answer with one line, never a traceback.
 """
 
 from __future__ import annotations
 
+import csv
+import functools
 import importlib
+import inspect
 from collections.abc import Callable
 from typing import Any
+from xml.parsers import expat
+
+from nomade_common.errors import ParseError
 
 KINDS: dict[str, str] = {
     # Slurm, read on the head node
@@ -56,11 +66,39 @@ KINDS: dict[str, str] = {
 DIRECTORY_KINDS: frozenset[str] = frozenset({"cgroup", "hwmon", "edac"})
 
 
+# What a parser's bug lets out on input it did not foresee.  Not OSError (a directory kind's tree
+# that cannot be read: the caller says so) nor MemoryError or a caller's timeout.
+_LEAKS = (ArithmeticError, AttributeError, LookupError, TypeError, ValueError, RecursionError,
+          csv.Error, expat.ExpatError)  # fmt: skip
+
+
 def parser(kind: str) -> Callable[..., list[dict[str, Any]]]:
+    """The parser of KIND, guarded (see above); KeyError for a kind NØMADE does not have."""
     if kind not in KINDS:
         raise KeyError(f"unknown kind {kind!r} (known: {', '.join(sorted(KINDS))})")
     module, _, name = KINDS[kind].partition(":")
     try:
-        return getattr(importlib.import_module(module), name)
+        fn = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError):
         raise KeyError(f"kind {kind!r} has no parser in this version of NØMADE yet") from None
+    return _guarded(kind, fn)
+
+
+def _guarded(kind: str, fn: Callable[..., list[dict[str, Any]]]) -> Callable[..., Any]:
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def guarded(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        call = signature.bind(*args, **kwargs)  # a wrong call stays the caller's TypeError
+        try:
+            return fn(*args, **kwargs)
+        except ParseError:
+            raise
+        except _LEAKS as exc:
+            call.apply_defaults()  # the source: `source`, else a directory kind's path
+            source = call.arguments.get("source", next(iter(call.arguments.values()), kind))
+            what = " ".join(str(exc).split())[:100]
+            raise ParseError(str(source), None, f"not {kind} output as NØMADE reads it "
+                             f"({type(exc).__name__}: {what})") from exc  # fmt: skip
+
+    return guarded

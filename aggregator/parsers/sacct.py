@@ -103,6 +103,16 @@ def records(text: str, source: str = "sacct") -> list[dict]:
     return out
 
 
+def _obj(value) -> dict:
+    """VALUE where --json has an object: a value of another type (corrupt output) is empty."""
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value) -> list:
+    """VALUE where --json has an array, else empty."""
+    return value if isinstance(value, list) else []
+
+
 def _json_state(value) -> str | None:
     if isinstance(value, dict):
         value = value.get("current")
@@ -142,17 +152,17 @@ def _cpu_seconds(value) -> float | None:
 
 def _max_rss(step: dict) -> int | None:
     # 'requested' holds the usage in (TRESUsageIn*): Slurm's name, not a request.
-    for item in ((step.get("tres") or {}).get("requested") or {}).get("max") or []:
+    for item in _list(_obj(_obj(step.get("tres")).get("requested")).get("max")):
         if isinstance(item, dict) and item.get("type") == "mem":
             return sv.number(item.get("count"))
     return None
 
 
 def _step_name(step: dict) -> str:
-    ident = (step.get("step") or {}).get("id")
+    ident = _obj(step.get("step")).get("id")
     if isinstance(ident, dict):
         ident = ident.get("id", ident.get("name"))
-    text = str(ident if ident is not None else (step.get("step") or {}).get("name", ""))
+    text = str(ident if ident is not None else _obj(step.get("step")).get("name", ""))
     return text.rsplit(".", 1)[-1] if "." in text else text  # 23.02+: "12.batch"
 
 
@@ -165,14 +175,14 @@ def records_json(text: str, source: str = "sacct") -> list[dict]:
     if not isinstance(doc, dict) or not isinstance(doc.get("jobs"), list):
         raise ParseError(source, None, "no 'jobs' list: not sacct --json output")
     out = []
-    for job in doc["jobs"]:
+    for job in (j for j in doc["jobs"] if isinstance(j, dict)):
         jid = str(sv.number(job.get("job_id")))
-        t = job.get("time") or {}
+        t = _obj(job.get("time"))
         state = _json_state(job.get("state"))
-        steps = [s for s in job.get("steps") or [] if isinstance(s, dict)]
+        steps = [s for s in _list(job.get("steps")) if isinstance(s, dict)]
         total = _cpu_seconds(t.get("total"))
         if not total and steps:
-            total = sum(_cpu_seconds((s.get("time") or {}).get("total")) or 0 for s in steps)
+            total = sum(_cpu_seconds(_obj(s.get("time")).get("total")) or 0 for s in steps)
         limit = sv.number(t.get("limit"))
         code = _json_exit(job.get("exit_code"), state)
         account = sv.string(job.get("account"))
@@ -186,7 +196,7 @@ def records_json(text: str, source: str = "sacct") -> list[dict]:
             "time_limit_seconds": limit * 60.0 if limit is not None else None,
         })  # fmt: skip
         for step in steps:
-            st = step.get("time") or {}
+            st = _obj(step.get("time"))
             name, sstate = _step_name(step), _json_state(step.get("state"))
             code = _json_exit(step.get("exit_code"), sstate)
             out.append({

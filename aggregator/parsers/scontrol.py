@@ -61,8 +61,24 @@ def blocks(text: str, source: str = "scontrol") -> list[tuple[int, dict[str, str
     return out
 
 
-_REASON = re.compile(r"^(.*?)\s*\[([^@\]]*)@([^\]]*)\]\s*$")
 _MIB = 1 << 20
+
+
+def _reason(text: str | None) -> tuple[str | None, str | None, str | None]:
+    r"""'Not responding [slurm@2026-11-24T08:25:42]' -> (reason, user, time as printed).
+
+    The '[user@time]' Slurm appends is found back from the ']' that ends TEXT: the earliest '['
+    after any other ']', then the first '@' (what r"^(.*?)\s*\[([^@\]]*)@([^\]]*)\]\s*$"
+    matches, without its backtracking, quadratic in a reason full of '[' or spaces).
+    """
+    if not text or not text.endswith("]"):
+        return text, None, None
+    end = len(text) - 1
+    start = text.find("[", text.rfind("]", 0, end) + 1, end)
+    at = text.find("@", start, end) if start >= 0 else -1
+    if at < 0:
+        return text, None, None
+    return text[:start].rstrip() or None, text[start + 1 : at] or None, text[at + 1 : end]
 
 
 def _mib(value) -> int | None:
@@ -97,10 +113,7 @@ NODE_FIELDS = (
 def _node_record(rec: dict[str, str]) -> dict:
     cfg, alloc = sv.tres(rec.get("CfgTRES")), sv.tres(rec.get("AllocTRES"))
     state, flags = sv.node_state(rec.get("State")) if rec.get("State") else (None, [])
-    reason, user, when = sv.string(rec.get("Reason")), None, None
-    m = _REASON.match(reason or "")
-    if m:
-        reason, user, when = m.group(1) or None, m.group(2) or None, m.group(3)
+    reason, user, when = _reason(sv.string(rec.get("Reason")))
     mem = rec.get("RealMemory")
     if mem is None and cfg.get("mem"):
         mem_bytes = sv.memory(cfg["mem"], "M")[0]

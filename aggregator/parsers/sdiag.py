@@ -77,9 +77,13 @@ _TEXT = {
         "Last table size": "bf_table_size", "Mean table size": "bf_table_size_mean",
     },
 }  # fmt: skip
-_EPOCH = re.compile(r"\((\d+)\)\s*$")
-_RPC = re.compile(r"^\s*(\S+)\s+\(\s*(\d+)\)\s+count:(\d+)\s+ave_time:(\d+)\s+total_time:(\d+)\s*$")
-_LATENCY = re.compile(r"^Latency for 1000 calls to gettimeofday\(\): (\d+) microseconds")
+# Counters are 64-bit: at most 20 digits (a longer number is no counter, and past int()'s limit).
+_EPOCH = re.compile(r"\((\d{1,20})\)\s*$")
+_RPC = re.compile(
+    r"^\s*(\S+)\s+\(\s*(\d{1,20})\)\s+count:(\d{1,20})\s+ave_time:(\d{1,20})\s+"
+    r"total_time:(\d{1,20})\s*$"
+)
+_LATENCY = re.compile(r"^Latency for 1000 calls to gettimeofday\(\): (\d{1,20}) microseconds")
 
 
 def _convert(record_key: str, value):
@@ -121,8 +125,10 @@ def records_json(text: str, source: str = "sdiag") -> list[dict]:
     if not isinstance(stats, dict):
         raise ParseError(source, None, "no 'statistics' object: not sdiag --json output")
     out = [_stats(stats)]
-    out += [_rpc("rpc_type", "message_type", i) for i in stats.get("rpcs_by_message_type") or []]
-    out += [_rpc("rpc_user", "user", i) for i in stats.get("rpcs_by_user") or []]
+    for kind, name_key, key in (("rpc_type", "message_type", "rpcs_by_message_type"),
+                                ("rpc_user", "user", "rpcs_by_user")):  # fmt: skip
+        items = stats.get(key) if isinstance(stats.get(key), list) else []
+        out += [_rpc(kind, name_key, i) for i in items if isinstance(i, dict)]
     return out
 
 
@@ -134,8 +140,8 @@ def _text_value(key: str, value: str, source: str, number: int):
         return None
     try:
         return int(value.split()[0])
-    except (ValueError, IndexError):
-        raise ParseError(source, number, f"{key}: expected a number, got {value!r}") from None
+    except (ValueError, IndexError):  # not a number, or past int()'s 4300 digits
+        raise ParseError(source, number, f"{key}: expected a number, got {value[:60]!r}") from None
 
 
 def records_text(text: str, source: str = "sdiag") -> list[dict]:

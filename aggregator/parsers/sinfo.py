@@ -31,6 +31,9 @@ _HEADERS = {
 }  # fmt: skip
 _DATE_LINE = re.compile(r"^\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4}$")
 _MIB = 1 << 20
+# Nodes one row's NODELIST may name: more than any cluster has (a node list is expanded into
+# one record per node, so 'n[1-99999999]' in a capture must not become 10^8 records).
+NODES_MAX = 100_000
 
 
 def _record(**values) -> dict:
@@ -105,7 +108,12 @@ def _text_records(row: dict[str, str]) -> list[dict]:
         "reason_user": sv.string(row.get("user")) if reason else None,
         "reason_time": sv.timestamp(row.get("timestamp")) if reason else None,
     }
-    return [_record(node=node, **common) for node in sv.hostlist(row.get("nodelist"))]
+    nodes = row.get("nodelist")
+    size = sv.hostlist_size(nodes)
+    if size > NODES_MAX:
+        raise ValueError(f"node list {nodes[:60]!r} names {size} nodes, more than "
+                         f"sinfo.NODES_MAX ({NODES_MAX})")  # fmt: skip
+    return [_record(node=node, **common) for node in sv.hostlist(nodes)]
 
 
 def _mib(n: int | float | None) -> int | None:
@@ -126,7 +134,7 @@ def records(text: str, source: str = "sinfo") -> list[dict]:
 
 def json_records(node: dict) -> list[dict]:
     """The records of one node object of sinfo --json or slurmrestd /nodes."""
-    flags = node.get("state_flags") or []
+    flags = node.get("state_flags") if isinstance(node.get("state_flags"), list) else []
     state, flags = sv.node_state(
         node.get("state") if isinstance(node.get("state"), list) else
         [node.get("state") or "", *flags]
@@ -150,7 +158,8 @@ def json_records(node: dict) -> list[dict]:
         "reason_user": sv.string(node.get("reason_set_by_user")) if reason else None,
         "reason_time": sv.epoch(node.get("reason_changed_at")) if reason else None,
     }
-    parts = node.get("partitions") or [None]
+    parts = node.get("partitions") if isinstance(node.get("partitions"), list) else None
+    parts = parts or [None]
     return [_record(node=node.get("name"), partition=p, **common) for p in parts]
 
 
@@ -161,5 +170,8 @@ def records_json(text: str, source: str = "sinfo") -> list[dict]:
     for i, node in enumerate(nodes):
         if not isinstance(node, dict) or not node.get("name"):
             raise ParseError(source, None, f"node {i} has no name")
-        out += json_records(node)
+        try:
+            out += json_records(node)
+        except ValueError as exc:  # a value slurmvalues cannot read ('gpu:' and 5000 digits)
+            raise ParseError(source, None, f"node {i}: {exc}") from None
     return out

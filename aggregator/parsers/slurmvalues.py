@@ -5,6 +5,7 @@ Each returns None for Slurm's words for "nothing here" (Unknown, None, N/A, INVA
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime
 
@@ -15,7 +16,11 @@ _DURATION = re.compile(r"^(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+(?:\.\d+)?)$")
 
 
 def absent(text: str | None) -> bool:
-    return text is None or text.strip().lower() in _ABSENT
+    """None or one of Slurm's words for nothing; a value that is not text (a number or a list
+    where --json had a string) is not absent."""
+    if not isinstance(text, str):
+        return text is None
+    return text.strip().lower() in _ABSENT
 
 
 def memory(text: str | None, default_unit: str = "") -> tuple[int | None, str | None]:
@@ -28,9 +33,11 @@ def memory(text: str | None, default_unit: str = "") -> tuple[int | None, str | 
         return None, None
     m = _MEM.match(text.strip())
     if not m:
-        raise ValueError(f"expected a memory size like 4000M or 2Gc, got {text!r}")
+        raise ValueError(f"expected a memory size like 4000M or 2Gc, got {text[:60]!r}")
     number, unit, per = m.groups()
     size = float(number) * _UNITS[(unit or default_unit).upper()]
+    if not math.isfinite(size):  # '999...9K' past float's range
+        raise ValueError(f"expected a memory size like 4000M or 2Gc, got {text[:60]!r}")
     return int(size), {"n": "node", "c": "cpu"}.get(per.lower()) if per else None
 
 
@@ -39,13 +46,16 @@ def duration(text: str | None) -> float | None:
     if absent(text) or text.strip().upper() == "UNLIMITED":
         return None
     s = text.strip()
-    if s.isdigit():  # a bare number is minutes (Timelimit as given to --time)
-        return float(s) * 60
-    m = _DURATION.match(s)
-    if not m:
-        raise ValueError(f"expected a duration like 1-02:03:04 or 05:06.789, got {text!r}")
-    days, hours, minutes, seconds = m.groups()
-    return int(days or 0) * 86400 + int(hours or 0) * 3600 + int(minutes) * 60 + float(seconds)
+    if s.isdecimal():  # a bare number is minutes (Timelimit as given to --time)
+        seconds = float(s) * 60
+    elif m := _DURATION.match(s):
+        d, h, mins, secs = m.groups()
+        seconds = float(d or 0) * 86400 + float(h or 0) * 3600 + float(mins) * 60 + float(secs)
+    else:
+        seconds = math.nan
+    if not math.isfinite(seconds):  # not a duration, or one past float's range ('999...9-00:00')
+        raise ValueError(f"expected a duration like 1-02:03:04 or 05:06.789, got {text[:60]!r}")
+    return seconds
 
 
 def timestamp(text: str | None) -> float | None:
@@ -74,7 +84,7 @@ def integer(text: str | None) -> int | None:
     try:
         return int(text.strip())
     except ValueError:
-        raise ValueError(f"expected an integer, got {text!r}") from None
+        raise ValueError(f"expected an integer, got {text[:60]!r}") from None
 
 
 def tres(text: str | None) -> dict[str, str]:
@@ -100,8 +110,9 @@ def gpus_from_tres(items: dict[str, str]) -> int | None:
 
 
 def gpus_from_gres(text: str | None) -> int | None:
-    """'gres:gpu:2', 'gres/gpu:a100:4', 'gpu:2(IDX:0-1)' -> GPU count; None when none are named."""
-    if absent(text):
+    """'gres:gpu:2', 'gres/gpu:a100:4', 'gpu:2(IDX:0-1)' -> GPU count; None when none are named.
+    TEXT may be any --json value: one that is not a string names none."""
+    if absent(text) or not isinstance(text, str):
         return None
     total = None
     for part in text.split(","):
@@ -109,12 +120,52 @@ def gpus_from_gres(text: str | None) -> int | None:
         if not name.startswith("gpu"):
             continue
         count = name.split("(")[0].rsplit(":", 1)[-1]
-        total = (total or 0) + (int(count) if count.isdigit() else 1)
+        total = (total or 0) + (integer(count) if count.isdecimal() else 1)
     return total
 
 
-_HOSTLIST = re.compile(r"([^,\[]+)\[([^\]]+)\]|([^,\[\]]+)")
 HOSTLIST_MAX = 1_000_000  # nodes one list may name unless the caller allows fewer
+
+
+class _Next:
+    """Where CHAR next occurs in TEXT at or after a position (len(TEXT) if nowhere), for
+    positions that never go back: each character is looked at once, however often it is asked."""
+
+    def __init__(self, text: str, char: str) -> None:
+        self.text, self.char, self.at = text, char, -1
+
+    def __call__(self, i: int) -> int:
+        if self.at < i:
+            found = self.text.find(self.char, i)
+            self.at = found if found >= 0 else len(self.text)
+        return self.at
+
+
+_PLAIN = re.compile(r"[^,\[\]]+")
+
+
+def _hostlist_parts(text: str) -> list[tuple[str, str, str]]:
+    r"""(prefix, ranges, '') for each 'prefix[ranges]' of a node list and ('', '', name) for each
+    plain name, left to right; commas and stray brackets between them are skipped: the parts
+    re.findall(r"([^,\[]+)\[([^\]]+)\]|([^,\[\]]+)", text) finds, in linear time (that regex
+    scans to the end of the text again at each '[' with no ']' after it: quadratic)."""
+    comma, opening, closing = _Next(text, ","), _Next(text, "["), _Next(text, "]")
+    last = text.rfind("]")
+    out: list[tuple[str, str, str]] = []
+    i = 0
+    while i < len(text):
+        run = min(comma(i), opening(i))  # a prefix runs to the next ',' or '['
+        if run >= last:  # no ']' after it: plain names to the end
+            out += [("", "", name) for name in _PLAIN.findall(text, i)]
+            break
+        end = closing(run + 1)
+        if i < run and text[run] == "[" and end > run + 1:
+            out.append((text[i:run], text[run + 1 : end], ""))
+            i = end + 1
+        else:  # no 'prefix[ranges]' starts before RUN: the names between ']'s up to it
+            out += [("", "", name) for name in text[i:run].split("]") if name]
+            i = run + 1
+    return out
 
 
 def hostlist_size(text: str | None) -> int:
@@ -122,13 +173,13 @@ def hostlist_size(text: str | None) -> int:
     if absent(text):
         return 0
     total = 0
-    for _prefix, ranges, plain in _HOSTLIST.findall(text.strip()):
+    for _prefix, ranges, plain in _hostlist_parts(text.strip()):
         if plain:
             total += 1
             continue
         for part in ranges.split(","):
             lo, _, hi = part.partition("-")
-            if not lo.isdigit() or not (hi.isdigit() or not hi) or len(lo) > 18 or len(hi) > 18:
+            if not lo.isdecimal() or not (hi.isdecimal() or not hi) or max(len(lo), len(hi)) > 18:
                 raise ValueError(f"node list range {part[:40]!r} is not N or N-M")
             if hi and int(hi) < int(lo):
                 raise ValueError(f"node list range {part[:40]!r} runs backwards")
@@ -145,7 +196,7 @@ def hostlist(text: str | None, limit: int = HOSTLIST_MAX) -> list[str]:
     if not size:
         return []
     out: list[str] = []
-    for prefix, ranges, plain in _HOSTLIST.findall(text.strip()):
+    for prefix, ranges, plain in _hostlist_parts(text.strip()):
         if plain:
             out.append(plain)
             continue
@@ -160,14 +211,15 @@ def hostlist(text: str | None, limit: int = HOSTLIST_MAX) -> list[str]:
 
 def number(value):
     """A JSON number as Slurm's --json prints it, plain (21.08-22.05) or {"set", "infinite",
-    "number"} (data_parser, 23.02 and later): the number, or None when unset or infinite."""
+    "number"} (data_parser, 23.02 and later): the number, or None when unset or infinite.
+    NaN, Infinity and numbers no 64-bit field holds (1e400, 400 digits) are not Slurm's: None."""
     if isinstance(value, dict):
         if not value.get("set", True) or value.get("infinite"):
             return None
         value = value.get("number")
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return value
+    return value if -(2**63) <= value < 2**64 else None  # False for NaN too
 
 
 def epoch(value) -> float | None:
@@ -209,11 +261,9 @@ def node_state(value) -> tuple[str | None, list[str]]:
     words = [w for w in words if w]
     if not words:
         return None, []
-    flags: list[str] = []
-    first = str(words[0])
-    while first and first[-1] in _NODE_SUFFIX:
-        flags.append(_NODE_SUFFIX[first[-1]])
-        first = first[:-1]
+    word = str(words[0])
+    first = word.rstrip("".join(_NODE_SUFFIX))  # 'drain*' -> 'drain', '*' a flag
+    flags = [_NODE_SUFFIX[c] for c in reversed(word[len(first) :])]
     base = _NODE_SHORT.get(first.lower(), first.lower())
     flags += [str(w).strip().upper() for w in words[1:]]
     flags = list(dict.fromkeys(flags))

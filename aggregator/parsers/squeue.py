@@ -218,8 +218,14 @@ def explain(printed: str | None, code: str | None = None) -> dict[str, str | Non
     reason is the code, reason_detail the description when there was one.
     """
     s = (printed or "").strip()
-    while s.startswith("(") and s.endswith(")"):
-        s = s[1:-1].strip()
+    lo, hi = 0, len(s)
+    while lo < hi and s[lo] == "(" and s[hi - 1] == ")":  # '((Priority))' -> 'Priority'
+        lo, hi = lo + 1, hi - 1
+        while lo < hi and s[lo].isspace():
+            lo += 1
+        while hi > lo and s[hi - 1].isspace():
+            hi -= 1
+    s = s[lo:hi]  # cut once: slicing at every step is quadratic in the parentheses
     code = None if sv.absent(code) else (code or "").strip()
     if sv.absent(s):
         s = ""
@@ -244,24 +250,42 @@ def explain(printed: str | None, code: str | None = None) -> dict[str, str | Non
 # Text
 
 
-def _split_format(fmt: str) -> tuple[list[str], re.Pattern[str]]:
+def _split_format(fmt: str) -> tuple[list[str], list[str]]:
+    """-o FORMAT -> its letters and the literal text around them (one more than the letters)."""
     letters = [m.group(2) for m in _SPEC.finditer(fmt)]
-    literals = _SPEC.split(fmt)[::3]  # text between the specs
-    parts = [re.escape(literals[0])]
-    for i, _letter in enumerate(letters):
-        last = i == len(letters) - 1
-        parts.append("(.*)" if last else "(.*?)")
-        parts.append(re.escape(literals[i + 1]))
-    return letters, re.compile("^" + "".join(parts) + "$")
+    return letters, _SPEC.split(fmt)[::3]  # text between the specs
+
+
+def _split_line(line: str, literals: list[str]) -> list[str] | None:
+    """LINE cut into the fields of a format with LITERALS around them, or None if it does not fit.
+
+    Each literal is taken at its first occurrence after the field before it, the last field runs
+    to the final literal at the end of the line: what '^L0(.*?)L1(.*?)...(.*)Ln$' matches, in
+    one pass (that regex backtracks over the whole line at every lazy field that fails)."""
+    first, *between, last = literals
+    if not line.startswith(first) or not line.endswith(last):
+        return None
+    fields, pos = [], len(first)
+    for literal in between:
+        end = line.find(literal, pos)
+        if end < 0:
+            return None
+        fields.append(line[pos:end])
+        pos = end + len(literal)
+    if pos > len(line) - len(last):
+        return None
+    return [*fields, line[pos : len(line) - len(last)]]
 
 
 def _keys_of_header(cols: list[str]) -> list[str | None]:
     keys: list[str | None] = []
+    seen: set[str | None] = set()  # not `in keys`: quadratic in a header of 100,000 columns
     for col in cols:
         key = _HEADERS.get(col.strip().upper())
-        if key == "job_id" and "job_id" in keys:
+        if key == "job_id" and key in seen:
             key = "job_id_raw"  # %A's header is JOBID too
         keys.append(key)
+        seen.add(key)
     return keys
 
 
@@ -279,7 +303,9 @@ def _rows(text: str, source: str, fmt: str | None) -> list[tuple[int, dict[str, 
         if fmt is None:
             raise ParseError(source, lines[0][0], "no header line (JOBID ...) and no format given")
     if fmt is not None:
-        letters, pattern = _split_format(fmt)
+        letters, literals = _split_format(fmt)
+        if not letters:
+            raise ParseError(source, None, f"format {fmt[:60]!r} has no %-fields")
         keys: list[str | None] = [_LETTERS.get(c) for c in letters]
         head = _HEADER_OF.get(letters[0]) or next(
             (h for h, k in _HEADERS.items() if k == keys[0]), ""
@@ -288,8 +314,7 @@ def _rows(text: str, source: str, fmt: str | None) -> list[tuple[int, dict[str, 
             lines = lines[1:]
 
         def split(line: str) -> list[str] | None:
-            m = pattern.match(line)
-            return list(m.groups()) if m else None
+            return _split_line(line, literals)
 
     else:
         sep = "|" if "|" in first else None
@@ -297,18 +322,18 @@ def _rows(text: str, source: str, fmt: str | None) -> list[tuple[int, dict[str, 
         keys = _keys_of_header(cols)
         lines = lines[1:]
 
-        def split(line: str) -> list[str] | None:
+        def split(line: str) -> list[str] | None:  # with spaces, empty values end the line
             vals = line.split(sep) if sep else line.split(None, len(cols) - 1)
-            if sep is None and len(vals) < len(cols):
-                vals += [""] * (len(cols) - len(vals))  # empty values at the end of the line
-            return vals if len(vals) == len(cols) else None
+            return vals if len(vals) == len(cols) or sep is None else None
 
+    # key -> its (last) column: a row costs the keys we know, not a header's 100,000 columns
+    where = {k: i for i, k in enumerate(keys) if k}
     out = []
     for number, line in lines:
         vals = split(line)
         if vals is None:
             raise ParseError(source, number, f"expected {len(keys)} columns")
-        row = {k: v.strip() for k, v in zip(keys, vals, strict=True) if k}
+        row = {k: vals[i].strip() if i < len(vals) else "" for k, i in where.items()}
         if not row.get("job_id"):
             raise ParseError(source, number, "empty job id")
         out.append((number, row))
@@ -450,6 +475,7 @@ def json_record(job: dict) -> dict:
     limit = None if limit is None or not 0 <= limit < 0xFFFFFFFE else limit
     state = _state(job.get("job_state"))
     mem = _mb(job.get("memory_per_node")) or _mb(job.get("memory_per_cpu"))
+    desc = job.get("state_description")  # a description, or '' where Slurm has none
     return _record(
         job_id=job_id,
         job_id_raw=str(sv.number(job.get("job_id"))),
@@ -461,7 +487,9 @@ def json_record(job: dict) -> dict:
         partition=sv.string(job.get("partition")),
         qos=sv.string(job.get("qos")),
         state=state,
-        **explain(job.get("state_description"), sv.string(job.get("state_reason")) or "None"),
+        **explain(
+            desc if isinstance(desc, str) else None, sv.string(job.get("state_reason")) or "None"
+        ),
         dependency=sv.string(job.get("dependency")),
         cpus=sv.number(job.get("cpus")),
         node_count=sv.number(job.get("node_count")),
@@ -481,4 +509,12 @@ def records_json(text: str, source: str = "squeue") -> list[dict]:
     """`squeue --json` (openapi v0.0.37/v0.0.38, data_parser v0.0.39 and later) or the jobs of
     slurmrestd's /slurm/vX/jobs: the same records as `records`."""
     _doc, jobs = load_json(text, source, "jobs")
-    return [json_record(job) for job in jobs if isinstance(job, dict)]
+    out = []
+    for i, job in enumerate(jobs):
+        if not isinstance(job, dict):
+            continue
+        try:
+            out.append(json_record(job))
+        except ValueError as exc:  # a value slurmvalues cannot read ('gpu:' and 5000 digits)
+            raise ParseError(source, None, f"job {i}: {exc}") from None
+    return out
