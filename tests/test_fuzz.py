@@ -23,7 +23,8 @@ as a clean answer, per target (anything else fails the test):
   events), readings_latest, readings, nodes and collector_status are as they were (counters
   may count the refusal); after an ack, received holds the envelope's (node, epoch, seq) and
   every stored sample holds numbers (t a number, the other fields a number >= 0 or null).
-* Every call returns within LIMIT_SECONDS.
+* Every call returns within LIMIT_SECONDS (a hang detector; how fast a parser is on long
+  inputs is bench/fuzz.py's to find, with its own bound per input).
 
 Texts reach parsers as ``read_text`` and ``nomadectl parse`` give them, bytes decoded as UTF-8
 with errors="replace", so the texts here hold no lone surrogates either.  Seeds are the inputs of
@@ -59,7 +60,7 @@ from nomade_common import parsekinds, wire
 from nomade_common.errors import ParseError
 from tests.conftest import FIXTURES, ROOT, SHARED
 
-LIMIT_SECONDS = 2.0
+LIMIT_SECONDS = 20.0  # a hang, not a speed: these inputs are small, and CI machines are shared
 
 
 def raw_parser(kind: str):
