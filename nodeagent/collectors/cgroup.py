@@ -124,7 +124,8 @@ def discover(cgroup_root: str, node: str) -> Layout | None:
 
 
 def _job_id(name: str) -> int | None:
-    if name.startswith("job_") and name[4:].isdigit():
+    digits = name[4:]
+    if name.startswith("job_") and digits.isascii() and digits.isdigit():  # not "job_²"
         return int(name[4:])
     return None
 
@@ -203,11 +204,24 @@ def read_job(layout: Layout, job: JobDirs) -> RawJob:
 # Pure parsers
 
 
+# The kernel prints cgroup counters as u64 or s64: 20 characters at most.  A longer number is
+# none of its values (and one past float range, 309 digits, would overflow the conversion to
+# seconds).
+_INT_CHARS = 20
+
+
+def _int(raw: str) -> int:
+    """RAW as an int; ValueError unless it is an integer of at most _INT_CHARS characters."""
+    if len(raw) > _INT_CHARS:
+        raise ValueError(f"more than {_INT_CHARS} characters")
+    return int(raw)
+
+
 def parse_int(text: str, source: str) -> int:
     """A file holding one integer."""
     value = text.strip()
     try:
-        return int(value)
+        return _int(value)
     except ValueError:
         raise ParseError(source, 1, f"expected one integer, got {value[:40]!r}") from None
 
@@ -244,13 +258,13 @@ def _pick(values: dict[str, str], keys: tuple[str, ...], text: str, source: str)
         raw = values.get(key)
         if raw is not None:
             try:
-                return int(raw)
+                return _int(raw)
             except ValueError:
                 line = next(
                     (n for n, ln in enumerate(text.splitlines(), 1) if ln.startswith(key + " ")),
                     None,
                 )
-                raise ParseError(source, line, f"{key} {raw!r} is not an integer") from None
+                raise ParseError(source, line, f"{key} {raw[:40]!r} is not an integer") from None
     return None
 
 
@@ -286,9 +300,9 @@ def parse_blkio_v1(text: str, source: str = "blkio.throttle.io_service_bytes") -
             raise ParseError(source, number, f"expected 'MAJ:MIN Op bytes', got {line[:60]!r}")
         if parts[1] in ("Read", "Write"):
             try:
-                value = int(parts[2])
+                value = _int(parts[2])
             except ValueError:
-                raise ParseError(source, number, f"{parts[2]!r} is not an integer") from None
+                raise ParseError(source, number, f"{parts[2][:40]!r} is not an integer") from None
             if parts[1] == "Read":
                 read += value
             else:
@@ -330,9 +344,9 @@ def parse_io_stat_v2(text: str, source: str = "io.stat") -> dict:
             key, eq, value = token.partition("=")
             if key in ("rbytes", "wbytes"):
                 try:
-                    amount = int(value)
+                    amount = _int(value)
                 except ValueError:
-                    raise ParseError(source, number, f"{token!r} is not key=integer") from None
+                    raise ParseError(source, number, f"{token[:40]!r} is not key=integer") from None
                 if key == "rbytes":
                     read += amount
                 else:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import re
 import signal
@@ -194,10 +195,21 @@ def _round(seconds: float | None) -> float | None:
 # Number helpers shared by the quota parsers
 
 _SUFFIX = "KMGTPE"
-_VALUE = re.compile(r"\[?(\d+(?:\.\d+)?)([KMGTPEkmgtpe]?)\]?(\*?)")
-_GRACE_HUMAN = re.compile(r"none|\d+days|\d+:\d\d")  # quota-tools without -p
-_LUSTRE_GRACE = re.compile(r"(\d+)([wdhms])")
+_VALUE = re.compile(r"\[?([0-9]+(?:\.[0-9]+)?)([KMGTPEkmgtpe]?)\]?(\*?)")
+_GRACE_HUMAN = re.compile(r"none|[0-9]+days|[0-9]+:[0-9][0-9]")  # quota-tools without -p
+# No id, epoch or grace figure of the tools has more digits (2**64 has 20): a longer run is
+# no figure of theirs (and int() refuses runs past 4300 digits).  Bounded, the search for
+# Lustre's parts stays linear in a long run of digits.
+_MAX_DIGITS = 20
+_LUSTRE_GRACE = re.compile(r"([0-9]{1,20})([wdhms])")
 _LUSTRE_UNIT = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def _integer(text: str) -> int | None:
+    """TEXT as an int where it is 1 to _MAX_DIGITS ASCII digits, else None."""
+    if 0 < len(text) <= _MAX_DIGITS and text.isascii() and text.isdigit():
+        return int(text)
+    return None
 
 
 def _is_value(token: str) -> bool:
@@ -214,7 +226,10 @@ def _figure(token: str, source: str, line: int, what: str, base: int, unit: int)
         raise ParseError(source, line, f"expected {what}, got {token!r}")
     number, suffix, star = found.groups()
     factor = base ** (_SUFFIX.index(suffix.upper()) + 1) if suffix else unit
-    return round(float(number) * factor), bool(star)
+    value = float(number) * factor
+    if value == math.inf:  # past float range: no figure of a filesystem
+        raise ParseError(source, line, f"expected {what}, got {token[:40]!r} (past float range)")
+    return round(value), bool(star)
 
 
 def _space(token: str, source: str, line: int) -> tuple[int | None, bool]:
@@ -236,20 +251,22 @@ def _grace(token: str | None, source: str, line: int) -> tuple[int | None, int |
     "7days", "23:59" (quota-tools), "6d23h59m57s", "1w" (Lustre), "none" (run out: 0 left)."""
     if token is None or token in ("", "-"):
         return None, None
-    if token.isdigit():
-        return None, int(token) or None
+    epoch = _integer(token)
+    if epoch is not None:
+        return None, epoch or None
     text = token.lower()
     if text == "none":
         return 0, None
-    if text.endswith("days") and text[:-4].isdigit():
-        return int(text[:-4]) * 86400, None
+    days = _integer(text[:-4]) if text.endswith("days") else None
+    if days is not None:
+        return days * 86400, None
     hours, colon, minutes = text.partition(":")
-    if colon and hours.isdigit() and minutes.isdigit():
+    if colon and _integer(hours) is not None and _integer(minutes) is not None:
         return int(hours) * 3600 + int(minutes) * 60, None
     parts = _LUSTRE_GRACE.findall(text)
     if parts and "".join(n + u for n, u in parts) == text:
         return sum(int(n) * _LUSTRE_UNIT[u] for n, u in parts), None
-    raise ParseError(source, line, f"expected a grace time, got {token!r}")
+    raise ParseError(source, line, f"expected a grace time, got {token[:40]!r}")
 
 
 def _split_values(values: list[str], source: str, line: int) -> list[str | None]:
@@ -350,7 +367,7 @@ def _repquota_row(raw: str, kind: str, device: str | None, source: str, line: in
     label = tokens[0]
     name: str | None = label
     qid = None
-    if label.startswith("#") and label[1:].isdigit():  # -n, or an id without a name
+    if label.startswith("#") and _integer(label[1:]) is not None:  # -n, or an id without a name
         name, qid = None, int(label[1:])
     values = _split_values(tokens[2:], source, line)
     return _quota_record(kind, name, qid, device, values, source, line, flags=tokens[1])
@@ -360,7 +377,7 @@ def _repquota_row(raw: str, kind: str, device: str | None, source: str, line: in
 # quota (quota-tools) and lfs quota share the "Disk quotas for ..." title
 
 _TITLE = re.compile(
-    r"Disk quotas for (user|usr|group|grp|project|prj) (.+?) \((?:uid|gid|pid|projid) (\d+)\):?\s*(.*)$"
+    r"Disk quotas for (user|usr|group|grp|project|prj) (.+?) \((?:uid|gid|pid|projid) ([0-9]{1,20})\):?\s*(.*)$"
 )
 _KIND = {"usr": "user", "grp": "group", "prj": "project"}
 
@@ -400,10 +417,10 @@ def parse_quota(text: str, source: str = "quota -v -w -p") -> list[dict[str, Any
             header = True
         elif header:
             names, values = _row_split(tokens)
-            names = pending + names
             if not values:
-                pending = names
+                pending.extend(names)  # in place: a run of such lines costs linear time
                 continue
+            names = pending + names
             if not names or len(names) > 2:
                 raise ParseError(source, number, f"expected FILESYSTEM values..., got {raw[:60]!r}")
             kind, name, qid, _ = title
@@ -450,10 +467,10 @@ def parse_lfs_quota(
         if in_default:
             continue
         names, values = _row_split(tokens)
-        names = pending + names
         if not values:
-            pending = names
+            pending.extend(names)  # in place: a run of such lines costs linear time
             continue
+        names = pending + names
         pending = []
         if len(names) != 1:
             raise ParseError(source, number, f"expected PATH and 8 values, got {raw[:60]!r}")

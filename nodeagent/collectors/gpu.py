@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import re
 import subprocess
 from collections.abc import Iterable, Iterator
@@ -153,7 +154,10 @@ def _number(raw: str | None, source: str, line: int | None) -> tuple[float, str]
     match = _NUMBER.match(raw.strip())
     if match is None:
         raise ParseError(source, line, f"expected a number, got {raw.strip()[:40]!r}")
-    return float(match.group(1)), match.group(2)
+    value = float(match.group(1))
+    if not math.isfinite(value):  # digits past float range
+        raise ParseError(source, line, f"expected a number, got {raw.strip()[:40]!r}...")
+    return value, match.group(2)
 
 
 def _int(raw: str | None, source: str, line: int | None) -> int | None:
@@ -170,10 +174,14 @@ def _bytes(raw: str | None, source: str, line: int | None, unit: str = "MiB") ->
     got = _number(raw, source, line)
     if got is None:
         return None
+    assert raw is not None
     scale = _TO_BYTES.get((got[1] or unit).lower())
     if scale is None:
-        raise ParseError(source, line, f"unknown memory unit in {raw!r}")
-    return int(got[0] * scale)
+        raise ParseError(source, line, f"unknown memory unit in {raw[:40]!r}")
+    value = got[0] * scale
+    if not math.isfinite(value):
+        raise ParseError(source, line, f"expected a memory size, got {raw.strip()[:40]!r}...")
+    return int(value)
 
 
 def _text(raw: str | None) -> str | None:
@@ -228,20 +236,24 @@ class Node:
 def _xml_tree(text: str, source: str) -> Node:
     parser = expat.ParserCreate()
     stack: list[Node] = []
+    # The text of each open element, joined at its end: adding each chunk to a string would
+    # copy the text so far again (quadratic in a long text that expat hands over line by line).
+    chunks: list[list[str]] = []
     root: list[Node] = []
 
     def start(tag: str, attrs: dict[str, str]) -> None:
         node = Node(tag, parser.CurrentLineNumber, attrs=attrs)
         (stack[-1].children if stack else root).append(node)
         stack.append(node)
+        chunks.append([])
 
     def end(_tag: str) -> None:
         node = stack.pop()
-        node.text = node.text.strip()
+        node.text = "".join(chunks.pop()).strip()
 
     def data(chunk: str) -> None:
         if stack:
-            stack[-1].text += chunk
+            chunks[-1].append(chunk)
 
     parser.StartElementHandler = start
     parser.EndElementHandler = end
@@ -267,7 +279,9 @@ _TEXT_TAGS = {
     "sram_uncorrectable_sec_ded": "sram_uncorrectable_secded",
     "shared_fb_memory_usage": "fb_memory_usage",
 }
-_TEXT_LINE = re.compile(r"^( *)(\S.*?)\s+:\s?(.*)$")
+# The label ends in a non-space, so the spaces before the colon are tried from one place only
+# (a label of (\S.*?) would rescan a long run of spaces from each of its characters).
+_TEXT_LINE = re.compile(r"^( *)(\S(?:.*?\S)??)\s+:\s?(.*)$")
 
 
 def _snake(label: str) -> str:
@@ -573,7 +587,17 @@ _CSV_RETIRED: dict[str, tuple[str, str]] = {
     "retired_pages.cause": ("cause", "text"),
 }
 RETIRED_PAGE_FIELDS = ("gpu_uuid", "address", "timestamp", "cause")
-_HEADER = re.compile(r"^(.*?)(?:\s*\[([^\]]*)\])?$")
+
+
+def _header_column(column: str) -> tuple[str, str | None]:
+    """(name, unit) of a header column: 'memory.used [MiB]' -> ('memory.used', 'MiB'); the unit
+    is the bracketed text that ends the column.  (String operations: the regex this replaces
+    backtracked over long runs of spaces and of '['.)"""
+    if column.endswith("]"):
+        start = column.find("[", column.rfind("]", 0, -1) + 1)
+        if start >= 0:
+            return column[:start].rstrip(), column[start + 1 : -1]
+    return column, None
 
 
 def _convert(kind: str, raw: str, unit: str, source: str, line: int) -> Any:
@@ -592,7 +616,9 @@ def _convert(kind: str, raw: str, unit: str, source: str, line: int) -> Any:
     try:
         return throttle_reasons_of(int(raw.strip(), 16))
     except ValueError:
-        raise ParseError(source, line, f"expected a hex bit mask, got {raw.strip()!r}") from None
+        raise ParseError(
+            source, line, f"expected a hex bit mask, got {raw.strip()[:40]!r}"
+        ) from None
 
 
 def _csv_shape(names: list[str]) -> tuple[str, dict[str, tuple[str, str]], tuple[str, ...]]:
@@ -621,7 +647,7 @@ def parse_csv(
     if fields is None:
         header_line, header = lines[0]
         lines = lines[1:]
-        columns = [_HEADER.match(c.strip()).groups() for c in header.split(",")]  # type: ignore[union-attr]
+        columns = [_header_column(c.strip()) for c in header.split(",")]
     else:
         header_line, columns = 0, [(name.strip(), None) for name in fields]
     names = [name for name, _unit in columns]
@@ -630,7 +656,10 @@ def parse_csv(
         raise ParseError(source, header_line or None, "no column NØMADE reads (not a query CSV?)")
     out = []
     for number, line in lines:
-        values = next(csv.reader([line], skipinitialspace=True))
+        try:
+            values = next(csv.reader([line], skipinitialspace=True))
+        except csv.Error as exc:  # a field over csv's size limit (131072 characters)
+            raise ParseError(source, number, f"unreadable CSV line: {exc}") from None
         if len(values) != len(columns):
             raise ParseError(source, number, f"{len(values)} values for {len(columns)} columns")
         got: dict[str, Any] = {}
@@ -647,7 +676,7 @@ def parse_csv(
 # ---------------------------------------------------------------------------------------------
 # Process -> Slurm job
 
-_JOB = re.compile(r"/job_(\d+)(?:/|$)")
+_JOB = re.compile(r"/job_([0-9]{1,20})(?:/|$)")  # no job id has more digits (int() would refuse)
 
 
 def job_of_cgroup(text: str) -> int | None:

@@ -52,10 +52,14 @@ def _int(path: str, what: str) -> int | None:
     text = _read(path)
     if not text:  # absent, unreadable, or empty in a capture whose read failed
         return None
-    try:
-        return int(text)
-    except ValueError:
-        raise ParseError(path, 1, f"expected an integer ({what}), got {text[:40]!r}") from None
+    # sysfs prints a C long, 20 characters at most: longer text is no value of the kernel's
+    # (and past float range, 400 digits, the conversion to degrees would overflow).
+    if len(text) <= 20:
+        try:
+            return int(text)
+        except ValueError:
+            pass
+    raise ParseError(path, 1, f"expected an integer ({what}), got {text[:40]!r}")
 
 
 def _natural(name: str) -> tuple[str, int]:
@@ -74,7 +78,7 @@ def _listdir(path: str) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # hwmon temperatures
 
-_TEMP_INPUT = re.compile(r"temp(\d+)_input")
+_TEMP_INPUT = re.compile(r"temp([0-9]+)_input")
 
 
 def _millidegrees(path: str) -> float | None:
@@ -159,12 +163,18 @@ _CPU = r"\bCPU ?(\d+)"
 
 # (category, pattern, device patterns, device prefix), first match wins.  The device is the
 # pattern's own group when it has one, else the first device pattern found in the message.
+#
+# A pattern "HEAD.*TAIL" searched in a line that holds HEAD k times scans the rest of the line
+# from each of them (quadratic; cubic with a second ".*" in TAIL).  Such patterns start with
+# "^(?>.*?HEAD)": the first HEAD, kept (atomic), and the rest of the line looked at once; the
+# first HEAD is the one a search would report, and the one with the most line after it.  A
+# group in "(...)" excludes "(", so that its scan ends at the next occurrence.
 _RULE_TEXT: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     ("gpu_xid", r"NVRM: Xid \(", (_BUS,), ""),
-    ("gpu", r"NVRM: .*(?:fallen off the bus|RmInitAdapter failed)", (_BUS,), ""),
+    ("gpu", r"^(?>.*?NVRM: ).*(?:fallen off the bus|RmInitAdapter failed)", (_BUS,), ""),
     (
         "edac",
-        r"\bEDAC\b.*(?:\b\d+ [CU]E\b|\b[CU]E\b.*[Ee]rror|MEMORY ERROR)",
+        r"^(?>.*?\bEDAC\b)(?:.*(?:\b\d+ [CU]E\b|MEMORY ERROR)|(?>.*?\b[CU]E\b).*[Ee]rror)",
         (r"\bMC(\d+)\b",),
         "mc",
     ),
@@ -173,7 +183,7 @@ _RULE_TEXT: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     ("disk", r"Buffer I/O error on dev(?:ice)? ([^,\s]+)", (), ""),
     (
         "disk",
-        r"\[(\w+)\] .*(?:Sense Key : (?:Medium|Hardware) Error|Unrecovered read error"
+        r"^(?>.*?\[(\w+)\] ).*(?:Sense Key : (?:Medium|Hardware) Error|Unrecovered read error"
         r"|FAILED Result)",
         (),
         "",
@@ -192,31 +202,36 @@ _RULE_TEXT: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
         (),
         "",
     ),
-    ("disk", r"\b(nvme\d+n\d+): I/O Cmd.*I/O Error", (), ""),
+    ("disk", r"^(?>.*?\b(nvme\d+n\d+): I/O Cmd).*I/O Error", (), ""),
     ("disk", r"md/raid\d*:\w+: Disk failure on (\w+)", (), ""),
-    ("filesystem", r"EXT4-fs error \(device ([^)]+)\)", (), ""),
-    ("filesystem", r"EXT4-fs warning \(device ([^)]+)\): ext4_end_bio:.*I/O error", (), ""),
+    ("filesystem", r"EXT4-fs error \(device ([^()]+)\)", (), ""),
     (
         "filesystem",
-        r"EXT4-fs \(([^)]+)\): (?:Remounting filesystem read-only"
+        r"^(?>.*?EXT4-fs warning \(device ([^()]+)\): ext4_end_bio:).*I/O error",
+        (),
+        "",
+    ),
+    (
+        "filesystem",
+        r"EXT4-fs \(([^()]+)\): (?:Remounting filesystem read-only"
         r"|error count since last fsck|I/O error while writing superblock)",
         (),
         "",
     ),
     (
         "filesystem",
-        r"XFS \(([^)]+)\): (?:Corruption|Metadata corruption|metadata I/O error"
+        r"XFS \(([^()]+)\): (?:Corruption|Metadata corruption|metadata I/O error"
         r"|log I/O error|Filesystem has been shut down|xfs_do_force_shutdown"
         r"|I/O Error Detected)",
         (),
         "",
     ),
-    ("filesystem", r"BTRFS (?:error|critical) \(device ([^)]+)\)", (), ""),
+    ("filesystem", r"BTRFS (?:error|critical) \(device ([^()]+)\)", (), ""),
     ("filesystem", r"Aborting journal on device ([\w.]+?)(?:-\d+)?\.?$", (), ""),
-    ("pcie", r"AER: .*[Ee]rror|PCIe Bus Error", (r"received: " + _PCI, _PCI), ""),
+    ("pcie", r"^(?>.*?AER: ).*[Ee]rror|PCIe Bus Error", (r"received: " + _PCI, _PCI), ""),
     (
         "mce",
-        r"\[Hardware Error\]|\bmce: .*(?:Machine Check|machine check|events logged"
+        r"\[Hardware Error\]|^(?>.*?\bmce: ).*(?:Machine Check|machine check|events logged"
         r"|CMCI storm)|Memory failure: ",
         (_CPU,),
         "cpu",
@@ -337,7 +352,7 @@ def services(proc_root: str = "/proc", names: Sequence[str] = SERVICES) -> list[
     wanted = {name[:_COMM_LEN]: name for name in names}
     pids: dict[str, list[int]] = {name: [] for name in names}
     for entry in _listdir(proc_root):
-        if not entry.isdigit():
+        if not (entry.isascii() and entry.isdigit()):  # "²".isdigit(), but int() refuses it
             continue
         comm = _read(os.path.join(proc_root, entry, "comm"))
         if comm in wanted:

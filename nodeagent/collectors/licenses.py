@@ -65,20 +65,36 @@ _LM_UP = re.compile(
 )
 _LM_VENDOR_BLOCK = re.compile(r"^Vendor daemon status \(on (\S+?)\):")
 _LM_VENDOR = re.compile(r"^\s*(\S+):\s+(.*)$")
-_LM_USERS = re.compile(r"^Users of (\S+?):\s*\((.*)\)\s*$")
-_LM_TOTALS = re.compile(r"Total of (\d+) licenses? issued;\s*Total of (\d+) licenses? in use", re.I)
+# Counts and ports are read with _integer (ASCII digits only, None past 20 of them).  The
+# patterns are written so that a failing match does not backtrack over a run of spaces or a
+# long token: each piece can end in one place only (a feature name holds no ':', a checkout's
+# user, host and display no '(', its server no '/'), so a hostile line costs time linear in
+# its length.
+_LM_USERS = re.compile(r"^Users of ([^\s:]+):\s*\((.*)\)\s*$")
+_LM_TOTALS = re.compile(
+    r"Total of ([0-9]+) licenses? issued;\s*Total of ([0-9]+) licenses? in use", re.I
+)
 _LM_FEATURE = re.compile(r'^\s*"([^"]+)" v(\S+?), vendor: ([^,\s]+)(?:, expiry: (\S+))?')
-_LM_CHECKOUT = re.compile(r"^\s+(.+?) \(v([^)]*)\) \((\S+?)/(\d+) ([^)]+)\)(.*)$")
-_LM_START = re.compile(r"^,\s*start (.+?)(?:,\s*(\d+) licenses?)?\s*$")
-_LM_QUEUED = re.compile(r"queued for (\d+) licenses?")
+_LM_CHECKOUT = re.compile(
+    r"^\s+([^\s(][^(]*?) \(v([^)]*)\) \(([^\s/]+)/([0-9]+) \s*([^\s)][^)]*)\)(.*)$"
+)
+_LM_START = re.compile(r"^,\s*start (.+?)(?:,\s*([0-9]+) licenses?)?$")  # REST stripped
+_LM_QUEUED = re.compile(r"queued for ([0-9]+) licenses?")
 _LM_DOWN = re.compile(r"(lmgrd is not running|Cannot connect to license server|Cannot find)", re.I)
+
+
+def _integer(raw: str | None) -> int | None:
+    """RAW as an int where it is 1 to 20 ASCII digits (no count or port has more), else None."""
+    if raw is not None and 0 < len(raw) <= 20 and raw.isascii() and raw.isdigit():
+        return int(raw)
+    return None
 
 
 def _host_port(name: str, host: str) -> int | None:
     """The port of ``host`` in a ``port@host[,port@host...]`` list."""
     for part in name.split(","):
         port, _, at = part.partition("@")
-        if at.lower() == host.lower() and port.isdigit():
+        if at.lower() == host.lower() and _integer(port) is not None:
             return int(port)
     return None
 
@@ -175,8 +191,8 @@ def _lm_feature_line(s: _LmState, line: str) -> bool:
             "feature",
             FEATURE_FIELDS,
             feature=name,
-            issued=int(totals.group(1)) if totals else None,
-            in_use=int(totals.group(2)) if totals else None,
+            issued=_integer(totals.group(1)) if totals else None,
+            in_use=_integer(totals.group(2)) if totals else None,
             message=None if totals else inner.strip(),
         )
         s.features.setdefault(name, s.feature)
@@ -209,10 +225,10 @@ def _lm_checkout_line(s: _LmState, line: str, number: int, source: str) -> bool:
     )
     start = count = None
     state = "in_use"
-    if started := _LM_START.match(rest):
-        start, count = started.group(1), int(started.group(2) or 1)
+    if started := _LM_START.match(rest.rstrip()):
+        start, count = started.group(1), _integer(started.group(2) or "1")
     elif queued := _LM_QUEUED.search(rest):
-        state, count = "queued", int(queued.group(1))
+        state, count = "queued", _integer(queued.group(1))
     s.out.append(
         _record(
             "checkout",
@@ -265,7 +281,7 @@ def _lm_table_line(s: _LmState, line: str) -> bool:
 
 
 def _count(raw: str | None) -> int | None:
-    return int(raw) if raw is not None and raw.isdigit() else None
+    return _integer(raw)
 
 
 def parse_lmstat(text: str, source: str = "lmstat -a") -> list[dict[str, Any]]:
@@ -290,15 +306,15 @@ def parse_lmstat(text: str, source: str = "lmstat -a") -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------
 # RLM rlmstat
 
-_RLM_STATUS = re.compile(r"^rlm status on (\S+) \(port (\d+)\)")
+_RLM_STATUS = re.compile(r"^rlm status on (\S+) \(port ([0-9]+)\)")
 _RLM_VERSION = re.compile(r"^(\S+) software version (v\S+)")
 _RLM_ERROR = re.compile(r"Error connecting to \"?(\w+)\"? server", re.I)
-_RLM_ISV_ROW = re.compile(r"^(\S+)\s+(\d+)\s+(Yes|No)\s+(\d+)$", re.I)
+_RLM_ISV_ROW = re.compile(r"^(\S+)\s+([0-9]+)\s+(Yes|No)\s+(\d+)$", re.I)
 _RLM_POOL = re.compile(r"^(\S+) license pool status on (\S+) \(port (\d+)\)")
 _RLM_USAGE = re.compile(r"^(\S+) license usage status on (\S+) \(port (\d+)\)")
 _RLM_PRODUCT = re.compile(r"^(\S+) v(\S+)$")
 _RLM_HANDLE = re.compile(
-    r"^(\S+) v(\S+?): (\S+)@(\S+) (\d+)/(\d+) at (.+?)\s+\(handle: (\w+)\)(.*)$"
+    r"^(\S+) v(\S+?): ([^\s@]+)@(\S+) ([0-9]+)/(\d+) at (.*?\S)\s+\(handle: (\w+)\)(.*)$"
 )
 
 
@@ -332,7 +348,7 @@ class _RlmState:
 def _rlm_line(s: _RlmState, line: str, number: int, source: str) -> bool:
     if match := _RLM_STATUS.match(line):
         s.host = match.group(1)
-        s.server(kind="rlm", name="rlm", host=s.host, port=int(match.group(2)), up=True)
+        s.server(kind="rlm", name="rlm", host=s.host, port=_integer(match.group(2)), up=True)
         return True
     if match := _RLM_ERROR.search(line):
         s.server(kind="rlm", name=match.group(1), host=s.host, up=False, message=line.strip())
@@ -347,7 +363,7 @@ def _rlm_line(s: _RlmState, line: str, number: int, source: str) -> bool:
         name, port, running, restarts = match.groups()
         up = running.lower() == "yes"
         message = None if restarts == "0" else f"{restarts} restarts"
-        s.server(kind="isv", name=name, host=s.host, port=int(port), up=up, message=message)
+        s.server(kind="isv", name=name, host=s.host, port=_integer(port), up=up, message=message)
         return True
     return _rlm_pool_line(s, line, number, source)
 
@@ -367,9 +383,10 @@ def _rlm_pool_line(s: _RlmState, line: str, number: int, source: str) -> bool:
         pairs = _pairs(line)
         for field, key in (("issued", "count"), ("in_use", "inuse"), ("reserved", "reservations")):
             if key in pairs:
-                if not pairs[key].isdigit():
-                    raise ParseError(source, number, f"{key}: {pairs[key]!r} is not a count")
-                s.product[field] = int(pairs[key])
+                value = _integer(pairs[key])
+                if value is None:
+                    raise ParseError(source, number, f"{key}: {pairs[key][:40]!r} is not a count")
+                s.product[field] = value
         if "exp" in pairs:
             s.product["expiry"] = pairs["exp"]
         return bool(pairs)
@@ -387,7 +404,7 @@ def _rlm_pool_line(s: _RlmState, line: str, number: int, source: str) -> bool:
                 server=s.isv_server,
                 handle=handle,
                 start=at,
-                count=int(count),
+                count=_integer(count),
                 state="in_use",
             )
         )

@@ -14,6 +14,7 @@ described in docs/parsers-node.md.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import subprocess
 from collections.abc import Iterable, Mapping
@@ -58,7 +59,10 @@ _BYTES = (
     "write_pages",
 )
 _U64_NEGATIVE = 1 << 63
-_DEVICE = re.compile(r"^device (.+) mounted on (.+) with fstype (\S+)(?: statvers=(\S+))?\s*$")
+# The kernel escapes space, tab, newline, backslash and '#' in the device and the mount point
+# (\040 ...): neither holds a space, so the pattern has one way to split a line (a (.+) here
+# would try every " mounted on " against every " with fstype ": quadratic in a hostile line).
+_DEVICE = re.compile(r"^device (\S+) mounted on (\S+) with fstype (\S+)(?: statvers=(\S+))?\s*$")
 
 MOUNT_FIELDS: tuple[str, ...] = (
     "server",
@@ -77,6 +81,9 @@ MOUNT_FIELDS: tuple[str, ...] = (
 
 def _counters(values: list[str], source: str, line: int) -> list[int | None]:
     try:
+        # The kernel prints u64 counters, 20 digits at most: a longer figure is none of them.
+        if any(len(v) > 20 for v in values):
+            raise ValueError("more than 20 digits")
         numbers = [int(v) for v in values]
     except ValueError:
         raise ParseError(
@@ -185,14 +192,19 @@ NFSIOSTAT_FIELDS: tuple[str, ...] = (
     *(f"{op}_{field}" for op in _NFSIOSTAT_OPS for field, _ in _NFSIOSTAT_COLUMNS.values()),
 )
 _MOUNTED = re.compile(r"^(\S+) mounted on (.+):$")
-_PERCENT = re.compile(r"\s*\([^)]*%\)")
+# "(0.0%)" after a figure; no "(" inside, so a search from each "(" stops at the next one (with
+# a leading \s* or [^)]*, each start would rescan a long run of spaces or of "(": quadratic).
+_PERCENT = re.compile(r"\([^()]*%\)")
 
 
 def _nfsiostat_values(line: str, source: str, number: int) -> list[float]:
     try:
-        return [float(v) for v in _PERCENT.sub("", line).split()]
+        values = [float(v) for v in _PERCENT.sub("", line).split()]
     except ValueError:
         raise ParseError(source, number, f"expected numbers, got {line.strip()[:60]!r}") from None
+    if not all(map(math.isfinite, values)):  # nfsiostat prints no inf or nan; 1e400 is inf
+        raise ParseError(source, number, f"expected finite numbers, got {line.strip()[:60]!r}")
+    return values
 
 
 def parse_nfsiostat(text: str, source: str = "nfsiostat") -> list[dict[str, Any]]:

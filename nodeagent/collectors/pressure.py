@@ -43,8 +43,8 @@ def _resource(source: str) -> str | None:
 def _value(key: str, raw: str, source: str, line: int) -> float:
     try:
         return int(raw) / 1e6 if key == "total" else float(raw)
-    except ValueError:
-        raise ParseError(source, line, f"{key}={raw!r} is not a number") from None
+    except (ValueError, OverflowError):  # not a number; a total past float range
+        raise ParseError(source, line, f"{key}={raw[:40]!r} is not a number") from None
 
 
 def parse(text: str, source: str = "/proc/pressure/cpu") -> list[dict[str, Any]]:

@@ -17,8 +17,8 @@ interval samples already returned.
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 import os
 import re
 import statistics
@@ -26,6 +26,7 @@ import subprocess
 from collections.abc import Callable
 from typing import Any
 
+from nomade_common import jsonin
 from nomade_common.errors import ParseError
 
 log = logging.getLogger(__name__)
@@ -125,26 +126,38 @@ VMSTAT_FIELDS = tuple(field for field, _ in _VMSTAT.values())
 
 
 def _number(token: str, source: str, line: int | None) -> float:
-    """A sysstat number; a decimal comma (sysstat prints in the locale) is accepted."""
+    """A sysstat number; a decimal comma (sysstat prints in the locale) is accepted.  sysstat
+    prints no infinity or NaN: one (or a figure past float range) is refused."""
     try:
-        return float(token.replace(",", ".") if "." not in token else token)
+        value = float(token.replace(",", ".") if "." not in token else token)
     except ValueError:
         raise ParseError(source, line, f"{token!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ParseError(source, line, f"{token[:40]!r} is not a finite number")
+    return value
 
 
 def _json_number(value: Any, key: str, source: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ParseError(source, None, f"{key}: expected a number, got {value!r}")
-    return float(value)
+        raise ParseError(source, None, f"{key}: expected a number, got {str(value)[:40]!r}")
+    try:
+        number = float(value)
+    except OverflowError:  # an integer past float range
+        number = math.inf
+    if not math.isfinite(number):
+        raise ParseError(source, None, f"{key}: expected a finite number, got {str(value)[:40]}")
+    return number
 
 
 def _load_json(text: str, source: str) -> list[dict[str, Any]]:
     """The ``statistics`` lists of every host of a sysstat ``-o JSON`` document."""
     try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ParseError(source, exc.lineno, f"not JSON: {exc.msg}") from None
-    hosts = doc.get("sysstat", {}).get("hosts") if isinstance(doc, dict) else None
+        doc = jsonin.loads(text, jsonin.TOOL_OUTPUT_DEPTH)
+    except ValueError as exc:  # JSONDecodeError, too deep, int()'s digit limit
+        line = getattr(exc, "lineno", None)
+        raise ParseError(source, line, f"not JSON: {getattr(exc, 'msg', str(exc))[:80]}") from None
+    top = doc.get("sysstat") if isinstance(doc, dict) else None
+    hosts = top.get("hosts") if isinstance(top, dict) else None
     if not isinstance(hosts, list):
         raise ParseError(source, None, "no sysstat.hosts list: not sysstat -o JSON output")
     stats: list[dict[str, Any]] = []
@@ -153,6 +166,14 @@ def _load_json(text: str, source: str) -> list[dict[str, Any]]:
             raise ParseError(source, None, "a host without a statistics list")
         stats.extend(s for s in host.get("statistics", []) if isinstance(s, dict))
     return stats
+
+
+def _json_list(stat: dict[str, Any], key: str, sample: int, source: str) -> list[Any]:
+    """The KEY list of one report (absent or null: empty)."""
+    found = stat.get(key) or []
+    if not isinstance(found, list):
+        raise ParseError(source, None, f"report {sample}: {key} is not a list")
+    return found
 
 
 def _row(header: list[str], values: list[str], source: str, line: int) -> dict[str, str]:
@@ -231,7 +252,7 @@ def parse_iostat_json(text: str, source: str = "iostat -x -o JSON") -> list[dict
         cpu = stat.get("avg-cpu")
         if isinstance(cpu, dict):
             out.append(_iostat_cpu(cpu, sample, source, None))
-        for disk in stat.get("disk", []) or []:
+        for disk in _json_list(stat, "disk", sample, source):
             if not isinstance(disk, dict) or not isinstance(disk.get("disk_device"), str):
                 raise ParseError(source, None, f"report {sample}: a disk without disk_device")
             values = {k: v for k, v in disk.items() if k != "disk_device"}
@@ -263,7 +284,7 @@ def _mpstat_cpu(cpu: str, values: dict[str, Any], sample: int, source: str, line
 def mpstat_summary(cpus: list[dict[str, Any]], sample: int) -> dict[str, Any]:
     """The summary record of one report from its per-CPU records (the ``all`` row ignored)."""
     busy = [c["busy_percent"] for c in cpus if c["cpu"] != "all" and c["busy_percent"] is not None]
-    mean = statistics.fmean(busy) if busy else None
+    mean = statistics.mean(busy) if busy else None  # exact: no overflow on huge figures
     return {
         "record": "summary",
         "sample": sample,
@@ -277,13 +298,16 @@ def mpstat_summary(cpus: list[dict[str, Any]], sample: int) -> dict[str, Any]:
 
 
 def _with_summaries(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """RECORDS (in sample order: a report's records are adjacent) with each report's summary
+    after its last record."""
     out: list[dict[str, Any]] = []
+    first = 0  # where the current report's records begin
     for index, record in enumerate(records):
         out.append(record)
         last = index + 1 == len(records) or records[index + 1]["sample"] != record["sample"]
         if last:
-            same = [r for r in records if r["sample"] == record["sample"]]
-            out.append(mpstat_summary(same, record["sample"]))
+            out.append(mpstat_summary(records[first : index + 1], record["sample"]))
+            first = index + 1
     return out
 
 
@@ -323,7 +347,7 @@ def parse_mpstat_json(text: str, source: str = "mpstat -P ALL -o JSON") -> list[
     """``mpstat [-P ALL] -o JSON``: the records of ``parse_mpstat``."""
     records: list[dict[str, Any]] = []
     for sample, stat in enumerate(_load_json(text, source)):
-        for load in stat.get("cpu-load", []) or []:
+        for load in _json_list(stat, "cpu-load", sample, source):
             if not isinstance(load, dict) or "cpu" not in load:
                 raise ParseError(source, None, f"report {sample}: a cpu-load entry without cpu")
             values = {k: v for k, v in load.items() if k != "cpu"}
@@ -359,10 +383,12 @@ def parse_vmstat(text: str, source: str = "vmstat") -> list[dict[str, Any]]:
             known = _VMSTAT.get(name)
             if known is not None:
                 try:
+                    if len(value) > 20:  # vmstat prints C longs; a longer figure is no value
+                        raise ValueError(value)
                     record[known[0]] = int(value) * known[1]
                 except ValueError:
                     raise ParseError(
-                        source, number, f"{name} {value!r} is not an integer"
+                        source, number, f"{name} {value[:40]!r} is not an integer"
                     ) from None
         out.append(record)
     return out
@@ -389,7 +415,7 @@ def _run(argv: list[str], timeout: float) -> str | None:
 
 def sysstat_version(text: str) -> tuple[int, ...] | None:
     """``(12, 6, 1)`` from ``iostat -V`` / ``mpstat -V`` output; None if it has no version."""
-    found = re.search(r"sysstat version (\d+(?:\.\d+)*)", text)
+    found = re.search(r"sysstat version ([0-9]{1,9}(?:\.[0-9]{1,9})*)(?![0-9])", text)
     return tuple(int(p) for p in found.group(1).split(".")) if found else None
 
 
