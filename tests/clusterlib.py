@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -220,3 +221,28 @@ def sbatch(p: Pipeline, name: str, *args: str, script: str, user: str = "alice")
 
 def py(code: str) -> str:
     return f"{PY} -c {shlex.quote(code)}"
+
+
+class TooSlow(Exception):
+    """A call did not return within its bound (a hang, not a timing: see within)."""
+
+
+@contextlib.contextmanager
+def within(seconds: float):
+    """Raise TooSlow in a call that runs past SECONDS (SIGALRM; unbounded outside the main
+    thread, where signals cannot be had).  A hang detector for inputs that take milliseconds
+    when the code is linear and hours when it is not; it times nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def alarm(signum, frame) -> None:
+        raise TooSlow(f"no answer within {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

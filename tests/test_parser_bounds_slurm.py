@@ -12,10 +12,9 @@ from __future__ import annotations
 import json
 import random
 import re
-import signal
-from contextlib import contextmanager
 
 import pytest
+from clusterlib import within
 
 from aggregator.parsers import sacct, scontrol, sdiag, sinfo, squeue, sstat
 from aggregator.parsers import slurmvalues as sv
@@ -27,27 +26,7 @@ D = "1" * 5000  # past int()'s 4300 digits
 RPC_BY_TYPE = "Remote Procedure Call statistics by message type\n"
 
 
-class TooSlow(Exception):
-    pass
-
-
 HANG_SECONDS = 30.0  # a hang detector: what it bounds takes milliseconds when linear
-
-
-@contextmanager
-def within(seconds: float):
-    """Fail a call that runs past SECONDS (the quadratic versions took 4 s to minutes)."""
-
-    def alarm(signum, frame):
-        raise TooSlow(f"no answer within {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def answer(fn, text: str, **kwargs) -> list[dict] | ParseError:
