@@ -431,7 +431,7 @@ class Ingest:
     # -- hook reports -------------------------------------------------------------------------
     def job_start(self, conn: sqlite3.Connection, fields: dict[str, Any], queue: Any, now: float,
                   vector: bytes | None = None, feature_version: int | None = None,
-                  verdict: dict[str, Any] | None = None) -> int:  # fmt: skip
+                  verdict: dict[str, Any] | None = None, advice: dict[str, Any] | None = None) -> int:  # fmt: skip
         fields = dict(
             fields, request_json=jobfields.as_json(fields), queue_json=jobfields.as_json(queue)
         )
@@ -449,6 +449,14 @@ class Ingest:
                 (uid, verdict["model_version"], now, verdict["p_fail"], verdict["health"],
                  jobfields.as_json(verdict["probs"]), verdict["risk"], int(verdict["warned"]),
                  jobfields.as_json(verdict["reasons"]), "\n".join(verdict["lines"])),
+            )  # fmt: skip
+        if advice is not None:
+            mem, limit = advice.get("mem"), advice.get("time")
+            conn.execute(
+                "INSERT OR REPLACE INTO advice (job_uid, t, mem_bytes, time_seconds, printed, advice_json)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (uid, now, mem and mem["value"], limit and limit["value"], int(bool(advice.get("printed"))),
+                 jobfields.as_json(advice)),
             )  # fmt: skip
         return uid
 

@@ -69,7 +69,26 @@ def job(conn: sqlite3.Connection, job_id: int, series_points: int = 20) -> dict[
     out["mem_peak_bytes"] = max(peaks) if peaks else None
     out["series"] = series(conn, row["uid"], series_points)
     out["queue_at_start"] = json.loads(row["queue_json"]) if row["queue_json"] else None
+    out["verdict"], out["advice"] = verdict(conn, row["uid"]), advice(conn, row["uid"])
     return out
+
+
+def verdict(conn: sqlite3.Connection, uid: int) -> dict[str, Any] | None:
+    """The verdict the job got at its start (None: it was not scored)."""
+    v = conn.execute(
+        "SELECT model_version, t, p_fail, warned, message FROM verdicts WHERE job_uid = ?", (uid,)
+    ).fetchone()
+    if v is None:
+        return None
+    return {"model_version": v["model_version"], "t": v["t"], "p_fail": v["p_fail"],
+            "warned": bool(v["warned"]), "lines": v["message"].splitlines() if v["message"] else []}  # fmt: skip
+
+
+def advice(conn: sqlite3.Connection, uid: int) -> dict[str, Any] | None:
+    """The right-sizing advice the job got at its start: per resource ("mem", "time") the
+    suggestion and its evidence, and the lines printed into its output."""
+    a = conn.execute("SELECT advice_json FROM advice WHERE job_uid = ?", (uid,)).fetchone()
+    return json.loads(a[0]) if a else None
 
 
 def series(conn: sqlite3.Connection, uid: int, points: int) -> list[dict[str, Any]]:

@@ -9,17 +9,17 @@ job's own user's past jobs: it never names other users or their jobs.
 from __future__ import annotations
 
 import logging
-import math
 import sqlite3
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from models import ensemble, features, graph
+from models import ensemble, features, graph, rightsize
 from models.runtime import Model
 
 from . import registry
@@ -45,23 +45,12 @@ def _gib(n: float) -> str:
     return f"{n / (1 << 30):.1f} GB" if n >= 1 << 30 else f"{n / (1 << 20):.0f} MB"
 
 
-def _mem_option(nbytes: float) -> str:
-    gib = nbytes / (1 << 30)
-    return (
-        f"--mem={math.ceil(gib)}G"
-        if gib >= 1
-        else f"--mem={int(math.ceil(nbytes / (1 << 20) / 100) * 100)}M"
-    )
-
-
-def _time_option(seconds: float) -> str:
-    minutes = max(1, math.ceil(seconds / 60))
-    return f"--time={minutes // 60:d}:{minutes % 60:02d}:00"
-
-
 def explain(job: dict[str, Any], user_jobs: list[dict[str, Any]], p_fail: float, probs: dict[str, float],
-            threshold: float) -> tuple[list[str], dict[str, Any]]:  # fmt: skip
-    """The lines of a warning and its reasons; evidence from the user's own ended jobs only."""
+            threshold: float, advice: dict[str, rightsize.Advice | None] | None = None,
+            with_advice: bool = True) -> tuple[list[str], dict[str, Any]]:  # fmt: skip
+    """The lines of a warning and its reasons; evidence from the user's own ended jobs only.
+    WITH_ADVICE: end with the right-sizing line for the likely failure (memory or time)."""
+    advice = advice or {}
     failure_classes = {c: p for c, p in probs.items() if c not in ("COMPLETED", "CANCELLED")}
     main = max(failure_classes, key=failure_classes.get)
     # When most of the user's own jobs of this very shape ended one way, that is the reason to
@@ -77,28 +66,23 @@ def explain(job: dict[str, Any], user_jobs: list[dict[str, Any]], p_fail: float,
             main = cls
     reasons: dict[str, Any] = {"main_outcome": main, "p_fail": round(p_fail, 2)}
     lines = [f"NØMADE: high risk ({p_fail:.2f}) that this job {CLASS_WORDS[main]}."]
-    mem = features.requested_mem_bytes(job)
+    resource = {"OUT_OF_MEMORY": "mem", "TIMEOUT": "time"}.get(main)
     if main == "OUT_OF_MEMORY" and mem:
         alike = [j for j in user_jobs if features.requested_mem_bytes(j) == mem]
         oom = [j for j in alike if j.get("outcome") == "OUT_OF_MEMORY"]
-        peaks = [j["max_rss_bytes"] for j in alike if j.get("max_rss_bytes")]
+        # A job killed for memory peaked at its limit because it was stopped there: its peak is
+        # not what it needed, so only the others' peaks are stated.
+        peaks = [j["max_rss_bytes"] for j in alike if j.get("max_rss_bytes") and j not in oom]
         if alike:
-            peak = max(peaks) if peaks else None
             text = f"NØMADE: {len(oom)} of your {len(alike)} recent jobs that requested {_gib(mem)} ran out of memory"
-            lines.append(text + (f"; the largest peak was {_gib(peak)}." if peak else "."))
-            reasons.update(
-                similar_jobs=len(alike),
-                similar_failed=len(oom),
-                requested_bytes=mem,
-                peak_bytes=peak,
-            )
-        target = max([mem * 1.5, *(p * 1.25 for p in peaks)])
-        lines.append(
-            f"NØMADE: consider {_mem_option(target)}. Details: nomadectl job {job['job_id']}"
-        )
-        reasons["suggestion"] = _mem_option(target)
-    elif main == "TIMEOUT" and job.get("time_limit_seconds"):
-        limit = job["time_limit_seconds"]
+            if peaks:
+                text += f"; the largest peak of the others was {_gib(max(peaks))}."
+            else:
+                text += " at that limit: they needed more."
+            lines.append(text)
+            reasons.update(similar_jobs=len(alike), similar_failed=len(oom), requested_bytes=mem,
+                           peak_bytes=max(peaks) if peaks else None)  # fmt: skip
+    elif main == "TIMEOUT" and limit:
         alike = [j for j in user_jobs if j.get("time_limit_seconds") == limit]
         hit = [j for j in alike if j.get("outcome") == "TIMEOUT"]
         if alike:
@@ -106,10 +90,6 @@ def explain(job: dict[str, Any], user_jobs: list[dict[str, Any]], p_fail: float,
                 f"NØMADE: {len(hit)} of your {len(alike)} recent jobs with this time limit timed out."
             )
             reasons.update(similar_jobs=len(alike), similar_failed=len(hit))
-        lines.append(
-            f"NØMADE: consider {_time_option(limit * 2)}. Details: nomadectl job {job['job_id']}"
-        )
-        reasons["suggestion"] = _time_option(limit * 2)
     else:
         failed = [j for j in user_jobs[-20:] if features.is_failure(j.get("outcome"))]
         if user_jobs:
@@ -117,15 +97,45 @@ def explain(job: dict[str, Any], user_jobs: list[dict[str, Any]], p_fail: float,
                 f"NØMADE: {len(failed)} of your last {len(user_jobs[-20:])} jobs did not complete."
             )
             reasons.update(recent_jobs=len(user_jobs[-20:]), recent_failed=len(failed))
-        lines.append(f"NØMADE: Details: nomadectl job {job['job_id']}")
+    advised = advice.get(resource) if resource else None
+    if advised is not None:
+        reasons["suggestion"] = advised.option
+        if with_advice:
+            lines.append(advised.text())
+    lines.append(f"NØMADE: Details: nomadectl job {job['job_id']}")
     return lines, reasons
+
+
+@dataclass
+class Assessment:
+    """What scoring a starting job gives: its features, the verdict (None without an active
+    model) and the right-sizing advice (from its user's history, with or without a model)."""
+
+    x: np.ndarray
+    verdict: dict[str, Any] | None
+    advice: dict[str, rightsize.Advice | None]
+
+    def lines(self, mode: str) -> tuple[list[str], bool]:
+        """The lines for the job's output under the site's advice MODE, and whether any of
+        them is advice for a job that was not warned (the agent prints those too)."""
+        v = self.verdict
+        if v is not None and v["warned"]:
+            lines = list(v["lines"])
+            if mode != "never":
+                extra = [t for t in rightsize.lines(self.advice) if t not in lines]
+                lines[-1:-1] = extra  # before "Details: ..."
+            return lines, False
+        if mode == "always":
+            extra = rightsize.lines(self.advice)
+            return extra, bool(extra)
+        return [], False
 
 
 class Scorer:
     """Holds the active model and the neighbour index; thread-safe."""
 
-    def __init__(self, database: str, threshold: float = 0.5) -> None:
-        self.database, self.threshold = database, threshold
+    def __init__(self, database: str, threshold: float = 0.5, advice: str = "risky") -> None:
+        self.database, self.threshold, self.advice_mode = database, threshold, advice
         self.model: Model | None = None
         self.version: str | None = None
         self.index: graph.NeighborIndex | None = None
@@ -204,12 +214,19 @@ class Scorer:
 
     def assess(self, job: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any] | None]:
         """A starting job's feature vector and verdict, reading its history once."""
+        found = self.examine(job)
+        return found.x, found.verdict
+
+    def examine(self, job: dict[str, Any]) -> Assessment:
+        """A starting job's features, verdict and right-sizing advice, reading its history once."""
         views = features.views_from_store(self.conn(), job)
         x = features.vector(job, *views)
-        return x, self.score(job, x, views[0].jobs)
+        advice = rightsize.advise(job, views[0].jobs, views[4].jobs)
+        return Assessment(x, self.score(job, x, views[0].jobs, advice), advice)
 
     def score(self, job: dict[str, Any], x: np.ndarray | None = None,
-              user_jobs: Sequence[dict[str, Any]] | None = None) -> dict[str, Any] | None:  # fmt: skip
+              user_jobs: Sequence[dict[str, Any]] | None = None,
+              advice: dict[str, rightsize.Advice | None] | None = None) -> dict[str, Any] | None:  # fmt: skip
         """The verdict for a starting job, or None when no model is active."""
         with self._lock:
             model, index, version = self.model, self.index, self.version
@@ -248,9 +265,12 @@ class Scorer:
         if verdict["warned"]:
             if user_jobs is None:
                 user_jobs = features.views_from_store(self.conn(), job)[0].jobs
+            if advice is None:
+                advice = rightsize.advise(job, user_jobs)
             verdict["lines"], verdict["reasons"] = explain(
-                job, list(user_jobs), p_fail, probs, self.threshold
-            )
+                job, list(user_jobs), p_fail, probs, self.threshold, advice,
+                with_advice=self.advice_mode != "never",
+            )  # fmt: skip
         verdict["score_ms"] = round((time.perf_counter() - t0) * 1000, 3)
         return verdict
 

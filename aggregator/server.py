@@ -23,7 +23,7 @@ from typing import Any
 
 import zmq
 
-from models import features
+from models import features, rightsize
 from nomade_common import wire
 from nomade_common.collect import Reading, Scheduler
 from nomade_common.config import Config
@@ -94,7 +94,7 @@ class Aggregator:
         self.deferred = 0  # agents' messages not taken while the store failed (sent again)
         self.started = time.time()
         self.cluster_nodes = 0  # nodes in Slurm's newest node_state reading (0: not known yet)
-        self.scorer = Scorer(cfg.database, cfg.models.warn_threshold)
+        self.scorer = Scorer(cfg.database, cfg.models.warn_threshold, cfg.models.advice)
         self.scoring_failures = 0
         self._retraining: subprocess.Popen | None = None
         # Job starts are processed off the HTTP thread, two at a time, in arrival order per worker.
@@ -487,13 +487,13 @@ class Aggregator:
             # TaskProlog has run long since.
             late = isinstance(t, (int, float)) and now - t > LATE_REPORT_SECONDS
             snapshot = None if late else self.queue.get()
-            vector, verdict = self._score(fields)
+            vector, verdict, advice = self._score(fields)
             # Stored through the writer without waiting (heavy ingest must not delay a start).
             self.writer.submit(_settled(lambda c: self.ingest.job_start(
-                c, fields, snapshot, now, vector, features.FEATURE_VERSION, verdict), settle))  # fmt: skip
+                c, fields, snapshot, now, vector, features.FEATURE_VERSION, verdict, advice), settle))  # fmt: skip
             # Every start gets a verdict message, even without a model: TaskProlog waits for it.
             if not late:
-                self._push_verdict(fields, verdict)
+                self._push_verdict(fields, verdict, advice)
         except Exception as exc:
             log.exception("job %s: start report not processed", fields.get("job_id"))
             if settle is not None:
@@ -510,24 +510,37 @@ class Aggregator:
             )
             return None
 
-    def _score(self, fields: dict[str, Any]) -> tuple[bytes | None, dict[str, Any] | None]:
-        """Features and verdict of a starting job; any failure means "no verdict", never an error."""
+    def _score(self, fields: dict[str, Any]) -> tuple[bytes | None, dict[str, Any] | None, dict[str, Any] | None]:
+        """Features, verdict and right-sizing advice of a starting job; any failure means "no
+        verdict", never an error.  The verdict's lines become those printed into the job's output
+        under the site's `models.advice`; ADVICE records what was advised and what was printed."""
         job = dict(fields)
         job["submit_time"] = job.get("submit_time") or job.get("start_time") or time.time()
         try:
-            x, verdict = self.scorer.assess(job)
+            found = self.scorer.examine(job)
         except Exception:
             log.exception(
                 "scoring job %s failed; it starts without a verdict", fields.get("job_id")
             )
             self.scoring_failures += 1
-            return None, None
-        return pack(x), verdict
+            return None, None, None
+        lines, advised = found.lines(self.cfg.models.advice)
+        if found.verdict is not None:
+            found.verdict["lines"] = lines
+        offered = set(rightsize.lines(found.advice, only_actionable=False))
+        advice = {**rightsize.as_json(found.advice), "printed": [ln for ln in lines if ln in offered],
+                  "lines": lines if advised else []}  # fmt: skip
+        return pack(found.x), found.verdict, advice
 
-    def _push_verdict(self, fields: dict[str, Any], verdict: dict[str, Any] | None) -> None:
+    def _push_verdict(self, fields: dict[str, Any], verdict: dict[str, Any] | None,
+                      advice: dict[str, Any] | None = None) -> None:  # fmt: skip
+        """The verdict message to the job's nodes; ADVICE's lines (advice for a job that was not
+        warned, under models.advice = "always") are printed too ("advised")."""
         keys = ("warned", "p_fail", "lines", "model_version")
         payload = {k: verdict[k] for k in keys} if verdict else {"warned": False, "p_fail": None, "lines": [],
                                                                     "model_version": None}  # fmt: skip
+        if advice and advice["lines"]:
+            payload.update(lines=advice["lines"], advised=True)
         payload.update(job_id=fields["job_id"], user_id=fields.get("user_id"))
         try:
             nodes = slurmvalues.hostlist(fields.get("node_list"), self.node_limit())
@@ -548,11 +561,13 @@ class Aggregator:
         now = time.time()
         job.update(job_id=job.get("job_id") or 0, submit_time=now, start_time=now)
         try:
-            verdict = self.scorer.assess(job)[1]
+            found = self.scorer.examine(job)
         except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
             raise ValueError(f"the request's fields are not what a job asks for ({type(exc).__name__}: "
                              f"{printable(str(exc), 120)})") from None  # fmt: skip
-        return {"ok": True, "verdict": verdict, "model": self.scorer.version}
+        # `nomadectl check` always gives the advice, whatever the site prints into jobs.
+        return {"ok": True, "verdict": found.verdict, "model": self.scorer.version,
+                "advice": rightsize.as_json(found.advice)}  # fmt: skip
 
     def hook_job_end(self, body: dict[str, Any], settle: Settle | None = None,
                      later: Later | None = None) -> dict[str, Any]:  # fmt: skip

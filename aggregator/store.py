@@ -236,6 +236,24 @@ ALTER TABLE nodes ADD COLUMN agent_nacked INTEGER;
     )
 )
 
+# Right-sizing advice given to a starting job (models/rightsize.py): the suggested memory per
+# node and time, everything said about them, and the lines printed into the job's output.
+MIGRATIONS.append(
+    (
+        "0008_advice",
+        """
+CREATE TABLE advice (
+  job_uid INTEGER PRIMARY KEY REFERENCES jobs (uid),
+  t REAL NOT NULL,
+  mem_bytes REAL,
+  time_seconds REAL,
+  printed INTEGER NOT NULL DEFAULT 0,
+  advice_json TEXT NOT NULL
+);
+""",
+    )
+)
+
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

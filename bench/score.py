@@ -1,9 +1,10 @@
 """Scoring one starting job with a history of 1,000,000 jobs: NØMADE's whole live path.
 
-The path under test is `aggregator.scoring.Scorer.assess` (what the start hook calls): the job's features from the store
+The path under test is `aggregator.scoring.Scorer.examine` (what the start hook calls): the job's features from the store
 (its user's and account's last 100 ended jobs, the starts of the last hour: indexed queries),
 its neighbours from the in-memory index of recently ended jobs, the three ONNX members in ONNX
-Runtime and the calibrated combination.  Baseline, in the same run: the bare onnxruntime calls
+Runtime and the calibrated combination, and the right-sizing advice (models/rightsize.py: the
+Kaplan-Meier quantiles of memory and run time over the user's similar jobs).  Baseline, in the same run: the bare onnxruntime calls
 of the three members for one job on precomputed inputs.
 
 The store is filled with jobs from the workload generator (models.workload.synthesize), repeated
@@ -96,12 +97,14 @@ def main() -> None:
             start_time=last + i + 1,
         )
     for j in probe[:20]:
-        scorer.assess(j)  # warm caches
-    live, verdicts = [], []
+        scorer.examine(j)  # warm caches
+    live, verdicts, advised = [], [], 0
     for j in probe:
         t = time.perf_counter()
-        verdicts.append(scorer.assess(j)[1])
+        found = scorer.examine(j)
         live.append((time.perf_counter() - t) * 1000)
+        verdicts.append(found.verdict)
+        advised += sum(a is not None for a in found.advice.values())
     model = scorer.model
     k, d = model.k, len(model.meta["feature_names"])
     x = np.zeros((1, d))
@@ -120,10 +123,11 @@ def main() -> None:
     p99, p50, base99 = percentile(live, 99), percentile(live, 50), percentile(bare, 99)
     warned = sum(v["warned"] for v in verdicts)
     print(f"scored {scores} jobs against {history} stored: p50 {p50:.2f} ms, p99 {p99:.2f} ms;"
-          f" bare ONNX Runtime p99 {base99:.2f} ms; {warned} warned")  # fmt: skip
+          f" bare ONNX Runtime p99 {base99:.2f} ms; {warned} warned; {advised} --mem/--time suggestions")  # fmt: skip
     print(json.dumps({"bench": "score", "value": round(p99, 3), "unit": "ms", "baseline": round(base99, 3),
                       "ratio": round(p99 / base99, 2), "goal": "p99 <= 10 ms with 1,000,000 jobs",
-                      "p50_ms": round(p50, 3), "history": history, "scores": scores}))  # fmt: skip
+                      "p50_ms": round(p50, 3), "history": history, "scores": scores,
+                      "suggestions": advised}))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -303,14 +303,15 @@ class Agent:
                 self._first_sent.pop(env.seq, None)
 
     def keep_verdict(self, payload: Any) -> None:
-        """A starting job's verdict: kept for TaskProlog, and when the job is warned, its lines in
-        a file only the job's user can read (both renamed into place; removed at the Epilog's
+        """A starting job's verdict: kept for TaskProlog, and when the job is warned (or advised:
+        right-sizing advice under the site's models.advice = "always"), its lines in a file only
+        the job's user can read (both renamed into place; removed at the Epilog's
         report, see forget_verdict)."""
         if not isinstance(payload, dict) or not isinstance(payload.get("job_id"), int):
             log.warning("ignored a verdict without a job id from %s", self.cfg.agent.aggregator)
             return
         job, uid = payload["job_id"], payload.get("user_id")
-        lines = payload.get("lines") if payload.get("warned") else None
+        lines = payload.get("lines") if payload.get("warned") or payload.get("advised") else None
         if lines and isinstance(uid, int):
             # TaskProlog prints each line into the job's output: no control characters (a job
             # name could carry escape sequences for the terminal that shows it).

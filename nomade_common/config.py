@@ -165,6 +165,10 @@ class Models:
     retrain_interval_hours: float = 0.0  # 0: retrain only by hand (nomadectl train)
     cost_missed_failure: float = 5.0
     cost_false_alarm: float = 1.0
+    # Right-sizing advice (--mem, --time) printed into a starting job's output: "always" (every
+    # job whose request is far from what its user's similar jobs needed), "risky" (only jobs
+    # that get a failure warning), "never".  `nomadectl check` always gives it.
+    advice: str = "risky"
 
 
 # -- collectors ----------------------------------------------------------------------------------
@@ -426,6 +430,11 @@ def _validate(cfg: Config) -> None:
             "aggregator.store_synchronous",
             cfg.aggregator.store_synchronous in ("normal", "full"),
             "one of normal, full",
+        ),
+        (
+            "models.advice",
+            cfg.models.advice in ("always", "risky", "never"),
+            "one of always, risky, never",
         ),
         (
             "security.curve",
