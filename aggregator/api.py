@@ -42,7 +42,7 @@ from nomade_common import jsonin, munge
 from nomade_common.config import Config, is_loopback
 from nomade_common.text import printable
 
-from . import clusterviews, policy, query
+from . import clusterviews, policy, query, registry
 from .policy import Caller, Forbidden
 from .reconcile import run_command
 
@@ -340,6 +340,7 @@ class Api:
             Route(f"{v1}/licenses", _answer(self.licenses)),
             Route(f"{v1}/collectors", _answer(self.collectors)),
             Route(f"{v1}/aggregator", _answer(self.aggregator)),
+            Route(f"{v1}/models", _answer(self.models)),
             Route(f"{v1}/jobs", _answer(self.jobs)),
             Route(v1 + "/jobs/{job_id:int}", _answer(self.job)),
         ]
@@ -422,6 +423,9 @@ class Api:
     def collectors(self, request: Request, caller: Caller, body: bytes) -> Any:
         policy.collectors_allowed(caller)
         return clusterviews.collection(self.agg.reader())
+
+    def models(self, request: Request, caller: Caller, body: bytes) -> Any:
+        return policy.models_view(caller, registry.models(self.agg.reader()))
 
     def jobs(self, request: Request, caller: Caller, body: bytes) -> Any:
         q = request.query_params

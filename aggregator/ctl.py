@@ -390,14 +390,33 @@ def _writer_conn(cfg: cfgmod.Config) -> sqlite3.Connection:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def train(ctx: click.Context, epochs: int, activate: str, as_json: bool) -> None:
-    """Train the job-outcome models on the stored finished jobs (needs torch)."""
+    """Train the job-outcome models on the stored finished jobs (needs torch): register the
+    model, and activate it when it meets the activation rule and is not worse than the active
+    one on the most recent jobs (docs/models.md)."""
+    import contextlib
+    import importlib.util
+
+    # Checked before any work: a package found missing at export would waste the training.
+    missing = [m for m in ("torch", "onnx", "skl2onnx") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise click.ClickException(
+            f"nomadectl train: needs {', '.join(missing)}, not installed here"
+            " (pip install 'nomade[train]'; torch==2.13.0)"
+        )
     cfg = _cfg(ctx)
     from models import pipeline
 
-    with click.progressbar(length=100, label="training", file=sys.stderr) as bar:
-        done = [0]
+    # TerminalText always says "no terminal" (so click draws no bar through it): ask its stream.
+    raw = getattr(sys.stderr, "stream", sys.stderr)
+    tty = raw is not None and raw.isatty()
+    bar = click.progressbar(length=100, label="training", file=raw) if tty else None
+    with bar if bar is not None else contextlib.nullcontext():
+        done, t0 = [0], time.monotonic()
 
-        def progress(_stage: str, fraction: float) -> None:
+        def progress(stage: str, fraction: float) -> None:
+            if bar is None:  # cron, systemd, a pipe: one line per stage, as it happens
+                click.echo(f"training: {stage} ({time.monotonic() - t0:.0f} s)", err=True)
+                return
             step = int(fraction * 100) - done[0]
             if step > 0:
                 bar.update(step)
@@ -421,10 +440,9 @@ def model() -> None:
 @click.pass_context
 def model_list(ctx: click.Context, as_json: bool) -> None:
     """Every trained model: version, training window, recent AUC, which one is active."""
-    conn = _reader(_cfg(ctx.parent))
     from . import registry
 
-    _emit(registry.models(conn), as_json, render.models)
+    _emit(_view(ctx.parent, "/api/v1/models", registry.models), as_json, render.models)
 
 
 @model.command("activate")

@@ -121,6 +121,12 @@ def nodes_allowed(caller: Caller, private: frozenset[str]) -> None:
         raise Forbidden("Slurm's PrivateData=nodes: node details are for administrators")
 
 
+def models_view(caller: Caller, models: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The model registry names no user or job: everyone sees which model scores their jobs and
+    how well it did; the files' place on the head node is for administrators."""
+    return models if caller.admin else [{k: v for k, v in m.items() if k != "path"} for m in models]
+
+
 def collectors_allowed(caller: Caller) -> None:
     if not caller.admin:
         raise Forbidden("the collectors' health is for administrators")

@@ -121,6 +121,12 @@ def job(j: dict[str, Any]) -> str:
         "",
         f"  {'NODE':<10}{'SAMPLES':>8}{'CPU s':>10}{'MEM PEAK':>12}{'READ':>12}{'WRITTEN':>12}",
     ]
+    v = j.get("verdict")
+    if v is not None:
+        out[-2:-2] = [f"  verdict at start: p_fail {v['p_fail']:.2f}, {'warned' if v['warned'] else 'not warned'}"
+                      f" (model {v['model_version']})", *(f"    {ln}" for ln in v["lines"] if v["warned"])]  # fmt: skip
+    if j.get("advice"):
+        out[-2:-2] = ["  " + ln for ln in advice_lines(j["advice"])]
     for n in j["nodes"]:
         cpu = "-" if n["cpu_seconds"] is None else f"{n['cpu_seconds']:.1f}"
         out.append(f"  {n['node']:<10}{n['samples']:>8}{cpu:>10}{size(n['mem_peak_bytes']):>12}"
@@ -146,37 +152,67 @@ def syscheck(checks: list[Check]) -> str:
     return "\n".join(out)
 
 
+def _auc(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def trained(r: dict[str, Any]) -> str:
-    auc = r.get("recent_auc")
-    out = [f"model {r['version']}: trained on {r['train_jobs']} jobs, weights {r['weights']}",
-           f"  failure AUC on the {r['recent_jobs']} most recent jobs: {'-' if auc is None else f'{auc:.3f}'}"]  # fmt: skip
+    out = [f"model {r['version']}: trained on {r['train_jobs']} jobs, weights {r['weights']}"]
+    aucs = r.get("member_validation_auc")
+    if aucs:
+        excluded = set(r.get("excluded_members") or ())
+        out.append("  validation AUC of each member: " + ", ".join(
+            f"{m} {_auc(a)}" + (" (weight 0: no better than chance)" if m in excluded else "")
+            for m, a in aucs.items()))  # fmt: skip
+    n, failures = r["recent_jobs"], r.get("recent_failures")
+    of = "" if failures is None else f" ({failures} failures, {n - failures} successes)"
+    out.append(f"  failure AUC on the {n} most recent jobs{of}: {_auc(r.get('recent_auc'))}")
     if "active_recent_auc" in r:
-        old = r["active_recent_auc"]
-        out.append(
-            f"  active model {r['active_version']} on the same jobs: {'-' if old is None else f'{old:.3f}'}"
-        )
-    out.append(
-        "  activated" if r["activated"] else "  not activated (nomadectl model activate VERSION)"
-    )
+        old = _auc(r["active_recent_auc"])
+        out.append(f"  active model {r['active_version']} on the same jobs: {old}")
+    line = r.get("activation") or ("activated" if r["activated"] else "not activated")
+    out.append(f"  {line}")
     return "\n".join(out)
 
 
 def models(rows: list[dict[str, Any]]) -> str:
-    out = [f"{'':2}{'VERSION':<26}{'CREATED':<21}{'JOBS':>7}  {'RECENT AUC':>10}  TRAINED ON"]
+    """The registry, newest first; `*` marks the active model, RULE whether it met the
+    activation rule when it was trained (`-`: trained before the rule was recorded)."""
+    out = [
+        f"{'':2}{'VERSION':<26}{'CREATED':<21}{'JOBS':>7}  {'RECENT AUC':>10}  {'RULE':<8}TRAINED ON"
+    ]
     for m in rows:
-        auc = m["metrics"].get("recent_auc")
+        met = m["metrics"].get("activation_rule_met")
+        rule = "-" if met is None else "met" if met else "not met"
         out.append(f"{'* ' if m['active'] else '  '}{m['version']:<26}{when(m['created']):<21}{m['train_jobs'] or 0:>7}"
-                   f"  {'-' if auc is None else f'{auc:.3f}':>10}  {when(m['train_first_submit'])} .. {when(m['train_last_submit'])}")  # fmt: skip
+                   f"  {_auc(m['metrics'].get('recent_auc')):>10}  {rule:<8}"
+                   f"{when(m['train_first_submit'])} .. {when(m['train_last_submit'])}")  # fmt: skip
     return "\n".join(out) if rows else "no models yet (nomadectl train)"
 
 
 def check(answer: dict[str, Any]) -> str:
     v = answer.get("verdict")
     if v is None:
-        return "NØMADE: no model is active yet, so this job cannot be scored (nomadectl train)."
-    if v["warned"]:
-        return "\n".join(v["lines"])
-    return f"NØMADE: low risk ({v['p_fail']:.2f}) that this job fails (model {v['model_version']})."
+        out = ["NØMADE: no model is active yet, so this job cannot be scored (nomadectl train)."]
+    elif v["warned"]:
+        out = [ln for ln in v["lines"] if not ln.startswith("NØMADE: Details:")]
+    else:
+        out = [f"NØMADE: low risk ({v['p_fail']:.2f}) that this job fails (model {v['model_version']})."]
+    return "\n".join(out + advice_lines(answer.get("advice"), out))
+
+
+def advice_lines(advice: dict[str, Any] | None, shown: list[str] = ()) -> list[str]:
+    """Right-sizing advice, each resource once: its text, or why there is none."""
+    if not advice:
+        return []
+    out = []
+    for resource, what in (("mem", "--mem"), ("time", "--time")):
+        a = advice.get(resource)
+        if a is None:
+            out.append(f"NØMADE: no {what} advice: too few of your jobs like this one have ended.")
+        elif a["text"] not in shown:
+            out.append(a["text"])
+    return out
 
 
 def admin_log(rows: list[dict[str, Any]]) -> str:

@@ -14,6 +14,8 @@ Protocol (docs/models.md):
 - Every learned baseline is fitted on the same fit slice and Platt-calibrated on the same
   validation slice; every score's alarm threshold is chosen on the validation slice by
   minimising cost_missed_failure * FN + cost_false_alarm * FP, then applied to the test part.
+- A test part with too few jobs, failures or successes (`too_little`, the rule `nomadectl train`
+  activates models by) gives no numbers at all: `insufficient`, with the reason.
 """
 
 from __future__ import annotations
@@ -26,9 +28,16 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from . import ensemble, features, runtime, train
+from . import ensemble, features, rightsize_eval, runtime, train
 
-MIN_TEST_JOBS, MIN_TEST_FAILURES = 200, 10
+# The one rule for judging a model on held-out jobs, shared with `nomadectl train`
+# (models/pipeline.py), which activates no model judged on fewer: `too_little`.
+MIN_TEST_JOBS, MIN_TEST_FAILURES, MIN_TEST_SUCCESSES = 200, 10, 10
+NEEDED = (
+    f"at least {MIN_TEST_JOBS} jobs, {MIN_TEST_FAILURES} failures and"
+    f" {MIN_TEST_SUCCESSES} successes"
+)
+RELIABILITY_BINS = 10
 N_REQUEST = len(features.request_features({}))  # the request columns come first
 USER_FAIL_RATE = features.FEATURE_NAMES.index("user_fail_rate")
 LAST_FAILED = features.FEATURE_NAMES.index("user_last_failed")
@@ -91,6 +100,19 @@ def at_threshold(p: np.ndarray, failed: np.ndarray, t: float, cost_miss: float,
     }  # fmt: skip
 
 
+# -- the rule ------------------------------------------------------------------------------------
+def too_little(failed: np.ndarray | list[bool], part: str) -> str | None:
+    """None when a held-out PART whose jobs failed as FAILED (one bool a job) can judge a model:
+    at least MIN_TEST_JOBS jobs, MIN_TEST_FAILURES failures and MIN_TEST_SUCCESSES successes
+    (jobs that did not fail).  Otherwise what the part has, e.g. "the test part has 99 jobs,
+    97 failures and 2 successes": from fewer, an AUC is noise (or cannot be computed)."""
+    n, bad = len(failed), int(np.sum(failed))
+    good = n - bad
+    if n >= MIN_TEST_JOBS and bad >= MIN_TEST_FAILURES and good >= MIN_TEST_SUCCESSES:
+        return None
+    return f"the {part} has {n} jobs, {bad} failures and {good} successes"
+
+
 # -- metrics ---------------------------------------------------------------------------------------
 def _auc(y: np.ndarray, s: np.ndarray) -> float | None:
     return float(roc_auc_score(y, s)) if 0 < y.sum() < len(y) else None
@@ -109,6 +131,34 @@ def score_metrics(p_val: np.ndarray, failed_val: np.ndarray, p_test: np.ndarray,
         "pr_auc": _pr_auc(failed_test, p_test),
         "brier": float(np.mean((p_test - failed_test) ** 2)),
         **at_threshold(p_test, failed_test, t, *costs),
+    }
+
+
+def reliability(p: np.ndarray, failed: np.ndarray, bins: int) -> list[dict[str, Any]]:
+    """The non-empty ones of BINS equal-width bins of predicted probability P: each bin's
+    edges, jobs, mean predicted probability and observed failure rate."""
+    p, failed = np.asarray(p, dtype=np.float64), np.asarray(failed, dtype=np.float64)
+    which = np.clip((p * bins).astype(int), 0, bins - 1)
+    n = np.bincount(which, minlength=bins)
+    mean_p = np.bincount(which, p, bins)
+    rate = np.bincount(which, failed, bins)
+    return [{"lo": b / bins, "hi": (b + 1) / bins, "jobs": int(n[b]),
+             "mean_predicted": float(mean_p[b] / n[b]), "observed_rate": float(rate[b] / n[b])}
+            for b in range(bins) if n[b]]  # fmt: skip
+
+
+def calibration(raw: np.ndarray, p_fail: np.ndarray, failed: np.ndarray) -> dict[str, Any]:
+    """Brier score and reliability table of the weighted mixture's raw failure probability RAW
+    (before Platt scaling) and of the calibrated P_FAIL (after), on the same jobs: in ten
+    equal-width bins, five with fewer than 500 jobs."""
+    failed = np.asarray(failed, dtype=np.float64)
+    bins = RELIABILITY_BINS if len(failed) >= 500 else RELIABILITY_BINS // 2
+    return {
+        "bins": bins,
+        "brier_before": float(np.mean((raw - failed) ** 2)),
+        "brier_after": float(np.mean((p_fail - failed) ** 2)),
+        "reliability_before": reliability(raw, failed, bins),
+        "reliability_after": reliability(p_fail, failed, bins),
     }
 
 
@@ -276,12 +326,14 @@ def evaluate(jobs: list[dict[str, Any]], test_fraction: float = 0.3, cost_missed
             "epochs": epochs, "seed": seed,
         },
         "insufficient": False,
+        # --mem/--time advice on the same test part; it needs no model, so it is judged also
+        # where failure prediction has too little data.
+        "rightsizing": rightsize_eval.evaluate(jobs, test_fraction),
     }  # fmt: skip
     train_failed = sum(features.is_failure(j["outcome"]) for j in jobs[:n_fit])
-    if n - n_train < MIN_TEST_JOBS or test_failed < MIN_TEST_FAILURES:
-        result.update(insufficient=True, reason=(
-            f"the test part has {n - n_train} jobs and {test_failed} failures; "
-            f"at least {MIN_TEST_JOBS} jobs and {MIN_TEST_FAILURES} failures are needed"))  # fmt: skip
+    short = too_little([features.is_failure(j["outcome"]) for j in jobs[n_train:]], "test part")
+    if short:
+        result.update(insufficient=True, reason=f"{short}; {NEEDED} are needed")
         return result
     if not 0 < train_failed < n_fit or n_train - n_fit < 1:
         result.update(insufficient=True, reason="the fit slice needs failures and successes")
@@ -310,7 +362,9 @@ def evaluate(jobs: list[dict[str, Any]], test_fraction: float = 0.3, cost_missed
         per_class=per_class(y_test, test_probs),
         confusion=confusion(y_test, test_probs),
         ensemble={"weights": fitted.meta["weights"], "platt": fitted.meta["platt"],
-                  "onnx_vs_framework_max_abs_diff": float(np.abs(torch_p - combined["p_fail"][val_n:]).max())},
+                  "onnx_vs_framework_max_abs_diff": float(np.abs(torch_p - combined["p_fail"][val_n:]).max()),
+                  **{k: fitted.meta[k] for k in ("member_validation_auc", "excluded_members", "no_better_than_chance")}},
+        calibration=calibration(ensemble.raw_failure(test_probs), combined["p_fail"][val_n:], ft),
         best_baseline=best,
         best_simple_baseline=simple,
         ensemble_vs_simple=auc_difference(ft, scores["ensemble"][val_n:], scores[simple][val_n:], seed) if simple else None,

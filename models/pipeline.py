@@ -1,5 +1,11 @@
 """`nomadectl train`: train on the store's finished jobs, register the model, and activate it
-only when it is not worse than the active one on the most recent jobs."""
+only when it can be trusted and is not worse than the active one on the most recent jobs.
+
+The activation rule (`activation_rule`): the recent part, held out from training, meets the
+evaluation's rule (`evaluate.too_little`: enough jobs, failures and successes), the new model's
+recent AUC can be computed and is above 0.5, and some member beat chance on the validation
+slice.  With `--activate if-better` a model that breaks it is registered, not activated;
+`--activate always` activates it anyway and says so."""
 
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ from sklearn.metrics import roc_auc_score
 from aggregator import registry
 from aggregator.scoring import model_dir, pack
 
-from . import dataset, ensemble, features, runtime, train
+from . import dataset, ensemble, evaluate, features, runtime, train
 
 MIN_JOBS = 200
 TOLERANCE = 0.01  # a new model may be this much worse in AUC and still replace the active one
@@ -31,6 +37,44 @@ def score_rows(model: runtime.Model, p: train.Prepared, rows: slice) -> np.ndarr
     return ensemble.combine(members, model.meta)["p_fail"]
 
 
+def activation_rule(
+    failed: np.ndarray, recent_auc: float | None, meta: dict[str, Any]
+) -> str | None:
+    """Why a model whose recent jobs failed as FAILED must not be activated unasked, or None."""
+    short = evaluate.too_little(failed, "recent part")
+    if short:
+        return f"{short}; activation needs {evaluate.NEEDED}"
+    if recent_auc is None or not np.isfinite(recent_auc):
+        return "its failure AUC on the recent part cannot be computed"
+    if recent_auc <= ensemble.CHANCE:
+        return f"its failure AUC on the recent part is {recent_auc:.3f}, no better than chance"
+    if meta.get("no_better_than_chance"):
+        aucs = ", ".join(f"{m} {a:.3f}" for m, a in meta["member_validation_auc"].items())
+        return f"no member beat chance on the validation slice (AUC {aucs})"
+    return None
+
+
+def decision(
+    activate: str, rule: str | None, better: bool, metrics: dict[str, Any], version: str
+) -> tuple[bool, str]:
+    """Whether to activate (ACTIVATE: 'if-better', 'always' or 'never'), and one line saying so."""
+    later = f"nomadectl model activate {version}"
+    if activate == "never":
+        return False, f"not activated (--activate never; {later})"
+    if activate == "always":
+        if rule is None:
+            return True, "activated"
+        return True, f"activated: --activate always overrode the activation rule ({rule})"
+    if rule is not None:
+        return False, f"not activated: {rule} (--activate always overrides)"
+    if not better:
+        return False, (
+            f"not activated: its recent AUC {metrics['recent_auc']:.3f} is below the active"
+            f" model's {metrics['active_recent_auc']:.3f} on the same jobs ({later})"
+        )
+    return True, "activated"
+
+
 def run(conn: sqlite3.Connection, data_dir: str, recent_fraction: float = 0.2, epochs: int = 25,
         activate: str = "if-better", progress=None) -> dict[str, Any]:  # fmt: skip
     """Train, export, register; ACTIVATE is 'if-better', 'always' or 'never'."""
@@ -41,16 +85,19 @@ def run(conn: sqlite3.Connection, data_dir: str, recent_fraction: float = 0.2, e
             f"only {len(jobs)} finished jobs in the store; training needs at least {MIN_JOBS}"
         )
     n_train = len(jobs) - max(1, int(len(jobs) * recent_fraction))
+    say(f"{len(jobs)} finished jobs read", 0.0)
     p = train.prepare(jobs, n_train)
     fitted = train.fit(p, n_train, epochs=epochs, progress=say)
     digest_src = hashlib.sha256(str(time.time_ns()).encode()).hexdigest()[:8]
     version = time.strftime("%Y%m%d-%H%M%S") + "-" + digest_src
     out = model_dir(data_dir, version)
     train.export(fitted, out)
+    say("exported", 1.0)
     new = runtime.Model(out)
     recent = slice(n_train, len(p.jobs))
     failed = p.failed[recent]
     metrics: dict[str, Any] = {"recent_jobs": int(len(failed)), "recent_failures": int(failed.sum()),
+                               "recent_successes": int(len(failed) - failed.sum()),
                                "recent_auc": _auc(failed, score_rows(new, p, recent))}  # fmt: skip
     current = registry.active(_row_conn(conn))
     if (
@@ -64,7 +111,11 @@ def run(conn: sqlite3.Connection, data_dir: str, recent_fraction: float = 0.2, e
         metrics["active_recent_auc"] = _auc(failed, score_rows(old, q, recent))
     better = (metrics.get("active_recent_auc") is None or metrics["recent_auc"] is None
               or metrics["recent_auc"] >= metrics["active_recent_auc"] - TOLERANCE)  # fmt: skip
-    activated = activate == "always" or (activate == "if-better" and better)
+    rule = activation_rule(failed, metrics["recent_auc"], fitted.meta)
+    members = ("member_validation_auc", "excluded_members", "no_better_than_chance")
+    metrics.update({k: fitted.meta[k] for k in members}, activation_rule_met=rule is None,
+                   activation_rule=rule)  # fmt: skip
+    activated, line = decision(activate, rule, better, metrics, version)
     conn.execute("BEGIN IMMEDIATE")
     try:
         registry.register(conn, version, str(out), runtime.digest(out), fitted.meta, metrics)
@@ -82,7 +133,9 @@ def run(conn: sqlite3.Connection, data_dir: str, recent_fraction: float = 0.2, e
         conn.execute("ROLLBACK")
         shutil.rmtree(out, ignore_errors=True)
         raise
-    return {"version": version, "path": str(out), "activated": activated, "train_jobs": n_train,
+    say(f"registered {version}" + (" and activated" if activated else ""), 1.0)
+    return {"version": version, "path": str(out), "activated": activated, "activation": line,
+            "overrode_rule": activated and rule is not None, "train_jobs": n_train,
             "weights": fitted.meta["weights"], **metrics}  # fmt: skip
 
 

@@ -10,13 +10,14 @@ section "How the warnings did" counts their hits, misses and false alarms.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import features
+from . import ensemble, features, rightsize_eval
 from .evaluate import CEILING, LABELS
 
 PLOTS = ("roc.png", "pr.png", "calibration.png", "confusion.png")
@@ -142,6 +143,7 @@ def findings_section(result: dict[str, Any]) -> list[str]:
                f" {_interval(g)}.  The GNN has weight {result['ensemble']['weights']['gnn']:g} in the"
                f" ensemble (GBT {result['ensemble']['weights']['gbt']:g},"
                f" LR {result['ensemble']['weights']['lr']:g}).")  # fmt: skip
+    out += [t for t in [members_sentence(result["ensemble"])] if t]
     maj = m["majority"]
     cost_names = [n for n in m if n != CEILING]
     cheapest = min(cost_names, key=lambda n: m[n]["cost_per_job"])
@@ -164,6 +166,59 @@ def findings_section(result: dict[str, Any]) -> list[str]:
         out.append(f"The generator's own failure probability, the best any model could do on"
                    f" this data, reaches AUC {_f(c)}{gap}.")  # fmt: skip
     return ["## What beat what", "", " ".join(out), ""]
+
+
+def members_sentence(ens: dict[str, Any]) -> str:
+    """Each member's failure AUC on the validation slice, and which ones got weight 0."""
+    aucs = ens.get("member_validation_auc")
+    if not aucs:
+        return ""
+    names = {"gnn": "GNN", "gbt": "GBT", "lr": "LR"}
+    listed = ", ".join(f"{names.get(k, k)} {_f(v)}" for k, v in aucs.items())
+    text = f"On the validation slice the members' failure AUCs are {listed}."
+    if ens.get("no_better_than_chance"):
+        return (f"{text} **No member beats chance there: the model is no better than chance,"
+                " and `nomadectl train` does not activate such a model unless told to"
+                " (`--activate always`).**")  # fmt: skip
+    excluded = [names.get(k, k) for k in ens.get("excluded_members", [])]
+    if excluded:
+        return f"{text} **{' and '.join(excluded)} at or below 0.5: weight 0.**"
+    return text
+
+
+def _reliability_table(rows: list[dict[str, Any]]) -> list[str]:
+    return _table(
+        ["Predicted", "Jobs", "Mean predicted", "Observed failure rate"],
+        [[f"{r['lo']:.1f} to {r['hi']:.1f}", str(r["jobs"]), _f(r["mean_predicted"]),
+          _f(r["observed_rate"])] for r in rows],
+    )  # fmt: skip
+
+
+def calibration_section(result: dict[str, Any]) -> list[str]:
+    """Brier score and reliability before calibration (the weighted mixture's raw failure
+    probability) and after (the Platt-calibrated p_fail users see), on the test part."""
+    c = result.get("calibration")
+    if not c:
+        return []
+    return [
+        "## Calibration on the test part",
+        "",
+        "Before: the weighted mixture's failure probability, 1 - p(COMPLETED) - p(CANCELLED)."
+        " After: p_fail, Platt-scaled on the validation slice and clipped to"
+        f" [{ensemble.P_MIN:g}, {ensemble.P_MAX:g}], as users see it.  Brier score (lower is"
+        f" better): {_f(c['brier_before'], 4)} before, {_f(c['brier_after'], 4)} after.  In"
+        f" {c['bins']} equal-width bins of the predicted probability (empty bins left out), a"
+        " calibrated score's observed failure rate matches its mean prediction.",
+        "",
+        "Before calibration:",
+        "",
+        *_reliability_table(c["reliability_before"]),
+        "",
+        "After calibration:",
+        "",
+        *_reliability_table(c["reliability_after"]),
+        "",
+    ]
 
 
 def class_section(result: dict[str, Any]) -> list[str]:
@@ -302,6 +357,10 @@ def _calibration(result: dict[str, Any], out: Path, bins: int = 10) -> None:
         ax.plot(
             mean_p, rate, "o-", label=LABELS[key], color="black" if key == "ensemble" else "grey"
         )
+    before = (result.get("calibration") or {}).get("reliability_before")
+    if before:
+        ax.plot([r["mean_predicted"] for r in before], [r["observed_rate"] for r in before], "s:",
+                color="tab:orange", label="Ensemble before calibration")  # fmt: skip
     ax.set(xlabel="Predicted p_fail (bin mean)", ylabel="Observed failure rate",
            title="Calibration, test part", xlim=(0, 1), ylim=(0, 1))  # fmt: skip
     ax.legend(fontsize=8)
@@ -338,6 +397,18 @@ def plots(result: dict[str, Any], out: Path) -> list[str]:
 
 
 # -- the report ----------------------------------------------------------------------------------
+# The sections of a report on enough data, in order: each turns the result into Markdown lines
+# (none when its part of the result is absent).  A new section is one more function here.
+SECTIONS: list[Callable[[dict[str, Any]], list[str]]] = [
+    failure_section,
+    findings_section,
+    calibration_section,
+    class_section,
+    threshold_section,
+    confusion_section,
+]
+
+
 def _jsonable(result: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in result.items() if k != "arrays"}
 
@@ -354,12 +425,9 @@ def write_report(result: dict[str, Any], out_dir: str | Path, verdicts: list[dic
                   " this small gives numbers too noisy to judge a model by.", ""]  # fmt: skip
     else:
         names = plots(result, out)
+        for section in SECTIONS:
+            lines += section(result)
         lines += [
-            *failure_section(result),
-            *findings_section(result),
-            *class_section(result),
-            *threshold_section(result),
-            *confusion_section(result),
             "## Plots",
             "",
             *(f"![{n[:-4]}]({n})" for n in names),
@@ -368,6 +436,8 @@ def write_report(result: dict[str, Any], out_dir: str | Path, verdicts: list[dic
             f" {result['ensemble']['onnx_vs_framework_max_abs_diff']:.1e}.",
             "",
         ]
+    if result.get("rightsizing"):
+        lines += rightsize_eval.section(result["rightsizing"])
     lines += warnings_section(verdicts or [])
     (out / "evaluation.json").write_text(json.dumps(_jsonable(result), indent=1, default=float))
     path = out / "report.md"

@@ -115,8 +115,11 @@ def fit(p: Prepared, n_train: int, epochs: int = 25, seed: int = 0, progress=Non
     fitted = Fitted(net, gbt, lr, {})
     val = fitted.members(p, val_rows)
     yv = p.y[val_rows]
+    aucs = ensemble.member_aucs(val, yv)  # a member at or below chance gets weight 0
     weights = (
-        ensemble.choose_weights(val, yv) if len(yv) else {"gnn": 1 / 3, "gbt": 1 / 3, "lr": 1 / 3}
+        ensemble.choose_weights(val, yv, aucs=aucs)
+        if len(yv)
+        else {"gnn": 1 / 3, "gbt": 1 / 3, "lr": 1 / 3}
     )
     mixed = sum(weights[m] * val[m] for m in ensemble.MEMBERS)
     platt = (
@@ -137,6 +140,9 @@ def fit(p: Prepared, n_train: int, epochs: int = 25, seed: int = 0, progress=Non
         "gbt_classes": gbt.classes_.tolist(),
         "lr_classes": lr.classes_.tolist(),
         "weights": weights,
+        "member_validation_auc": aucs,
+        "excluded_members": [m for m in ensemble.MEMBERS if m not in ensemble.eligible(aucs)],
+        "no_better_than_chance": ensemble.no_better_than_chance(aucs),
         "platt": list(platt),
         "class_health": class_health,
         "k": p.nbr[0].shape[1],

@@ -39,7 +39,12 @@ def test_alice_reads_her_own_job_through_the_api(alices_job):
     p, job, _ = alices_job
     mine = as_user("alice", p.config, "job", str(job), "--json")
     assert mine.returncode == 0, mine.stderr
-    assert json.loads(mine.stdout)["user"] == "alice"
+    view = json.loads(mine.stdout)
+    assert view["user"] == "alice"
+    # The advice her job got at its start: none yet, her first job (no history to learn from).
+    assert view["advice"]["mem"] is None and view["advice"]["time"] is None
+    shown = as_user("alice", p.config, "job", str(job))
+    assert "no --mem advice: too few of your jobs like this one have ended" in shown.stdout
     listed = as_user("alice", p.config, "jobs", "--json")
     assert job in [j["job_id"] for j in json.loads(listed.stdout)]
 
@@ -80,10 +85,23 @@ def test_alice_checks_a_script_with_sbatch_options_after_it(alices_job):
     p, _, script = alices_job
     out = as_user("alice", p.config, "check", str(script), "-p", "debug", "--mem=400M", "--json")
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["request"]["mem_per_node_bytes"] == 400 << 20
+    answer = json.loads(out.stdout)
+    assert answer["request"]["mem_per_node_bytes"] == 400 << 20
+    # Right-sizing is always given: one ended job of hers is too few to advise from.
+    assert answer["advice"] == {"mem": None, "time": None}
+    human = as_user("alice", p.config, "check", str(script), "--mem=400M")
+    assert "no --time advice: too few of your jobs like this one have ended" in human.stdout
 
 
-@pytest.mark.parametrize("args", [["init"], ["model", "list"], ["audit"], ["stop"]])
+def test_alice_lists_the_models_through_the_api(alices_job):
+    p, _, _ = alices_job
+    out = as_user("alice", p.config, "model", "list", "--json")
+    assert out.returncode == 0, out.stderr
+    assert all("path" not in m for m in json.loads(out.stdout))
+
+
+@pytest.mark.parametrize("args", [["init"], ["train"], ["model", "report"], ["import", "sacct", "/etc/hostname"],
+                                  ["audit"], ["stop"]])  # fmt: skip
 def test_a_users_admin_command_fails_in_one_line(alices_job, args):
     p, _, _ = alices_job
     out = as_user("bob", p.config, *args)

@@ -86,6 +86,18 @@ def test_too_few_test_jobs_or_failures_give_no_auc():
     assert (quiet["protocol"]["test_jobs"], quiet["protocol"]["test_failures"]) == (300, 0)
 
 
+def test_a_test_part_of_failures_with_few_successes_gives_no_auc():
+    jobs = workload(1000)
+    for i, j in enumerate(jobs[700:]):  # the test part: all failed but 4
+        j["outcome"] = "COMPLETED" if i < 4 else "FAILED"
+    result = evaluate.evaluate(jobs, epochs=EPOCHS)
+    assert result["insufficient"] and "failure" not in result
+    assert result["reason"] == (
+        "the test part has 300 jobs, 296 failures and 4 successes; at least 200 jobs,"
+        " 10 failures and 10 successes are needed"
+    )
+
+
 def brute_force_cost(p: np.ndarray, failed: np.ndarray, miss: float, alarm: float) -> float:
     best = math.inf
     for t in [*p.tolist(), math.inf]:  # warning when p >= t: every distinct outcome
@@ -123,9 +135,13 @@ def test_report_has_its_sections_and_plots(result, tmp_path):
     path = report.write_report(result, tmp_path, verdicts=verdicts)
     text = path.read_text()
     for heading in ("## Data", "## Failure prediction on the test part", "## What beat what",
-                    "## Per outcome class", "## Alarm threshold", "## Confusion matrix",
+                    "## Calibration on the test part", "## Per outcome class", "## Alarm threshold",
+                    "## Confusion matrix", "## Right-sizing: --mem and --time advice",
                     "## How the warnings did"):  # fmt: skip
         assert heading in text, heading
+    assert text.count("| Predicted | Jobs | Mean predicted | Observed failure rate |") == 2
+    c = result["calibration"]
+    assert f"{c['brier_before']:.4f} before, {c['brier_after']:.4f} after" in text
     for label in evaluate.LABELS.values():
         assert f"| {label} |" in text, label
     assert "| 1 | 1 | 1 | 0 |" in text  # hits, misses, false alarms, quiet
@@ -135,11 +151,39 @@ def test_report_has_its_sections_and_plots(result, tmp_path):
         assert f"]({name})" in text
 
 
+def test_evaluation_json_keeps_its_keys_and_adds_calibration_and_member_aucs(result, tmp_path):
+    import json
+
+    report.write_report(result, tmp_path)
+    saved = json.loads((tmp_path / "evaluation.json").read_text())
+    old = {"data", "protocol", "insufficient", "failure", "per_class", "confusion", "ensemble",
+           "best_baseline", "best_simple_baseline", "ensemble_vs_simple", "ensemble_vs_best",
+           "graph_contribution"}  # fmt: skip
+    assert old | {"calibration"} <= set(saved)
+    assert {"weights", "platt", "onnx_vs_framework_max_abs_diff"} <= set(saved["ensemble"])
+    aucs = saved["ensemble"]["member_validation_auc"]
+    assert set(aucs) == {"gnn", "gbt", "lr"} and all(0 <= a <= 1 for a in aucs.values())
+    assert saved["ensemble"]["excluded_members"] == [m for m, a in aucs.items() if a <= 0.5]
+    c = saved["calibration"]
+    test_jobs, failed = result["protocol"]["test_jobs"], result["arrays"]["failed"]
+    assert c["brier_after"] == pytest.approx(saved["failure"]["ensemble"]["brier"])
+    for key in ("reliability_before", "reliability_after"):
+        rows = c[key]
+        assert sum(r["jobs"] for r in rows) == test_jobs and len(rows) <= c["bins"] == 5
+        assert sum(r["observed_rate"] * r["jobs"] for r in rows) == pytest.approx(failed.sum())
+        assert all(r["lo"] <= r["mean_predicted"] <= r["hi"] for r in rows)
+    after = result["arrays"]["scores"]["ensemble"]
+    assert after.min() >= 0.02 and after.max() <= 0.98  # p_fail as users see it
+
+
 def test_report_of_insufficient_data_and_no_verdicts(tmp_path):
     result = evaluate.evaluate(workload(300), epochs=EPOCHS)
     text = report.write_report(result, tmp_path).read_text()
     assert "## Result: not enough data" in text and "AUC |" not in text
     assert "No stored verdicts" in text
+    # Right-sizing needs no model: it is judged all the same, and called too small to judge by.
+    assert "## Right-sizing: --mem and --time advice" in text and "**Too small to judge by**" in text
+    assert result["rightsizing"]["mem"]["too_small"]
     assert not any((tmp_path / name).exists() for name in report.PLOTS)
 
 

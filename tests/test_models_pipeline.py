@@ -54,6 +54,9 @@ def test_train_registers_and_activates_a_model_with_its_hash(stored):
     assert models[0]["sha256"] == runtime.digest(models[0]["path"])
     assert models[0]["train_jobs"] == trained["train_jobs"] == N_JOBS - int(N_JOBS * 0.2)
     assert 0.5 < trained["recent_auc"] <= 1.0
+    # Enough recent jobs, failures and successes: the activation rule is met, nothing overridden.
+    assert trained["activation_rule_met"] and not trained["overrode_rule"]
+    assert trained["activation"] == "activated" and models[0]["metrics"]["activation_rule_met"]
 
 
 def test_onnx_runtime_agrees_with_the_training_frameworks_on_1000_jobs(tmp_path):
