@@ -355,7 +355,10 @@ class Aggregator:
             .execute("SELECT count(*) FROM jobs WHERE outcome IS NOT NULL")
             .fetchone()[0]
         )
-        if ended < 200:  # models.pipeline.MIN_JOBS, without importing the training code
+        # Below this, the most recent 20% (the part that decides activation) cannot hold the 200
+        # jobs the activation rule asks for (models.evaluate.too_little): a model trained now
+        # could never be activated, and one would be registered every interval.
+        if ended < 1000:
             return
         ctl = Path(sys.executable).parent / "nomadectl"
         log_path = Path(self.cfg.general.data_dir) / "retrain.log"

@@ -15,6 +15,10 @@ in place (counted as not advised).  Methods (docs/risk.md#right-sizing):
     time    nomade, nomade_naive, request (the time limit)
             last_two_mean    the mean run time of the user's last two jobs (Tsafrir, Etsion and
                              Feitelson 2007)
+    both    ceiling          hindsight: the 95th percentile of the known needs of the test part's
+                             own jobs of the same user and kind.  It sees the answers (no method
+                             can use it); it shows what the spread of needs within a kind leaves
+                             to any suggestion: how much over-request a 95% fit costs there
 
 Coverage: the share of judged jobs whose need the suggestion fits.  A job killed at its limit
 (OUT_OF_MEMORY for memory, TIMEOUT for time) needed more than its limit: a suggestion at or below
@@ -49,10 +53,11 @@ LABELS = {
     "last_peak": f"{LAST_PEAK_FACTOR:g} x the user's last peak",
     "user_p95": "95th percentile of the user's past peaks",
     "last_two_mean": "Mean of the user's last two run times",
+    "ceiling": "Hindsight: 95th percentile of the test part's own needs, same user and kind",
 }
 METHODS = {
-    "mem": ("nomade", "nomade_naive", "request", "last_peak", "user_p95"),
-    "time": ("nomade", "nomade_naive", "request", "last_two_mean"),
+    "mem": ("nomade", "nomade_naive", "request", "last_peak", "user_p95", "ceiling"),
+    "time": ("nomade", "nomade_naive", "request", "last_two_mean", "ceiling"),
 }
 
 
@@ -122,6 +127,19 @@ def suggestions(resource: str, job: dict[str, Any], user: list[dict[str, Any]],
         runs = [float(j["elapsed_seconds"]) for j in user if j.get("elapsed_seconds")]
         out["last_two_mean"] = (runs[-1] + runs[-2]) / 2 if len(runs) >= 2 else None
     return out
+
+
+def _ceiling(rows: dict[str, list], keys: list[tuple[str, str]]) -> None:
+    """The "ceiling" rows: per test job, the 95th percentile of the known needs of the test
+    part's jobs with its user and kind (the request where none is known)."""
+    needs: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for (need, *_), key in zip(rows["request"], keys, strict=True):
+        if not need.censored:
+            needs[key].append(need.value)
+    rows["ceiling"] = [
+        (need, _percentile(needs[key], 0.95) if needs[key] else None, run, asked)
+        for (need, _, run, asked), key in zip(rows["request"], keys, strict=True)
+    ]
 
 
 def judged_need(resource: str, job: dict[str, Any]) -> rs.Need | None:
@@ -194,6 +212,7 @@ def evaluate(jobs: list[dict[str, Any]], test_fraction: float = 0.3) -> dict[str
     history = History()
     rows: dict[str, dict[str, list]] = {r: defaultdict(list) for r in METHODS}
     censored = {r: 0 for r in METHODS}
+    keys: dict[str, list[tuple[str, str]]] = {r: [] for r in METHODS}  # (user, kind) of each row
     users = set()
     for i, job in enumerate(jobs):
         user, kind = history.before(job)
@@ -207,7 +226,9 @@ def evaluate(jobs: list[dict[str, Any]], test_fraction: float = 0.3) -> dict[str
                 sug = suggestions(resource, job, user, kind)
                 run = float(job.get("elapsed_seconds") or 0.0)
                 for m in methods:
-                    rows[resource][m].append((need, sug[m], run, rs.requested(resource, job)))
+                    if m != "ceiling":
+                        rows[resource][m].append((need, sug[m], run, rs.requested(resource, job)))
+                keys[resource].append((job.get("user") or "", name_key(job.get("job_name"))))
         history.add(job)
     out: dict[str, Any] = {
         "jobs": len(jobs), "test_jobs": n_test, "test_fraction": test_fraction,
@@ -215,6 +236,8 @@ def evaluate(jobs: list[dict[str, Any]], test_fraction: float = 0.3) -> dict[str
                                          "growth": rs.GROWTH, "pool": rs.POOL,
                                          "last_peak_factor": LAST_PEAK_FACTOR},
     }  # fmt: skip
+    for resource in METHODS:
+        _ceiling(rows[resource], keys[resource])
     for resource, methods in METHODS.items():
         scores = {m: score(resource, rows[resource][m]) for m in methods}
         judged = scores["nomade"]["judged"]
@@ -253,11 +276,12 @@ def section(
         "",
         f"The latest {result['test_jobs']} of {result['jobs']} jobs (start order), {result['users']}"
         " users; each job's suggestions come from its user's jobs that had ended by its submit"
-        " time (docs/risk.md#right-sizing).  Coverage counts a job killed at its limit as a miss"
-        " when the suggestion was at or below that limit, and as unknown above it (*coverage* is"
-        " the lower bound, with its 95% Wilson interval; *if unknown fit* the upper).  Over-request:"
-        " suggestion minus need on jobs whose need is known.  A method without history for a job"
-        " leaves the user's request (*advised*: the jobs it had history for).",
+        " time (docs/risk.md#right-sizing).  *Coverage*: the share of the jobs whose fit is known"
+        " that the suggestion fits, with its 95% Wilson interval.  A job killed at its limit needed"
+        " more than that limit: a suggestion at or below it missed; one above it may have fitted,"
+        " unknown (*lower bound*: the unknown counted as misses; *upper*: as fits).  Over-request:"
+        " suggestion minus need, on the jobs whose need is known.  A method without history for a"
+        " job leaves the user's request (*advised*: the jobs it had history for).",
         "",
     ]
     for resource, what in (("mem", "Memory (per node)"), ("time", "Run time")):
@@ -274,14 +298,18 @@ def section(
         for m, s in r["methods"].items():
             ci = s["coverage_interval"]
             rows.append([LABELS[m], f"{s['advised']}", _pct(s["coverage"]),
-                         f"{_pct(ci[0])} to {_pct(ci[1])}" if ci else "-", _pct(s["coverage_high"]),
+                         f"{_pct(ci[0])} to {_pct(ci[1])}" if ci else "-",
+                         f"{_pct(s['coverage_low'])} to {_pct(s['coverage_high'])}",
                          f"{_num(s['median_over'])} {s['over_unit']}",
                          f"{_num(s['over_total'], 1)} {s['over_total_unit']}"])  # fmt: skip
-        lines += _table(["Method", "Advised", "Coverage", "95% interval", "If unknown fit",
+        lines += _table(["Method", "Advised", "Coverage", "95% interval", "Lower to upper bound",
                          "Median over-request", "Total over-request"], rows)  # fmt: skip
         goal = r["goal"]
-        if goal is not None:
-            ours, asked = r["methods"]["nomade"], r["methods"]["request"]
+        ours, asked = r["methods"]["nomade"], r["methods"]["request"]
+        if r["too_small"]:
+            lines += ["", f"Goal (coverage at least {_pct(GOAL_COVERAGE)} with at most half the users'"
+                      " own median over-request): not judged on so few jobs."]  # fmt: skip
+        elif goal is not None:
             met = goal["coverage"] and goal["over"]
             lines += ["", f"Goal (coverage at least {_pct(GOAL_COVERAGE)} with at most half the"
                       f" users' own median over-request, {_num(asked['median_over'])}"

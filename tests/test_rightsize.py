@@ -148,7 +148,7 @@ def test_coverage_and_over_request_are_counted_as_documented():
 def test_the_report_section_says_a_small_dataset_is_too_small():
     history = [job(i, peak=GiB) for i in range(12)]
     lines = "\n".join(ev.section(ev.evaluate(history)))
-    assert "**Too small to judge by**: 4 judged jobs" in lines
+    assert "**Too small to judge by**: 4 judged jobs" in lines and "not judged on so few jobs" in lines
     assert "| NØMADE (censored quantile) |" in lines and "The user's own request" in lines
 
 
