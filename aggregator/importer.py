@@ -1,23 +1,29 @@
 """Bootstrapping NØMADE's job history from Slurm accounting (`nomadectl import sacct`).
 
-Pure conversions (`runs`, `identity`, `convert`, `convert_all`) turn parsed `sacct` rows into rows
-of the `jobs` table; `store_jobs` applies them inside the writer's transaction, and `import_text`
-and `import_range` are the thin shells that read, validate the whole input, then write it through
-`store.Writer` in batches.  A job run is identified by (cluster, job_id, submit_time), so importing
-the same output again changes nothing.
+Pure conversions (`read_history`, `runs`, `identity`, `convert`, `convert_all`) turn `sacct`
+output (--parsable2 text, any delimiter, comment lines and several header blocks, or --json) into
+rows of the `jobs` table; `store_jobs` applies them inside the writer's transaction, and
+`import_text`, `import_files` and `import_range` are the thin shells that read, validate a whole
+input, then write it through `store.Writer` in batches.  A job run is identified by (cluster,
+job_id, submit_time), so importing the same output again changes nothing.
 """
 
 from __future__ import annotations
 
 import gzip
+import re
 import sqlite3
 import sys
 import time
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TextIO
+
+from nomade_common.errors import ParseError
+from nomade_common.text import printable
 
 from .ingest import Ingest
 from .jobs import REQUEST_KEYS, final_from_sacct
@@ -41,35 +47,59 @@ _CANON = {name.lower(): name for name in KNOWN_FIELDS}
 Run = tuple[dict[str, str], list[dict[str, str]]]
 
 
+# Why a job run is skipped, besides its unfinished state (the words of outcome.UNFINISHED).
+NO_USER = "no User (a job is never pooled under an empty user)"
+NO_USER_COLUMN = "no User column"
+UNREADABLE = "a value sacct does not print (GPU count, size, time)"
+
+
 @dataclass
 class Summary:
     outcomes: Counter = field(default_factory=Counter)  # outcome class -> job runs
     skipped: Counter = field(default_factory=Counter)  # reason -> job runs
     stored: Counter = field(default_factory=Counter)  # new / updated / unchanged
+    comments: int = 0  # comment lines skipped
+    no_memory: int = 0  # job runs imported without a memory request
 
     def add(self, other: Summary) -> None:
         self.outcomes.update(other.outcomes)
         self.skipped.update(other.skipped)
         self.stored.update(other.stored)
+        self.comments += other.comments
+        self.no_memory += other.no_memory
 
     @property
     def imported(self) -> int:
         return sum(self.outcomes.values())
 
-    def render(self) -> str:
-        s = self.stored
-        lines = [
-            f"imported {self.imported} job runs"
+    def line(self, source: str) -> str:
+        """One line: what SOURCE gave, what was stored, what was skipped and why."""
+        s, skipped = self.stored, dict(self.skipped)
+        parts = [
+            f"{printable(source, 500)}: imported {self.imported} job runs"
             f" ({s['new']} new, {s['updated']} updated, {s['unchanged']} unchanged)"
         ]
-        unfinished = {k: v for k, v in self.skipped.items() if not k.startswith("no ")}
+        unfinished = {k: v for k, v in skipped.items() if k in UNFINISHED}
         if unfinished:
             detail = ", ".join(f"{k} {v}" for k, v in sorted(unfinished.items()))
-            lines.append(f"skipped {sum(unfinished.values())} unfinished ({detail})")
-        for reason in sorted(set(self.skipped) - set(unfinished)):
-            lines.append(f"skipped {self.skipped[reason]} with {reason}")
-        lines += [f"  {name:<14} {n}" for name, n in sorted(self.outcomes.items())]
-        return "\n".join(lines)
+            parts.append(f"skipped {sum(unfinished.values())} unfinished ({detail})")
+        if NO_USER_COLUMN in skipped:
+            parts.append(
+                f"skipped {skipped.pop(NO_USER_COLUMN)} finished: the input has no User column"
+                " (add User to sacct -o)"
+            )
+        parts += [f"skipped {skipped[k]} with {k}" for k in sorted(set(skipped) - set(unfinished))]
+        if self.comments:
+            parts.append(f"skipped {self.comments} comment line{'s' * (self.comments != 1)}")
+        if self.no_memory:
+            parts.append(
+                f"{self.no_memory} imported without a memory request (ReqMem empty or 0):"
+                " --mem advice cannot learn from them"
+            )
+        return "; ".join(parts)
+
+    def outcome_lines(self) -> list[str]:
+        return [f"  {name:<14} {n}" for name, n in sorted(self.outcomes.items())]
 
 
 # -- pure conversions ------------------------------------------------------------------------
@@ -84,6 +114,22 @@ def parse(
     """Every row of the output, or ParseError on the first malformed line (nothing half-read)."""
     fields = canonical(fields or sacct.RECONCILE_FIELDS)
     return sacct.parse(text, source, fields=fields, delimiter=delimiter)
+
+
+_FIRST = re.compile(r"[^\s\ufeff]")
+
+
+def read_history(
+    text: str, source: str, fields: list[str] | None = None, delimiter: str | None = None
+) -> tuple[list[dict[str, str]], int]:
+    """Every row of a history and how many comment lines it had; ParseError on the first
+    malformed line or record (nothing half-read).  `sacct --json` is told from text by its
+    first non-blank character; FIELDS and DELIMITER are for text alone."""
+    first = _FIRST.search(text)
+    if first and first.group() in "{[":
+        return sacct.parse_json(text, source), 0
+    fields = canonical(fields or sacct.RECONCILE_FIELDS)
+    return sacct.parse_history(text, source, fields=fields, delimiter=delimiter)
 
 
 def _raw_id(row: dict[str, str]) -> str:
@@ -125,17 +171,22 @@ def identity(job: dict[str, str]) -> dict[str, int | None] | None:
         kind = "array" if sep == "_" else "het"
         first, second = ("array_job_id", "array_task_id") if kind == "array" else (
             "het_job_id", "het_job_offset")  # fmt: skip
-        ids[first] = int(parent) if parent.isdigit() else None
-        ids[second] = int(member) if member.isdigit() else None  # '[1-5%2]' of a pending array
-    if raw.isdigit():
-        ids["job_id"] = int(raw)
-    elif not raw and not sep and shown.isdigit():
-        ids["job_id"] = int(shown)
+        ids[first] = _id(parent)
+        ids[second] = _id(member)  # None for '[1-5%2]' of a pending array
+    if _id(raw) is not None:
+        ids["job_id"] = _id(raw)
+    elif not raw and not sep and _id(shown) is not None:
+        ids["job_id"] = _id(shown)
     elif not raw and ids["het_job_offset"] == 0:
         ids["job_id"] = ids["het_job_id"]  # the het leader's id is the het job's
     else:
         return None
     return ids
+
+
+def _id(text: str) -> int | None:
+    """A job id's digits as a number; None for anything else ('²', '[1-5]', 30 digits)."""
+    return int(text) if text.isdecimal() and len(text) <= 18 else None
 
 
 def convert(job: dict[str, str], steps: list[dict[str, str]]) -> dict[str, Any] | None:
@@ -170,15 +221,28 @@ def skip_reason(job: dict[str, str]) -> str:
 
 
 def convert_all(rows: list[dict[str, str]]) -> tuple[list[dict[str, Any]], Summary]:
-    """Finished runs as `jobs` rows, and a summary of what was converted and what was skipped."""
+    """Finished runs as `jobs` rows, and a summary of what was converted and what was skipped.
+
+    A run without a User is skipped (NO_USER, or NO_USER_COLUMN when the rows have no User
+    field): the model learns per user, and an empty one would pool everybody's jobs.
+    """
     summary, out = Summary(), []
     grouped, orphans = runs(rows)
     for job, steps in grouped:
-        fields = convert(job, steps)
+        try:
+            fields = convert(job, steps)
+        except (ValueError, ArithmeticError):  # e.g. 'gres/gpu=x' in a hand-edited file
+            summary.skipped[UNREADABLE] += 1
+            continue
         if fields is None:
             summary.skipped[skip_reason(job)] += 1
+        elif not all(-(2**63) <= v < 2**63 for v in fields.values() if isinstance(v, int)):
+            summary.skipped[UNREADABLE] += 1  # a size or id no SQLite INTEGER holds
+        elif not (fields["user"] or "").strip():
+            summary.skipped[NO_USER if "User" in job else NO_USER_COLUMN] += 1
         else:
             summary.outcomes[fields["outcome"]] += 1
+            summary.no_memory += not (fields["mem_per_cpu_bytes"] or fields["mem_per_node_bytes"])
             out.append(fields)
     if orphans:
         summary.skipped["no job line (step lines alone)"] += orphans
@@ -264,12 +328,24 @@ class _Store:
 
 # -- the shells ------------------------------------------------------------------------------
 def read_input(path: str, stdin: TextIO | None = None) -> str:
-    """FILE's text: '-' is standard input, '*.gz' is gunzipped."""
-    if path == "-":
-        return (stdin or sys.stdin).read()
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
-        return f.read()
+    """FILE's text: '-' is standard input, '*.gz' is gunzipped.  ParseError (no line) when it
+    cannot be read."""
+    try:
+        if path == "-":
+            return (stdin or sys.stdin).read()
+        opener = gzip.open if path.endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise ParseError(path, None, "no such file") from None
+    except IsADirectoryError:
+        raise ParseError(path, None, "a directory, expected a file of sacct output") from None
+    except PermissionError:
+        raise ParseError(path, None, "permission denied (run as a user who may read it)") from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise ParseError(path, None, f"expected a complete gzip file: {exc}") from None
+    except OSError as exc:
+        raise ParseError(path, None, f"cannot be read: {exc.strerror or exc}") from None
 
 
 def import_text(
@@ -281,9 +357,38 @@ def import_text(
     delimiter: str | None = None,
 ) -> Summary:
     """Parse all of TEXT first (a malformed line raises ParseError, nothing is stored), then store."""
-    rows = parse(text, source, fields, delimiter)
+    rows, comments = read_history(text, source, fields, delimiter)
     with _Store(database, cluster) as st:
-        return st.put(rows)
+        summary = st.put(rows)
+    summary.comments = comments
+    return summary
+
+
+def import_files(
+    paths: Iterable[str],
+    database: str,
+    cluster: str,
+    fields: list[str] | None = None,
+    delimiter: str | None = None,
+    stdin: TextIO | None = None,
+) -> Iterator[tuple[str, Summary | ParseError]]:
+    """Each of PATHS ('-' is standard input) with its summary, or the ParseError that rejected
+    it whole (nothing of it stored); a rejected file does not stop the next."""
+    with _Store(database, cluster) as st:
+        for path in paths:
+            try:
+                rows, comments = read_history(read_input(path, stdin), path, fields, delimiter)
+            except ParseError as exc:
+                yield path, exc
+                continue
+            summary = st.put(rows)
+            summary.comments = comments
+            yield path, summary
+
+
+def error_line(exc: ParseError) -> str:
+    """The one line that says why an input was rejected, fit for a terminal."""
+    return printable(str(exc), 2000)
 
 
 def windows(start: datetime, end: datetime) -> Iterator[tuple[str, str]]:
@@ -302,6 +407,12 @@ def sacct_argv(command: str, start: str, end: str) -> list[str]:
 
 def run_sacct(argv: list[str], timeout: float = 600.0) -> str:
     return run_command(argv, timeout)
+
+
+def range_source(start: datetime, end: datetime | None) -> str:
+    """How a --start/--end import names its input."""
+    until = end.isoformat(timespec="seconds") if end else "now"
+    return f"sacct -S {start.isoformat(timespec='seconds')} -E {until}"
 
 
 def import_range(

@@ -158,7 +158,9 @@ def invoke(config: Path, *args: str, **kw):
 def test_command_prints_a_summary(config, tmp_path):
     result = invoke(config, str(CAPTURE))
     assert result.exit_code == 0, result.output
-    assert result.output.splitlines()[0] == "imported 7 job runs (7 new, 0 updated, 0 unchanged)"
+    assert result.output.splitlines()[0] == (
+        f"{CAPTURE}: imported 7 job runs (7 new, 0 updated, 0 unchanged)"
+    )
     assert "OUT_OF_MEMORY  2" in result.output and "TIMEOUT        1" in result.output
     assert {r["cluster"] for r in jobs(tmp_path / "data" / "nomade.db")} == {"site"}
 
@@ -202,7 +204,10 @@ def test_start_end_runs_sacct_one_day_at_a_time(config, tmp_path):
     fake.chmod(0o755)
     result = invoke(config, "--start", "2026-11-22", "--end", "2026-11-24T12:00:00")
     assert result.exit_code == 0, result.output
-    assert result.output.splitlines()[0] == "imported 21 job runs (7 new, 0 updated, 14 unchanged)"
+    assert result.output.splitlines()[0] == (
+        "sacct -S 2026-11-22T00:00:00 -E 2026-11-24T12:00:00:"
+        " imported 21 job runs (7 new, 0 updated, 14 unchanged)"
+    )
     fields = "JobIDRaw,JobID,JobName,User,Account,Partition,Submit,Start,End,Elapsed,State," \
              "ExitCode,DerivedExitCode,TotalCPU,MaxRSS,ReqMem,AllocCPUS,NNodes,NodeList," \
              "Timelimit,ReqTRES,WorkDir"  # fmt: skip
