@@ -113,6 +113,17 @@ say "alice: nomadectl check small-job.sh   (scored before she submits it)"
 as_alice check "$DEMO/small-job.sh"
 say "bob: nomadectl job $ok   (alice's job: bob gets nothing of it)"
 runuser -u bob -- env NOMADE_CONFIG="$NOMADE_CONFIG" "$nomadectl" job "$ok" || true
+say "nomadectl import sacct   (a site's accounting history: 1,600 jobs of seven users, recorded on this cluster)"
+"$nomadectl" import sacct data/workload-v1/sacct.txt.gz
+cat >"$DEMO/train-job.sh" <<'SH'
+#!/bin/bash
+#SBATCH -J train_resnet_e20 --mem=8G --time=04:00:00
+python3 train.py --epochs 20
+SH
+chmod 644 "$DEMO/train-job.sh"
+say "nomadectl check --user heidi train-job.sh   (--mem and --time advice from her own history)"
+# Right-sizing needs no model: heidi's earlier 'train' jobs say what this one will likely need.
+"$nomadectl" check --user heidi "$DEMO/train-job.sh"
 say "who may send data: the enrolled node keys (CurveZMQ), and who enrolled them"
 "$nomadectl" keys list
 "$nomadectl" audit --limit 3

@@ -49,26 +49,36 @@ class Need:
     at_limit: bool  # censored because it hit its own limit (OUT_OF_MEMORY, TIMEOUT)
 
 
+MAX_VALUE = 2.0**62  # bytes or seconds beyond any job: a corrupt row, not a need
+
+
+def _value(v: Any) -> float:
+    """V as a positive finite number of bytes or seconds, else 0 (unknown): a stored row may
+    hold anything an import or a report put there."""
+    try:
+        f = float(v or 0)
+    except (TypeError, ValueError, OverflowError):
+        return 0.0
+    return f if 0 < f < MAX_VALUE else 0.0  # NaN fails both comparisons
+
+
 def memory_need(job: dict[str, Any]) -> Need | None:
-    rss, asked = job.get("max_rss_bytes"), requested_mem_bytes(job)
+    rss, asked = _value(job.get("max_rss_bytes")), _value(requested_mem_bytes(job))
     if job.get("outcome") == "OUT_OF_MEMORY":
-        bound = max(float(rss or 0), float(asked or 0))
+        bound = max(rss, asked)
         return Need(bound, True, True) if bound > 0 else None
-    return Need(float(rss), False, False) if rss and rss > 0 else None
+    return Need(rss, False, False) if rss > 0 else None
 
 
 def time_need(job: dict[str, Any]) -> Need | None:
-    elapsed, limit, outcome = (
-        job.get("elapsed_seconds"),
-        job.get("time_limit_seconds"),
-        job.get("outcome"),
-    )
+    elapsed, limit = _value(job.get("elapsed_seconds")), _value(job.get("time_limit_seconds"))
+    outcome = job.get("outcome")
     if outcome == "TIMEOUT":
-        bound = max(float(elapsed or 0), float(limit or 0))
+        bound = max(elapsed, limit)
         return Need(bound, True, True) if bound > 0 else None
-    if elapsed is None or elapsed <= 0 or not outcome:
+    if elapsed <= 0 or not outcome:
         return None
-    return Need(float(elapsed), outcome != "COMPLETED", False)
+    return Need(elapsed, outcome != "COMPLETED", False)
 
 
 NEEDS = {"mem": memory_need, "time": time_need}
@@ -233,7 +243,7 @@ def suggest(resource: str, needs: Sequence[Need], requested: float | None, basis
 
 def requested(resource: str, job: dict[str, Any]) -> float | None:
     value = requested_mem_bytes(job) if resource == "mem" else job.get("time_limit_seconds")
-    return float(value) if value else None
+    return _value(value) or None
 
 
 def advise(job: dict[str, Any], user_jobs: Sequence[dict[str, Any]],

@@ -208,3 +208,17 @@ def test_stored_advice_is_shown_by_nomadectl_job(history_db):
     json.dumps(view)  # the API serves it as JSON
     text = render.job(view)
     assert "try --mem=400M" in text and "no --time advice" in text
+
+
+def test_corrupt_history_values_are_unknown_not_a_hang_or_an_error():
+    # Whatever a row holds (an import of a hand-edited file, a future bug), advice is computed
+    # over the sane values and the rest are unknown; NaN once made the tie loop spin forever.
+    odd = [float("nan"), float("inf"), -5.0, 0, "12", None, 2.0**70]
+    history = []
+    for i, v in enumerate(odd * 3):
+        history.append({**job(i), "max_rss_bytes": v, "elapsed_seconds": v,
+                        "time_limit_seconds": v, "mem_per_node_bytes": v})  # fmt: skip
+    history += [job(30 + i, peak=GiB, elapsed=600) for i in range(5)]
+    advice = rs.advise(job(40), history)
+    assert advice["mem"].option == "--mem=1200M" and advice["mem"].jobs == 5 + 3  # "12" bytes
+    assert advice["time"].option == "--time=0:15:00"

@@ -4,6 +4,7 @@ reports its stages as lines where no terminal watches, and names the missing tra
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -149,3 +150,35 @@ def test_train_without_the_training_extra_says_what_to_install_in_one_line(tmp_p
     assert "Traceback" not in done.stderr
     [line] = done.stderr.splitlines()
     assert package in line and "pip install 'nomade[train]'" in line and "torch==2.13.0" in line
+
+
+def test_an_imported_history_with_few_recent_successes_activates_nothing(tmp_path):
+    """The recorded workload imported as a site imports its accounting, its most recent jobs
+    rewritten as `sacct` would show a bad week: all but 3 of the latest 400 jobs FAILED."""
+    import gzip
+
+    cfg = _config(tmp_path)
+    lines = gzip.open(ROOT / "data" / "workload-v1" / "sacct.txt.gz", "rt").read().splitlines()
+    head, state = lines[0].split("|"), lines[0].split("|").index("State")
+    jobs = sorted((ln.split("|") for ln in lines[1:] if "." not in ln.split("|")[0]),
+                  key=lambda f: f[head.index("Start")])  # fmt: skip
+    bad = {f[0] for f in jobs[-400:-3]}
+    text = []
+    for ln in lines:
+        f = ln.split("|")
+        if f[0].split(".")[0] in bad:  # the job line and its steps
+            f[state] = "FAILED"
+        text.append("|".join(f))
+    history = tmp_path / "bad-week.txt"
+    history.write_text("\n".join(text) + "\n")
+    runner = CliRunner()
+    assert runner.invoke(ctl.main, ["--config", cfg, "init"]).exit_code == 0
+    imported = runner.invoke(ctl.main, ["--config", cfg, "import", "sacct", str(history)])
+    assert imported.exit_code == 0 and "imported 1600 job runs" in imported.stdout, imported.output
+    out = json.loads(_train(cfg, "--json").stdout)
+    assert not out["activated"] and out["recent_jobs"] == 320
+    # The last 3 by sacct's Start kept their own outcome: at most 3 successes.
+    m = re.match(r"not activated: the recent part has 320 jobs, (\d+) failures and (\d+) successes",
+                 out["activation"])  # fmt: skip
+    assert m and int(m.group(1)) + int(m.group(2)) == 320 and int(m.group(2)) <= 3, out
+    assert [m["active"] for m in _models(cfg)] == [False]
