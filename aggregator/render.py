@@ -126,7 +126,8 @@ def job(j: dict[str, Any]) -> str:
         out[-2:-2] = [f"  verdict at start: p_fail {v['p_fail']:.2f}, {'warned' if v['warned'] else 'not warned'}"
                       f" (model {v['model_version']})", *(f"    {ln}" for ln in v["lines"] if v["warned"])]  # fmt: skip
     if j.get("advice"):
-        out[-2:-2] = ["  " + ln for ln in advice_lines(j["advice"])]
+        printed = v["lines"] if v is not None and v["warned"] else []
+        out[-2:-2] = ["  advised at start:", *("    " + ln for ln in advice_lines(j["advice"], printed))]
     for n in j["nodes"]:
         cpu = "-" if n["cpu_seconds"] is None else f"{n['cpu_seconds']:.1f}"
         out.append(f"  {n['node']:<10}{n['samples']:>8}{cpu:>10}{size(n['mem_peak_bytes']):>12}"
@@ -209,7 +210,7 @@ def advice_lines(advice: dict[str, Any] | None, shown: list[str] = ()) -> list[s
     for resource, what in (("mem", "--mem"), ("time", "--time")):
         a = advice.get(resource)
         if a is None:
-            out.append(f"NØMADE: no {what} advice: too few of your jobs like this one have ended.")
+            out.append(f"NØMADE: no {what} advice: too few of your jobs like this one ran to the end.")
         elif a["text"] not in shown:
             out.append(a["text"])
     return out

@@ -221,7 +221,11 @@ class Scorer:
         """A starting job's features, verdict and right-sizing advice, reading its history once."""
         views = features.views_from_store(self.conn(), job)
         x = features.vector(job, *views)
-        advice = rightsize.advise(job, views[0].jobs, views[4].jobs)
+        try:
+            advice = rightsize.advise(job, views[0].jobs, views[4].jobs)
+        except Exception:  # advice never costs a job its verdict
+            log.exception("right-sizing job %s failed; it gets no advice", job.get("job_id"))
+            advice = {"mem": None, "time": None}
         return Assessment(x, self.score(job, x, views[0].jobs, advice), advice)
 
     def score(self, job: dict[str, Any], x: np.ndarray | None = None,

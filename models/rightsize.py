@@ -5,8 +5,9 @@
 The need of an ended job is what it used, or, where the job was stopped before it could show its
 need, a lower bound (a *censored* observation):
 
-- memory: the peak (MaxRSS or the agents' cgroup peak) of a job that was not killed for memory;
-  an OUT_OF_MEMORY job needed more than its limit (at least the larger of its limit and its peak).
+- memory: the peak (MaxRSS or the agents' cgroup peak) of a COMPLETED job; an OUT_OF_MEMORY job
+  needed more than its limit (at least the larger of its limit and its peak); a job that failed,
+  timed out or was cancelled peaked at least as high as it got before it stopped.
 - time: the run time of a COMPLETED job; a TIMEOUT job needed more than its time limit; a job that
   failed, ran out of memory or was cancelled ran for less than it would have needed (at least its
   run time).
@@ -38,6 +39,7 @@ GROWTH = 2.0  # when every job like it hit its limit: twice the largest limit hi
 POOL = 30  # the most recent similar jobs looked at
 KIND_MIN = 5  # fewer jobs of the kind than this: the user's jobs of any kind are the pool
 MIN_JOBS = 3  # fewer observations than this: no advice
+KIND_SHOWN = 40  # characters of the kind a line names (a job name's first word can be long)
 MiB, GiB = float(1 << 20), float(1 << 30)
 MIN_MEM, MIN_TIME = 100 * MiB, 60.0
 
@@ -64,10 +66,13 @@ def _value(v: Any) -> float:
 
 def memory_need(job: dict[str, Any]) -> Need | None:
     rss, asked = _value(job.get("max_rss_bytes")), _value(requested_mem_bytes(job))
-    if job.get("outcome") == "OUT_OF_MEMORY":
+    outcome = job.get("outcome")
+    if outcome == "OUT_OF_MEMORY":
         bound = max(rss, asked)
         return Need(bound, True, True) if bound > 0 else None
-    return Need(rss, False, False) if rss > 0 else None
+    if rss <= 0 or not outcome:
+        return None
+    return Need(rss, outcome != "COMPLETED", False)
 
 
 def time_need(job: dict[str, Any]) -> Need | None:
@@ -158,8 +163,10 @@ class Advice:
     limit_hits: int  # of them, jobs that hit their limit (censored at it)
     known: int  # observations whose fit to VALUE is known (needs, and limit hits at or above it)
     fit: int  # of KNOWN, those VALUE would have fitted
+    ran: int  # observations that are needs (ran to the end), not "at least" ones
     beyond: bool  # the need lies above every limit the pool hit: VALUE is the largest times GROWTH
     largest: float  # the largest need seen (or limit hit, when BEYOND)
+    several_limits: bool  # BEYOND: the limits hit were not all the same
     confidence: str  # "firm", "fair", "rough", "guess"
 
     @property
@@ -168,6 +175,8 @@ class Advice:
         what the job will need."""
         if not self.requested:
             return True
+        if self.beyond:  # only "more than the largest limit hit" is known: never advise less
+            return self.value > self.requested
         return self.value > self.requested or self.requested >= 2 * self.value
 
     def as_dict(self) -> dict[str, Any]:
@@ -175,12 +184,15 @@ class Advice:
 
     def text(self) -> str:
         what = "memory" if self.resource == "mem" else "time"
-        whose = f"your jobs named '{self.kind}…'" if self.basis == "kind" else "your recent jobs"
+        whose = (
+            f"your '{self.kind[:KIND_SHOWN]}' jobs" if self.basis == "kind" else "your recent jobs"
+        )
         asked = f" You asked for {SHOW[self.resource](self.requested)}." if self.requested else ""
         if self.beyond:
             verb = "ran out of memory" if self.resource == "mem" else "hit their time limit"
+            at = "at up to" if self.several_limits else "at"
             return (
-                f"NØMADE: {what}: {self.limit_hits} of {whose} {verb} at"
+                f"NØMADE: {what}: {self.limit_hits} of {whose} {verb} {at}"
                 f" {SHOW[self.resource](self.largest)}, so this one likely needs more; their"
                 f" history cannot tell how much: try {self.option}.{asked}"
             )
@@ -200,10 +212,11 @@ CONFIDENCE_WORDS = {
 }
 
 
-def confidence(known: int, beyond: bool) -> str:
+def confidence(ran: int, beyond: bool) -> str:
+    """How sure, from the jobs that ran to the end (a job stopped early tells only "at least")."""
     if beyond:
         return "guess"
-    return "firm" if known >= 20 else "fair" if known >= 8 else "rough"
+    return "firm" if ran >= 20 else "fair" if ran >= 8 else "rough"
 
 
 def pool(resource: str, user_jobs: Sequence[dict[str, Any]],
@@ -236,9 +249,11 @@ def suggest(resource: str, needs: Sequence[Need], requested: float | None, basis
         largest = max(n.value for n in needs if not n.censored)
     fit = sum(not n.censored and n.value <= value for n in needs)
     missed = sum(n.value >= value if n.censored else n.value > value for n in needs)
-    known = fit + missed
+    ran = sum(not n.censored for n in needs)
+    several = beyond and len({n.value for n in hits}) > 1
     return Advice(resource, value, OPTION[resource](value), requested, basis, kind, len(needs),
-                  len(hits), known, fit, beyond, largest, confidence(known, beyond))  # fmt: skip
+                  len(hits), fit + missed, fit, ran, beyond, largest, several,
+                  confidence(ran, beyond))  # fmt: skip
 
 
 def requested(resource: str, job: dict[str, Any]) -> float | None:

@@ -20,15 +20,19 @@ in place (counted as not advised).  Methods (docs/risk.md#right-sizing):
                              can use it); it shows what the spread of needs within a kind leaves
                              to any suggestion: how much over-request a 95% fit costs there
 
-Coverage: the share of judged jobs whose need the suggestion fits.  A job killed at its limit
-(OUT_OF_MEMORY for memory, TIMEOUT for time) needed more than its limit: a suggestion at or below
-the limit missed it, one above it may have fitted (unknown).  `coverage` counts the unknown as
-misses (a lower bound), `coverage_high` as fits.  For time, only COMPLETED and TIMEOUT jobs are
-judged: a run that failed or was cancelled says nothing of how long it needed.
+Judged: for memory, COMPLETED jobs (their peak is their need) and OUT_OF_MEMORY jobs (they
+needed more than their limit); for time, COMPLETED and TIMEOUT jobs.  A job that failed or was
+cancelled says only that it needed at least what it used before it stopped, and is not judged.
 
-Over-request: max(0, suggestion - need) on the jobs whose need is known, the same jobs for every
-method: its median, and summed over the jobs' run times (GB-hours of memory held unused, or
-hours of time limit not used).
+Coverage: the share of the judged jobs whose fit is known that the suggestion fits.  A job killed
+at its limit needed more than that limit: a suggestion at or below it missed; one above it may
+have fitted (unknown).  `coverage` leaves the unknown out; `coverage_low` counts them as misses,
+`coverage_high` as fits.  The goal is "met" when even `coverage_low` reaches it, "met where
+known" when only `coverage` does.
+
+Over-request: max(0, suggestion - need) on the jobs whose need is known and whose request is
+known, the same jobs for every method: its median, and summed (GB-hours of memory held unused
+over the jobs' run times, or hours of time limit not used).
 """
 
 from __future__ import annotations
@@ -144,7 +148,8 @@ def _ceiling(rows: dict[str, list], keys: list[tuple[str, str]]) -> None:
 
 def judged_need(resource: str, job: dict[str, Any]) -> rs.Need | None:
     """The need a suggestion for JOB is judged against (None: the job is not judged)."""
-    if resource == "time" and job.get("outcome") not in ("COMPLETED", "TIMEOUT"):
+    stopped_at_limit = "OUT_OF_MEMORY" if resource == "mem" else "TIMEOUT"
+    if job.get("outcome") not in ("COMPLETED", stopped_at_limit):
         return None
     return rs.NEEDS[resource](job)
 
@@ -180,6 +185,8 @@ def score(
             hits += 1
         else:
             misses += 1
+        if asked is None:
+            continue  # over-request on the same jobs for every method: those with a request
         extra = max(0.0, value - need.value)
         over.append(extra)
         # memory held unused for the run (byte-hours); time asked for and not used (seconds)
@@ -246,6 +253,7 @@ def evaluate(jobs: list[dict[str, Any]], test_fraction: float = 0.3) -> dict[str
         if ours["coverage"] is not None and asked["median_over"] is not None:
             goal = {
                 "coverage": ours["coverage"] >= GOAL_COVERAGE,
+                "coverage_low": ours["coverage_low"] >= GOAL_COVERAGE,
                 "over": ours["median_over"] is not None
                 and ours["median_over"] <= GOAL_OVER_SHARE * asked["median_over"],
             }
@@ -310,11 +318,17 @@ def section(
             lines += ["", f"Goal (coverage at least {_pct(GOAL_COVERAGE)} with at most half the users'"
                       " own median over-request): not judged on so few jobs."]  # fmt: skip
         elif goal is not None:
-            met = goal["coverage"] and goal["over"]
+            if not (goal["coverage"] and goal["over"]):
+                verdict = "not met"
+            elif goal["coverage_low"]:
+                verdict = "met"
+            else:
+                verdict = (f"met where the fit is known; not shown for the {ours['unknown']} jobs"
+                           " killed at a limit below the suggestion")  # fmt: skip
             lines += ["", f"Goal (coverage at least {_pct(GOAL_COVERAGE)} with at most half the"
                       f" users' own median over-request, {_num(asked['median_over'])}"
-                      f" {asked['over_unit']}): **{'met' if met else 'not met'}** (coverage"
-                      f" {_pct(ours['coverage'])}, median over-request {_num(ours['median_over'])}"
-                      f" {ours['over_unit']})."]  # fmt: skip
+                      f" {asked['over_unit']}): **{verdict}** (coverage {_pct(ours['coverage'])},"
+                      f" lower bound {_pct(ours['coverage_low'])}; median over-request"
+                      f" {_num(ours['median_over'])} {ours['over_unit']})."]  # fmt: skip
         lines.append("")
     return lines

@@ -44,7 +44,7 @@ def test_alice_reads_her_own_job_through_the_api(alices_job):
     # The advice her job got at its start: none yet, her first job (no history to learn from).
     assert view["advice"]["mem"] is None and view["advice"]["time"] is None
     shown = as_user("alice", p.config, "job", str(job))
-    assert "no --mem advice: too few of your jobs like this one have ended" in shown.stdout
+    assert "no --mem advice: too few of your jobs like this one ran to the end" in shown.stdout
     listed = as_user("alice", p.config, "jobs", "--json")
     assert job in [j["job_id"] for j in json.loads(listed.stdout)]
 
@@ -90,7 +90,7 @@ def test_alice_checks_a_script_with_sbatch_options_after_it(alices_job):
     # Right-sizing is always given: one ended job of hers is too few to advise from.
     assert answer["advice"] == {"mem": None, "time": None}
     human = as_user("alice", p.config, "check", str(script), "--mem=400M")
-    assert "no --time advice: too few of your jobs like this one have ended" in human.stdout
+    assert "no --time advice: too few of your jobs like this one ran to the end" in human.stdout
 
 
 def test_alice_lists_the_models_through_the_api(alices_job):

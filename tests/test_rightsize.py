@@ -55,7 +55,7 @@ def test_an_out_of_memory_history_gives_a_suggestion_above_the_limit():
     assert advice.beyond and advice.value > 150 * MiB and advice.option == "--mem=300M"
     assert advice.confidence == "guess" and advice.actionable
     text = advice.text()
-    assert "6 of your jobs named 'big…' ran out of memory at 150 MB" in text
+    assert "6 of your 'big' jobs ran out of memory at 150 MB" in text
     assert "try --mem=300M" in text and "You asked for 150 MB" in text
     # The naive reading (the peaks taken as needs) would claim that 200M fits all six.
     naive = rs.suggest("mem", [rs.Need(140.0 * MiB, False, False)] * 6, 150.0 * MiB)
@@ -72,7 +72,7 @@ def test_memory_advice_states_how_many_similar_jobs_it_fits():
     assert advice.option == "--mem=1000M"
     assert (advice.fit, advice.known, advice.confidence) == (24, 24, "firm")
     assert advice.requested == 2 * GiB and advice.actionable  # asked twice what it needs
-    assert "fits 24 of 24 of your jobs named 'train…'" in advice.text()
+    assert "fits 24 of 24 of your 'train' jobs" in advice.text()
     assert "peaked at up to 830 MB" in advice.text()
 
 
@@ -88,6 +88,25 @@ def test_time_advice_ignores_early_failures_and_counts_timeouts_as_needing_more(
     timeouts = [job(i, outcome="TIMEOUT", elapsed=3600, limit=3600) for i in range(4)]
     advice = rs.advise(job(5), timeouts)["time"]
     assert advice.beyond and advice.option == "--time=2:00:00"
+
+
+def test_jobs_that_stopped_early_are_no_evidence_for_asking_less():
+    # One run completed at 6 GB; twenty failed within seconds at 20 MB.  Their peaks say only
+    # "at least 20 MB": the advice must not shrink --mem to 100M on their word.
+    history = [job(0, peak=6 * GiB)]
+    history += [job(1 + i, outcome="FAILED", peak=20 * MiB, elapsed=5) for i in range(20)]
+    advice = rs.advise(job(30, mem=8 * GiB), history)["mem"]
+    assert advice.value >= 6 * GiB and advice.ran == 1 and advice.confidence == "rough"
+    assert not advice.actionable  # 8 GB asked, 6.6 GB suggested: nothing to act on
+
+
+def test_a_guess_beyond_every_limit_hit_never_advises_less_than_was_asked():
+    history = [job(i, outcome="OUT_OF_MEMORY", peak=8 * GiB, mem=8 * GiB) for i in range(3)]
+    history += [job(3 + i, outcome="OUT_OF_MEMORY", peak=2 * GiB, mem=2 * GiB) for i in range(2)]
+    asks_more = rs.advise(job(9, mem=64 * GiB), history)["mem"]
+    assert asks_more.beyond and asks_more.option == "--mem=16G" and not asks_more.actionable
+    asks_less = rs.advise(job(9, mem=8 * GiB), history)["mem"]
+    assert asks_less.actionable and "ran out of memory at up to 8.0 GB" in asks_less.text()
 
 
 def test_too_few_jobs_give_no_advice_and_a_request_near_the_need_is_not_worth_a_line():
@@ -142,13 +161,15 @@ def test_coverage_and_over_request_are_counted_as_documented():
     assert ours["coverage_high"] == 1.0
     assert ours["median_over"] == pytest.approx(2.5)  # 3.5 GB - 1 GB
     # The goal: coverage met; 2.5 GB over is more than half the users' own 3 GB.
-    assert mem["goal"] == {"coverage": True, "over": False}
+    assert mem["goal"] == {"coverage": True, "coverage_low": False, "over": False}
 
 
 def test_the_report_section_says_a_small_dataset_is_too_small():
     history = [job(i, peak=GiB) for i in range(12)]
     lines = "\n".join(ev.section(ev.evaluate(history)))
-    assert "**Too small to judge by**: 4 judged jobs" in lines and "not judged on so few jobs" in lines
+    assert (
+        "**Too small to judge by**: 4 judged jobs" in lines and "not judged on so few jobs" in lines
+    )
     assert "| NØMADE (censored quantile) |" in lines and "The user's own request" in lines
 
 
