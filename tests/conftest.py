@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,13 @@ def db(tmp_path):
     w.start()
     yield w
     w.stop()
+
+
+@pytest.fixture
+def utc(monkeypatch):
+    """Slurm's text times are local times: the captures were made on hosts in UTC."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()

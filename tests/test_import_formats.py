@@ -11,7 +11,6 @@ from __future__ import annotations
 import gzip
 import json
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
@@ -28,14 +27,7 @@ JSON = SLURM / "22.05" / "sacct.json"
 MiB = 1 << 20
 
 
-@pytest.fixture(autouse=True)
-def utc(monkeypatch):
-    """The 22.05 captures were made on a host in UTC, and text times are local."""
-    monkeypatch.setenv("TZ", "UTC")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
+pytestmark = pytest.mark.usefixtures("utc")  # conftest: the 22.05 captures' text times are local
 
 
 def jobs(db: Path) -> dict[int, dict]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -42,15 +41,6 @@ def _input(case: Path) -> Path:
 
 def _lines(records: list[dict]) -> list[str]:
     return sorted(json.dumps(r, sort_keys=True, default=str) for r in records)
-
-
-@pytest.fixture
-def utc(monkeypatch):
-    monkeypatch.setenv("TZ", "UTC")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
 
 
 @pytest.mark.parametrize("case", _cases(), ids=lambda p: p.name)

@@ -25,15 +25,7 @@ HABROK = ("slurm", "rug-cit-hpc_hb-jobinfo")
 PEREGRINE = ("slurm", "rug-cit-hpc_slurm-jobinfo")
 
 
-@pytest.fixture(autouse=True)
-def utc(monkeypatch):
-    import time
-
-    monkeypatch.setenv("TZ", "UTC")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
+pytestmark = pytest.mark.usefixtures("utc")  # conftest: text times are local
 
 
 def read(*parts: str) -> str:

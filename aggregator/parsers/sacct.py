@@ -213,12 +213,8 @@ def _json_exit(value, state: str | None) -> tuple[int | None, int | None]:
 
 
 def _cpu_seconds(value) -> float | None:
-    if not isinstance(value, dict):
-        return None
-    secs, micro = sv.number(value.get("seconds")), sv.number(value.get("microseconds"))
-    if secs is None and micro is None:
-        return None
-    return (secs or 0) + (micro or 0) / 1e6  # 22.05 lets microseconds exceed a second
+    us = _cpu_us(value)
+    return None if us is None else us / 1e6
 
 
 def _max_rss(step: dict) -> int | None:
@@ -459,8 +455,8 @@ def _cpu_us(value) -> int | None:
     secs, micro = sv.number(value.get("seconds")), sv.number(value.get("microseconds"))
     if secs is None and micro is None:
         return None
-    total = int((secs or 0) * 1_000_000 + (micro or 0))
-    return total if total >= 0 else None
+    total = (secs or 0) * 1_000_000 + (micro or 0)
+    return int(total) if 0 <= total < 2**63 else None  # NaN and infinities fail too
 
 
 def _cpu_text(micro: int | None) -> str:
