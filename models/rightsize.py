@@ -191,10 +191,15 @@ class Advice:
         if self.beyond:
             verb = "ran out of memory" if self.resource == "mem" else "hit their time limit"
             at = "at up to" if self.several_limits else "at"
+            head = f"NØMADE: {what}: {self.limit_hits} of {whose} {verb} {at} {SHOW[self.resource](self.largest)}"
+            if self.requested and self.requested >= self.value:
+                return (
+                    f"{head}; this one asks for {SHOW[self.resource](self.requested)}, well above"
+                    " that: their history cannot tell whether it is enough."
+                )
             return (
-                f"NØMADE: {what}: {self.limit_hits} of {whose} {verb} {at}"
-                f" {SHOW[self.resource](self.largest)}, so this one likely needs more; their"
-                f" history cannot tell how much: try {self.option}.{asked}"
+                f"{head}, so this one likely needs more; their history cannot tell how much:"
+                f" try {self.option}.{asked}"
             )
         used = "peaked at up to" if self.resource == "mem" else "ran for at most"
         sure = CONFIDENCE_WORDS[self.confidence]

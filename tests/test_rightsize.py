@@ -105,6 +105,8 @@ def test_a_guess_beyond_every_limit_hit_never_advises_less_than_was_asked():
     history += [job(3 + i, outcome="OUT_OF_MEMORY", peak=2 * GiB, mem=2 * GiB) for i in range(2)]
     asks_more = rs.advise(job(9, mem=64 * GiB), history)["mem"]
     assert asks_more.beyond and asks_more.option == "--mem=16G" and not asks_more.actionable
+    assert "this one asks for 64.0 GB, well above that" in asks_more.text()
+    assert "try" not in asks_more.text()
     asks_less = rs.advise(job(9, mem=8 * GiB), history)["mem"]
     assert asks_less.actionable and "ran out of memory at up to 8.0 GB" in asks_less.text()
 
