@@ -385,6 +385,13 @@ def import_sacct(ctx, files, fields, delimiter, start, end) -> None:
     ctx.exit(2 if rejected else 0)
 
 
+def _existing(cfg: cfgmod.Config) -> str:
+    """The store's path, once `nomadectl init` has made it."""
+    if not Path(cfg.database).exists():
+        raise click.ClickException(f"{cfg.database}: no database yet (run nomadectl init)")
+    return cfg.database
+
+
 def _writer_conn(cfg: cfgmod.Config) -> sqlite3.Connection:
     if not Path(cfg.database).exists():
         raise click.ClickException(f"{cfg.database}: no database yet (run nomadectl init)")
@@ -416,7 +423,7 @@ def train(ctx: click.Context, epochs: int, activate: str, as_json: bool) -> None
             " (pip install 'nomade[train]'; torch==2.13.0)"
         )
     cfg = _cfg(ctx)
-    from models import pipeline
+    from . import training
 
     # TerminalText always says "no terminal" (so click draws no bar through it): ask its stream.
     raw = getattr(sys.stderr, "stream", sys.stderr)
@@ -435,7 +442,7 @@ def train(ctx: click.Context, epochs: int, activate: str, as_json: bool) -> None
                 done[0] += step
 
         try:
-            result = pipeline.run(_writer_conn(cfg), cfg.general.data_dir, epochs=epochs, activate=activate,
+            result = training.run(_existing(cfg), cfg.general.data_dir, epochs=epochs, activate=activate,
                                   progress=progress)  # fmt: skip
         except ValueError as exc:
             raise click.ClickException(str(exc)) from None
@@ -498,13 +505,13 @@ def model_rollback(ctx: click.Context) -> None:
 def model_report(ctx: click.Context, out_dir: str, epochs: int) -> None:
     """Evaluate on a chronological split against baselines; write Markdown with plots."""
     cfg = _cfg(ctx.parent)
-    from models import dataset, evaluate, report
+    from models import evaluate, report
 
     conn = _reader(cfg)
     verdicts = [dict(r) for r in conn.execute(
         "SELECT j.job_id, v.p_fail, v.warned, j.outcome FROM verdicts v JOIN jobs j ON j.uid = v.job_uid"
         " WHERE j.outcome IS NOT NULL")]  # fmt: skip
-    result = evaluate.evaluate(dataset.ended_jobs(conn), cost_missed_failure=cfg.models.cost_missed_failure,
+    result = evaluate.evaluate(store.ended_jobs(conn), cost_missed_failure=cfg.models.cost_missed_failure,
                                cost_false_alarm=cfg.models.cost_false_alarm, epochs=epochs)  # fmt: skip
     path = report.write_report(result, out_dir, verdicts=verdicts)
     click.echo(f"report written to {path}")

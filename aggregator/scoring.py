@@ -9,7 +9,6 @@ job's own user's past jobs: it never names other users or their jobs.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Sequence
@@ -22,7 +21,7 @@ import numpy as np
 from models import ensemble, features, graph, rightsize
 from models.runtime import Model
 
-from . import registry
+from . import registry, store
 
 log = logging.getLogger("nomade.scoring")
 CLASS_WORDS = {
@@ -143,21 +142,19 @@ class Scorer:
         self._lock = threading.Lock()
         self._local = threading.local()
 
-    def conn(self) -> sqlite3.Connection:
+    def conn(self) -> Any:
+        """This thread's read-only connection to the store."""
         c = getattr(self._local, "conn", None)
         if c is None:
-            c = self._local.conn = sqlite3.connect(
-                f"file:{self.database}?mode=ro", uri=True, check_same_thread=False
-            )
-            c.execute("PRAGMA busy_timeout = 5000")
+            c = self._local.conn = store.connect(self.database, readonly=True, busy_timeout=5.0)
         return c
 
     def reload(self) -> str | None:
         """Load the active model if it changed; (re)build the neighbour index."""
         conn = self.conn()
         try:
-            row = registry.active(_rows(conn))
-        except sqlite3.OperationalError:
+            row = registry.active(conn)
+        except store.StoreError:
             return None
         if row is None:
             self.model, self.version, self.index = None, None, None
@@ -178,12 +175,7 @@ class Scorer:
             return None
         model = Model(row["path"])
         index = graph.NeighborIndex(len(features.FEATURE_NAMES))
-        rows = conn.execute(
-            "SELECT j.end_time, j.job_id, j.outcome, f.vector FROM jobs j JOIN job_features f ON f.job_uid = j.uid"
-            " WHERE j.outcome IS NOT NULL AND j.end_time IS NOT NULL AND f.feature_version = ?"
-            " ORDER BY j.end_time DESC LIMIT ?",
-            (features.FEATURE_VERSION, 2 * index.window),
-        ).fetchall()
+        rows = store.recent_vectors(conn, features.FEATURE_VERSION, 2 * index.window)
         if rows:
             x = np.vstack([unpack(r[3]) for r in rows])
             index.extend(np.array([r[0] for r in rows]), np.array([r[1] for r in rows]),
@@ -210,7 +202,7 @@ class Scorer:
             )
 
     def vector(self, job: dict[str, Any]) -> np.ndarray:
-        return features.live_vector(self.conn(), job)
+        return features.live_vector(job, store.start_history(self.conn(), job))
 
     def assess(self, job: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any] | None]:
         """A starting job's feature vector and verdict, reading its history once."""
@@ -219,7 +211,7 @@ class Scorer:
 
     def examine(self, job: dict[str, Any]) -> Assessment:
         """A starting job's features, verdict and right-sizing advice, reading its history once."""
-        views = features.views_from_store(self.conn(), job)
+        views = store.start_history(self.conn(), job).views()
         x = features.vector(job, *views)
         try:
             advice = rightsize.advise(job, views[0].jobs, views[4].jobs)
@@ -268,7 +260,7 @@ class Scorer:
         }  # fmt: skip
         if verdict["warned"]:
             if user_jobs is None:
-                user_jobs = features.views_from_store(self.conn(), job)[0].jobs
+                user_jobs = store.start_history(self.conn(), job).user
             if advice is None:
                 advice = rightsize.advise(job, user_jobs)
             verdict["lines"], verdict["reasons"] = explain(
@@ -277,11 +269,6 @@ class Scorer:
             )  # fmt: skip
         verdict["score_ms"] = round((time.perf_counter() - t0) * 1000, 3)
         return verdict
-
-
-def _rows(conn: sqlite3.Connection) -> sqlite3.Connection:
-    conn.row_factory = sqlite3.Row
-    return conn
 
 
 def model_dir(data_dir: str, version: str) -> Path:

@@ -7,7 +7,7 @@ Runtime and the calibrated combination, and the right-sizing advice (models/righ
 Kaplan-Meier quantiles of memory and run time over the user's similar jobs).  Baseline, in the same run: the bare onnxruntime calls
 of the three members for one job on precomputed inputs.
 
-The store is filled with jobs from the workload generator (models.workload.synthesize), repeated
+The store is filled with jobs from the workload generator (workload.synthesize), repeated
 with shifted times, job ids and user names until it holds --history jobs; a small model is
 trained on the first of them.  Last stdout line: one JSON object (`value` = p99 in ms).
 
@@ -27,9 +27,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aggregator import store  # noqa: E402
+import workload  # noqa: E402
+from aggregator import (
+    store,  # noqa: E402
+    training,  # noqa: E402
+)
 from aggregator.scoring import Scorer  # noqa: E402
-from models import features, pipeline, rightsize, workload  # noqa: E402
+from models import rightsize  # noqa: E402
 from models.features import JOB_KEYS  # noqa: E402
 
 COLUMNS = [k for k in JOB_KEYS if k != "job_id"] + [
@@ -81,7 +85,7 @@ def main() -> None:
     t0 = time.time()
     train_conn = store.open_store(db)
     fill(train_conn, 4000, base[:4000])
-    pipeline.run(train_conn, str(tmp), epochs=3, activate="always")
+    training.run(db, str(tmp), epochs=3, activate="always")
     fill(train_conn, history - 4000, base, first_copy=1)  # the rest of the history, later
     print(f"store: {history} jobs in {time.time() - t0:.0f} s", file=sys.stderr)
     scorer = Scorer(db)
@@ -108,9 +112,9 @@ def main() -> None:
         advised += sum(a is not None for a in found.advice.values())
     advice_ms = []  # the right-sizing part alone, on the histories examine read
     for j in probe:
-        views = features.views_from_store(conn, j)
+        history = store.start_history(conn, j)
         t = time.perf_counter()
-        rightsize.advise(j, views[0].jobs, views[4].jobs)
+        rightsize.advise(j, history.user, history.kind)
         advice_ms.append((time.perf_counter() - t) * 1000)
     model = scorer.model
     k, d = model.k, len(model.meta["feature_names"])

@@ -1,6 +1,6 @@
 """Seconds to train NØMADE's ensemble on 100,000 jobs: prepare + fit + export.
 
-The jobs come from `models.workload.synthesize` (the generator's users and habits, a simulated
+The jobs come from `workload.synthesize` (the generator's users and habits, a simulated
 two-node FIFO queue).  Timed stages, all in this process:
 
     prepare  train.prepare: start-time features of every job (features.matrix), its neighbours
@@ -33,7 +33,8 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from models import features, graph, train, workload  # noqa: E402
+import workload  # noqa: E402
+from models import features, graph, train  # noqa: E402
 
 GOAL_S, GOAL_JOBS = 300.0, 100_000
 

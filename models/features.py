@@ -5,7 +5,7 @@ its submit time (jobs that had *ended* by then), its name's tokens, and how busy
 in the hour before it started.  Never the job's own outcome, nothing from after it started.
 
 Training replays jobs in order through `Replay`; live scoring builds the same `HistoryView`s from
-the store with `views_from_store`.  Both then call `vector()`, so the two paths cannot compute a
+the rows the store reads (`StartHistory`, from aggregator.store's `start_history`).  Both then call `vector()`, so the two paths cannot compute a
 feature differently (a test replays stored jobs through both and compares).
 """
 
@@ -15,7 +15,6 @@ import functools
 import heapq
 import math
 import re
-import sqlite3
 import zlib
 from bisect import bisect_left
 from collections import defaultdict, deque
@@ -98,7 +97,7 @@ def name_key(name: str | None) -> str:
     """The kind of a job as Slurm knows it at start: the first word of its name
     ('train_resnet_e10' -> 'train'), lower-case ASCII letters only, '' when the name has none.
     Only ASCII letters, so that the store's case-insensitive `LIKE '%key%'` finds every job of
-    this kind (`views_from_store`)."""
+    this kind (the store's `start_history`)."""
     if not name:
         return ""
     stem = re.sub(r"\.(sh|slurm|sbatch|py|job)$", "", name, flags=re.IGNORECASE)
@@ -368,75 +367,21 @@ def matrix(jobs: Sequence[dict[str, Any]]) -> np.ndarray:
 
 
 # -- the live path ---------------------------------------------------------------------------
-_HISTORY_SQL = (
-    "SELECT {keys} FROM jobs WHERE {who} = ? AND end_time <= ? AND outcome IS NOT NULL"
-    " ORDER BY end_time DESC, job_id DESC LIMIT ?"
-)
+@dataclass
+class StartHistory:
+    """What a starting job's features read from the store (aggregator.store's `start_history`),
+    as plain rows oldest first: the same inputs `Replay` builds in training."""
+
+    user: Sequence[dict[str, Any]]  # the user's last WINDOW ended jobs
+    account: Sequence[dict[str, Any]]  # the account's last WINDOW ended jobs
+    cluster_starts: int  # jobs started in the hour before it
+    user_starts: int  # of them, the user's
+    kind: Sequence[dict[str, Any]]  # the user's last KIND_WINDOW ended jobs of its name key
+
+    def views(self) -> tuple[HistoryView, HistoryView, int, int, HistoryView]:
+        return (HistoryView(self.user), HistoryView(self.account), self.cluster_starts,
+                self.user_starts, HistoryView(self.kind))  # fmt: skip
 
 
-def _rows(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> list[dict[str, Any]]:
-    cur = conn.execute(sql, args)
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
-
-
-def _kind_rows(conn: sqlite3.Connection, job: dict[str, Any]) -> list[dict[str, Any]]:
-    """The user's last KIND_WINDOW ended jobs with the job's name key, newest first.  SQL narrows
-    to names containing the key (LIKE ignores ASCII case, and the key is ASCII letters); the exact
-    `name_key` test is applied here, reading rows until KIND_WINDOW match."""
-    key = name_key(job.get("job_name"))
-    sql = (
-        f"SELECT {', '.join(JOB_KEYS)} FROM jobs WHERE user = ? AND end_time <= ?"
-        " AND outcome IS NOT NULL"
-        + (" AND job_name LIKE ?" if key else "")
-        + " ORDER BY end_time DESC, job_id DESC"
-    )
-    args: tuple = (job.get("user") or "", job["submit_time"]) + ((f"%{key}%",) if key else ())
-    cur = conn.execute(sql, args)
-    names = [d[0] for d in cur.description]
-    out: list[dict[str, Any]] = []
-    for row in cur:
-        r = dict(zip(names, row, strict=True))
-        if name_key(r.get("job_name")) == key:
-            out.append(r)
-            if len(out) >= KIND_WINDOW:
-                break
-    cur.close()
-    return out
-
-
-def views_from_store(
-    conn: sqlite3.Connection, job: dict[str, Any]
-) -> tuple[HistoryView, HistoryView, int, int, HistoryView]:
-    """The same inputs `Replay` builds, read from NØMADE's store for one starting job."""
-    keys = ", ".join(JOB_KEYS)
-    submit = job["submit_time"]
-    user = _rows(
-        conn, _HISTORY_SQL.format(keys=keys, who="user"), (job.get("user") or "", submit, WINDOW)
-    )
-    account = _rows(
-        conn,
-        _HISTORY_SQL.format(keys=keys, who="account"),
-        (job.get("account") or "", submit, WINDOW),
-    )
-    start = job.get("start_time") or submit
-    since = start - ACTIVITY_SECONDS
-    cluster = conn.execute(
-        "SELECT count(*) FROM jobs WHERE start_time >= ? AND start_time < ?", (since, start)
-    ).fetchone()[0]
-    mine = conn.execute(
-        "SELECT count(*) FROM jobs WHERE user = ? AND start_time >= ? AND start_time < ?",
-        (job.get("user") or "", since, start),
-    ).fetchone()[0]
-    kind = _kind_rows(conn, job)
-    return (
-        HistoryView(user[::-1]),
-        HistoryView(account[::-1]),
-        cluster,
-        mine,
-        HistoryView(kind[::-1]),
-    )
-
-
-def live_vector(conn: sqlite3.Connection, job: dict[str, Any]) -> np.ndarray:
-    return vector(job, *views_from_store(conn, job))
+def live_vector(job: dict[str, Any], history: StartHistory) -> np.ndarray:
+    return vector(job, *history.views())

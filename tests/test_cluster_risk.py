@@ -15,7 +15,7 @@ from conftest import ROOT
 
 from aggregator import ctl
 
-workload = pytest.importorskip("models.workload")
+workload = pytest.importorskip("workload")
 pytestmark = pytest.mark.cluster
 
 MiB = 1 << 20

@@ -8,6 +8,7 @@ import sqlite3
 import numpy as np
 import pytest
 
+from aggregator import store
 from models import features
 
 KIND = features.FEATURE_NAMES.index("kind_log_jobs")
@@ -71,5 +72,5 @@ def test_the_store_gives_the_same_kind_features_as_the_replay():
         f"INSERT INTO jobs VALUES ({', '.join('?' * len(features.JOB_KEYS))})",
         [tuple(j[k] for k in features.JOB_KEYS) for j in jobs],
     )
-    live = np.vstack([features.live_vector(conn, j) for j in jobs])
+    live = np.vstack([features.live_vector(j, store.start_history(conn, j)) for j in jobs])
     np.testing.assert_allclose(live, features.matrix(jobs), rtol=0, atol=1e-12)

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from aggregator import ctl, store
+from aggregator import ctl, store, training
 from aggregator.ingest import Ingest
 from aggregator.scoring import Scorer
-from models import dataset, features, pipeline, runtime, train
+from models import features, runtime, train
 
-workload = pytest.importorskip("models.workload")
+workload = pytest.importorskip("workload")
 
 N_JOBS = 1600
 
@@ -75,15 +75,15 @@ def test_the_live_path_gives_the_same_features_and_scores_as_training_for_1000_s
     base, _cfg, trained = stored
     db = str(base / "data" / "nomade.db")
     conn = store.connect(db, readonly=True)
-    jobs = dataset.ended_jobs(conn)
+    jobs = store.ended_jobs(conn)
     scorer = Scorer(db)
     assert scorer.reload() == trained["version"]
     p = train.prepare(jobs, scaler=scorer.model.scaler)
     replayed = jobs[-1000:]
-    live = np.vstack([features.live_vector(conn, j) for j in replayed])
+    live = np.vstack([features.live_vector(j, store.start_history(conn, j)) for j in replayed])
     np.testing.assert_allclose(live, p.x[-1000:], rtol=0, atol=1e-9)
     scores = np.array([scorer.score(j, x)["p_fail"] for j, x in zip(replayed, live, strict=True)])
-    expected = pipeline.score_rows(scorer.model, p, slice(len(jobs) - 1000, len(jobs)))
+    expected = training.score_rows(scorer.model, p, slice(len(jobs) - 1000, len(jobs)))
     assert np.abs(scores - np.round(expected, 4)).max() <= 1e-4
 
 
@@ -122,6 +122,6 @@ def test_an_active_model_of_another_feature_version_scores_nothing(stored, tmp_p
     conn.close()
     scorer = Scorer(str(db))
     assert scorer.reload() is None and scorer.model is None
-    job = dataset.ended_jobs(store.connect(str(db), readonly=True))[-1]
+    job = store.ended_jobs(store.connect(str(db), readonly=True))[-1]
     x, verdict = scorer.assess(job)
     assert verdict is None and x.shape == (len(features.FEATURE_NAMES),)

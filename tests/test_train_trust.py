@@ -13,11 +13,11 @@ import pytest
 from click.testing import CliRunner
 from conftest import ROOT
 
-from aggregator import ctl, store
+from aggregator import ctl, store, training
 from aggregator.ingest import Ingest
-from models import features, pipeline
+from models import features
 
-workload = pytest.importorskip("models.workload")
+workload = pytest.importorskip("workload")
 pytest.importorskip("torch")
 pytest.importorskip("skl2onnx")
 
@@ -119,21 +119,21 @@ def test_a_model_no_member_of_which_beats_chance_is_not_activated_unless_forced(
         "no_better_than_chance": True,
         "member_validation_auc": {"gnn": 0.41, "gbt": 0.5, "lr": 0.48},
     }
-    rule = pipeline.activation_rule(failed, 0.7, meta)
+    rule = training.activation_rule(failed, 0.7, meta)
     assert (
         rule == "no member beat chance on the validation slice (AUC gnn 0.410, gbt 0.500, lr 0.480)"
     )
     metrics = {"recent_auc": 0.7}
-    assert pipeline.decision("if-better", rule, True, metrics, "v1") == (
+    assert training.decision("if-better", rule, True, metrics, "v1") == (
         False,
         f"not activated: {rule} (--activate always overrides)",
     )
-    activated, line = pipeline.decision("always", rule, True, metrics, "v1")
+    activated, line = training.decision("always", rule, True, metrics, "v1")
     assert activated and "overrode the activation rule" in line
     # Enough recent jobs of both kinds, a computable AUC above chance: the rule is met.
-    assert pipeline.activation_rule(failed, 0.7, {"no_better_than_chance": False}) is None
-    assert "cannot be computed" in pipeline.activation_rule(failed, None, {})
-    assert "no better than chance" in pipeline.activation_rule(failed, 0.5, {})
+    assert training.activation_rule(failed, 0.7, {"no_better_than_chance": False}) is None
+    assert "cannot be computed" in training.activation_rule(failed, None, {})
+    assert "no better than chance" in training.activation_rule(failed, 0.5, {})
 
 
 @pytest.mark.parametrize("package", ["torch", "skl2onnx"])

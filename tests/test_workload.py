@@ -16,7 +16,7 @@ import pytest
 
 from aggregator.jobs import final_from_sacct
 from aggregator.parsers.sacct import RECONCILE_FIELDS, parse
-from models import workload as wl
+from workload import generator as wl
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "workload-v1"

@@ -10,3 +10,6 @@ from .sqlite.core import (  # noqa: F401  (names the rest of NØMADE uses)
     Writer, _private_database, admin_log, audit, backup, bump, connect, event, migrate,
     open_store, schema_version, store_failed, whoami,
 )  # fmt: skip
+from .sqlite.history import (  # noqa: E402, F401
+    StoreError, ended_jobs, recent_vectors, save_features, start_history,
+)

@@ -6,8 +6,8 @@ resumed and `synthesize` reproduces the very jobs the cluster ran.  Each job car
 probability the generator gave it (p_fail and its parts p_oom, p_timeout, p_error), computed
 analytically from the distributions its behaviour is drawn from: the ceiling any model can reach.
 
-    python -m models.workload run --jobs 1600 --state /var/lib/nomade-workload
-    python -m models.workload export --state /var/lib/nomade-workload --out data/workload-v1/
+    python -m workload run --jobs 1600 --state /var/lib/nomade-workload
+    python -m workload export --state /var/lib/nomade-workload --out data/workload-v1/
 
 See docs/workload.md.
 """
@@ -325,7 +325,7 @@ def _schedule(jobs: list[dict], submits: np.ndarray) -> list[float]:
 # --------------------------------------------------------------------------------------------
 # The real run.
 
-JOB_SCRIPT = r'''"""NØMADE workload job: write, allocate, compute, and fail as told (models/workload.py)."""
+JOB_SCRIPT = r'''"""NØMADE workload job: write, allocate, compute, and fail as told (workload/generator.py)."""
 import os, sys, time
 write_mb, quota_mb, peak_mb, run_s, cpu_frac, err_at, err_code, hang = map(float, sys.argv[1:9])
 scratch = sys.argv[9]
@@ -621,8 +621,8 @@ def write_readme(out: Path, state: Path) -> dict[str, dict[str, int]]:
         "Recorded on the dev cluster (docs/dev-cluster.md) with",
         "",
         "```sh",
-        f"python -m models.workload run --jobs {target} --state {state}",
-        f"python -m models.workload export --state {state} --out {out}/",
+        f"python -m workload run --jobs {target} --state {state}",
+        f"python -m workload export --state {state} --out {out}/",
         "```",
         "",
         f"- seed {gen[0]['seed'] if gen else DEFAULT_SEED}; {version}; submitted "
@@ -661,7 +661,7 @@ _EXPORT_KEYS = (
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m models.workload", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m workload", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="submit the workload to the cluster (resumable)")
     r.add_argument("--jobs", type=int, required=True)

@@ -1,5 +1,7 @@
 """`nomadectl train`: train on the store's finished jobs, register the model, and activate it
 only when it can be trusted and is not worse than the active one on the most recent jobs.
+It reads the store's history and writes through the store's writer; the training itself is
+models/ (a pure ML library: plain rows in, ONNX files out).
 
 The activation rule (`activation_rule`): the recent part, held out from training, meets the
 evaluation's rule (`evaluate.too_little`: enough jobs, failures and successes), the new model's
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,10 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from aggregator import registry
-from aggregator.scoring import model_dir, pack
+from models import ensemble, evaluate, features, runtime, train
 
-from . import dataset, ensemble, evaluate, features, runtime, train
+from . import registry, store
+from .scoring import model_dir, pack
 
 MIN_JOBS = 200
 TOLERANCE = 0.01  # a new model may be this much worse in AUC and still replace the active one
@@ -75,11 +76,20 @@ def decision(
     return True, "activated"
 
 
-def run(conn: sqlite3.Connection, data_dir: str, recent_fraction: float = 0.2, epochs: int = 25,
+def run(database: str, data_dir: str, recent_fraction: float = 0.2, epochs: int = 25,
         activate: str = "if-better", progress=None) -> dict[str, Any]:  # fmt: skip
     """Train, export, register; ACTIVATE is 'if-better', 'always' or 'never'."""
+    reader = store.connect(database, readonly=True)
+    try:
+        return _run(reader, database, data_dir, recent_fraction, epochs, activate, progress)
+    finally:
+        reader.close()
+
+
+def _run(conn: Any, database: str, data_dir: str, recent_fraction: float, epochs: int,
+         activate: str, progress) -> dict[str, Any]:  # fmt: skip
     say = progress or (lambda *_: None)
-    jobs = dataset.ended_jobs(conn)
+    jobs = store.ended_jobs(conn)
     if len(jobs) < MIN_JOBS:
         raise ValueError(
             f"only {len(jobs)} finished jobs in the store; training needs at least {MIN_JOBS}"
@@ -99,7 +109,7 @@ def run(conn: sqlite3.Connection, data_dir: str, recent_fraction: float = 0.2, e
     metrics: dict[str, Any] = {"recent_jobs": int(len(failed)), "recent_failures": int(failed.sum()),
                                "recent_successes": int(len(failed) - failed.sum()),
                                "recent_auc": _auc(failed, score_rows(new, p, recent))}  # fmt: skip
-    current = registry.active(_row_conn(conn))
+    current = registry.active(conn)
     if (
         current
         and Path(current["path"]).exists()
@@ -116,29 +126,24 @@ def run(conn: sqlite3.Connection, data_dir: str, recent_fraction: float = 0.2, e
     metrics.update({k: fitted.meta[k] for k in members}, activation_rule_met=rule is None,
                    activation_rule=rule)  # fmt: skip
     activated, line = decision(activate, rule, better, metrics, version)
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        registry.register(conn, version, str(out), runtime.digest(out), fitted.meta, metrics)
-        conn.executemany(
-            "INSERT OR REPLACE INTO job_features (job_uid, feature_version, vector) VALUES (?, ?, ?)",
-            [
-                (j["uid"], features.FEATURE_VERSION, pack(x))
-                for j, x in zip(p.jobs, p.x, strict=True)
-            ],
-        )
+    vectors = [(j["uid"], features.FEATURE_VERSION, pack(x)) for j, x in zip(p.jobs, p.x, strict=True)]
+
+    def save(wconn: Any) -> None:  # one transaction of the store's writer
+        registry.register(wconn, version, str(out), runtime.digest(out), fitted.meta, metrics)
+        store.save_features(wconn, vectors)
         if activated:
-            registry.activate(conn, version)
-        conn.execute("COMMIT")
+            registry.activate(wconn, version)
+
+    writer = store.Writer(database)
+    writer.start()
+    try:
+        writer.call(save, timeout=600)
     except BaseException:
-        conn.execute("ROLLBACK")
         shutil.rmtree(out, ignore_errors=True)
         raise
+    finally:
+        writer.stop()
     say(f"registered {version}" + (" and activated" if activated else ""), 1.0)
     return {"version": version, "path": str(out), "activated": activated, "activation": line,
             "overrode_rule": activated and rule is not None, "train_jobs": n_train,
             "weights": fitted.meta["weights"], **metrics}  # fmt: skip
-
-
-def _row_conn(conn: sqlite3.Connection) -> sqlite3.Connection:
-    conn.row_factory = sqlite3.Row
-    return conn
