@@ -71,8 +71,7 @@ def imports(root: Path, path: Path) -> Iterator[tuple[int, str]]:
             if node.level:
                 base = package.split(".")
                 base = base[: len(base) - node.level + 1] if node.level > 1 else base
-                prefix = ".".join(base)
-                target = f"{prefix}.{node.module}" if node.module else prefix
+                target = ".".join([*base, *([node.module] if node.module else [])])
             else:
                 target = node.module or ""
             yield node.lineno, target
