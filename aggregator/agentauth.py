@@ -30,7 +30,16 @@ from nomade_common import keys
 from nomade_common.config import Config
 from nomade_common.errors import ConfigError
 
-from .store import WorkItem, Writer, bump, connect, event
+from .store import (
+    WorkItem,
+    Writer,
+    agent_keys,
+    bump,
+    connect,
+    curve_seen_nodes,
+    event,
+    note_agent_link,
+)
 
 log = logging.getLogger("nomade.agentauth")
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
@@ -113,17 +122,16 @@ class AgentAuth(threading.Thread):
         self._refreshed = time.monotonic()
         conn = connect(self.cfg.database, readonly=True)
         try:
-            rows = conn.execute("SELECT node, public_key, revoked FROM agent_keys").fetchall()
-            seen = conn.execute(
-                "SELECT node FROM agent_links WHERE curve_seen IS NOT NULL"
-            ).fetchall()
+            rows = agent_keys(conn)
+            seen = curve_seen_nodes(conn)
         finally:
             conn.close()
-        nodes = {z85.decode(r[1].encode()): r[0] for r in rows if r[2] is None}
-        revoked = {z85.decode(r[1].encode()) for r in rows if r[2] is not None}
+        enrolled = [(z85.decode(r["public_key"].encode()), r) for r in rows]
+        nodes = {key: r["node"] for key, r in enrolled if r["revoked"] is None}
+        revoked = {key for key, r in enrolled if r["revoked"] is not None}
         dropped = [k for k, node in self._nodes.items() if nodes.get(k) != node]
         self._nodes, self._revoked, self._active = nodes, revoked, set(nodes.values())
-        self.curve_nodes.update(r[0] for r in seen)
+        self.curve_nodes.update(seen)
         if dropped:
             log.warning(
                 "%d agent key(s) revoked or replaced: dropping every agent connection", len(dropped)
@@ -242,8 +250,7 @@ class AgentAuth(threading.Thread):
         if now - self._written.get((node, column), 0.0) < LINK_WRITE_SECONDS:
             return
         self._written[(node, column)] = now
-        c.execute(f"INSERT INTO agent_links (node, {column}) VALUES (?, ?)"
-                  f" ON CONFLICT (node) DO UPDATE SET {column} = excluded.{column}", (node, now))  # fmt: skip
+        note_agent_link(c, node, column, now)
 
 
 class HandshakeWatch:

@@ -42,7 +42,7 @@ from nomade_common import jsonin, munge
 from nomade_common.config import Config, is_loopback
 from nomade_common.text import printable
 
-from . import clusterviews, policy, query, registry
+from . import clusterviews, policy, query, store
 from .policy import Caller, Forbidden
 from .reconcile import run_command
 
@@ -425,7 +425,7 @@ class Api:
         return clusterviews.collection(self.agg.reader())
 
     def models(self, request: Request, caller: Caller, body: bytes) -> Any:
-        return policy.models_view(caller, registry.models(self.agg.reader()))
+        return policy.models_view(caller, store.list_models(self.agg.reader()))
 
     def jobs(self, request: Request, caller: Caller, body: bytes) -> Any:
         q = request.query_params

@@ -5,37 +5,30 @@ works on the latest reading of each (node, collector) and says how old it is.
 
 from __future__ import annotations
 
-import json
-import sqlite3
 import statistics
 import time
 from collections import Counter, defaultdict
 from typing import Any
 
-
-def latest(conn: sqlite3.Connection, collector: str) -> dict[str, tuple[float, list[dict]]]:
-    """node -> (time, records) of COLLECTOR's newest reading."""
-    rows = conn.execute("SELECT node, t, records_json FROM readings_latest WHERE collector = ?"
-                        " ORDER BY node", (collector,)).fetchall()  # fmt: skip
-    return {r[0]: (r[1], json.loads(r[2])) for r in rows}
+from . import store
 
 
-def _newest(conn: sqlite3.Connection, collector: str) -> tuple[float | None, list[dict]]:
+def _newest(conn: Any, collector: str) -> tuple[float | None, list[dict]]:
     """The newest reading of a head-node collector (one aggregator writes it)."""
-    found = latest(conn, collector)
+    found = store.latest_readings(conn, collector)
     if not found:
         return None, []
     return max(found.values(), key=lambda v: v[0])
 
 
-def queue(conn: sqlite3.Connection, now: float | None = None) -> dict[str, Any]:
+def queue(conn: Any, now: float | None = None) -> dict[str, Any]:
     """The squeue reading (`queue_reading`), and from the store: running jobs without CPU
     progress and job arrays with failed tasks."""
     now = time.time() if now is None else now
     return {**queue_reading(conn, now), "stuck": stuck(conn, now), "arrays": arrays(conn, now)}
 
 
-def queue_reading(conn: sqlite3.Connection, now: float | None = None) -> dict[str, Any]:
+def queue_reading(conn: Any, now: float | None = None) -> dict[str, Any]:
     """Per partition: running and pending jobs, the longest wait; pending reasons in words."""
     now = time.time() if now is None else now
     t, records = _newest(conn, "queue")
@@ -72,20 +65,14 @@ def queue_reading(conn: sqlite3.Connection, now: float | None = None) -> dict[st
     }
 
 
-def stuck(conn: sqlite3.Connection, now: float | None = None, window: float = 1800.0,
+def stuck(conn: Any, now: float | None = None, window: float = 1800.0,
           min_cpu_seconds: float = 1.0) -> list[dict[str, Any]]:  # fmt: skip
     """Running jobs that used less than MIN_CPU_SECONDS of CPU over the last WINDOW seconds on
     every node they run on, though sampled across most of it: hung, waiting on a dead mount or
     a lost peer, or sleeping on an allocation someone else could use."""
     now = time.time() if now is None else now
-    rows = conn.execute(
-        "SELECT j.job_id, j.user, j.partition, j.node_list, j.start_time, s.node,"
-        " min(s.t), max(s.t), max(s.cpu_usage_seconds) - min(s.cpu_usage_seconds)"
-        " FROM jobs j JOIN samples s ON s.job_uid = j.uid"
-        " WHERE j.start_time IS NOT NULL AND j.end_time IS NULL AND s.t >= ?"
-        " GROUP BY j.uid, s.node", (now - window,)).fetchall()  # fmt: skip
     by: dict[int, list] = defaultdict(list)
-    for r in rows:
+    for r in store.running_job_cpu(conn, now - window):
         by[r[0]].append(r)
     out = []
     for job_id, rs in sorted(by.items()):
@@ -99,26 +86,18 @@ def stuck(conn: sqlite3.Connection, now: float | None = None, window: float = 18
     return out
 
 
-def arrays(conn: sqlite3.Connection, now: float | None = None, days: float = 7.0) -> list[dict[str, Any]]:
+def arrays(conn: Any, now: float | None = None, days: float = 7.0) -> list[dict[str, Any]]:
     """Job arrays of the last DAYS: how many tasks ended in each outcome, failures first."""
     now = time.time() if now is None else now
-    rows = conn.execute(
-        "SELECT array_job_id, user, count(*), sum(outcome IS NULL),"
-        " sum(outcome = 'COMPLETED'), sum(outcome IS NOT NULL AND outcome NOT IN ('COMPLETED', 'CANCELLED')),"
-        " group_concat(DISTINCT outcome) FROM jobs WHERE array_job_id IS NOT NULL"
-        " AND coalesce(submit_time, start_time, created) >= ? GROUP BY array_job_id", (now - days * 86400,)
-    ).fetchall()  # fmt: skip
-    out = [{"array_job_id": r[0], "user": r[1], "tasks": r[2], "unfinished": r[3], "completed": r[4],
-            "failed": r[5], "outcomes": sorted((r[6] or "").split(",")) if r[6] else []} for r in rows]  # fmt: skip
+    out = store.array_outcomes(conn, now - days * 86400)
     return sorted(out, key=lambda a: (-(a["failed"] or 0), -a["array_job_id"]))
 
 
-def nodes(conn: sqlite3.Connection, now: float | None = None) -> dict[str, Any]:
+def nodes(conn: Any, now: float | None = None) -> dict[str, Any]:
     """Slurm's view of each node (state, allocation, load, drain reason) beside its agent's."""
     now = time.time() if now is None else now
     t, records = _newest(conn, "node_state")
-    agents = {r["node"]: dict(r) for r in conn.execute(
-        "SELECT node, state, last_seen FROM nodes")}  # fmt: skip
+    agents = {r["node"]: r for r in store.agent_nodes(conn)}
     out = []
     for r in records:
         a = agents.pop(r["node"], None)
@@ -135,7 +114,7 @@ def nodes(conn: sqlite3.Connection, now: float | None = None) -> dict[str, Any]:
     return {"time": t, "nodes": out}
 
 
-def licenses(conn: sqlite3.Connection) -> dict[str, Any]:
+def licenses(conn: Any) -> dict[str, Any]:
     t, records = _newest(conn, "licenses")
     users: dict[tuple, Counter] = defaultdict(Counter)
     for r in records:
@@ -149,44 +128,43 @@ def licenses(conn: sqlite3.Connection) -> dict[str, Any]:
     return {"time": t, "servers": servers, "features": features}
 
 
-def _node_summary(conn: sqlite3.Connection) -> dict[str, Any]:
+def _node_summary(conn: Any) -> dict[str, Any]:
     """I/O, CPU cores and memory of each node, from its newest iostat, mpstat and vmstat."""
     out: dict[str, dict[str, Any]] = defaultdict(dict)
-    for node, (t, recs) in latest(conn, "iostat").items():
+    for node, (t, recs) in store.latest_readings(conn, "iostat").items():
         cpu = [r for r in recs if r.get("record") == "cpu"]
         out[node]["io"] = {"t": t, "cpu": cpu[-1] if cpu else None,
                            "devices": [r for r in recs if r.get("record") == "device"]}  # fmt: skip
-    for node, (t, recs) in latest(conn, "mpstat").items():
+    for node, (t, recs) in store.latest_readings(conn, "mpstat").items():
         summary = [r for r in recs if r.get("record") == "summary"]
         cores = [r["busy_percent"] for r in recs if r.get("record") == "cpu" and r.get("cpu") != "all"
                  and r.get("busy_percent") is not None]  # fmt: skip
         out[node]["cpu"] = {"t": t, **(summary[-1] if summary else {}),
                             "busy_min_percent": min(cores) if cores else None,
                             "busy_max_percent": max(cores) if cores else None}  # fmt: skip
-    for node, (t, recs) in latest(conn, "vmstat").items():
+    for node, (t, recs) in store.latest_readings(conn, "vmstat").items():
         out[node]["memory"] = {"t": t, **(recs[-1] if recs else {})}
-    for node, (t, recs) in latest(conn, "pressure").items():
+    for node, (t, recs) in store.latest_readings(conn, "pressure").items():
         mem = [r for r in recs if r.get("resource") == "memory"]
         if mem:
             out[node].setdefault("memory", {"t": t})["pressure_some_avg60_percent"] = mem[0].get("some_avg60_percent")
     return dict(out)
 
 
-def filesystems(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+def filesystems(conn: Any) -> list[dict[str, Any]]:
     """Each configured filesystem once (shared filesystems are seen by every node: the newest)."""
     best: dict[str, tuple[float, str, dict]] = {}
-    for node, (t, recs) in latest(conn, "disk").items():
+    for node, (t, recs) in store.latest_readings(conn, "disk").items():
         for r in recs:
             if r.get("record") == "filesystem" and (r["path"] not in best or best[r["path"]][0] < t):
                 best[r["path"]] = (t, node, r)
     return [{**r, "node": node, "t": t} for t, node, r in (best[p] for p in sorted(best))]
 
 
-def collection(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+def collection(conn: Any) -> list[dict[str, Any]]:
     """Per collector: runs and success rate over every node that runs it, the newest error."""
-    rows = conn.execute("SELECT * FROM collector_status ORDER BY collector, node").fetchall()
-    by: dict[str, list[sqlite3.Row]] = defaultdict(list)
-    for r in rows:
+    by: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in store.collector_statuses(conn):
         by[r["collector"]].append(r)
     out = []
     for name, rs in sorted(by.items()):
@@ -202,7 +180,7 @@ def collection(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     return out
 
 
-def overview(conn: sqlite3.Connection, now: float | None = None) -> dict[str, Any]:
+def overview(conn: Any, now: float | None = None) -> dict[str, Any]:
     """Everything `nomadectl status` adds to the agents' view."""
     q = queue_reading(conn, now)  # the partitions only: no stuck-job query for a status
     return {"filesystems": filesystems(conn), "queue": q["partitions"], "queue_time": q["time"],

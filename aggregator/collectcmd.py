@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from nodeagent.node_collectors import NODE_COLLECTORS
-from nomade_common.collect import Reading, run_one, skip_reason
+from collectors.registry import NODE_COLLECTORS
+from collectors.runner import Reading, run_one, skip_reason
 from nomade_common.config import Config
 
 from .headcollect import HEAD_COLLECTORS
@@ -11,7 +11,9 @@ from .headcollect import HEAD_COLLECTORS
 ALL = [*NODE_COLLECTORS, *HEAD_COLLECTORS]
 
 
-def collect_once(cfg: Config, only: list[str] | None = None) -> tuple[list[Reading], dict[str, str]]:
+def collect_once(
+    cfg: Config, only: list[str] | None = None
+) -> tuple[list[Reading], dict[str, str]]:
     """The readings of the collectors asked for (default: every enabled one), and those skipped
     here with the reason.  An unknown name raises KeyError with the known ones."""
     names = [c.name for c in ALL]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gzip
 import re
-import sqlite3
 import sys
 import time
 import zlib
@@ -22,16 +21,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TextIO
 
+from collectors.slurm import sacct
+from collectors.slurm import slurmvalues as sv
 from nomade_common.errors import ParseError
 from nomade_common.text import printable
 
-from .ingest import Ingest
 from .jobs import REQUEST_KEYS, final_from_sacct
 from .outcome import UNFINISHED, split_state
-from .parsers import sacct
-from .parsers import slurmvalues as sv
 from .reconcile import run_command
-from .store import Writer
+from .store import Ingest, Writer, find_run, update_job
 
 BATCH = 2000  # job runs per transaction
 
@@ -250,13 +248,6 @@ def convert_all(rows: list[dict[str, str]]) -> tuple[list[dict[str, Any]], Summa
 
 
 # -- storing ---------------------------------------------------------------------------------
-_SAME_RUN = (
-    "SELECT * FROM jobs WHERE cluster = ? AND job_id = ? AND (submit_time = ? OR submit_time IS NULL)"
-    " ORDER BY submit_time IS NULL, uid DESC LIMIT 1"
-)
-_NEWEST_RUN = "SELECT * FROM jobs WHERE cluster = ? AND job_id = ? ORDER BY uid DESC LIMIT 1"
-
-
 def changes(row: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
     """What FIELDS would change in ROW: the request (REQUEST_KEYS) and submit time only fill."""
     out = {}
@@ -269,28 +260,18 @@ def changes(row: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def store_jobs(
-    conn: sqlite3.Connection, ingest: Ingest, jobs: list[dict[str, Any]], now: float
-) -> Counter:
+def store_jobs(conn: Any, ingest: Ingest, jobs: list[dict[str, Any]], now: float) -> Counter:
     """Run inside the writer's transaction: insert new runs, complete known ones."""
     counts: Counter = Counter()
     for fields in jobs:
-        key = (ingest.cluster, fields["job_id"])
-        submit = fields.get("submit_time")
-        found = conn.execute(_NEWEST_RUN, key) if submit is None else conn.execute(
-            _SAME_RUN, (*key, submit))  # fmt: skip
-        row = found.fetchone()
+        row = find_run(conn, ingest.cluster, fields["job_id"], fields.get("submit_time"))
         if row is None:
             ingest.upsert_job(conn, fields, now)
             counts["new"] += 1
             continue
-        diff = changes(dict(row), fields)
+        diff = changes(row, fields)
         if diff:
-            sets = ", ".join(f"{k} = ?" for k in diff)
-            conn.execute(
-                f"UPDATE jobs SET {sets}, updated = ? WHERE uid = ?",
-                (*diff.values(), now, row["uid"]),
-            )
+            update_job(conn, row["uid"], diff, now)
         counts["updated" if diff else "unchanged"] += 1
     return counts
 
@@ -300,7 +281,7 @@ def store(writer: Writer, ingest: Ingest, jobs: list[dict[str, Any]]) -> Counter
     for i in range(0, len(jobs), BATCH):
         chunk = jobs[i : i + BATCH]
 
-        def apply(conn: sqlite3.Connection, chunk: list[dict[str, Any]] = chunk) -> Counter:
+        def apply(conn: Any, chunk: list[dict[str, Any]] = chunk) -> Counter:
             return store_jobs(conn, ingest, chunk, time.time())
 
         counts.update(writer.call(apply, timeout=600))

@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from collectors.slurm import slurmvalues as sv
+
 from .outcome import classify
-from .parsers import slurmvalues as sv
 
 
 def _safe(fn, text, *args):

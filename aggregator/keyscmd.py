@@ -9,12 +9,9 @@ are dropped at once.  Every change is root's alone and recorded in `admin_log` w
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,17 +31,6 @@ def require_root(command: str) -> None:
     if os.geteuid() != 0:
         raise KeysError(f"nomadectl {command}: only root may manage agent keys (they decide which "
                         f"nodes may send data to the aggregator)")  # fmt: skip
-
-
-@contextlib.contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
 
 
 def service_owner(database: str) -> int | None:
@@ -89,7 +75,7 @@ def _duplicates(lines: list[tuple[int, str, str]], source: str) -> list[str]:
     return problems
 
 
-def _verdict(row: sqlite3.Row | None, owner: str | None, node: str, key: str,
+def _verdict(row: dict[str, Any] | None, owner: str | None, node: str, key: str,
              replace: bool) -> str:  # fmt: skip
     """What enrolling KEY for NODE does: add, replace, keep, or why not ("!...")."""
     if owner is not None and owner != node:
@@ -108,14 +94,14 @@ def _verdict(row: sqlite3.Row | None, owner: str | None, node: str, key: str,
     return "replace"
 
 
-def add(conn: sqlite3.Connection, lines: list[tuple[int, str, str]], source: str,
+def add(conn: Any, lines: list[tuple[int, str, str]], source: str,
         replace: bool = False) -> dict[str, int]:  # fmt: skip
     """Enrol LINES in one transaction; KeysError listing every refused line, nothing written."""
     problems = _duplicates(lines, source)
     counts = {"add": 0, "replace": 0, "keep": 0}
     now, user = time.time(), store.whoami()[1]
-    with _transaction(conn):
-        rows = {r["node"]: r for r in conn.execute("SELECT * FROM agent_keys")}
+    with store.transaction(conn):
+        rows = {r["node"]: r for r in store.agent_keys(conn)}
         owners = {r["public_key"]: r["node"] for r in rows.values()}
         for n, node, key in lines:
             what = _verdict(rows.get(node), owners.get(key), node, key, replace)
@@ -124,10 +110,7 @@ def add(conn: sqlite3.Connection, lines: list[tuple[int, str, str]], source: str
                 continue
             counts[what] += 1
             if what != "keep":
-                conn.execute("INSERT INTO agent_keys (node, public_key, added, added_by) VALUES (?, ?, ?, ?)"
-                             " ON CONFLICT (node) DO UPDATE SET public_key = excluded.public_key, added ="
-                             " excluded.added, added_by = excluded.added_by, revoked = NULL, revoked_by = NULL",
-                             (node, key, now, user))  # fmt: skip
+                store.enrol_key(conn, node, key, now, user)
         if problems:
             raise KeysError(_refused(problems))
         changed = [node for _, node, _ in lines][:20]
@@ -143,35 +126,29 @@ def _refused(problems: list[str]) -> str:
     return "\n".join([f"nothing enrolled: {len(problems)} line(s) refused", *shown, *tail])
 
 
-def revoke(conn: sqlite3.Connection, node: str) -> None:
-    with _transaction(conn):
-        row = conn.execute("SELECT revoked FROM agent_keys WHERE node = ?", (node,)).fetchone()
+def revoke(conn: Any, node: str) -> None:
+    with store.transaction(conn):
+        row = store.agent_key(conn, node)
         if row is None:
             raise KeysError(f"{node} has no enrolled key (nomadectl keys list)")
         if row["revoked"] is not None:
             raise KeysError(f"{node}'s key is already revoked")
-        conn.execute("UPDATE agent_keys SET revoked = ?, revoked_by = ? WHERE node = ?",
-                     (time.time(), store.whoami()[1], node))  # fmt: skip
+        store.revoke_key(conn, node, time.time(), store.whoami()[1])
         store.audit(conn, "keys revoke", node)
 
 
-def listing(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-    rows = conn.execute(
-        "SELECT k.node, k.public_key, k.added, k.added_by, k.revoked, k.revoked_by,"
-        " l.curve_seen AS last_seen_curve FROM agent_keys k"
-        " LEFT JOIN agent_links l ON l.node = k.node ORDER BY k.node"
-    )
-    return [dict(r) for r in rows]
+def listing(conn: Any) -> list[dict[str, Any]]:
+    return store.key_listing(conn)
 
 
-def rotate_server(conn: sqlite3.Connection, sec: Security, owner: int | None = None) -> str:
+def rotate_server(conn: Any, sec: Security, owner: int | None = None) -> str:
     """A new server pair; the old one kept as server.key.previous (and .key_secret.previous).
     Returns the new public key."""
     d = Path(sec.keys_dir)
     for name in ("server.key", "server.key_secret"):
         if (d / name).exists():
             shutil.copy2(d / name, d / f"{name}.previous")  # keeps the secret's 0600
-    with _transaction(conn):
+    with store.transaction(conn):
         public = keys.make_pair(sec.keys_dir, "server", owner=owner)
         store.audit(conn, "keys rotate-server", public)
     return public

@@ -12,10 +12,11 @@ import subprocess
 import time
 from collections import defaultdict
 
+from collectors.slurm import sacct
 from nomade_common.errors import ParseError
 
 from .jobs import final_from_sacct
-from .parsers import sacct
+from .store import reconcile_due
 
 log = logging.getLogger("nomade.reconcile")
 
@@ -57,11 +58,7 @@ class Reconciler:
         self.on_final = None  # called (uid, job_id, final) once a job's final record is stored
 
     def due(self, now: float) -> list[tuple[int, int, float | None, int]]:
-        return self.reader.execute(
-            "SELECT uid, job_id, submit_time, reconcile_attempts FROM jobs"
-            " WHERE reconcile = 'pending' AND reconcile_after <= ? ORDER BY reconcile_after LIMIT 500",
-            (now,),
-        ).fetchall()
+        return reconcile_due(self.reader, now)
 
     def run_once(self, now: float | None = None) -> int:
         now = time.time() if now is None else now

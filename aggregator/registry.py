@@ -1,64 +1,9 @@
-"""The model registry: every trained model's version, training window, metrics and file hash,
-and which one scores jobs.  Rows live in the store's `models` table; files under
-<data_dir>/models/<version>/."""
+"""Moved to aggregator/store/sqlite/registry.py (aggregator.store's *_model names); this
+re-export under the old names stays until aggregator/ctl.py, aggregator/scoring.py and
+models/pipeline.py call the store."""
 
-from __future__ import annotations
-
-import json
-import sqlite3
-import time
-from typing import Any
-
-from .store import audit
-
-
-def register(conn: sqlite3.Connection, version: str, path: str, sha256: str, meta: dict[str, Any],
-             metrics: dict[str, Any]) -> None:  # fmt: skip
-    conn.execute(
-        "INSERT INTO models (version, created, path, sha256, feature_version, train_first_submit,"
-        " train_last_submit, train_jobs, metrics_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (version, time.time(), path, sha256, meta["feature_version"], meta.get("train_first_submit"),
-         meta.get("train_last_submit"), meta.get("train_jobs"), json.dumps(metrics, sort_keys=True)),
-    )  # fmt: skip
-
-
-def models(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-    rows = conn.execute("SELECT * FROM models ORDER BY created DESC, id DESC").fetchall()
-    out = []
-    for r in rows:
-        d = {k: r[k] for k in r.keys()}  # noqa: SIM118 (sqlite3.Row)
-        d["metrics"] = json.loads(d.pop("metrics_json") or "{}")
-        d["active"] = bool(d["active"])
-        out.append(d)
-    return out
-
-
-def active(conn: sqlite3.Connection) -> dict[str, Any] | None:
-    return next((m for m in models(conn) if m["active"]), None)
-
-
-def activate(conn: sqlite3.Connection, version: str, action: str = "model activate") -> None:
-    """Make VERSION the scoring model, recorded in admin_log with the uid that did it."""
-    if conn.execute("SELECT 1 FROM models WHERE version = ?", (version,)).fetchone() is None:
-        raise KeyError(f"no model {version!r} (nomadectl model list)")
-    conn.execute("UPDATE models SET active = 0 WHERE active = 1")
-    conn.execute(
-        "UPDATE models SET active = 1, activated = ? WHERE version = ?", (time.time(), version)
-    )
-    audit(conn, action, version)
-
-
-def rollback(conn: sqlite3.Connection) -> str:
-    """Activate the model that was active before the current one; return its version."""
-    current = conn.execute("SELECT version, activated FROM models WHERE active = 1").fetchone()
-    if current is None:
-        raise KeyError("no model is active")
-    previous = conn.execute(
-        "SELECT version FROM models WHERE activated IS NOT NULL AND activated < ? AND version != ?"
-        " ORDER BY activated DESC LIMIT 1",
-        (current[1], current[0]),
-    ).fetchone()
-    if previous is None:
-        raise KeyError(f"{current[0]} is the only model ever activated: nothing to roll back to")
-    activate(conn, previous[0], "model rollback")
-    return previous[0]
+from .store import activate_model as activate  # noqa: F401
+from .store import active_model as active  # noqa: F401
+from .store import list_models as models  # noqa: F401
+from .store import register_model as register  # noqa: F401
+from .store import rollback_model as rollback  # noqa: F401

@@ -14,8 +14,8 @@ import shlex
 import subprocess
 from typing import Any
 
-from .parsers import scontrol
-from .parsers import slurmvalues as sv
+from collectors.slurm import scontrol
+from collectors.slurm import slurmvalues as sv
 
 _SHORT = {"-c": "--cpus-per-task", "-n": "--ntasks", "-N": "--nodes", "-t": "--time", "-p": "--partition",
           "-A": "--account", "-J": "--job-name", "-G": "--gpus", "-o": "--output", "-e": "--error",

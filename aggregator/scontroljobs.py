@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from .parsers import scontrol
+from collectors.slurm import scontrol
 
 MAX_AGE_SECONDS = 2.0
 

@@ -21,7 +21,7 @@ import numpy as np
 from models import ensemble, features, graph, rightsize
 from models.runtime import Model
 
-from . import registry, store
+from . import store
 
 log = logging.getLogger("nomade.scoring")
 CLASS_WORDS = {
@@ -153,7 +153,7 @@ class Scorer:
         """Load the active model if it changed; (re)build the neighbour index."""
         conn = self.conn()
         try:
-            row = registry.active(conn)
+            row = store.active_model(conn)
         except store.StoreError:
             return None
         if row is None:

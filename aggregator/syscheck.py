@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ from pathlib import Path
 
 from nomade_common.config import Config
 
-from .store import SCHEMA_VERSION, schema_version
+from .store import SCHEMA_VERSION, StoreError, event_job_counts, schema_version_at
 
 
 @dataclass
@@ -61,10 +60,8 @@ def _database(path: str) -> list[Check]:
             Check("Database", "database", "fail", f"{path} does not exist (run nomadectl init)")
         ]
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        version = schema_version(conn)
-        conn.close()
-    except sqlite3.Error as exc:
+        version = schema_version_at(path)
+    except StoreError as exc:
         return [Check("Database", "database", "fail", f"{path}: {exc}")]
     state = "ok" if version == SCHEMA_VERSION else "fail"
     return [Check("Database", "database", "ok", path),
@@ -73,8 +70,8 @@ def _database(path: str) -> list[Check]:
 
 def _collectors(cfg: Config) -> list[Check]:
     """Each collector: will it run on this host, and if not, why."""
-    from nodeagent.node_collectors import NODE_COLLECTORS
-    from nomade_common.collect import skip_reason
+    from collectors.registry import NODE_COLLECTORS
+    from collectors.runner import skip_reason
 
     from .headcollect import HEAD_COLLECTORS
 
@@ -112,13 +109,9 @@ def _controller_hooks_report(path: str) -> list[Check]:
     if not Path(path).exists():
         return []
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         since = __import__("time").time() - 86400
-        node, head = (conn.execute(
-            "SELECT count(DISTINCT job_uid) FROM events WHERE kind = ? AND t >= ?", (k, since)).fetchone()[0]
-            for k in ("node_job_start", "job_start"))  # fmt: skip
-        conn.close()
-    except sqlite3.Error:
+        node, head = event_job_counts(path, ("node_job_start", "job_start"), since)
+    except StoreError:
         return []
     if node == 0:
         return [Check("Slurm hooks", "PrologSlurmctld reports", "skip", "no job started in the last day")]

@@ -22,7 +22,7 @@ from sklearn.metrics import roc_auc_score
 
 from models import ensemble, evaluate, features, runtime, train
 
-from . import registry, store
+from . import store
 from .scoring import model_dir, pack
 
 MIN_JOBS = 200
@@ -109,7 +109,7 @@ def _run(conn: Any, database: str, data_dir: str, recent_fraction: float, epochs
     metrics: dict[str, Any] = {"recent_jobs": int(len(failed)), "recent_failures": int(failed.sum()),
                                "recent_successes": int(len(failed) - failed.sum()),
                                "recent_auc": _auc(failed, score_rows(new, p, recent))}  # fmt: skip
-    current = registry.active(conn)
+    current = store.active_model(conn)
     if (
         current
         and Path(current["path"]).exists()
@@ -129,10 +129,10 @@ def _run(conn: Any, database: str, data_dir: str, recent_fraction: float, epochs
     vectors = [(j["uid"], features.FEATURE_VERSION, pack(x)) for j, x in zip(p.jobs, p.x, strict=True)]
 
     def save(wconn: Any) -> None:  # one transaction of the store's writer
-        registry.register(wconn, version, str(out), runtime.digest(out), fitted.meta, metrics)
+        store.register_model(wconn, version, str(out), runtime.digest(out), fitted.meta, metrics)
         store.save_features(wconn, vectors)
         if activated:
-            registry.activate(wconn, version)
+            store.activate_model(wconn, version)
 
     writer = store.Writer(database)
     writer.start()

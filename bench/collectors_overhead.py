@@ -1,6 +1,6 @@
 """CPU cost of every node collector at its default interval, as a share of one core.
 
-Each node collector of nodeagent/node_collectors.py is run, in this process, the way the agent's
+Each node collector of collectors/registry.py is run, in this process, the way the agent's
 collector thread runs it; CPU time is getrusage(RUSAGE_SELF) + getrusage(RUSAGE_CHILDREN), so
 the tools it starts (iostat, mpstat, vmstat, nvidia-smi, ...) are counted.  Sources this machine
 lacks are fed by stand-ins that replay real captures from ../shared/fixtures (a GPU through an
@@ -32,9 +32,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from nodeagent.node_collectors import NODE_COLLECTORS  # noqa: E402
+from collectors.registry import NODE_COLLECTORS  # noqa: E402
+from collectors.runner import run_one  # noqa: E402
 from nomade_common import config  # noqa: E402
-from nomade_common.collect import run_one  # noqa: E402
 
 SHARED = Path(os.environ.get("NOMADE_SHARED_FIXTURES") or REPO.parent / "shared" / "fixtures")
 GPU_XML = SHARED / "gpu" / "influxdata_telegraf" / "a100-sxm4-v12.xml"

@@ -4,7 +4,7 @@ Every input gets an answer within bounds (STYLE.md rule 22).  The targets, and w
 
 * ``wire``: ``nomade_common.wire.unpack(bytes)`` returns a ``wire.Envelope`` or raises
   ``wire.WireError``.
-* ``ingest``: ``aggregator.ingest.Ingest.take(conn, bytes, now)`` on one SQLite store made by
+* ``ingest``: ``aggregator.store.Ingest.take(conn, bytes, now)`` on one SQLite store made by
   ``aggregator.store.open_store``, inside the caller's transaction (committed every
   INGEST_BATCH takes), returns an Answer whose kind is ack, nack, live or drop; after a nack or
   a drop nothing of the envelope is stored (samples, jobs, received, events other than the
@@ -14,7 +14,7 @@ Every input gets an answer within bounds (STYLE.md rule 22).  The targets, and w
   healthy, so any exception (an OperationalError too) is the input's doing: unclean.  A nack
   whose reason is an exception take caught ("not storable (TypeError: ...)") is clean, but
   counted apart and shown (NOTE lines).
-* ``parse:KIND``, every text kind of ``nomade_common.parsekinds``: ``fn(text, source, **args)``
+* ``parse:KIND``, every text kind of ``collectors.registry``: ``fn(text, source, **args)``
   returns a list of dict records that print the way ``nomadectl parse`` prints them
   (json.dumps(sort_keys=True, default=str)), or raises ``nomade_common.errors.ParseError``, the
   one error a parser raises (STYLE.md rule 4) and the one its callers turn into a line.  Any
@@ -81,8 +81,8 @@ sys.path.insert(0, str(REPO))
 
 import msgpack  # noqa: E402
 
-from nodeagent.collectors import cgroup, gpu, nfs, procio, sysstat  # noqa: E402
-from nomade_common import parsekinds, wire  # noqa: E402
+from collectors import cgroup, gpu, nfs, procio, registry, sysstat  # noqa: E402
+from nomade_common import wire  # noqa: E402
 from nomade_common.errors import ParseError  # noqa: E402
 
 SHARED = Path(os.environ.get("NOMADE_SHARED_FIXTURES") or REPO.parent / "shared" / "fixtures")
@@ -161,9 +161,9 @@ EXTRA_SEEDS: dict[str, list[str]] = {
 
 
 def raw_parser(kind: str):
-    """The parser of KIND itself, without parsekinds' safety net (which turns whatever escapes
+    """The parser of KIND itself, without the registry's safety net (which turns whatever escapes
     into a ParseError): the fuzzing is of the parsers, and a net would hide what they let out."""
-    fn = parsekinds.parser(kind)
+    fn = registry.parser(kind)
     return getattr(fn, "__wrapped__", fn)
 
 
@@ -209,7 +209,7 @@ def text_seeds() -> dict[str, list[Seed]]:
         if not (case / "kind").is_file():
             continue
         kind = (case / "kind").read_text().strip()
-        if kind in parsekinds.DIRECTORY_KINDS:
+        if kind in registry.DIRECTORY_KINDS:
             continue
         text = _read(_case_path(case))
         if text is None:
@@ -722,8 +722,7 @@ class IngestTarget:
         self.taken = 0
 
     def setup(self, directory: str) -> None:
-        from aggregator.ingest import Ingest
-        from aggregator.store import open_store
+        from aggregator.store import Ingest, open_store
 
         self.conn = open_store(os.path.join(directory, "fuzz.db"))
         self.conn.execute("CREATE TEMP TABLE fuzz_changes (n INTEGER NOT NULL)")
@@ -967,14 +966,14 @@ def build_targets() -> dict[str, Target]:
     targets = {
         "wire": Target("wire", wire_input, run_wire, _short, _save_bytes, weight=0.0),
     }
-    from aggregator import ingest
+    from aggregator import store
 
-    if hasattr(ingest.Ingest, "take"):
+    if hasattr(store.Ingest, "take"):
         it = IngestTarget()
         targets["ingest"] = Target("ingest", ingest_input, it.run, _short, _save_bytes,
                                    weight=0.0, setup=it.setup, flush=it.flush)  # fmt: skip
-    for kind in parsekinds.KINDS:
-        if kind in parsekinds.DIRECTORY_KINDS:
+    for kind in registry.KINDS:
+        if kind in registry.DIRECTORY_KINDS:
             if kind in DIR_TREES:
                 targets[f"dir:{kind}"] = DirTarget(kind, DIR_TREES[kind]).target()
         elif seeds.get(kind):

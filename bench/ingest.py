@@ -1,6 +1,6 @@
 """Samples per second that the real aggregator stores from several simulated node agents.
 
-The aggregator under test is `aggregator.server.Aggregator`, started in this process on a
+The aggregator under test is `aggregator.daemon.Aggregator`, started in this process on a
 temporary database and free loopback ports.  Each simulated agent is its own process (spawned)
 and plays node "simnode-K" running --jobs jobs: before timing starts it packs one SAMPLES
 envelope per cycle (one row per job, realistic values in every SAMPLE_FIELDS column, some None,
@@ -46,7 +46,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from aggregator.server import Aggregator  # noqa: E402
+from aggregator.daemon import Aggregator  # noqa: E402
 from aggregator.store import open_store  # noqa: E402
 from nodeagent.agent import WINDOW  # noqa: E402
 from nomade_common import wire  # noqa: E402

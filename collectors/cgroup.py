@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from nodeagent.collectors.procio import read_text
+from collectors.procio import read_text
 from nomade_common.errors import ParseError
 
 # memory.limit_in_bytes (v1) at or above this is "no limit": PAGE_COUNTER_MAX * PAGE_SIZE is

@@ -38,6 +38,8 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from collectors.runner import running_jobs
+from nomade_common.config import Config
 from nomade_common.errors import ParseError
 
 log = logging.getLogger(__name__)
@@ -216,7 +218,9 @@ def _is_value(token: str) -> bool:
     return bool(_VALUE.fullmatch(token)) or token == "-"
 
 
-def _figure(token: str, source: str, line: int, what: str, base: int, unit: int) -> tuple[int | None, bool]:
+def _figure(
+    token: str, source: str, line: int, what: str, base: int, unit: int
+) -> tuple[int | None, bool]:
     """(value, marked with '*') of a figure: a bare number counts UNITs, a suffixed one (K, M,
     G, ... each a factor of BASE) stands for itself; '-' is None."""
     if token == "-":
@@ -572,3 +576,19 @@ def read_lfs_quota(
     argv = [lfs, "quota", flag, name, path]
     text = _run(argv, timeout, ok=(0, 1))
     return parse_lfs_quota(text, " ".join(argv), kind, name) if text else []
+
+
+# -- the collector (collectors/registry.py) -----------------------------------------------------
+def collect(cfg: Config, state: dict[str, Any]) -> list[dict[str, Any]]:
+    """Usage of each configured filesystem (a mount that does not answer is reported, never
+    waited for); quotas where configured: repquota on `quota_filesystems`, and `lfs quota` on
+    `lustre_filesystems` for the users with jobs on this node."""
+    dc = cfg.collectors.disk
+    records = read_usage(list(dc.filesystems), dc.probe_timeout_seconds)
+    if dc.quota_filesystems:
+        records += read_repquota(list(dc.quota_filesystems))
+    uids = sorted({uid for uid in running_jobs(state).values() if uid is not None})
+    for path in dc.lustre_filesystems:
+        for uid in uids:
+            records += read_lfs_quota(str(uid), path)
+    return records

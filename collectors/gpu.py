@@ -16,16 +16,21 @@ GPU.  Units are in the field names; values nvidia-smi prints as ``N/A``, ``[N/A]
 from __future__ import annotations
 
 import csv
+import importlib.util
 import logging
 import math
+import os
 import re
+import shutil
 import subprocess
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from xml.parsers import expat
 
-from nodeagent.collectors.procio import read_text
+from collectors.procio import read_text
+from collectors.runner import CollectorError
+from nomade_common.config import Config
 from nomade_common.errors import ParseError
 
 log = logging.getLogger(__name__)
@@ -941,3 +946,26 @@ def read(
 def records_of(records: Iterable[dict[str, Any]], kind: str) -> Iterator[dict[str, Any]]:
     """The records of one kind ("gpu", "mig", "process")."""
     return (r for r in records if r.get("record") == kind)
+
+
+# -- the collector (collectors/registry.py) -----------------------------------------------------
+TOOL_TIMEOUT = 15.0
+
+
+def collect(cfg: Config, state: dict[str, Any]) -> list[dict[str, Any]]:
+    records = read(cfg.agent.proc_root, cfg.collectors.gpu.nvidia_smi, TOOL_TIMEOUT)
+    if not records:
+        raise CollectorError("neither NVML nor nvidia-smi answered")
+    return records
+
+
+def _has_nvml() -> bool:
+    return importlib.util.find_spec("pynvml") is not None
+
+
+def absent(cfg: Config) -> str | None:
+    if _has_nvml() and os.path.exists("/dev/nvidiactl"):
+        return None
+    if shutil.which(cfg.collectors.gpu.nvidia_smi):
+        return None
+    return "no NVIDIA GPU here (neither NVML nor nvidia-smi)"

@@ -23,7 +23,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from nodeagent.collectors import disk
+from collectors import disk
+from nomade_common.config import Config
 from nomade_common.errors import ParseError
 
 log = logging.getLogger(__name__)
@@ -376,3 +377,24 @@ def mount_responsiveness(paths: Sequence[str], timeout: float = 5.0) -> list[dic
         }
         for record in disk.read_usage(list(paths), timeout)
     ]
+
+
+# -- the collector (collectors/registry.py) -----------------------------------------------------
+def collect(cfg: Config, state: dict[str, Any]) -> list[dict[str, Any]]:
+    """Temperatures, EDAC counts, whether the node's daemons run, and hardware errors the kernel
+    logged since the last run (the ring buffer is read whole; lines already reported are
+    skipped by their uptime stamp)."""
+    hc, sys_root = cfg.collectors.health, "/sys"
+    records = parse_hwmon(f"{sys_root}/class/hwmon")
+    records += parse_edac(f"{sys_root}/devices/system/edac/mc")
+    records += services(cfg.agent.proc_root, list(hc.services))
+    if hc.kernel_log:
+        text = read_kmsg()
+        if text:
+            errors = parse_kernel_errors(text, "/dev/kmsg")
+            after = state.get("kernel_uptime", -1.0)
+            fresh = [e for e in errors if (e.get("uptime_seconds") or 0.0) > after]
+            if errors:
+                state["kernel_uptime"] = max(e.get("uptime_seconds") or 0.0 for e in errors)
+            records += fresh
+    return records

@@ -19,6 +19,7 @@ import re
 import subprocess
 from typing import Any
 
+from nomade_common.config import Config
 from nomade_common.errors import ParseError
 
 log = logging.getLogger(__name__)
@@ -446,3 +447,28 @@ def read_lmstat(server: str, lmutil: str = "lmutil", timeout: float = 30.0) -> s
 def read_rlmstat(server: str, rlmutil: str = "rlmutil", timeout: float = 30.0) -> str | None:
     """Stdout of ``rlmutil rlmstat -a -c <port@host>``; None where rlmutil is not installed."""
     return _run([rlmutil, "rlmstat", "-a", "-c", server], timeout)
+
+
+# -- the collector (collectors/registry.py) -----------------------------------------------------
+def collect(cfg: Config, state: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every configured server's features; a server that does not answer is a server record
+    with `up: False` (what an admin is alerted on), not a failure of the collector."""
+    lc, out = cfg.collectors.licenses, []
+    kinds = ((lc.flexlm_servers, read_lmstat, parse_lmstat, lc.lmutil, "lmstat", "lmgrd"),
+             (lc.rlm_servers, read_rlmstat, parse_rlmstat, lc.rlmutil, "rlmstat", "rlm"))  # fmt: skip
+    for servers, read, parse, tool, command, kind in kinds:
+        for server in servers:
+            text = read(server, tool)
+            source = f"{tool} {command} -a -c {server}"
+            out += parse(text, source) if text else [_down(server, kind)]
+    return out
+
+
+def _down(server: str, kind: str) -> dict[str, Any]:
+    return {"record": "server", "name": server, "kind": kind, "host": None, "port": None,
+            "master": None, "version": None, "up": False, "message": "did not answer"}  # fmt: skip
+
+
+def absent(cfg: Config) -> str | None:
+    lc = cfg.collectors.licenses
+    return None if lc.flexlm_servers or lc.rlm_servers else "no license server configured"

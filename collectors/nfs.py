@@ -20,7 +20,8 @@ import subprocess
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from nodeagent.collectors.procio import read_text
+from collectors.procio import read_text
+from nomade_common.config import Config
 from nomade_common.errors import ParseError
 
 log = logging.getLogger(__name__)
@@ -332,3 +333,13 @@ def read_nfsiostat(nfsiostat: str = "nfsiostat", timeout: float = 10.0) -> list[
         log.debug("nfs: %s exited %d", nfsiostat, done.returncode)
         return []
     return parse_nfsiostat(done.stdout, nfsiostat)
+
+
+# -- the collector (collectors/registry.py) -----------------------------------------------------
+def collect(cfg: Config, state: dict[str, Any]) -> list[dict[str, Any]]:
+    return read(cfg.agent.proc_root)
+
+
+def absent(cfg: Config) -> str | None:
+    table = mount_table(read_text(f"{cfg.agent.proc_root}/self/mountinfo") or "")
+    return None if any(t.startswith("nfs") for t in table.values()) else "no NFS mount on this node"

@@ -17,7 +17,8 @@ import logging
 import os
 from typing import Any
 
-from nodeagent.collectors.procio import read_text
+from collectors.procio import read_text
+from nomade_common.config import Config
 from nomade_common.errors import ParseError
 
 log = logging.getLogger(__name__)
@@ -85,3 +86,14 @@ def read(proc_root: str = "/proc") -> list[dict[str, Any]]:
             continue
         out.extend(parse(text, path))
     return out
+
+
+# -- the collector (collectors/registry.py) -----------------------------------------------------
+def collect(cfg: Config, state: dict[str, Any]) -> list[dict[str, Any]]:
+    return read(cfg.agent.proc_root)
+
+
+def absent(cfg: Config) -> str | None:
+    if os.path.isdir(f"{cfg.agent.proc_root}/pressure"):
+        return None
+    return f"no {cfg.agent.proc_root}/pressure (kernel before 4.20 or booted with psi=0)"

@@ -1,13 +1,15 @@
 """Running collectors: each one on its own interval, timed, its success and last error counted.
 
-A collector is a name, a default interval (overridable in `[collectors.NAME]`), an `absent`
-check that says why it cannot run on this host (no GPU, no NFS mount, no server configured: not
-an error, it is skipped quietly) and a `read` that returns records.  One collector failing never
-stops the others: `run_one` turns any exception into a failed Reading with one line of error.
+A collector (collectors/registry.py) is a name, a default interval (overridable in
+`[collectors.NAME]`), an `absent` check that says why it cannot run on this host (no GPU, no NFS
+mount, no server configured: not an error, it is skipped quietly) and a `read` that returns
+records.  One collector failing never stops the others: `run_one` turns any exception into a
+failed Reading with one line of error.
 
-The node agent runs nodeagent/node_collectors.py in a thread of their own (tools such as `iostat 1 1` take a
-second; the job sampler must not wait for them); the aggregator runs the head-node collectors
-(aggregator/headcollect.py) with the same runner.  Both report through `Status`.
+The node agent runs the registry's node collectors in a thread of their own (tools such as
+`iostat 1 1` take a second; the job sampler must not wait for them); the aggregator runs the
+head-node collectors (aggregator/headcollect.py) with the same runner.  Both report through
+`Status`.  `run_tool` is the one way a collector's read runs a command.
 """
 
 from __future__ import annotations
@@ -21,24 +23,19 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nomade_common.config import Config
 from nomade_common.errors import ParseError
+
+if TYPE_CHECKING:
+    from collectors.registry import Collector
 
 log = logging.getLogger("nomade.collect")
 
 
 class CollectorError(RuntimeError):
     """A collector's read failed; the message is the one line shown in `nomadectl status`."""
-
-
-@dataclass
-class Collector:
-    name: str
-    read: Callable[[Config, dict[str, Any]], list[dict[str, Any]]]
-    absent: Callable[[Config], str | None] = lambda cfg: None
-    what: str = ""  # one line for syscheck and docs
 
 
 @dataclass
@@ -88,8 +85,8 @@ def run_tool(argv: list[str], timeout: float) -> str:
     """Stdout of a tool run in the C locale, or CollectorError with its first error line."""
     env = {**os.environ, "LC_ALL": "C", "S_COLORS": "never"}
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=timeout, env=env,
-                              stdin=subprocess.DEVNULL)  # fmt: skip
+        done = subprocess.run(argv, capture_output=True, text=True, errors="replace",
+                              timeout=timeout, env=env, stdin=subprocess.DEVNULL)  # fmt: skip
     except FileNotFoundError:
         raise CollectorError(f"{argv[0]} not found") from None
     except subprocess.TimeoutExpired:
@@ -108,7 +105,10 @@ def run_one(c: Collector, cfg: Config, state: dict[str, Any]) -> Reading:
     """Run one collector; never raises.  STATE is the collector's own memory between runs."""
     t, start = time.time(), time.monotonic()
     try:
-        return Reading(c.name, t, time.monotonic() - start, c.read(cfg, state))
+        if c.read is None:
+            raise CollectorError(f"{c.name} is read by another part, not on a schedule")
+        records = c.read(cfg, state)  # timed: the read, not just the call's set-up
+        return Reading(c.name, t, time.monotonic() - start, records)
     except CollectorError as exc:  # a tool that failed: its own line says it all
         error = str(exc)
     except Exception as exc:  # a collector that fails never stops the cycle
@@ -117,6 +117,12 @@ def run_one(c: Collector, cfg: Config, state: dict[str, Any]) -> Reading:
         lines = str(exc).strip().splitlines()
         error = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
     return Reading(c.name, t, time.monotonic() - start, [], error)
+
+
+def running_jobs(state: dict[str, Any]) -> dict[int, int | None]:
+    """Job id -> uid of the jobs on this node, as the agent's sampler last saw them (what the
+    agent shares with its collectors: `Scheduler.shared`)."""
+    return dict(state.get("shared", {}).get("running") or {})
 
 
 def settings(cfg: Config, name: str) -> Any:
@@ -208,7 +214,9 @@ class CollectorThread(threading.Thread):
         try:
             self.readings.put_nowait(reading)
         except queue.Full:
-            log.warning("collector %s: reading dropped (the agent is not draining)", reading.collector)
+            log.warning(
+                "collector %s: reading dropped (the agent is not draining)", reading.collector
+            )
 
     def run(self) -> None:
         while not self._stop_event.is_set():

@@ -31,6 +31,9 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from collectors.runner import running_jobs
+from nomade_common.config import Config
+
 log = logging.getLogger(__name__)
 
 DAY = 86400
@@ -272,3 +275,20 @@ def leftover_job_dirs(
             }
         )
     return out
+
+
+# -- the collector (collectors/registry.py) -----------------------------------------------------
+def collect(cfg: Config, state: dict[str, Any]) -> list[dict[str, Any]]:
+    """Large, stale and orphaned files under each scratch path (bounded walks), and job
+    directories left there by jobs no longer running on this node."""
+    sc, running = cfg.collectors.scratch, running_jobs(state)
+    uids = {uid for uid in running.values() if uid is not None}
+    records: list[dict[str, Any]] = []
+    for path in sc.paths:
+        records += read(path, sc.large_bytes, sc.stale_days, uids, sc.max_entries, sc.max_seconds)
+        records += leftover_job_dirs(path, running)
+    return records
+
+
+def absent(cfg: Config) -> str | None:
+    return None if cfg.collectors.scratch.paths else "no scratch path configured"

@@ -26,7 +26,9 @@ import subprocess
 from collections.abc import Callable
 from typing import Any
 
+from collectors.runner import run_tool
 from nomade_common import jsonin
+from nomade_common.config import Config
 from nomade_common.errors import ParseError
 
 log = logging.getLogger(__name__)
@@ -430,7 +432,10 @@ def has_json(tool: str = "iostat", timeout: float = 5.0, run: Runner = _run) -> 
 
 
 def read_iostat(
-    interval: int = 1, iostat: str = "iostat", timeout: float = 10.0, json_ok: bool | None = None,
+    interval: int = 1,
+    iostat: str = "iostat",
+    timeout: float = 10.0,
+    json_ok: bool | None = None,
     run: Runner = _run,
 ) -> list[dict[str, Any]]:
     """One ``iostat -x -y`` interval as records; [] where iostat is not installed (RUN may
@@ -445,7 +450,10 @@ def read_iostat(
 
 
 def read_mpstat(
-    interval: int = 1, mpstat: str = "mpstat", timeout: float = 10.0, json_ok: bool | None = None,
+    interval: int = 1,
+    mpstat: str = "mpstat",
+    timeout: float = 10.0,
+    json_ok: bool | None = None,
     run: Runner = _run,
 ) -> list[dict[str, Any]]:
     """One ``mpstat -P ALL`` interval as records; [] where mpstat is not installed."""
@@ -467,3 +475,26 @@ def read_vmstat(
     if text is None:
         return []
     return [r for r in parse_vmstat(text, " ".join(argv)) if r["sample"] > 0]
+
+
+# -- the collectors (collectors/registry.py) ----------------------------------------------------
+TOOL_TIMEOUT = 15.0
+
+
+def _json_ok(tool: str, state: dict[str, Any]) -> bool:
+    """Whether TOOL has `-o JSON` (sysstat 11 and later), asked once."""
+    if "json" not in state:
+        state["json"] = has_json(tool, TOOL_TIMEOUT, run=run_tool)
+    return bool(state["json"])
+
+
+def collect_iostat(cfg: Config, state: dict[str, Any]) -> list[dict[str, Any]]:
+    return read_iostat(json_ok=_json_ok("iostat", state), timeout=TOOL_TIMEOUT, run=run_tool)
+
+
+def collect_mpstat(cfg: Config, state: dict[str, Any]) -> list[dict[str, Any]]:
+    return read_mpstat(json_ok=_json_ok("mpstat", state), timeout=TOOL_TIMEOUT, run=run_tool)
+
+
+def collect_vmstat(cfg: Config, state: dict[str, Any]) -> list[dict[str, Any]]:
+    return read_vmstat(timeout=TOOL_TIMEOUT, run=run_tool)

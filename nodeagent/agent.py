@@ -21,15 +21,15 @@ from typing import Any
 
 import zmq
 
+from collectors.registry import NODE_COLLECTORS
+from collectors.runner import CollectorThread, Reading
 from nomade_common import wire
-from nomade_common.collect import CollectorThread, Reading
 from nomade_common.config import Config
 from nomade_common.errors import ConfigError
 from nomade_common.reportdir import ReportDir
 from nomade_common.text import printable
 
 from . import curvekeys
-from .node_collectors import NODE_COLLECTORS
 from .outbox import Outbox
 from .sampler import JobSampler
 

@@ -21,7 +21,7 @@ import re
 import time
 from collections.abc import Callable, Iterable
 
-from nodeagent.collectors import cgroup, procio
+from collectors import cgroup, procio
 from nomade_common.errors import ParseError
 from nomade_common.wire import SAMPLE_FIELDS
 

@@ -174,7 +174,7 @@ class Models:
 # -- collectors ----------------------------------------------------------------------------------
 # Each collector is a table of its own, [collectors.NAME], with `enabled` and `interval_seconds`
 # and the settings only it has.  Node collectors run in nomade-agent, head collectors in
-# nomade-aggregator (nodeagent/collect.py, aggregator/headcollect.py list them).
+# nomade-aggregator (collectors/registry.py lists them).
 
 
 @dataclass

@@ -79,7 +79,7 @@ class WireError(ValueError):
         self.key = key
 
 
-# Bounds of the envelope's head (the payload's are the aggregator's: aggregator/ingest.py).
+# Bounds of the envelope's head (the payload's are the aggregator's: store/sqlite/ingest.py).
 # A node name is a Slurm node name: letters, digits, '.', '_', '-', at most MAX_NODE_NAME.
 MAX_NODE_NAME = 128
 MAX_KEY = (1 << 63) - 1  # epoch and seq are SQLite integers

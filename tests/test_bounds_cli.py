@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from aggregator import api, store
-from aggregator.ingest import Ingest
+from aggregator.store import Ingest
 from nomade_common import jsonin
 from nomade_common.reportdir import MAX_REPORT_DEPTH, ReportDir
 

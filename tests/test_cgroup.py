@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nodeagent.collectors import cgroup
+from collectors import cgroup
 from nomade_common.errors import ParseError
 
 SHARED = Path(

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import time
 
 import pytest
 from click.testing import CliRunner
 from conftest import ROOT
 
 from aggregator import clusterviews, ctl, store
-from aggregator.ingest import Ingest, Rejected, store_collector_status, store_reading
-from aggregator.parsers import scontrol, squeue
+from aggregator.headcollect import HEAD_COLLECTORS
+from aggregator.store import Ingest, Rejected, store_collector_status, store_reading
+from collectors import registry
+from collectors.registry import Collector
+from collectors.runner import CollectorError, Scheduler, run_one
+from collectors.slurm import sacct, scontrol, squeue
 from nomade_common import config, wire
-from nomade_common.collect import Collector, CollectorError, Scheduler, run_one
 from nomade_common.errors import ParseError
 
 CASES = ROOT / "tests" / "cases"
@@ -88,6 +93,34 @@ def test_collector_settings_are_validated_with_the_key_named():
         config.parse("[collectors.queue]\ninterval_seconds = 0.5\n", "n.toml")
     with pytest.raises(config.ConfigError, match=r"collectors\.nope"):
         config.parse("[collectors.nope]\nenabled = true\n", "n.toml")
+
+
+def test_a_reading_takes_as_long_as_its_read():
+    r = run_one(Collector("vmstat", lambda c, s: time.sleep(0.05) or []), cfg_with(), {})
+    assert r.ok and r.seconds >= 0.05
+
+
+# -- the registry ------------------------------------------------------------------------------
+def test_the_registry_has_each_configured_collector_with_its_default_interval():
+    defaults = config.Config().collectors
+    scheduled = registry.scheduled(registry.NODE) + registry.scheduled(registry.HEAD)
+    assert {c.name for c in scheduled} == {f.name for f in dataclasses.fields(defaults)}
+    for c in scheduled:
+        assert c.interval_seconds == getattr(defaults, c.name).interval_seconds, c.name
+    assert len(registry.KINDS) == sum(len(c.kinds) for c in registry.COLLECTORS)  # none twice
+    assert all(callable(k.parse) for k in registry.KINDS.values())
+
+
+def test_the_head_side_stores_finished_jobs_as_jobs_rows(monkeypatch):
+    text = (ROOT / "tests" / "fixtures" / "slurm" / "22.05" / "sacct-parsable2.txt").read_text()
+    monkeypatch.setattr(sacct, "run_tool", lambda argv, timeout: text)
+    raw = next(c for c in registry.COLLECTORS if c.name == "job_history")
+    bound = next(c for c in HEAD_COLLECTORS if c.name == "job_history")
+    rows, state = raw.read(cfg_with(), {}), {}
+    jobs = bound.read(cfg_with(), state)
+    assert rows and all("JobID" in r for r in rows)
+    assert jobs and all("outcome" in j and "JobID" not in j for j in jobs)
+    assert "since" in state  # the next run asks sacct from here, not for a day again
 
 
 # -- storage -----------------------------------------------------------------------------------

@@ -15,9 +15,9 @@ import pytest
 from click.testing import CliRunner
 
 from aggregator import ctl, store
-from aggregator.ingest import Ingest
 from aggregator.liveness import NodeLife, tick
 from aggregator.reconcile import Reconciler
+from aggregator.store import Ingest
 from nomade_common import config, keys
 
 BIN = Path(sys.executable).parent

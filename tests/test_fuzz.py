@@ -5,7 +5,7 @@ as a clean answer, per target (anything else fails the test):
 
 * ``wire.unpack(data)``: a ``wire.Envelope``, or ``wire.WireError`` (the receiver's one error:
   it answers a NACK when the error carries the key, else drops the message).
-* Every parser of ``nomade_common.parsekinds`` (``fn(text, source, **args)``; the directory
+* Every parser of ``collectors.registry`` (``fn(text, source, **args)``; the directory
   kinds ``fn(path)``) and the node agent's pure parsers outside it (``procio.parse_stat``,
   ``procio.parse_counters``, ``cgroup.parse_pids``, ``nfs.mount_table``, ``gpu.job_of_cgroup``,
   ``sysstat.sysstat_version``): its result (a registry kind: a list of dict records that print
@@ -16,7 +16,7 @@ as a clean answer, per target (anything else fails the test):
   limit), OverflowError, IndexError, KeyError, TypeError, AttributeError, RecursionError or any
   other exception is a leak.  ``cgroup.parse_job`` turns each file's ParseError into a problem,
   so it always returns a ParsedJob.
-* ``aggregator.ingest.Ingest.take(conn, data, now)`` inside the caller's transaction: an Answer
+* ``aggregator.store.Ingest.take(conn, data, now)`` inside the caller's transaction: an Answer
   whose kind is ack, nack, live or drop, and no exception (the store here is healthy; a failing
   store's sqlite3.OperationalError is the only one take passes on).  After a nack or a drop the
   rows of samples, jobs, received, events (but the refusal's own bad_message/envelope_refused
@@ -51,10 +51,9 @@ from clusterlib import within
 from hypothesis import HealthCheck, Phase, given, reject, settings
 from hypothesis import strategies as st
 
-from aggregator.ingest import Ingest
-from aggregator.store import open_store
-from nodeagent.collectors import cgroup, gpu, nfs, procio, sysstat
-from nomade_common import parsekinds, wire
+from aggregator.store import Ingest, open_store
+from collectors import cgroup, gpu, nfs, procio, registry, sysstat
+from nomade_common import wire
 from nomade_common.errors import ParseError
 from tests.conftest import FIXTURES, ROOT, SHARED
 
@@ -62,9 +61,9 @@ LIMIT_SECONDS = 20.0  # a hang, not a speed: these inputs are small, and CI mach
 
 
 def raw_parser(kind: str):
-    """The parser of KIND itself, without parsekinds' safety net (which turns whatever escapes
+    """The parser of KIND itself, without the registry's safety net (which turns whatever escapes
     into a ParseError): the fuzzing is of the parsers, and a net would hide what they let out."""
-    fn = parsekinds.parser(kind)
+    fn = registry.parser(kind)
     return getattr(fn, "__wrapped__", fn)
 
 
@@ -229,7 +228,7 @@ def _seeds() -> dict[str, list[tuple[str, dict[str, Any]]]]:
             continue
         path = _case_input(case)
         kind = (case / "kind").read_text().strip()
-        if kind in parsekinds.DIRECTORY_KINDS or not path.is_file():
+        if kind in registry.DIRECTORY_KINDS or not path.is_file():
             continue
         args = case / "args.json"
         kwargs = json.loads(args.read_text()) if args.is_file() else {}
@@ -243,7 +242,7 @@ def _seeds() -> dict[str, list[tuple[str, dict[str, Any]]]]:
 
 
 SEEDS = _seeds()
-TEXT_KINDS = sorted(k for k in parsekinds.KINDS if k not in parsekinds.DIRECTORY_KINDS)
+TEXT_KINDS = sorted(k for k in registry.KINDS if k not in registry.DIRECTORY_KINDS)
 JSON_KINDS = sorted(k for k in SEEDS if any(t.lstrip()[:1] == "{" for t, _ in SEEDS[k]))
 
 

@@ -12,7 +12,7 @@ import types
 
 import pytest
 
-from nodeagent.collectors import gpu, licenses
+from collectors import gpu, licenses
 from nomade_common.errors import ParseError
 from tests.conftest import FIXTURES, shared
 

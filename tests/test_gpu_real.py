@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from conftest import required
 
-from nodeagent.collectors import gpu
-from nodeagent.node_collectors import NODE_COLLECTORS
-from nomade_common.collect import run_one, skip_reason
+from collectors import gpu
+from collectors.registry import NODE_COLLECTORS
+from collectors.runner import run_one, skip_reason
 from nomade_common.config import Config
 
 HELD_BYTES = 1 << 30

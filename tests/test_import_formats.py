@@ -18,8 +18,8 @@ from click.testing import CliRunner
 from conftest import FIXTURES
 
 from aggregator import ctl, importer
-from aggregator.parsers import sacct
-from aggregator.parsers import slurmvalues as sv
+from collectors.slurm import sacct
+from collectors.slurm import slurmvalues as sv
 
 SLURM = FIXTURES / "slurm"
 TEXT = SLURM / "22.05" / "sacct-parsable2.txt"

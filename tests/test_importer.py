@@ -12,8 +12,7 @@ from click.testing import CliRunner
 from conftest import FIXTURES
 
 from aggregator import ctl, importer
-from aggregator.ingest import Ingest
-from aggregator.store import Writer
+from aggregator.store import Ingest, Writer
 
 CAPTURE = FIXTURES / "slurm" / "22.05" / "sacct-parsable2.txt"
 

@@ -27,8 +27,8 @@ import zmq
 from clusterlib import free_port, wait_for
 
 from aggregator import server, store
-from aggregator.ingest import Ingest
-from aggregator.parsers import slurmvalues
+from aggregator.store import Ingest
+from collectors.slurm import slurmvalues
 from nodeagent.outbox import Outbox
 from nomade_common import config, wire
 
@@ -479,8 +479,8 @@ def test_a_job_cannot_rename_its_nodes_or_user_through_its_comment(tmp_path):
 
 
 def test_readings_name_a_known_collector_and_fit_their_bound(conn):
-    from aggregator.ingest import NODE_COLLECTOR_NAMES
-    from nodeagent.node_collectors import NODE_COLLECTORS
+    from aggregator.store import NODE_COLLECTOR_NAMES
+    from collectors.registry import NODE_COLLECTORS
 
     assert NODE_COLLECTOR_NAMES == {c.name for c in NODE_COLLECTORS}  # the two lists agree
     ing = Ingest("c")

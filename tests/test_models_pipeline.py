@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from aggregator import ctl, store, training
-from aggregator.ingest import Ingest
 from aggregator.scoring import Scorer
+from aggregator.store import Ingest
 from models import features, runtime, train
 
 workload = pytest.importorskip("workload")

@@ -14,8 +14,7 @@ import sys
 
 import pytest
 
-from nodeagent.collectors import cgroup, nfs, pressure, procio, sysstat
-from nomade_common import parsekinds
+from collectors import cgroup, nfs, pressure, procio, registry, sysstat
 from nomade_common.errors import ParseError
 from tests.conftest import FIXTURES, ROOT, SHARED, shared
 
@@ -81,7 +80,7 @@ def _sysstat_files() -> list[str]:
 
 def parse_shared(kind: str, rel: str) -> list[dict]:
     path = shared(*rel.split("/"))
-    return parsekinds.parser(kind)(path.read_text(), str(path))
+    return registry.parser(kind)(path.read_text(), str(path))
 
 
 def by(records: list[dict], **match) -> list[dict]:
@@ -97,9 +96,9 @@ def test_every_shared_sysstat_file_parses_or_is_not_meant(rel):
     kind = kind_of(rel)
     if kind is None:
         with pytest.raises(ParseError):  # refused loudly, never half-read
-            parsekinds.parser(_guess(rel))(path.read_text(), str(path))
+            registry.parser(_guess(rel))(path.read_text(), str(path))
         return
-    assert parsekinds.parser(kind)(path.read_text(), str(path))
+    assert registry.parser(kind)(path.read_text(), str(path))
 
 
 def _guess(rel: str) -> str:
@@ -460,7 +459,7 @@ BAD = [
 )
 def test_malformed_input_names_source_and_line(kind, text, line):
     with pytest.raises(ParseError) as info:
-        parsekinds.parser(kind)(text, "capture.txt")
+        registry.parser(kind)(text, "capture.txt")
     assert info.value.source == "capture.txt" and info.value.line == line
     assert str(info.value).startswith("capture.txt")
 
@@ -468,9 +467,9 @@ def test_malformed_input_names_source_and_line(kind, text, line):
 def test_node_agent_imports_no_heavy_library():
     code = (
         f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
-        "import nodeagent.collectors.sysstat, nodeagent.collectors.pressure\n"
-        "import nodeagent.collectors.nfs, nodeagent.collectors.procio\n"
-        "import nodeagent.collectors.cgroup\n"
+        "import collectors.sysstat, collectors.pressure\n"
+        "import collectors.nfs, collectors.procio\n"
+        "import collectors.cgroup\n"
         "bad = sorted({m.split('.')[0] for m in sys.modules} & {'numpy', 'pandas', 'torch',"
         " 'aggregator', 'models', 'sklearn', 'scipy'})\n"
         "print(','.join(bad))\n"

@@ -1,5 +1,5 @@
 """Node health and storage collectors: hung mounts, quotas, hwmon/EDAC, kernel errors, daemons,
-scratch hygiene (nodeagent/collectors/{disk,health,scratch}.py).
+scratch hygiene (collectors/{disk,health,scratch}.py).
 
 The parsers' outputs on real captures and hand-made inputs are the case folders
 tests/cases/node-{repquota,quota,lfs-quota,hwmon,edac,kernel-errors}-*; these tests cover
@@ -20,8 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from nodeagent.collectors import disk, health, scratch
-from nomade_common import parsekinds
+from collectors import disk, health, registry, scratch
 from nomade_common.errors import ParseError
 
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -191,7 +190,7 @@ BAD = [
 )
 def test_malformed_input_names_source_and_line(kind, text, line):
     with pytest.raises(ParseError) as info:
-        parsekinds.parser(kind)(text, "capture.txt")
+        registry.parser(kind)(text, "capture.txt")
     assert (info.value.source, info.value.line) == ("capture.txt", line)
     assert str(info.value).startswith(f"capture.txt:{line}: ")
 
@@ -487,7 +486,7 @@ def test_every_new_kind_and_field_is_documented():
     doc = (ROOT / "docs" / "parsers-health-disk.md").read_text()
     for kind in ("repquota", "quota", "lfs-quota", "hwmon", "edac", "kernel-errors"):
         assert f"`{kind}`" in doc, kind
-        assert kind in parsekinds.KINDS
+        assert kind in registry.KINDS
     records = [
         disk.usage_record("/", None),
         *health.parse_kernel_errors("[1.0] nfs: server a not responding"),
@@ -503,8 +502,8 @@ def test_every_new_kind_and_field_is_documented():
 def test_new_collectors_import_no_heavy_library():
     code = (
         f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
-        "import nodeagent.collectors.disk, nodeagent.collectors.health\n"
-        "import nodeagent.collectors.scratch\n"
+        "import collectors.disk, collectors.health\n"
+        "import collectors.scratch\n"
         "bad = sorted({m.split('.')[0] for m in sys.modules} & {'numpy', 'pandas', 'torch',"
         " 'aggregator', 'models', 'sklearn', 'scipy'})\n"
         "assert not bad, bad\n"

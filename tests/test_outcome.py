@@ -2,7 +2,7 @@ import pytest
 
 from aggregator.jobs import final_from_sacct
 from aggregator.outcome import classify, is_failure
-from aggregator.parsers import sacct
+from collectors.slurm import sacct
 
 
 @pytest.mark.parametrize(
@@ -52,7 +52,7 @@ def test_a_requeued_job_is_matched_by_submit_time():
         + "41|41|COMPLETED|0:0|00:00:09|00:01.000||2026-11-24T09:00:00|2026-11-24T09:00:01|2026-11-24T09:00:10\n"
     )
     rows = sacct.parse(text)
-    from aggregator.parsers.slurmvalues import timestamp
+    from collectors.slurm.slurmvalues import timestamp
 
     first = final_from_sacct(rows, timestamp("2026-11-24T08:00:00"))
     second = final_from_sacct(rows, timestamp("2026-11-24T09:00:00"))

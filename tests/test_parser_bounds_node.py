@@ -4,7 +4,7 @@ Each input here once escaped as another exception (OverflowError from a figure p
 ValueError from int()'s 4300-digit limit or from "²".isdigit(), RecursionError from deep JSON,
 AttributeError and TypeError from JSON of the wrong shape, csv.Error) or took seconds in a regex
 that backtracked over a long run of spaces (found by tests/test_fuzz.py and bench/fuzz.py).
-The parsers are called as they are, not through ``parsekinds.parser``, whose guard would turn
+The parsers are called as they are, not through ``registry.parser``, whose guard would turn
 such a leak into a ParseError of its own.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 from clusterlib import within
 
-from nodeagent.collectors import cgroup, disk, gpu, health, licenses, nfs, pressure, sysstat
+from collectors import cgroup, disk, gpu, health, licenses, nfs, pressure, sysstat
 from nomade_common.errors import ParseError
 
 PARSERS = {

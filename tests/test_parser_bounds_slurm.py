@@ -3,8 +3,8 @@
 Slurm output carries user-controlled text (job names, comments, reasons), and a capture can be
 cut or corrupted.  Each input below once let out another exception (TypeError, OverflowError,
 int()'s 4300-digit ValueError, ...) or took seconds in a backtracking regex; they are called here
-on the parser functions themselves, not through parsekinds' guard, so a leak shows.  The guard
-(parsekinds.parser) is tested last: it turns what a parser still lets out into a ParseError.
+on the parser functions themselves, not through the registry's guard, so a leak shows.  The guard
+(registry.parser) is tested last: it turns what a parser still lets out into a ParseError.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import re
 import pytest
 from clusterlib import within
 
-from aggregator.parsers import sacct, scontrol, sdiag, sinfo, squeue, sstat
-from aggregator.parsers import slurmvalues as sv
-from nomade_common import parsekinds
+from collectors import registry
+from collectors.slurm import sacct, scontrol, sdiag, sinfo, squeue, sstat
+from collectors.slurm import slurmvalues as sv
 from nomade_common.errors import ParseError
 
 N = "9" * 400  # past float's range
@@ -176,14 +176,14 @@ def test_reasons_and_states_are_read_in_linear_time():
         assert squeue.explain("(" * 200_000 + "Priority" + ")" * 200_000)["reason"] == "Priority"
 
 
-# -- the guard at parsekinds' door ---------------------------------------------------------------
+# -- the guard at the registry's door -----------------------------------------------------------
 def test_the_guard_turns_a_parser_bug_into_one_parse_error_line(monkeypatch):
     def records(text: str, source: str = "sdiag") -> list[dict]:
         """A parser with a bug not yet found."""
         return [{"n": int(text) / 0}]
 
     monkeypatch.setattr(sdiag, "records", records)
-    fn = parsekinds.parser("sdiag")
+    fn = registry.parser("sdiag")
     assert fn.__name__ == "records" and fn.__doc__ == records.__doc__
     with pytest.raises(ParseError) as err:
         fn("1", "sdiag.txt")
@@ -197,8 +197,8 @@ def test_the_guard_turns_a_parser_bug_into_one_parse_error_line(monkeypatch):
 
 
 def test_the_guard_passes_records_parse_errors_and_directory_paths_through(tmp_path):
-    assert parsekinds.parser("sdiag").__wrapped__ is sdiag.records
+    assert registry.parser("sdiag").__wrapped__ is sdiag.records
     with pytest.raises(ParseError, match="no 'Server thread count'"):
-        parsekinds.parser("sdiag")("nothing\n", "x.txt")
-    for kind in sorted(parsekinds.DIRECTORY_KINDS):
-        assert parsekinds.parser(kind)(str(tmp_path)) == []
+        registry.parser("sdiag")("nothing\n", "x.txt")
+    for kind in sorted(registry.DIRECTORY_KINDS):
+        assert registry.parser(kind)(str(tmp_path)) == []

@@ -1,7 +1,7 @@
 """Every parser case folder: tests/cases/<name>/ (STYLE.md rule 6).
 
 A folder holds
-  kind            the `nomadectl parse` kind (nomade_common/parsekinds.py)
+  kind            the `nomadectl parse` kind (collectors/registry.py)
   input           the captured output, or instead
   source          where it is: `shared:<path>` in ../shared/fixtures (skipped where absent) or a
                   path relative to the repository root (tests/fixtures/...)
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, shared
 
-from nomade_common import parsekinds
+from collectors import registry
 
 CASES = ROOT / "tests" / "cases"
 
@@ -50,8 +50,8 @@ def test_case(case: Path, utc) -> None:
     if not path.exists():
         pytest.fail(f"{case.name}: input {path} is missing")
     kwargs = json.loads((case / "args.json").read_text()) if (case / "args.json").is_file() else {}
-    fn = parsekinds.parser(kind)
-    if kind in parsekinds.DIRECTORY_KINDS:
+    fn = registry.parser(kind)
+    if kind in registry.DIRECTORY_KINDS:
         records = fn(str(path), **kwargs)
     else:
         records = fn(path.read_text(encoding="utf-8", errors="replace"), str(path), **kwargs)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nodeagent.collectors import procio
+from collectors import procio
 from nomade_common.errors import ParseError
 
 SHARED = Path(

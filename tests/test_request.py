@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from aggregator import jobs, request
-from aggregator.parsers import scontrol
+from collectors.slurm import scontrol
 
 MiB = 1 << 20
 

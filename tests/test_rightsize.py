@@ -7,11 +7,12 @@ import json
 
 import pytest
 
-from aggregator import query, render, store
-from aggregator.ingest import Ingest
+from aggregator import query, store
 from aggregator.scoring import Assessment, Scorer, explain
+from aggregator.store import Ingest
 from models import rightsize as rs
 from models import rightsize_eval as ev
+from nomadectl.jobs import render_job
 
 MiB, GiB = 1 << 20, 1 << 30
 
@@ -229,7 +230,7 @@ def test_stored_advice_is_shown_by_nomadectl_job(history_db):
     view = query.job(conn, new["job_id"])
     assert view["advice"]["mem"]["option"] == "--mem=400M"
     json.dumps(view)  # the API serves it as JSON
-    text = render.job(view)
+    text = render_job(view)
     assert "try --mem=400M" in text and "no --time advice" in text
 
 

@@ -15,7 +15,7 @@ from conftest import FIXTURES, shared
 
 from aggregator import importer
 from aggregator.jobs import final_from_sacct
-from aggregator.parsers import sacct
+from collectors.slurm import sacct
 
 K, M, G = 1 << 10, 1 << 20, 1 << 30
 OURS = FIXTURES / "slurm" / "22.05"

@@ -10,8 +10,8 @@ import time
 from conftest import FIXTURES
 
 from aggregator import jobs
-from aggregator.parsers import scontrol
 from aggregator.scontroljobs import ScontrolJobs
+from collectors.slurm import scontrol
 
 ARRAY = (FIXTURES / "slurm" / "22.05" / "scontrol-show-job-o-array-running.txt").read_text()
 SINGLE = (FIXTURES / "slurm" / "22.05" / "scontrol-show-job-o-running.txt").read_text()

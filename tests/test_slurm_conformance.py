@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import FIXTURES, shared
 
-from aggregator.parsers import sacct, scontrol, sdiag, sinfo, squeue, sshare, sstat
-from nomade_common import parsekinds
+from collectors import registry
+from collectors.slurm import sacct, scontrol, sdiag, sinfo, squeue, sshare, sstat
 from nomade_common.errors import ParseError
 
 OWN = FIXTURES / "slurm" / "22.05"
@@ -79,7 +79,7 @@ def test_every_shared_slurm_file_has_a_verdict():
 
 @pytest.mark.parametrize("name", sorted(MEANT))
 def test_meant_files_parse(name):
-    records = parsekinds.parser(MEANT[name])(read("slurm", *name.split("/")), name)
+    records = registry.parser(MEANT[name])(read("slurm", *name.split("/")), name)
     assert records
 
 
@@ -92,7 +92,7 @@ def test_meant_files_parse(name):
 )
 def test_exporter_templates_are_refused_not_misread(name, kind):
     with pytest.raises(ParseError) as err:
-        parsekinds.parser(kind)(read("slurm", *name.split("/")), name)
+        registry.parser(kind)(read("slurm", *name.split("/")), name)
     assert err.value.source == name and err.value.line == 1
 
 
@@ -392,7 +392,7 @@ BAD = [
 @pytest.mark.parametrize("kind,text,line", BAD, ids=[b[0] for b in BAD])
 def test_malformed_input_names_source_and_line(kind, text, line):
     with pytest.raises(ParseError) as err:
-        parsekinds.parser(kind)(text, "bad.txt")
+        registry.parser(kind)(text, "bad.txt")
     assert (err.value.source, err.value.line) == ("bad.txt", line)
     assert str(err.value).startswith(f"bad.txt:{line}: ")
 

@@ -3,7 +3,7 @@ import sqlite3
 import pytest
 
 from aggregator import store
-from aggregator.ingest import Ingest, Rejected
+from aggregator.store import Ingest, Rejected
 from nomade_common import wire
 
 WIDTH = len(wire.SAMPLE_FIELDS)
@@ -227,4 +227,4 @@ def test_the_jobs_list_is_newest_first_by_submit_time_whatever_the_order_they_we
     assert [j["job_id"] for j in query.jobs(reader, since=5_050.0)] == [103, 102]
     # `nomadectl job ID`: the newest run of a reused id, even when an older run was stored later.
     db.call(lambda c: ing.upsert_job(c, {"job_id": 101, "submit_time": 900.0, "user": "bob"}, 9_100.0))  # fmt: skip
-    assert query.find_job(reader, 101)["user"] == "alice"
+    assert store.find_job(reader, 101)["user"] == "alice"

@@ -32,7 +32,7 @@ from conftest import required
 
 from aggregator import apiclient, store
 from aggregator.headcollect import HEAD_COLLECTORS
-from aggregator.ingest import Ingest
+from aggregator.store import Ingest
 from nomade_common import munge, wire
 
 BIN = Path(sys.executable).parent

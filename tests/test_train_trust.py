@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from conftest import ROOT
 
 from aggregator import ctl, store, training
-from aggregator.ingest import Ingest
+from aggregator.store import Ingest
 from models import features
 
 workload = pytest.importorskip("workload")

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from aggregator.jobs import final_from_sacct
-from aggregator.parsers.sacct import RECONCILE_FIELDS, parse
+from collectors.slurm.sacct import RECONCILE_FIELDS, parse
 from workload import generator as wl
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -539,7 +539,7 @@ def _submit_one(job, st, state, submit, active, find, sleep, max_active) -> int:
 
 def export(state: Path, out: Path, chunk: int = 200) -> dict[str, int]:
     """Write sacct.txt.gz (real sacct, header, jobs and steps) and generator.jsonl.gz."""
-    from aggregator.parsers.sacct import RECONCILE_FIELDS
+    from collectors.slurm.sacct import RECONCILE_FIELDS
 
     st = load_state(state)
     out.mkdir(parents=True, exist_ok=True)
@@ -566,7 +566,7 @@ def export(state: Path, out: Path, chunk: int = 200) -> dict[str, int]:
 def ended_outcomes(out: Path) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]]]:
     """The exported generator rows, and final_from_sacct of each ended job by job id."""
     from aggregator.jobs import final_from_sacct
-    from aggregator.parsers.sacct import parse
+    from collectors.slurm.sacct import parse
 
     with gzip.open(out / "sacct.txt.gz", "rt", encoding="utf-8") as f:
         rows = parse(f.read(), source=str(out / "sacct.txt.gz"))
@@ -639,7 +639,7 @@ def write_readme(out: Path, state: Path) -> dict[str, dict[str, int]]:
         else "- no outcomes",
         "",
         "`sacct.txt.gz` is `sacct --parsable2 -D` (header, jobs and steps, fields RECONCILE_FIELDS "
-        "of aggregator/parsers/sacct.py); `generator.jsonl.gz` has one line per job (see "
+        "of collectors/slurm/sacct.py); `generator.jsonl.gz` has one line per job (see "
         "docs/workload.md).",
         "",
         "| User | Habit | Ended | " + " | ".join(outcomes) + " |",

@@ -3,13 +3,19 @@
 Rows come out as dicts keyed by sacct's field names; job steps (`123.batch`, `123.0`, `123.extern`)
 are kept with the `step` key set, so a caller can look at step states (older Slurm versions put
 OUT_OF_MEMORY only on the step).
+
+`collect_history` is the `job_history` collector's read: the jobs that ended since its last run.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from datetime import UTC, datetime
+from typing import Any
 
+from collectors.runner import run_tool
+from nomade_common.config import Config
 from nomade_common.errors import ParseError
 
 from . import slurmvalues as sv
@@ -527,3 +533,28 @@ def _tres_text(items) -> str:
 
 def _tres_count(items, key: str) -> str:
     return next((str(n) for k, n in _tres_items(items) if k == key), "")
+
+
+# -- the collector (collectors/registry.py) -----------------------------------------------------
+# The states of a finished job (sacct -s): what the job_history collector asks for.
+FINISHED_STATES = "CA,CD,DL,F,NF,OOM,PR,TO,BF"
+
+
+def history_argv(command: str, start: str, end: str) -> list[str]:
+    """sacct's command line for the jobs and steps of [START, END], every user, RECONCILE_FIELDS."""
+    return [command, "--parsable2", "-D", "-a", "-S", start, "-E", end,
+            "-o", ",".join(RECONCILE_FIELDS)]  # fmt: skip
+
+
+def collect_history(cfg: Config, state: dict[str, Any]) -> list[dict[str, str]]:
+    """The sacct rows (jobs and their steps) of the jobs that ended since the last run, less an
+    overlap for late accounting records: never days of history each time.  The aggregator
+    turns them into `jobs` rows (aggregator/headcollect.py)."""
+    now = time.time()
+    since = state.get("since", now - 86400.0) - cfg.collectors.job_history.overlap_seconds
+    start = datetime.fromtimestamp(since).replace(microsecond=0).isoformat()
+    end = datetime.fromtimestamp(now).replace(microsecond=0).isoformat()
+    argv = [*history_argv(cfg.aggregator.sacct, start, end), "-s", FINISHED_STATES]
+    rows = parse(run_tool(argv, 600.0), f"sacct -S {start} -E {end}", fields=list(RECONCILE_FIELDS))
+    state["since"] = now
+    return rows

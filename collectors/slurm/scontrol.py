@@ -1,11 +1,18 @@
-"""Pure parser of `scontrol show job -o` and `scontrol show node -o` (one record per line)."""
+"""Pure parser of `scontrol show job -o` and `scontrol show node -o` (one record per line).
+
+`collect_nodes` is the `node_state` collector's read (`scontrol show node -o`).
+"""
 
 from __future__ import annotations
 
 import re
+from typing import Any
 
+from collectors.runner import run_tool
+from nomade_common.config import Config
 from nomade_common.errors import ParseError
 
+from . import SLURM_TIMEOUT
 from . import slurmvalues as sv
 from .squeue import FIELDS, REASONS, _explain_limit, explain
 
@@ -239,3 +246,9 @@ def job_records(text: str, source: str = "scontrol") -> list[dict]:
         except ValueError as exc:
             raise ParseError(source, number, str(exc)) from None
     return out
+
+
+# -- the collector (collectors/registry.py) -----------------------------------------------------
+def collect_nodes(cfg: Config, state: dict[str, Any]) -> list[dict[str, Any]]:
+    argv = [cfg.aggregator.scontrol, "show", "node", "-o"]
+    return node_records(run_tool(argv, SLURM_TIMEOUT), "scontrol show node -o")

@@ -4,15 +4,19 @@ detected from the first character.
 
 Records (docs/parsers-slurm.md): one `record: "stats"` with the scheduler counters, then one
 `record: "rpc_type"` per RPC message type and one `record: "rpc_user"` per user.  Slurm measures
-times in microseconds; the records give seconds.
+times in microseconds; the records give seconds.  `collect` is the `scheduler` collector's read.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Any
 
+from collectors.runner import run_tool
+from nomade_common.config import Config
 from nomade_common.errors import ParseError
 
+from . import SLURM_TIMEOUT, json_works
 from . import slurmvalues as sv
 from .squeue import decode_json
 
@@ -193,3 +197,10 @@ def records(text: str, source: str = "sdiag") -> list[dict]:
     if text.lstrip().startswith("{"):
         return records_json(text, source)
     return records_text(text, source)
+
+
+# -- the collector (collectors/registry.py) -----------------------------------------------------
+def collect(cfg: Config, state: dict[str, Any]) -> list[dict[str, Any]]:
+    if json_works(state, ["sdiag"]):
+        return records(run_tool(["sdiag", "--json"], SLURM_TIMEOUT), "sdiag --json")
+    return records(run_tool(["sdiag"], SLURM_TIMEOUT), "sdiag")

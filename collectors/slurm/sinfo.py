@@ -2,15 +2,20 @@
 `--json`.  One record per node and partition, the rows of `sinfo -N` (a node in two partitions
 gives two records), with the same keys from text and JSON (docs/parsers-slurm.md).
 
-NØMADE runs `sinfo -N -o COLLECTOR_FORMAT`: '|' between fields, the free-text reason last.
+The `partitions` collector (`collect`) runs `sinfo --json` where Slurm has it, else
+`sinfo -N -o COLLECTOR_FORMAT`: '|' between fields, the free-text reason last.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Any
 
+from collectors.runner import run_tool
+from nomade_common.config import Config
 from nomade_common.errors import ParseError
 
+from . import SLURM_TIMEOUT, json_works
 from . import slurmvalues as sv
 from .squeue import load_json
 
@@ -175,3 +180,11 @@ def records_json(text: str, source: str = "sinfo") -> list[dict]:
         except ValueError as exc:  # a value slurmvalues cannot read ('gpu:' and 5000 digits)
             raise ParseError(source, None, f"node {i}: {exc}") from None
     return out
+
+
+# -- the collector (collectors/registry.py) -----------------------------------------------------
+def collect(cfg: Config, state: dict[str, Any]) -> list[dict[str, Any]]:
+    if json_works(state, ["sinfo"]):
+        return records_json(run_tool(["sinfo", "--json"], SLURM_TIMEOUT), "sinfo --json")
+    argv = ["sinfo", "-N", "-o", COLLECTOR_FORMAT]
+    return records(run_tool(argv, SLURM_TIMEOUT), "sinfo -N -o")

@@ -4,18 +4,22 @@ Both give one record per job with the same keys (docs/parsers-slurm.md); a value
 not carry is None.  Pending jobs get their reason explained in words (`reason_text`) with what
 would let them start (`unblock`), the answer to "why is my job waiting".
 
-NØMADE runs `squeue -a -t all -o COLLECTOR_FORMAT` (header kept): '|' between fields and the job
-name last, so a name holding '|' still parses.
+The `queue` collector (`collect`) runs `squeue -a -t ACTIVE_STATES -o COLLECTOR_FORMAT` (header
+kept): '|' between fields and the job name last, so a name holding '|' still parses.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
+from collectors.runner import run_tool
 from nomade_common import jsonin
+from nomade_common.config import Config
 from nomade_common.errors import ParseError
 
+from . import SLURM_TIMEOUT
 from . import slurmvalues as sv
 
 COLLECTOR_FORMAT = "%i|%A|%F|%K|%T|%r|%P|%u|%a|%q|%C|%D|%m|%l|%M|%V|%S|%e|%E|%b|%Q|%N|%j"
@@ -518,3 +522,12 @@ def records_json(text: str, source: str = "squeue") -> list[dict]:
         except ValueError as exc:  # a value slurmvalues cannot read ('gpu:' and 5000 digits)
             raise ParseError(source, None, f"job {i}: {exc}") from None
     return out
+
+
+# -- the collector (collectors/registry.py) -----------------------------------------------------
+ACTIVE_STATES = "PENDING,RUNNING,SUSPENDED,COMPLETING,CONFIGURING,REQUEUED,RESIZING"
+
+
+def collect(cfg: Config, state: dict[str, Any]) -> list[dict[str, Any]]:
+    argv = [cfg.aggregator.squeue, "-a", "-t", ACTIVE_STATES, "-o", COLLECTOR_FORMAT]
+    return records(run_tool(argv, SLURM_TIMEOUT), "squeue")

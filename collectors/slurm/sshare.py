@@ -1,15 +1,20 @@
 """Pure parser of `sshare -a -l -P` (fair-share tree, '|' separated, with its header).
 
 One record per association: account rows have no user; the depth in the tree is the number of
-spaces sshare puts before the account name (docs/parsers-slurm.md).
+spaces sshare puts before the account name (docs/parsers-slurm.md).  `collect` is the `fairshare`
+collector's read.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
+from collectors.runner import run_tool
+from nomade_common.config import Config
 from nomade_common.errors import ParseError
 
+from . import SLURM_TIMEOUT
 from . import slurmvalues as sv
 
 _COLUMNS = {
@@ -70,3 +75,8 @@ def records(text: str, source: str = "sshare") -> list[dict]:
             raise ParseError(source, number, "empty Account")
         out.append(rec)
     return out
+
+
+# -- the collector (collectors/registry.py) -----------------------------------------------------
+def collect(cfg: Config, state: dict[str, Any]) -> list[dict[str, Any]]:
+    return records(run_tool(["sshare", "-a", "-l", "-P"], SLURM_TIMEOUT), "sshare -a -l -P")

@@ -1,0 +1,185 @@
+"""What the read-side views (aggregator/query.py, aggregator/clusterviews.py) ask of the store:
+rows as dicts by column name or tuples by position, JSON columns decoded, never SQLite's own
+row type.  The views shape them for `nomadectl` and the JSON API.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from .core import JOB_TIME
+
+# -- jobs -------------------------------------------------------------------------------------
+_NODE_SUMMARY = """
+SELECT node, count(*) AS samples, min(t) AS first_t, max(t) AS last_t,
+       max(cpu_usage_seconds) AS cpu_seconds,
+       max(max(coalesce(mem_peak_bytes, 0), coalesce(mem_current_bytes, 0))) AS mem_peak_bytes,
+       max(max(coalesce(proc_read_bytes, 0), coalesce(cgroup_read_bytes, 0))) AS read_bytes,
+       max(max(coalesce(proc_write_bytes, 0), coalesce(cgroup_write_bytes, 0))) AS write_bytes,
+       count(mem_peak_bytes) AS has_mem, count(proc_read_bytes) + count(cgroup_read_bytes) AS has_io
+FROM samples WHERE job_uid = ? GROUP BY node ORDER BY node
+"""
+
+
+def find_job(conn: sqlite3.Connection, job_id: int) -> dict[str, Any] | None:
+    """The `jobs` row of the newest run of JOB_ID by submit time (ids are reused after
+    controller resets, and imported history makes newer rows for older runs)."""
+    row = conn.execute(
+        f"SELECT * FROM jobs WHERE job_id = ? ORDER BY {JOB_TIME} DESC, uid DESC LIMIT 1", (job_id,)
+    ).fetchone()
+    return None if row is None else dict(row)
+
+
+def find_jobs(conn: sqlite3.Connection, user: str | None = None, state: str | None = None,
+              since: float | None = None, limit: int = 100) -> list[dict[str, Any]]:  # fmt: skip
+    """`jobs` rows, newest first: of USER, whose outcome is STATE or whose Slurm state begins
+    with it (either case), submitted (else started, else first seen) at or after SINCE."""
+    where: list[str] = []
+    args: list[Any] = []
+    if user:
+        where.append("user = ?")
+        args.append(user)
+    if state:
+        where.append("(outcome = ? OR state LIKE ?)")
+        args += [state.upper(), state.upper() + "%"]
+    if since is not None:
+        where.append(f"{JOB_TIME} >= ?")
+        args.append(since)
+    sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
+    sql += f" ORDER BY {JOB_TIME} DESC, uid DESC LIMIT ?"  # the indexes jobs_by_time, _user_time
+    return [dict(r) for r in conn.execute(sql, (*args, limit))]
+
+
+def job_node_summaries(conn: sqlite3.Connection, uid: int) -> list[dict[str, Any]]:
+    """Per node of job UID, by node name: samples, first_t, last_t, cpu_seconds and the
+    largest memory and I/O figures (0 where none: has_mem and has_io count the values)."""
+    return [dict(r) for r in conn.execute(_NODE_SUMMARY, (uid,))]
+
+
+def job_samples(conn: sqlite3.Connection, uid: int) -> list[dict[str, Any]]:
+    """Job UID's samples by node, then time: their CPU, memory and process I/O figures."""
+    rows = conn.execute(
+        "SELECT node, t, cpu_usage_seconds, mem_current_bytes, proc_read_bytes, proc_write_bytes"
+        " FROM samples WHERE job_uid = ? ORDER BY node, t",
+        (uid,),
+    )
+    return [dict(r) for r in rows]
+
+
+def job_verdict(conn: sqlite3.Connection, uid: int) -> dict[str, Any] | None:
+    """The verdict job UID got at its start (None: it was not scored)."""
+    v = conn.execute(
+        "SELECT model_version, t, p_fail, warned, message FROM verdicts WHERE job_uid = ?", (uid,)
+    ).fetchone()
+    if v is None:
+        return None
+    return {"model_version": v["model_version"], "t": v["t"], "p_fail": v["p_fail"],
+            "warned": bool(v["warned"]), "lines": v["message"].splitlines() if v["message"] else []}  # fmt: skip
+
+
+def job_advice(conn: sqlite3.Connection, uid: int) -> dict[str, Any] | None:
+    """The right-sizing advice job UID got at its start: per resource ("mem", "time") the
+    suggestion and its evidence, and the lines printed into its output."""
+    a = conn.execute("SELECT advice_json FROM advice WHERE job_uid = ?", (uid,)).fetchone()
+    return json.loads(a[0]) if a else None
+
+
+def running_jobs(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    """Jobs started and not ended, by job id: job_id, user, partition, node_list, start_time."""
+    rows = conn.execute(
+        "SELECT job_id, user, partition, node_list, start_time FROM jobs"
+        " WHERE start_time IS NOT NULL AND end_time IS NULL ORDER BY job_id"
+    ).fetchall()
+    return [dict(r) for r in rows]
+
+
+def count_jobs(conn: sqlite3.Connection, reconcile: str | None = None) -> int:
+    """How many job runs the store holds (whose reconcile state is RECONCILE, if given)."""
+    if reconcile is None:
+        return conn.execute("SELECT count(*) FROM jobs").fetchone()[0]
+    return conn.execute("SELECT count(*) FROM jobs WHERE reconcile = ?", (reconcile,)).fetchone()[0]
+
+
+# -- agents and ingest ------------------------------------------------------------------------
+def agent_nodes(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    """Every node an agent has reported from, by name, with what its agent last said."""
+    rows = conn.execute(
+        "SELECT node, host, state, last_seen, last_heartbeat, running_jobs, outbox_depth,"
+        " outbox_dropped, interval_seconds, samples_refused, samples_refused_why, agent_nacked"
+        " FROM nodes ORDER BY node"
+    )
+    return [dict(r) for r in rows]
+
+
+def received_since(conn: sqlite3.Connection, since: float) -> tuple[int, int]:
+    """(envelopes, sample rows) stored since SINCE."""
+    row = conn.execute(
+        "SELECT count(*), coalesce(sum(rows), 0) FROM received WHERE t >= ?", (since,)
+    ).fetchone()
+    return row[0], row[1]
+
+
+def counters(conn: sqlite3.Connection) -> dict[str, int]:
+    """Every counter (store.bump) by name."""
+    return dict(conn.execute("SELECT name, value FROM counters").fetchall())
+
+
+def last_event(conn: sqlite3.Connection, kind: str) -> tuple[float, str | None] | None:
+    """(time, detail) of the newest event of KIND; None when there is none."""
+    row = conn.execute(
+        "SELECT t, detail FROM events WHERE kind = ? ORDER BY t DESC LIMIT 1", (kind,)
+    ).fetchone()
+    return None if row is None else (row[0], row[1])
+
+
+def nodes_on_plain(conn: sqlite3.Connection, since: float) -> list[str]:
+    """Nodes heard over plain ZeroMQ since SINCE and never over CURVE, by name."""
+    try:
+        rows = conn.execute("SELECT node FROM agent_links WHERE plain_seen >= ?"
+                            " AND curve_seen IS NULL ORDER BY node", (since,)).fetchall()  # fmt: skip
+    except sqlite3.OperationalError:  # a database from before migration 0005
+        return []
+    return [r[0] for r in rows]
+
+
+# -- what the collectors read ------------------------------------------------------------------
+def latest_readings(
+    conn: sqlite3.Connection, collector: str
+) -> dict[str, tuple[float, list[dict]]]:
+    """node -> (time, records) of COLLECTOR's newest reading."""
+    rows = conn.execute("SELECT node, t, records_json FROM readings_latest WHERE collector = ?"
+                        " ORDER BY node", (collector,)).fetchall()  # fmt: skip
+    return {r[0]: (r[1], json.loads(r[2])) for r in rows}
+
+
+def running_job_cpu(conn: sqlite3.Connection, since: float) -> list[tuple]:
+    """Per running job and node sampled since SINCE: (job_id, user, partition, node_list,
+    start_time, node, first sample time, last sample time, CPU seconds used between them)."""
+    rows = conn.execute(
+        "SELECT j.job_id, j.user, j.partition, j.node_list, j.start_time, s.node,"
+        " min(s.t), max(s.t), max(s.cpu_usage_seconds) - min(s.cpu_usage_seconds)"
+        " FROM jobs j JOIN samples s ON s.job_uid = j.uid"
+        " WHERE j.start_time IS NOT NULL AND j.end_time IS NULL AND s.t >= ?"
+        " GROUP BY j.uid, s.node", (since,)).fetchall()  # fmt: skip
+    return [tuple(r) for r in rows]
+
+
+def array_outcomes(conn: sqlite3.Connection, since: float) -> list[dict[str, Any]]:
+    """Per job array submitted (else started, else first seen) since SINCE: its tasks, how
+    many are unfinished, completed and failed, and the outcomes they ended in."""
+    rows = conn.execute(
+        "SELECT array_job_id, user, count(*), sum(outcome IS NULL),"
+        " sum(outcome = 'COMPLETED'), sum(outcome IS NOT NULL AND outcome NOT IN ('COMPLETED', 'CANCELLED')),"
+        " group_concat(DISTINCT outcome) FROM jobs WHERE array_job_id IS NOT NULL"
+        " AND coalesce(submit_time, start_time, created) >= ? GROUP BY array_job_id", (since,)
+    ).fetchall()  # fmt: skip
+    return [{"array_job_id": r[0], "user": r[1], "tasks": r[2], "unfinished": r[3], "completed": r[4],
+             "failed": r[5], "outcomes": sorted((r[6] or "").split(",")) if r[6] else []} for r in rows]  # fmt: skip
+
+
+def collector_statuses(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    """Each (node, collector)'s run counts, last error and duration, by collector then node."""
+    rows = conn.execute("SELECT * FROM collector_status ORDER BY collector, node").fetchall()
+    return [dict(r) for r in rows]

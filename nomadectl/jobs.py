@@ -1,0 +1,175 @@
+"""`nomadectl jobs|job|check`: recent jobs, one job in detail, and a job script scored before it
+is submitted (with their text views; `--json` prints the views themselves)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from aggregator import query
+
+from . import base
+from .base import main
+from .fmt import seconds, size, when
+
+
+@main.command()
+@click.option("--user", default=None)
+@click.option("--state", default=None, help="outcome or Slurm state, e.g. FAILED, OUT_OF_MEMORY")
+@click.option("--since", default=None, help="30m, 2h, 3d or a date")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def jobs(ctx, user, state, since, limit, as_json) -> None:
+    """Recent jobs, newest first (a user sees only their own; root and admins see all)."""
+    cfg, after = base.config(ctx), base.since(since)
+    if base.from_store():
+        rows = query.jobs(base.reader(cfg), user, state, after, limit)
+    else:
+        params = {"user": user, "state": state, "since": after, "limit": limit}
+        rows = base.api(cfg, "/api/v1/jobs", params)
+    base.emit(rows, as_json, render_jobs)
+
+
+@main.command()
+@click.argument("job_id", type=click.IntRange(0, 2**63 - 1))
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def job(ctx: click.Context, job_id: int, as_json: bool) -> None:
+    """One job: request, outcome, per-node CPU, memory and I/O, and a compact time series."""
+    cfg = base.config(ctx)
+    if base.from_store():
+        found = query.job(base.reader(cfg), job_id)
+    else:
+        found = base.api(cfg, f"/api/v1/jobs/{job_id}", none_if_404=True)
+    if found is None:
+        mine = "" if base.from_store() else " (or it is another user's)"
+        raise click.ClickException(f"job {job_id} is not in the database{mine}")
+    base.emit(found, as_json, render_job)
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("script", type=click.File("r"))
+@click.argument("sbatch_args", nargs=-1, type=click.UNPROCESSED)
+@click.option("--user", default=None, help="score as this user (root only)")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def check(ctx: click.Context, script, sbatch_args, user: str | None, as_json: bool) -> None:
+    """Score a job script before submitting it: `nomadectl check job.sh [sbatch options]`."""
+    import getpass
+
+    from aggregator import request
+
+    cfg = base.config(ctx)
+    try:
+        req = request.request(
+            request.options(script.read(), list(sbatch_args)), request.cluster_defaults()
+        )
+    except ValueError as exc:
+        raise click.ClickException(f"{script.name}: {exc}") from None
+    if user and os.geteuid() != 0:
+        raise click.ClickException("only root may score a job as another user")
+    req["user"] = user or getpass.getuser()
+    from aggregator.apiclient import ApiError
+
+    try:
+        answer = request.ask_aggregator(cfg.hooks.aggregator_url, req, ca=cfg.security.tls_ca,
+                                        munge_socket=cfg.security.munge_socket)  # fmt: skip
+    except ApiError as exc:
+        raise click.ClickException(str(exc)) from None
+    base.emit(answer, as_json, render_check)
+
+
+# --- the text views ----------------------------------------------------------------------------
+
+
+def render_jobs(rows: list[dict[str, Any]]) -> str:
+    out = [
+        f"{'JOBID':<9}{'USER':<10}{'PARTITION':<11}{'OUTCOME':<15}{'EXIT':<6}{'ELAPSED':<12}SUBMITTED"
+    ]
+    for j in rows:
+        outcome = j["outcome"] or (
+            "RUNNING" if j["start_time"] and not j["end_time"] else j["state"] or "-"
+        )
+        out.append(f"{j['job_id']:<9}{j['user'] or '-':<10}{j['partition'] or '-':<11}{outcome:<15}"
+                   f"{'-' if j['exit_code'] is None else j['exit_code']:<6}{seconds(j['elapsed_seconds']):<12}"
+                   f"{when(j['submit_time'])}")  # fmt: skip
+    return "\n".join(out)
+
+
+def render_job(j: dict[str, Any]) -> str:
+    mem = (
+        j["mem_per_node_bytes"]
+        and f"{size(j['mem_per_node_bytes'])}/node"
+        or (j["mem_per_cpu_bytes"] and f"{size(j['mem_per_cpu_bytes'])}/CPU")
+        or "-"
+    )
+    out = [
+        f"Job {j['job_id']}  {j['job_name'] or ''}",
+        f"  user {j['user'] or '-'}  account {j['account'] or '-'}  partition {j['partition'] or '-'}",
+        f"  request: {j['nodes_requested'] or '-'} node(s), {j['cpus'] or '-'} CPUs, memory {mem},"
+        f" GPUs {j['gpus'] if j['gpus'] is not None else '-'}, time limit {seconds(j['time_limit_seconds'])}",
+        f"  submitted {when(j['submit_time'])}  started {when(j['start_time'])}  ended {when(j['end_time'])}",
+        f"  outcome {j['outcome'] or '(not finished or not reconciled)'}"
+        + (f" by {j['cancelled_by']}" if j["cancelled_by"] else "")
+        + f"  exit {j['exit_code'] if j['exit_code'] is not None else '-'}"
+        + (f" signal {j['signal']}" if j["signal"] else "")
+        + f"  elapsed {seconds(j['elapsed_seconds'])}  sacct: {j['reconcile']}",
+        f"  memory peak {size(j['mem_peak_bytes'])} (cgroup samples and sacct MaxRSS)",
+        "",
+        f"  {'NODE':<10}{'SAMPLES':>8}{'CPU s':>10}{'MEM PEAK':>12}{'READ':>12}{'WRITTEN':>12}",
+    ]
+    v = j.get("verdict")
+    if v is not None:
+        out[-2:-2] = [f"  verdict at start: p_fail {v['p_fail']:.2f}, {'warned' if v['warned'] else 'not warned'}"
+                      f" (model {v['model_version']})", *(f"    {ln}" for ln in v["lines"] if v["warned"])]  # fmt: skip
+    if j.get("advice"):
+        printed = v["lines"] if v is not None and v["warned"] else []
+        out[-2:-2] = [
+            "  advised at start:",
+            *("    " + ln for ln in advice_lines(j["advice"], printed)),
+        ]
+    for n in j["nodes"]:
+        cpu = "-" if n["cpu_seconds"] is None else f"{n['cpu_seconds']:.1f}"
+        out.append(f"  {n['node']:<10}{n['samples']:>8}{cpu:>10}{size(n['mem_peak_bytes']):>12}"
+                   f"{size(n['read_bytes']):>12}{size(n['write_bytes']):>12}")  # fmt: skip
+    if j["series"]:
+        out += ["", f"  {'TIME':<10}{'NODE':<10}{'CPU s':>9}{'MEMORY':>12}{'WRITTEN':>12}"]
+        for p in j["series"]:
+            cpu = "-" if p["cpu_seconds"] is None else f"{p['cpu_seconds']:.1f}"
+            out.append(f"  {time.strftime('%H:%M:%S', time.localtime(p['t'])):<10}{p['node']:<10}{cpu:>9}"
+                       f"{size(p['mem_bytes']):>12}{size(p['write_bytes']):>12}")  # fmt: skip
+    return "\n".join(out)
+
+
+def render_check(answer: dict[str, Any]) -> str:
+    v = answer.get("verdict")
+    if v is None:
+        out = ["NØMADE: no model is active yet, so this job cannot be scored (nomadectl train)."]
+    elif v["warned"]:
+        out = [ln for ln in v["lines"] if not ln.startswith("NØMADE: Details:")]
+    else:
+        out = [
+            f"NØMADE: low risk ({v['p_fail']:.2f}) that this job fails (model {v['model_version']})."
+        ]
+    return "\n".join(out + advice_lines(answer.get("advice"), out))
+
+
+def advice_lines(advice: dict[str, Any] | None, shown: Sequence[str] = ()) -> list[str]:
+    """Right-sizing advice, each resource once: its text, or why there is none."""
+    if not advice:
+        return []
+    out = []
+    for resource, what in (("mem", "--mem"), ("time", "--time")):
+        a = advice.get(resource)
+        if a is None:
+            out.append(
+                f"NØMADE: no {what} advice: too few of your jobs like this one ran to the end."
+            )
+        elif a["text"] not in shown:
+            out.append(a["text"])
+    return out
