@@ -249,7 +249,7 @@ def enrol(cfg: Config, agents: int) -> list[tuple[bytes, bytes, bytes] | None]:
     `nomade-agent --make-key` and `nomadectl keys add` make them); their keys to connect with."""
     if cfg.security.curve == "off":
         return [None] * agents
-    from aggregator import keyscmd
+    from aggregator.admin import keyscmd
     from nomade_common import keys
 
     keyscmd.ensure_server_pair(cfg.security)

@@ -1,6 +1,6 @@
 """Scoring one starting job with a history of 1,000,000 jobs: NØMADE's whole live path.
 
-The path under test is `aggregator.scoring.Scorer.examine` (what the start hook calls): the job's features from the store
+The path under test is `aggregator.predict.scoring.Scorer.examine` (what the start hook calls): the job's features from the store
 (its user's and account's last 100 ended jobs, the starts of the last hour: indexed queries),
 its neighbours from the in-memory index of recently ended jobs, the three ONNX members in ONNX
 Runtime and the calibrated combination, and the right-sizing advice (models/rightsize.py: the
@@ -32,7 +32,7 @@ from aggregator import (
     store,  # noqa: E402
     training,  # noqa: E402
 )
-from aggregator.scoring import Scorer  # noqa: E402
+from aggregator.predict.scoring import Scorer  # noqa: E402
 from models import rightsize  # noqa: E402
 from models.features import JOB_KEYS  # noqa: E402
 

@@ -8,7 +8,7 @@ failed Reading with one line of error.
 
 The node agent runs the registry's node collectors in a thread of their own (tools such as
 `iostat 1 1` take a second; the job sampler must not wait for them); the aggregator runs the
-head-node collectors (aggregator/headcollect.py) with the same runner.  Both report through
+head-node collectors (aggregator/daemon/headcollect.py) with the same runner.  Both report through
 `Status`.  `run_tool` is the one way a collector's read runs a command.
 """
 

@@ -20,7 +20,7 @@ beyond every observation (the largest ones hit their limit), the need is known o
 the largest limit hit: the advice is that limit times GROWTH, and says that it is a guess.
 
 Only the job's own user's jobs are read, and the advice names no other user's job.  Pure Python
-over job dicts, shared by live scoring (aggregator/scoring.py), `nomadectl check` and the
+over job dicts, shared by live scoring (aggregator/predict/scoring.py), `nomadectl check` and the
 evaluation (models/rightsize_eval.py), so the report measures what users are told.
 """
 

@@ -45,7 +45,7 @@ class Untrusted(ValueError):
 
 
 MAX_REPORT_BYTES = 1 << 20
-MAX_REPORT_DEPTH = 32  # as a report sent over HTTP (aggregator/api.py MAX_JSON_DEPTH)
+MAX_REPORT_DEPTH = 32  # as a report sent over HTTP (aggregator/daemon/api.py MAX_JSON_DEPTH)
 
 
 def read_report(path: Path, trusted: frozenset[int] | None = None) -> dict[str, Any]:

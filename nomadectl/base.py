@@ -57,7 +57,7 @@ def from_store() -> bool:
 
 def api(cfg: cfgmod.Config, path: str, params: dict | None = None, *, none_if_404: bool = False):
     """A signed GET of the aggregator's API; a refusal or no answer is one line."""
-    from aggregator.apiclient import ApiError, get
+    from aggregator.admin.apiclient import ApiError, get
 
     try:
         return get(cfg, path, params)

@@ -9,8 +9,9 @@ from typing import Any
 
 import click
 
-from aggregator import clusterviews, syscheck
-from aggregator.syscheck import Check
+from aggregator.admin import syscheck
+from aggregator.admin.syscheck import Check
+from aggregator.views import clusterviews
 from collectors.runner import Reading
 
 from . import base
@@ -53,7 +54,7 @@ def licenses_cmd(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def collect(ctx: click.Context, once: bool, only: str | None, as_json: bool) -> None:
     """Run every collector once on this host and print what it read."""
-    from aggregator.collectcmd import collect_once
+    from aggregator.admin.collectcmd import collect_once
 
     try:
         readings, skipped = collect_once(base.config(ctx), only.split(",") if only else None)

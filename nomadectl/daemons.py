@@ -8,7 +8,9 @@ from typing import Any
 
 import click
 
-from aggregator import clusterviews, daemons, query, store
+from aggregator import store
+from aggregator.admin import daemons
+from aggregator.views import clusterviews, query
 from nomade_common.text import printable
 
 from . import base
@@ -27,7 +29,7 @@ def init(ctx: click.Context) -> None:
     conn = store.open_store(cfg.database)
     click.echo(f"database {cfg.database}: schema version {store.schema_version(conn)}")
     conn.close()
-    from aggregator import keyscmd
+    from aggregator.admin import keyscmd
 
     try:
         owner = keyscmd.service_owner(cfg.database)
@@ -74,7 +76,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     found = base.view(ctx, "/api/v1/status",
                       lambda c: {**query.status(c), **clusterviews.overview(c)})  # fmt: skip
     if "aggregator" not in found:  # read from the store: the running daemon says how it fares
-        from aggregator import apiclient
+        from aggregator.admin import apiclient
 
         try:
             found["aggregator"] = apiclient.call(

@@ -1,11 +1,11 @@
 """`nomadectl install-hooks|uninstall-hooks`: the Slurm hooks put in place and taken away
-(the work is aggregator/hooksetup.py's)."""
+(the work is aggregator/admin/hooksetup.py's)."""
 
 from __future__ import annotations
 
 import click
 
-from aggregator import hooksetup
+from aggregator.admin import hooksetup
 
 from . import base
 from .base import main

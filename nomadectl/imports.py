@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from aggregator import importer
+from aggregator.jobs import importer
 from nomade_common.errors import ParseError
 
 from . import base

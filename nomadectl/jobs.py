@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from aggregator import query
+from aggregator.views import query
 
 from . import base
 from .base import main
@@ -62,7 +62,7 @@ def check(ctx: click.Context, script, sbatch_args, user: str | None, as_json: bo
     """Score a job script before submitting it: `nomadectl check job.sh [sbatch options]`."""
     import getpass
 
-    from aggregator import request
+    from aggregator.admin import request
 
     cfg = base.config(ctx)
     try:
@@ -74,7 +74,7 @@ def check(ctx: click.Context, script, sbatch_args, user: str | None, as_json: bo
     if user and os.geteuid() != 0:
         raise click.ClickException("only root may score a job as another user")
     req["user"] = user or getpass.getuser()
-    from aggregator.apiclient import ApiError
+    from aggregator.admin.apiclient import ApiError
 
     try:
         answer = request.ask_aggregator(cfg.hooks.aggregator_url, req, ca=cfg.security.tls_ca,

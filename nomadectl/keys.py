@@ -1,6 +1,6 @@
 """`nomadectl keys add|list|revoke|rotate-server` and `nomadectl audit`: which nodes' agents may
 send to the aggregator, and what administrators did (root only; the work is
-aggregator/keyscmd.py's).  With their text views; `--json` prints the rows themselves."""
+aggregator/admin/keyscmd.py's).  With their text views; `--json` prints the rows themselves."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def keys_group() -> None:
 
 def _keys(ctx: click.Context, command: str):
     """(keyscmd, config, write connection) for a key command run by root."""
-    from aggregator import keyscmd
+    from aggregator.admin import keyscmd
 
     try:
         keyscmd.require_root(command)

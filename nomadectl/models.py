@@ -1,6 +1,6 @@
 """`nomadectl train` and `nomadectl model list|activate|rollback|report`: the job-outcome models
-trained, registered, chosen and evaluated (the work is aggregator/training.py's, the registry
-aggregator/registry.py's, the report models/'s).  With their text views."""
+trained, registered, chosen and evaluated (the work is aggregator/predict/training.py's, the registry
+aggregator/store's, the report models/'s).  With their text views."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def train(ctx: click.Context, epochs: int, activate: str, as_json: bool) -> None
             " (pip install 'nomade[train]'; torch==2.13.0)"
         )
     cfg = base.config(ctx)
-    from aggregator import training
+    from aggregator.predict import training
 
     # TerminalText always says "no terminal" (so click draws no bar through it): ask its stream.
     raw = getattr(sys.stderr, "stream", sys.stderr)
@@ -78,9 +78,9 @@ def model() -> None:
 @click.pass_context
 def model_list(ctx: click.Context, as_json: bool) -> None:
     """Every trained model: version, training window, recent AUC, which one is active."""
-    from aggregator import registry
+    from aggregator import store
 
-    base.emit(base.view(ctx.find_root(), "/api/v1/models", registry.models), as_json, render_models)
+    base.emit(base.view(ctx.find_root(), "/api/v1/models", store.list_models), as_json, render_models)
 
 
 @model.command("activate")
@@ -88,11 +88,11 @@ def model_list(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def model_activate(ctx: click.Context, version: str) -> None:
     """Make VERSION the model that scores new jobs."""
-    from aggregator import registry
+    from aggregator import store
 
     conn = base.writer(base.config(ctx.find_root()))
     try:
-        registry.activate(conn, version)
+        store.activate_model(conn, version)
     except KeyError as exc:
         raise click.ClickException(exc.args[0]) from None
     click.echo(f"active model: {version} (the aggregator loads it within a few seconds)")
@@ -102,10 +102,10 @@ def model_activate(ctx: click.Context, version: str) -> None:
 @click.pass_context
 def model_rollback(ctx: click.Context) -> None:
     """Go back to the model that was active before the current one."""
-    from aggregator import registry
+    from aggregator import store
 
     try:
-        version = registry.rollback(base.writer(base.config(ctx.find_root())))
+        version = store.rollback_model(base.writer(base.config(ctx.find_root())))
     except KeyError as exc:
         raise click.ClickException(exc.args[0]) from None
     click.echo(f"active model: {version}")

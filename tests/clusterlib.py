@@ -19,7 +19,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from aggregator import ctl
+import nomadectl as ctl
 
 INCLUDE = "/etc/slurm/nomade-hooks.conf"
 CLUSTER_UP = Path(__file__).resolve().parent.parent / "slurm-conf" / "cluster-up.sh"

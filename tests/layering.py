@@ -1,6 +1,6 @@
 """NØMADE's layering contracts, checked over the import graph of the source tree.
 
-    violations(root) -> ["aggregator/server.py:15 imports sqlite3 (only the store speaks SQL)", ...]
+    violations(root) -> ["aggregator/daemon.py:15 imports sqlite3 (only the store speaks SQL)", ...]
 
 Each contract names the modules it binds, the imports they may not make, and why
 (docs/architecture.md).  Imports are read with `ast` from every .py file, at any depth (an import

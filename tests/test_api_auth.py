@@ -33,7 +33,10 @@ from clusterlib import free_port, wait_for
 from conftest import SITE_NOMADECTL, SITE_PYTHON, required
 from test_hooks import Site, slurm_env
 
-from aggregator import api, apiclient, policy, server
+from aggregator import daemon as server
+from aggregator.admin import apiclient
+from aggregator.daemon import api
+from aggregator.views import policy
 from nomade_common import config, keys, munge
 
 NOMADECTL, VENV_PYTHON = SITE_NOMADECTL, SITE_PYTHON

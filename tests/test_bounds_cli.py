@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from aggregator import api, store
+from aggregator import store
+from aggregator.daemon import api
 from aggregator.store import Ingest
 from nomade_common import jsonin
 from nomade_common.reportdir import MAX_REPORT_DEPTH, ReportDir
@@ -32,7 +33,7 @@ CONTROLS += ["\u200e", "\u200f", *map(chr, range(0x2028, 0x202F)), *map(chr, ran
 
 def nomadectl(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
     """The command as an administrator runs it: its own process, its real stdout and stderr."""
-    return subprocess.run([sys.executable, "-m", "aggregator.ctl", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "nomadectl", *args], cwd=ROOT,
                           input=stdin, capture_output=True, timeout=60)  # fmt: skip
 
 

@@ -97,7 +97,7 @@ def test_the_json_api_serves_the_same_views(pipeline):
     import urllib.error
     import urllib.request
 
-    from aggregator import apiclient
+    from aggregator.admin import apiclient
 
     p = pipeline
     wait_for("Slurm node states", lambda: latest(p, "node_state"), 30)

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from clusterlib import PY, py, running_pipeline, sbatch, wait_for
 from conftest import ROOT
 
-from aggregator import ctl
+import nomadectl as ctl
 
 workload = pytest.importorskip("workload")
 pytestmark = pytest.mark.cluster

@@ -10,9 +10,11 @@ import pytest
 from click.testing import CliRunner
 from conftest import ROOT
 
-from aggregator import clusterviews, ctl, store
-from aggregator.headcollect import HEAD_COLLECTORS
+import nomadectl as ctl
+from aggregator import store
+from aggregator.daemon.headcollect import HEAD_COLLECTORS
 from aggregator.store import Ingest, Rejected, store_collector_status, store_reading
+from aggregator.views import clusterviews
 from collectors import registry
 from collectors.registry import Collector
 from collectors.runner import CollectorError, Scheduler, run_one

@@ -18,7 +18,7 @@ import pytest
 from clusterlib import free_port, wait_for
 from test_hooks import Site, closed_port_url, fake_scontrol, slurm_env, world  # noqa: F401
 
-from aggregator import server
+from aggregator import daemon as server
 from nomade_common import config, keys
 from nomade_common.reportdir import INCOMPLETE_GRACE_SECONDS, ReportDir
 

@@ -22,7 +22,8 @@ from click.testing import CliRunner
 from clusterlib import free_port, wait_for
 from conftest import SITE_NOMADECTL, required
 
-from aggregator import ctl, server
+import nomadectl as ctl
+from aggregator import daemon as server
 from nodeagent import curvekeys
 from nodeagent.agent import Agent
 from nomade_common import config, keys, wire

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from aggregator import ctl, store
-from aggregator.liveness import NodeLife, tick
-from aggregator.reconcile import Reconciler
+import nomadectl as ctl
+from aggregator import store
+from aggregator.daemon.liveness import NodeLife, tick
+from aggregator.jobs.reconcile import Reconciler
 from aggregator.store import Ingest
 from nomade_common import config, keys
 

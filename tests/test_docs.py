@@ -5,7 +5,8 @@ import dataclasses
 from click.testing import CliRunner
 from conftest import ROOT
 
-from aggregator import ctl, query
+import nomadectl as ctl
+from aggregator.views import query
 from nomade_common import config, wire
 
 DOCS = {p.name: p.read_text() for p in (ROOT / "docs").glob("*.md")}

@@ -25,7 +25,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import FIXTURES, ROOT
 
-from aggregator import ctl, hooksetup
+import nomadectl as ctl
+from aggregator.admin import hooksetup
 from nomade_common import munge
 
 HOOK_ENV = FIXTURES / "slurm" / "22.05" / "hook-env"

@@ -17,7 +17,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import FIXTURES
 
-from aggregator import ctl, importer
+import nomadectl as ctl
+from aggregator.jobs import importer
 from collectors.slurm import sacct
 from collectors.slurm import slurmvalues as sv
 

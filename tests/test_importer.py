@@ -11,7 +11,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import FIXTURES
 
-from aggregator import ctl, importer
+import nomadectl as ctl
+from aggregator.jobs import importer
 from aggregator.store import Ingest, Writer
 
 CAPTURE = FIXTURES / "slurm" / "22.05" / "sacct-parsable2.txt"

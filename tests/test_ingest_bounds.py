@@ -26,7 +26,8 @@ import pytest
 import zmq
 from clusterlib import free_port, wait_for
 
-from aggregator import server, store
+from aggregator import daemon as server
+from aggregator import store
 from aggregator.store import Ingest
 from collectors.slurm import slurmvalues
 from nodeagent.outbox import Outbox
@@ -285,7 +286,7 @@ def test_db_backup_is_consistent_while_the_writer_keeps_writing(tmp_path):
     cfg.write_text(f'[general]\ndata_dir = "{db.parent}"\n')
     try:
         wait_for("some rows", lambda: writer.commits > 20, 10, 0.05)
-        ctl = [sys.executable, "-m", "aggregator.ctl", "--config", str(cfg), "db", "backup"]
+        ctl = [sys.executable, "-m", "nomadectl", "--config", str(cfg), "db", "backup"]
         done = subprocess.run(
             [*ctl, str(tmp_path / "copy.db")], capture_output=True, text=True, timeout=60
         )

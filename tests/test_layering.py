@@ -33,17 +33,17 @@ def test_a_forbidden_import_is_reported_with_its_file_line_and_contract(tmp_path
     root = _tree(tmp_path, {
         "nodeagent/agent.py": "import zmq\n\ndef f():\n    from aggregator import store\n",
         "models/features.py": "import numpy\nfrom aggregator import scoring\n",
-        "aggregator/server.py": "import sqlite3\n",
+        "aggregator/daemon.py": "import sqlite3\n",
         "aggregator/store/sqlite/core.py": "import sqlite3\n",  # the store's own: allowed
         "nodeagent/outbox.py": "import sqlite3\n",  # the agent's outbox: allowed
         "collectors/gpu.py": "from nodeagent.collectors import gpu\n",
     })  # fmt: skip
     assert layering.violations(root) == [
-        "aggregator/server.py:1 imports sqlite3 (only the store speaks SQL)",
+        "aggregator/daemon.py:1 imports sqlite3 (only the store speaks SQL)",
         "collectors/gpu.py:1 imports nodeagent.collectors (the collectors serve both sides and belong to neither)",
         "collectors/gpu.py:1 imports nodeagent.collectors.gpu (the collectors serve both sides and belong to neither)",
         "models/features.py:2 imports aggregator (models is a pure ML library)",
-        "models/features.py:2 imports aggregator.scoring (models is a pure ML library)",
+        "models/features.py:2 imports aggregator.predict.scoring (models is a pure ML library)",
         "nodeagent/agent.py:4 imports aggregator (the node agent is thin: no aggregator, no models)",
         "nodeagent/agent.py:4 imports aggregator.store (the node agent is thin: no aggregator, no models)",
     ]  # fmt: skip

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from aggregator import ctl, store, training
-from aggregator.scoring import Scorer
+import nomadectl as ctl
+from aggregator import store
+from aggregator.predict import training
+from aggregator.predict.scoring import Scorer
 from aggregator.store import Ingest
 from models import features, runtime, train
 

@@ -426,7 +426,7 @@ def test_cgroup_records_find_v1_and_v2_in_one_tree():
 def test_parse_command_reads_a_cgroup_directory():
     from click.testing import CliRunner
 
-    from aggregator.ctl import main
+    from nomadectl import main
 
     tree = FIXTURES / "cgroup" / "v1-slurm-22.05-multislurmd"
     result = CliRunner().invoke(main, ["parse", "cgroup", str(tree)])

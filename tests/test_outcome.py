@@ -1,7 +1,7 @@
 import pytest
 
-from aggregator.jobs import final_from_sacct
-from aggregator.outcome import classify, is_failure
+from aggregator.jobs.fields import final_from_sacct
+from aggregator.jobs.outcome import classify, is_failure
 from collectors.slurm import sacct
 
 

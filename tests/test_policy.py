@@ -1,11 +1,12 @@
-"""Who sees what through the aggregator's API (aggregator/policy.py), without sockets."""
+"""Who sees what through the aggregator's API (aggregator/views/policy.py), without sockets."""
 
 from __future__ import annotations
 
 import pytest
 
-from aggregator import api, policy
-from aggregator.policy import Caller, Forbidden
+from aggregator.daemon import api
+from aggregator.views import policy
+from aggregator.views.policy import Caller, Forbidden
 
 ALICE = Caller(2001, "alice")
 BOB = Caller(2002, "bob")

@@ -6,7 +6,8 @@ import subprocess
 
 import pytest
 
-from aggregator import jobs, request
+from aggregator.admin import request
+from aggregator.jobs import fields as jobs
 from collectors.slurm import scontrol
 
 MiB = 1 << 20

@@ -7,9 +7,10 @@ import json
 
 import pytest
 
-from aggregator import query, store
-from aggregator.scoring import Assessment, Scorer, explain
+from aggregator import store
+from aggregator.predict.scoring import Assessment, Scorer, explain
 from aggregator.store import Ingest
+from aggregator.views import query
 from models import rightsize as rs
 from models import rightsize_eval as ev
 from nomadectl.jobs import render_job

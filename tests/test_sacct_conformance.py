@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import FIXTURES, shared
 
-from aggregator import importer
-from aggregator.jobs import final_from_sacct
+from aggregator.jobs import importer
+from aggregator.jobs.fields import final_from_sacct
 from collectors.slurm import sacct
 
 K, M, G = 1 << 10, 1 << 20, 1 << 30

@@ -9,8 +9,8 @@ import time
 
 from conftest import FIXTURES
 
-from aggregator import jobs
-from aggregator.scontroljobs import ScontrolJobs
+from aggregator.daemon.scontroljobs import ScontrolJobs
+from aggregator.jobs import fields as jobs
 from collectors.slurm import scontrol
 
 ARRAY = (FIXTURES / "slurm" / "22.05" / "scontrol-show-job-o-array-running.txt").read_text()

@@ -398,7 +398,7 @@ def test_malformed_input_names_source_and_line(kind, text, line):
 
 
 def test_nomadectl_parse_squeue(tmp_path: Path):
-    from aggregator.ctl import main
+    from nomadectl import main
 
     result = CliRunner().invoke(main, ["parse", "squeue", str(OWN / "squeue-nomade.txt")])
     assert result.exit_code == 0, result.output

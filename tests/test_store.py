@@ -211,7 +211,7 @@ def test_the_wal_stays_bounded_while_writes_never_pause(tmp_path):
 
 
 def test_the_jobs_list_is_newest_first_by_submit_time_whatever_the_order_they_were_stored(db, tmp_path):
-    from aggregator import query
+    from aggregator.views import query
 
     ing = Ingest("c")
     # Live jobs stored first; then history imported afterwards (older jobs, newer rows); then a

@@ -30,8 +30,9 @@ import zmq
 from clusterlib import free_port, wait_for
 from conftest import required
 
-from aggregator import apiclient, store
-from aggregator.headcollect import HEAD_COLLECTORS
+from aggregator import store
+from aggregator.admin import apiclient
+from aggregator.daemon.headcollect import HEAD_COLLECTORS
 from aggregator.store import Ingest
 from nomade_common import munge, wire
 

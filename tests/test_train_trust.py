@@ -13,7 +13,9 @@ import pytest
 from click.testing import CliRunner
 from conftest import ROOT
 
-from aggregator import ctl, store, training
+import nomadectl as ctl
+from aggregator import store
+from aggregator.predict import training
 from aggregator.store import Ingest
 from models import features
 
@@ -140,7 +142,7 @@ def test_a_model_no_member_of_which_beats_chance_is_not_activated_unless_forced(
 def test_train_without_the_training_extra_says_what_to_install_in_one_line(tmp_path, package):
     # The database does not exist: the packages are checked before anything else is looked at.
     code = (
-        f"import sys; sys.modules[{package!r}] = None; from aggregator.ctl import main;"
+        f"import sys; sys.modules[{package!r}] = None; from nomadectl import main;"
         f" main(['--config', {_config(tmp_path)!r}, 'train'], prog_name='nomadectl')"
     )
     done = subprocess.run(

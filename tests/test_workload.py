@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aggregator.jobs import final_from_sacct
+from aggregator.jobs.fields import final_from_sacct
 from collectors.slurm.sacct import RECONCILE_FIELDS, parse
 from workload import generator as wl
 

@@ -4,6 +4,15 @@ recorded dataset (data/workload-v1), the tests and the benches; docs/workload.md
 
 from .generator import *  # noqa: F403
 from .generator import (  # noqa: F401
-    DEFAULT_SEED, JobType, User, draw_job, ended_outcomes, export, job_command, main, run,
-    sbatch_argv, synthesize,
+    DEFAULT_SEED,
+    JobType,
+    User,
+    draw_job,
+    ended_outcomes,
+    export,
+    job_command,
+    main,
+    run,
+    sbatch_argv,
+    synthesize,
 )  # fmt: skip

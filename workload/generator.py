@@ -565,7 +565,7 @@ def export(state: Path, out: Path, chunk: int = 200) -> dict[str, int]:
 
 def ended_outcomes(out: Path) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]]]:
     """The exported generator rows, and final_from_sacct of each ended job by job id."""
-    from aggregator.jobs import final_from_sacct
+    from aggregator.jobs.fields import final_from_sacct
     from collectors.slurm.sacct import parse
 
     with gzip.open(out / "sacct.txt.gz", "rt", encoding="utf-8") as f:

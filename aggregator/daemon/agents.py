@@ -16,11 +16,10 @@ from typing import Any
 
 import zmq
 
+from aggregator.daemon.agentauth import INSECURE_WARNING, AgentAuth, HandshakeWatch
+from aggregator.store import Ingest, WorkItem, Writer
 from nomade_common import wire
 from nomade_common.config import Config
-
-from ..agentauth import INSECURE_WARNING, AgentAuth, HandshakeWatch
-from ..store import Ingest, WorkItem, Writer
 
 log = logging.getLogger("nomade.aggregator")
 FAILING_BACKLOG = 20_000  # items queued for a failing store past which agents' messages wait

@@ -1,4 +1,4 @@
-"""The head-node collectors (aggregator/headcollect.py), run on their schedule in their thread
+"""The head-node collectors (aggregator/daemon/headcollect.py), run on their schedule in their thread
 ("collectors"); each run's records and every collector's status are stored through the writer.
 """
 
@@ -9,12 +9,11 @@ import socket
 import threading
 import time
 
+from aggregator.daemon.headcollect import HEAD_COLLECTORS
+from aggregator.jobs import importer
+from aggregator.store import Ingest, WorkItem, Writer, store_collector_status, store_reading
 from collectors.runner import Reading, Scheduler
 from nomade_common.config import Config
-
-from .. import importer
-from ..headcollect import HEAD_COLLECTORS
-from ..store import Ingest, WorkItem, Writer, store_collector_status, store_reading
 
 log = logging.getLogger("nomade.aggregator")
 

@@ -12,12 +12,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from nomade_common.config import Config
-
-from .. import liveness
-from ..reconcile import Reconciler
-from ..scoring import Scorer
-from ..store import (
+from aggregator.daemon import liveness
+from aggregator.daemon.retrain import Retraining
+from aggregator.jobs.reconcile import Reconciler
+from aggregator.predict.scoring import Scorer
+from aggregator.store import (
     WorkItem,
     Writer,
     event,
@@ -26,7 +25,7 @@ from ..store import (
     prune_readings,
     set_node_states,
 )
-from .retrain import Retraining
+from nomade_common.config import Config
 
 log = logging.getLogger("nomade.aggregator")
 

@@ -1,6 +1,6 @@
 """The aggregator daemon, wired: it builds its parts, starts them and stops them, and holds none of
 their work.  Agents' streams over ZeroMQ (daemon/agents.py), the head-node hooks' reports from
-the reports directory or HTTP (daemon/reports.py, aggregator/api.py), jobs at their start
+the reports directory or HTTP (daemon/reports.py, aggregator/daemon/api.py), jobs at their start
 (daemon/starts.py), periodic work (daemon/housekeeping.py, daemon/retrain.py) and the head-node
 collectors (daemon/head.py) all store through the one writer.
 
@@ -15,19 +15,18 @@ import threading
 import time
 from typing import Any
 
+from aggregator.daemon import api
+from aggregator.daemon.agents import Agents
+from aggregator.daemon.head import HeadCollectors
+from aggregator.daemon.housekeeping import Housekeeping
+from aggregator.daemon.queue import QueueSnapshots
+from aggregator.daemon.reports import Later, Reports, Settle
+from aggregator.daemon.retrain import Retraining
+from aggregator.daemon.starts import Starts
+from aggregator.jobs.reconcile import Reconciler
+from aggregator.predict.scoring import Scorer
+from aggregator.store import Ingest, Writer, connect
 from nomade_common.config import Config
-
-from .. import api
-from ..queue import QueueSnapshots
-from ..reconcile import Reconciler
-from ..scoring import Scorer
-from ..store import Ingest, Writer, connect
-from .agents import Agents
-from .head import HeadCollectors
-from .housekeeping import Housekeeping
-from .reports import Later, Reports, Settle
-from .retrain import Retraining
-from .starts import Starts
 
 log = logging.getLogger("nomade.aggregator")
 

@@ -16,15 +16,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from aggregator.jobs import fields as jobfields
+from aggregator.store import Ingest, WorkItem, Writer
 from collectors.slurm import slurmvalues
 from nomade_common.config import Config
 from nomade_common.reportdir import ReportDir
 
-from .. import jobs as jobfields
-from ..store import Ingest, WorkItem, Writer
-
 if TYPE_CHECKING:
-    from .starts import Starts
+    from aggregator.daemon.starts import Starts
 
 log = logging.getLogger("nomade.aggregator")
 REPORTS_POLL_SECONDS = 0.02  # how often the reports directory is looked at

@@ -13,9 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from aggregator.store import ended_job_count, last_model_created
 from nomade_common.config import Config
-
-from ..store import ended_job_count, last_model_created
 
 log = logging.getLogger("nomade.aggregator")
 MIN_ENDED_JOBS = 1000  # jobs with a known outcome below which no model is trained

@@ -12,20 +12,19 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from aggregator.daemon.agents import Agents
+from aggregator.daemon.queue import QueueSnapshots
+from aggregator.daemon.reports import Settle, _settled
+from aggregator.daemon.scontroljobs import ScontrolJobs
+from aggregator.jobs import fields as jobfields
+from aggregator.jobs.reconcile import run_command
+from aggregator.predict.scoring import Scorer, pack, unpack
+from aggregator.store import Ingest, Writer, job_vector
 from collectors.slurm import scontrol, slurmvalues
 from models import features, rightsize
 from nomade_common import wire
 from nomade_common.config import Config
 from nomade_common.text import printable
-
-from .. import jobs as jobfields
-from ..queue import QueueSnapshots
-from ..reconcile import run_command
-from ..scontroljobs import ScontrolJobs
-from ..scoring import Scorer, pack, unpack
-from ..store import Ingest, Writer, job_vector
-from .agents import Agents
-from .reports import Settle, _settled
 
 log = logging.getLogger("nomade.aggregator")
 LATE_REPORT_SECONDS = 60.0  # a start report older than this was kept while the aggregator was down

@@ -298,7 +298,7 @@ _LAST_SECOND = 253402300799  # 9999-12-31T23:59:59Z, the last time an ISO date c
 def parse_json(text: str, source: str = "sacct") -> list[dict[str, str]]:
     """`sacct --json` (or slurmrestd's /slurmdb/vX/jobs) of Slurm 21.08 to 25.x as the rows
     `parse` gives for `--parsable2` output: sacct's field names -> the text sacct prints, a job
-    line followed by its steps (`step` set), so that one conversion (aggregator/jobs.py) serves
+    line followed by its steps (`step` set), so that one conversion (aggregator/jobs/fields.py) serves
     both.  Times carry their UTC offset (sacct prints local time without one), so no time zone
     is guessed; ReqMem says per CPU or per node ('512Mc', '4096Mn') as sacct did before 21.08.
 
@@ -549,7 +549,7 @@ def history_argv(command: str, start: str, end: str) -> list[str]:
 def collect_history(cfg: Config, state: dict[str, Any]) -> list[dict[str, str]]:
     """The sacct rows (jobs and their steps) of the jobs that ended since the last run, less an
     overlap for late accounting records: never days of history each time.  The aggregator
-    turns them into `jobs` rows (aggregator/headcollect.py)."""
+    turns them into `jobs` rows (aggregator/daemon/headcollect.py)."""
     now = time.time()
     since = state.get("since", now - 86400.0) - cfg.collectors.job_history.overlap_seconds
     start = datetime.fromtimestamp(since).replace(microsecond=0).isoformat()

@@ -23,7 +23,7 @@ from . import SLURM_TIMEOUT
 from . import slurmvalues as sv
 
 COLLECTOR_FORMAT = "%i|%A|%F|%K|%T|%r|%P|%u|%a|%q|%C|%D|%m|%l|%M|%V|%S|%e|%E|%b|%Q|%N|%j"
-# Older NØMADE formats, read without a header (aggregator/queue.py, the first collector).
+# Older NØMADE formats, read without a header (aggregator/daemon/queue.py, the first collector).
 _HEADERLESS = {6: "%i|%T|%P|%u|%C|%r", 8: "%i|%T|%P|%u|%C|%r|%V|%S"}
 
 # squeue -o letters -> our column key; squeue's header names -> the same keys.

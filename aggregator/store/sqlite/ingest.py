@@ -19,12 +19,11 @@ from dataclasses import dataclass
 from itertools import chain, filterfalse
 from typing import Any
 
+from aggregator.jobs import fields as jobfields
+from aggregator.store.sqlite.core import bump, event, store_failed
 from collectors.runner import STATUS_FIELDS
 from nomade_common import wire
 from nomade_common.text import printable
-
-from ... import jobs as jobfields
-from .core import bump, event, store_failed
 
 log = logging.getLogger("nomade.aggregator")
 

@@ -1,5 +1,5 @@
 """The enrolled agent keys (`agent_keys`) and how each node was last heard (`agent_links`):
-what `nomadectl keys` changes and the aggregator's ZAP handler (aggregator/agentauth.py) reads.
+what `nomadectl keys` changes and the aggregator's ZAP handler (aggregator/daemon/agentauth.py) reads.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from .core import schema_version
+from aggregator.store.sqlite.core import schema_version
 
 
 def _open(path: str) -> sqlite3.Connection:

@@ -9,7 +9,7 @@ import sqlite3
 import time
 from typing import Any
 
-from .core import audit
+from aggregator.store.sqlite.core import audit
 
 
 def register_model(conn: sqlite3.Connection, version: str, path: str, sha256: str,

@@ -1,4 +1,4 @@
-"""What the read-side views (aggregator/query.py, aggregator/clusterviews.py) ask of the store:
+"""What the read-side views (aggregator/views/query.py, aggregator/views/clusterviews.py) ask of the store:
 rows as dicts by column name or tuples by position, JSON columns decoded, never SQLite's own
 row type.  The views shape them for `nomadectl` and the JSON API.
 """
@@ -9,7 +9,7 @@ import json
 import sqlite3
 from typing import Any
 
-from .core import JOB_TIME
+from aggregator.store.sqlite.core import JOB_TIME
 
 # -- jobs -------------------------------------------------------------------------------------
 _NODE_SUMMARY = """

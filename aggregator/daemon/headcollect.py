@@ -2,7 +2,7 @@
 (collectors/registry.py), with one step of the aggregator's own.
 
 `job_history` reads sacct rows (jobs and their steps); here they become `jobs` rows for the store
-(aggregator/importer.py's conversion: outcome, requests, usage), which is interpretation and so
+(aggregator/jobs/importer.py's conversion: outcome, requests, usage), which is interpretation and so
 the aggregator's.  Every other head collector runs as the registry has it.
 """
 
@@ -11,10 +11,9 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from aggregator.jobs import importer
 from collectors.registry import HEAD, Collector, Reader, scheduled
 from nomade_common.config import Config
-
-from . import importer
 
 
 def _as_jobs(read: Reader) -> Reader:

@@ -170,7 +170,7 @@ def ask_aggregator(url: str, req: dict[str, Any], timeout: float = 10.0, *, ca: 
     credential (the aggregator scores it as that user); apiclient.ApiError when it cannot."""
     import json
 
-    from .apiclient import call
+    from aggregator.admin.apiclient import call
 
     body = json.dumps({"request": req}).encode()
     answer = call(url, "POST", "/api/v1/check", body, ca=ca, munge_socket=munge_socket,

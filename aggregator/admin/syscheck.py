@@ -10,9 +10,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from aggregator.store import SCHEMA_VERSION, StoreError, event_job_counts, schema_version_at
 from nomade_common.config import Config
-
-from .store import SCHEMA_VERSION, StoreError, event_job_counts, schema_version_at
 
 
 @dataclass
@@ -70,10 +69,9 @@ def _database(path: str) -> list[Check]:
 
 def _collectors(cfg: Config) -> list[Check]:
     """Each collector: will it run on this host, and if not, why."""
+    from aggregator.daemon.headcollect import HEAD_COLLECTORS
     from collectors.registry import NODE_COLLECTORS
     from collectors.runner import skip_reason
-
-    from .headcollect import HEAD_COLLECTORS
 
     out = []
     for role, collectors in (("node", NODE_COLLECTORS), ("head", HEAD_COLLECTORS)):

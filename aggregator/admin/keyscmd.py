@@ -15,10 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from aggregator import store
 from nomade_common import keys
 from nomade_common.config import Security
-
-from . import store
 
 MAX_PROBLEMS_SHOWN = 20
 

@@ -25,7 +25,9 @@ def main(config_path: str | None, log_level: str | None) -> None:
     # wait up to 5 ms (Python's default) at each of the handful of hand-overs its request needs.
     # bench/prolog_latency.py --transport http: PrologSlurmctld added p50 80 -> 60 ms under load.
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
-    from .server import Aggregator  # imported late: config errors show before heavy imports
+    from aggregator.daemon import (
+        Aggregator,  # imported late: config errors show before heavy imports
+    )
 
     try:
         agg = Aggregator(cfg)

@@ -1,4 +1,4 @@
-"""A client of the aggregator's HTTP API (aggregator/api.py): each request signed with a MUNGE
+"""A client of the aggregator's HTTP API (aggregator/daemon/api.py): each request signed with a MUNGE
 credential for exactly its method, target and body; https verified against `security.tls_ca`
 or the system's trust store.  Every failure is one ApiError line for the caller to print.
 """

@@ -223,7 +223,7 @@ def controller_hooks_unset() -> bool | None:
     EpilogSlurmctld at all: one added later by `scontrol reconfigure` shows in `scontrol show
     config` but never runs, so NØMADE would never hear of a job's start.  Read before the
     hooks are installed, "unset" means slurmctld must be restarted once."""
-    from .syscheck import slurm_config
+    from aggregator.admin.syscheck import slurm_config
 
     value = slurm_config().get("PrologSlurmctld")
     return None if value is None else value in ("", "(null)")

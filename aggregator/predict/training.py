@@ -20,10 +20,9 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from aggregator import store
+from aggregator.predict.scoring import model_dir, pack
 from models import ensemble, evaluate, features, runtime, train
-
-from . import store
-from .scoring import model_dir, pack
 
 MIN_JOBS = 200
 TOLERANCE = 0.01  # a new model may be this much worse in AUC and still replace the active one

@@ -8,9 +8,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from aggregator.jobs.outcome import classify
 from collectors.slurm import slurmvalues as sv
-
-from .outcome import classify
 
 
 def _safe(fn, text, *args):

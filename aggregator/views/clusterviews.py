@@ -10,7 +10,7 @@ import time
 from collections import Counter, defaultdict
 from typing import Any
 
-from . import store
+from aggregator import store
 
 
 def _newest(conn: Any, collector: str) -> tuple[float | None, list[dict]]:

@@ -18,10 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from aggregator import store
 from models import ensemble, features, graph, rightsize
 from models.runtime import Model
-
-from . import store
 
 log = logging.getLogger("nomade.scoring")
 CLASS_WORDS = {

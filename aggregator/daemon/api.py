@@ -7,7 +7,7 @@ The middleware has munged decode the credential (off the event loop) as soon as 
 in, so that a request without one is refused before its body is read; it then reads the body (at
 most MAX_BODY_BYTES, within BODY_SECONDS), checks what the credential was made for, and hands the
 app the caller (uid, name, admin) with the body replayed.  What each caller may see is
-aggregator/policy.py.
+aggregator/views/policy.py.
 """
 
 from __future__ import annotations
@@ -38,13 +38,13 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from aggregator import store
+from aggregator.jobs.reconcile import run_command
+from aggregator.views import clusterviews, policy, query
+from aggregator.views.policy import Caller, Forbidden
 from nomade_common import jsonin, munge
 from nomade_common.config import Config, is_loopback
 from nomade_common.text import printable
-
-from . import clusterviews, policy, query, store
-from .policy import Caller, Forbidden
-from .reconcile import run_command
 
 log = logging.getLogger("nomade.api")
 HEALTH = "/api/v1/health"

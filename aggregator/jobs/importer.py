@@ -21,15 +21,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TextIO
 
+from aggregator.jobs.fields import REQUEST_KEYS, final_from_sacct
+from aggregator.jobs.outcome import UNFINISHED, split_state
+from aggregator.jobs.reconcile import run_command
+from aggregator.store import Ingest, Writer, find_run, update_job
 from collectors.slurm import sacct
 from collectors.slurm import slurmvalues as sv
 from nomade_common.errors import ParseError
 from nomade_common.text import printable
-
-from .jobs import REQUEST_KEYS, final_from_sacct
-from .outcome import UNFINISHED, split_state
-from .reconcile import run_command
-from .store import Ingest, Writer, find_run, update_job
 
 BATCH = 2000  # job runs per transaction
 

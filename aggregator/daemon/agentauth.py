@@ -26,11 +26,7 @@ from typing import Any
 import zmq
 from zmq.utils import z85
 
-from nomade_common import keys
-from nomade_common.config import Config
-from nomade_common.errors import ConfigError
-
-from .store import (
+from aggregator.store import (
     WorkItem,
     Writer,
     agent_keys,
@@ -40,6 +36,9 @@ from .store import (
     event,
     note_agent_link,
 )
+from nomade_common import keys
+from nomade_common.config import Config
+from nomade_common.errors import ConfigError
 
 log = logging.getLogger("nomade.agentauth")
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"

@@ -11,8 +11,8 @@ import json
 import time
 from typing import Any
 
-from . import store
-from .outcome import is_failure
+from aggregator import store
+from aggregator.jobs.outcome import is_failure
 
 JOB_COLUMNS = (
     "job_id", "submit_time", "user", "user_id", "account", "partition", "job_name", "work_dir",

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+from aggregator.daemon.headcollect import HEAD_COLLECTORS
 from collectors.registry import NODE_COLLECTORS
 from collectors.runner import Reading, run_one, skip_reason
 from nomade_common.config import Config
-
-from .headcollect import HEAD_COLLECTORS
 
 ALL = [*NODE_COLLECTORS, *HEAD_COLLECTORS]
 

@@ -12,11 +12,10 @@ import subprocess
 import time
 from collections import defaultdict
 
+from aggregator.jobs.fields import final_from_sacct
+from aggregator.store import reconcile_due
 from collectors.slurm import sacct
 from nomade_common.errors import ParseError
-
-from .jobs import final_from_sacct
-from .store import reconcile_due
 
 log = logging.getLogger("nomade.reconcile")
 
