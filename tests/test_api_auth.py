@@ -197,7 +197,7 @@ def nomadectl(user: str, client: Path, *args: str) -> subprocess.CompletedProces
 def as_user(user: str, url: str, method: str, target: str, body: bytes = b"") -> tuple[int, dict]:
     """A request signed by USER's own credential (apiclient in the installed venv)."""
     code = (
-        "import json, sys\nfrom aggregator import apiclient\n"
+        "import json, sys\nfrom aggregator.admin import apiclient\n"
         "try:\n    out = (200, apiclient.call(*sys.argv[1:4], sys.argv[4].encode()))\n"
         "except apiclient.ApiError as exc:\n    out = (exc.status, str(exc))\n"
         "print(json.dumps(out))\n"

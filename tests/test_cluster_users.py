@@ -63,7 +63,7 @@ def test_bob_cannot_score_a_job_as_alice(alices_job):
     refused = as_user("bob", p.config, "check", str(script), "--user", "alice")
     assert refused.returncode != 0 and "root" in refused.stderr
     # Past the client, the aggregator itself refuses to score as a user other than the caller.
-    code = ("import sys; from aggregator import request, apiclient\n"
+    code = ("import sys; from aggregator.admin import request, apiclient\n"
             "try: request.ask_aggregator(sys.argv[1], {'user': 'alice', 'job_name': 'private-work'})\n"
             "except apiclient.ApiError as exc: print(exc); sys.exit(3)")  # fmt: skip
     raw = subprocess.run(["runuser", "-u", "bob", "--", SITE_PYTHON, "-c", code,

@@ -43,7 +43,7 @@ def test_a_forbidden_import_is_reported_with_its_file_line_and_contract(tmp_path
         "collectors/gpu.py:1 imports nodeagent.collectors (the collectors serve both sides and belong to neither)",
         "collectors/gpu.py:1 imports nodeagent.collectors.gpu (the collectors serve both sides and belong to neither)",
         "models/features.py:2 imports aggregator (models is a pure ML library)",
-        "models/features.py:2 imports aggregator.predict.scoring (models is a pure ML library)",
+        "models/features.py:2 imports aggregator.scoring (models is a pure ML library)",
         "nodeagent/agent.py:4 imports aggregator (the node agent is thin: no aggregator, no models)",
         "nodeagent/agent.py:4 imports aggregator.store (the node agent is thin: no aggregator, no models)",
     ]  # fmt: skip
