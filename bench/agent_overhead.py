@@ -156,15 +156,21 @@ def main() -> None:
     print(f"floor cycle  {floor_ms:.3f} ms CPU (open/read/close of the same files)")
     print(f"agent RSS    {rss_mb:.1f} MB (fresh interpreter, {rss_cycles} cycles)")
     report(coll)
-    print(f"whole agent at default intervals: sampler {sampler_pct:.4f}% + collectors {coll['percent']:.4f}%"
-          f" = {total_pct:.4f}% of one core (bare reads and tools: {base_pct:.4f}%)")
+    print(
+        f"whole agent at default intervals: sampler {sampler_pct:.4f}%"
+        f" + collectors {coll['percent']:.4f}%"
+        f" = {total_pct:.4f}% of one core (bare reads and tools: {base_pct:.4f}%)"
+    )
     result = {
         "bench": "agent_overhead",
         "value": round(total_pct, 4),
         "unit": "% of one core",
         "baseline": round(base_pct, 4),
         "ratio": round(total_pct / base_pct, 3),
-        "goal": "value <= 0.5 (% of one core, every collector on, default intervals); sampler ratio <= 2.0; rss <= 30 MB",
+        "goal": (
+            "value <= 0.5 (% of one core, every collector on, default intervals);"
+            " sampler ratio <= 2.0; rss <= 30 MB"
+        ),
         "sampler_cycle_ms": round(agent_ms, 3),
         "sampler_floor_ms": round(floor_ms, 3),
         "sampler_ratio": round(agent_ms / floor_ms, 3),

@@ -61,8 +61,13 @@ def stand_ins(tmp: Path) -> tuple[Path, Path, list[str]]:
         text = MOUNTSTATS.read_text()
         (proc / "self" / "mountstats").write_text(text)
         mounts = [line.split() for line in text.splitlines() if line.startswith("device ")]
-        (proc / "self" / "mountinfo").write_text("".join(  # id parent dev root point opts - type src
-            f"{i} 1 0:{i} / {m[4]} rw - {m[7]} {m[1]} rw\n" for i, m in enumerate(mounts, 30) if len(m) > 7))  # fmt: skip
+        (proc / "self" / "mountinfo").write_text(
+            "".join(  # id parent dev root point opts - type src
+                f"{i} 1 0:{i} / {m[4]} rw - {m[7]} {m[1]} rw\n"
+                for i, m in enumerate(mounts, 30)
+                if len(m) > 7
+            )
+        )
         covered.append("nfs")
     for name in ("pressure",):
         if Path("/proc", name).is_dir():
@@ -73,10 +78,12 @@ def stand_ins(tmp: Path) -> tuple[Path, Path, list[str]]:
 
 
 def bare_argv(name: str) -> list[str] | None:
-    return {"iostat": ["iostat", "-x", "-y", "-k", "-o", "JSON", "1", "1"],
-            "mpstat": ["mpstat", "-P", "ALL", "-o", "JSON", "1", "1"],
-            "vmstat": ["vmstat", "-w", "1", "2"],
-            "gpu": ["nvidia-smi", "-q", "-x"]}.get(name)  # fmt: skip
+    return {
+        "iostat": ["iostat", "-x", "-y", "-k", "-o", "JSON", "1", "1"],
+        "mpstat": ["mpstat", "-P", "ALL", "-o", "JSON", "1", "1"],
+        "vmstat": ["vmstat", "-w", "1", "2"],
+        "gpu": ["nvidia-smi", "-q", "-x"],
+    }.get(name)
 
 
 def measure(fn, runs: int) -> float:
@@ -100,7 +107,9 @@ def collectors_share(quick: bool) -> dict:
         try:
             cfg = config.parse("")
             cfg.agent.proc_root = str(proc)
-            cfg.collectors.scratch = dataclasses.replace(cfg.collectors.scratch, enabled=True, paths=[tmp])
+            cfg.collectors.scratch = dataclasses.replace(
+                cfg.collectors.scratch, enabled=True, paths=[tmp]
+            )
             rows, total, bare_total, skipped = [], 0.0, 0.0, {}
             for c in NODE_COLLECTORS:
                 every = getattr(cfg.collectors, c.name).interval_seconds
@@ -113,24 +122,42 @@ def collectors_share(quick: bool) -> dict:
                 assert reading.ok, (c.name, reading.error)
                 ours = measure(lambda c=c, state=state: run_one(c, cfg, state), runs)
                 argv = bare_argv(c.name)
-                bare = measure(lambda argv=argv: subprocess.run(argv, capture_output=True), runs) if argv else 0.0
+                bare = (
+                    measure(lambda argv=argv: subprocess.run(argv, capture_output=True), runs)
+                    if argv
+                    else 0.0
+                )
                 total, bare_total = total + 100 * ours / every, bare_total + 100 * bare / every
                 rows.append((c.name, every, len(reading.records), ours, bare, 100 * ours / every))
         finally:
             os.environ["PATH"] = old_path
-    return {"rows": rows, "percent": total, "bare_percent": bare_total, "skipped": skipped,
-            "covered": covered}  # fmt: skip
+    return {
+        "rows": rows,
+        "percent": total,
+        "bare_percent": bare_total,
+        "skipped": skipped,
+        "covered": covered,
+    }
 
 
 def report(r: dict) -> None:
-    print(f"{'collector':<12}{'every':>8}{'records':>9}{'CPU/run':>11}{'bare tool':>11}{'% core':>9}")
+    print(
+        f"{'collector':<12}{'every':>8}{'records':>9}{'CPU/run':>11}{'bare tool':>11}{'% core':>9}"
+    )
     for name, every, n, ours, bare, share in r["rows"]:
-        print(f"{name:<12}{every:>7.0f}s{n:>9}{ours * 1e3:>9.1f}ms{bare * 1e3:>9.1f}ms{share:>9.4f}")
+        print(
+            f"{name:<12}{every:>7.0f}s{n:>9}{ours * 1e3:>9.1f}ms{bare * 1e3:>9.1f}ms{share:>9.4f}"
+        )
     for name, why in r["skipped"].items():
         print(f"{name:<12} not covered: {why}")
-    print(f"stand-ins replaying real captures: {', '.join(r['covered']) or 'none (no ../shared/fixtures)'}")
-    print(f"all node collectors at default intervals: {r['percent']:.4f}% of one core"
-          f" (tools alone: {r['bare_percent']:.4f}%)")
+    print(
+        "stand-ins replaying real captures:"
+        f" {', '.join(r['covered']) or 'none (no ../shared/fixtures)'}"
+    )
+    print(
+        f"all node collectors at default intervals: {r['percent']:.4f}% of one core"
+        f" (tools alone: {r['bare_percent']:.4f}%)"
+    )
 
 
 def main() -> None:
@@ -139,10 +166,20 @@ def main() -> None:
     r = collectors_share(parser.parse_args().quick)
     report(r)
     total, bare = r["percent"], r["bare_percent"]
-    print(json.dumps({"bench": "collectors_overhead", "value": round(total, 4), "unit": "% of one core",
-                      "baseline": round(bare, 4), "ratio": round(total / bare, 3) if bare else None,
-                      "goal": "value <= 0.5", "collectors": [row[0] for row in r["rows"]],
-                      "not_covered": sorted(r["skipped"])}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "bench": "collectors_overhead",
+                "value": round(total, 4),
+                "unit": "% of one core",
+                "baseline": round(bare, 4),
+                "ratio": round(total / bare, 3) if bare else None,
+                "goal": "value <= 0.5",
+                "collectors": [row[0] for row in r["rows"]],
+                "not_covered": sorted(r["skipped"]),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -99,30 +99,160 @@ T0 = 1_700_000_000.0
 
 # -- values that break parsers ------------------------------------------------------------------
 NUMBERS = [
-    "0", "-0", "-1", "1", "00", "007", "2147483648", "4294967296", "9223372036854775807",
-    "9223372036854775808", "18446744073709551615", "18446744073709551616",
-    "-9223372036854775809", "9" * 40, "9" * 400, "9" * 4301, "1e308", "1e309", "1e400",
-    "-1e400", "1e-400", "NaN", "nan", "inf", "-inf", "Infinity", "0x10", "1_000", "1.5", ".5",
-    "5.", "1e", "+1", "--1", "1.2.3", "\u0661\u0662", "\u00b2", "\uff11\uff12", "\u00bd",
-    "\U0001d7d9", "3\u0301",
-]  # fmt: skip
+    "0",
+    "-0",
+    "-1",
+    "1",
+    "00",
+    "007",
+    "2147483648",
+    "4294967296",
+    "9223372036854775807",
+    "9223372036854775808",
+    "18446744073709551615",
+    "18446744073709551616",
+    "-9223372036854775809",
+    "9" * 40,
+    "9" * 400,
+    "9" * 4301,
+    "1e308",
+    "1e309",
+    "1e400",
+    "-1e400",
+    "1e-400",
+    "NaN",
+    "nan",
+    "inf",
+    "-inf",
+    "Infinity",
+    "0x10",
+    "1_000",
+    "1.5",
+    ".5",
+    "5.",
+    "1e",
+    "+1",
+    "--1",
+    "1.2.3",
+    "\u0661\u0662",
+    "\u00b2",
+    "\uff11\uff12",
+    "\u00bd",
+    "\U0001d7d9",
+    "3\u0301",
+]
 WORDS = [
-    "", " ", "Unknown", "UNKNOWN", "N/A", "None", "(null)", "INVALID", "UNLIMITED", "infinite",
-    "true", "false", "null", "[]", "{}", "-", ":", "=", "|", ",", ";", "(", ")", "[", "]",
-    "node[0-99999999]", "node[1-3,7]", "node[a-z]", "node[5-1]", "node[", "n[01-1000000]",
-    "node[1-2]x[3-4]", "2026-11-24T08:25:42", "0000-00-00T00:00:00", "9999-12-31T23:59:59",
-    "0001-01-01T00:00:00", "2026-13-45T99:99:99", "1-02:03:04", "99999999999-00:00:00",
-    "1:0", "0:999999999999999999999", ":", "1:", "gres/gpu:a100:4", "gpu:\u00b2",
-    "gpu:2(IDX:0-1)", "gres:gpu:" + "9" * 400, "4000M", "9" * 400 + "K", "1.5Gc", "1e3M",
-    "cpu=2,mem=1G,node=1,gres/gpu=2", "gres/gpu=" + "9" * 400, "=x", "a==b", "\x00", "\t",
-    "\\040", "\\", "%", "%s%n", "<", ">", "&", "&amp;", "&#0;", "]]>", "<![CDATA[x]]>",
-    "<?xml", "<!DOCTYPE a [<!ENTITY e \"x\">]>", "&e;", "job_" + "9" * 5000, "/job_\u00b2/",
-]  # fmt: skip
+    "",
+    " ",
+    "Unknown",
+    "UNKNOWN",
+    "N/A",
+    "None",
+    "(null)",
+    "INVALID",
+    "UNLIMITED",
+    "infinite",
+    "true",
+    "false",
+    "null",
+    "[]",
+    "{}",
+    "-",
+    ":",
+    "=",
+    "|",
+    ",",
+    ";",
+    "(",
+    ")",
+    "[",
+    "]",
+    "node[0-99999999]",
+    "node[1-3,7]",
+    "node[a-z]",
+    "node[5-1]",
+    "node[",
+    "n[01-1000000]",
+    "node[1-2]x[3-4]",
+    "2026-11-24T08:25:42",
+    "0000-00-00T00:00:00",
+    "9999-12-31T23:59:59",
+    "0001-01-01T00:00:00",
+    "2026-13-45T99:99:99",
+    "1-02:03:04",
+    "99999999999-00:00:00",
+    "1:0",
+    "0:999999999999999999999",
+    ":",
+    "1:",
+    "gres/gpu:a100:4",
+    "gpu:\u00b2",
+    "gpu:2(IDX:0-1)",
+    "gres:gpu:" + "9" * 400,
+    "4000M",
+    "9" * 400 + "K",
+    "1.5Gc",
+    "1e3M",
+    "cpu=2,mem=1G,node=1,gres/gpu=2",
+    "gres/gpu=" + "9" * 400,
+    "=x",
+    "a==b",
+    "\x00",
+    "\t",
+    "\\040",
+    "\\",
+    "%",
+    "%s%n",
+    "<",
+    ">",
+    "&",
+    "&amp;",
+    "&#0;",
+    "]]>",
+    "<![CDATA[x]]>",
+    "<?xml",
+    '<!DOCTYPE a [<!ENTITY e "x">]>',
+    "&e;",
+    "job_" + "9" * 5000,
+    "/job_\u00b2/",
+]
 INTERESTING = NUMBERS + WORDS
-CONTROL = ["\x00", "\r", "\n", "\r\n", "\t", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85",
-           "\u2028", "\u2029", "\ufeff", "\x1b[31m", "\x7f", "\ud7ff", "\uffff", " "]  # fmt: skip
-UNICODE = ["\u00e9", "\u00df", "\u0130", "\u2160", "\u00b2", "\u0661", "\uff10", "\u200b",
-           "\u202e", "\U0001f600", "\u0301", "\ufb01", "\u1e9e"]  # fmt: skip
+CONTROL = [
+    "\x00",
+    "\r",
+    "\n",
+    "\r\n",
+    "\t",
+    "\x0b",
+    "\x0c",
+    "\x1c",
+    "\x1d",
+    "\x1e",
+    "\x85",
+    "\u2028",
+    "\u2029",
+    "\ufeff",
+    "\x1b[31m",
+    "\x7f",
+    "\ud7ff",
+    "\uffff",
+    " ",
+]
+UNICODE = [
+    "\u00e9",
+    "\u00df",
+    "\u0130",
+    "\u2160",
+    "\u00b2",
+    "\u0661",
+    "\uff10",
+    "\u200b",
+    "\u202e",
+    "\U0001f600",
+    "\u0301",
+    "\ufb01",
+    "\u1e9e",
+]
 NUM_RE = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 TOKEN_RE = re.compile(r"[^\s|,=:;()\[\]{}<>\"']+")
 KV_RE = re.compile(r"([\w/.-]{1,64})=([^\s,]{0,64})")  # bounded: no quadratic search
@@ -146,18 +276,25 @@ EXTRA_SEEDS: dict[str, list[str]] = {
     "scontrol-job": ["tests/fixtures/slurm/22.05/scontrol-show-job-o-array-running.txt"],
     "squeue": ["tests/fixtures/slurm/22.05/squeue-nomade-with-json.txt"],
     "sdiag": ["tests/fixtures/slurm/22.05/sdiag-json-unsupported.txt"],
-    "iostat": ["tests/fixtures/sysstat/12.6.1/iostat-x.txt", "tests/fixtures/sysstat/12.6.1/iostat.txt"],
+    "iostat": [
+        "tests/fixtures/sysstat/12.6.1/iostat-x.txt",
+        "tests/fixtures/sysstat/12.6.1/iostat.txt",
+    ],
     "iostat-json": ["tests/fixtures/sysstat/12.6.1/iostat-x.json"],
     "mpstat": ["tests/fixtures/sysstat/12.6.1/mpstat-P-ALL.txt"],
     "mpstat-json": ["tests/fixtures/sysstat/12.6.1/mpstat-P-ALL.json"],
-    "vmstat": ["tests/fixtures/sysstat/procps-ng-4.0.2/vmstat.txt",
-               "tests/fixtures/sysstat/procps-ng-4.0.2/vmstat-a.txt"],
+    "vmstat": [
+        "tests/fixtures/sysstat/procps-ng-4.0.2/vmstat.txt",
+        "tests/fixtures/sysstat/procps-ng-4.0.2/vmstat-a.txt",
+    ],
     "proc-io": ["tests/fixtures/proc/13260/io"],
     "nvidia-smi-text": ["tests/fixtures/gpu/h200-580.159.04/q.txt"],
     "nvidia-smi-xml": ["tests/fixtures/gpu/h200-580.159.04/q-x.xml"],
-    "nvidia-smi-csv": ["tests/fixtures/gpu/h200-580.159.04/query-gpu.csv",
-                       "tests/fixtures/gpu/h200-580.159.04/query-compute-apps.csv"],
-}  # fmt: skip
+    "nvidia-smi-csv": [
+        "tests/fixtures/gpu/h200-580.159.04/query-gpu.csv",
+        "tests/fixtures/gpu/h200-580.159.04/query-compute-apps.csv",
+    ],
+}
 
 
 def raw_parser(kind: str):
@@ -244,22 +381,39 @@ CGROUP_V1_TEXTS = {
 }
 CGROUP_V2_TEXTS = {name: _files(TELEGRAF + f"v2_{name}") for _, name in cgroup.V2_FILES}
 EXTRA_PARSERS: dict[str, tuple[Callable[..., Any], list[str]]] = {
-    "proc-stat": (procio.parse_stat, _files(
-        "tests/fixtures/proc/13260/stat", "shared:procfs/kellyjonbrazil_jc/pid_stat",
-        "shared:procfs/kellyjonbrazil_jc/pid_stat_w_space_and_nl_in_comm")),
-    "proc-io-counters": (procio.parse_counters, _files(
-        "tests/fixtures/proc/13260/io", "shared:procfs/kellyjonbrazil_jc/pid_io")),
-    "cgroup-procs": (cgroup.parse_pids, _files(V1_JOB.format("freezer", "cgroup.procs"),
-                                               V1_JOB.format("freezer", "tasks"))),
-    "mountinfo": (nfs.mount_table, _files(
-        "shared:procfs/kellyjonbrazil_jc/pid_mountinfo",
-        "shared:procfs/prometheus_node_exporter/proc_1_mountinfo",
-        "shared:procfs/prometheus_node_exporter/proc_10_mountinfo")),
-    "proc-cgroup": (lambda text, source: gpu.job_of_cgroup(text),
-                    _files("tests/fixtures/proc/13260/cgroup")),
-    "sysstat-version": (lambda text, source: sysstat.sysstat_version(text),
-                        ["sysstat version 12.6.1\n(C) Sebastien Godard (sysstat <at> orange.fr)\n"]),
-}  # fmt: skip
+    "proc-stat": (
+        procio.parse_stat,
+        _files(
+            "tests/fixtures/proc/13260/stat",
+            "shared:procfs/kellyjonbrazil_jc/pid_stat",
+            "shared:procfs/kellyjonbrazil_jc/pid_stat_w_space_and_nl_in_comm",
+        ),
+    ),
+    "proc-io-counters": (
+        procio.parse_counters,
+        _files("tests/fixtures/proc/13260/io", "shared:procfs/kellyjonbrazil_jc/pid_io"),
+    ),
+    "cgroup-procs": (
+        cgroup.parse_pids,
+        _files(V1_JOB.format("freezer", "cgroup.procs"), V1_JOB.format("freezer", "tasks")),
+    ),
+    "mountinfo": (
+        nfs.mount_table,
+        _files(
+            "shared:procfs/kellyjonbrazil_jc/pid_mountinfo",
+            "shared:procfs/prometheus_node_exporter/proc_1_mountinfo",
+            "shared:procfs/prometheus_node_exporter/proc_10_mountinfo",
+        ),
+    ),
+    "proc-cgroup": (
+        lambda text, source: gpu.job_of_cgroup(text),
+        _files("tests/fixtures/proc/13260/cgroup"),
+    ),
+    "sysstat-version": (
+        lambda text, source: sysstat.sysstat_version(text),
+        ["sysstat version 12.6.1\n(C) Sebastien Godard (sysstat <at> orange.fr)\n"],
+    ),
+}
 DIR_TREES = {
     "cgroup": "tests/fixtures/cgroup/v1-slurm-22.05-multislurmd",
     "hwmon": "tests/fixtures/sys/hwmon-handmade-2socket-intel-nvme",
@@ -267,10 +421,18 @@ DIR_TREES = {
 }
 NEW_NAMES = {
     "cgroup": ["job_\u00b2", "job_" + "9" * 200, "uid_x", "job_-1", "step_", "job_17", "task_"],
-    "hwmon": ["hwmon" + "9" * 200, "hwmon\u00b2", "temp\u0661_input", "temp99999999999_input",
-              "temp0_input", "name", "device", "temp1_label"],
+    "hwmon": [
+        "hwmon" + "9" * 200,
+        "hwmon\u00b2",
+        "temp\u0661_input",
+        "temp99999999999_input",
+        "temp0_input",
+        "name",
+        "device",
+        "temp1_label",
+    ],
     "edac": ["mc" + "9" * 200, "mc\u0661", "mc99", "ce_count", "ue_count", "mc_name"],
-}  # fmt: skip
+}
 
 
 # -- mutations of text ---------------------------------------------------------------------------
@@ -433,11 +595,26 @@ def m_xml_elem(rng: random.Random, s: str, donor: str) -> str:
 
 
 TEXT_OPS = [
-    (m_bitflip, 3), (m_bytes, 2), (m_delete, 3), (m_truncate, 2), (m_splice, 2),
-    (m_dup_chunk, 1), (m_dup_line, 3), (m_drop_line, 3), (m_swap_lines, 2), (m_number, 6),
-    (m_token, 6), (m_kv, 3), (m_case, 1), (m_long, 1), (m_control, 2), (m_unicode, 2),
-    (m_nest, 1), (m_interesting, 2), (m_empty, 1),
-]  # fmt: skip
+    (m_bitflip, 3),
+    (m_bytes, 2),
+    (m_delete, 3),
+    (m_truncate, 2),
+    (m_splice, 2),
+    (m_dup_chunk, 1),
+    (m_dup_line, 3),
+    (m_drop_line, 3),
+    (m_swap_lines, 2),
+    (m_number, 6),
+    (m_token, 6),
+    (m_kv, 3),
+    (m_case, 1),
+    (m_long, 1),
+    (m_control, 2),
+    (m_unicode, 2),
+    (m_nest, 1),
+    (m_interesting, 2),
+    (m_empty, 1),
+]
 XML_OPS = [(m_xml_text, 8), (m_xml_elem, 4)]
 _OPS, _WEIGHTS = zip(*TEXT_OPS, strict=True)
 _XOPS, _XWEIGHTS = zip(*(TEXT_OPS + XML_OPS), strict=True)
@@ -482,12 +659,22 @@ def scalar(rng: random.Random, json_only: bool = False) -> Any:
     if r == 9:
         return "".join(chr(rng.randrange(0x20, 0x3000)) for _ in range(rng.randint(0, 12)))
     if r == 10:
-        return {"set": rng.random() < 0.8, "infinite": rng.random() < 0.2,
-                "number": scalar(rng, json_only)}  # fmt: skip
+        return {
+            "set": rng.random() < 0.8,
+            "infinite": rng.random() < 0.2,
+            "number": scalar(rng, json_only),
+        }
     if json_only:
         return rng.choice(("x" * 100_000, [], {}))
-    return rng.choice((b"", b"\x00\xff", msgpack.ExtType(rng.randrange(128), b"xx"),
-                       msgpack.Timestamp(rng.randrange(2**32)), "x" * 100_000))  # fmt: skip
+    return rng.choice(
+        (
+            b"",
+            b"\x00\xff",
+            msgpack.ExtType(rng.randrange(128), b"xx"),
+            msgpack.Timestamp(rng.randrange(2**32)),
+            "x" * 100_000,
+        )
+    )
 
 
 def value(rng: random.Random, depth: int = 3, json_only: bool = False) -> Any:
@@ -571,8 +758,10 @@ NODES = ["node1", "node2", "gpu-07.cluster", "c" * 128, "c" * 129, "", "n/1", "n
 def sample_row(rng: random.Random) -> list[Any]:
     """One SAMPLE_FIELDS row: mostly plausible, with any field replaced by anything."""
     row: list[Any] = [rng.choice((1, 2, 3, 16, 17)), T0 + rng.uniform(-100, 100)]
-    row += [rng.choice((None, rng.randint(0, 1 << 40), rng.uniform(0, 1e6)))
-            for _ in wire.SAMPLE_FIELDS[2:]]  # fmt: skip
+    row += [
+        rng.choice((None, rng.randint(0, 1 << 40), rng.uniform(0, 1e6)))
+        for _ in wire.SAMPLE_FIELDS[2:]
+    ]
     for _ in range(rng.choice((1, 2, 5)) if rng.random() < 0.03 else 0):
         row[rng.randrange(len(row))] = value(rng, 1)
     if rng.random() < 0.01:
@@ -588,16 +777,30 @@ def payload(rng: random.Random, mtype: str) -> Any:
     if mtype == wire.SAMPLES:
         p: Any = {"rows": [sample_row(rng) for _ in range(rng.choice((0, 1, 2, 3, 8, 300)))]}
     elif mtype == wire.JOB_EVENT:
-        p = {"event": rng.choice(("start", "end", "end", "resume", "")),
-             "job_id": rng.choice((1, 2, 3, 16, 17)), "t": t, "user": "alice", "uid": 2001}  # fmt: skip
+        p = {
+            "event": rng.choice(("start", "end", "end", "resume", "")),
+            "job_id": rng.choice((1, 2, 3, 16, 17)),
+            "t": t,
+            "user": "alice",
+            "uid": 2001,
+        }
     elif mtype == wire.READINGS:
         records = [{"record": "pressure", "some_avg10_percent": rng.random()} for _ in range(3)]
-        p = {"collector": rng.choice(("pressure", "gpu", "", "x" * 65, "a\nb")), "t": t,
-             "seconds": rng.random(), "records": records}  # fmt: skip
+        p = {
+            "collector": rng.choice(("pressure", "gpu", "", "x" * 65, "a\nb")),
+            "t": t,
+            "seconds": rng.random(),
+            "records": records,
+        }
     elif mtype == wire.HEARTBEAT:
         status = [60.0, 3, 0, t, t, None, 0.01, None]
-        p = {"t": t, "jobs": [1, 2], "outbox_depth": 0, "dropped": 0,
-             "collectors": {"pressure": status, "gpu": list(status)}}  # fmt: skip
+        p = {
+            "t": t,
+            "jobs": [1, 2],
+            "outbox_depth": 0,
+            "dropped": 0,
+            "collectors": {"pressure": status, "gpu": list(status)},
+        }
     elif mtype == wire.HELLO:
         p = {"host": "node1", "agent_version": "0.1", "interval_seconds": 10.0, "started": t}
     else:
@@ -659,9 +862,16 @@ def mutate_bytes(rng: random.Random, b: bytes, donor: bytes) -> bytes:
         elif r == 5 and data:
             data[min(i, len(data) - 1)] = rng.choice((0xC1, 0xDD, 0xDF, 0xC6, 0xDB, 0xC7, 0xD4))
         elif r == 6:
-            data[i:i] = rng.choice((b"\xdd\xff\xff\xff\xff", b"\xdf\xff\xff\xff\xff",
-                                    b"\xdb\xff\xff\xff\xff", b"\xc6\x7f\xff\xff\xff",
-                                    b"\xd6\xff\x00", b"\xc7\xff\xff"))  # fmt: skip
+            data[i:i] = rng.choice(
+                (
+                    b"\xdd\xff\xff\xff\xff",
+                    b"\xdf\xff\xff\xff\xff",
+                    b"\xdb\xff\xff\xff\xff",
+                    b"\xc6\x7f\xff\xff\xff",
+                    b"\xd6\xff\x00",
+                    b"\xc7\xff\xff",
+                )
+            )
         else:
             data[i:i] = data[i : i + rng.choice((1, 8, 64))] * rng.choice((2, 10))
     return bytes(data)
@@ -687,9 +897,13 @@ def run_wire(data: bytes) -> str:
         env = wire.unpack(data)
     except wire.WireError:
         return "error"
-    if not (isinstance(env, wire.Envelope) and isinstance(env.type, str)
-            and isinstance(env.node, str) and isinstance(env.epoch, int)
-            and isinstance(env.seq, int)):  # fmt: skip
+    if not (
+        isinstance(env, wire.Envelope)
+        and isinstance(env.type, str)
+        and isinstance(env.node, str)
+        and isinstance(env.epoch, int)
+        and isinstance(env.seq, int)
+    ):
         raise Unclean(f"unpack returned {env!r:.200}")
     return "result"
 
@@ -699,8 +913,16 @@ def _save_bytes(data: bytes) -> tuple[bytes, str]:
 
 
 # ingest ----------------------------------------------------------------------------------------
-WATCHED = ("samples", "jobs", "received", "events", "readings_latest", "readings", "nodes",
-           "collector_status")  # fmt: skip
+WATCHED = (
+    "samples",
+    "jobs",
+    "received",
+    "events",
+    "readings_latest",
+    "readings",
+    "nodes",
+    "collector_status",
+)
 REFUSAL_EVENTS = ("bad_message", "envelope_refused")
 ANSWERS = frozenset({"ack", "nack", "live", "drop"})
 # A stored sample holds numbers: t a number, every other field a number >= 0 or null.
@@ -767,11 +989,13 @@ class IngestTarget:
         if kind == "ack":
             env = answer.env
             key = (env.node, env.epoch, env.seq)
-            if not conn.execute("SELECT 1 FROM received WHERE node = ? AND epoch = ? AND seq = ?",
-                                key).fetchone():  # fmt: skip
+            if not conn.execute(
+                "SELECT 1 FROM received WHERE node = ? AND epoch = ? AND seq = ?", key
+            ).fetchone():
                 raise Unclean(f"ack of {key} but received does not hold it")
-            bad = conn.execute(f"SELECT * FROM samples WHERE rowid > ? AND ({OFF_BOUNDS}) LIMIT 1",
-                               (top,)).fetchone()  # fmt: skip
+            bad = conn.execute(
+                f"SELECT * FROM samples WHERE rowid > ? AND ({OFF_BOUNDS}) LIMIT 1", (top,)
+            ).fetchone()
             if bad:
                 raise Unclean(f"ack stored a sample out of bounds: {tuple(bad)!r:.160}")
         if kind == "nack" and answer.reason.startswith("not storable"):
@@ -793,8 +1017,12 @@ class IngestTarget:
 
 def ingest_input(rng: random.Random) -> bytes:
     r = rng.random()
-    types = [wire.SAMPLES] * 4 + [wire.JOB_EVENT] * 2 + [wire.READINGS] * 2 + [
-        wire.HEARTBEAT, wire.HELLO, rng.choice(ALL_TYPES)]  # fmt: skip
+    types = (
+        [wire.SAMPLES] * 4
+        + [wire.JOB_EVENT] * 2
+        + [wire.READINGS] * 2
+        + [wire.HEARTBEAT, wire.HELLO, rng.choice(ALL_TYPES)]
+    )
     data = envelope(rng, rng.choice(types))
     if r < 0.2:
         data = mutate_bytes(rng, data, envelope(rng))
@@ -884,8 +1112,13 @@ def cgroup_job_target(version: int, texts: dict[str, list[str]], donors: list[Se
         shown = {k: v if v is None or isinstance(v, str) else repr(v) for k, v in raw.items()}
         return json.dumps(shown, indent=1).encode(), f"cgroup.parse_job(raw, version={version})"
 
-    return Target(f"parse:cgroup-job-v{version}", make, run,
-                  lambda raw: _short(json.dumps({k: str(v)[:40] for k, v in raw.items()})), save)  # fmt: skip
+    return Target(
+        f"parse:cgroup-job-v{version}",
+        make,
+        run,
+        lambda raw: _short(json.dumps({k: str(v)[:40] for k, v in raw.items()})),
+        save,
+    )
 
 
 class DirTarget:
@@ -895,10 +1128,12 @@ class DirTarget:
     def __init__(self, kind: str, tree: str) -> None:
         self.kind, self.source = kind, REPO / tree
         self.fn = raw_parser(kind)
-        self.files = sorted(str(p.relative_to(self.source)) for p in self.source.rglob("*")
-                            if p.is_file())  # fmt: skip
-        self.dirs = [""] + sorted(str(p.relative_to(self.source)) for p in self.source.rglob("*")
-                                  if p.is_dir())  # fmt: skip
+        self.files = sorted(
+            str(p.relative_to(self.source)) for p in self.source.rglob("*") if p.is_file()
+        )
+        self.dirs = [""] + sorted(
+            str(p.relative_to(self.source)) for p in self.source.rglob("*") if p.is_dir()
+        )
         self.root = ""
 
     def setup(self, directory: str) -> None:
@@ -955,9 +1190,15 @@ class DirTarget:
             op, rel, content = inp
             return content or b"", f"{op} {rel} in a copy of {self.source.relative_to(REPO)}"
 
-        return Target(f"dir:{self.kind}", self.make, self.run,
-                      lambda inp: f"{inp[0]} {inp[1]}: {_short(inp[2] or b'', 100)}", save,
-                      weight=0.3, setup=self.setup)  # fmt: skip
+        return Target(
+            f"dir:{self.kind}",
+            self.make,
+            self.run,
+            lambda inp: f"{inp[0]} {inp[1]}: {_short(inp[2] or b'', 100)}",
+            save,
+            weight=0.3,
+            setup=self.setup,
+        )
 
 
 def build_targets() -> dict[str, Target]:
@@ -970,8 +1211,16 @@ def build_targets() -> dict[str, Target]:
 
     if hasattr(store.Ingest, "take"):
         it = IngestTarget()
-        targets["ingest"] = Target("ingest", ingest_input, it.run, _short, _save_bytes,
-                                   weight=0.0, setup=it.setup, flush=it.flush)  # fmt: skip
+        targets["ingest"] = Target(
+            "ingest",
+            ingest_input,
+            it.run,
+            _short,
+            _save_bytes,
+            weight=0.0,
+            setup=it.setup,
+            flush=it.flush,
+        )
     for kind in registry.KINDS:
         if kind in registry.DIRECTORY_KINDS:
             if kind in DIR_TREES:
@@ -1044,8 +1293,16 @@ def rng_for(seed: int, target: str, index: int) -> random.Random:
     return random.Random(f"{seed}/{target}/{index}")
 
 
-def worker(wid: int, targets: dict[str, Target], seed: int, conn: Any, busy: Any, where: Any,
-           names: list[str], base: str) -> None:  # fmt: skip
+def worker(
+    wid: int,
+    targets: dict[str, Target],
+    seed: int,
+    conn: Any,
+    busy: Any,
+    where: Any,
+    names: list[str],
+    base: str,
+) -> None:
     """Run the chunks the parent sends over CONN; report unclean inputs as they come."""
     signal.signal(signal.SIGALRM, _alarm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -1121,9 +1378,11 @@ class Run:
         self.unclean[(name, i)] = (kind, message, shown)
         if self.shown[name] < SHOW_PER_TARGET:
             self.shown[name] += 1
-            print(f"UNCLEAN {name} #{i}: {kind}: {message}\n    input: {shown}\n"
-                  f"    replay: python bench/fuzz.py --seed {self.args.seed} --replay {name}:{i}",
-                  flush=True)  # fmt: skip
+            print(
+                f"UNCLEAN {name} #{i}: {kind}: {message}\n    input: {shown}\n"
+                f"    replay: python bench/fuzz.py --seed {self.args.seed} --replay {name}:{i}",
+                flush=True,
+            )
 
     def note(self, name: str, i: int, outcome: str, message: str, shown: str) -> None:
         """A clean outcome worth showing (see INTERNAL)."""
@@ -1146,8 +1405,9 @@ class Run:
         st = self.stats[name]
         kinds = Counter(k for (n, _), (k, _, _) in self.unclean.items() if n == name)
         bad = ", ".join(f"{k} {v}" for k, v in kinds.most_common())
-        notes = "".join(f", {v} {k}" for k, v in st.counts.items()
-                        if k not in ("result", "error", "unclean"))  # fmt: skip
+        notes = "".join(
+            f", {v} {k}" for k, v in st.counts.items() if k not in ("result", "error", "unclean")
+        )
         return (
             f"{name:<28} {st.run:>8} inputs {st.counts['result']:>8} results "
             f"{st.counts['error']:>8} clean errors{notes} {st.counts['unclean']:>6} unclean"
@@ -1178,8 +1438,11 @@ class Run:
                 if time.monotonic() - last >= 15:
                     last = time.monotonic()
                     run = sum(s.run for s in self.stats.values())
-                    print(f"... {run} of {sum(counts.values())} inputs, {len(self.unclean)} unclean,"
-                          f" {last - started:.0f} s", flush=True)  # fmt: skip
+                    print(
+                        f"... {run} of {sum(counts.values())} inputs, {len(self.unclean)} unclean,"
+                        f" {last - started:.0f} s",
+                        flush=True,
+                    )
             for p, conn, _ in self.workers:
                 conn.send(None)
                 p.join(5)
@@ -1190,9 +1453,20 @@ class Run:
     def spawn(self, wid: int) -> list[Any]:
         """[process, connection, task in hand or None]"""
         ours, theirs = self.ctx.Pipe()
-        p = self.ctx.Process(target=worker, daemon=True, args=(
-            wid, self.targets, self.args.seed, theirs, self.busy, self.where, self.names,
-            self.base))  # fmt: skip
+        p = self.ctx.Process(
+            target=worker,
+            daemon=True,
+            args=(
+                wid,
+                self.targets,
+                self.args.seed,
+                theirs,
+                self.busy,
+                self.where,
+                self.names,
+                self.base,
+            ),
+        )
         p.start()
         theirs.close()
         self.busy[wid] = 0.0
@@ -1338,8 +1612,11 @@ def main() -> None:
         targets = {n: t for n, t in targets.items() if n in args.only.split(",")}
     counts = plan(targets, total)
     missing = "" if "ingest" in targets or args.only else " (no ingest: Ingest.take is missing)"
-    print(f"fuzz: {total} inputs over {len(targets)} targets{missing}, seed {args.seed},"
-          f" {args.workers} workers, {LIMIT_SECONDS:g} s per input", flush=True)  # fmt: skip
+    print(
+        f"fuzz: {total} inputs over {len(targets)} targets{missing}, seed {args.seed},"
+        f" {args.workers} workers, {LIMIT_SECONDS:g} s per input",
+        flush=True,
+    )
     run = Run(args, targets)
     wall = run.execute(counts)
     print(f"--- {wall:.0f} s")
@@ -1350,9 +1627,20 @@ def main() -> None:
         print(f"saved {save_all(run, targets, args.seed, args.save)} unclean inputs in {args.save}")
     ran = sum(s.run for s in run.stats.values())
     value = sum(s.counts["unclean"] for s in run.stats.values())
-    print(json.dumps({"bench": "fuzz", "value": value, "unit": "unclean inputs", "baseline": ran,
-                      "ratio": round(value / ran, 6) if ran else 0.0, "goal": 0,
-                      "targets": len(targets), "seed": args.seed}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "bench": "fuzz",
+                "value": value,
+                "unit": "unclean inputs",
+                "baseline": ran,
+                "ratio": round(value / ran, 6) if ran else 0.0,
+                "goal": 0,
+                "targets": len(targets),
+                "seed": args.seed,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@ times over.  This bench measures that CPU time itself: each installed hook (the 
 starts it, with the environment captured from Slurm 22.05 in tests/fixtures/slurm/22.05/
 hook-env/) runs --calls times in a row against a real aggregator on loopback, and so does
 /bin/true; TaskProlog finds its verdict (the common case), and is measured once more without
-one (ten 20 ms waits).  CPU is RUSAGE_CHILDREN (user + system of the hook and every process it starts).
-`value` is the largest mean CPU per call among the hooks, in ms; `baseline` is /bin/true's.
+one (ten 20 ms waits).  CPU is RUSAGE_CHILDREN (user + system of the hook and every process it
+starts).  `value` is the largest mean CPU per call among the hooks, in ms; `baseline` is
+/bin/true's.
 No Slurm cluster is needed.  The last line of stdout is one JSON object.
 
     python bench/hook_cpu.py [--quick] [--calls 200]
@@ -33,8 +34,13 @@ sys.path.insert(0, str(ROOT / "bench"))
 from prolog_latency import BIN, bench_config, run  # noqa: E402
 
 ENVS = ROOT / "tests" / "fixtures" / "slurm" / "22.05" / "hook-env"
-HOOKS = {"prolog": "prolog-node1", "epilog": "epilog-node1", "taskprolog": "taskprolog-node1-batch",
-         "prologslurmctld": "prologslurmctld", "epilogslurmctld": "epilogslurmctld"}  # fmt: skip
+HOOKS = {
+    "prolog": "prolog-node1",
+    "epilog": "epilog-node1",
+    "taskprolog": "taskprolog-node1-batch",
+    "prologslurmctld": "prologslurmctld",
+    "epilogslurmctld": "epilogslurmctld",
+}
 
 
 def captured_env(name: str) -> dict[str, str]:
@@ -42,7 +48,9 @@ def captured_env(name: str) -> dict[str, str]:
     return {k: v for k, _, v in pairs if k}
 
 
-def measure(path: str, env: dict[str, str], calls: int, first_job: int = 900_000) -> tuple[float, float]:
+def measure(
+    path: str, env: dict[str, str], calls: int, first_job: int = 900_000
+) -> tuple[float, float]:
     """(mean CPU ms, median wall ms) per call; job ids differ from call to call."""
     walls = []
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -73,8 +81,12 @@ def main() -> None:
     try:
         run(str(BIN / "nomadectl"), "init", env=env).check_returncode()
         run(str(BIN / "nomadectl"), "install-hooks", env=env).check_returncode()
-        agg = subprocess.Popen([str(BIN / "nomade-aggregator")], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        agg = subprocess.Popen(
+            [str(BIN / "nomade-aggregator")],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 60
         while run(str(BIN / "nomadectl"), "status", env=env).returncode != 0:
             if time.monotonic() > deadline:
@@ -89,11 +101,17 @@ def main() -> None:
             results[hook] = {"cpu_ms": round(cpu, 2), "wall_p50_ms": round(wall, 2)}
             print(f"{hook:<17} CPU {cpu:6.2f} ms per call   wall p50 {wall:6.2f} ms")
         # A verdict that has not come: TaskProlog waits its 10 x 20 ms (not counted in `value`).
-        cpu, wall = measure(str(base / "hooks" / "taskprolog"), captured_env(HOOKS["taskprolog"]),
-                            max(10, calls // 10), first_job=800_000)  # fmt: skip
+        cpu, wall = measure(
+            str(base / "hooks" / "taskprolog"),
+            captured_env(HOOKS["taskprolog"]),
+            max(10, calls // 10),
+            first_job=800_000,
+        )
         waiting = {"cpu_ms": round(cpu, 2), "wall_p50_ms": round(wall, 2)}
-        print(f"{'taskprolog, wait':<17} CPU {cpu:6.2f} ms per call   wall p50 {wall:6.2f} ms"
-              " (no verdict: ten 20 ms waits)")
+        print(
+            f"{'taskprolog, wait':<17} CPU {cpu:6.2f} ms per call   wall p50 {wall:6.2f} ms"
+            " (no verdict: ten 20 ms waits)"
+        )
     finally:
         if agg is not None:
             agg.terminate()
@@ -101,10 +119,23 @@ def main() -> None:
         shutil.rmtree(base, ignore_errors=True)
     print(f"{'/bin/true':<17} CPU {true_cpu:6.2f} ms per call   wall p50 {true_wall:6.2f} ms")
     worst = max(r["cpu_ms"] for r in results.values())
-    print(json.dumps({"bench": "hook_cpu", "value": worst, "unit": "ms CPU per call",
-                      "baseline": round(true_cpu, 2), "ratio": round(worst / true_cpu, 2),
-                      "goal": "as little as possible: in a burst wall time grows with it (prolog_latency)",
-                      "calls": calls, "per_hook": results, "taskprolog_no_verdict": waiting}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "bench": "hook_cpu",
+                "value": worst,
+                "unit": "ms CPU per call",
+                "baseline": round(true_cpu, 2),
+                "ratio": round(worst / true_cpu, 2),
+                "goal": (
+                    "as little as possible: in a burst wall time grows with it (prolog_latency)"
+                ),
+                "calls": calls,
+                "per_hook": results,
+                "taskprolog_no_verdict": waiting,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

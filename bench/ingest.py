@@ -112,8 +112,9 @@ def pack_envelopes(node: str, epoch: int, ids: list[int], cycles: int) -> list[b
     ]
 
 
-def stream(sock: Any, envelopes: list[bytes], first_seq: int, window: int, epoch: int,
-           deadline: float) -> tuple[set[int], int]:  # fmt: skip
+def stream(
+    sock: Any, envelopes: list[bytes], first_seq: int, window: int, epoch: int, deadline: float
+) -> tuple[set[int], int]:
     """Send ENVELOPES (seqs FIRST_SEQ...) keeping WINDOW in flight; return (acked seqs, nacks)."""
     import zmq
 
@@ -141,18 +142,29 @@ def stream(sock: Any, envelopes: list[bytes], first_seq: int, window: int, epoch
     return acked, nacks
 
 
-def agent_main(k: int, endpoint: str, jobs: int, cycles: int, window: int, timeout: float,
-               ready: Any, go: Any, results: Any, curve: tuple[bytes, bytes, bytes] | None) -> None:  # fmt: skip
+def agent_main(
+    k: int,
+    endpoint: str,
+    jobs: int,
+    cycles: int,
+    window: int,
+    timeout: float,
+    ready: Any,
+    go: Any,
+    results: Any,
+    curve: tuple[bytes, bytes, bytes] | None,
+) -> None:
     import zmq
 
     node, epoch = f"simnode-{k}", time.time_ns() // 1_000_000 + k
     ids = job_ids(k, jobs)
     envelopes = pack_envelopes(node, epoch, ids, cycles)
     starts = [
-        wire.Envelope(wire.JOB_EVENT, node, epoch, i + 1, {"event": "start", "job_id": job_id,
-                                                          "t": T0 - 60.0}).pack()
+        wire.Envelope(
+            wire.JOB_EVENT, node, epoch, i + 1, {"event": "start", "job_id": job_id, "t": T0 - 60.0}
+        ).pack()
         for i, job_id in enumerate(ids)
-    ]  # fmt: skip
+    ]
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     if curve is not None:  # (server public, own public, own secret), as nomade-agent has them
@@ -167,8 +179,16 @@ def agent_main(k: int, endpoint: str, jobs: int, cycles: int, window: int, timeo
     acked, nacks = stream(sock, envelopes, jobs + 1, window, epoch, t_first + timeout)
     t_last = time.monotonic()
     sock.close(0)
-    results.put({"agent": k, "acked": len(acked), "samples": len(acked) * jobs, "nacks": nacks,
-                 "first_send": t_first, "last_ack": t_last})  # fmt: skip
+    results.put(
+        {
+            "agent": k,
+            "acked": len(acked),
+            "samples": len(acked) * jobs,
+            "nacks": nacks,
+            "first_send": t_first,
+            "last_ack": t_last,
+        }
+    )
 
 
 # -- the aggregator and the baseline -------------------------------------------------------------
@@ -227,7 +247,15 @@ def make_config(tmp: str, curve: str, synchronous: str = "full") -> Config:
     # Sample ingest only: the head-node collectors (squeue ... sacct) all run once when the
     # aggregator starts, then once a minute or less; in a run this short their start-up burst
     # would be measured as ingest (bench/agent_overhead.py measures collectors).
-    for name in ("queue", "partitions", "node_state", "fairshare", "scheduler", "licenses", "job_history"):
+    for name in (
+        "queue",
+        "partitions",
+        "node_state",
+        "fairshare",
+        "scheduler",
+        "licenses",
+        "job_history",
+    ):
         getattr(cfg.collectors, name).enabled = False
     return cfg
 
@@ -289,7 +317,7 @@ def run_agents(cfg: Config, args: argparse.Namespace, timeout: float) -> dict[st
                 go,
                 results,
                 curve[k],
-            ),  # fmt: skip
+            ),
             daemon=True,
         )
         for k in range(args.agents)
@@ -316,9 +344,15 @@ def run_agents(cfg: Config, args: argparse.Namespace, timeout: float) -> dict[st
         agg.stop()
     wall = max(r["last_ack"] for r in done) - min(r["first_send"] for r in done)
     samples = sum(r["samples"] for r in done)
-    return {"wall": wall, "samples": samples, "acked": sum(r["acked"] for r in done),
-            "nacks": sum(r["nacks"] for r in done), "commits": commits, "cpu": cpu,
-            "bytes": size}  # fmt: skip
+    return {
+        "wall": wall,
+        "samples": samples,
+        "acked": sum(r["acked"] for r in done),
+        "nacks": sum(r["nacks"] for r in done),
+        "commits": commits,
+        "cpu": cpu,
+        "bytes": size,
+    }
 
 
 def stored_counts(path: str) -> tuple[int, int]:
@@ -339,8 +373,12 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=4, help="simulated agent processes")
     parser.add_argument("--jobs", type=int, default=64, help="running jobs per simulated node")
     parser.add_argument("--cycles", type=int, help="envelopes per agent (default: by --quick)")
-    parser.add_argument("--window", type=int, default=WINDOW,
-                        help="envelopes in flight per agent (default: the agent's own window)")  # fmt: skip
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=WINDOW,
+        help="envelopes in flight per agent (default: the agent's own window)",
+    )
     parser.add_argument("--baseline-samples", type=int, help="samples for the naive baseline")
     args = parser.parse_args()
     if args.cycles is None:
@@ -364,17 +402,26 @@ def main() -> None:
 
     expected = args.agents * args.jobs * args.cycles
     rate = m["samples"] / m["wall"]
-    print(f"agents {args.agents} x jobs {args.jobs} x cycles {args.cycles}, window {args.window},"
-          f" {m['bytes'] / m['acked'] / 1024:.1f} KiB per envelope")  # fmt: skip
-    print(f"naive       {baseline:10.0f} samples/s (one INSERT + COMMIT per sample, "
-          f"{args.baseline_samples} samples)")  # fmt: skip
+    print(
+        f"agents {args.agents} x jobs {args.jobs} x cycles {args.cycles}, window {args.window},"
+        f" {m['bytes'] / m['acked'] / 1024:.1f} KiB per envelope"
+    )
+    print(
+        f"naive       {baseline:10.0f} samples/s (one INSERT + COMMIT per sample, "
+        f"{args.baseline_samples} samples)"
+    )
     plain_rate = plain["samples"] / plain["wall"]
-    print(f"aggregator  {rate:10.0f} samples/s with CURVE ({m['samples']} acknowledged in {m['wall']:.2f} s,"
-          f" {m['commits']} commits, {m['acked'] / max(m['commits'], 1):.1f} envelopes/commit)")  # fmt: skip
+    print(
+        f"aggregator  {rate:10.0f} samples/s with CURVE"
+        f" ({m['samples']} acknowledged in {m['wall']:.2f} s,"
+        f" {m['commits']} commits, {m['acked'] / max(m['commits'], 1):.1f} envelopes/commit)"
+    )
     print(f"plain       {plain_rate:10.0f} samples/s without CURVE (security.curve = off)")
     normal_rate = normal["samples"] / normal["wall"]
-    print(f"normal      {normal_rate:10.0f} samples/s with CURVE and store_synchronous = normal"
-          " (the WAL synced at checkpoints only; the default, full, syncs every COMMIT)")  # fmt: skip
+    print(
+        f"normal      {normal_rate:10.0f} samples/s with CURVE and store_synchronous = normal"
+        " (the WAL synced at checkpoints only; the default, full, syncs every COMMIT)"
+    )
     print(
         f"aggregator process CPU {m['cpu']:.2f} s ({m['cpu'] / m['wall'] * 100:.0f}% of one core)"
     )
@@ -385,11 +432,15 @@ def main() -> None:
     if m["samples"] != expected:
         problems.append(f"{m['samples']} samples acknowledged, {expected} sent")
     if plain["samples"] != expected or plain_stored != expected or plain["nacks"]:
-        problems.append(f"without CURVE: {plain['samples']} samples acknowledged and"
-                        f" {plain_stored} stored, {expected} sent")  # fmt: skip
+        problems.append(
+            f"without CURVE: {plain['samples']} samples acknowledged and"
+            f" {plain_stored} stored, {expected} sent"
+        )
     if normal["samples"] != expected or normal_stored != expected or normal["nacks"]:
-        problems.append(f"store_synchronous = normal: {normal['samples']} samples acknowledged and"
-                        f" {normal_stored} stored, {expected} sent")  # fmt: skip
+        problems.append(
+            f"store_synchronous = normal: {normal['samples']} samples acknowledged and"
+            f" {normal_stored} stored, {expected} sent"
+        )
     if stored != m["samples"] or received != m["acked"]:
         problems.append(
             f"the database holds {stored} samples from {received} envelopes, but"

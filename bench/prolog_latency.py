@@ -49,8 +49,13 @@ sys.path.insert(0, str(ROOT))
 from nomade_common import wire  # noqa: E402
 
 INCLUDE = Path("/etc/slurm/nomade-hooks.conf")
-KINDS = {"PrologSlurmctld": "prologslurmctld", "Prolog": "prolog", "TaskProlog": "taskprolog",
-         "Epilog": "epilog", "EpilogSlurmctld": "epilogslurmctld"}  # fmt: skip
+KINDS = {
+    "PrologSlurmctld": "prologslurmctld",
+    "Prolog": "prolog",
+    "TaskProlog": "taskprolog",
+    "Epilog": "epilog",
+    "EpilogSlurmctld": "epilogslurmctld",
+}
 BIN = Path(sys.executable).parent
 
 
@@ -71,12 +76,14 @@ def bench_config(base: Path, transport: str = "auto") -> tuple[int, dict[str, st
     under BASE); returns the agents' ZeroMQ port and an environment that points at it."""
     zport, hport = free_port(), free_port()
     cfg = base / "nomade.toml"
-    cfg.write_text(f'[general]\ncluster_name = "nomadedev"\ndata_dir = "{base}/data"\n'
-                   f'[agent]\naggregator = "tcp://127.0.0.1:{zport}"\nspool_dir = "{base}/spool"\n'
-                   f'[aggregator]\nlisten = "tcp://127.0.0.1:{zport}"\nhttp_listen = "127.0.0.1:{hport}"\n'
-                   f'[hooks]\nprefix = "{base}/hooks"\naggregator_url = "http://127.0.0.1:{hport}"\n'
-                   f'state_dir = "{base}/hookstate"\ncontroller_transport = "{transport}"\n'
-                   f'[security]\nkeys_dir = "{base}/keys"\n')  # fmt: skip
+    cfg.write_text(
+        f'[general]\ncluster_name = "nomadedev"\ndata_dir = "{base}/data"\n'
+        f'[agent]\naggregator = "tcp://127.0.0.1:{zport}"\nspool_dir = "{base}/spool"\n'
+        f'[aggregator]\nlisten = "tcp://127.0.0.1:{zport}"\nhttp_listen = "127.0.0.1:{hport}"\n'
+        f'[hooks]\nprefix = "{base}/hooks"\naggregator_url = "http://127.0.0.1:{hport}"\n'
+        f'state_dir = "{base}/hookstate"\ncontroller_transport = "{transport}"\n'
+        f'[security]\nkeys_dir = "{base}/keys"\n'
+    )
     return zport, {**os.environ, "NOMADE_CONFIG": str(cfg)}
 
 
@@ -107,13 +114,29 @@ def switch(lines: list[str]) -> None:
     INCLUDE.write_text("# NØMADE prolog latency benchmark (temporary)\n" + "\n".join(lines) + "\n")
     run("scontrol", "reconfigure", timeout=60).check_returncode()
     # A slurmctld started without PrologSlurmctld never runs one: the dev cluster restarts it.
-    run(str(ROOT / "slurm-conf" / "cluster-up.sh"), "--hooks-changed", timeout=120).check_returncode()
+    run(
+        str(ROOT / "slurm-conf" / "cluster-up.sh"), "--hooks-changed", timeout=120
+    ).check_returncode()
     time.sleep(1)
 
 
 def run_jobs(base: Path, n: int, deadline: float = 900) -> None:
-    out = run("sbatch", "--parsable", "--uid=alice", "--gid=alice", "-D", str(base / "jobs"), "-o", "/dev/null",
-              f"--array=1-{n}", "-t", "1", "--mem=50M", "--wrap", "true")  # fmt: skip
+    out = run(
+        "sbatch",
+        "--parsable",
+        "--uid=alice",
+        "--gid=alice",
+        "-D",
+        str(base / "jobs"),
+        "-o",
+        "/dev/null",
+        f"--array=1-{n}",
+        "-t",
+        "1",
+        "--mem=50M",
+        "--wrap",
+        "true",
+    )
     out.check_returncode()
     array = out.stdout.strip().split(";")[0]
     end = time.monotonic() + deadline
@@ -190,9 +213,14 @@ def summary(d: dict[str, list[float]], base: dict[str, list[float]]) -> dict[str
     for kind, values in d.items():
         p50, p99 = np.percentile(values, 50), np.percentile(values, 99)
         b50, b99 = np.percentile(base[kind], 50), np.percentile(base[kind], 99)
-        out[kind] = {"n": len(values), "p50_ms": round(p50, 1), "p99_ms": round(p99, 1),
-                     "added_p50_ms": round(p50 - b50, 1), "added_p99_ms": round(p99 - b99, 1),
-                     "max_ms": round(max(values), 1)}  # fmt: skip
+        out[kind] = {
+            "n": len(values),
+            "p50_ms": round(p50, 1),
+            "p99_ms": round(p99, 1),
+            "added_p50_ms": round(p50 - b50, 1),
+            "added_p99_ms": round(p99 - b99, 1),
+            "max_ms": round(max(values), 1),
+        }
     return out
 
 
@@ -200,8 +228,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--jobs", type=int, default=None)
-    ap.add_argument("--transport", choices=("auto", "spool", "http"), default="auto",
-                    help="how the head-node hooks reach the aggregator (auto: spool, as it is local)")  # fmt: skip
+    ap.add_argument(
+        "--transport",
+        choices=("auto", "spool", "http"),
+        default="auto",
+        help="how the head-node hooks reach the aggregator (auto: spool, as it is local)",
+    )
     args = ap.parse_args()
     n = args.jobs or (20 if args.quick else 200)
     before = INCLUDE.read_text() if INCLUDE.exists() else None
@@ -225,17 +257,28 @@ def main() -> None:
         )
         procs.append(agg)
         for node in ("node1", "node2"):
-            procs.append(subprocess.Popen([str(BIN / "nomade-agent"), "--node", node], env=env,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
+            procs.append(
+                subprocess.Popen(
+                    [str(BIN / "nomade-agent"), "--node", node],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
         time.sleep(2)
-        modes = {m: write_wrappers(base, m, None if m == "empty" else base / "hooks")
-                 for m in ("empty", "nomade", "unreachable", "hung")}  # fmt: skip
+        modes = {
+            m: write_wrappers(base, m, None if m == "empty" else base / "hooks")
+            for m in ("empty", "nomade", "unreachable", "hung")
+        }
         timings = {}
         stop_at = time.time() + 3600
         ctx = mp.get_context("spawn")
         loaders = [
-            ctx.Process(target=load_agent, args=(zport, f"loadnode{i}", stop_at, curve[f"loadnode{i}"]),
-                        daemon=True)  # fmt: skip
+            ctx.Process(
+                target=load_agent,
+                args=(zport, f"loadnode{i}", stop_at, curve[f"loadnode{i}"]),
+                daemon=True,
+            )
             for i in range(2)
         ]
         for p in loaders:
@@ -263,8 +306,14 @@ def main() -> None:
         timings["unreachable"] = durations(base, "unreachable")
         for mode in ("nomade", "hung", "unreachable"):
             results[mode] = summary(timings[mode], timings["empty"])
-        results["empty"] = {k: {"n": len(v), "p50_ms": round(float(np.percentile(v, 50)), 1),
-                                "p99_ms": round(float(np.percentile(v, 99)), 1)} for k, v in timings["empty"].items()}  # fmt: skip
+        results["empty"] = {
+            k: {
+                "n": len(v),
+                "p50_ms": round(float(np.percentile(v, 50)), 1),
+                "p99_ms": round(float(np.percentile(v, 99)), 1),
+            }
+            for k, v in timings["empty"].items()
+        }
     finally:
         if before is None:
             INCLUDE.unlink(missing_ok=True)
@@ -283,13 +332,27 @@ def main() -> None:
     added99 = max(r["added_p99_ms"] for r in results["nomade"].values())
     worst_down = max(r["max_ms"] for m in ("hung", "unreachable") for r in results[m].values())
     base50 = max(r["p50_ms"] for r in results["empty"].values())
-    print(json.dumps({"bench": "prolog_latency", "value": added50, "unit": "ms", "baseline": base50,
-                      "ratio": round((base50 + added50) / base50, 2) if base50 else None,
-                      "goal": "added p50 <= 50 ms, added p99 <= 150 ms, <= 1000 ms when the aggregator is unreachable",
-                      "added_p99_ms": added99, "transport": args.transport,
-                      "auth": "munge" if args.transport == "http" else None,
-                      "worst_ms_aggregator_down": worst_down, "jobs": n,
-                      "per_hook": results}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "bench": "prolog_latency",
+                "value": added50,
+                "unit": "ms",
+                "baseline": base50,
+                "ratio": round((base50 + added50) / base50, 2) if base50 else None,
+                "goal": (
+                    "added p50 <= 50 ms, added p99 <= 150 ms,"
+                    " <= 1000 ms when the aggregator is unreachable"
+                ),
+                "added_p99_ms": added99,
+                "transport": args.transport,
+                "auth": "munge" if args.transport == "http" else None,
+                "worst_ms_aggregator_down": worst_down,
+                "jobs": n,
+                "per_hook": results,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

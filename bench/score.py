@@ -1,11 +1,12 @@
 """Scoring one starting job with a history of 1,000,000 jobs: NØMADE's whole live path.
 
-The path under test is `aggregator.predict.scoring.Scorer.examine` (what the start hook calls): the job's features from the store
-(its user's and account's last 100 ended jobs, the starts of the last hour: indexed queries),
-its neighbours from the in-memory index of recently ended jobs, the three ONNX members in ONNX
-Runtime and the calibrated combination, and the right-sizing advice (models/rightsize.py: the
-Kaplan-Meier quantiles of memory and run time over the user's similar jobs).  Baseline, in the same run: the bare onnxruntime calls
-of the three members for one job on precomputed inputs.
+The path under test is `aggregator.predict.scoring.Scorer.examine` (what the start hook calls):
+the job's features from the store (its user's and account's last 100 ended jobs, the starts of
+the last hour: indexed queries), its neighbours from the in-memory index of recently ended jobs,
+the three ONNX members in ONNX Runtime and the calibrated combination, and the right-sizing
+advice (models/rightsize.py: the Kaplan-Meier quantiles of memory and run time over the user's
+similar jobs).  Baseline, in the same run: the bare onnxruntime calls of the three members for
+one job on precomputed inputs.
 
 The store is filled with jobs from the workload generator (workload.synthesize), repeated
 with shifted times, job ids and user names until it holds --history jobs; a small model is
@@ -28,10 +29,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import workload  # noqa: E402
-from aggregator import (
-    store,  # noqa: E402
-    training,  # noqa: E402
-)
+from aggregator import store  # noqa: E402
+from aggregator.predict import training  # noqa: E402
 from aggregator.predict.scoring import Scorer  # noqa: E402
 from models import rightsize  # noqa: E402
 from models.features import JOB_KEYS  # noqa: E402
@@ -47,8 +46,10 @@ COLUMNS = [k for k in JOB_KEYS if k != "job_id"] + [
 def fill(conn, history: int, base_jobs: list[dict], first_copy: int = 0) -> None:
     """HISTORY jobs: BASE_JOBS repeated, each copy later in time, with its own ids and users."""
     span = base_jobs[-1]["end_time"] - base_jobs[0]["submit_time"] + 3600
-    sql = (f"INSERT INTO jobs (cluster, {', '.join(COLUMNS)}, reconcile, created, updated)"
-           f" VALUES ('bench', {', '.join('?' * len(COLUMNS))}, 'done', 0, 0)")  # fmt: skip
+    sql = (
+        f"INSERT INTO jobs (cluster, {', '.join(COLUMNS)}, reconcile, created, updated)"
+        f" VALUES ('bench', {', '.join('?' * len(COLUMNS))}, 'done', 0, 0)"
+    )
     copies = -(-history // len(base_jobs))
     done = 0
     for c in range(first_copy, first_copy + copies):
@@ -112,9 +113,9 @@ def main() -> None:
         advised += sum(a is not None for a in found.advice.values())
     advice_ms = []  # the right-sizing part alone, on the histories examine read
     for j in probe:
-        history = store.start_history(conn, j)
+        past = store.start_history(conn, j)
         t = time.perf_counter()
-        rightsize.advise(j, history.user, history.kind)
+        rightsize.advise(j, past.user, past.kind)
         advice_ms.append((time.perf_counter() - t) * 1000)
     model = scorer.model
     k, d = model.k, len(model.meta["feature_names"])
@@ -133,13 +134,28 @@ def main() -> None:
         bare.append((time.perf_counter() - t) * 1000)
     p99, p50, base99 = percentile(live, 99), percentile(live, 50), percentile(bare, 99)
     warned = sum(v["warned"] for v in verdicts)
-    print(f"scored {scores} jobs against {history} stored: p50 {p50:.2f} ms, p99 {p99:.2f} ms;"
-          f" bare ONNX Runtime p99 {base99:.2f} ms; {warned} warned; {advised} --mem/--time suggestions")  # fmt: skip
-    print(json.dumps({"bench": "score", "value": round(p99, 3), "unit": "ms", "baseline": round(base99, 3),
-                      "ratio": round(p99 / base99, 2), "goal": "p99 <= 10 ms with 1,000,000 jobs",
-                      "p50_ms": round(p50, 3), "history": history, "scores": scores,
-                      "suggestions": advised,
-                      "advice_p99_ms": round(percentile(advice_ms, 99), 3)}))  # fmt: skip
+    print(
+        f"scored {scores} jobs against {history} stored: p50 {p50:.2f} ms, p99 {p99:.2f} ms;"
+        f" bare ONNX Runtime p99 {base99:.2f} ms; {warned} warned;"
+        f" {advised} --mem/--time suggestions"
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "score",
+                "value": round(p99, 3),
+                "unit": "ms",
+                "baseline": round(base99, 3),
+                "ratio": round(p99 / base99, 2),
+                "goal": "p99 <= 10 ms with 1,000,000 jobs",
+                "p50_ms": round(p50, 3),
+                "history": history,
+                "scores": scores,
+                "suggestions": advised,
+                "advice_p99_ms": round(percentile(advice_ms, 99), 3),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

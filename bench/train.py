@@ -61,12 +61,20 @@ class Stopwatch:
 def fit_stages(p: train.Prepared, n: int, epochs: int, seed: int) -> tuple[train.Fitted, dict]:
     """train.fit, with the seconds between its progress reports grouped by member."""
     marks: list[tuple[str, float]] = [("start", time.perf_counter())]
-    fitted = train.fit(p, n, epochs=epochs, seed=seed,
-                       progress=lambda msg, _: marks.append((msg, time.perf_counter())))  # fmt: skip
+    fitted = train.fit(
+        p,
+        n,
+        epochs=epochs,
+        seed=seed,
+        progress=lambda msg, _: marks.append((msg, time.perf_counter())),
+    )
     stages: dict[str, float] = {}
     for (_, t0), (msg, t1) in zip(marks, marks[1:], strict=False):
-        key = {"logistic regression": "fit_lr", "gradient-boosted trees": "fit_gbt",
-               "ensemble weights and calibration": "fit_weights_calibration"}.get(msg)  # fmt: skip
+        key = {
+            "logistic regression": "fit_lr",
+            "gradient-boosted trees": "fit_gbt",
+            "ensemble weights and calibration": "fit_weights_calibration",
+        }.get(msg)
         key = key or ("fit_gnn" if msg.startswith("GNN epoch") else "fit_other")
         stages[key] = stages.get(key, 0.0) + t1 - t0
     return fitted, stages
@@ -113,13 +121,21 @@ def main(argv: list[str] | None = None) -> int:
 
     total = prepare_s + fit_s + export_s
     result = {
-        "bench": "train", "value": round(total, 2), "unit": "s", "baseline": round(baseline, 2),
-        "ratio": round(total / baseline, 2), "goal": f"<= {GOAL_S:g} s for {GOAL_JOBS:,} jobs",
-        "jobs": n, "epochs": epochs, "generate_s": round(generate_s, 2),
-        "prepare_s": round(prepare_s, 2), "fit_s": round(fit_s, 2), "export_s": round(export_s, 2),
+        "bench": "train",
+        "value": round(total, 2),
+        "unit": "s",
+        "baseline": round(baseline, 2),
+        "ratio": round(total / baseline, 2),
+        "goal": f"<= {GOAL_S:g} s for {GOAL_JOBS:,} jobs",
+        "jobs": n,
+        "epochs": epochs,
+        "generate_s": round(generate_s, 2),
+        "prepare_s": round(prepare_s, 2),
+        "fit_s": round(fit_s, 2),
+        "export_s": round(export_s, 2),
         **{f"{k}_s": round(v, 2) for k, v in watch.seconds.items()},
         **{f"{k}_s": round(v, 2) for k, v in stages.items()},
-    }  # fmt: skip
+    }
     print(json.dumps(result))
     return 0
 

@@ -381,7 +381,8 @@ def _repquota_row(raw: str, kind: str, device: str | None, source: str, line: in
 # quota (quota-tools) and lfs quota share the "Disk quotas for ..." title
 
 _TITLE = re.compile(
-    r"Disk quotas for (user|usr|group|grp|project|prj) (.+?) \((?:uid|gid|pid|projid) ([0-9]{1,20})\):?\s*(.*)$"
+    r"Disk quotas for (user|usr|group|grp|project|prj) (.+?)"
+    r" \((?:uid|gid|pid|projid) ([0-9]{1,20})\):?\s*(.*)$"
 )
 _KIND = {"usr": "user", "grp": "group", "prj": "project"}
 

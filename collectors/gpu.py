@@ -1,4 +1,5 @@
-"""NVIDIA GPUs: NVML when it is there, else ``nvidia-smi -q -x``; each GPU process mapped to its job.
+"""NVIDIA GPUs: NVML when it is there, else ``nvidia-smi -q -x``; each GPU process mapped to
+its job.
 
 Readers (I/O only): ``read`` (NVML through the optional ``pynvml`` of nvidia-ml-py, else
 nvidia-smi with a timeout; ``[]`` where there is no GPU), ``read_nvml``, ``read_cgroup`` and

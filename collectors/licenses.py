@@ -1,4 +1,5 @@
-"""Software licence servers: FlexLM/FlexNet ``lmutil lmstat -a [-i]`` and RLM ``rlmutil rlmstat -a``.
+"""Software licence servers: FlexLM/FlexNet ``lmutil lmstat -a [-i]`` and RLM
+``rlmutil rlmstat -a``.
 
 Both parsers are pure and return records with a ``record`` field (docs/parsers-gpu-licenses.md):
 
@@ -454,8 +455,10 @@ def collect(cfg: Config, state: dict[str, Any]) -> list[dict[str, Any]]:
     """Every configured server's features; a server that does not answer is a server record
     with `up: False` (what an admin is alerted on), not a failure of the collector."""
     lc, out = cfg.collectors.licenses, []
-    kinds = ((lc.flexlm_servers, read_lmstat, parse_lmstat, lc.lmutil, "lmstat", "lmgrd"),
-             (lc.rlm_servers, read_rlmstat, parse_rlmstat, lc.rlmutil, "rlmstat", "rlm"))  # fmt: skip
+    kinds = (
+        (lc.flexlm_servers, read_lmstat, parse_lmstat, lc.lmutil, "lmstat", "lmgrd"),
+        (lc.rlm_servers, read_rlmstat, parse_rlmstat, lc.rlmutil, "rlmstat", "rlm"),
+    )
     for servers, read, parse, tool, command, kind in kinds:
         for server in servers:
             text = read(server, tool)
@@ -465,8 +468,17 @@ def collect(cfg: Config, state: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _down(server: str, kind: str) -> dict[str, Any]:
-    return {"record": "server", "name": server, "kind": kind, "host": None, "port": None,
-            "master": None, "version": None, "up": False, "message": "did not answer"}  # fmt: skip
+    return {
+        "record": "server",
+        "name": server,
+        "kind": kind,
+        "host": None,
+        "port": None,
+        "master": None,
+        "version": None,
+        "up": False,
+        "message": "did not answer",
+    }
 
 
 def absent(cfg: Config) -> str | None:

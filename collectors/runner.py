@@ -85,8 +85,15 @@ def run_tool(argv: list[str], timeout: float) -> str:
     """Stdout of a tool run in the C locale, or CollectorError with its first error line."""
     env = {**os.environ, "LC_ALL": "C", "S_COLORS": "never"}
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, errors="replace",
-                              timeout=timeout, env=env, stdin=subprocess.DEVNULL)  # fmt: skip
+        done = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout,
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
     except FileNotFoundError:
         raise CollectorError(f"{argv[0]} not found") from None
     except subprocess.TimeoutExpired:
@@ -158,8 +165,11 @@ class Scheduler:
 
     def __post_init__(self) -> None:
         now = self.clock()
-        self._enabled = [c for c in self.collectors if settings(self.cfg, c.name).enabled
-                         and (self.only is None or c.name in self.only)]  # fmt: skip
+        self._enabled = [
+            c
+            for c in self.collectors
+            if settings(self.cfg, c.name).enabled and (self.only is None or c.name in self.only)
+        ]
         for c in self._enabled:
             self.status[c.name] = Status(settings(self.cfg, c.name).interval_seconds)
             self._state[c.name] = {"shared": self.shared}

@@ -86,8 +86,12 @@ def no_better_than_chance(aucs: dict[str, float | None]) -> bool:
     return all(aucs.get(m) is not None and aucs[m] <= CHANCE for m in MEMBERS)
 
 
-def choose_weights(members: dict[str, np.ndarray], y: np.ndarray, step: float = 0.1,
-                   aucs: dict[str, float | None] | None = None) -> dict[str, float]:  # fmt: skip
+def choose_weights(
+    members: dict[str, np.ndarray],
+    y: np.ndarray,
+    step: float = 0.1,
+    aucs: dict[str, float | None] | None = None,
+) -> dict[str, float]:
     """The convex combination (grid STEP) of the eligible members with the lowest log loss on
     validation data; a member at or below chance (AUCS, computed from Y when not given) gets
     weight 0."""

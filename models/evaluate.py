@@ -82,8 +82,9 @@ def choose_threshold(
     return float(cuts[best]), float(cost[best])
 
 
-def at_threshold(p: np.ndarray, failed: np.ndarray, t: float, cost_miss: float,
-                 cost_false_alarm: float) -> dict[str, float | int | None]:  # fmt: skip
+def at_threshold(
+    p: np.ndarray, failed: np.ndarray, t: float, cost_miss: float, cost_false_alarm: float
+) -> dict[str, float | int | None]:
     """Type 1 (false alarms / non-failures) and type 2 (misses / failures) error rates at T."""
     warn = np.asarray(p) >= t
     failed = np.asarray(failed, dtype=bool)
@@ -91,13 +92,16 @@ def at_threshold(p: np.ndarray, failed: np.ndarray, t: float, cost_miss: float,
     fn, tn = int(np.sum(~warn & failed)), int(np.sum(~warn & ~failed))
     return {
         "threshold": float(t),
-        "tp": tp, "fp": fp, "fn": fn, "tn": tn,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
         "type1": fp / (fp + tn) if fp + tn else None,
         "type2": fn / (fn + tp) if fn + tp else None,
         "precision": tp / (tp + fp) if tp + fp else None,
         "cost": cost_miss * fn + cost_false_alarm * fp,
         "cost_per_job": (cost_miss * fn + cost_false_alarm * fp) / max(1, len(warn)),
-    }  # fmt: skip
+    }
 
 
 # -- the rule ------------------------------------------------------------------------------------
@@ -122,8 +126,13 @@ def _pr_auc(y: np.ndarray, s: np.ndarray) -> float | None:
     return float(average_precision_score(y, s)) if 0 < y.sum() < len(y) else None
 
 
-def score_metrics(p_val: np.ndarray, failed_val: np.ndarray, p_test: np.ndarray,
-                  failed_test: np.ndarray, costs: tuple[float, float]) -> dict[str, Any]:  # fmt: skip
+def score_metrics(
+    p_val: np.ndarray,
+    failed_val: np.ndarray,
+    p_test: np.ndarray,
+    failed_test: np.ndarray,
+    costs: tuple[float, float],
+) -> dict[str, Any]:
     """Failure metrics of one score on the test part, its threshold chosen on validation jobs."""
     t, _ = choose_threshold(p_val, failed_val, *costs)
     return {
@@ -142,9 +151,17 @@ def reliability(p: np.ndarray, failed: np.ndarray, bins: int) -> list[dict[str, 
     n = np.bincount(which, minlength=bins)
     mean_p = np.bincount(which, p, bins)
     rate = np.bincount(which, failed, bins)
-    return [{"lo": b / bins, "hi": (b + 1) / bins, "jobs": int(n[b]),
-             "mean_predicted": float(mean_p[b] / n[b]), "observed_rate": float(rate[b] / n[b])}
-            for b in range(bins) if n[b]]  # fmt: skip
+    return [
+        {
+            "lo": b / bins,
+            "hi": (b + 1) / bins,
+            "jobs": int(n[b]),
+            "mean_predicted": float(mean_p[b] / n[b]),
+            "observed_rate": float(rate[b] / n[b]),
+        }
+        for b in range(bins)
+        if n[b]
+    ]
 
 
 def calibration(raw: np.ndarray, p_fail: np.ndarray, failed: np.ndarray) -> dict[str, Any]:
@@ -163,15 +180,17 @@ def calibration(raw: np.ndarray, p_fail: np.ndarray, failed: np.ndarray) -> dict
 
 
 def _auc_weighted(inv: np.ndarray, failed: np.ndarray, w: np.ndarray, groups: int) -> float:
-    """ROC AUC with job weights (ties count one half); INV: each job's rank among distinct scores."""
+    """ROC AUC with job weights (ties count one half); INV: each job's rank among distinct
+    scores."""
     pos = np.bincount(inv, w * failed, groups)
     neg = np.bincount(inv, w * (1.0 - failed), groups)
     below = np.cumsum(neg) - neg
     return float(np.sum(pos * (below + 0.5 * neg)) / (pos.sum() * neg.sum()))
 
 
-def auc_difference(failed: np.ndarray, a: np.ndarray, b: np.ndarray, seed: int = 0,
-                   rounds: int = BOOTSTRAP) -> dict[str, float]:  # fmt: skip
+def auc_difference(
+    failed: np.ndarray, a: np.ndarray, b: np.ndarray, seed: int = 0, rounds: int = BOOTSTRAP
+) -> dict[str, float]:
     """AUC(a) - AUC(b) on the same jobs, with a paired bootstrap 95% interval."""
     failed = np.asarray(failed, dtype=np.float64)
     ua, ia = np.unique(a, return_inverse=True)
@@ -193,7 +212,7 @@ def auc_difference(failed: np.ndarray, a: np.ndarray, b: np.ndarray, seed: int =
     }
 
 
-# -- the data ----------------------------------------------------------------------------------------
+# -- the data --------------------------------------------------------------------------------------
 def ended(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The jobs `train.prepare` uses, in the same (start) order."""
     return features.start_order(
@@ -244,8 +263,9 @@ def _last_two_table(x: np.ndarray, failed: np.ndarray, rows: slice) -> dict[tupl
     return table
 
 
-def baselines(p: train.Prepared, fitted_members: dict[str, np.ndarray], n_fit: int, n_train: int,
-              seed: int) -> dict[str, np.ndarray]:  # fmt: skip
+def baselines(
+    p: train.Prepared, fitted_members: dict[str, np.ndarray], n_fit: int, n_train: int, seed: int
+) -> dict[str, np.ndarray]:
     """Failure scores of every baseline for all jobs from the validation slice on."""
     fit, rest = slice(0, n_fit), slice(n_fit, None)
     val = slice(0, n_train - n_fit)  # rows of REST that are the validation slice
@@ -255,8 +275,12 @@ def baselines(p: train.Prepared, fitted_members: dict[str, np.ndarray], n_fit: i
     out["user_fail_rate"] = p.x[rest, USER_FAIL_RATE]
     table = _last_two_table(p.x, failed, fit)
     prior = float(failed[fit].mean())
-    out["user_last_two"] = np.array([table.get(k, prior) for k in
-                                     zip(p.x[rest, LAST_FAILED], p.x[rest, SECOND_LAST_FAILED], strict=True)])  # fmt: skip
+    out["user_last_two"] = np.array(
+        [
+            table.get(k, prior)
+            for k in zip(p.x[rest, LAST_FAILED], p.x[rest, SECOND_LAST_FAILED], strict=True)
+        ]
+    )
     scores: dict[str, np.ndarray] = {}
     if 0 < p.failed[fit].sum() < n_fit:
         lr = LogisticRegression(max_iter=500).fit(p.z[fit, :N_REQUEST], p.failed[fit])
@@ -305,8 +329,14 @@ def confusion(y: np.ndarray, probs: np.ndarray) -> list[list[int]]:
     return m.tolist()
 
 
-def evaluate(jobs: list[dict[str, Any]], test_fraction: float = 0.3, cost_missed_failure: float = 5.0,
-             cost_false_alarm: float = 1.0, epochs: int = 25, seed: int = 0) -> dict[str, Any]:  # fmt: skip
+def evaluate(
+    jobs: list[dict[str, Any]],
+    test_fraction: float = 0.3,
+    cost_missed_failure: float = 5.0,
+    cost_false_alarm: float = 1.0,
+    epochs: int = 25,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Train on the earliest jobs, score the later ones through ONNX Runtime; see module doc."""
     jobs = ended(jobs)
     n = len(jobs)
@@ -317,19 +347,27 @@ def evaluate(jobs: list[dict[str, Any]], test_fraction: float = 0.3, cost_missed
     result: dict[str, Any] = {
         "data": summary(jobs),
         "protocol": {
-            "test_fraction": test_fraction, "train_jobs": n_train, "fit_jobs": n_fit,
-            "validation_jobs": n_train - n_fit, "test_jobs": n - n_train,
+            "test_fraction": test_fraction,
+            "train_jobs": n_train,
+            "fit_jobs": n_fit,
+            "validation_jobs": n_train - n_fit,
+            "test_jobs": n - n_train,
             "test_failures": int(test_failed),
-            "split_start_time": features.start_order(jobs[n_train:n_train + 1])[0].get("start_time")
-            if n > n_train else None,
-            "cost_missed_failure": cost_missed_failure, "cost_false_alarm": cost_false_alarm,
-            "epochs": epochs, "seed": seed,
+            "split_start_time": features.start_order(jobs[n_train : n_train + 1])[0].get(
+                "start_time"
+            )
+            if n > n_train
+            else None,
+            "cost_missed_failure": cost_missed_failure,
+            "cost_false_alarm": cost_false_alarm,
+            "epochs": epochs,
+            "seed": seed,
         },
         "insufficient": False,
         # --mem/--time advice on the same test part; it needs no model, so it is judged also
         # where failure prediction has too little data.
         "rightsizing": rightsize_eval.evaluate(jobs, test_fraction),
-    }  # fmt: skip
+    }
     train_failed = sum(features.is_failure(j["outcome"]) for j in jobs[:n_fit])
     short = too_little([features.is_failure(j["outcome"]) for j in jobs[n_train:]], "test part")
     if short:
@@ -361,26 +399,49 @@ def evaluate(jobs: list[dict[str, Any]], test_fraction: float = 0.3, cost_missed
         failure=metrics,
         per_class=per_class(y_test, test_probs),
         confusion=confusion(y_test, test_probs),
-        ensemble={"weights": fitted.meta["weights"], "platt": fitted.meta["platt"],
-                  "onnx_vs_framework_max_abs_diff": float(np.abs(torch_p - combined["p_fail"][val_n:]).max()),
-                  **{k: fitted.meta[k] for k in ("member_validation_auc", "excluded_members", "no_better_than_chance")}},
+        ensemble={
+            "weights": fitted.meta["weights"],
+            "platt": fitted.meta["platt"],
+            "onnx_vs_framework_max_abs_diff": float(
+                np.abs(torch_p - combined["p_fail"][val_n:]).max()
+            ),
+            **{
+                k: fitted.meta[k]
+                for k in ("member_validation_auc", "excluded_members", "no_better_than_chance")
+            },
+        },
         calibration=calibration(ensemble.raw_failure(test_probs), combined["p_fail"][val_n:], ft),
         best_baseline=best,
         best_simple_baseline=simple,
-        ensemble_vs_simple=auc_difference(ft, scores["ensemble"][val_n:], scores[simple][val_n:], seed) if simple else None,
-        ensemble_vs_best=auc_difference(ft, scores["ensemble"][val_n:], scores[best][val_n:], seed) if best else None,
-        graph_contribution=auc_difference(ft, scores["member_gbt"][val_n:], scores["gbt_no_graph"][val_n:], seed),
-        arrays={"failed": ft.astype(bool), "y": y_test, "probs": test_probs,
-                "scores": {name: s[val_n:] for name, s in scores.items()}},
-    )  # fmt: skip
+        ensemble_vs_simple=auc_difference(
+            ft, scores["ensemble"][val_n:], scores[simple][val_n:], seed
+        )
+        if simple
+        else None,
+        ensemble_vs_best=auc_difference(ft, scores["ensemble"][val_n:], scores[best][val_n:], seed)
+        if best
+        else None,
+        graph_contribution=auc_difference(
+            ft, scores["member_gbt"][val_n:], scores["gbt_no_graph"][val_n:], seed
+        ),
+        arrays={
+            "failed": ft.astype(bool),
+            "y": y_test,
+            "probs": test_probs,
+            "scores": {name: s[val_n:] for name, s in scores.items()},
+        },
+    )
     return result
 
 
 def _best_baseline(metrics: dict[str, dict[str, Any]], members: bool) -> str | None:
     """The baseline with the highest test AUC, never the generator's ceiling; with MEMBERS,
     the ensemble's members alone count as baselines too."""
-    names = [n for n in metrics if n not in ("ensemble", CEILING)
-             and (members or not n.startswith("member_"))]  # fmt: skip
+    names = [
+        n
+        for n in metrics
+        if n not in ("ensemble", CEILING) and (members or not n.startswith("member_"))
+    ]
     names = [n for n in names if metrics[n]["auc"] is not None]
     return max(names, key=lambda n: metrics[n]["auc"]) if names else None
 

@@ -5,8 +5,9 @@ its submit time (jobs that had *ended* by then), its name's tokens, and how busy
 in the hour before it started.  Never the job's own outcome, nothing from after it started.
 
 Training replays jobs in order through `Replay`; live scoring builds the same `HistoryView`s from
-the rows the store reads (`StartHistory`, from aggregator.store's `start_history`).  Both then call `vector()`, so the two paths cannot compute a
-feature differently (a test replays stored jobs through both and compares).
+the rows the store reads (`StartHistory`, from aggregator.store's `start_history`).  Both then
+call `vector()`, so the two paths cannot compute a feature differently (a test replays stored
+jobs through both and compares).
 """
 
 from __future__ import annotations
@@ -36,10 +37,24 @@ MiB = float(1 << 20)
 
 # What a job row must carry; the jobs table's columns.
 JOB_KEYS = (
-    "job_id", "user", "account", "partition", "job_name", "submit_time", "start_time", "end_time",
-    "nodes_requested", "cpus", "mem_per_node_bytes", "mem_per_cpu_bytes", "gpus",
-    "time_limit_seconds", "outcome", "elapsed_seconds", "max_rss_bytes",
-)  # fmt: skip
+    "job_id",
+    "user",
+    "account",
+    "partition",
+    "job_name",
+    "submit_time",
+    "start_time",
+    "end_time",
+    "nodes_requested",
+    "cpus",
+    "mem_per_node_bytes",
+    "mem_per_cpu_bytes",
+    "gpus",
+    "time_limit_seconds",
+    "outcome",
+    "elapsed_seconds",
+    "max_rss_bytes",
+)
 
 
 def outcome_class(outcome: str | None) -> int:
@@ -117,10 +132,16 @@ def history_features(view: HistoryView) -> list[float]:
     fails = sum(is_failure(j.get("outcome")) for j in jobs)
     ooms = sum(j.get("outcome") == "OUT_OF_MEMORY" for j in jobs)
     timeouts = sum(j.get("outcome") == "TIMEOUT" for j in jobs)
-    mem_ratios = [min(4.0, j["max_rss_bytes"] / requested_mem_bytes(j)) for j in jobs
-                  if j.get("max_rss_bytes") and requested_mem_bytes(j)]  # fmt: skip
-    time_ratios = [min(4.0, j["elapsed_seconds"] / j["time_limit_seconds"]) for j in jobs
-                   if j.get("elapsed_seconds") is not None and j.get("time_limit_seconds")]  # fmt: skip
+    mem_ratios = [
+        min(4.0, j["max_rss_bytes"] / requested_mem_bytes(j))
+        for j in jobs
+        if j.get("max_rss_bytes") and requested_mem_bytes(j)
+    ]
+    time_ratios = [
+        min(4.0, j["elapsed_seconds"] / j["time_limit_seconds"])
+        for j in jobs
+        if j.get("elapsed_seconds") is not None and j.get("time_limit_seconds")
+    ]
     last = [is_failure(j.get("outcome")) for j in jobs[-2:]]
     return [
         math.log1p(n),
@@ -136,12 +157,23 @@ def history_features(view: HistoryView) -> list[float]:
     ]
 
 
-USER_NAMES = ("log_jobs", "fail_rate", "oom_rate", "timeout_rate", "mem_used_ratio_mean",
-              "mem_used_ratio_max", "time_used_ratio_mean", "last_failed", "second_last_failed", "last_oom")  # fmt: skip
+USER_NAMES = (
+    "log_jobs",
+    "fail_rate",
+    "oom_rate",
+    "timeout_rate",
+    "mem_used_ratio_mean",
+    "mem_used_ratio_max",
+    "time_used_ratio_mean",
+    "last_failed",
+    "second_last_failed",
+    "last_oom",
+)
 
 
 def _log2_ratio(a: float | None, b: float | None) -> float:
-    """log2(a / b) bounded to [-8, 8] (a job that peaked at a few KB must not dominate); 0 unknown."""
+    """log2(a / b) bounded to [-8, 8] (a job that peaked at a few KB must not dominate);
+    0 unknown."""
     if not a or not b:
         return 0.0
     return max(-8.0, min(8.0, math.log2(a / b)))
@@ -169,8 +201,9 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
-def _would_not_fit(hit_limit: bool, want: float | None, asked: float | None,
-                   used: float | None) -> float:  # fmt: skip
+def _would_not_fit(
+    hit_limit: bool, want: float | None, asked: float | None, used: float | None
+) -> float:
     """Whether an earlier job would not have fitted WANT (this job's request): one that hit its
     own limit (ran out of memory, timed out) used more than it ASKED, so more than WANT when it
     had asked at least as much, and unknown (one half) when it asked less; any other one when
@@ -243,8 +276,15 @@ def kind_features(
     ]
 
 
-KIND_NAMES = ("log_jobs", "fail_rate", "oom_rate", "timeout_rate", "mem_used_ratio_mean",
-              "mem_used_ratio_max", "time_used_ratio_mean")  # fmt: skip
+KIND_NAMES = (
+    "log_jobs",
+    "fail_rate",
+    "oom_rate",
+    "timeout_rate",
+    "mem_used_ratio_mean",
+    "mem_used_ratio_max",
+    "time_used_ratio_mean",
+)
 
 
 def request_features(job: dict[str, Any]) -> list[float]:
@@ -270,24 +310,43 @@ def request_features(job: dict[str, Any]) -> list[float]:
 
 
 FEATURE_NAMES: tuple[str, ...] = (
-    "log2_mem_mib", "mem_unknown", "log2_cpus", "nodes", "gpus", "log2_time_limit_min", "time_limit_unknown",
+    "log2_mem_mib",
+    "mem_unknown",
+    "log2_cpus",
+    "nodes",
+    "gpus",
+    "log2_time_limit_min",
+    "time_limit_unknown",
     *(f"partition_bucket_{i}" for i in range(PARTITION_BUCKETS)),
     *(f"name_bucket_{i}" for i in range(NAME_BUCKETS)),
     *(f"user_{n}" for n in USER_NAMES),
-    "log2_mem_over_user_mean_peak", "log2_mem_over_user_max_peak",
-    "log2_limit_over_user_mean_elapsed", "log2_limit_over_user_max_elapsed",
+    "log2_mem_over_user_mean_peak",
+    "log2_mem_over_user_max_peak",
+    "log2_limit_over_user_mean_elapsed",
+    "log2_limit_over_user_max_elapsed",
     *(f"account_{n}" for n in USER_NAMES[:4]),
-    "log_cluster_starts_last_hour", "log_user_starts_last_hour",
+    "log_cluster_starts_last_hour",
+    "log_user_starts_last_hour",
     *(f"kind_{n}" for n in KIND_NAMES),
-    "log2_mem_over_kind_mean_peak", "log2_mem_over_kind_max_peak",
-    "log2_limit_over_kind_mean_elapsed", "log2_limit_over_kind_max_elapsed",
-    "log2_mem_over_kind_usual_request", "log2_limit_over_kind_usual_limit",
-    "kind_share_peak_over_request", "kind_share_elapsed_over_limit",
-)  # fmt: skip
+    "log2_mem_over_kind_mean_peak",
+    "log2_mem_over_kind_max_peak",
+    "log2_limit_over_kind_mean_elapsed",
+    "log2_limit_over_kind_max_elapsed",
+    "log2_mem_over_kind_usual_request",
+    "log2_limit_over_kind_usual_limit",
+    "kind_share_peak_over_request",
+    "kind_share_elapsed_over_limit",
+)
 
 
-def vector(job: dict[str, Any], user: HistoryView, account: HistoryView,
-           cluster_starts: int, user_starts: int, kind: HistoryView) -> np.ndarray:  # fmt: skip
+def vector(
+    job: dict[str, Any],
+    user: HistoryView,
+    account: HistoryView,
+    cluster_starts: int,
+    user_starts: int,
+    kind: HistoryView,
+) -> np.ndarray:
     """KIND: the user's ended jobs with the job's `name_key` (at most KIND_WINDOW)."""
     user_hist, user_fit = history_features(user), _fit_features(job, user)
     values = [
@@ -339,9 +398,14 @@ class Replay:
         mine = self._user_starts[user]
         user_count = bisect_left(mine, start) - bisect_left(mine, since)
         kind = HistoryView(list(self._kinds.get((user, name_key(job.get("job_name"))), ())))
-        return vector(job, HistoryView(list(self._users[user])),
-                      HistoryView(list(self._accounts[job.get("account") or ""])), cluster, user_count,
-                      kind)  # fmt: skip
+        return vector(
+            job,
+            HistoryView(list(self._users[user])),
+            HistoryView(list(self._accounts[job.get("account") or ""])),
+            cluster,
+            user_count,
+            kind,
+        )
 
     def record(self, job: dict[str, Any]) -> None:
         """Count the job's start, and queue its outcome for jobs submitted after it ended."""
@@ -379,8 +443,13 @@ class StartHistory:
     kind: Sequence[dict[str, Any]]  # the user's last KIND_WINDOW ended jobs of its name key
 
     def views(self) -> tuple[HistoryView, HistoryView, int, int, HistoryView]:
-        return (HistoryView(self.user), HistoryView(self.account), self.cluster_starts,
-                self.user_starts, HistoryView(self.kind))  # fmt: skip
+        return (
+            HistoryView(self.user),
+            HistoryView(self.account),
+            self.cluster_starts,
+            self.user_starts,
+            HistoryView(self.kind),
+        )
 
 
 def live_vector(job: dict[str, Any], history: StartHistory) -> np.ndarray:

@@ -33,15 +33,24 @@ class JobGNN(nn.Module):
         return torch.softmax(logits, dim=-1)
 
 
-def fit(arrays: tuple[np.ndarray, ...], y: np.ndarray, classes: int, epochs: int = 25, seed: int = 0,
-        batch: int = 256, progress=None) -> JobGNN:  # fmt: skip
+def fit(
+    arrays: tuple[np.ndarray, ...],
+    y: np.ndarray,
+    classes: int,
+    epochs: int = 25,
+    seed: int = 0,
+    batch: int = 256,
+    progress=None,
+) -> JobGNN:
     torch.manual_seed(seed)
     tensors = [torch.as_tensor(a, dtype=torch.float32) for a in arrays]
     target = torch.as_tensor(y, dtype=torch.long)
     model = JobGNN(tensors[0].shape[1], classes)
     counts = np.bincount(y, minlength=classes).astype(np.float64)
-    weight = torch.as_tensor(np.where(counts > 0, (counts.sum() / np.maximum(counts, 1)) ** 0.5, 0.0),
-                             dtype=torch.float32)  # fmt: skip
+    weight = torch.as_tensor(
+        np.where(counts > 0, (counts.sum() / np.maximum(counts, 1)) ** 0.5, 0.0),
+        dtype=torch.float32,
+    )
     opt = torch.optim.Adam(model.parameters(), lr=3e-3, weight_decay=1e-4)
     loss_fn = nn.NLLLoss(weight=weight)
     n = len(target)
@@ -79,6 +88,12 @@ def export(model: JobGNN, dim: int, classes: int, k: int, path: str) -> None:
     )
     names = ["x", "nx", "ny", "s", "m"]
     torch.onnx.export(
-        model, sample, path, input_names=names, output_names=["probs"], dynamo=False,
-        dynamic_axes={name: {0: "batch"} for name in [*names, "probs"]}, opset_version=17,
-    )  # fmt: skip
+        model,
+        sample,
+        path,
+        input_names=names,
+        output_names=["probs"],
+        dynamo=False,
+        dynamic_axes={name: {0: "batch"} for name in [*names, "probs"]},
+        opset_version=17,
+    )

@@ -62,8 +62,14 @@ def _top_k(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.take_along_axis(part, order, axis=1), np.take_along_axis(vals, order, axis=1)
 
 
-def neighbours(z: np.ndarray, start: np.ndarray, end: np.ndarray, k: int = K, window: int = WINDOW,
-               block: int = 512) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def neighbours(
+    z: np.ndarray,
+    start: np.ndarray,
+    end: np.ndarray,
+    k: int = K,
+    window: int = WINDOW,
+    block: int = 512,
+) -> tuple[np.ndarray, np.ndarray]:
     """For every job i: indices of its k most similar jobs j with end[j] < start[i] (-1 = none)
     and the cosine similarities.  Rows of Z are standardized feature vectors."""
     n = len(z)

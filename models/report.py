@@ -62,7 +62,8 @@ def data_section(result: dict[str, Any]) -> list[str]:
         "",
         "## Protocol",
         "",
-        f"Jobs in start order; the earliest {p['train_jobs']} {verb[0]}, the latest {p['test_jobs']}"
+        f"Jobs in start order; the earliest {p['train_jobs']} {verb[0]},"
+        f" the latest {p['test_jobs']}"
         f" (starting from {_when(p['split_start_time'])}) test, {p['test_failures']} of them"
         f" failures.  Members and learned baselines {verb[1]} on the first"
         f" {p['fit_jobs']} training jobs; ensemble weights, calibration and every alarm threshold"
@@ -78,8 +79,18 @@ def failure_section(result: dict[str, Any]) -> list[str]:
     p = result["protocol"]
     rows = []
     for name, m in result["failure"].items():
-        rows.append([LABELS.get(name, name), _f(m["auc"]), _f(m["pr_auc"]), _f(m["brier"], 4),
-                     _f(m["threshold"]), _pct(m["type1"]), _pct(m["type2"]), _f(m["cost_per_job"])])  # fmt: skip
+        rows.append(
+            [
+                LABELS.get(name, name),
+                _f(m["auc"]),
+                _f(m["pr_auc"]),
+                _f(m["brier"], 4),
+                _f(m["threshold"]),
+                _pct(m["type1"]),
+                _pct(m["type2"]),
+                _f(m["cost_per_job"]),
+            ]
+        )
     return [
         "## Failure prediction on the test part",
         "",
@@ -87,11 +98,14 @@ def failure_section(result: dict[str, Any]) -> list[str]:
         " failure rate); Brier: mean squared error of the score as a probability (lower is"
         " better).  At each score's threshold (chosen on the validation slice): type 1 = false"
         " alarms / jobs that did not fail, type 2 = misses / jobs that failed, cost per job ="
-        f" ({p['cost_missed_failure']:g} x misses + {p['cost_false_alarm']:g} x false alarms) / jobs.",
+        f" ({p['cost_missed_failure']:g} x misses"
+        f" + {p['cost_false_alarm']:g} x false alarms) / jobs.",
         "",
-        *_table(["Score", "AUC", "PR-AUC", "Brier", "Threshold", "Type 1", "Type 2", "Cost/job"], rows),
+        *_table(
+            ["Score", "AUC", "PR-AUC", "Brier", "Threshold", "Type 1", "Type 2", "Cost/job"], rows
+        ),
         "",
-    ]  # fmt: skip
+    ]
 
 
 def _interval(d: dict[str, float]) -> str:
@@ -123,48 +137,76 @@ def findings_section(result: dict[str, Any]) -> list[str]:
         if v == "better":
             out.append(f"{head} The ensemble (AUC {_f(ens['auc'])}) beats it by {_interval(d)}.")
         elif v == "worse":
-            out.append(f"{head} **The ensemble does not beat it**: its AUC ({_f(ens['auc'])}) is"
-                       f" lower by {_interval(d)}.")  # fmt: skip
+            out.append(
+                f"{head} **The ensemble does not beat it**: its AUC ({_f(ens['auc'])}) is"
+                f" lower by {_interval(d)}."
+            )
         else:
-            out.append(f"{head} **The ensemble does not clearly beat it**: AUC {_f(ens['auc'])},"
-                       f" a difference of {_interval(d)}, within the noise of this test set.")  # fmt: skip
+            out.append(
+                f"{head} **The ensemble does not clearly beat it**: AUC {_f(ens['auc'])},"
+                f" a difference of {_interval(d)}, within the noise of this test set."
+            )
     if best and best != simple:
         d = result["ensemble_vs_best"]
         v = _verdict(d)
-        what = {"better": "beats", "worse": "**is beaten by**", "indistinguishable": "**does not clearly beat**"}[v]  # fmt: skip
-        out.append(f"Among the ensemble's own members, the strongest alone is"
-                   f" {_name(best)} (AUC {_f(m[best]['auc'])}); the ensemble {what} it:"
-                   f" {_interval(d)}.")  # fmt: skip
+        what = {
+            "better": "beats",
+            "worse": "**is beaten by**",
+            "indistinguishable": "**does not clearly beat**",
+        }[v]
+        out.append(
+            f"Among the ensemble's own members, the strongest alone is"
+            f" {_name(best)} (AUC {_f(m[best]['auc'])}); the ensemble {what} it:"
+            f" {_interval(d)}."
+        )
     g = result["graph_contribution"]
     v = _verdict(g)
-    gtext = {"better": "improve", "worse": "worsen", "indistinguishable": "do not measurably change"}[v]  # fmt: skip
-    out.append(f"The similarity-graph features {gtext} the gradient-boosted trees: AUC"
-               f" {_f(m['member_gbt']['auc'])} with them, {_f(m['gbt_no_graph']['auc'])} without,"
-               f" {_interval(g)}.  The GNN has weight {result['ensemble']['weights']['gnn']:g} in the"
-               f" ensemble (GBT {result['ensemble']['weights']['gbt']:g},"
-               f" LR {result['ensemble']['weights']['lr']:g}).")  # fmt: skip
+    gtext = {
+        "better": "improve",
+        "worse": "worsen",
+        "indistinguishable": "do not measurably change",
+    }[v]
+    out.append(
+        f"The similarity-graph features {gtext} the gradient-boosted trees: AUC"
+        f" {_f(m['member_gbt']['auc'])} with them, {_f(m['gbt_no_graph']['auc'])} without,"
+        f" {_interval(g)}.  The GNN has weight {result['ensemble']['weights']['gnn']:g} in the"
+        f" ensemble (GBT {result['ensemble']['weights']['gbt']:g},"
+        f" LR {result['ensemble']['weights']['lr']:g})."
+    )
     out += [t for t in [members_sentence(result["ensemble"])] if t]
     maj = m["majority"]
     cost_names = [n for n in m if n != CEILING]
     cheapest = min(cost_names, key=lambda n: m[n]["cost_per_job"])
-    cost = (f"At its threshold the ensemble costs {_f(ens['cost_per_job'])} per job, against"
-            f" {_f(maj['cost_per_job'])} for the constant rule (warn for all or for none) and"
-            f" {_f(m[simple]['cost_per_job']) if simple else 'n/a'} for the best simple baseline")  # fmt: skip
+    cost = (
+        f"At its threshold the ensemble costs {_f(ens['cost_per_job'])} per job, against"
+        f" {_f(maj['cost_per_job'])} for the constant rule (warn for all or for none) and"
+        f" {_f(m[simple]['cost_per_job']) if simple else 'n/a'} for the best simple baseline"
+    )
     if cheapest == "ensemble":
         out.append(f"{cost}; no baseline is cheaper at its own threshold.")
     else:
-        out.append(f"{cost}; **{_name(cheapest)} is cheaper at its own threshold**"
-                   f" ({_f(m[cheapest]['cost_per_job'])} per job).")  # fmt: skip
+        out.append(
+            f"{cost}; **{_name(cheapest)} is cheaper at its own threshold**"
+            f" ({_f(m[cheapest]['cost_per_job'])} per job)."
+        )
     if maj["brier"] > 0:
         skill = 1 - ens["brier"] / maj["brier"]
-        out.append(f"As a probability, p_fail has Brier score {_f(ens['brier'], 4)}, a skill of"
-                   f" {_pct(skill)} over the constant failure rate ({_f(maj['brier'], 4)}).")  # fmt: skip
+        out.append(
+            f"As a probability, p_fail has Brier score {_f(ens['brier'], 4)}, a skill of"
+            f" {_pct(skill)} over the constant failure rate ({_f(maj['brier'], 4)})."
+        )
     if CEILING in m and simple:
         c, s, e = m[CEILING]["auc"], m[simple]["auc"], ens["auc"]
-        gap = f"; the ensemble closes {_pct((e - s) / (c - s))} of the gap between the best simple" \
-              " baseline and that ceiling" if c > s else ""  # fmt: skip
-        out.append(f"The generator's own failure probability, the best any model could do on"
-                   f" this data, reaches AUC {_f(c)}{gap}.")  # fmt: skip
+        gap = (
+            f"; the ensemble closes {_pct((e - s) / (c - s))} of the gap between the best simple"
+            " baseline and that ceiling"
+            if c > s
+            else ""
+        )
+        out.append(
+            f"The generator's own failure probability, the best any model could do on"
+            f" this data, reaches AUC {_f(c)}{gap}."
+        )
     return ["## What beat what", "", " ".join(out), ""]
 
 
@@ -177,9 +219,11 @@ def members_sentence(ens: dict[str, Any]) -> str:
     listed = ", ".join(f"{names.get(k, k)} {_f(v)}" for k, v in aucs.items())
     text = f"On the validation slice the members' failure AUCs are {listed}."
     if ens.get("no_better_than_chance"):
-        return (f"{text} **No member beats chance there: the model is no better than chance,"
-                " and `nomadectl train` does not activate such a model unless told to"
-                " (`--activate always`).**")  # fmt: skip
+        return (
+            f"{text} **No member beats chance there: the model is no better than chance,"
+            " and `nomadectl train` does not activate such a model unless told to"
+            " (`--activate always`).**"
+        )
     excluded = [names.get(k, k) for k in ens.get("excluded_members", [])]
     if excluded:
         return f"{text} **{' and '.join(excluded)} at or below 0.5: weight 0.**"
@@ -189,9 +233,16 @@ def members_sentence(ens: dict[str, Any]) -> str:
 def _reliability_table(rows: list[dict[str, Any]]) -> list[str]:
     return _table(
         ["Predicted", "Jobs", "Mean predicted", "Observed failure rate"],
-        [[f"{r['lo']:.1f} to {r['hi']:.1f}", str(r["jobs"]), _f(r["mean_predicted"]),
-          _f(r["observed_rate"])] for r in rows],
-    )  # fmt: skip
+        [
+            [
+                f"{r['lo']:.1f} to {r['hi']:.1f}",
+                str(r["jobs"]),
+                _f(r["mean_predicted"]),
+                _f(r["observed_rate"]),
+            ]
+            for r in rows
+        ],
+    )
 
 
 def calibration_section(result: dict[str, Any]) -> list[str]:
@@ -222,8 +273,10 @@ def calibration_section(result: dict[str, Any]) -> list[str]:
 
 
 def class_section(result: dict[str, Any]) -> list[str]:
-    rows = [[c, str(v["support"]), _f(v["auc"]), _f(v["pr_auc"])]
-            for c, v in result["per_class"].items()]  # fmt: skip
+    rows = [
+        [c, str(v["support"]), _f(v["auc"]), _f(v["pr_auc"])]
+        for c, v in result["per_class"].items()
+    ]
     return [
         "## Per outcome class (ensemble, one against the rest)",
         "",
@@ -249,7 +302,7 @@ def threshold_section(result: dict[str, Any]) -> list[str]:
                 ["Warned", f"{m['tp']} (hits)", f"{m['fp']} (false alarms)"],
                 ["Not warned", f"{m['fn']} (misses)", f"{m['tn']}"],
             ],
-        ),  # fmt: skip
+        ),
         "",
         f"Type 1 error (false alarm rate) {_pct(m['type1'])}, type 2 error (miss rate)"
         f" {_pct(m['type2'])}, precision of a warning {_pct(m['precision'])}, cost"
@@ -279,7 +332,11 @@ def verdict_counts(verdicts: list[dict[str, Any]]) -> dict[str, int]:
             counts["pending"] += 1
             continue
         failed = features.is_failure(v["outcome"])
-        key = ("hits" if failed else "false_alarms") if v["warned"] else ("misses" if failed else "quiet")  # fmt: skip
+        key = (
+            ("hits" if failed else "false_alarms")
+            if v["warned"]
+            else ("misses" if failed else "quiet")
+        )
         counts[key] += 1
     return counts
 
@@ -297,7 +354,7 @@ def warnings_section(verdicts: list[dict[str, Any]]) -> list[str]:
         *_table(
             ["Hits", "Misses", "False alarms", "Quiet and fine"],
             [[str(c["hits"]), str(c["misses"]), str(c["false_alarms"]), str(c["quiet"])]],
-        ),  # fmt: skip
+        ),
         "",
         f"Miss rate {_pct(c['misses'] / failed if failed else None)}, share of warnings that"
         f" were false alarms {_pct(c['false_alarms'] / warned if warned else None)}.",
@@ -321,7 +378,10 @@ def _curves(result: dict[str, Any], out: Path) -> None:
             style = {"lw": 2.5, "color": "black"} if key == "ensemble" else {"lw": 1.1}
             if key == CEILING:
                 style = {"lw": 1.2, "ls": "--", "color": "grey"}
-            label = f"{LABELS.get(key, key)} ({_f(result['failure'][key]['auc' if kind == 'roc' else 'pr_auc'])})"
+            label = (
+                f"{LABELS.get(key, key)}"
+                f" ({_f(result['failure'][key]['auc' if kind == 'roc' else 'pr_auc'])})"
+            )
             if kind == "roc":
                 x, y, _ = roc_curve(failed, s)
             else:
@@ -331,7 +391,11 @@ def _curves(result: dict[str, Any], out: Path) -> None:
             ax.plot([0, 1], [0, 1], color="lightgrey", lw=0.8)
             ax.set(xlabel="False alarm rate", ylabel="Failures caught", title="ROC, test part")
         else:
-            ax.set(xlabel="Recall (failures caught)", ylabel="Precision", title="Precision-recall, test part")  # fmt: skip
+            ax.set(
+                xlabel="Recall (failures caught)",
+                ylabel="Precision",
+                title="Precision-recall, test part",
+            )
         ax.legend(fontsize=7, loc="lower right" if kind == "roc" else "upper right")
         fig.tight_layout()
         fig.savefig(out / name, dpi=110)
@@ -359,10 +423,20 @@ def _calibration(result: dict[str, Any], out: Path, bins: int = 10) -> None:
         )
     before = (result.get("calibration") or {}).get("reliability_before")
     if before:
-        ax.plot([r["mean_predicted"] for r in before], [r["observed_rate"] for r in before], "s:",
-                color="tab:orange", label="Ensemble before calibration")  # fmt: skip
-    ax.set(xlabel="Predicted p_fail (bin mean)", ylabel="Observed failure rate",
-           title="Calibration, test part", xlim=(0, 1), ylim=(0, 1))  # fmt: skip
+        ax.plot(
+            [r["mean_predicted"] for r in before],
+            [r["observed_rate"] for r in before],
+            "s:",
+            color="tab:orange",
+            label="Ensemble before calibration",
+        )
+    ax.set(
+        xlabel="Predicted p_fail (bin mean)",
+        ylabel="Observed failure rate",
+        title="Calibration, test part",
+        xlim=(0, 1),
+        ylim=(0, 1),
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "calibration.png", dpi=110)
@@ -413,16 +487,24 @@ def _jsonable(result: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in result.items() if k != "arrays"}
 
 
-def write_report(result: dict[str, Any], out_dir: str | Path, verdicts: list[dict[str, Any]] | None = None,
-                 title: str = "NØMADE model evaluation") -> Path:  # fmt: skip
+def write_report(
+    result: dict[str, Any],
+    out_dir: str | Path,
+    verdicts: list[dict[str, Any]] | None = None,
+    title: str = "NØMADE model evaluation",
+) -> Path:
     """Write report.md (and its plots, and evaluation.json) into OUT_DIR; returns report.md."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     lines = [f"# {title}", "", *data_section(result)]
     if result["insufficient"]:
-        lines += ["## Result: not enough data", "",
-                  f"No AUC is reported and nothing was trained: {result['reason']}.  A test part"
-                  " this small gives numbers too noisy to judge a model by.", ""]  # fmt: skip
+        lines += [
+            "## Result: not enough data",
+            "",
+            f"No AUC is reported and nothing was trained: {result['reason']}.  A test part"
+            " this small gives numbers too noisy to judge a model by.",
+            "",
+        ]
     else:
         names = plots(result, out)
         for section in SECTIONS:

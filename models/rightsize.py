@@ -191,7 +191,10 @@ class Advice:
         if self.beyond:
             verb = "ran out of memory" if self.resource == "mem" else "hit their time limit"
             at = "at up to" if self.several_limits else "at"
-            head = f"NØMADE: {what}: {self.limit_hits} of {whose} {verb} {at} {SHOW[self.resource](self.largest)}"
+            head = (
+                f"NØMADE: {what}: {self.limit_hits} of {whose} {verb} {at}"
+                f" {SHOW[self.resource](self.largest)}"
+            )
             if self.requested and self.requested >= self.value:
                 return (
                     f"{head}; this one asks for {SHOW[self.resource](self.requested)}, well above"
@@ -224,8 +227,12 @@ def confidence(ran: int, beyond: bool) -> str:
     return "firm" if ran >= 20 else "fair" if ran >= 8 else "rough"
 
 
-def pool(resource: str, user_jobs: Sequence[dict[str, Any]],
-         kind_jobs: Sequence[dict[str, Any]], kind: str) -> tuple[list[Need], str]:  # fmt: skip
+def pool(
+    resource: str,
+    user_jobs: Sequence[dict[str, Any]],
+    kind_jobs: Sequence[dict[str, Any]],
+    kind: str,
+) -> tuple[list[Need], str]:
     """The needs of the most recent POOL similar jobs (oldest first in the inputs) and the basis."""
     need = NEEDS[resource]
     of_kind = [n for n in map(need, kind_jobs) if n is not None][-POOL:]
@@ -234,8 +241,15 @@ def pool(resource: str, user_jobs: Sequence[dict[str, Any]],
     return [n for n in map(need, user_jobs) if n is not None][-POOL:], "user"
 
 
-def suggest(resource: str, needs: Sequence[Need], requested: float | None, basis: str = "user",
-            kind: str = "", quantile: float | None = None, headroom: float | None = None) -> Advice | None:  # fmt: skip
+def suggest(
+    resource: str,
+    needs: Sequence[Need],
+    requested: float | None,
+    basis: str = "user",
+    kind: str = "",
+    quantile: float | None = None,
+    headroom: float | None = None,
+) -> Advice | None:
     """The advice from NEEDS, or None when they are too few (MIN_JOBS) or tell nothing about
     the top (early failures only)."""
     if len(needs) < MIN_JOBS:
@@ -256,9 +270,23 @@ def suggest(resource: str, needs: Sequence[Need], requested: float | None, basis
     missed = sum(n.value >= value if n.censored else n.value > value for n in needs)
     ran = sum(not n.censored for n in needs)
     several = beyond and len({n.value for n in hits}) > 1
-    return Advice(resource, value, OPTION[resource](value), requested, basis, kind, len(needs),
-                  len(hits), fit + missed, fit, ran, beyond, largest, several,
-                  confidence(ran, beyond))  # fmt: skip
+    return Advice(
+        resource,
+        value,
+        OPTION[resource](value),
+        requested,
+        basis,
+        kind,
+        len(needs),
+        len(hits),
+        fit + missed,
+        fit,
+        ran,
+        beyond,
+        largest,
+        several,
+        confidence(ran, beyond),
+    )
 
 
 def requested(resource: str, job: dict[str, Any]) -> float | None:
@@ -266,8 +294,12 @@ def requested(resource: str, job: dict[str, Any]) -> float | None:
     return _value(value) or None
 
 
-def advise(job: dict[str, Any], user_jobs: Sequence[dict[str, Any]],
-           kind_jobs: Sequence[dict[str, Any]] | None = None, **params: float) -> dict[str, Advice | None]:  # fmt: skip
+def advise(
+    job: dict[str, Any],
+    user_jobs: Sequence[dict[str, Any]],
+    kind_jobs: Sequence[dict[str, Any]] | None = None,
+    **params: float,
+) -> dict[str, Advice | None]:
     """Memory and time advice for JOB from its user's ended jobs (oldest first); KIND_JOBS are
     those of them with the job's name key (taken from USER_JOBS when not given)."""
     kind = name_key(job.get("job_name"))
@@ -276,8 +308,14 @@ def advise(job: dict[str, Any], user_jobs: Sequence[dict[str, Any]],
     out: dict[str, Advice | None] = {}
     for resource in NEEDS:
         needs, basis = pool(resource, user_jobs, kind_jobs, kind)
-        out[resource] = suggest(resource, needs, requested(resource, job), basis,
-                                kind if basis == "kind" else "", **params)  # fmt: skip
+        out[resource] = suggest(
+            resource,
+            needs,
+            requested(resource, job),
+            basis,
+            kind if basis == "kind" else "",
+            **params,
+        )
     return out
 
 

@@ -107,8 +107,9 @@ def _percentile(values: Sequence[float], q: float) -> float:
     return v[lo] + (v[min(lo + 1, len(v) - 1)] - v[lo]) * (pos - lo)
 
 
-def suggestions(resource: str, job: dict[str, Any], user: list[dict[str, Any]],
-                kind: list[dict[str, Any]]) -> dict[str, float | None]:  # fmt: skip
+def suggestions(
+    resource: str, job: dict[str, Any], user: list[dict[str, Any]], kind: list[dict[str, Any]]
+) -> dict[str, float | None]:
     """Every method's suggestion for JOB (None: no advice, the request stays)."""
     asked = rs.requested(resource, job)
     key = name_key(job.get("job_name"))
@@ -118,9 +119,10 @@ def suggestions(resource: str, job: dict[str, Any], user: list[dict[str, Any]],
     naive = _naive(rs.NEEDS[resource])
     of_kind = [n for n in map(naive, kind) if n is not None][-rs.POOL :]
     needs, basis = (
-        (of_kind, "kind") if len(of_kind) >= rs.KIND_MIN and key
+        (of_kind, "kind")
+        if len(of_kind) >= rs.KIND_MIN and key
         else ([n for n in map(naive, user) if n is not None][-rs.POOL :], "user")
-    )  # fmt: skip
+    )
     plain = rs.suggest(resource, needs, asked, basis, key)
     out["nomade_naive"] = plain.value if plain else None
     if resource == "mem":
@@ -238,11 +240,18 @@ def evaluate(jobs: list[dict[str, Any]], test_fraction: float = 0.3) -> dict[str
                 keys[resource].append((job.get("user") or "", name_key(job.get("job_name"))))
         history.add(job)
     out: dict[str, Any] = {
-        "jobs": len(jobs), "test_jobs": n_test, "test_fraction": test_fraction,
-        "users": len(users), "params": {"quantile": rs.QUANTILE, "headroom": rs.HEADROOM,
-                                         "growth": rs.GROWTH, "pool": rs.POOL,
-                                         "last_peak_factor": LAST_PEAK_FACTOR},
-    }  # fmt: skip
+        "jobs": len(jobs),
+        "test_jobs": n_test,
+        "test_fraction": test_fraction,
+        "users": len(users),
+        "params": {
+            "quantile": rs.QUANTILE,
+            "headroom": rs.HEADROOM,
+            "growth": rs.GROWTH,
+            "pool": rs.POOL,
+            "last_peak_factor": LAST_PEAK_FACTOR,
+        },
+    }
     for resource in METHODS:
         _ceiling(rows[resource], keys[resource])
     for resource, methods in METHODS.items():
@@ -257,8 +266,13 @@ def evaluate(jobs: list[dict[str, Any]], test_fraction: float = 0.3) -> dict[str
                 "over": ours["median_over"] is not None
                 and ours["median_over"] <= GOAL_OVER_SHARE * asked["median_over"],
             }
-        out[resource] = {"judged": judged, "censored": censored[resource],
-                         "too_small": judged < MIN_JUDGED, "methods": scores, "goal": goal}  # fmt: skip
+        out[resource] = {
+            "judged": judged,
+            "censored": censored[resource],
+            "too_small": judged < MIN_JUDGED,
+            "methods": scores,
+            "goal": goal,
+        }
     return out
 
 
@@ -272,8 +286,11 @@ def _num(x: float | None, digits: int = 2) -> str:
 
 
 def _table(head: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
-            *("| " + " | ".join(r) + " |" for r in rows)]  # fmt: skip
+    return [
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+        *("| " + " | ".join(r) + " |" for r in rows),
+    ]
 
 
 def section(
@@ -282,7 +299,8 @@ def section(
     lines = [
         title,
         "",
-        f"The latest {result['test_jobs']} of {result['jobs']} jobs (start order), {result['users']}"
+        f"The latest {result['test_jobs']} of {result['jobs']} jobs (start order),"
+        f" {result['users']}"
         " users; each job's suggestions come from its user's jobs that had ended by its submit"
         " time (docs/risk.md#right-sizing).  *Coverage*: the share of the jobs whose fit is known"
         " that the suggestion fits, with its 95% Wilson interval.  A job killed at its limit needed"
@@ -299,36 +317,63 @@ def section(
             "",
         ]
         if r["too_small"]:
-            lines += [f"**Too small to judge by**: {r['judged']} judged jobs (at least {MIN_JUDGED} are"
-                      " needed for figures worth comparing); the figures below are shown for"
-                      " completeness.", ""]  # fmt: skip
+            lines += [
+                f"**Too small to judge by**: {r['judged']} judged jobs (at least {MIN_JUDGED} are"
+                " needed for figures worth comparing); the figures below are shown for"
+                " completeness.",
+                "",
+            ]
         rows = []
         for m, s in r["methods"].items():
             ci = s["coverage_interval"]
-            rows.append([LABELS[m], f"{s['advised']}", _pct(s["coverage"]),
-                         f"{_pct(ci[0])} to {_pct(ci[1])}" if ci else "-",
-                         f"{_pct(s['coverage_low'])} to {_pct(s['coverage_high'])}",
-                         f"{_num(s['median_over'])} {s['over_unit']}",
-                         f"{_num(s['over_total'], 1)} {s['over_total_unit']}"])  # fmt: skip
-        lines += _table(["Method", "Advised", "Coverage", "95% interval", "Lower to upper bound",
-                         "Median over-request", "Total over-request"], rows)  # fmt: skip
+            rows.append(
+                [
+                    LABELS[m],
+                    f"{s['advised']}",
+                    _pct(s["coverage"]),
+                    f"{_pct(ci[0])} to {_pct(ci[1])}" if ci else "-",
+                    f"{_pct(s['coverage_low'])} to {_pct(s['coverage_high'])}",
+                    f"{_num(s['median_over'])} {s['over_unit']}",
+                    f"{_num(s['over_total'], 1)} {s['over_total_unit']}",
+                ]
+            )
+        lines += _table(
+            [
+                "Method",
+                "Advised",
+                "Coverage",
+                "95% interval",
+                "Lower to upper bound",
+                "Median over-request",
+                "Total over-request",
+            ],
+            rows,
+        )
         goal = r["goal"]
         ours, asked = r["methods"]["nomade"], r["methods"]["request"]
         if r["too_small"]:
-            lines += ["", f"Goal (coverage at least {_pct(GOAL_COVERAGE)} with at most half the users'"
-                      " own median over-request): not judged on so few jobs."]  # fmt: skip
+            lines += [
+                "",
+                f"Goal (coverage at least {_pct(GOAL_COVERAGE)} with at most half the users'"
+                " own median over-request): not judged on so few jobs.",
+            ]
         elif goal is not None:
             if not (goal["coverage"] and goal["over"]):
                 verdict = "not met"
             elif goal["coverage_low"]:
                 verdict = "met"
             else:
-                verdict = (f"met where the fit is known; not shown for the {ours['unknown']} jobs"
-                           " killed at a limit below the suggestion")  # fmt: skip
-            lines += ["", f"Goal (coverage at least {_pct(GOAL_COVERAGE)} with at most half the"
-                      f" users' own median over-request, {_num(asked['median_over'])}"
-                      f" {asked['over_unit']}): **{verdict}** (coverage {_pct(ours['coverage'])},"
-                      f" lower bound {_pct(ours['coverage_low'])}; median over-request"
-                      f" {_num(ours['median_over'])} {ours['over_unit']})."]  # fmt: skip
+                verdict = (
+                    f"met where the fit is known; not shown for the {ours['unknown']} jobs"
+                    " killed at a limit below the suggestion"
+                )
+            lines += [
+                "",
+                f"Goal (coverage at least {_pct(GOAL_COVERAGE)} with at most half the"
+                f" users' own median over-request, {_num(asked['median_over'])}"
+                f" {asked['over_unit']}): **{verdict}** (coverage {_pct(ours['coverage'])},"
+                f" lower bound {_pct(ours['coverage_low'])}; median over-request"
+                f" {_num(ours['median_over'])} {ours['over_unit']}).",
+            ]
         lines.append("")
     return lines

@@ -33,28 +33,53 @@ class Model:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1
-        self.sessions = {m: ort.InferenceSession(str(self.dir / f"{m}.onnx"), opts, providers=["CPUExecutionProvider"])
-                         for m in ensemble.MEMBERS}  # fmt: skip
+        self.sessions = {
+            m: ort.InferenceSession(
+                str(self.dir / f"{m}.onnx"), opts, providers=["CPUExecutionProvider"]
+            )
+            for m in ensemble.MEMBERS
+        }
         self.scaler = graph.Scaler(
             np.asarray(self.meta["scaler_mean"]), np.asarray(self.meta["scaler_std"])
         )
         self.k = self.meta["k"]
         self.classes = len(self.meta["classes"])
 
-    def members(self, x: np.ndarray, nx: np.ndarray, ny: np.ndarray, s: np.ndarray, m: np.ndarray,
-                gfeat: np.ndarray) -> dict[str, np.ndarray]:  # fmt: skip
+    def members(
+        self,
+        x: np.ndarray,
+        nx: np.ndarray,
+        ny: np.ndarray,
+        s: np.ndarray,
+        m: np.ndarray,
+        gfeat: np.ndarray,
+    ) -> dict[str, np.ndarray]:
         """Each member's class probabilities; X raw features, NX standardized neighbour rows."""
         z = self.scaler.transform(x)
         f32 = np.float32
-        out = {"gnn": self.sessions["gnn"].run(None, {"x": z.astype(f32), "nx": nx.astype(f32), "ny": ny.astype(f32),
-                                                      "s": s.astype(f32), "m": m.astype(f32)})[0]}  # fmt: skip
+        out = {
+            "gnn": self.sessions["gnn"].run(
+                None,
+                {
+                    "x": z.astype(f32),
+                    "nx": nx.astype(f32),
+                    "ny": ny.astype(f32),
+                    "s": s.astype(f32),
+                    "m": m.astype(f32),
+                },
+            )[0]
+        }
         gbt = self.sessions["gbt"].run(None, {"x": np.hstack([x, gfeat]).astype(f32)})[1]
         lr = self.sessions["lr"].run(None, {"x": z.astype(f32)})[1]
         out["gbt"] = ensemble.expand(gbt, np.asarray(self.meta["gbt_classes"]))
         out["lr"] = ensemble.expand(lr, np.asarray(self.meta["lr_classes"]))
         return {k: v.astype(np.float64) for k, v in out.items()}
 
-    def score(self, x: np.ndarray, idx_rows: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
-              gfeat: np.ndarray) -> dict[str, np.ndarray]:  # fmt: skip
+    def score(
+        self,
+        x: np.ndarray,
+        idx_rows: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+        gfeat: np.ndarray,
+    ) -> dict[str, np.ndarray]:
         nx, ny, s, m = idx_rows[:4]
         return ensemble.combine(self.members(x, nx, ny, s, m, gfeat), self.meta)

@@ -40,8 +40,13 @@ class Prepared:
     gfeat: np.ndarray
 
 
-def prepare(jobs: list[dict[str, Any]], n_train: int | None = None, k: int = graph.K,
-            window: int = graph.WINDOW, scaler: graph.Scaler | None = None) -> Prepared:  # fmt: skip
+def prepare(
+    jobs: list[dict[str, Any]],
+    n_train: int | None = None,
+    k: int = graph.K,
+    window: int = graph.WINDOW,
+    scaler: graph.Scaler | None = None,
+) -> Prepared:
     """Features and the similarity graph of ended JOBS; the scaler sees the first N_TRAIN only
     (or is given: an existing model's, to score new jobs exactly as that model would)."""
     jobs = features.start_order(
@@ -57,16 +62,29 @@ def prepare(jobs: list[dict[str, Any]], n_train: int | None = None, k: int = gra
     idx, sim = graph.neighbours(z, start, end, k=k, window=window)
     nx, ny, s, m, ncls = graph.gather(idx, sim, z, y)
     return Prepared(
-        jobs, x, y, np.array([features.is_failure(j["outcome"]) for j in jobs]),
-        np.array([features.health(j) for j in jobs]), start, end, scaler, z, (nx, ny, s, m),
+        jobs,
+        x,
+        y,
+        np.array([features.is_failure(j["outcome"]) for j in jobs]),
+        np.array([features.health(j) for j in jobs]),
+        start,
+        end,
+        scaler,
+        z,
+        (nx, ny, s, m),
         graph.graph_features(ncls, s, m),
-    )  # fmt: skip
+    )
 
 
 # The gradient-boosted trees' settings, shared by the GBT member and the evaluation's GBT
 # baseline: shallow trees and a slow rate suit the few thousand jobs a cluster's history holds.
-GBT_PARAMS: dict[str, Any] = {"max_iter": 100, "learning_rate": 0.05, "max_leaf_nodes": 4,
-                              "min_samples_leaf": 20, "l2_regularization": 1.0}  # fmt: skip
+GBT_PARAMS: dict[str, Any] = {
+    "max_iter": 100,
+    "learning_rate": 0.05,
+    "max_leaf_nodes": 4,
+    "min_samples_leaf": 20,
+    "l2_regularization": 1.0,
+}
 
 
 def gbt_model(seed: int = 0) -> HistGradientBoostingClassifier:
@@ -93,13 +111,17 @@ class Fitted:
         """Each member's class probabilities from the training frameworks themselves."""
         return {
             "gnn": gnn.predict(self.gnn, _sel(p, rows)),
-            "gbt": ensemble.expand(self.gbt.predict_proba(_f32(np.hstack([p.x[rows], p.gfeat[rows]]))), self.gbt.classes_),
+            "gbt": ensemble.expand(
+                self.gbt.predict_proba(_f32(np.hstack([p.x[rows], p.gfeat[rows]]))),
+                self.gbt.classes_,
+            ),
             "lr": ensemble.expand(self.lr.predict_proba(_f32(p.z[rows])), self.lr.classes_),
-        }  # fmt: skip
+        }
 
 
 def fit(p: Prepared, n_train: int, epochs: int = 25, seed: int = 0, progress=None) -> Fitted:
-    """Fit the members on the first 80% of the training jobs, weights and calibration on the rest."""
+    """Fit the members on the first 80% of the training jobs, weights and calibration on the
+    rest."""
     t0 = time.time()
     n_fit = max(1, int(n_train * 0.8))
     fit_rows, val_rows = slice(0, n_fit), slice(n_fit, n_train)
@@ -110,8 +132,14 @@ def fit(p: Prepared, n_train: int, epochs: int = 25, seed: int = 0, progress=Non
     gbt = gbt_model(seed)
     gbt.fit(_f32(np.hstack([p.x[fit_rows], p.gfeat[fit_rows]])), p.y[fit_rows])
     say("gradient-boosted trees", 0.4)
-    net = gnn.fit(_sel(p, fit_rows), p.y[fit_rows], len(features.CLASSES), epochs=epochs, seed=seed,
-                  progress=lambda e, n: say(f"GNN epoch {e}/{n}", 0.4 + 0.5 * e / n))  # fmt: skip
+    net = gnn.fit(
+        _sel(p, fit_rows),
+        p.y[fit_rows],
+        len(features.CLASSES),
+        epochs=epochs,
+        seed=seed,
+        progress=lambda e, n: say(f"GNN epoch {e}/{n}", 0.4 + 0.5 * e / n),
+    )
     fitted = Fitted(net, gbt, lr, {})
     val = fitted.members(p, val_rows)
     yv = p.y[val_rows]
@@ -127,8 +155,10 @@ def fit(p: Prepared, n_train: int, epochs: int = 25, seed: int = 0, progress=Non
         if len(yv)
         else (1.0, 0.0)
     )
-    class_health = [float(p.health[:n_train][p.y[:n_train] == c].mean()) if np.any(p.y[:n_train] == c) else 0.0
-                    for c in range(len(features.CLASSES))]  # fmt: skip
+    class_health = [
+        float(p.health[:n_train][p.y[:n_train] == c].mean()) if np.any(p.y[:n_train] == c) else 0.0
+        for c in range(len(features.CLASSES))
+    ]
     first = p.jobs[0]["submit_time"] if p.jobs else None
     fitted.meta = {
         "feature_version": features.FEATURE_VERSION,
@@ -196,8 +226,12 @@ def export(fitted: Fitted, out_dir: str | Path) -> Path:
         ("lr", fitted.lr, dim),
     ):
         with _skl2onnx_int_attributes():
-            onx = convert_sklearn(model, initial_types=[("x", FloatTensorType([None, width]))],
-                                  options={id(model): {"zipmap": False}}, target_opset=17)  # fmt: skip
+            onx = convert_sklearn(
+                model,
+                initial_types=[("x", FloatTensorType([None, width]))],
+                options={id(model): {"zipmap": False}},
+                target_opset=17,
+            )
         (out / f"{name}.onnx").write_bytes(onx.SerializeToString())
     (out / "meta.json").write_text(json.dumps(fitted.meta, indent=1))
     return out

@@ -96,10 +96,15 @@ def _check_owned(path: Path) -> None:
     where a user's links point (a spool under /tmp, or one a user made before the agent ran)."""
     st = os.lstat(path)
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
-        what = "not a directory" if not stat.S_ISDIR(st.st_mode) else (
-            f"owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o}")  # fmt: skip
-        raise PermissionError(f"{path}: {what}; the agent works only in a spool that is its "
-                              f"own and nobody else may write to (chown root, chmod 711)")  # fmt: skip
+        what = (
+            "not a directory"
+            if not stat.S_ISDIR(st.st_mode)
+            else (f"owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o}")
+        )
+        raise PermissionError(
+            f"{path}: {what}; the agent works only in a spool that is its "
+            f"own and nobody else may write to (chown root, chmod 711)"
+        )
 
 
 def _write_private(directory: Path, name: str, text: str, uid: int, mode: int) -> None:
@@ -207,8 +212,13 @@ class Agent:
         """The DEALER socket; with CURVE (security.curve not "off") it proves this node with
         its key and talks only to the server key in keys_dir (ConfigError if one is missing)."""
         sock = zmq.Context.instance().socket(zmq.DEALER)
-        for opt, value in ((zmq.LINGER, 0), (zmq.IMMEDIATE, 1), (zmq.SNDHWM, 1000),
-                           (zmq.RECONNECT_IVL, 200), (zmq.RECONNECT_IVL_MAX, 5000)):  # fmt: skip
+        for opt, value in (
+            (zmq.LINGER, 0),
+            (zmq.IMMEDIATE, 1),
+            (zmq.SNDHWM, 1000),
+            (zmq.RECONNECT_IVL, 200),
+            (zmq.RECONNECT_IVL_MAX, 5000),
+        ):
             sock.setsockopt(opt, value)
         if self.cfg.security.curve == "off":
             log.warning(INSECURE_AGENT, self.cfg.agent.aggregator)
@@ -288,14 +298,21 @@ class Agent:
             if env.type == wire.REFUSED and env.epoch == self.outbox.epoch:
                 # Kept and sent again: the admin who enrols this node's key makes it storable.
                 if time.monotonic() - self._refused_logged > 60:
-                    log.error("aggregator %s refuses this agent (%s); its envelopes are kept until "
-                              "it takes them", self.cfg.agent.aggregator, printable(str(reason), 300))  # fmt: skip
+                    log.error(
+                        "aggregator %s refuses this agent (%s); its envelopes are kept until "
+                        "it takes them",
+                        self.cfg.agent.aggregator,
+                        printable(str(reason), 300),
+                    )
                     self._refused_logged = time.monotonic()
                 continue
             if env.type in (wire.ACK, wire.NACK) and env.epoch == self.outbox.epoch:
                 if env.type == wire.NACK:
-                    log.error("aggregator rejected envelope %d, dropped (counted in the heartbeat): %s",
-                              env.seq, printable(str(reason), 300))  # fmt: skip
+                    log.error(
+                        "aggregator rejected envelope %d, dropped (counted in the heartbeat): %s",
+                        env.seq,
+                        printable(str(reason), 300),
+                    )
                     self.outbox.ack(env.seq, nacked=True)
                 else:
                     self.outbox.ack(env.seq)
@@ -360,15 +377,20 @@ class Agent:
             half = len(rows) // 2
             self.enqueue(mtype, {**payload, "rows": rows[:half]})
             return self.enqueue(mtype, {**payload, "rows": rows[half:]})
-        log.error("a %s envelope of %d bytes is over %d: not sent", mtype, len(data),
-                  wire.MAX_PAYLOAD_BYTES)  # fmt: skip
+        log.error(
+            "a %s envelope of %d bytes is over %d: not sent",
+            mtype,
+            len(data),
+            wire.MAX_PAYLOAD_BYTES,
+        )
         return 0
 
     def sample(self, only: list[int] | None = None) -> int:
         rows = self.sampler.sample(only)
         owners = self.sampler.job_owners()
         self.collectors.scheduler.shared["running"] = {
-            job: uid if uid is not None else self.job_uids.get(job) for job, uid in owners.items()}  # fmt: skip
+            job: uid if uid is not None else self.job_uids.get(job) for job, uid in owners.items()
+        }
         for problem in self.sampler.problems():
             log.warning("%s", problem)
         if not rows:
@@ -388,8 +410,15 @@ class Agent:
             except queue.Empty:
                 return n
             if r.ok:
-                self.enqueue(wire.READINGS, {"collector": r.collector, "t": r.t,
-                                             "seconds": round(r.seconds, 4), "records": r.records})  # fmt: skip
+                self.enqueue(
+                    wire.READINGS,
+                    {
+                        "collector": r.collector,
+                        "t": r.t,
+                        "seconds": round(r.seconds, 4),
+                        "records": r.records,
+                    },
+                )
                 n += 1
 
     def mark_offline(self, now: float) -> bool:
@@ -415,9 +444,13 @@ class Agent:
         return offline
 
     def heartbeat(self, now: float) -> None:
-        payload = {"t": now, "jobs": sorted(self.sampler.running_jobs()),
-                   "outbox_depth": self.outbox.depth(), "dropped": self.outbox.dropped(),
-                   "nacked": self.outbox.nacked()}  # fmt: skip
+        payload = {
+            "t": now,
+            "jobs": sorted(self.sampler.running_jobs()),
+            "outbox_depth": self.outbox.depth(),
+            "dropped": self.outbox.dropped(),
+            "nacked": self.outbox.nacked(),
+        }
         # The collectors' status only when it changed, or once a minute (an aggregator that
         # restarted learns it again): 1,000 nodes beating every 5 s must not each rewrite it.
         status = self.collectors.scheduler.snapshot()
@@ -427,8 +460,12 @@ class Agent:
         self._send(wire.Envelope(wire.HEARTBEAT, self.node, self.outbox.epoch, 0, payload).pack())
 
     def hello(self) -> None:
-        payload = {"host": socket.gethostname(), "agent_version": VERSION,
-                   "interval_seconds": self.cfg.agent.interval_seconds, "started": time.time()}  # fmt: skip
+        payload = {
+            "host": socket.gethostname(),
+            "agent_version": VERSION,
+            "interval_seconds": self.cfg.agent.interval_seconds,
+            "started": time.time(),
+        }
         self._send(wire.Envelope(wire.HELLO, self.node, self.outbox.epoch, 0, payload).pack())
 
     def read_inbox(self, now: float) -> None:
@@ -459,8 +496,13 @@ class Agent:
         interval, beat = self.cfg.agent.interval_seconds, self.cfg.agent.heartbeat_seconds
         now = time.monotonic()
         next_sample, next_beat, next_inbox = now, now, now
-        log.info("agent %s: sampling every %.1f s, sending to %s, spool %s",
-                 self.node, interval, self.cfg.agent.aggregator, self.spool)  # fmt: skip
+        log.info(
+            "agent %s: sampling every %.1f s, sending to %s, spool %s",
+            self.node,
+            interval,
+            self.cfg.agent.aggregator,
+            self.spool,
+        )
         while not self._stop:
             now = time.monotonic()
             if now >= next_inbox:

@@ -24,9 +24,12 @@ from nomade_common.errors import ConfigError
 @click.option(
     "--ledger", default=None, hidden=True, help="append every sample's (job, t) to FILE (tests)"
 )
-@click.option("--make-key", is_flag=True,
-              help="make this node's CURVE key pair in security.keys_dir if it has none, print "
-                   "`NODE PUBLIC_KEY` (what `nomadectl keys add` takes) and exit")  # fmt: skip
+@click.option(
+    "--make-key",
+    is_flag=True,
+    help="make this node's CURVE key pair in security.keys_dir if it has none, print "
+    "`NODE PUBLIC_KEY` (what `nomadectl keys add` takes) and exit",
+)
 @click.option("--force", is_flag=True, help="with --make-key: replace an existing pair")
 def main(config_path, node, once, log_level, ledger, make_key, force) -> None:
     """Run the NØMADE node agent until SIGTERM or SIGINT."""

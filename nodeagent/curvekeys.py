@@ -39,11 +39,19 @@ def load(sec: Security, node: str) -> ClientKeys:
     """NODE's pair and the server's public key; ConfigError naming the file and the command
     that makes it."""
     before = stamps(sec, node)
-    server, _ = keys.load_or_hint(sec.server_public(), secret=False, hint="copy it from the "
-                                  "aggregator's keys_dir, where `nomadectl init` makes it")  # fmt: skip
-    public, secret = keys.load_or_hint(sec.node_secret(node), secret=True, hint=(
-        f"make it with `nomade-agent --make-key --node {node}`, then enrol the line it prints "
-        "with `nomadectl keys add`"))  # fmt: skip
+    server, _ = keys.load_or_hint(
+        sec.server_public(),
+        secret=False,
+        hint="copy it from the aggregator's keys_dir, where `nomadectl init` makes it",
+    )
+    public, secret = keys.load_or_hint(
+        sec.node_secret(node),
+        secret=True,
+        hint=(
+            f"make it with `nomade-agent --make-key --node {node}`, then enrol the line it prints "
+            "with `nomadectl keys add`"
+        ),
+    )
     assert secret is not None
     return ClientKeys(server.encode(), public.encode(), secret.encode(), before)
 

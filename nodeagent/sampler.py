@@ -95,7 +95,8 @@ class JobSampler:
         return {job_id: job.uid for job_id, job in self._jobs.items()}
 
     def sample(self, only_jobs: Iterable[int] | None = None) -> list[dict]:
-        """One dict per running job (restricted to ``only_jobs`` if given), keyed by SAMPLE_FIELDS."""
+        """One dict per running job (restricted to ``only_jobs`` if given), keyed by
+        SAMPLE_FIELDS."""
         self._cycles += 1
         self._refresh_jobs(force=self._cycles % RELIST_EVERY == 0)
         wanted = None if only_jobs is None else set(only_jobs)

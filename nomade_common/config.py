@@ -361,7 +361,8 @@ _RANGES = [
 
 
 def number_settings(cfg: Config) -> dict[str, int | float]:
-    """Every int and float setting of CFG by its dotted key, e.g. collectors.disk.interval_seconds."""
+    """Every int and float setting of CFG by its dotted key, e.g.
+    collectors.disk.interval_seconds."""
 
     def walk(obj: Any, prefix: str):
         for f in dataclasses.fields(obj):
@@ -515,8 +516,10 @@ def load_for_daemon(program: str, path: str | None, log_level: str | None) -> Co
     except ConfigError as exc:
         print(f"{program}: {exc}", file=sys.stderr)
         sys.exit(2)
-    logging.basicConfig(level=(log_level or cfg.general.log_level).upper(),
-                        format=f"%(asctime)s {program} %(levelname)s %(message)s")  # fmt: skip
+    logging.basicConfig(
+        level=(log_level or cfg.general.log_level).upper(),
+        format=f"%(asctime)s {program} %(levelname)s %(message)s",
+    )
     return cfg
 
 
@@ -526,5 +529,9 @@ def daemon_options(fn):
     import click
 
     fn = click.option("--log-level", default=None, help="override general.log_level")(fn)
-    return click.option("--config", "config_path", default=None,
-                        help="nomade.toml (default: $NOMADE_CONFIG or /etc/nomade/nomade.toml)")(fn)  # fmt: skip
+    return click.option(
+        "--config",
+        "config_path",
+        default=None,
+        help="nomade.toml (default: $NOMADE_CONFIG or /etc/nomade/nomade.toml)",
+    )(fn)

@@ -46,8 +46,13 @@ def make_pair(keys_dir: str, name: str, *, owner: int | None = None) -> str:
         d.mkdir(parents=True)
         d.chmod(0o755)  # public halves are handed out from here; secret files are 0600
     header = f"# NØMADE CURVE key {name!r}"
-    _write(d / f"{name}.key_secret", f'{header}: secret, keep on this host only\n'
-           f'public_key = "{public}"\nsecret_key = "{secret}"\n', 0o600, owner)  # fmt: skip
+    _write(
+        d / f"{name}.key_secret",
+        f"{header}: secret, keep on this host only\n"
+        f'public_key = "{public}"\nsecret_key = "{secret}"\n',
+        0o600,
+        owner,
+    )
     _write(d / f"{name}.key", f'{header}: public\npublic_key = "{public}"\n', 0o644, owner)
     return public
 
@@ -74,16 +79,24 @@ def _check_safe(path: Path, st: os.stat_result, secret: bool) -> None:
     trusted = {0, os.geteuid()}
     d = os.stat(path.parent)
     if d.st_uid not in trusted or d.st_mode & 0o022:
-        raise Unsafe(str(path.parent), None, f"the keys directory may be written by others "
-                     f"(owner uid {d.st_uid}, mode {d.st_mode & 0o7777:o}): chmod 755 and chown "
-                     f"root it")  # fmt: skip
+        raise Unsafe(
+            str(path.parent),
+            None,
+            f"the keys directory may be written by others "
+            f"(owner uid {d.st_uid}, mode {d.st_mode & 0o7777:o}): chmod 755 and chown "
+            f"root it",
+        )
     if st.st_uid not in trusted:
         raise Unsafe(str(path), None, f"owned by uid {st.st_uid}: chown it to the daemon's user")
     loose = st.st_mode & (0o077 if secret else 0o022)
     if loose:
         want = "600" if secret else "644"
-        raise Unsafe(str(path), None, f"mode {st.st_mode & 0o777:o} lets others "
-                     f"{'read or ' if secret else ''}change it: chmod {want} {path}")  # fmt: skip
+        raise Unsafe(
+            str(path),
+            None,
+            f"mode {st.st_mode & 0o777:o} lets others "
+            f"{'read or ' if secret else ''}change it: chmod {want} {path}",
+        )
 
 
 def load(path: str, *, secret: bool) -> tuple[str, str | None]:
@@ -139,11 +152,15 @@ def parse_enrolment(text: str, source: str = "-") -> list[tuple[str, str]]:
             continue
         if len(words) == 3 and words[0].endswith(":"):
             if words[0][:-1] != words[1]:  # a node may speak only for itself
-                raise ValueError(f"{source}:{n}: {words[0][:-1]} printed a key for "
-                                 f"{words[1][:40]!r}: a node enrols only itself")  # fmt: skip
+                raise ValueError(
+                    f"{source}:{n}: {words[0][:-1]} printed a key for "
+                    f"{words[1][:40]!r}: a node enrols only itself"
+                )
             words = words[1:]
         if len(words) != 2 or not NODE_NAME.match(words[0]) or not valid_key(words[1]):
-            raise ValueError(f"{source}:{n}: expected 'NODE PUBLIC_KEY' (a Slurm node name and "
-                             f"a 40-character Z85 key), got {line[:80]!r}")  # fmt: skip
+            raise ValueError(
+                f"{source}:{n}: expected 'NODE PUBLIC_KEY' (a Slurm node name and "
+                f"a 40-character Z85 key), got {line[:80]!r}"
+            )
         out.append((words[0], words[1]))
     return out

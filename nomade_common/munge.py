@@ -76,13 +76,20 @@ def _library() -> ctypes.CDLL:
             lib.munge_ctx_destroy.argtypes = [ctypes.c_void_p]
             lib.munge_ctx_set.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p]
             lib.munge_ctx_get.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
-            lib.munge_encode.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p,
-                                         ctypes.c_char_p, ctypes.c_int]  # fmt: skip
-            lib.munge_decode.argtypes = [ctypes.c_char_p, ctypes.c_void_p,
-                                         ctypes.POINTER(ctypes.c_void_p),
-                                         ctypes.POINTER(ctypes.c_int),
-                                         ctypes.POINTER(ctypes.c_uint32),
-                                         ctypes.POINTER(ctypes.c_uint32)]  # fmt: skip
+            lib.munge_encode.argtypes = [
+                ctypes.POINTER(ctypes.c_void_p),
+                ctypes.c_void_p,
+                ctypes.c_char_p,
+                ctypes.c_int,
+            ]
+            lib.munge_decode.argtypes = [
+                ctypes.c_char_p,
+                ctypes.c_void_p,
+                ctypes.POINTER(ctypes.c_void_p),
+                ctypes.POINTER(ctypes.c_int),
+                ctypes.POINTER(ctypes.c_uint32),
+                ctypes.POINTER(ctypes.c_uint32),
+            ]
             lib.munge_strerror.restype = ctypes.c_char_p
             _libc.free.argtypes = [ctypes.c_void_p]
             _lib = lib
@@ -114,8 +121,11 @@ def _why(lib: ctypes.CDLL, err: int) -> MungeError:
     text = (lib.munge_strerror(err) or b"unknown error").decode(errors="replace")
     if err == _ERR_SOCKET:
         return MungeError(f"munged is not answering ({text})", unavailable=True)
-    reasons = {_ERR_EXPIRED: "expired", _ERR_REWOUND: "from the future (clock skew)",
-               _ERR_REPLAYED: "replayed (a credential is good for one request)"}  # fmt: skip
+    reasons = {
+        _ERR_EXPIRED: "expired",
+        _ERR_REWOUND: "from the future (clock skew)",
+        _ERR_REPLAYED: "replayed (a credential is good for one request)",
+    }
     return MungeError(f"MUNGE credential {reasons.get(err, 'refused')}: {text}")
 
 
@@ -145,8 +155,9 @@ def decode(cred: str, socket: str = "") -> tuple[Identity, bytes]:
     buf, length = ctypes.c_void_p(), ctypes.c_int()
     uid, gid = ctypes.c_uint32(), ctypes.c_uint32()
     try:
-        err = lib.munge_decode(raw, ctx, ctypes.byref(buf), ctypes.byref(length),
-                               ctypes.byref(uid), ctypes.byref(gid))  # fmt: skip
+        err = lib.munge_decode(
+            raw, ctx, ctypes.byref(buf), ctypes.byref(length), ctypes.byref(uid), ctypes.byref(gid)
+        )
         if err:
             raise _why(lib, err)
         encoded = ctypes.c_long()
@@ -164,8 +175,16 @@ def sign(method: str, target: str, body: bytes, socket: str = "") -> str:
     return f"{SCHEME} {encode(payload(method, target, body), socket)}"
 
 
-def verify(header: str | None, method: str, target: str, body: bytes, *,
-           max_age: float = 60.0, socket: str = "", now: float | None = None) -> Identity:  # fmt: skip
+def verify(
+    header: str | None,
+    method: str,
+    target: str,
+    body: bytes,
+    *,
+    max_age: float = 60.0,
+    socket: str = "",
+    now: float | None = None,
+) -> Identity:
     """The identity behind a request's Authorization HEADER, or MungeError saying why not:
     `decode_header` then `check_binding`."""
     ident, data = decode_header(header, socket)
@@ -184,8 +203,16 @@ def decode_header(header: str | None, socket: str = "") -> tuple[Identity, bytes
     return decode(cred, socket)
 
 
-def check_binding(ident: Identity, data: bytes, method: str, target: str, body: bytes, *,
-                  max_age: float = 60.0, now: float | None = None) -> Identity:  # fmt: skip
+def check_binding(
+    ident: Identity,
+    data: bytes,
+    method: str,
+    target: str,
+    body: bytes,
+    *,
+    max_age: float = 60.0,
+    now: float | None = None,
+) -> Identity:
     """IDENT, when the payload DATA names exactly this request and was made at most MAX_AGE
     seconds ago; else MungeError."""
     if data != payload(method, target, body) and data != inline_payload(method, target, body):

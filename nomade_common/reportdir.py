@@ -61,7 +61,9 @@ def read_report(path: Path, trusted: frozenset[int] | None = None) -> dict[str, 
             raise Untrusted(f"owned by uid {st.st_uid}, not by {_names(trusted)}")
         if st.st_size > MAX_REPORT_BYTES:
             raise ValueError(f"{st.st_size} bytes, more than a report's {MAX_REPORT_BYTES}")
-        text = os.read(fd, MAX_REPORT_BYTES + 1).decode("utf-8", "replace")  # a job name's odd bytes
+        text = os.read(fd, MAX_REPORT_BYTES + 1).decode(
+            "utf-8", "replace"
+        )  # a job name's odd bytes
     finally:
         os.close(fd)
     if not text.endswith("\n"):
@@ -116,8 +118,11 @@ class ReportDir:
             return
         except Untrusted as exc:
             if time.monotonic() - self._untrusted_logged > 60:
-                log.error("hook reports not read: %s (a user could forge them; nomadectl "
-                          "install-hooks sets it up)", exc)  # fmt: skip
+                log.error(
+                    "hook reports not read: %s (a user could forge them; nomadectl "
+                    "install-hooks sets it up)",
+                    exc,
+                )
                 self._untrusted_logged = time.monotonic()
             return
         for name in names:
@@ -150,8 +155,12 @@ class ReportDir:
         try:
             fd = self._bad_directory(bad)
         except (OSError, Untrusted) as exc:
-            log.warning("hook report %s unreadable (%s); removed, not moved: %s", shown, why,
-                        printable(str(exc), 400, "?"))  # fmt: skip
+            log.warning(
+                "hook report %s unreadable (%s); removed, not moved: %s",
+                shown,
+                why,
+                printable(str(exc), 400, "?"),
+            )
             _remove(path)
             return
         try:
@@ -159,8 +168,13 @@ class ReportDir:
         except FileNotFoundError:
             return  # taken by someone else meanwhile
         except OSError as exc:
-            log.warning("hook report %s unreadable (%s); cannot move it to %s (%s), removed",
-                        shown, why, bad, exc.strerror or exc)  # fmt: skip
+            log.warning(
+                "hook report %s unreadable (%s); cannot move it to %s (%s), removed",
+                shown,
+                why,
+                bad,
+                exc.strerror or exc,
+            )
             _remove(path)
             return
         finally:

@@ -26,7 +26,9 @@ VERSION = 1
 
 # Agent -> aggregator.
 HELLO = "hello"  # payload: {"host", "agent_version", "interval_seconds", "started"}
-HEARTBEAT = "heartbeat"  # payload: {"t", "jobs": [job_id, ...], "outbox_depth", "dropped", "collectors"}
+HEARTBEAT = (
+    "heartbeat"  # payload: {"t", "jobs": [job_id, ...], "outbox_depth", "dropped", "collectors"}
+)
 SAMPLES = "samples"  # payload: {"rows": [SAMPLE_FIELDS values, ...]}
 JOB_EVENT = "job_event"  # payload: {"event": "start"|"end", "job_id", "t", ...from the hook}
 # One collector run that succeeded: {"collector", "t", "seconds", "records": [{...}, ...]}.  The
@@ -89,8 +91,11 @@ _NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def valid_node(node: Any) -> bool:
-    return (isinstance(node, str) and 0 < len(node) <= MAX_NODE_NAME
-            and _NODE_NAME.fullmatch(node) is not None)  # fmt: skip
+    return (
+        isinstance(node, str)
+        and 0 < len(node) <= MAX_NODE_NAME
+        and _NODE_NAME.fullmatch(node) is not None
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,15 +124,24 @@ def unpack(data: bytes) -> Envelope:
         raise WireError("expected a 5-element envelope array")
     version, mtype, node, key, payload = obj
     if not valid_node(node):
-        raise WireError(f"node must be a Slurm node name of at most {MAX_NODE_NAME} letters, "
-                        "digits, '.', '_' or '-'")  # fmt: skip
-    if not (isinstance(key, list) and len(key) == 2
-            and all(type(k) is int and 0 <= k <= MAX_KEY for k in key)):  # fmt: skip
+        raise WireError(
+            f"node must be a Slurm node name of at most {MAX_NODE_NAME} letters, "
+            "digits, '.', '_' or '-'"
+        )
+    if not (
+        isinstance(key, list)
+        and len(key) == 2
+        and all(type(k) is int and 0 <= k <= MAX_KEY for k in key)
+    ):
         raise WireError(f"envelope key must be [epoch, seq], integers from 0 to {MAX_KEY}")
     if version != VERSION:
-        shown = version if type(version) is int and abs(version) < 1 << 32 else type(version).__name__
-        raise WireError(f"unsupported envelope version {shown} (this side speaks {VERSION})",
-                        (node, key[0], key[1]))  # fmt: skip
+        shown = (
+            version if type(version) is int and abs(version) < 1 << 32 else type(version).__name__
+        )
+        raise WireError(
+            f"unsupported envelope version {shown} (this side speaks {VERSION})",
+            (node, key[0], key[1]),
+        )
     if not isinstance(mtype, str) or not mtype or len(mtype) > 32:
         raise WireError("envelope type must be a non-empty string", (node, key[0], key[1]))
     return Envelope(mtype, node, key[0], key[1], payload, version)
@@ -142,7 +156,9 @@ def nack(node: str, epoch: int, seq: int, reason: str) -> bytes:
 
 
 def refused(node: str, epoch: int, seq: int, reason: str) -> bytes:
-    return Envelope(REFUSED, node, epoch, seq, {"epoch": epoch, "seq": seq, "reason": reason}).pack()
+    return Envelope(
+        REFUSED, node, epoch, seq, {"epoch": epoch, "seq": seq, "reason": reason}
+    ).pack()
 
 
 def pack_payload(payload: Any) -> bytes:

@@ -102,11 +102,21 @@ def node_lines(rows: list[dict[str, Any]]) -> list[str]:
         cpus = f"{n.get('cpus_alloc') or 0}/{n.get('cpus') or '-'}"
         frac = n.get("memory_alloc_fraction")
         agent = n.get("agent") or "no agent"
-        out.append(f"  {n['node']:<15} {n['state'].upper():<12} CPU: {cpus:<8} Mem: {pct(None if frac is None else frac * 100):<7}"
-                   f" Load: {n.get('cpu_load') if n.get('cpu_load') is not None else '-':<6} agent: {agent}")  # fmt: skip
+        out.append(
+            f"  {n['node']:<15} {n['state'].upper():<12} CPU: {cpus:<8}"
+            f" Mem: {pct(None if frac is None else frac * 100):<7}"
+            f" Load: {n.get('cpu_load') if n.get('cpu_load') is not None else '-':<6}"
+            f" agent: {agent}"
+        )
         if n.get("reason"):
-            out.append(f"    └─ Reason: {n['reason']}" + (f" ({n['reason_user']}, {when(n['reason_time'])})"
-                                                          if n.get("reason_user") else ""))  # fmt: skip
+            out.append(
+                f"    └─ Reason: {n['reason']}"
+                + (
+                    f" ({n['reason_user']}, {when(n['reason_time'])})"
+                    if n.get("reason_user")
+                    else ""
+                )
+            )
     return out
 
 
@@ -119,8 +129,11 @@ def license_lines(lic: dict[str, Any]) -> list[str]:
         )
     for f in lic["features"]:
         users = ", ".join(f"{u} {n}" for u, n in sorted(f["users"].items()))
-        out.append(f"  {f['feature']:<20} {f['in_use'] if f['in_use'] is not None else '-':>4}/{f['issued'] if f['issued'] is not None else '-':<5}"
-                   f" in use  expires {f['expiry'] or '-'}" + (f"  ({users})" if users else ""))  # fmt: skip
+        out.append(
+            f"  {f['feature']:<20} {f['in_use'] if f['in_use'] is not None else '-':>4}"
+            f"/{f['issued'] if f['issued'] is not None else '-':<5}"
+            f" in use  expires {f['expiry'] or '-'}" + (f"  ({users})" if users else "")
+        )
     return out
 
 
@@ -130,24 +143,34 @@ def render_queue(q: dict[str, Any]) -> str:
     if q["pending_reasons"]:
         out += ["", "Why jobs wait:"]
         for r in q["pending_reasons"]:
-            out.append(f"  {r['jobs']:>5} × {r['reason']}: {r['reason_text'] or '-'}"
-                       + (f"; {r['unblock']}" if r["unblock"] else ""))  # fmt: skip
+            out.append(
+                f"  {r['jobs']:>5} × {r['reason']}: {r['reason_text'] or '-'}"
+                + (f"; {r['unblock']}" if r["unblock"] else "")
+            )
     if q["pending"]:
         out += ["", f"  {'JOBID':<14}{'USER':<10}{'PARTITION':<11}{'WAITING':<12}REASON"]
         for j in q["pending"][:50]:
-            out.append(f"  {str(j['job_id']):<14}{j['user'] or '-':<10}{j['partition']:<11}"
-                       f"{seconds(j['wait_seconds']):<12}{j['reason'] or '-'}")  # fmt: skip
+            out.append(
+                f"  {str(j['job_id']):<14}{j['user'] or '-':<10}{j['partition']:<11}"
+                f"{seconds(j['wait_seconds']):<12}{j['reason'] or '-'}"
+            )
     if q.get("stuck"):
         out += ["", "Running but making no CPU progress (last 30 min):"]
         for j in q["stuck"]:
-            out.append(f"  {j['job_id']:<10} {j['user'] or '-':<10} {j['node_list'] or '-':<16}"
-                       f" {j['cpu_seconds_in_window']} CPU s, running since {when(j['start_time'])}")  # fmt: skip
+            out.append(
+                f"  {j['job_id']:<10} {j['user'] or '-':<10} {j['node_list'] or '-':<16}"
+                f" {j['cpu_seconds_in_window']} CPU s, running since {when(j['start_time'])}"
+            )
     failing = [a for a in q.get("arrays", []) if a["failed"]]
     if failing:
         out += ["", "Job arrays with failed tasks (last 7 days):"]
         for a in failing[:20]:
-            out.append(f"  {a['array_job_id']:<10} {a['user'] or '-':<10} {a['failed']} of {a['tasks']} tasks failed"
-                       f" ({', '.join(a['outcomes'])}), {a['completed']} completed, {a['unfinished']} unfinished")  # fmt: skip
+            out.append(
+                f"  {a['array_job_id']:<10} {a['user'] or '-':<10}"
+                f" {a['failed']} of {a['tasks']} tasks failed"
+                f" ({', '.join(a['outcomes'])}), {a['completed']} completed,"
+                f" {a['unfinished']} unfinished"
+            )
     return "\n".join(out)
 
 
@@ -166,8 +189,11 @@ def render_licenses(lic: dict[str, Any]) -> str:
 
 def render_collect(readings: list[Reading], skipped: dict[str, str], as_json: bool) -> str:
     if as_json:
-        lines = [json.dumps({"collector": r.collector, **rec}, sort_keys=True, default=str)
-                 for r in readings for rec in r.records]  # fmt: skip
+        lines = [
+            json.dumps({"collector": r.collector, **rec}, sort_keys=True, default=str)
+            for r in readings
+            for rec in r.records
+        ]
         lines += [
             json.dumps({"collector": r.collector, "error": r.error}) for r in readings if not r.ok
         ]

@@ -38,8 +38,10 @@ def init(ctx: click.Context) -> None:
         raise click.ClickException(
             f"cannot make the server key in {cfg.security.keys_dir}: {exc}"
         ) from None
-    click.echo(f"server key {path}{' (new)' if made else ''}: copy it to every node's "
-               f"{cfg.security.keys_dir}")  # fmt: skip
+    click.echo(
+        f"server key {path}{' (new)' if made else ''}: copy it to every node's "
+        f"{cfg.security.keys_dir}"
+    )
 
 
 @main.command()
@@ -73,15 +75,21 @@ def status(ctx: click.Context, as_json: bool) -> None:
     """Filesystems, queue, I/O, CPU, memory, nodes, licenses, agents, running jobs, ingest and
     each collector's runs and success rate."""
     cfg = base.config(ctx)
-    found = base.view(ctx, "/api/v1/status",
-                      lambda c: {**query.status(c), **clusterviews.overview(c)})  # fmt: skip
+    found = base.view(
+        ctx, "/api/v1/status", lambda c: {**query.status(c), **clusterviews.overview(c)}
+    )
     if "aggregator" not in found:  # read from the store: the running daemon says how it fares
         from aggregator.admin import apiclient
 
         try:
             found["aggregator"] = apiclient.call(
-                cfg.hooks.aggregator_url, "GET", "/api/v1/aggregator", ca=cfg.security.tls_ca,
-                munge_socket=cfg.security.munge_socket, timeout=3.0)  # fmt: skip
+                cfg.hooks.aggregator_url,
+                "GET",
+                "/api/v1/aggregator",
+                ca=cfg.security.tls_ca,
+                munge_socket=cfg.security.munge_socket,
+                timeout=3.0,
+            )
         except apiclient.ApiError as exc:
             found["aggregator"] = {"answering": False, "why": str(exc)}
     base.emit(found, as_json, render_status)
@@ -92,8 +100,17 @@ def status(ctx: click.Context, as_json: bool) -> None:
 
 def render_status(st: dict[str, Any]) -> str:
     """`nomadectl status`: the collectors' views, then the agents, running jobs and ingest."""
-    return "\n".join(["═══ NØMADE Status ═══", "", *store_line(st.get("aggregator")),
-                      *status_sections(st), "", *agent_sections(st), *agent_security(st)])  # fmt: skip
+    return "\n".join(
+        [
+            "═══ NØMADE Status ═══",
+            "",
+            *store_line(st.get("aggregator")),
+            *status_sections(st),
+            "",
+            *agent_sections(st),
+            *agent_security(st),
+        ]
+    )
 
 
 def store_line(agg: dict[str, Any] | None) -> list[str]:
@@ -110,9 +127,12 @@ def store_line(agg: dict[str, Any] | None) -> list[str]:
         return [line + (f"; {failed} failed writes since start, retried)" if failed else ")"), ""]
     since = db.get("failing_since")
     for_ = f" for {seconds(time.time() - since)}" if since else ""
-    return [f"Store: FAILING since {when(since)}{for_} ({db.get('reason', '?')}); "
-            f"{db.get('failed_batches', 0)} failed writes, {db.get('backlog', 0)} waiting, "
-            f"nothing of it acknowledged" + ("; gave up, restarting" if db.get("gave_up") else ""), ""]  # fmt: skip
+    return [
+        f"Store: FAILING since {when(since)}{for_} ({db.get('reason', '?')}); "
+        f"{db.get('failed_batches', 0)} failed writes, {db.get('backlog', 0)} waiting, "
+        f"nothing of it acknowledged" + ("; gave up, restarting" if db.get("gave_up") else ""),
+        "",
+    ]
 
 
 def bar(fraction: float | None, width: int = 20) -> str:
@@ -128,8 +148,11 @@ def filesystems(rows: list[dict[str, Any]]) -> list[str]:
         if fs.get("responsive") is False:
             out.append(f"  {fs['path']:<20} NOT RESPONDING (seen from {fs['node']})")
             continue
-        out.append(f"  {fs['path']:<20} {bar(fs.get('used_fraction'))} {pct((fs.get('used_fraction') or 0) * 100)}"
-                   f" ({size(fs.get('used_bytes'))}/{size(fs.get('size_bytes'))})")  # fmt: skip
+        out.append(
+            f"  {fs['path']:<20} {bar(fs.get('used_fraction'))}"
+            f" {pct((fs.get('used_fraction') or 0) * 100)}"
+            f" ({size(fs.get('used_bytes'))}/{size(fs.get('size_bytes'))})"
+        )
     return out if rows else ["Filesystems: (no disk readings yet)"]
 
 
@@ -140,23 +163,37 @@ def node_metrics(metrics: dict[str, dict[str, Any]]) -> list[str]:
         io = m.get("io")
         if io and io.get("cpu"):
             c = io["cpu"]
-            out.append(f"  CPU iowait: {pct(c.get('iowait_percent'))}   user/sys: {pct(c.get('user_percent'))}"
-                       f" / {pct(c.get('system_percent'))}")  # fmt: skip
+            out.append(
+                f"  CPU iowait: {pct(c.get('iowait_percent'))}"
+                f"   user/sys: {pct(c.get('user_percent'))}"
+                f" / {pct(c.get('system_percent'))}"
+            )
         for d in (io or {}).get("devices", [])[:8]:
             await_ms = d.get("await_ms") if d.get("await_ms") is not None else d.get("w_await_ms")
-            out.append(f"  {d['device']:<12} util: {pct(d.get('util_percent'))}  write: {size(d.get('write_bytes_per_s'))}/s"
-                       f"  latency: {'-' if await_ms is None else f'{await_ms:.1f} ms'}")  # fmt: skip
+            out.append(
+                f"  {d['device']:<12} util: {pct(d.get('util_percent'))}"
+                f"  write: {size(d.get('write_bytes_per_s'))}/s"
+                f"  latency: {'-' if await_ms is None else f'{await_ms:.1f} ms'}"
+            )
         cpu = m.get("cpu")
         if cpu and cpu.get("cores"):
-            out.append(f"  Cores: {cpu['cores']}  avg busy {pct(cpu.get('busy_mean_percent'))}  range"
-                       f" {pct(cpu.get('busy_min_percent'))} - {pct(cpu.get('busy_max_percent'))}"
-                       f"  imbalance {cpu.get('imbalance')} (std/avg)  saturated {cpu.get('saturated_cores')} (>95%)")  # fmt: skip
+            out.append(
+                f"  Cores: {cpu['cores']}  avg busy {pct(cpu.get('busy_mean_percent'))}  range"
+                f" {pct(cpu.get('busy_min_percent'))} - {pct(cpu.get('busy_max_percent'))}"
+                f"  imbalance {cpu.get('imbalance')} (std/avg)"
+                f"  saturated {cpu.get('saturated_cores')} (>95%)"
+            )
         mem = m.get("memory")
         if mem:
-            out.append(f"  Memory free: {size(mem.get('mem_free_bytes'))}  cache: {size(mem.get('mem_cache_bytes'))}"
-                       f"  swap used: {size(mem.get('swap_used_bytes'))}  swap in/out: {mem.get('swap_in_bytes_per_s', '-')}"
-                       f"/{mem.get('swap_out_bytes_per_s', '-')} B/s  blocked: {mem.get('blocked_procs', '-')}"
-                       f"  PSI memory: {pct(mem.get('pressure_some_avg60_percent'))}")  # fmt: skip
+            out.append(
+                f"  Memory free: {size(mem.get('mem_free_bytes'))}"
+                f"  cache: {size(mem.get('mem_cache_bytes'))}"
+                f"  swap used: {size(mem.get('swap_used_bytes'))}"
+                f"  swap in/out: {mem.get('swap_in_bytes_per_s', '-')}"
+                f"/{mem.get('swap_out_bytes_per_s', '-')} B/s"
+                f"  blocked: {mem.get('blocked_procs', '-')}"
+                f"  PSI memory: {pct(mem.get('pressure_some_avg60_percent'))}"
+            )
     return (["Node I/O, CPU and memory:"] + ["  " + line for line in out]) if out else []
 
 
@@ -167,7 +204,10 @@ def collection_lines(rows: list[dict[str, Any]]) -> list[str]:
             out.append(f"  {c['collector']:<13} skipped: {c['skipped']}")
             continue
         rate = "-" if c["success_rate"] is None else f"{c['success_rate'] * 100:.0f}%"
-        line = f"  {c['collector']:<13} {c['runs']:>6} runs  {rate:>4} success  on {c['nodes']} {'host' if c['nodes'] == 1 else 'hosts'}"
+        line = (
+            f"  {c['collector']:<13} {c['runs']:>6} runs  {rate:>4} success"
+            f"  on {c['nodes']} {'host' if c['nodes'] == 1 else 'hosts'}"
+        )
         if c["skipped_on"]:
             line += f" (skipped on {c['skipped_on']}: {c['skipped']})"
         out.append(line)
@@ -198,25 +238,36 @@ def agent_sections(st: dict[str, Any]) -> list[str]:
         if "state" not in n:
             out.append(f"  {n['node']}")
             continue
-        out.append(f"  {n['node']:<14} {n['state'].upper():<5} last heard {n['seconds_since_seen']:>6.1f} s ago"
-                   f"  jobs: {n['running_jobs'] if n['running_jobs'] is not None else '-'}"
-                   f"  outbox: {n['outbox_depth'] if n['outbox_depth'] is not None else '-'}")  # fmt: skip
+        out.append(
+            f"  {n['node']:<14} {n['state'].upper():<5}"
+            f" last heard {n['seconds_since_seen']:>6.1f} s ago"
+            f"  jobs: {n['running_jobs'] if n['running_jobs'] is not None else '-'}"
+            f"  outbox: {n['outbox_depth'] if n['outbox_depth'] is not None else '-'}"
+        )
         if n.get("agent_nacked"):
             out.append(
-                f"    {n['agent_nacked']} envelopes refused by the aggregator and dropped by the agent"
+                f"    {n['agent_nacked']} envelopes refused by the aggregator"
+                " and dropped by the agent"
             )
         if n.get("samples_refused"):
-            out.append(f"    {n['samples_refused']} samples refused: {n.get('samples_refused_why') or '?'}"
-                       " (is the node's clock right?)")  # fmt: skip
+            out.append(
+                f"    {n['samples_refused']} samples refused: {n.get('samples_refused_why') or '?'}"
+                " (is the node's clock right?)"
+            )
     out += ["", f"Running jobs: {len(st['running_jobs'])}"]
     for j in st["running_jobs"][:20]:
         out.append(
-            f"  {j['job_id']:<8} {j['user'] or '-':<10} {j['partition'] or '-':<8} {j['node_list'] or '-'}"
+            f"  {j['job_id']:<8} {j['user'] or '-':<10} {j['partition'] or '-':<8}"
+            f" {j['node_list'] or '-'}"
         )
     ing = st["ingest"]
-    out += ["", "Ingest:", f"  {ing['samples_per_second']} samples/s over the last minute"
-            f" ({ing['envelopes_last_minute']} envelopes)", f"  jobs stored: {st['jobs_total']}"
-            f", unreconciled: {st['unreconciled_jobs']}"]  # fmt: skip
+    out += [
+        "",
+        "Ingest:",
+        f"  {ing['samples_per_second']} samples/s over the last minute"
+        f" ({ing['envelopes_last_minute']} envelopes)",
+        f"  jobs stored: {st['jobs_total']}, unreconciled: {st['unreconciled_jobs']}",
+    ]
     rejected = st["counters"].get("messages_rejected")
     if rejected:
         out.append(f"  rejected messages: {rejected}")
@@ -233,8 +284,10 @@ def agent_security(st: dict[str, Any]) -> list[str]:
     out = []
     refused = st.get("agents_refused") or {}
     if refused.get("total"):
-        reasons = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(refused["by_reason"].items(),
-                                                                          key=lambda kv: -kv[1]))  # fmt: skip
+        reasons = ", ".join(
+            f"{k.replace('_', ' ')} {v}"
+            for k, v in sorted(refused["by_reason"].items(), key=lambda kv: -kv[1])
+        )
         last = ""
         if refused.get("last_time") is not None:
             clock = time.strftime("%H:%M:%S", time.localtime(refused["last_time"]))

@@ -29,5 +29,7 @@ def db_backup(ctx: click.Context, file: str, force: bool) -> None:
         done = store.backup(database, file, force=force)
     except (OSError, store.StoreError) as exc:
         raise click.ClickException(f"db backup: {exc}") from None
-    click.echo(f"{database} -> {done['file']}: {done['bytes'] / 1e6:.1f} MB, schema version "
-               f"{done['schema_version']}, checked, in {done['seconds']} s")  # fmt: skip
+    click.echo(
+        f"{database} -> {done['file']}: {done['bytes'] / 1e6:.1f} MB, schema version "
+        f"{done['schema_version']}, checked, in {done['seconds']} s"
+    )

@@ -36,16 +36,25 @@ def install_hooks(ctx, prefix, include, slurm_user) -> None:
     if include:
         click.echo(f"# written to {include}; apply with: scontrol reconfigure", err=True)
     if unset_before:
-        click.echo("# slurmctld has no PrologSlurmctld configured now: if it started without one, "
-                   "restart slurmctld once after `scontrol reconfigure` (Slurm decides at its start "
-                   "whether to run PrologSlurmctld and EpilogSlurmctld at all; running jobs survive "
-                   "a restart; docs/hooks.md)", err=True)  # fmt: skip
+        click.echo(
+            "# slurmctld has no PrologSlurmctld configured now: if it started without one, "
+            "restart slurmctld once after `scontrol reconfigure` (Slurm decides at its start "
+            "whether to run PrologSlurmctld and EpilogSlurmctld at all; running jobs survive "
+            "a restart; docs/hooks.md)",
+            err=True,
+        )
 
 
 @main.command("uninstall-hooks")
 @click.option("--prefix", default=None)
-@click.option("--no-reconfigure", is_flag=True,
-              help="do not run scontrol reconfigure (then remove NØMADE's lines from slurm.conf and reconfigure first)")  # fmt: skip
+@click.option(
+    "--no-reconfigure",
+    is_flag=True,
+    help=(
+        "do not run scontrol reconfigure (then remove NØMADE's lines from slurm.conf and"
+        " reconfigure first)"
+    ),
+)
 @click.pass_context
 def uninstall_hooks(ctx, prefix, no_reconfigure) -> None:
     """Remove the hooks that install-hooks wrote: restore the include file, let Slurm reread

@@ -77,8 +77,12 @@ def check(ctx: click.Context, script, sbatch_args, user: str | None, as_json: bo
     from aggregator.admin.apiclient import ApiError
 
     try:
-        answer = request.ask_aggregator(cfg.hooks.aggregator_url, req, ca=cfg.security.tls_ca,
-                                        munge_socket=cfg.security.munge_socket)  # fmt: skip
+        answer = request.ask_aggregator(
+            cfg.hooks.aggregator_url,
+            req,
+            ca=cfg.security.tls_ca,
+            munge_socket=cfg.security.munge_socket,
+        )
     except ApiError as exc:
         raise click.ClickException(str(exc)) from None
     base.emit(answer, as_json, render_check)
@@ -89,15 +93,19 @@ def check(ctx: click.Context, script, sbatch_args, user: str | None, as_json: bo
 
 def render_jobs(rows: list[dict[str, Any]]) -> str:
     out = [
-        f"{'JOBID':<9}{'USER':<10}{'PARTITION':<11}{'OUTCOME':<15}{'EXIT':<6}{'ELAPSED':<12}SUBMITTED"
+        f"{'JOBID':<9}{'USER':<10}{'PARTITION':<11}{'OUTCOME':<15}"
+        f"{'EXIT':<6}{'ELAPSED':<12}SUBMITTED"
     ]
     for j in rows:
         outcome = j["outcome"] or (
             "RUNNING" if j["start_time"] and not j["end_time"] else j["state"] or "-"
         )
-        out.append(f"{j['job_id']:<9}{j['user'] or '-':<10}{j['partition'] or '-':<11}{outcome:<15}"
-                   f"{'-' if j['exit_code'] is None else j['exit_code']:<6}{seconds(j['elapsed_seconds']):<12}"
-                   f"{when(j['submit_time'])}")  # fmt: skip
+        out.append(
+            f"{j['job_id']:<9}{j['user'] or '-':<10}{j['partition'] or '-':<11}{outcome:<15}"
+            f"{'-' if j['exit_code'] is None else j['exit_code']:<6}"
+            f"{seconds(j['elapsed_seconds']):<12}"
+            f"{when(j['submit_time'])}"
+        )
     return "\n".join(out)
 
 
@@ -110,10 +118,13 @@ def render_job(j: dict[str, Any]) -> str:
     )
     out = [
         f"Job {j['job_id']}  {j['job_name'] or ''}",
-        f"  user {j['user'] or '-'}  account {j['account'] or '-'}  partition {j['partition'] or '-'}",
+        f"  user {j['user'] or '-'}  account {j['account'] or '-'}"
+        f"  partition {j['partition'] or '-'}",
         f"  request: {j['nodes_requested'] or '-'} node(s), {j['cpus'] or '-'} CPUs, memory {mem},"
-        f" GPUs {j['gpus'] if j['gpus'] is not None else '-'}, time limit {seconds(j['time_limit_seconds'])}",
-        f"  submitted {when(j['submit_time'])}  started {when(j['start_time'])}  ended {when(j['end_time'])}",
+        f" GPUs {j['gpus'] if j['gpus'] is not None else '-'},"
+        f" time limit {seconds(j['time_limit_seconds'])}",
+        f"  submitted {when(j['submit_time'])}  started {when(j['start_time'])}"
+        f"  ended {when(j['end_time'])}",
         f"  outcome {j['outcome'] or '(not finished or not reconciled)'}"
         + (f" by {j['cancelled_by']}" if j["cancelled_by"] else "")
         + f"  exit {j['exit_code'] if j['exit_code'] is not None else '-'}"
@@ -125,8 +136,12 @@ def render_job(j: dict[str, Any]) -> str:
     ]
     v = j.get("verdict")
     if v is not None:
-        out[-2:-2] = [f"  verdict at start: p_fail {v['p_fail']:.2f}, {'warned' if v['warned'] else 'not warned'}"
-                      f" (model {v['model_version']})", *(f"    {ln}" for ln in v["lines"] if v["warned"])]  # fmt: skip
+        out[-2:-2] = [
+            f"  verdict at start: p_fail {v['p_fail']:.2f},"
+            f" {'warned' if v['warned'] else 'not warned'}"
+            f" (model {v['model_version']})",
+            *(f"    {ln}" for ln in v["lines"] if v["warned"]),
+        ]
     if j.get("advice"):
         printed = v["lines"] if v is not None and v["warned"] else []
         out[-2:-2] = [
@@ -135,14 +150,18 @@ def render_job(j: dict[str, Any]) -> str:
         ]
     for n in j["nodes"]:
         cpu = "-" if n["cpu_seconds"] is None else f"{n['cpu_seconds']:.1f}"
-        out.append(f"  {n['node']:<10}{n['samples']:>8}{cpu:>10}{size(n['mem_peak_bytes']):>12}"
-                   f"{size(n['read_bytes']):>12}{size(n['write_bytes']):>12}")  # fmt: skip
+        out.append(
+            f"  {n['node']:<10}{n['samples']:>8}{cpu:>10}{size(n['mem_peak_bytes']):>12}"
+            f"{size(n['read_bytes']):>12}{size(n['write_bytes']):>12}"
+        )
     if j["series"]:
         out += ["", f"  {'TIME':<10}{'NODE':<10}{'CPU s':>9}{'MEMORY':>12}{'WRITTEN':>12}"]
         for p in j["series"]:
             cpu = "-" if p["cpu_seconds"] is None else f"{p['cpu_seconds']:.1f}"
-            out.append(f"  {time.strftime('%H:%M:%S', time.localtime(p['t'])):<10}{p['node']:<10}{cpu:>9}"
-                       f"{size(p['mem_bytes']):>12}{size(p['write_bytes']):>12}")  # fmt: skip
+            out.append(
+                f"  {time.strftime('%H:%M:%S', time.localtime(p['t'])):<10}{p['node']:<10}{cpu:>9}"
+                f"{size(p['mem_bytes']):>12}{size(p['write_bytes']):>12}"
+            )
     return "\n".join(out)
 
 
@@ -154,7 +173,8 @@ def render_check(answer: dict[str, Any]) -> str:
         out = [ln for ln in v["lines"] if not ln.startswith("NØMADE: Details:")]
     else:
         out = [
-            f"NØMADE: low risk ({v['p_fail']:.2f}) that this job fails (model {v['model_version']})."
+            f"NØMADE: low risk ({v['p_fail']:.2f}) that this job fails"
+            f" (model {v['model_version']})."
         ]
     return "\n".join(out + advice_lines(answer.get("advice"), out))
 

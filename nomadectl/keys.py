@@ -50,8 +50,12 @@ def _keys(ctx: click.Context, command: str):
 @keys_group.command("add", context_settings={"ignore_unknown_options": True})
 @click.argument("node", required=False)
 @click.argument("key", required=False)
-@click.option("--file", "path", type=click.Path(allow_dash=True),
-              help="lines `NODE PUBLIC_KEY` as nomade-agent --make-key prints them ('-': stdin)")  # fmt: skip
+@click.option(
+    "--file",
+    "path",
+    type=click.Path(allow_dash=True),
+    help="lines `NODE PUBLIC_KEY` as nomade-agent --make-key prints them ('-': stdin)",
+)
 @click.option("--replace", is_flag=True, help="change the key of a node enrolled with another")
 @click.pass_context
 def keys_add(ctx, node, key, path, replace) -> None:
@@ -65,8 +69,10 @@ def keys_add(ctx, node, key, path, replace) -> None:
         counts = keyscmd.add(conn, keyscmd.parse(text, source), source, replace)
     except (keyscmd.KeysError, OSError, UnicodeDecodeError) as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"{counts['add']} enrolled, {counts['replace']} replaced, {counts['keep']} already enrolled"
-               " (the aggregator accepts them within a second)")  # fmt: skip
+    click.echo(
+        f"{counts['add']} enrolled, {counts['replace']} replaced, {counts['keep']} already enrolled"
+        " (the aggregator accepts them within a second)"
+    )
 
 
 @keys_group.command("list")
@@ -101,10 +107,12 @@ def keys_rotate_server(ctx) -> None:
     except OSError as exc:
         raise click.ClickException(f"cannot make the new server key: {exc}") from None
     sec = cfg.security
-    click.echo(f"new server key {public}; the old one is {sec.server_public()}.previous\n"
-               f"copy {sec.server_public()} to the same path on every node: each agent "
-               "reconnects with it by itself and keeps its data until then; the aggregator uses "
-               "the new key within a second")  # fmt: skip
+    click.echo(
+        f"new server key {public}; the old one is {sec.server_public()}.previous\n"
+        f"copy {sec.server_public()} to the same path on every node: each agent "
+        "reconnects with it by itself and keeps its data until then; the aggregator uses "
+        "the new key within a second"
+    )
 
 
 # --- the text views ----------------------------------------------------------------------------
@@ -121,8 +129,10 @@ def render_keys(rows: list[dict[str, Any]]) -> str:
     out = [f"{'NODE':<16}{'PUBLIC KEY':<42}{'ADDED':<18}{'BY':<10}{'LAST SEEN (CURVE)':<19}REVOKED"]
     for r in rows:
         revoked = "-" if r["revoked"] is None else f"{_minute(r['revoked'])} by {r['revoked_by']}"
-        out.append(f"{r['node']:<16}{r['public_key']:<42}{_minute(r['added']):<18}{r['added_by']:<10}"
-                   f"{_minute(r['last_seen_curve']):<19}{revoked}")  # fmt: skip
+        out.append(
+            f"{r['node']:<16}{r['public_key']:<42}{_minute(r['added']):<18}{r['added_by']:<10}"
+            f"{_minute(r['last_seen_curve']):<19}{revoked}"
+        )
     return "\n".join(out)
 
 

@@ -1,6 +1,6 @@
 """`nomadectl train` and `nomadectl model list|activate|rollback|report`: the job-outcome models
-trained, registered, chosen and evaluated (the work is aggregator/predict/training.py's, the registry
-aggregator/store's, the report models/'s).  With their text views."""
+trained, registered, chosen and evaluated (the work is aggregator/predict/training.py's, the
+registry aggregator/store's, the report models/'s).  With their text views."""
 
 from __future__ import annotations
 
@@ -61,8 +61,13 @@ def train(ctx: click.Context, epochs: int, activate: str, as_json: bool) -> None
                 done[0] += step
 
         try:
-            result = training.run(base.existing(cfg), cfg.general.data_dir, epochs=epochs,
-                                  activate=activate, progress=progress)  # fmt: skip
+            result = training.run(
+                base.existing(cfg),
+                cfg.general.data_dir,
+                epochs=epochs,
+                activate=activate,
+                progress=progress,
+            )
         except ValueError as exc:
             raise click.ClickException(str(exc)) from None
     base.emit(result, as_json, render_trained)
@@ -80,7 +85,9 @@ def model_list(ctx: click.Context, as_json: bool) -> None:
     """Every trained model: version, training window, recent AUC, which one is active."""
     from aggregator import store
 
-    base.emit(base.view(ctx.find_root(), "/api/v1/models", store.list_models), as_json, render_models)
+    base.emit(
+        base.view(ctx.find_root(), "/api/v1/models", store.list_models), as_json, render_models
+    )
 
 
 @model.command("activate")
@@ -128,8 +135,12 @@ def model_report(ctx: click.Context, out_dir: str, epochs: int) -> None:
 
     conn = base.reader(cfg)
     verdicts = store.verdict_outcomes(conn)
-    result = evaluate.evaluate(store.ended_jobs(conn), cost_missed_failure=cfg.models.cost_missed_failure,
-                               cost_false_alarm=cfg.models.cost_false_alarm, epochs=epochs)  # fmt: skip
+    result = evaluate.evaluate(
+        store.ended_jobs(conn),
+        cost_missed_failure=cfg.models.cost_missed_failure,
+        cost_false_alarm=cfg.models.cost_false_alarm,
+        epochs=epochs,
+    )
     path = report.write_report(result, out_dir, verdicts=verdicts)
     click.echo(f"report written to {path}")
 
@@ -146,9 +157,13 @@ def render_trained(r: dict[str, Any]) -> str:
     aucs = r.get("member_validation_auc")
     if aucs:
         excluded = set(r.get("excluded_members") or ())
-        out.append("  validation AUC of each member: " + ", ".join(
-            f"{m} {_auc(a)}" + (" (weight 0: no better than chance)" if m in excluded else "")
-            for m, a in aucs.items()))  # fmt: skip
+        out.append(
+            "  validation AUC of each member: "
+            + ", ".join(
+                f"{m} {_auc(a)}" + (" (weight 0: no better than chance)" if m in excluded else "")
+                for m, a in aucs.items()
+            )
+        )
     n, failures = r["recent_jobs"], r.get("recent_failures")
     of = "" if failures is None else f" ({failures} failures, {n - failures} successes)"
     out.append(f"  failure AUC on the {n} most recent jobs{of}: {_auc(r.get('recent_auc'))}")
@@ -164,12 +179,16 @@ def render_models(rows: list[dict[str, Any]]) -> str:
     """The registry, newest first; `*` marks the active model, RULE whether it met the
     activation rule when it was trained (`-`: trained before the rule was recorded)."""
     out = [
-        f"{'':2}{'VERSION':<26}{'CREATED':<21}{'JOBS':>7}  {'RECENT AUC':>10}  {'RULE':<8}TRAINED ON"
+        f"{'':2}{'VERSION':<26}{'CREATED':<21}{'JOBS':>7}"
+        f"  {'RECENT AUC':>10}  {'RULE':<8}TRAINED ON"
     ]
     for m in rows:
         met = m["metrics"].get("activation_rule_met")
         rule = "-" if met is None else "met" if met else "not met"
-        out.append(f"{'* ' if m['active'] else '  '}{m['version']:<26}{when(m['created']):<21}{m['train_jobs'] or 0:>7}"
-                   f"  {_auc(m['metrics'].get('recent_auc')):>10}  {rule:<8}"
-                   f"{when(m['train_first_submit'])} .. {when(m['train_last_submit'])}")  # fmt: skip
+        out.append(
+            f"{'* ' if m['active'] else '  '}{m['version']:<26}{when(m['created']):<21}"
+            f"{m['train_jobs'] or 0:>7}"
+            f"  {_auc(m['metrics'].get('recent_auc')):>10}  {rule:<8}"
+            f"{when(m['train_first_submit'])} .. {when(m['train_last_submit'])}"
+        )
     return "\n".join(out) if rows else "no models yet (nomadectl train)"

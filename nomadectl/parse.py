@@ -18,7 +18,8 @@ from .base import main
 @click.argument("kind")
 @click.argument("path", type=click.Path(allow_dash=True))
 def parse(kind: str, path: str) -> None:
-    """Print what NØMADE reads from one captured output, as JSON lines (`nomadectl parse KIND FILE`)."""
+    """Print what NØMADE reads from one captured output, as JSON lines
+    (`nomadectl parse KIND FILE`)."""
     from collectors import registry as parsekinds
     from nomade_common import jsonin
 

@@ -100,7 +100,8 @@ keys_dir = "{base}/keys"
 {extra_config}
 """)
         if "[collectors.job_history]" not in extra_config:
-            # Each test's database holds its own jobs only: no import of the cluster's sacct history.
+            # Each test's database holds its own jobs only: no import of the cluster's sacct
+            # history.
             with self.config.open("a") as f:
                 f.write("[collectors.job_history]\nenabled = false\n")
         self.db = base / "data" / "nomade.db"
@@ -118,8 +119,9 @@ keys_dir = "{base}/keys"
         log = open(self.base / "aggregator.log", "ab")  # noqa: SIM115
         self.aggregator = subprocess.Popen(
             [str(self.bindir / "nomade-aggregator"), "--config", str(self.config)],
-            stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
     def kill_aggregator(self) -> None:
         self.aggregator.send_signal(signal.SIGKILL)
@@ -128,19 +130,41 @@ keys_dir = "{base}/keys"
     def enrol(self, nodes: tuple[str, ...]) -> None:
         """As a site does: each node makes its pair (`nomade-agent --make-key`), the collected
         lines are enrolled at once (`nomadectl keys add --file`)."""
-        lines = [subprocess.run([str(self.bindir / "nomade-agent"), "--config", str(self.config), "--make-key",
-                                 "--node", node], capture_output=True, text=True, check=True, timeout=30).stdout
-                 for node in nodes]  # fmt: skip
+        lines = [
+            subprocess.run(
+                [
+                    str(self.bindir / "nomade-agent"),
+                    "--config",
+                    str(self.config),
+                    "--make-key",
+                    "--node",
+                    node,
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=30,
+            ).stdout
+            for node in nodes
+        ]
         (self.base / "enrol.txt").write_text("".join(lines))
         self.ctl("keys", "add", "--file", str(self.base / "enrol.txt"))
 
     def start_agent(self, node: str) -> None:
         log = open(self.base / f"agent-{node}.log", "ab")  # noqa: SIM115
         self.agents[node] = subprocess.Popen(
-            [str(self.bindir / "nomade-agent"), "--config", str(self.config), "--node", node,
-             "--ledger", str(self.base / f"ledger-{node}.txt")],
-            stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                str(self.bindir / "nomade-agent"),
+                "--config",
+                str(self.config),
+                "--node",
+                node,
+                "--ledger",
+                str(self.base / f"ledger-{node}.txt"),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
     def stop_agent(self, node: str) -> None:
         self.agents[node].send_signal(signal.SIGTERM)
@@ -183,16 +207,28 @@ def running_pipeline(extra_config: str = ""):
     p.ctl("install-hooks", "--include", INCLUDE)
     try:
         subprocess.run(["scontrol", "reconfigure"], check=True, timeout=30)
-        wait_for("slurmctld to load NØMADE's hooks", lambda: str(base / "hooks") in subprocess.run(
-            ["scontrol", "show", "config"], capture_output=True, text=True).stdout, 30)  # fmt: skip
+        wait_for(
+            "slurmctld to load NØMADE's hooks",
+            lambda: (
+                str(base / "hooks")
+                in subprocess.run(
+                    ["scontrol", "show", "config"], capture_output=True, text=True
+                ).stdout
+            ),
+            30,
+        )
         # A slurmctld started without PrologSlurmctld never runs one: the dev cluster restarts it.
-        subprocess.run([str(CLUSTER_UP), "--hooks-changed"], check=True, timeout=120,
-                       stdout=subprocess.DEVNULL)  # fmt: skip
+        subprocess.run(
+            [str(CLUSTER_UP), "--hooks-changed"], check=True, timeout=120, stdout=subprocess.DEVNULL
+        )
         p.start_aggregator()
         for node in ("node1", "node2"):
             p.start_agent(node)
-        wait_for("both agents to say hello",
-                 lambda: len(p.query("SELECT node FROM nodes")) == 2 if p.db.exists() else False, 30)  # fmt: skip
+        wait_for(
+            "both agents to say hello",
+            lambda: len(p.query("SELECT node FROM nodes")) == 2 if p.db.exists() else False,
+            30,
+        )
         yield p
     finally:
         p.shutdown()
@@ -211,10 +247,25 @@ def _undo(p):
 
 def sbatch(p: Pipeline, name: str, *args: str, script: str, user: str = "alice") -> int:
     out = subprocess.run(
-        ["sbatch", "--parsable", f"--uid={user}", f"--gid={user}", "-J", name, "-D", str(p.base / "jobs"),
-         "-o", str(p.base / "jobs" / f"{name}-%j.out"), *args, "--wrap", script],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+        [
+            "sbatch",
+            "--parsable",
+            f"--uid={user}",
+            f"--gid={user}",
+            "-J",
+            name,
+            "-D",
+            str(p.base / "jobs"),
+            "-o",
+            str(p.base / "jobs" / f"{name}-%j.out"),
+            *args,
+            "--wrap",
+            script,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 0, out.stderr
     return int(out.stdout.strip().split(";")[0])
 

@@ -17,8 +17,16 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-PACKAGES = ("aggregator", "nodeagent", "models", "nomade_common", "collectors", "workload",
-            "nomadectl", "hooks")  # fmt: skip
+PACKAGES = (
+    "aggregator",
+    "nodeagent",
+    "models",
+    "nomade_common",
+    "collectors",
+    "workload",
+    "nomadectl",
+    "hooks",
+)
 
 
 @dataclass(frozen=True)
@@ -38,17 +46,33 @@ class Contract:
 
 
 CONTRACTS = (
-    Contract("only the store speaks SQL", ("*",), ("sqlite3",),
-             allowed=("aggregator.store", "aggregator.store.*", "nodeagent.outbox")),
-    Contract("the node agent is thin: no aggregator, no models", ("nodeagent", "nodeagent.*"),
-             ("aggregator", "models", "nomadectl", "numpy", "pandas", "torch")),
-    Contract("models is a pure ML library", ("models", "models.*"),
-             ("aggregator", "nomadectl", "nodeagent", "workload")),
-    Contract("the collectors serve both sides and belong to neither", ("collectors", "collectors.*"),
-             ("aggregator", "nodeagent", "models", "nomadectl")),
-    Contract("the common layer is common", ("nomade_common", "nomade_common.*"),
-             ("aggregator", "nodeagent", "models", "nomadectl", "collectors")),
-)  # fmt: skip
+    Contract(
+        "only the store speaks SQL",
+        ("*",),
+        ("sqlite3",),
+        allowed=("aggregator.store", "aggregator.store.*", "nodeagent.outbox"),
+    ),
+    Contract(
+        "the node agent is thin: no aggregator, no models",
+        ("nodeagent", "nodeagent.*"),
+        ("aggregator", "models", "nomadectl", "numpy", "pandas", "torch"),
+    ),
+    Contract(
+        "models is a pure ML library",
+        ("models", "models.*"),
+        ("aggregator", "nomadectl", "nodeagent", "workload"),
+    ),
+    Contract(
+        "the collectors serve both sides and belong to neither",
+        ("collectors", "collectors.*"),
+        ("aggregator", "nodeagent", "models", "nomadectl"),
+    ),
+    Contract(
+        "the common layer is common",
+        ("nomade_common", "nomade_common.*"),
+        ("aggregator", "nodeagent", "models", "nomadectl", "collectors"),
+    ),
+)
 
 
 def module_name(root: Path, path: Path) -> str:
@@ -96,8 +120,24 @@ def violations(root: Path, contracts: tuple[Contract, ...] = CONTRACTS) -> list[
     return sorted(set(out))
 
 
-SQL_START = ("SELECT", "INSERT", "UPDATE", "DELETE", "CREATE", "ALTER", "DROP", "PRAGMA", "BEGIN",
-             "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE", "WITH", "REPLACE", "VACUUM")  # fmt: skip
+SQL_START = (
+    "SELECT",
+    "INSERT",
+    "UPDATE",
+    "DELETE",
+    "CREATE",
+    "ALTER",
+    "DROP",
+    "PRAGMA",
+    "BEGIN",
+    "COMMIT",
+    "ROLLBACK",
+    "SAVEPOINT",
+    "RELEASE",
+    "WITH",
+    "REPLACE",
+    "VACUUM",
+)
 SQL_HOMES = ("aggregator.store", "aggregator.store.*", "nodeagent.outbox")
 
 
@@ -118,7 +158,14 @@ def sql_outside_store(root: Path) -> list[str]:
                 parts = [v.value for v in node.values[:1] if isinstance(v, ast.Constant)]
             for text in parts:
                 words = text.split(None, 1)
-                if words and words[0].upper() == words[0] and words[0] in SQL_START and len(words) > 1:
-                    out.append(f"{path.relative_to(root)}:{node.lineno} SQL outside the store:"
-                               f" {text.strip()[:60]!r}")  # fmt: skip
+                if (
+                    words
+                    and words[0].upper() == words[0]
+                    and words[0] in SQL_START
+                    and len(words) > 1
+                ):
+                    out.append(
+                        f"{path.relative_to(root)}:{node.lineno} SQL outside the store:"
+                        f" {text.strip()[:60]!r}"
+                    )
     return sorted(set(out))

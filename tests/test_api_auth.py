@@ -150,8 +150,13 @@ tls_ca = "{tls_ca}"
 
 def start_report(job_id: int, user: str) -> bytes:
     pw = pwd.getpwnam(user)
-    env = {"SLURM_JOB_ID": str(job_id), "SLURM_JOB_USER": user, "SLURM_JOB_UID": str(pw.pw_uid),
-           "SLURM_JOB_PARTITION": "debug", "SLURM_JOB_NODELIST": "node1"}  # fmt: skip
+    env = {
+        "SLURM_JOB_ID": str(job_id),
+        "SLURM_JOB_USER": user,
+        "SLURM_JOB_UID": str(pw.pw_uid),
+        "SLURM_JOB_PARTITION": "debug",
+        "SLURM_JOB_NODELIST": "node1",
+    }
     return json.dumps({"env": env, "kind": "prologslurmctld", "t": time.time()}).encode()
 
 
@@ -177,8 +182,12 @@ def site(head):
 # -- callers ------------------------------------------------------------------------------------
 def raw(url: str, method: str, target: str, body: bytes = b"", auth: str | None = None):
     """(status, answer) of one request exactly as given (AUTH: the Authorization header)."""
-    req = urllib.request.Request(url + target, data=body if method == "POST" else None, method=method,
-                                 headers={"Authorization": auth} if auth else {})  # fmt: skip
+    req = urllib.request.Request(
+        url + target,
+        data=body if method == "POST" else None,
+        method=method,
+        headers={"Authorization": auth} if auth else {},
+    )
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, json.loads(resp.read())
@@ -202,8 +211,13 @@ def as_user(user: str, url: str, method: str, target: str, body: bytes = b"") ->
         "except apiclient.ApiError as exc:\n    out = (exc.status, str(exc))\n"
         "print(json.dumps(out))\n"
     )
-    proc = subprocess.run(["runuser", "-u", user, "--", VENV_PYTHON, "-c", code, url, method, target,
-                           body.decode()], capture_output=True, text=True, timeout=60, cwd="/")  # fmt: skip
+    proc = subprocess.run(
+        ["runuser", "-u", user, "--", VENV_PYTHON, "-c", code, url, method, target, body.decode()],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+    )
     assert proc.returncode == 0, proc.stderr
     status, answer = json.loads(proc.stdout)
     return status, answer
@@ -223,8 +237,15 @@ def job_ids(proc: subprocess.CompletedProcess) -> set[int]:
 
 
 # -- authentication -----------------------------------------------------------------------------
-ENDPOINTS = ["/api/v1/status", "/api/v1/queue", "/api/v1/nodes", "/api/v1/licenses",
-             "/api/v1/collectors", "/api/v1/jobs", f"/api/v1/jobs/{ALICE_JOB}"]  # fmt: skip
+ENDPOINTS = [
+    "/api/v1/status",
+    "/api/v1/queue",
+    "/api/v1/nodes",
+    "/api/v1/licenses",
+    "/api/v1/collectors",
+    "/api/v1/jobs",
+    f"/api/v1/jobs/{ALICE_JOB}",
+]
 
 
 def test_without_a_credential_only_health_answers(site):
@@ -268,10 +289,17 @@ def test_a_credential_is_good_for_its_own_request_once(site):
     assert raw(site.url, "GET", "/api/v1/jobs", auth=auth)[0] == 200
     status, answer = raw(site.url, "GET", "/api/v1/jobs", auth=auth)
     assert status == 401 and "replayed" in answer["error"]
-    other = [("GET", "/api/v1/jobs?user=alice", "/api/v1/jobs?user=bob", b"", b""),
-             ("GET", "/api/v1/jobs", "/api/v1/status", b"", b""),
-             ("POST", "/api/v1/hooks/job-start", "/api/v1/hooks/job-start",
-              start_report(9100013, "alice"), start_report(9100014, "bob"))]  # fmt: skip
+    other = [
+        ("GET", "/api/v1/jobs?user=alice", "/api/v1/jobs?user=bob", b"", b""),
+        ("GET", "/api/v1/jobs", "/api/v1/status", b"", b""),
+        (
+            "POST",
+            "/api/v1/hooks/job-start",
+            "/api/v1/hooks/job-start",
+            start_report(9100013, "alice"),
+            start_report(9100014, "bob"),
+        ),
+    ]
     for method, signed, sent, body, sent_body in other:
         auth = munge.sign(method, signed, body)
         status, answer = raw(site.url, method, sent, sent_body, auth=auth)
@@ -288,12 +316,22 @@ def test_an_expired_credential_is_refused(head):
 
 def test_bodies_are_bounded(site):
     big = b'{"env": {"X": "' + b"x" * (1 << 20) + b'"}}'
-    status, answer = raw(site.url, "POST", "/api/v1/hooks/job-start", big,
-                         auth=munge.sign("POST", "/api/v1/hooks/job-start", big))  # fmt: skip
+    status, answer = raw(
+        site.url,
+        "POST",
+        "/api/v1/hooks/job-start",
+        big,
+        auth=munge.sign("POST", "/api/v1/hooks/job-start", big),
+    )
     assert status == 413 and "bytes" in answer["error"]
     deep = b'{"env": ' * 40 + b"{}" + b"}" * 40
-    status, answer = raw(site.url, "POST", "/api/v1/hooks/job-start", deep,
-                         auth=munge.sign("POST", "/api/v1/hooks/job-start", deep))  # fmt: skip
+    status, answer = raw(
+        site.url,
+        "POST",
+        "/api/v1/hooks/job-start",
+        deep,
+        auth=munge.sign("POST", "/api/v1/hooks/job-start", deep),
+    )
     assert status == 400 and "nested deeper" in answer["error"]
 
 
@@ -305,8 +343,9 @@ def test_a_user_reads_only_their_own_jobs(site):
     assert mine.returncode == 0 and json.loads(mine.stdout)["user"] == "alice"
     assert nomadectl("bob", site.client, "job", str(BOB_JOB)).returncode == 0
     # another's job answers as a job that does not exist: its existence is not disclosed
-    assert as_user("bob", site.url, "GET", f"/api/v1/jobs/{ALICE_JOB}") == \
-        as_user("bob", site.url, "GET", "/api/v1/jobs/1")  # fmt: skip
+    assert as_user("bob", site.url, "GET", f"/api/v1/jobs/{ALICE_JOB}") == as_user(
+        "bob", site.url, "GET", "/api/v1/jobs/1"
+    )
     listed = job_ids(nomadectl("alice", site.client, "jobs", "--json"))
     assert ALICE_JOB in listed and BOB_JOB not in listed
     assert job_ids(nomadectl("alice", site.client, "jobs", "--user", "bob", "--json")) == set()
@@ -403,9 +442,29 @@ def test_plain_http_off_loopback_refuses_to_start(head):
 
 def self_signed(root: Path) -> tuple[Path, Path]:
     cert, key = root / "tls-cert.pem", root / "tls-key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)  # fmt: skip
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     cert.chmod(0o644)
     key.chmod(0o600)
     return cert, key
@@ -537,11 +596,30 @@ def closed_within(sock: socket.socket, seconds: float) -> bool:
 
 def signed_as(user: str, method: str, target: str, body: bytes, n: int) -> list[str]:
     """N Authorization headers made by USER's own munged credentials."""
-    code = ("import sys\nfrom nomade_common import munge\n"
-            "print('\\n'.join(munge.sign(sys.argv[1], sys.argv[2], sys.argv[3].encode())"
-            " for _ in range(int(sys.argv[4]))))\n")  # fmt: skip
-    proc = subprocess.run(["runuser", "-u", user, "--", VENV_PYTHON, "-c", code, method, target,
-                           body.decode(), str(n)], capture_output=True, text=True, timeout=60, cwd="/")  # fmt: skip
+    code = (
+        "import sys\nfrom nomade_common import munge\n"
+        "print('\\n'.join(munge.sign(sys.argv[1], sys.argv[2], sys.argv[3].encode())"
+        " for _ in range(int(sys.argv[4]))))\n"
+    )
+    proc = subprocess.run(
+        [
+            "runuser",
+            "-u",
+            user,
+            "--",
+            VENV_PYTHON,
+            "-c",
+            code,
+            method,
+            target,
+            body.decode(),
+            str(n),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.splitlines()
 
@@ -565,8 +643,9 @@ def test_a_request_without_a_credential_is_refused_before_its_body(site):
 def test_an_authenticated_body_has_one_deadline_for_all_of_it(site, monkeypatch):
     monkeypatch.setattr(api, "BODY_SECONDS", 2.0)
     body = b'{"request": {}}' + b" " * 1000
-    sock = begin(site.url, "POST", "/api/v1/check", len(body),
-                 auth=munge.sign("POST", "/api/v1/check", body))  # fmt: skip
+    sock = begin(
+        site.url, "POST", "/api/v1/check", len(body), auth=munge.sign("POST", "/api/v1/check", body)
+    )
     trickle = Trickle(sock)  # a byte every 0.3 s: never late for one chunk, late for the body
     trickle.start()
     try:
@@ -617,8 +696,10 @@ def test_refusals_are_logged_once_a_minute_per_reason(head, monkeypatch, caplog)
 
 
 def test_a_jobs_queue_at_start_names_only_the_callers_own(head):
-    squeue = head.write("squeue-with-alice", "#!/bin/sh\n"
-                        "printf '1|RUNNING|debug|alice|4|None\\n2|PENDING|debug|bob|1|Priority\\n'\n")  # fmt: skip
+    squeue = head.write(
+        "squeue-with-alice",
+        "#!/bin/sh\nprintf '1|RUNNING|debug|alice|4|None\\n2|PENDING|debug|bob|1|Priority\\n'\n",
+    )
     squeue.chmod(0o755)
     with head.aggregator(private_data="jobs,users", squeue=str(squeue)) as run:
         apiclient.call(run.url, "POST", "/api/v1/hooks/job-start", start_report(9100050, "bob"))

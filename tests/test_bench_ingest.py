@@ -6,8 +6,19 @@ import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "ingest.py"
-KEYS = {"bench", "value", "plain_value", "normal_value", "unit", "baseline", "ratio", "goal", "agents", "jobs_per_agent",
-        "samples"}  # fmt: skip
+KEYS = {
+    "bench",
+    "value",
+    "plain_value",
+    "normal_value",
+    "unit",
+    "baseline",
+    "ratio",
+    "goal",
+    "agents",
+    "jobs_per_agent",
+    "samples",
+}
 
 
 def test_every_sent_sample_is_acknowledged_stored_and_reported_as_json():
@@ -27,7 +38,7 @@ def test_every_sent_sample_is_acknowledged_stored_and_reported_as_json():
             "8",
             "--baseline-samples",
             "300",
-        ],  # fmt: skip
+        ],
         capture_output=True,
         text=True,
         timeout=120,

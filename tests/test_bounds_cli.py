@@ -33,8 +33,13 @@ CONTROLS += ["\u200e", "\u200f", *map(chr, range(0x2028, 0x202F)), *map(chr, ran
 
 def nomadectl(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
     """The command as an administrator runs it: its own process, its real stdout and stderr."""
-    return subprocess.run([sys.executable, "-m", "nomadectl", *args], cwd=ROOT,
-                          input=stdin, capture_output=True, timeout=60)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "nomadectl", *args],
+        cwd=ROOT,
+        input=stdin,
+        capture_output=True,
+        timeout=60,
+    )
 
 
 def text(raw: bytes) -> str:
@@ -52,8 +57,15 @@ def site(tmp_path) -> Path:
     cfg = tmp_path / "nomade.toml"
     cfg.write_text(f'[general]\ncluster_name = "c"\ndata_dir = "{tmp_path}/data"\n')
     conn = store.open_store(str(tmp_path / "data" / "nomade.db"))
-    fields = {"job_id": 42, "submit_time": 1_000.0, "start_time": 1_010.0, "job_name": EVIL_NAME,
-              "user": "eve\x1b[8m", "partition": "gpu\x07", "work_dir": "/home/eve/\x1b[2J"}  # fmt: skip
+    fields = {
+        "job_id": 42,
+        "submit_time": 1_000.0,
+        "start_time": 1_010.0,
+        "job_name": EVIL_NAME,
+        "user": "eve\x1b[8m",
+        "partition": "gpu\x07",
+        "work_dir": "/home/eve/\x1b[2J",
+    }
     Ingest("c").upsert_job(conn, fields, 1_020.0)
     conn.close()
     return cfg
@@ -102,10 +114,16 @@ DEEP_OBJECT = ('{"a": ' * 50_000 + "1" + "}" * 50_000).encode()
 
 @pytest.mark.parametrize(
     "kind, doc",
-    [("squeue-json", DEEP_ARRAY), ("sacct-json", DEEP_OBJECT), ("sinfo-json", DEEP_ARRAY),
-     ("sdiag", DEEP_OBJECT), ("iostat-json", DEEP_OBJECT), ("mpstat-json", DEEP_ARRAY)],
+    [
+        ("squeue-json", DEEP_ARRAY),
+        ("sacct-json", DEEP_OBJECT),
+        ("sinfo-json", DEEP_ARRAY),
+        ("sdiag", DEEP_OBJECT),
+        ("iostat-json", DEEP_OBJECT),
+        ("mpstat-json", DEEP_ARRAY),
+    ],
     ids=lambda v: v if isinstance(v, str) else "array" if v[:1] == b"[" else "object",
-)  # fmt: skip
+)
 def test_parse_of_json_nested_50000_deep_is_one_line(tmp_path, kind, doc):
     path = tmp_path / "deep.json"
     path.write_bytes(doc)
@@ -117,7 +135,9 @@ def test_parse_of_json_nested_50000_deep_is_one_line(tmp_path, kind, doc):
     assert proc.stdout == b""
     from_stdin = nomadectl("parse", kind, "-", stdin=doc)
     assert from_stdin.returncode == 2
-    assert text(from_stdin.stderr) == f"nomadectl parse {kind}: -: JSON nested deeper than 64 levels\n"  # fmt: skip
+    assert (
+        text(from_stdin.stderr) == f"nomadectl parse {kind}: -: JSON nested deeper than 64 levels\n"
+    )
 
 
 def test_parse_reads_slurm_json_as_deep_as_slurm_nests_it(tmp_path):
@@ -161,10 +181,15 @@ def test_the_depth_scan_counts_brackets_outside_strings_only():
 
 @pytest.mark.parametrize(
     "doc",
-    ["[]" * 500_000, "[" * 1_000_000, "[" * 500_000 + "]" * 500_000,
-     "[" + ",".join(["[" * 63 + "]" * 63] * 7_800) + "]", json.dumps('\\"[' * 333_333)],
+    [
+        "[]" * 500_000,
+        "[" * 1_000_000,
+        "[" * 500_000 + "]" * 500_000,
+        "[" + ",".join(["[" * 63 + "]" * 63] * 7_800) + "]",
+        json.dumps('\\"[' * 333_333),
+    ],
     ids=["flat", "open", "chain", "64-deep-wide", "escapes"],
-)  # fmt: skip
+)
 def test_the_depth_scan_of_a_megabyte_takes_milliseconds(doc):
     start = time.perf_counter()
     jsonin.deeper_than(doc, 64)
@@ -248,7 +273,9 @@ def planted_fifo(reports: Path, tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("plant", [planted_link, planted_file, planted_fifo])
 @pytest.mark.parametrize("trusted", [None, "self"])
-def test_a_planted_bad_is_never_written_through_the_report_is_removed(tmp_path, caplog, plant, trusted):  # fmt: skip
+def test_a_planted_bad_is_never_written_through_the_report_is_removed(
+    tmp_path, caplog, plant, trusted
+):
     reports = tmp_path / "reports"
     reports.mkdir(mode=0o700)
     planted = plant(reports, tmp_path)

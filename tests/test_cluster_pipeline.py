@@ -26,7 +26,7 @@ from clusterlib import (
     running_pipeline,
     sbatch,
     wait_for,
-)  # fmt: skip
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -60,7 +60,7 @@ def jobs(pipeline):
             "-t",
             "3",
             script=f"srun {py(HOLD_200MB)}",
-        ),  # fmt: skip
+        ),
     }
     wanted = set(ids.values())
 
@@ -114,9 +114,13 @@ def test_killing_the_aggregator_20_times_and_restarting_agents_loses_and_duplica
         ledger = [line.split() for line in (p.base / f"ledger-{node}.txt").read_text().splitlines()]
         produced = sorted((int(j), float(t)) for j, t in ledger)
         stored = sorted(
-            (r[0], r[1]) for r in p.query(
-                "SELECT j.job_id, s.t FROM samples s JOIN jobs j ON j.uid = s.job_uid WHERE s.node = ?", node)
-        )  # fmt: skip
+            (r[0], r[1])
+            for r in p.query(
+                "SELECT j.job_id, s.t FROM samples s JOIN jobs j ON j.uid = s.job_uid"
+                " WHERE s.node = ?",
+                node,
+            )
+        )
         assert produced, f"{node} produced no samples"
         assert len(set(produced)) == len(produced)
         assert stored == produced, f"{node}: {len(produced)} samples produced, {len(stored)} stored"
@@ -131,8 +135,14 @@ def test_every_outcome_is_stored_with_samples_and_values_that_match_the_job(pipe
     p = pipeline
     wait_for("every job to be reconciled", lambda: all_done(p, jobs), 240, every=1)
     got = {name: p.job_json(job_id) for name, job_id in jobs.items()}
-    want = {"completed": "COMPLETED", "failed": "FAILED", "timeout": "TIMEOUT", "oom": "OUT_OF_MEMORY",
-            "cancelled": "CANCELLED", "twonode": "COMPLETED"}  # fmt: skip
+    want = {
+        "completed": "COMPLETED",
+        "failed": "FAILED",
+        "timeout": "TIMEOUT",
+        "oom": "OUT_OF_MEMORY",
+        "cancelled": "CANCELLED",
+        "twonode": "COMPLETED",
+    }
     assert {name: j["outcome"] for name, j in got.items()} == want
     for name, j in got.items():
         assert j["job_id"] == jobs[name] and j["user"] == "alice"
@@ -180,8 +190,16 @@ def test_senders_without_an_enrolled_key_are_refused_and_nothing_stored(pipeline
     from nomade_common import wire
 
     p = pipeline
-    forged = [wire.Envelope(wire.JOB_EVENT, "node1", 1, seq, {"event": "start", "job_id": 999_000 + seq,
-                                                               "t": time.time()}).pack() for seq in (1, 2)]  # fmt: skip
+    forged = [
+        wire.Envelope(
+            wire.JOB_EVENT,
+            "node1",
+            1,
+            seq,
+            {"event": "start", "job_id": 999_000 + seq, "t": time.time()},
+        ).pack()
+        for seq in (1, 2)
+    ]
     ctx = zmq.Context()
     try:
         _send_unauthenticated(ctx, p, forged)

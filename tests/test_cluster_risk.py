@@ -36,8 +36,11 @@ def ended(p, ids):
     # The imported history reuses job ids (its cluster numbered from 118 to 1894, as a fresh dev
     # cluster numbers from 1): only this run's jobs count, those submitted since the pipeline began.
     rows = p.query(
-        f"SELECT count(*) FROM jobs WHERE reconcile = 'done' AND job_id IN ({','.join(map(str, ids))})"
-        " AND submit_time >= ?", p.started - 60)  # fmt: skip
+        "SELECT count(*) FROM jobs WHERE reconcile = 'done'"
+        f" AND job_id IN ({','.join(map(str, ids))})"
+        " AND submit_time >= ?",
+        p.started - 60,
+    )
     return rows[0][0] == len(ids)
 
 
@@ -70,8 +73,14 @@ def scored(slurm_cluster):
         ]
         wait_for("the history jobs to end", lambda: ended(p, oom + fine), 180, every=1)
         p.ctl("train", "--epochs", "8", "--activate", "always")
-        wait_for("the aggregator to load the model", lambda: json.loads(
-            p.ctl("model", "list", "--json"))[0]["active"] and "scoring with model" in p.log(), 30)  # fmt: skip
+        wait_for(
+            "the aggregator to load the model",
+            lambda: (
+                json.loads(p.ctl("model", "list", "--json"))[0]["active"]
+                and "scoring with model" in p.log()
+            ),
+            30,
+        )
         warned = sbatch(p, "again", *shape, script=py(OOM_AT_200M))
         plain = sbatch(p, "plain", "--mem=400M", "-t", "3", script=py(ORDINARY), user="bob")
         wait_for("the two scored jobs to end", lambda: ended(p, [warned, plain]), 180, every=1)
@@ -85,20 +94,29 @@ def test_the_repeat_of_a_failing_shape_is_warned_in_its_own_output(scored):
     assert lines and out.startswith("NØMADE: high risk"), out
     assert "runs out of memory" in lines[0]
     # Every number it states, from the store.
-    uid, p_fail, warned_flag = p.query("SELECT j.uid, v.p_fail, v.warned FROM verdicts v JOIN jobs j ON j.uid = v.job_uid"
-                                        " WHERE j.job_id = ?", warned)[0]  # fmt: skip
+    uid, p_fail, warned_flag = p.query(
+        "SELECT j.uid, v.p_fail, v.warned FROM verdicts v JOIN jobs j ON j.uid = v.job_uid"
+        " WHERE j.job_id = ?",
+        warned,
+    )[0]
     assert warned_flag == 1
     assert re.search(r"high risk \((\d\.\d\d)\)", lines[0]).group(1) == f"{p_fail:.2f}"
     submit = p.query("SELECT submit_time FROM jobs WHERE uid = ?", uid)[0][0]
-    mine = p.query("SELECT outcome, max_rss_bytes FROM jobs WHERE user = 'alice' AND end_time <= ?"
-                   " AND mem_per_node_bytes = ? AND outcome IS NOT NULL", submit, 200 * MiB)  # fmt: skip
+    mine = p.query(
+        "SELECT outcome, max_rss_bytes FROM jobs WHERE user = 'alice' AND end_time <= ?"
+        " AND mem_per_node_bytes = ? AND outcome IS NOT NULL",
+        submit,
+        200 * MiB,
+    )
     failed = sum(o == "OUT_OF_MEMORY" for o, _ in mine)
     m = re.search(r"(\d+) of your (\d+) recent jobs that requested 200 MB ran out of memory", out)
     assert m and (int(m.group(1)), int(m.group(2))) == (failed, len(mine)) and failed >= 8
     # Those jobs were killed at their 200 MB limit: a peak cut off there is not their need, so
     # none is stated as one, and the advice is above the limit, saying it is a guess.
     assert "ran out of memory at that limit: they needed more" in out and "largest peak" not in out
-    assert re.search(r"ran out of memory at 200 MB, so this one likely needs more.* try --mem=400M", out)
+    assert re.search(
+        r"ran out of memory at 200 MB, so this one likely needs more.* try --mem=400M", out
+    )
     assert f"nomadectl job {warned}" in out
     assert "syn-" not in out  # never names other users
 
@@ -106,7 +124,11 @@ def test_the_repeat_of_a_failing_shape_is_warned_in_its_own_output(scored):
 def test_an_ordinary_job_gets_no_warning_but_a_stored_verdict(scored):
     p, _, _, plain = scored
     assert "NØMADE: high risk" not in output(p, "plain", plain)
-    (p_fail, flag), = p.query("SELECT v.p_fail, v.warned FROM verdicts v JOIN jobs j ON j.uid = v.job_uid WHERE j.job_id = ?", plain)  # fmt: skip
+    ((p_fail, flag),) = p.query(
+        "SELECT v.p_fail, v.warned FROM verdicts v JOIN jobs j ON j.uid = v.job_uid"
+        " WHERE j.job_id = ?",
+        plain,
+    )
     assert flag == 0 and p_fail < 0.5
 
 
@@ -141,7 +163,11 @@ def test_with_the_aggregator_stopped_both_jobs_still_start_and_finish(scored):
         script=f"{PY} -c 'import time; time.sleep(2)'",
         user="bob",
     )
-    wait_for("both jobs to finish without the aggregator", lambda: sacct_state(again) == "OUT_OF_MEMORY"
-             and sacct_state(plain) == "COMPLETED", 120, every=1)  # fmt: skip
+    wait_for(
+        "both jobs to finish without the aggregator",
+        lambda: sacct_state(again) == "OUT_OF_MEMORY" and sacct_state(plain) == "COMPLETED",
+        120,
+        every=1,
+    )
     assert "NØMADE: high risk" not in output(p, "down1", again)
     p.start_aggregator()

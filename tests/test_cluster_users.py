@@ -17,8 +17,13 @@ NOMADECTL = SITE_NOMADECTL
 
 
 def as_user(user: str, config, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["runuser", "-u", user, "--", NOMADECTL, "--config", str(config), *args],
-                          capture_output=True, text=True, timeout=60, cwd="/")  # fmt: skip
+    return subprocess.run(
+        ["runuser", "-u", user, "--", NOMADECTL, "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +32,11 @@ def alices_job(slurm_cluster):
         required(f"{NOMADECTL} is not installed (slurm-conf/install-nomade.sh)")
     with running_pipeline() as p:
         job = sbatch(p, "private-work", "-t", "2", script="sleep 2", user="alice")
-        wait_for(f"job {job} to be reconciled", lambda: p.query(
-            "SELECT 1 FROM jobs WHERE job_id = ? AND reconcile = 'done'", job), 120)  # fmt: skip
+        wait_for(
+            f"job {job} to be reconciled",
+            lambda: p.query("SELECT 1 FROM jobs WHERE job_id = ? AND reconcile = 'done'", job),
+            120,
+        )
         script = p.base / "jobs" / "check.sh"
         script.write_text("#!/bin/bash\n#SBATCH -J private-work\n#SBATCH -t 2\nsleep 2\n")
         script.chmod(0o644)
@@ -63,21 +71,39 @@ def test_bob_cannot_score_a_job_as_alice(alices_job):
     refused = as_user("bob", p.config, "check", str(script), "--user", "alice")
     assert refused.returncode != 0 and "root" in refused.stderr
     # Past the client, the aggregator itself refuses to score as a user other than the caller.
-    code = ("import sys; from aggregator.admin import request, apiclient\n"
-            "try: request.ask_aggregator(sys.argv[1], {'user': 'alice', 'job_name': 'private-work'})\n"
-            "except apiclient.ApiError as exc: print(exc); sys.exit(3)")  # fmt: skip
-    raw = subprocess.run(["runuser", "-u", "bob", "--", SITE_PYTHON, "-c", code,
-                          f"http://127.0.0.1:{p.http_port}"],
-                         capture_output=True, text=True, timeout=60, cwd="/")  # fmt: skip
+    code = (
+        "import sys; from aggregator.admin import request, apiclient\n"
+        "try: request.ask_aggregator(sys.argv[1], {'user': 'alice', 'job_name': 'private-work'})\n"
+        "except apiclient.ApiError as exc: print(exc); sys.exit(3)"
+    )
+    raw = subprocess.run(
+        ["runuser", "-u", "bob", "--", SITE_PYTHON, "-c", code, f"http://127.0.0.1:{p.http_port}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+    )
     assert raw.returncode == 3 and "403" in raw.stdout and "another user" in raw.stdout, raw
 
 
 def test_bob_cannot_read_the_store_file(alices_job):
     p, _, _ = alices_job
-    proc = subprocess.run(["runuser", "-u", "bob", "--", SITE_PYTHON, "-c",
-                           f"import sqlite3; sqlite3.connect('file:{p.db}?mode=ro', uri=True)"
-                           ".execute('SELECT user FROM jobs').fetchall()"],
-                          capture_output=True, text=True, timeout=60, cwd="/")  # fmt: skip
+    proc = subprocess.run(
+        [
+            "runuser",
+            "-u",
+            "bob",
+            "--",
+            SITE_PYTHON,
+            "-c",
+            f"import sqlite3; sqlite3.connect('file:{p.db}?mode=ro', uri=True)"
+            ".execute('SELECT user FROM jobs').fetchall()",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+    )
     assert proc.returncode != 0 and "unable to open" in proc.stderr
 
 
@@ -100,8 +126,17 @@ def test_alice_lists_the_models_through_the_api(alices_job):
     assert all("path" not in m for m in json.loads(out.stdout))
 
 
-@pytest.mark.parametrize("args", [["init"], ["train"], ["model", "report"], ["import", "sacct", "/etc/hostname"],
-                                  ["audit"], ["stop"]])  # fmt: skip
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["init"],
+        ["train"],
+        ["model", "report"],
+        ["import", "sacct", "/etc/hostname"],
+        ["audit"],
+        ["stop"],
+    ],
+)
 def test_a_users_admin_command_fails_in_one_line(alices_job, args):
     p, _, _ = alices_job
     out = as_user("bob", p.config, *args)

@@ -39,8 +39,12 @@ def test_a_failing_collector_is_counted_and_never_stops_the_others():
         return [{"record": "x", "n": state["n"]}]
 
     got, clock = [], [0.0]
-    s = Scheduler(cfg_with(), [Collector("iostat", broken), Collector("vmstat", fine)], got.append,
-                  clock=lambda: clock[0])  # fmt: skip
+    s = Scheduler(
+        cfg_with(),
+        [Collector("iostat", broken), Collector("vmstat", fine)],
+        got.append,
+        clock=lambda: clock[0],
+    )
     for t in (0.0, 61.0, 122.0):
         clock[0] = t
         s.run_due()
@@ -60,8 +64,12 @@ def test_each_collector_runs_on_its_own_interval_from_the_configuration():
 
     cfg = cfg_with("[collectors.vmstat]\ninterval_seconds = 10\n")
     clock = [0.0]
-    s = Scheduler(cfg, [Collector("vmstat", read), Collector("mpstat", read)], lambda r: None,
-                  clock=lambda: clock[0])  # fmt: skip
+    s = Scheduler(
+        cfg,
+        [Collector("vmstat", read), Collector("mpstat", read)],
+        lambda r: None,
+        clock=lambda: clock[0],
+    )
     for t in range(0, 60, 5):
         clock[0] = float(t)
         s.run_due()
@@ -72,17 +80,27 @@ def test_each_collector_runs_on_its_own_interval_from_the_configuration():
 def test_a_disabled_collector_never_runs_and_an_absent_source_is_skipped_with_its_reason():
     ran = []
     cfg = cfg_with("[collectors.mpstat]\nenabled = false\n")
-    s = Scheduler(cfg, [Collector("mpstat", lambda c, st: ran.append("m") or []),
-                        Collector("gpu", lambda c, st: ran.append("g") or [],
-                                  absent=lambda c: "no NVIDIA GPU here")], lambda r: None)  # fmt: skip
+    s = Scheduler(
+        cfg,
+        [
+            Collector("mpstat", lambda c, st: ran.append("m") or []),
+            Collector(
+                "gpu", lambda c, st: ran.append("g") or [], absent=lambda c: "no NVIDIA GPU here"
+            ),
+        ],
+        lambda r: None,
+    )
     s.run_due()
     assert ran == [] and "mpstat" not in s.status
     assert s.status["gpu"].skipped == "no NVIDIA GPU here" and s.status["gpu"].runs == 0
 
 
 def test_a_tool_that_fails_gives_one_line_naming_it():
-    r = run_one(Collector("x", lambda c, s: (_ for _ in ()).throw(CollectorError("iostat not found"))),
-                cfg_with(), {})  # fmt: skip
+    r = run_one(
+        Collector("x", lambda c, s: (_ for _ in ()).throw(CollectorError("iostat not found"))),
+        cfg_with(),
+        {},
+    )
     assert not r.ok and r.error == "iostat not found"
     r = run_one(Collector("y", lambda c, s: 1 / 0), cfg_with(), {})
     assert r.error.startswith("ZeroDivisionError") and "\n" not in r.error
@@ -131,15 +149,25 @@ def test_readings_keep_the_newest_and_a_history_point_every_interval(db):
         db.call(lambda c, t=t: store_reading(c, "node1", "disk", t, 0.01, [{"t": t}], 600.0))
     latest = db.call(lambda c: c.execute("SELECT t, records_json FROM readings_latest").fetchall())
     history = db.call(lambda c: [r[0] for r in c.execute("SELECT t FROM readings ORDER BY t")])
-    assert [tuple(r) for r in latest] == [(2400.0, json.dumps([{"t": 2400.0}], separators=(",", ":")))]
+    assert [tuple(r) for r in latest] == [
+        (2400.0, json.dumps([{"t": 2400.0}], separators=(",", ":")))
+    ]
     assert history == [1000.0, 1700.0, 2400.0]
 
 
 def test_a_readings_envelope_is_stored_once_and_a_malformed_one_is_rejected(db):
     ing = Ingest("c")
-    env = wire.Envelope(wire.READINGS, "node1", 3, 1,
-                        {"collector": "vmstat", "t": 5.0, "seconds": 1.0, "records": [{"record": "vm"}]})  # fmt: skip
-    assert [db.call(lambda c: ing.apply_envelope(c, env)) for _ in range(2)] == ["stored", "duplicate"]
+    env = wire.Envelope(
+        wire.READINGS,
+        "node1",
+        3,
+        1,
+        {"collector": "vmstat", "t": 5.0, "seconds": 1.0, "records": [{"record": "vm"}]},
+    )
+    assert [db.call(lambda c: ing.apply_envelope(c, env)) for _ in range(2)] == [
+        "stored",
+        "duplicate",
+    ]
     bad = wire.Envelope(wire.READINGS, "node1", 3, 2, {"collector": "vmstat", "records": "x"})
     with pytest.raises(Rejected, match="readings payload"):
         db.call(lambda c: ing.apply_envelope(c, bad))
@@ -148,10 +176,24 @@ def test_a_readings_envelope_is_stored_once_and_a_malformed_one_is_rejected(db):
 
 def test_heartbeat_collector_status_shows_in_the_collection_view(db):
     ing = Ingest("c")
-    for node, runs, failures, err in (("node1", 10, 0, None), ("node2", 10, 5, "iostat exited 1: boom")):
-        hb = wire.Envelope(wire.HEARTBEAT, node, 1, 0, {"t": 1.0, "jobs": [], "collectors": {
-            "iostat": [60.0, runs, failures, 100.0, 90.0, err, 1.01, None],
-            "gpu": [30.0, 0, 0, None, None, None, None, "no NVIDIA GPU here"]}})  # fmt: skip
+    for node, runs, failures, err in (
+        ("node1", 10, 0, None),
+        ("node2", 10, 5, "iostat exited 1: boom"),
+    ):
+        hb = wire.Envelope(
+            wire.HEARTBEAT,
+            node,
+            1,
+            0,
+            {
+                "t": 1.0,
+                "jobs": [],
+                "collectors": {
+                    "iostat": [60.0, runs, failures, 100.0, 90.0, err, 1.01, None],
+                    "gpu": [30.0, 0, 0, None, None, None, None, "no NVIDIA GPU here"],
+                },
+            },
+        )
         db.call(lambda c, hb=hb: ing.apply_envelope(c, hb))
     rows = {r["collector"]: r for r in db.call(clusterviews.collection)}
     assert rows["iostat"]["runs"] == 20 and rows["iostat"]["success_rate"] == 0.75
@@ -176,7 +218,9 @@ def test_the_queue_view_counts_partitions_and_explains_why_jobs_wait(db):
         p = expected.setdefault(r["partition"], {"RUNNING": 0, "PENDING": 0})
         if r["state"] in p:
             p[r["state"]] += 1
-    assert {p["partition"]: {"RUNNING": p["running"], "PENDING": p["pending"]} for p in q["partitions"]} == expected
+    assert {
+        p["partition"]: {"RUNNING": p["running"], "PENDING": p["pending"]} for p in q["partitions"]
+    } == expected
     pending = [r for r in records if r["state"] == "PENDING"]
     assert sum(r["jobs"] for r in q["pending_reasons"]) == len(pending) > 0
     assert all(r["reason_text"] for r in q["pending_reasons"])
@@ -187,7 +231,11 @@ def test_the_queue_view_counts_partitions_and_explains_why_jobs_wait(db):
 def test_nodes_view_puts_slurm_state_beside_the_agent(db):
     records = _case_records("slurm-scontrol-node-22.05-o", scontrol.node_records)
     db.call(lambda c: store_reading(c, "head", "node_state", 100.0, 0.1, records, 600.0))
-    db.call(lambda c: c.execute("INSERT INTO nodes (node, first_seen, last_seen, state) VALUES ('node1', 1, 95, 'up')"))
+    db.call(
+        lambda c: c.execute(
+            "INSERT INTO nodes (node, first_seen, last_seen, state) VALUES ('node1', 1, 95, 'up')"
+        )
+    )
     v = db.call(lambda c: clusterviews.nodes(c, now=100.0))
     by = {n["node"]: n for n in v["nodes"]}
     assert set(by) == {r["node"] for r in records}
@@ -198,18 +246,37 @@ def test_nodes_view_puts_slurm_state_beside_the_agent(db):
 def test_status_and_the_views_print_from_a_database_with_readings(tmp_path):
     data = tmp_path / "data"
     cfg_path = tmp_path / "n.toml"
-    cfg_path.write_text(f'[general]\ndata_dir = "{data}"\n[security]\nkeys_dir = "{tmp_path}/keys"\n')
+    cfg_path.write_text(
+        f'[general]\ndata_dir = "{data}"\n[security]\nkeys_dir = "{tmp_path}/keys"\n'
+    )
     run = CliRunner()
     assert run.invoke(ctl.main, ["--config", str(cfg_path), "init"]).exit_code == 0
     conn = store.connect(str(data / "nomade.db"))
     records = _case_records("slurm-squeue-22.05-nomade-format", squeue.records)
     conn.execute("BEGIN")
     store_reading(conn, "head", "queue", 1795515200.0, 0.1, records, 600.0)
-    store_reading(conn, "node1", "disk", 1795515200.0, 0.1, [
-        {"record": "filesystem", "path": "/scratch", "size_bytes": 100 << 30, "used_bytes": 90 << 30,
-         "used_fraction": 0.9, "responsive": True},
-        {"record": "filesystem", "path": "/nfs/home", "responsive": False}], 600.0)  # fmt: skip
-    store_collector_status(conn, "node1", "node", {"disk": [300.0, 4, 1, 9.0, 9.0, "x", 0.1, None]}, 10.0)
+    store_reading(
+        conn,
+        "node1",
+        "disk",
+        1795515200.0,
+        0.1,
+        [
+            {
+                "record": "filesystem",
+                "path": "/scratch",
+                "size_bytes": 100 << 30,
+                "used_bytes": 90 << 30,
+                "used_fraction": 0.9,
+                "responsive": True,
+            },
+            {"record": "filesystem", "path": "/nfs/home", "responsive": False},
+        ],
+        600.0,
+    )
+    store_collector_status(
+        conn, "node1", "node", {"disk": [300.0, 4, 1, 9.0, 9.0, "x", 0.1, None]}, 10.0
+    )
     conn.execute("COMMIT")
     out = run.invoke(ctl.main, ["--config", str(cfg_path), "status"]).output
     assert "/scratch" in out and "90.0%" in out and "/nfs/home" in out and "NOT RESPONDING" in out
@@ -229,11 +296,18 @@ def test_collect_once_names_an_unknown_collector(tmp_path):
 def test_a_running_job_without_cpu_progress_is_stuck_and_a_busy_one_is_not(db):
     def setup(c):
         for uid, job, cpu_step in ((1, 101, 0.0), (2, 102, 5.0)):
-            c.execute("INSERT INTO jobs (uid, cluster, job_id, user, start_time, created, updated)"
-                      " VALUES (?, 'c', ?, 'alice', 0, 0, 0)", (uid, job))  # fmt: skip
+            c.execute(
+                "INSERT INTO jobs (uid, cluster, job_id, user, start_time, created, updated)"
+                " VALUES (?, 'c', ?, 'alice', 0, 0, 0)",
+                (uid, job),
+            )
             for i in range(31):
-                c.execute("INSERT INTO samples (job_uid, node, t, cpu_usage_seconds) VALUES (?, 'node1', ?, ?)",
-                          (uid, 1000.0 + 60 * i, 10.0 + cpu_step * i))  # fmt: skip
+                c.execute(
+                    "INSERT INTO samples (job_uid, node, t, cpu_usage_seconds)"
+                    " VALUES (?, 'node1', ?, ?)",
+                    (uid, 1000.0 + 60 * i, 10.0 + cpu_step * i),
+                )
+
     db.call(setup)
     found = db.call(lambda c: clusterviews.stuck(c, now=1000.0 + 1800))
     assert [j["job_id"] for j in found] == [101]
@@ -242,8 +316,12 @@ def test_a_running_job_without_cpu_progress_is_stuck_and_a_busy_one_is_not(db):
 def test_array_health_counts_failed_tasks(db):
     def setup(c):
         for task, outcome in enumerate(["COMPLETED", "FAILED", "OUT_OF_MEMORY", "CANCELLED", None]):
-            c.execute("INSERT INTO jobs (cluster, job_id, array_job_id, array_task_id, user, submit_time, outcome,"
-                      " created, updated) VALUES ('c', ?, 500, ?, 'bob', 100, ?, 0, 0)", (501 + task, task, outcome))  # fmt: skip
+            c.execute(
+                "INSERT INTO jobs (cluster, job_id, array_job_id, array_task_id, user, submit_time,"
+                " outcome, created, updated) VALUES ('c', ?, 500, ?, 'bob', 100, ?, 0, 0)",
+                (501 + task, task, outcome),
+            )
+
     db.call(setup)
     (a,) = db.call(lambda c: clusterviews.arrays(c, now=200.0))
     assert (a["tasks"], a["completed"], a["failed"], a["unfinished"]) == (5, 1, 2, 1)
@@ -264,5 +342,8 @@ def test_a_collector_that_stays_broken_logs_once_and_once_more_when_it_recovers(
         clock[0] = 60.0 * t
         s.run_due()
     lines = [r.getMessage() for r in caplog.records if r.name == "nomade.collect"]
-    assert lines == ["collector queue: squeue exited 1: slurmctld down", "collector queue: works again"]
+    assert lines == [
+        "collector queue: squeue exited 1: slurmctld down",
+        "collector queue: works again",
+    ]
     assert s.status["queue"].failures == 3 and s.status["queue"].runs == 4

@@ -59,9 +59,14 @@ def stored_job(agg: server.Aggregator, job_id: int):
     conn.row_factory = sqlite3.Row
     try:
         row = conn.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-        kinds = [r[0] for r in conn.execute(
-            "SELECT e.kind FROM events e JOIN jobs j ON j.uid = e.job_uid WHERE j.job_id = ?"
-            " ORDER BY e.rowid", (job_id,))]  # fmt: skip
+        kinds = [
+            r[0]
+            for r in conn.execute(
+                "SELECT e.kind FROM events e JOIN jobs j ON j.uid = e.job_uid WHERE j.job_id = ?"
+                " ORDER BY e.rowid",
+                (job_id,),
+            )
+        ]
     except sqlite3.OperationalError:
         return None, []  # the store's tables are being created
     finally:
@@ -95,8 +100,9 @@ def test_reports_left_while_the_aggregator_is_down_are_stored_when_it_starts(wor
     site = spool_site(world)
     start_env = slurm_env("prologslurmctld", SLURM_JOB_NAME='a "quoted"\tname')
     job_id = int(start_env["SLURM_JOB_ID"])
-    end_env = slurm_env("epilogslurmctld", SLURM_JOB_ID=str(job_id),
-                        SLURM_JOB_NAME=start_env["SLURM_JOB_NAME"])  # fmt: skip
+    end_env = slurm_env(
+        "epilogslurmctld", SLURM_JOB_ID=str(job_id), SLURM_JOB_NAME=start_env["SLURM_JOB_NAME"]
+    )
     for kind, env in (("prologslurmctld", start_env), ("epilogslurmctld", end_env)):
         proc, _ = site.run(kind, env, user="slurm")
         assert proc.returncode == 0
@@ -133,17 +139,24 @@ def test_over_http_the_real_aggregator_stores_a_start_and_an_end(world):  # noqa
     """The transport for an aggregator on another host."""
     agg = start_aggregator(world)
     try:
-        site = Site(world, aggregator_url=f"http://{agg.cfg.aggregator.http_listen}",
-                    controller_transport="http")  # fmt: skip
-        for kind, stored in (("prologslurmctld", ["job_start"]),
-                             ("epilogslurmctld", ["job_start", "job_end"])):  # fmt: skip
+        site = Site(
+            world,
+            aggregator_url=f"http://{agg.cfg.aggregator.http_listen}",
+            controller_transport="http",
+        )
+        for kind, stored in (
+            ("prologslurmctld", ["job_start"]),
+            ("epilogslurmctld", ["job_start", "job_end"]),
+        ):
             proc, _ = site.run(kind, slurm_env(kind, SLURM_JOB_ID="424244"), user="slurm")
             assert proc.returncode == 0
             wait_until(
                 lambda stored=stored: stored_job(agg, 424244)[1] == stored, f"{stored[-1]} stored"
             )
-        row, kinds = wait_until(lambda: (r := stored_job(agg, 424244))[1] == ["job_start", "job_end"] and r,
-                                "start and end stored")  # fmt: skip
+        row, kinds = wait_until(
+            lambda: (r := stored_job(agg, 424244))[1] == ["job_start", "job_end"] and r,
+            "start and end stored",
+        )
         assert row["end_time"] is not None
         assert site.log("prologslurmctld") == [] and not (site.state / "reports").exists()
     finally:
@@ -170,8 +183,13 @@ def test_bad_reports_are_set_aside_with_one_line_and_the_good_one_is_stored(worl
         agg = start_aggregator(world, site)
         try:
             wait_until(lambda: stored_job(agg, 5)[0], "good report stored")
-            bad = wait_until(lambda: len(list((spool / "bad").glob("*.json"))) == 5
-                             and sorted(p.name for p in (spool / "bad").glob("*.json")), "bad set aside")  # fmt: skip
+            bad = wait_until(
+                lambda: (
+                    len(list((spool / "bad").glob("*.json"))) == 5
+                    and sorted(p.name for p in (spool / "bad").glob("*.json"))
+                ),
+                "bad set aside",
+            )
         finally:
             agg.stop()
     assert [n.split("-")[0] for n in bad] == ["1", "2", "3", "3", "4"]
@@ -201,8 +219,9 @@ def test_an_unwritable_reports_directory_falls_back_to_http(world):  # noqa: F81
 
 def slurm_user_reports_start(site: Site, job_id: int) -> None:
     """PrologSlurmctld of JOB_ID, run as the SlurmUser, leaves its report (the spool site)."""
-    proc, _ = site.run("prologslurmctld", slurm_env("prologslurmctld", SLURM_JOB_ID=str(job_id)),
-                       user="slurm")  # fmt: skip
+    proc, _ = site.run(
+        "prologslurmctld", slurm_env("prologslurmctld", SLURM_JOB_ID=str(job_id)), user="slurm"
+    )
     assert proc.returncode == 0
 
 
@@ -222,8 +241,12 @@ def test_a_report_written_by_a_user_is_never_believed(world, caplog):  # noqa: F
     site = spool_site(world)
     spool = site.state / "reports"
     forged = spool / "1-777-prologslurmctld.json"
-    forged.write_text(json.dumps({"kind": "prologslurmctld", "env": {"SLURM_JOB_ID": "777",
-                                  "SLURM_JOB_USER": "alice"}}) + "\n")  # fmt: skip
+    forged.write_text(
+        json.dumps(
+            {"kind": "prologslurmctld", "env": {"SLURM_JOB_ID": "777", "SLURM_JOB_USER": "alice"}}
+        )
+        + "\n"
+    )
     os.chown(forged, 2001, 2001)  # as if alice had written it
     target = world / "elsewhere.json"
     target.write_text(
@@ -253,8 +276,10 @@ def test_a_reports_directory_others_may_write_to_is_not_read(world, caplog):  # 
     with caplog.at_level(logging.ERROR):
         agg = start_aggregator(world, site)
         try:
-            wait_until(lambda: any("may be written by others" in r.getMessage() for r in caplog.records),
-                       "the refusal logged")  # fmt: skip
+            wait_until(
+                lambda: any("may be written by others" in r.getMessage() for r in caplog.records),
+                "the refusal logged",
+            )
             assert stored_job(agg, 781)[0] is None and len(reports(site)) == 1
             spool.chmod(0o700)  # as install-hooks makes it: now it is read
             wait_until(lambda: stored_job(agg, 781)[0], "the report stored")

@@ -70,10 +70,12 @@ class Site:
         d = self.root / "nodes" / node
         node_side = "on" if self.curve == "rollout" else self.curve  # a moved node: CURVE
         d.mkdir(parents=True, exist_ok=True)
-        text = (f'[agent]\naggregator = "tcp://127.0.0.1:{port or self.port}"\n'
-                f'spool_dir = "{d}/spool"\ncgroup_root = "{d}/cg"\nproc_root = "{d}/proc"\n'
-                f'resend_seconds = 0.5\n[security]\ncurve = "{curve or node_side}"\n'
-                f'keys_dir = "{d}/keys"\n')  # fmt: skip
+        text = (
+            f'[agent]\naggregator = "tcp://127.0.0.1:{port or self.port}"\n'
+            f'spool_dir = "{d}/spool"\ncgroup_root = "{d}/cg"\nproc_root = "{d}/proc"\n'
+            f'resend_seconds = 0.5\n[security]\ncurve = "{curve or node_side}"\n'
+            f'keys_dir = "{d}/keys"\n'
+        )
         return config.parse(text, str(d / "nomade.toml"))
 
     def make_node(self, node: str, enrol: bool = True, **kw) -> tuple[config.Config, str]:
@@ -290,8 +292,12 @@ def test_rollout_hears_both_and_refuses_plain_from_a_node_seen_over_curve(site):
     plain_agent = s.agent(s.make_node("node2", curve="off", port=s.plain_port)[0], "node2")
     for i, a in enumerate((curve_agent, plain_agent)):
         job_event(a, 50 + i)
-    assert run_for(10, curve_agent, plain_agent,
-                   until=lambda: curve_agent.outbox.depth() == plain_agent.outbox.depth() == 0)  # fmt: skip
+    assert run_for(
+        10,
+        curve_agent,
+        plain_agent,
+        until=lambda: curve_agent.outbox.depth() == plain_agent.outbox.depth() == 0,
+    )
     assert s.stored("node1") == 1 and s.stored("node2") == 1
     assert wait_for("node2 on plain", lambda: s.status()["agents_on_plain"] == ["node2"], 10)
     assert "agents still on plain ZeroMQ" in s.ctl("status")
@@ -305,8 +311,11 @@ def test_rollout_hears_both_and_refuses_plain_from_a_node_seen_over_curve(site):
     job_event(stranger, 53)
     run_for(3, stranger)  # a name never enrolled: refused, and never listed as a node on plain
     assert stranger.outbox.depth() == 1
-    wait_for("the stranger refused", lambda: s.status()["agents_refused"]["by_reason"]
-             .get("plain_not_enrolled"), 10)  # fmt: skip
+    wait_for(
+        "the stranger refused",
+        lambda: s.status()["agents_refused"]["by_reason"].get("plain_not_enrolled"),
+        10,
+    )
     assert s.status()["agents_on_plain"] == ["node2"]
 
 
@@ -323,16 +332,24 @@ def test_off_warns_at_the_start_of_both_daemons(site, caplog):
 
 def test_a_missing_key_stops_either_daemon_with_one_line_naming_file_and_command(site):
     s = site()
-    proc = subprocess.run([str(BIN / "nomade-aggregator"), "--config", str(s.config)],
-                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    proc = subprocess.run(
+        [str(BIN / "nomade-aggregator"), "--config", str(s.config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode != 0 and len(lines) == 1, proc.stderr
     assert s.cfg.security.server_secret() in lines[0] and "nomadectl init" in lines[0]
     s.ctl("init")
     node_toml = s.root / "node1.toml"
     node_toml.write_text(s.config.read_text())
-    proc = subprocess.run([str(BIN / "nomade-agent"), "--config", str(node_toml), "--node", "node1"],
-                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    proc = subprocess.run(
+        [str(BIN / "nomade-agent"), "--config", str(node_toml), "--node", "node1"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert "node1.key_secret" in lines[0] and "nomade-agent --make-key --node node1" in lines[0]
@@ -368,8 +385,12 @@ def test_key_commands_are_for_root_only():
     if not nomadectl.exists() or subprocess.run(["id", "alice"], capture_output=True).returncode:
         required("needs /usr/local/bin/nomadectl (slurm-conf/install-nomade.sh) and user alice")
     for args in (["keys", "list"], ["keys", "revoke", "node1"], ["keys", "rotate-server"]):
-        proc = subprocess.run(["runuser", "-u", "alice", "--", str(nomadectl), *args],
-                              capture_output=True, text=True, timeout=30)  # fmt: skip
+        proc = subprocess.run(
+            ["runuser", "-u", "alice", "--", str(nomadectl), *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 1 and len(lines) == 1, proc.stderr
         assert "only root may manage agent keys" in lines[0]

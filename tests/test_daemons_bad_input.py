@@ -55,8 +55,10 @@ def test_nomadectl_without_a_database_says_so(tmp_path):
 def test_a_missing_sacct_leaves_jobs_pending_then_unreconciled_and_keeps_their_data(
     tmp_path, caplog
 ):
-    cfg = config.parse(f'[general]\ndata_dir = "{tmp_path}"\n[aggregator]\nsacct = "{tmp_path}/no-sacct"\n'
-                       "reconcile_attempts = 2\nreconcile_delay_seconds = 1.0\n")  # fmt: skip
+    cfg = config.parse(
+        f'[general]\ndata_dir = "{tmp_path}"\n[aggregator]\nsacct = "{tmp_path}/no-sacct"\n'
+        "reconcile_attempts = 2\nreconcile_delay_seconds = 1.0\n"
+    )
     writer = store.Writer(cfg.database)
     writer.start()
     ing = Ingest("c")
@@ -80,8 +82,10 @@ def test_a_missing_sacct_leaves_jobs_pending_then_unreconciled_and_keeps_their_d
 def test_an_unreadable_hook_report_is_set_aside_and_the_good_ones_are_read(tmp_path):
     from nodeagent.agent import Agent
 
-    cfg = config.parse(f'[agent]\nspool_dir = "{tmp_path}/spool"\ncgroup_root = "{tmp_path}/cg"\n'
-                       f'proc_root = "{tmp_path}/proc"\n')  # fmt: skip
+    cfg = config.parse(
+        f'[agent]\nspool_dir = "{tmp_path}/spool"\ncgroup_root = "{tmp_path}/cg"\n'
+        f'proc_root = "{tmp_path}/proc"\n'
+    )
     agent = Agent(cfg, node="n1")
     (agent.inbox / "1-5-start.json").write_text("{not json\n")
     (agent.inbox / "2-6-start.json").write_text(
@@ -100,8 +104,10 @@ def test_a_report_still_being_written_waits_and_one_left_half_written_is_set_asi
     from nodeagent.agent import Agent
     from nomade_common.reportdir import INCOMPLETE_GRACE_SECONDS
 
-    cfg = config.parse(f'[agent]\nspool_dir = "{tmp_path}/spool"\ncgroup_root = "{tmp_path}/cg"\n'
-                       f'proc_root = "{tmp_path}/proc"\n')  # fmt: skip
+    cfg = config.parse(
+        f'[agent]\nspool_dir = "{tmp_path}/spool"\ncgroup_root = "{tmp_path}/cg"\n'
+        f'proc_root = "{tmp_path}/proc"\n'
+    )
     agent = Agent(cfg, node="n1")
     line = json.dumps({"event": "start", "job_id": 7, "t": 1.0})
     young, old = agent.inbox / "1-7-start.json", agent.inbox / "2-8-start.json"
@@ -124,12 +130,21 @@ def test_the_epilogs_report_removes_the_jobs_verdict_and_warning(tmp_path):
     for TaskProlog) when it takes the job's end report."""
     from nodeagent.agent import Agent
 
-    cfg = config.parse(f'[agent]\nspool_dir = "{tmp_path}/spool"\ncgroup_root = "{tmp_path}/cg"\n'
-                       f'proc_root = "{tmp_path}/proc"\n')  # fmt: skip
+    cfg = config.parse(
+        f'[agent]\nspool_dir = "{tmp_path}/spool"\ncgroup_root = "{tmp_path}/cg"\n'
+        f'proc_root = "{tmp_path}/proc"\n'
+    )
     agent = Agent(cfg, node="n1")
     for job in (41, 42):
-        agent.keep_verdict({"job_id": job, "user_id": os.getuid(), "warned": True,
-                            "lines": [f"NØMADE: job {job}"], "p_fail": 0.9})  # fmt: skip
+        agent.keep_verdict(
+            {
+                "job_id": job,
+                "user_id": os.getuid(),
+                "warned": True,
+                "lines": [f"NØMADE: job {job}"],
+                "p_fail": 0.9,
+            }
+        )
     jobs = agent.spool / "jobs"
     assert {p.name for p in jobs.iterdir()} == {"41", "42"}
     (agent.inbox / "1-41-end.json").write_text(json.dumps({"event": "end", "job_id": 41}) + "\n")
@@ -145,11 +160,18 @@ def test_a_start_report_gives_the_jobs_user_a_wait_fifo_of_their_own(tmp_path):
     user's first start report, kept for later jobs, and swept after a day without one."""
     from nodeagent.agent import Agent
 
-    cfg = config.parse(f'[agent]\nspool_dir = "{tmp_path}/spool"\ncgroup_root = "{tmp_path}/cg"\n'
-                       f'proc_root = "{tmp_path}/proc"\n')  # fmt: skip
+    cfg = config.parse(
+        f'[agent]\nspool_dir = "{tmp_path}/spool"\ncgroup_root = "{tmp_path}/cg"\n'
+        f'proc_root = "{tmp_path}/proc"\n'
+    )
     agent = Agent(cfg, node="n1")
-    starts = [("1", 41, "2001"), ("2", 42, "2002"), ("3", 43, "2001"), ("4", 44, ""),
-              ("6", 46, "²")]  # fmt: skip
+    starts = [
+        ("1", 41, "2001"),
+        ("2", 42, "2002"),
+        ("3", 43, "2001"),
+        ("4", 44, ""),
+        ("6", 46, "²"),
+    ]
     for name, job, uid in starts:
         report = {"event": "start", "job_id": job, "t": 1.0, "uid": uid}
         (agent.inbox / f"{name}-{job}-start.json").write_text(json.dumps(report) + "\n")
@@ -178,8 +200,10 @@ def test_an_agent_tightens_the_spool_an_older_version_left_open(tmp_path):
     could read every job's outbox and flood every job's wait)."""
     from nodeagent.agent import Agent
 
-    cfg = config.parse(f'[agent]\nspool_dir = "{tmp_path}/spool"\ncgroup_root = "{tmp_path}/cg"\n'
-                       f'proc_root = "{tmp_path}/proc"\n')  # fmt: skip
+    cfg = config.parse(
+        f'[agent]\nspool_dir = "{tmp_path}/spool"\ncgroup_root = "{tmp_path}/cg"\n'
+        f'proc_root = "{tmp_path}/proc"\n'
+    )
     node = tmp_path / "spool" / "n1"
     for sub in ("inbox", "verdicts", "jobs"):
         (node / sub).mkdir(parents=True, mode=0o755)
@@ -192,9 +216,17 @@ def test_an_agent_tightens_the_spool_an_older_version_left_open(tmp_path):
     agent.enqueue("job_event", {"event": "start", "job_id": 5, "t": 1.0})
     modes = {str(p.relative_to(node)): stat.S_IMODE(p.lstat().st_mode) for p in node.rglob("*")}
     modes["."] = stat.S_IMODE(node.stat().st_mode)
-    assert modes == {".": 0o711, "inbox": 0o700, "verdicts": 0o711, "jobs": 0o711, "wait": 0o711,
-                     "outbox.db": 0o600, "outbox.db-wal": 0o600, "outbox.db-shm": 0o600,
-                     "verdicts/7.json": 0o600}  # fmt: skip
+    assert modes == {
+        ".": 0o711,
+        "inbox": 0o700,
+        "verdicts": 0o711,
+        "jobs": 0o711,
+        "wait": 0o711,
+        "outbox.db": 0o600,
+        "outbox.db-wal": 0o600,
+        "outbox.db-shm": 0o600,
+        "verdicts/7.json": 0o600,
+    }
     agent.close()
 
 
@@ -203,8 +235,10 @@ def test_a_warning_reaches_the_jobs_output_without_terminal_control_characters(t
     which a terminal shows: escape sequences and bidirectional overrides are blanked."""
     from nodeagent.agent import Agent
 
-    cfg = config.parse(f'[agent]\nspool_dir = "{tmp_path}/spool"\ncgroup_root = "{tmp_path}/cg"\n'
-                       f'proc_root = "{tmp_path}/proc"\n')  # fmt: skip
+    cfg = config.parse(
+        f'[agent]\nspool_dir = "{tmp_path}/spool"\ncgroup_root = "{tmp_path}/cg"\n'
+        f'proc_root = "{tmp_path}/proc"\n'
+    )
     agent = Agent(cfg, node="n1")
     line = "NØMADE: job 9 (\x1b]0;owned\x07\x1b[2J\u202eevil) may fail\nexport X=1\r"
     agent.keep_verdict({"job_id": 9, "user_id": 2001, "warned": True, "lines": [line]})
@@ -231,8 +265,10 @@ def test_liveness_marks_silent_nodes_down_and_back_up():
 def test_the_agent_marks_the_aggregator_offline_when_nothing_is_acknowledged(tmp_path):
     from nodeagent.agent import Agent
 
-    cfg = config.parse(f'[agent]\nspool_dir = "{tmp_path}/spool"\ncgroup_root = "{tmp_path}/cg"\n'
-                       f'proc_root = "{tmp_path}/proc"\nresend_seconds = 2.0\n')  # fmt: skip
+    cfg = config.parse(
+        f'[agent]\nspool_dir = "{tmp_path}/spool"\ncgroup_root = "{tmp_path}/cg"\n'
+        f'proc_root = "{tmp_path}/proc"\nresend_seconds = 2.0\n'
+    )
     agent = Agent(cfg, node="n1")
     agent._first_sent = {7: 100.0}  # envelope 7 went out at t=100 and was never acknowledged
     assert not agent.mark_offline(105.0) and not (agent.spool / "offline").exists()
@@ -246,10 +282,12 @@ def test_an_aggregator_never_reached_is_marked_offline(tmp_path):
     """Nothing listening: ZeroMQ sends nothing at all (no connection), which counts as well."""
     from nodeagent.agent import Agent
 
-    cfg = config.parse(f'[agent]\nspool_dir = "{tmp_path}/spool"\ncgroup_root = "{tmp_path}/cg"\n'
-                       f'proc_root = "{tmp_path}/proc"\nresend_seconds = 1.0\n'
-                       'aggregator = "tcp://127.0.0.1:9"\n'
-                       f'[security]\nkeys_dir = "{tmp_path}/keys"\n')  # fmt: skip
+    cfg = config.parse(
+        f'[agent]\nspool_dir = "{tmp_path}/spool"\ncgroup_root = "{tmp_path}/cg"\n'
+        f'proc_root = "{tmp_path}/proc"\nresend_seconds = 1.0\n'
+        'aggregator = "tcp://127.0.0.1:9"\n'
+        f'[security]\nkeys_dir = "{tmp_path}/keys"\n'
+    )
     for name in ("server", "n1"):  # CURVE, as always: the node's pair and the server's key
         keys.make_pair(cfg.security.keys_dir, name)
     agent = Agent(cfg, node="n1")

@@ -37,7 +37,9 @@ def test_every_collector_and_its_settings_are_documented_and_in_the_example_conf
         assert f"[collectors.{f.name}]" in DOCS["configuration.md"], f.name
         assert f"[collectors.{f.name}]" in example, f.name
         for setting in dataclasses.fields(type(getattr(config.Collectors(), f.name))):
-            assert f"`{setting.name}`" in DOCS["configuration.md"], f"collectors.{f.name}.{setting.name}"
+            assert f"`{setting.name}`" in DOCS["configuration.md"], (
+                f"collectors.{f.name}.{setting.name}"
+            )
 
 
 def test_every_json_field_of_a_job_and_every_sample_field_is_documented():

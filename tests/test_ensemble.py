@@ -19,8 +19,11 @@ def test_platt_scaling_matches_logistic_regression_even_on_overconfident_scores(
 
 def test_combine_is_a_weighted_mixture_with_calibrated_failure():
     members = {m: np.array([[0.7, 0.1, 0.1, 0.1, 0.0, 0.0]]) for m in ensemble.MEMBERS}
-    params = {"weights": {"gnn": 0.5, "gbt": 0.5, "lr": 0.0}, "platt": (1.0, 0.0),
-              "class_health": [1.0, 0.0, 0.0, 0.0, 0.5, 0.0]}  # fmt: skip
+    params = {
+        "weights": {"gnn": 0.5, "gbt": 0.5, "lr": 0.0},
+        "platt": (1.0, 0.0),
+        "class_health": [1.0, 0.0, 0.0, 0.0, 0.5, 0.0],
+    }
     out = ensemble.combine(members, params)
     assert np.allclose(out["probs"], members["gnn"])
     assert np.allclose(out["p_fail"], [0.3]) and np.allclose(out["health"], [0.7])
@@ -40,8 +43,10 @@ def _validation(seed: int = 0, n: int = 1000):
         return out
 
     right = rng.random(n) < 0.85
-    members = {"gbt": member(np.where(failed == right, 0.99, 0.01)),
-               "lr": member(np.where(failed == right, 0.98, 0.02))}  # fmt: skip
+    members = {
+        "gbt": member(np.where(failed == right, 0.99, 0.01)),
+        "lr": member(np.where(failed == right, 0.98, 0.02)),
+    }
     return failed, y, member, members
 
 
@@ -84,8 +89,11 @@ def test_auc_agrees_with_scikit_learn_on_ties():
 def test_p_fail_shown_to_users_stays_within_its_bounds():
     sure_ok = np.array([[1.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
     sure_fail = np.array([[0.0, 0.0, 0.0, 1.0, 0.0, 0.0]])
-    params = {"weights": {"gnn": 0.0, "gbt": 1.0, "lr": 0.0}, "platt": (3.0, 0.5),
-              "class_health": [1.0, 0.0, 0.0, 0.0, 0.5, 0.0]}  # fmt: skip
+    params = {
+        "weights": {"gnn": 0.0, "gbt": 1.0, "lr": 0.0},
+        "platt": (3.0, 0.5),
+        "class_health": [1.0, 0.0, 0.0, 0.0, 0.5, 0.0],
+    }
     low = ensemble.combine({m: sure_ok for m in ensemble.MEMBERS}, params)["p_fail"]
     high = ensemble.combine({m: sure_fail for m in ensemble.MEMBERS}, params)["p_fail"]
     assert low[0] == ensemble.P_MIN == 0.02 and high[0] == ensemble.P_MAX == 0.98

@@ -37,15 +37,28 @@ def workload(n: int, seed: int = 1, fail_after: float = 1.0) -> list[dict]:
         elif may_fail and rng.random() < flaky:
             outcome = "FAILED"
         dur = float(rng.uniform(5, 100))
-        jobs.append({
-            "job_id": i + 1, "user": user, "account": "a" + user[-1], "partition": "debug",
-            "job_name": str(rng.choice(["train_a", "align_b"])), "submit_time": t,
-            "start_time": t + 1, "end_time": t + 1 + dur, "nodes_requested": 1, "cpus": 1,
-            "mem_per_node_bytes": req, "mem_per_cpu_bytes": None, "gpus": None,
-            "time_limit_seconds": 600, "outcome": outcome, "elapsed_seconds": dur,
-            "max_rss_bytes": min(peak, req),
-            "p_fail": 1 - (1 - p_oom) * (1 - flaky) if may_fail else 0.0,
-        })  # fmt: skip
+        jobs.append(
+            {
+                "job_id": i + 1,
+                "user": user,
+                "account": "a" + user[-1],
+                "partition": "debug",
+                "job_name": str(rng.choice(["train_a", "align_b"])),
+                "submit_time": t,
+                "start_time": t + 1,
+                "end_time": t + 1 + dur,
+                "nodes_requested": 1,
+                "cpus": 1,
+                "mem_per_node_bytes": req,
+                "mem_per_cpu_bytes": None,
+                "gpus": None,
+                "time_limit_seconds": 600,
+                "outcome": outcome,
+                "elapsed_seconds": dur,
+                "max_rss_bytes": min(peak, req),
+                "p_fail": 1 - (1 - p_oom) * (1 - flaky) if may_fail else 0.0,
+            }
+        )
     return jobs
 
 
@@ -134,10 +147,17 @@ def test_report_has_its_sections_and_plots(result, tmp_path):
     ]
     path = report.write_report(result, tmp_path, verdicts=verdicts)
     text = path.read_text()
-    for heading in ("## Data", "## Failure prediction on the test part", "## What beat what",
-                    "## Calibration on the test part", "## Per outcome class", "## Alarm threshold",
-                    "## Confusion matrix", "## Right-sizing: --mem and --time advice",
-                    "## How the warnings did"):  # fmt: skip
+    for heading in (
+        "## Data",
+        "## Failure prediction on the test part",
+        "## What beat what",
+        "## Calibration on the test part",
+        "## Per outcome class",
+        "## Alarm threshold",
+        "## Confusion matrix",
+        "## Right-sizing: --mem and --time advice",
+        "## How the warnings did",
+    ):
         assert heading in text, heading
     assert text.count("| Predicted | Jobs | Mean predicted | Observed failure rate |") == 2
     c = result["calibration"]
@@ -156,9 +176,20 @@ def test_evaluation_json_keeps_its_keys_and_adds_calibration_and_member_aucs(res
 
     report.write_report(result, tmp_path)
     saved = json.loads((tmp_path / "evaluation.json").read_text())
-    old = {"data", "protocol", "insufficient", "failure", "per_class", "confusion", "ensemble",
-           "best_baseline", "best_simple_baseline", "ensemble_vs_simple", "ensemble_vs_best",
-           "graph_contribution"}  # fmt: skip
+    old = {
+        "data",
+        "protocol",
+        "insufficient",
+        "failure",
+        "per_class",
+        "confusion",
+        "ensemble",
+        "best_baseline",
+        "best_simple_baseline",
+        "ensemble_vs_simple",
+        "ensemble_vs_best",
+        "graph_contribution",
+    }
     assert old | {"calibration"} <= set(saved)
     assert {"weights", "platt", "onnx_vs_framework_max_abs_diff"} <= set(saved["ensemble"])
     aucs = saved["ensemble"]["member_validation_auc"]
@@ -182,7 +213,9 @@ def test_report_of_insufficient_data_and_no_verdicts(tmp_path):
     assert "## Result: not enough data" in text and "AUC |" not in text
     assert "No stored verdicts" in text
     # Right-sizing needs no model: it is judged all the same, and called too small to judge by.
-    assert "## Right-sizing: --mem and --time advice" in text and "**Too small to judge by**" in text
+    assert (
+        "## Right-sizing: --mem and --time advice" in text and "**Too small to judge by**" in text
+    )
     assert result["rightsizing"]["mem"]["too_small"]
     assert not any((tmp_path / name).exists() for name in report.PLOTS)
 

@@ -29,18 +29,39 @@ def test_name_key_is_the_first_word_of_the_name():
 def _job(i: int, name: str, outcome: str = "COMPLETED", mem: int = 1000, user: str = "u") -> dict:
     t = 100.0 * i
     return {
-        "job_id": i, "user": user, "account": "a", "partition": "p", "job_name": name,
-        "submit_time": t, "start_time": t + 1, "end_time": t + 50, "nodes_requested": 1,
-        "cpus": 1, "mem_per_node_bytes": mem * MiB, "mem_per_cpu_bytes": None, "gpus": 0,
-        "time_limit_seconds": 600, "outcome": outcome, "elapsed_seconds": 49.0,
+        "job_id": i,
+        "user": user,
+        "account": "a",
+        "partition": "p",
+        "job_name": name,
+        "submit_time": t,
+        "start_time": t + 1,
+        "end_time": t + 50,
+        "nodes_requested": 1,
+        "cpus": 1,
+        "mem_per_node_bytes": mem * MiB,
+        "mem_per_cpu_bytes": None,
+        "gpus": 0,
+        "time_limit_seconds": 600,
+        "outcome": outcome,
+        "elapsed_seconds": 49.0,
         "max_rss_bytes": (mem if outcome == "OUT_OF_MEMORY" else 400) * MiB,
-    }  # fmt: skip
+    }
 
 
 def _jobs() -> list[dict]:
     names = ["Train_a", "sim_x", "train_b", "trainer_c", "TRAIN.sh", "sim_y", "7", "train_d", "8"]
-    outcomes = ["OUT_OF_MEMORY", "COMPLETED", "OUT_OF_MEMORY", "FAILED", "COMPLETED", "FAILED",
-                "COMPLETED", "COMPLETED", "FAILED"]  # fmt: skip
+    outcomes = [
+        "OUT_OF_MEMORY",
+        "COMPLETED",
+        "OUT_OF_MEMORY",
+        "FAILED",
+        "COMPLETED",
+        "FAILED",
+        "COMPLETED",
+        "COMPLETED",
+        "FAILED",
+    ]
     jobs = [
         _job(i, n, o, mem=500 + 100 * i)
         for i, (n, o) in enumerate(zip(names, outcomes, strict=True))

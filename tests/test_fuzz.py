@@ -69,28 +69,102 @@ def raw_parser(kind: str):
 
 def fuzz(n: int) -> settings:
     """N examples, the same on every run (no example database); no explain phase (slow)."""
-    return settings(max_examples=n, deadline=None, derandomize=True, database=None,
-                    suppress_health_check=list(HealthCheck),
-                    phases=[p for p in Phase if p is not Phase.explain])  # fmt: skip
+    return settings(
+        max_examples=n,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+        phases=[p for p in Phase if p is not Phase.explain],
+    )
 
 
 # -- mutations -----------------------------------------------------------------------------------
 INTERESTING = [
-    "", " ", "0", "-1", "-0", "9223372036854775808", "18446744073709551616", "9" * 400,
-    "9" * 4400, "1e400", "-1e400", "NaN", "inf", "0x1f", "1_0", "1.2.3", "\u00b2", "\u0661",
-    "\uff11", "\u2460", "Unknown", "N/A", "(null)", "UNLIMITED", "node[0-99999999]",
-    "node[5-1]", "node[a-b]", "[", "]", "{", "}", "=", "==", ":", "|", ",", "\t", "\x00", "\r",
-    "\x0b", "\x0c", "\x1c", "\x85", "\u2028", "\ufeff", "\n" * 3, "2026-13-45T99:99:99",
-    "99999999999-00:00:00", "1:\u00b2", "gres/gpu:\u00b2", "<a>", "</gpu>", "&amp;", "&bogus;",
-]  # fmt: skip
+    "",
+    " ",
+    "0",
+    "-1",
+    "-0",
+    "9223372036854775808",
+    "18446744073709551616",
+    "9" * 400,
+    "9" * 4400,
+    "1e400",
+    "-1e400",
+    "NaN",
+    "inf",
+    "0x1f",
+    "1_0",
+    "1.2.3",
+    "\u00b2",
+    "\u0661",
+    "\uff11",
+    "\u2460",
+    "Unknown",
+    "N/A",
+    "(null)",
+    "UNLIMITED",
+    "node[0-99999999]",
+    "node[5-1]",
+    "node[a-b]",
+    "[",
+    "]",
+    "{",
+    "}",
+    "=",
+    "==",
+    ":",
+    "|",
+    ",",
+    "\t",
+    "\x00",
+    "\r",
+    "\x0b",
+    "\x0c",
+    "\x1c",
+    "\x85",
+    "\u2028",
+    "\ufeff",
+    "\n" * 3,
+    "2026-13-45T99:99:99",
+    "99999999999-00:00:00",
+    "1:\u00b2",
+    "gres/gpu:\u00b2",
+    "<a>",
+    "</gpu>",
+    "&amp;",
+    "&bogus;",
+]
 # What a number in a capture is replaced by: over float's range, over int()'s digit limit, not
 # finite, negative, digits that str.isdigit() accepts and int() does not, or that both accept.
-BAD_NUMBERS = ["9" * 400, "9" * 4400, "1e400", "nan", "inf", "-1", "\u00b2", "\u0661",
-               "18446744073709551616", "0x1f", "1.5"]  # fmt: skip
+BAD_NUMBERS = [
+    "9" * 400,
+    "9" * 4400,
+    "1e400",
+    "nan",
+    "inf",
+    "-1",
+    "\u00b2",
+    "\u0661",
+    "18446744073709551616",
+    "0x1f",
+    "1.5",
+]
 TOKEN = re.compile(r"[^\s|,=:;()\[\]{}<>\"']+")
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
-OPS = ("insert", "delete", "truncate", "token", "number", "dup_line", "drop_line", "flip",
-       "repeat", "splice")  # fmt: skip
+OPS = (
+    "insert",
+    "delete",
+    "truncate",
+    "token",
+    "number",
+    "dup_line",
+    "drop_line",
+    "flip",
+    "repeat",
+    "splice",
+)
 
 
 def _at(text: str, where: float) -> int:
@@ -144,8 +218,9 @@ def mutate(text: str, op: tuple[str, float, str, int], others: list[str]) -> str
 def mutations(others: list[str]) -> st.SearchStrategy:
     values = st.one_of(st.sampled_from(INTERESTING), st.text(max_size=12))
     donors = st.integers(0, max(len(others) - 1, 0))
-    return st.lists(st.tuples(st.sampled_from(OPS), st.floats(0, 1), values, donors),
-                    min_size=1, max_size=4)  # fmt: skip
+    return st.lists(
+        st.tuples(st.sampled_from(OPS), st.floats(0, 1), values, donors), min_size=1, max_size=4
+    )
 
 
 def mutated(seeds: list[str]) -> st.SearchStrategy:
@@ -159,14 +234,34 @@ def mutated(seeds: list[str]) -> st.SearchStrategy:
 
 
 JSON_LEAVES = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8),
-    st.sampled_from([10**400, -(2**63), 2**64, math.nan, math.inf, "9" * 400, "\u00b2", "",
-                     {"set": True, "infinite": False, "number": 10**400},
-                     {"set": False}, {"number": "x"}]),
-)  # fmt: skip
-JSON_VALUES = st.recursive(JSON_LEAVES, lambda inner: st.one_of(
-    st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)),
-    max_leaves=6)  # fmt: skip
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.text(max_size=8),
+    st.sampled_from(
+        [
+            10**400,
+            -(2**63),
+            2**64,
+            math.nan,
+            math.inf,
+            "9" * 400,
+            "\u00b2",
+            "",
+            {"set": True, "infinite": False, "number": 10**400},
+            {"set": False},
+            {"number": "x"},
+        ]
+    ),
+)
+JSON_VALUES = st.recursive(
+    JSON_LEAVES,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
 
 
 def _trim(tree: Any) -> Any:
@@ -199,8 +294,11 @@ def _retyped(tree: Any, edits: list[tuple[list[float], Any, bool]]) -> str:
 
 def json_mutated(trees: list[str]) -> st.SearchStrategy:
     edit = st.tuples(st.lists(st.floats(0, 1), min_size=1, max_size=8), JSON_VALUES, st.booleans())
-    return st.builds(lambda t, edits: _retyped(json.loads(t), edits), st.sampled_from(trees),
-                     st.lists(edit, min_size=1, max_size=3))  # fmt: skip
+    return st.builds(
+        lambda t, edits: _retyped(json.loads(t), edits),
+        st.sampled_from(trees),
+        st.lists(edit, min_size=1, max_size=3),
+    )
 
 
 # -- seeds ---------------------------------------------------------------------------------------
@@ -215,8 +313,11 @@ def _case_input(case: Path) -> Path:
 
 H200 = FIXTURES / "gpu" / "h200-580.159.04"
 # Captures of a kind that are no case folder of their own.
-EXTRA_SEEDS = {"nvidia-smi-text": [H200 / "q.txt"], "nvidia-smi-xml": [H200 / "q-x.xml"],
-               "nvidia-smi-csv": [H200 / "query-gpu.csv", H200 / "query-compute-apps.csv"]}  # fmt: skip
+EXTRA_SEEDS = {
+    "nvidia-smi-text": [H200 / "q.txt"],
+    "nvidia-smi-xml": [H200 / "q-x.xml"],
+    "nvidia-smi-csv": [H200 / "query-gpu.csv", H200 / "query-compute-apps.csv"],
+}
 
 
 def _seeds() -> dict[str, list[tuple[str, dict[str, Any]]]]:
@@ -309,17 +410,34 @@ def _job16(controller: str) -> Path:
 
 
 NODE_PARSERS: dict[str, tuple[Any, list[str]]] = {
-    "proc-stat": (procio.parse_stat, _texts(FIXTURES / "proc" / "13260" / "stat",
-                  PROCFS / "kellyjonbrazil_jc" / "pid_stat_w_space_and_nl_in_comm")),
+    "proc-stat": (
+        procio.parse_stat,
+        _texts(
+            FIXTURES / "proc" / "13260" / "stat",
+            PROCFS / "kellyjonbrazil_jc" / "pid_stat_w_space_and_nl_in_comm",
+        ),
+    ),
     "proc-io-counters": (procio.parse_counters, _texts(FIXTURES / "proc" / "13260" / "io")),
-    "cgroup-procs": (cgroup.parse_pids, _texts(_job16("freezer") / "cgroup.procs", _job16("freezer") / "tasks")),
-    "mountinfo": (nfs.mount_table, _texts(PROCFS / "kellyjonbrazil_jc" / "pid_mountinfo",
-                  PROCFS / "prometheus_node_exporter" / "proc_10_mountinfo")),
-    "proc-cgroup": (lambda text, source: gpu.job_of_cgroup(text),
-                    _texts(FIXTURES / "proc" / "13260" / "cgroup")),
-    "sysstat-version": (lambda text, source: sysstat.sysstat_version(text),
-                        ["sysstat version 12.6.1\n(C) Sebastien Godard\n"]),
-}  # fmt: skip
+    "cgroup-procs": (
+        cgroup.parse_pids,
+        _texts(_job16("freezer") / "cgroup.procs", _job16("freezer") / "tasks"),
+    ),
+    "mountinfo": (
+        nfs.mount_table,
+        _texts(
+            PROCFS / "kellyjonbrazil_jc" / "pid_mountinfo",
+            PROCFS / "prometheus_node_exporter" / "proc_10_mountinfo",
+        ),
+    ),
+    "proc-cgroup": (
+        lambda text, source: gpu.job_of_cgroup(text),
+        _texts(FIXTURES / "proc" / "13260" / "cgroup"),
+    ),
+    "sysstat-version": (
+        lambda text, source: sysstat.sysstat_version(text),
+        ["sysstat version 12.6.1\n(C) Sebastien Godard\n"],
+    ),
+}
 
 
 @pytest.mark.parametrize("name", sorted(NODE_PARSERS))
@@ -338,8 +456,10 @@ def test_node_parser_answers_a_mutated_capture_with_its_value_or_a_parse_error(n
 def _cgroup_files(version: int) -> dict[str, list[str]]:
     telegraf = SHARED / "cgroup" / "influxdata_telegraf"
     if version == 1:
-        return {name: _texts(_job16(ctl) / name, telegraf / f"{ctl}_{name}")
-                for ctl, name in cgroup.V1_FILES}  # fmt: skip
+        return {
+            name: _texts(_job16(ctl) / name, telegraf / f"{ctl}_{name}")
+            for ctl, name in cgroup.V1_FILES
+        }
     return {name: _texts(telegraf / f"v2_{name}") for _, name in cgroup.V2_FILES}
 
 
@@ -349,11 +469,20 @@ def _cgroup_files(version: int) -> dict[str, list[str]]:
 def test_cgroup_parse_job_turns_any_file_text_into_fields_and_problems(version, data):
     files = {name: texts for name, texts in _cgroup_files(version).items() if texts}
     if not files:
-        pytest.skip(f"no captured cgroup v{version} files: their captures are in {SHARED}, absent here")
+        pytest.skip(
+            f"no captured cgroup v{version} files: their captures are in {SHARED}, absent here"
+        )
     raw: dict[str, Any] = {}
     for name, texts in files.items():
-        raw[name] = data.draw(st.one_of(mutated(texts), st.sampled_from(texts), st.none(),
-                                        st.just(PermissionError(13, "denied"))), label=name)  # fmt: skip
+        raw[name] = data.draw(
+            st.one_of(
+                mutated(texts),
+                st.sampled_from(texts),
+                st.none(),
+                st.just(PermissionError(13, "denied")),
+            ),
+            label=name,
+        )
     with within(LIMIT_SECONDS):
         parsed = cgroup.parse_job(raw, version)
     assert isinstance(parsed, cgroup.ParsedJob)
@@ -392,17 +521,28 @@ def test_directory_parser_answers_a_tree_with_one_file_mutated(kind, trees, data
 
 # -- the wire ------------------------------------------------------------------------------------
 MSGPACK_LEAVES = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(), st.text(max_size=10),
-    st.binary(max_size=8), st.sampled_from([2**63, 2**64 - 1, -1, math.nan, math.inf, "\x00"]),
-)  # fmt: skip
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**64 - 1),
+    st.floats(),
+    st.text(max_size=10),
+    st.binary(max_size=8),
+    st.sampled_from([2**63, 2**64 - 1, -1, math.nan, math.inf, "\x00"]),
+)
 MSGPACK_KEYS = st.one_of(st.text(max_size=6), st.integers(-3, 3), st.binary(max_size=3), st.none())
-MSGPACK_VALUES = st.recursive(MSGPACK_LEAVES, lambda inner: st.one_of(
-    st.lists(inner, max_size=4), st.dictionaries(MSGPACK_KEYS, inner, max_size=4)),
-    max_leaves=12)  # fmt: skip
+MSGPACK_VALUES = st.recursive(
+    MSGPACK_LEAVES,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(MSGPACK_KEYS, inner, max_size=4)
+    ),
+    max_leaves=12,
+)
 NODES = st.one_of(st.sampled_from(["node1", "node2", "gpu-07.cluster"]), st.text(max_size=12))
 KEYS = st.one_of(st.integers(0, 3), st.integers(-(2**63), 2**64 - 1), st.booleans())
-TYPES = st.one_of(st.sampled_from(sorted(wire.AGENT_TYPES) + [wire.ACK, wire.VERDICT, "bogus"]),
-                  st.text(max_size=40))  # fmt: skip
+TYPES = st.one_of(
+    st.sampled_from(sorted(wire.AGENT_TYPES) + [wire.ACK, wire.VERDICT, "bogus"]),
+    st.text(max_size=40),
+)
 
 
 def _pack(obj: Any) -> bytes:
@@ -428,8 +568,9 @@ def byte_mutated(data: bytes, ops: list[tuple[int, float, bytes]]) -> bytes:
     return bytes(b)
 
 
-BYTE_OPS = st.lists(st.tuples(st.integers(0, 3), st.floats(0, 1), st.binary(max_size=6)),
-                    min_size=1, max_size=5)  # fmt: skip
+BYTE_OPS = st.lists(
+    st.tuples(st.integers(0, 3), st.floats(0, 1), st.binary(max_size=6)), min_size=1, max_size=5
+)
 
 
 def check_unpack(data: bytes) -> None:
@@ -447,9 +588,14 @@ def test_unpack_answers_arbitrary_bytes_with_an_envelope_or_a_wire_error(data):
     check_unpack(data)
 
 
-ENVELOPES = st.builds(lambda t, n, e, s, p: wire.Envelope(t, n, e, s, p).pack(),
-                      TYPES, NODES, st.integers(0, 2**63 - 1), st.integers(0, 2**63 - 1),
-                      MSGPACK_VALUES)  # fmt: skip
+ENVELOPES = st.builds(
+    lambda t, n, e, s, p: wire.Envelope(t, n, e, s, p).pack(),
+    TYPES,
+    NODES,
+    st.integers(0, 2**63 - 1),
+    st.integers(0, 2**63 - 1),
+    MSGPACK_VALUES,
+)
 
 
 @fuzz(500)
@@ -459,28 +605,59 @@ def test_unpack_answers_a_mutated_envelope_with_an_envelope_or_a_wire_error(data
 
 
 @fuzz(500)
-@given(head=st.lists(st.one_of(MSGPACK_VALUES, st.just(wire.VERSION), TYPES, NODES,
-                               st.lists(KEYS, max_size=3)), max_size=7))  # fmt: skip
+@given(
+    head=st.lists(
+        st.one_of(MSGPACK_VALUES, st.just(wire.VERSION), TYPES, NODES, st.lists(KEYS, max_size=3)),
+        max_size=7,
+    )
+)
 def test_unpack_answers_any_msgpack_array_with_an_envelope_or_a_wire_error(head):
     check_unpack(_pack(head))
 
 
 def test_unpack_answers_deep_nesting_and_huge_claimed_lengths_with_a_wire_error():
     prefix = b"\x95\x01\xa7samples\xa5node1\x92\x01\x01"
-    for data in (b"\x91" * 100_000 + b"\xc0", prefix + b"\x91" * 100_000 + b"\xc0",
-                 prefix + b"\xdd\xff\xff\xff\xff", prefix + b"\xdb\xff\xff\xff\xff",
-                 prefix + b"\xc6\x7f\xff\xff\xff"):  # fmt: skip
+    for data in (
+        b"\x91" * 100_000 + b"\xc0",
+        prefix + b"\x91" * 100_000 + b"\xc0",
+        prefix + b"\xdd\xff\xff\xff\xff",
+        prefix + b"\xdb\xff\xff\xff\xff",
+        prefix + b"\xc6\x7f\xff\xff\xff",
+    ):
         check_unpack(data)
 
 
 # -- the envelope ingest -------------------------------------------------------------------------
 NOW = 1_700_000_000.0
 SAMPLE_VALUES = st.one_of(
-    st.none(), st.integers(0, 2**40), st.floats(0, 1e12),
-    st.sampled_from([math.nan, math.inf, -math.inf, -1, -0.0, 2**63 - 1, 2**63, 2**64 - 1,
-                     "", "12", {}, {"a": 1}, [], True, False, b"", b"\x00"]),
-    st.integers(-(2**63), 2**64 - 1), st.floats(), st.text(max_size=4),
-)  # fmt: skip
+    st.none(),
+    st.integers(0, 2**40),
+    st.floats(0, 1e12),
+    st.sampled_from(
+        [
+            math.nan,
+            math.inf,
+            -math.inf,
+            -1,
+            -0.0,
+            2**63 - 1,
+            2**63,
+            2**64 - 1,
+            "",
+            "12",
+            {},
+            {"a": 1},
+            [],
+            True,
+            False,
+            b"",
+            b"\x00",
+        ]
+    ),
+    st.integers(-(2**63), 2**64 - 1),
+    st.floats(),
+    st.text(max_size=4),
+)
 JOB_IDS = st.one_of(st.integers(0, 5), SAMPLE_VALUES)
 TIMES = st.one_of(st.floats(NOW - 100, NOW + 100), SAMPLE_VALUES)
 PLAUSIBLE = st.one_of(st.none(), st.integers(0, 2**40), st.floats(0, 1e12))
@@ -496,30 +673,54 @@ def _row(parts: tuple[Any, Any, list[Any], list[tuple[int, Any]]]) -> list[Any]:
 
 # A row of plausible values with a few of them replaced by anything, or any list.
 ROWS = st.one_of(
-    st.tuples(JOB_IDS, TIMES, st.lists(PLAUSIBLE, min_size=18, max_size=18),
-              st.lists(st.tuples(st.integers(0, 19), SAMPLE_VALUES), max_size=2)).map(_row),
+    st.tuples(
+        JOB_IDS,
+        TIMES,
+        st.lists(PLAUSIBLE, min_size=18, max_size=18),
+        st.lists(st.tuples(st.integers(0, 19), SAMPLE_VALUES), max_size=2),
+    ).map(_row),
     st.lists(SAMPLE_VALUES, max_size=22),
-)  # fmt: skip
+)
 PAYLOADS = {
     wire.SAMPLES: st.fixed_dictionaries({"rows": st.lists(ROWS, max_size=6)}),
     wire.JOB_EVENT: st.fixed_dictionaries(
         {"event": st.sampled_from(["start", "end", "resume", ""]), "job_id": JOB_IDS, "t": TIMES},
-        optional={"user": st.text(max_size=8), "uid": SAMPLE_VALUES, "extra": MSGPACK_VALUES}),
+        optional={"user": st.text(max_size=8), "uid": SAMPLE_VALUES, "extra": MSGPACK_VALUES},
+    ),
     wire.READINGS: st.fixed_dictionaries(
-        {"collector": st.one_of(st.sampled_from(["pressure", "gpu"]), st.text(max_size=70)),
-         "t": TIMES, "seconds": SAMPLE_VALUES,
-         "records": st.lists(st.dictionaries(st.text(max_size=8), MSGPACK_VALUES, max_size=3),
-                             max_size=3)}),
+        {
+            "collector": st.one_of(st.sampled_from(["pressure", "gpu"]), st.text(max_size=70)),
+            "t": TIMES,
+            "seconds": SAMPLE_VALUES,
+            "records": st.lists(
+                st.dictionaries(st.text(max_size=8), MSGPACK_VALUES, max_size=3), max_size=3
+            ),
+        }
+    ),
     wire.HEARTBEAT: st.fixed_dictionaries(
-        {"t": TIMES, "jobs": st.lists(JOB_IDS, max_size=3), "outbox_depth": SAMPLE_VALUES,
-         "dropped": SAMPLE_VALUES},
-        optional={"collectors": st.dictionaries(st.one_of(st.text(max_size=8), st.integers()),
-                  st.one_of(st.lists(SAMPLE_VALUES, min_size=8, max_size=8), MSGPACK_VALUES),
-                  max_size=3)}),
+        {
+            "t": TIMES,
+            "jobs": st.lists(JOB_IDS, max_size=3),
+            "outbox_depth": SAMPLE_VALUES,
+            "dropped": SAMPLE_VALUES,
+        },
+        optional={
+            "collectors": st.dictionaries(
+                st.one_of(st.text(max_size=8), st.integers()),
+                st.one_of(st.lists(SAMPLE_VALUES, min_size=8, max_size=8), MSGPACK_VALUES),
+                max_size=3,
+            )
+        },
+    ),
     wire.HELLO: st.fixed_dictionaries(
-        {"host": st.one_of(st.text(max_size=8), SAMPLE_VALUES), "agent_version": SAMPLE_VALUES,
-         "interval_seconds": SAMPLE_VALUES, "started": TIMES}),
-}  # fmt: skip
+        {
+            "host": st.one_of(st.text(max_size=8), SAMPLE_VALUES),
+            "agent_version": SAMPLE_VALUES,
+            "interval_seconds": SAMPLE_VALUES,
+            "started": TIMES,
+        }
+    ),
+}
 
 
 @st.composite
@@ -536,8 +737,15 @@ def agent_messages(draw: Any) -> bytes:
     return byte_mutated(data, draw(BYTE_OPS)) if r == 1 else data
 
 
-WATCHED = ("samples", "jobs", "received", "readings_latest", "readings", "nodes",
-           "collector_status")  # fmt: skip
+WATCHED = (
+    "samples",
+    "jobs",
+    "received",
+    "readings_latest",
+    "readings",
+    "nodes",
+    "collector_status",
+)
 REFUSAL_EVENTS = ("bad_message", "envelope_refused")
 # What an acknowledged sample holds: t a number, every other field a number >= 0 or null.
 OFF_BOUNDS = " OR ".join(
@@ -551,8 +759,12 @@ def stored(conn: sqlite3.Connection) -> dict[str, Any]:
     events and the counters aside)."""
     rows = {t: sorted(map(tuple, conn.execute(f"SELECT * FROM {t}")), key=repr) for t in WATCHED}
     marks = ", ".join("?" * len(REFUSAL_EVENTS))
-    rows["events"] = sorted(map(tuple, conn.execute(
-        f"SELECT * FROM events WHERE kind NOT IN ({marks})", REFUSAL_EVENTS)), key=repr)  # fmt: skip
+    rows["events"] = sorted(
+        map(
+            tuple, conn.execute(f"SELECT * FROM events WHERE kind NOT IN ({marks})", REFUSAL_EVENTS)
+        ),
+        key=repr,
+    )
     return rows
 
 
@@ -587,8 +799,9 @@ def take_all(template: Path, messages: list[bytes]) -> None:
             if answer.kind == "ack":
                 env = answer.env
                 key = (env.node, env.epoch, env.seq)
-                assert conn.execute("SELECT 1 FROM received WHERE node = ? AND epoch = ?"
-                                    " AND seq = ?", key).fetchone(), key  # fmt: skip
+                assert conn.execute(
+                    "SELECT 1 FROM received WHERE node = ? AND epoch = ? AND seq = ?", key
+                ).fetchone(), key
                 bad = conn.execute(f"SELECT * FROM samples WHERE {OFF_BOUNDS}").fetchone()
                 assert bad is None, f"ack stored a sample out of bounds: {tuple(bad)}"
     finally:
@@ -603,13 +816,20 @@ def test_ingest_answers_every_envelope_and_stores_nothing_of_a_refused_one(templ
 
 # Samples of known jobs at plausible times, a value or two of a row replaced by anything.
 SAMPLE_ROWS = st.tuples(
-    st.integers(0, 5), st.floats(NOW - 100, NOW + 100), st.lists(PLAUSIBLE, min_size=18, max_size=18),
+    st.integers(0, 5),
+    st.floats(NOW - 100, NOW + 100),
+    st.lists(PLAUSIBLE, min_size=18, max_size=18),
     st.lists(st.tuples(st.integers(2, 19), SAMPLE_VALUES), max_size=2),
-).map(_row)  # fmt: skip
+).map(_row)
 
 
 @fuzz(200)
 @given(envelopes=st.lists(st.lists(SAMPLE_ROWS, min_size=1, max_size=3), min_size=1, max_size=3))
 def test_ingest_acknowledges_only_samples_within_bounds(template, envelopes):
-    take_all(template, [wire.Envelope(wire.SAMPLES, "node1", 1, seq, {"rows": rows}).pack()
-                        for seq, rows in enumerate(envelopes)])  # fmt: skip
+    take_all(
+        template,
+        [
+            wire.Envelope(wire.SAMPLES, "node1", 1, seq, {"rows": rows}).pack()
+            for seq, rows in enumerate(envelopes)
+        ],
+    )

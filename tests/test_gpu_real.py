@@ -107,7 +107,10 @@ def _gpus(records):
 
 def _process(records, pid):
     found = [r for r in gpu.records_of(records, "process") if r["pid"] == pid]
-    assert found, f"pid {pid} is not among the GPU processes {[r['pid'] for r in gpu.records_of(records, 'process')]}"
+    assert found, (
+        f"pid {pid} is not among the GPU processes"
+        f" {[r['pid'] for r in gpu.records_of(records, 'process')]}"
+    )
     return found[0]
 
 

@@ -217,8 +217,14 @@ def run_hook(prefix: Path, kind: str, env: dict[str, str], user: str = "root"):
     cmd = [str(prefix / kind)]
     if user != "root":
         pw = pwd.getpwnam(user)
-        cmd = [shutil.which("setpriv"), f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}",
-               "--init-groups", "--", *cmd]  # fmt: skip
+        cmd = [
+            shutil.which("setpriv"),
+            f"--reuid={pw.pw_uid}",
+            f"--regid={pw.pw_gid}",
+            "--init-groups",
+            "--",
+            *cmd,
+        ]
     t0 = time.monotonic()
     proc = subprocess.run(cmd, env=env, cwd="/", capture_output=True, timeout=60)
     return proc, time.monotonic() - t0
@@ -265,15 +271,27 @@ def test_node_report_is_one_write_by_a_hook_that_starts_no_process(world):
     inbox.mkdir(parents=True)  # as the running agent has (without it the hook makes it)
     trace = world / "strace"
     env = slurm_env("prolog-node1")
-    cmd = [strace, "-f", "-qq", "-s", "400", "-e", "trace=execve,openat,write,rename,renameat,renameat2",
-           "-o", str(trace), str(site.prefix / "prolog")]  # fmt: skip
+    cmd = [
+        strace,
+        "-f",
+        "-qq",
+        "-s",
+        "400",
+        "-e",
+        "trace=execve,openat,write,rename,renameat,renameat2",
+        "-o",
+        str(trace),
+        str(site.prefix / "prolog"),
+    ]
     assert subprocess.run(cmd, env=env, cwd="/", timeout=60).returncode == 0
     text = trace.read_text(encoding="utf-8")
     assert re.findall(r"execve\(\"([^\"]+)\"", text) == [str(site.prefix / "prolog")]
     assert "rename" not in text
     final = os.listdir(inbox)
     assert len(final) == 1 and final[0].endswith(".json")
-    created = re.findall(rf'openat\(AT_FDCWD, "{re.escape(str(inbox))}/([^"]+)", [^)]*O_CREAT', text)
+    created = re.findall(
+        rf'openat\(AT_FDCWD, "{re.escape(str(inbox))}/([^"]+)", [^)]*O_CREAT', text
+    )
     assert created == final
     writes = re.findall(r'write\(\d+, "(\{\\"event.*)", \d+\) = \d+', text)
     report = (inbox / final[0]).read_text(encoding="utf-8")
@@ -317,8 +335,11 @@ def test_job_names_with_quotes_backslashes_and_tabs_reach_the_aggregator_intact(
     """Values are JSON-escaped only when they need it (most do not): both kinds arrive as sent."""
     agg = aggregator("ok")
     site = Site(world, aggregator_url=agg.url)
-    env = dict(slurm_env("prologslurmctld"), SLURM_JOB_NAME='fit "v2" C:\\runs\ttab',
-               SLURM_JOB_COMMENT="plain value, with spaces")  # fmt: skip
+    env = dict(
+        slurm_env("prologslurmctld"),
+        SLURM_JOB_NAME='fit "v2" C:\\runs\ttab',
+        SLURM_JOB_COMMENT="plain value, with spaces",
+    )
     proc, _took = site.run("prologslurmctld", env, user="slurm")
     assert proc.returncode == 0 and len(agg.requests) == 1
     assert agg.callers == [pwd.getpwnam("slurm").pw_uid]  # escaped bytes, digested as sent
@@ -485,15 +506,24 @@ def site_layout(world: Path, existing: bool) -> tuple[Path, Path, Path, Path]:
 def test_install_uninstall_leaves_no_trace(world, aggregator, existing, installs, transport):
     site, prefix, include, state = site_layout(world, existing)
     agg = aggregator("error")
-    config = write_config(world / "nomade.toml", world / "spool", state_dir=str(state),
-                          aggregator_url=agg.url, breaker_failures=1,
-                          controller_transport=transport)  # fmt: skip
+    config = write_config(
+        world / "nomade.toml",
+        world / "spool",
+        state_dir=str(state),
+        aggregator_url=agg.url,
+        breaker_failures=1,
+        controller_transport=transport,
+    )
     before = snapshot(site)
     for _ in range(installs):
         out = nomadectl(config, "install-hooks", "--prefix", str(prefix), "--include", str(include))
-    for key, name in [("Prolog", "prolog"), ("Epilog", "epilog"), ("TaskProlog", "taskprolog"),
-                      ("PrologSlurmctld", "prologslurmctld"),
-                      ("EpilogSlurmctld", "epilogslurmctld")]:  # fmt: skip
+    for key, name in [
+        ("Prolog", "prolog"),
+        ("Epilog", "epilog"),
+        ("TaskProlog", "taskprolog"),
+        ("PrologSlurmctld", "prologslurmctld"),
+        ("EpilogSlurmctld", "epilogslurmctld"),
+    ]:
         assert f"{key}={prefix}/{name}" in out
         assert f"{key}={prefix}/{name}" in include.read_text()
     assert state.stat().st_uid == pwd.getpwnam("slurm").pw_uid
@@ -528,7 +558,9 @@ def test_wrappers_pass_shellcheck(wrapper, tmp_path):
     path.write_text(hooksetup.hook_text(wrapper, 2.5), encoding="utf-8")
     assert "@" not in path.read_text(), "a template placeholder was left"
     for script in (path, ROOT / "hooks" / "wrapper.sh"):
-        proc = subprocess.run([_need("shellcheck", "shellcheck"), str(script)], capture_output=True, text=True)
+        proc = subprocess.run(
+            [_need("shellcheck", "shellcheck"), str(script)], capture_output=True, text=True
+        )
         assert proc.returncode == 0, proc.stdout
 
 
@@ -540,8 +572,12 @@ def test_install_hooks_says_when_slurmctld_must_be_restarted(tmp_path, monkeypat
     (bindir / "scontrol").write_text(f"#!/bin/sh\necho 'PrologSlurmctld         = {shown}'\n")
     (bindir / "scontrol").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
-    config = write_config(tmp_path / "nomade.toml", tmp_path / "spool", state_dir=str(tmp_path / "state"))
-    result = CliRunner().invoke(ctl.main, ["--config", str(config), "install-hooks", "--prefix", str(tmp_path / "p")])
+    config = write_config(
+        tmp_path / "nomade.toml", tmp_path / "spool", state_dir=str(tmp_path / "state")
+    )
+    result = CliRunner().invoke(
+        ctl.main, ["--config", str(config), "install-hooks", "--prefix", str(tmp_path / "p")]
+    )
     assert result.exit_code == 0
     assert ("restart slurmctld once" in result.output) is warned
 
@@ -563,11 +599,28 @@ def _traced_taskprolog(
     that no call is split across lines); DURING(trace) runs while it does.  Returns (process,
     the traces' text)."""
     pw = pwd.getpwnam("alice")
-    cmd = [_need("strace", "strace"), "-ff", "-qq", "-e", "trace=execve,pselect6", "-o", str(trace),
-           shutil.which("setpriv"), f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups",
-           "--", str(site.prefix / "taskprolog")]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=slurm_env("taskprolog-node1-batch"), cwd="/",
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    cmd = [
+        _need("strace", "strace"),
+        "-ff",
+        "-qq",
+        "-e",
+        "trace=execve,pselect6",
+        "-o",
+        str(trace),
+        shutil.which("setpriv"),
+        f"--reuid={pw.pw_uid}",
+        f"--regid={pw.pw_gid}",
+        "--init-groups",
+        "--",
+        str(site.prefix / "taskprolog"),
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        env=slurm_env("taskprolog-node1-batch"),
+        cwd="/",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     if during is not None:
         during(trace)
     out, err = proc.communicate(timeout=60)

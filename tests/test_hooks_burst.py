@@ -24,13 +24,34 @@ def test_a_burst_against_a_hung_aggregator_opens_the_breaker_and_the_next_burst_
     hooks.mkdir()
     shutil.copy(ROOT / "hooks" / "controller_hook.sh", hooks)
     state = tmp_path / "state"
-    (hooks / "hooks.json").write_text(json.dumps({
-        "timeout_seconds": 1.0, "aggregator_url": f"http://127.0.0.1:{server.getsockname()[1]}",
-        "state_dir": str(state), "breaker_failures": 3, "breaker_seconds": 60}))  # fmt: skip
+    (hooks / "hooks.json").write_text(
+        json.dumps(
+            {
+                "timeout_seconds": 1.0,
+                "aggregator_url": f"http://127.0.0.1:{server.getsockname()[1]}",
+                "state_dir": str(state),
+                "breaker_failures": 3,
+                "breaker_seconds": 60,
+            }
+        )
+    )
 
     def burst(n: int = 16) -> None:
-        procs = [subprocess.Popen(["timeout", "-s", "KILL", "1", "bash", str(hooks / "controller_hook.sh"),
-                                   "prologslurmctld"], env={"SLURM_JOB_ID": str(i)}) for i in range(n)]  # fmt: skip
+        procs = [
+            subprocess.Popen(
+                [
+                    "timeout",
+                    "-s",
+                    "KILL",
+                    "1",
+                    "bash",
+                    str(hooks / "controller_hook.sh"),
+                    "prologslurmctld",
+                ],
+                env={"SLURM_JOB_ID": str(i)},
+            )
+            for i in range(n)
+        ]
         assert [p.wait() for p in procs] == [0] * n
 
     burst()  # all sixteen fail together: each must count, or the breaker never opens

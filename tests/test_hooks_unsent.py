@@ -52,9 +52,18 @@ def munge_socket():
     key = home / "etc" / "munge.key"
     subprocess.run([keygen, "--create", f"--keyfile={key}"], check=True, timeout=30)
     sock = home / "munge.socket"
-    proc = subprocess.Popen([daemon, "--foreground", f"--socket={sock}", f"--key-file={key}",
-                             f"--pid-file={home / 'munged.pid'}", f"--seed-file={home / 'etc' / 'seed'}",
-                             f"--log-file={home / 'etc' / 'log'}"], stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            daemon,
+            "--foreground",
+            f"--socket={sock}",
+            f"--key-file={key}",
+            f"--pid-file={home / 'munged.pid'}",
+            f"--seed-file={home / 'etc' / 'seed'}",
+            f"--log-file={home / 'etc' / 'log'}",
+        ],
+        stderr=subprocess.DEVNULL,
+    )
     try:
         end = time.monotonic() + 10
         while True:
@@ -88,14 +97,18 @@ class Aggregator:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 try:
-                    caller: int | str = munge.verify(self.headers.get("Authorization"), "POST",
-                                                     self.path, body, socket=socket).uid  # fmt: skip
+                    caller: int | str = munge.verify(
+                        self.headers.get("Authorization"), "POST", self.path, body, socket=socket
+                    ).uid
                 except munge.MungeError as exc:
                     caller = str(exc)
                 agg.requests.append((self.path, body, caller))
                 status = agg.answers.popleft() if agg.answers else agg.later
-                payload = {200: b'{"ok": true}', 503: b'{"ok": false, "error": "report not stored '
-                           b'within 0.35 s (store busy); send it again"}'}.get(status, b'{"ok": false}')  # fmt: skip
+                payload = {
+                    200: b'{"ok": true}',
+                    503: b'{"ok": false, "error": "report not stored '
+                    b'within 0.35 s (store busy); send it again"}',
+                }.get(status, b'{"ok": false}')
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
@@ -149,8 +162,14 @@ SLURM = "slurm"
 def as_slurm(*cmd: str) -> list[str]:
     """CMD run as SlurmUser, as slurmctld runs its hooks."""
     pw = pwd.getpwnam(SLURM)
-    return [shutil.which("setpriv") or "/usr/bin/setpriv", f"--reuid={pw.pw_uid}",
-            f"--regid={pw.pw_gid}", "--init-groups", "--", *cmd]  # fmt: skip
+    return [
+        shutil.which("setpriv") or "/usr/bin/setpriv",
+        f"--reuid={pw.pw_uid}",
+        f"--regid={pw.pw_gid}",
+        "--init-groups",
+        "--",
+        *cmd,
+    ]
 
 
 def unsent(site: Site) -> list[Path]:
@@ -304,9 +323,14 @@ def test_a_burst_after_recovery_sends_each_kept_report_once(site, aggregator):
     kept = [k.read_bytes()[:-1] for k in unsent(s)]
     assert len(kept) == 4
     env = slurm_env("epilogslurmctld")
-    procs = [subprocess.Popen(as_slurm(str(s.prefix / "epilogslurmctld")),
-                              env=dict(env, SLURM_JOB_ID=str(100 + i)), cwd="/")
-             for i in range(12)]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            as_slurm(str(s.prefix / "epilogslurmctld")),
+            env=dict(env, SLURM_JOB_ID=str(100 + i)),
+            cwd="/",
+        )
+        for i in range(12)
+    ]
     assert [p.wait(30) for p in procs] == [0] * 12
     run(s, "epilogslurmctld", job=200)  # one more, should a burst have left some
     resent = agg.bodies(START)[4:]
@@ -355,8 +379,16 @@ def test_the_common_path_starts_only_munge(site, aggregator, world, with_dir):
         (s.state / "unsent").mkdir(mode=0o700)
         os.chown(s.state / "unsent", pwd.getpwnam(SLURM).pw_uid, -1)
     trace = world / "strace"
-    cmd = [strace, "-f", "-qq", "-e", "trace=execve", "-o", str(trace),
-           *as_slurm(str(s.prefix / "prologslurmctld"))]  # fmt: skip
+    cmd = [
+        strace,
+        "-f",
+        "-qq",
+        "-e",
+        "trace=execve",
+        "-o",
+        str(trace),
+        *as_slurm(str(s.prefix / "prologslurmctld")),
+    ]
     assert (
         subprocess.run(cmd, env=slurm_env("prologslurmctld"), cwd="/", timeout=60).returncode == 0
     )

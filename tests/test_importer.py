@@ -71,8 +71,11 @@ def test_identity_unknown_without_jobidraw(job_id):
 
 def test_canonical_field_names():
     assert importer.canonical(["jobid", "NCPUs", " start", "Custom"]) == [
-        "JobID", "NCPUS", "Start", "Custom",
-    ]  # fmt: skip
+        "JobID",
+        "NCPUS",
+        "Start",
+        "Custom",
+    ]
 
 
 def test_requeued_runs_array_and_het_jobs(tmp_path):
@@ -84,8 +87,9 @@ def test_requeued_runs_array_and_het_jobs(tmp_path):
     first, second, het = rows
     assert (first["job_id"], second["job_id"]) == (50, 50)  # two runs, one row each
     assert (first["submit_time"], second["submit_time"]) == (
-        ts("2026-11-20T10:00:00"), ts("2026-11-20T10:06:00"),
-    )  # fmt: skip
+        ts("2026-11-20T10:00:00"),
+        ts("2026-11-20T10:06:00"),
+    )
     assert (first["outcome"], second["outcome"]) == ("NODE_FAIL", "COMPLETED")
     assert (first["max_rss_bytes"], second["max_rss_bytes"]) == (900 * 1024, 2000 * 1024)
     assert (second["array_job_id"], second["array_task_id"]) == (40, 7)
@@ -112,8 +116,13 @@ def test_import_completes_a_live_row_and_keeps_its_request(tmp_path):
     db = tmp_path / "n.db"
     writer, ingest = Writer(str(db)), Ingest("c")
     writer.start()
-    start = {"job_id": 16, "submit_time": ts("2026-11-24T08:37:44"), "user": "alice",
-             "job_name": "from-the-hook", "cpus": 4}  # fmt: skip
+    start = {
+        "job_id": 16,
+        "submit_time": ts("2026-11-24T08:37:44"),
+        "user": "alice",
+        "job_name": "from-the-hook",
+        "cpus": 4,
+    }
     writer.call(lambda conn: ingest.job_start(conn, start, {}, 1.0))
     writer.stop()
     summary = importer.import_text(CAPTURE.read_text(), "x", str(db), "c")
@@ -125,7 +134,10 @@ def test_import_completes_a_live_row_and_keeps_its_request(tmp_path):
 
 
 def test_batches_are_thousands_of_jobs_per_transaction(tmp_path, monkeypatch):
-    line = "{0}|{0}|j|u|a|p|2026-11-20T10:00:00|2026-11-20T10:00:01|2026-11-20T10:00:02|00:00:01|COMPLETED|0:0|0:0|00:00.1||1G|1|1|n1|00:10:00|cpu=1|/w\n"
+    line = (
+        "{0}|{0}|j|u|a|p|2026-11-20T10:00:00|2026-11-20T10:00:01|2026-11-20T10:00:02|00:00:01"
+        "|COMPLETED|0:0|0:0|00:00.1||1G|1|1|n1|00:10:00|cpu=1|/w\n"
+    )
     text = "".join(line.format(i) for i in range(1, 4501))
     commits = []
     real = importer.store
@@ -208,15 +220,19 @@ def test_start_end_runs_sacct_one_day_at_a_time(config, tmp_path):
         "sacct -S 2026-11-22T00:00:00 -E 2026-11-24T12:00:00:"
         " imported 21 job runs (7 new, 0 updated, 14 unchanged)"
     )
-    fields = "JobIDRaw,JobID,JobName,User,Account,Partition,Submit,Start,End,Elapsed,State," \
-             "ExitCode,DerivedExitCode,TotalCPU,MaxRSS,ReqMem,AllocCPUS,NNodes,NodeList," \
-             "Timelimit,ReqTRES,WorkDir"  # fmt: skip
+    fields = (
+        "JobIDRaw,JobID,JobName,User,Account,Partition,Submit,Start,End,Elapsed,State,"
+        "ExitCode,DerivedExitCode,TotalCPU,MaxRSS,ReqMem,AllocCPUS,NNodes,NodeList,"
+        "Timelimit,ReqTRES,WorkDir"
+    )
     assert calls.read_text().splitlines() == [
         f"--parsable2 -D -a -S {s} -E {e} -o {fields}"
-        for s, e in [("2026-11-22T00:00:00", "2026-11-23T00:00:00"),
-                     ("2026-11-23T00:00:00", "2026-11-24T00:00:00"),
-                     ("2026-11-24T00:00:00", "2026-11-24T12:00:00")]
-    ]  # fmt: skip
+        for s, e in [
+            ("2026-11-22T00:00:00", "2026-11-23T00:00:00"),
+            ("2026-11-23T00:00:00", "2026-11-24T00:00:00"),
+            ("2026-11-24T00:00:00", "2026-11-24T12:00:00"),
+        ]
+    ]
 
 
 def test_failing_sacct_is_one_line(config, tmp_path):

@@ -116,30 +116,45 @@ def test_sample_times_far_from_the_clock_are_left_out_and_counted_on_their_node(
     stored = [r[0] for r in conn.execute("SELECT t FROM samples ORDER BY t")]
     assert stored == [NOW - 5, NOW]
     refused, why = conn.execute(
-        "SELECT samples_refused, samples_refused_why FROM nodes WHERE node = 'c1'").fetchone()  # fmt: skip
+        "SELECT samples_refused, samples_refused_why FROM nodes WHERE node = 'c1'"
+    ).fetchone()
     assert refused == 2 and "clock" in why
 
 
-@pytest.mark.parametrize("payload, named", [
-    ({"event": "start", "job_id": 5, "t": math.nan}, "t must be a finite number"),
-    ({"event": "start", "job_id": 1 << 63, "t": NOW}, "job_id from 0"),
-    ({"event": "start", "job_id": 5, "t": NOW + 86400}, "from the aggregator's clock"),
-    ({"event": "restart", "job_id": 5, "t": NOW}, "'start' or 'end'"),
-    ({"event": "end", "job_id": 5, "t": NOW, "env": "x" * (100 << 10)}, "over 65536"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "payload, named",
+    [
+        ({"event": "start", "job_id": 5, "t": math.nan}, "t must be a finite number"),
+        ({"event": "start", "job_id": 1 << 63, "t": NOW}, "job_id from 0"),
+        ({"event": "start", "job_id": 5, "t": NOW + 86400}, "from the aggregator's clock"),
+        ({"event": "restart", "job_id": 5, "t": NOW}, "'start' or 'end'"),
+        ({"event": "end", "job_id": 5, "t": NOW, "env": "x" * (100 << 10)}, "over 65536"),
+    ],
+)
 def test_a_bad_job_event_is_nacked_with_the_field_named(conn, payload, named):
     before = counts(conn)
-    answer = take(conn, Ingest("c", 300, 600, 300, 86400),
-                  wire.Envelope(wire.JOB_EVENT, "c1", 1, 9, payload).pack())  # fmt: skip
+    answer = take(
+        conn,
+        Ingest("c", 300, 600, 300, 86400),
+        wire.Envelope(wire.JOB_EVENT, "c1", 1, 9, payload).pack(),
+    )
     assert answer.kind == "nack" and named in answer.reason
     assert counts(conn) == before
 
 
 def test_a_heartbeat_with_odd_figures_keeps_its_node_alive_and_stores_no_odd_value(conn):
     ing = Ingest("c")
-    beat = {"t": NOW, "jobs": [1, 2], "outbox_depth": math.inf, "dropped": {"x": 1}, "nacked": 4,
-            "collectors": {"gpu": [10.0, {"x": 1}, 0, None, None, None, None, None],
-                           "disk": [10.0, 3, 1, NOW, NOW, "\x1b[2Jgone", 0.1, None]}}  # fmt: skip
+    beat = {
+        "t": NOW,
+        "jobs": [1, 2],
+        "outbox_depth": math.inf,
+        "dropped": {"x": 1},
+        "nacked": 4,
+        "collectors": {
+            "gpu": [10.0, {"x": 1}, 0, None, None, None, None, None],
+            "disk": [10.0, 3, 1, NOW, NOW, "\x1b[2Jgone", 0.1, None],
+        },
+    }
     answer = take(conn, ing, wire.Envelope(wire.HEARTBEAT, "c1", 1, 0, beat).pack())
     assert answer.kind == "live"
     node = conn.execute(
@@ -197,8 +212,16 @@ def test_a_store_locked_past_the_busy_timeout_is_written_once_the_lock_is_gone(t
             lambda c: [r[0] for r in c.execute("SELECT name FROM counters WHERE value = 1")]
         )
         assert sorted(names) == sorted(["warm", *(f"n{i}" for i in range(50))])
-        wait_for("the outage kept as an event", lambda: writer.call(
-            lambda c: c.execute("SELECT detail FROM events WHERE kind = 'store_failed'").fetchone()), 5, 0.05)  # fmt: skip
+        wait_for(
+            "the outage kept as an event",
+            lambda: writer.call(
+                lambda c: c.execute(
+                    "SELECT detail FROM events WHERE kind = 'store_failed'"
+                ).fetchone()
+            ),
+            5,
+            0.05,
+        )
         other.close()
     finally:
         writer.stop()
@@ -331,16 +354,22 @@ def aggregator(tmp_path: Path, extra: str = "") -> server.Aggregator:
 def test_a_report_naming_more_nodes_than_allowed_is_refused_unexpanded(tmp_path):
     agg = aggregator(tmp_path, "max_job_nodes = 5000\n")
     try:
-        body = {"kind": "prologslurmctld", "t": time.time(),
-                "env": {"SLURM_JOB_ID": "77", "SLURM_JOB_NODELIST": "n[1-99999999]"}}  # fmt: skip
+        body = {
+            "kind": "prologslurmctld",
+            "t": time.time(),
+            "env": {"SLURM_JOB_ID": "77", "SLURM_JOB_NODELIST": "n[1-99999999]"},
+        }
         with pytest.raises(ValueError, match="names 99999999 nodes; this cluster allows 5000"):
             agg.report_fields(body)
         agg.cluster_nodes = 2  # what Slurm's node_state reading said
         body["env"]["SLURM_JOB_NODELIST"] = "node[1-3]"
         with pytest.raises(ValueError, match="allows 2"):
             agg.report_fields(body)
-        body["env"].update(SLURM_JOB_NODELIST="node[1-2]", SLURM_JOB_NAME="x" * 100_000,
-                           SLURM_JOB_ACCOUNT={"not": "a string"})  # fmt: skip
+        body["env"].update(
+            SLURM_JOB_NODELIST="node[1-2]",
+            SLURM_JOB_NAME="x" * 100_000,
+            SLURM_JOB_ACCOUNT={"not": "a string"},
+        )
         fields, _ = agg.report_fields(body)
         assert len(fields["job_name"]) == 1024 and fields["account"] is None
         for t in (math.nan, math.inf, "noon", time.time() + 400 * 86400):
@@ -461,17 +490,39 @@ def test_a_job_cannot_rename_its_nodes_or_user_through_its_comment(tmp_path):
     agg = aggregator(tmp_path)
     agg.writer.start()
     try:
-        line = ("JobId=4003 JobName=ok UserId=alice(2001) GroupId=alice(2001) JobState=RUNNING "
-                "NumNodes=1 NodeList=node1 Comment=x NodeList=n[1-20000000],m[20000000-1] "
-                "UserId=root(0) WorkDir=/home/alice\n")  # fmt: skip
-        body = {"t": time.time(), "env": {"SLURM_JOB_ID": "4003", "SLURM_JOB_USER": "alice",
-                                          "SLURM_JOB_UID": "2001", "SLURM_JOB_NODELIST": "node1"}}  # fmt: skip
+        line = (
+            "JobId=4003 JobName=ok UserId=alice(2001) GroupId=alice(2001) JobState=RUNNING "
+            "NumNodes=1 NodeList=node1 Comment=x NodeList=n[1-20000000],m[20000000-1] "
+            "UserId=root(0) WorkDir=/home/alice\n"
+        )
+        body = {
+            "t": time.time(),
+            "env": {
+                "SLURM_JOB_ID": "4003",
+                "SLURM_JOB_USER": "alice",
+                "SLURM_JOB_UID": "2001",
+                "SLURM_JOB_NODELIST": "node1",
+            },
+        }
         fields, t = agg.report_fields(body)
         agg._job_started(fields, line, t)
-        wait_for("the start stored", lambda: agg.writer.call(lambda c: c.execute(
-            "SELECT count(*) FROM events WHERE kind = 'job_start'").fetchone()[0]), 10, 0.05)  # fmt: skip
-        row = agg.writer.call(lambda c: tuple(c.execute(
-            "SELECT node_list, user, user_id FROM jobs WHERE job_id = 4003").fetchone()))  # fmt: skip
+        wait_for(
+            "the start stored",
+            lambda: agg.writer.call(
+                lambda c: c.execute(
+                    "SELECT count(*) FROM events WHERE kind = 'job_start'"
+                ).fetchone()[0]
+            ),
+            10,
+            0.05,
+        )
+        row = agg.writer.call(
+            lambda c: tuple(
+                c.execute(
+                    "SELECT node_list, user, user_id FROM jobs WHERE job_id = 4003"
+                ).fetchone()
+            )
+        )
         assert row == ("node1", "alice", 2001)
         with pytest.raises(ValueError, match="runs backwards"):
             slurmvalues.hostlist("n[1-3],m[9-1]")

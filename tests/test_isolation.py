@@ -32,8 +32,14 @@ JOB_NAME = "fx-hooks"  # its name there (SLURM_JOB_NAME)
 
 
 def as_user(user: str, *cmd: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(["runuser", "-u", user, "--", *cmd], capture_output=True, text=True,
-                          cwd="/", timeout=30, **kw)  # fmt: skip
+    return subprocess.run(
+        ["runuser", "-u", user, "--", *cmd],
+        capture_output=True,
+        text=True,
+        cwd="/",
+        timeout=30,
+        **kw,
+    )
 
 
 def bob_reads(path: Path) -> subprocess.CompletedProcess:
@@ -158,7 +164,10 @@ def test_bob_cannot_read_any_job_from_the_aggregators_database(ran):
     by_sqlite3 = as_user("bob", "sqlite3", "-readonly", str(db), query)
     assert by_sqlite3.returncode != 0 and JOB_NAME not in by_sqlite3.stdout
     assert "unable to open database" in by_sqlite3.stderr
-    code = f"import sqlite3; print(sqlite3.connect('file:{db}?mode=ro', uri=True).execute({query!r}).fetchall())"
+    code = (
+        f"import sqlite3; print(sqlite3.connect('file:{db}?mode=ro', uri=True)"
+        f".execute({query!r}).fetchall())"
+    )
     by_python = as_user("bob", "/usr/bin/python3", "-c", code)
     assert by_python.returncode != 0 and "unable to open database file" in by_python.stderr
     # Nor the raw files, where the newest rows wait in the WAL until a checkpoint.
@@ -221,9 +230,20 @@ def test_alices_taskprolog_gets_her_late_verdict_while_bob_tries_to_flood_her_wa
 
     node = ran / "spool" / "node1"
     fifo = node / "wait" / str(ALICE)
-    flood = subprocess.Popen(["runuser", "-u", "bob", "--", "bash", "-c",
-                              f"while :; do echo wake 2>/dev/null >{fifo} && echo written; done"],
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    flood = subprocess.Popen(
+        [
+            "runuser",
+            "-u",
+            "bob",
+            "--",
+            "bash",
+            "-c",
+            f"while :; do echo wake 2>/dev/null >{fifo} && echo written; done",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     agent = Agent(config.load(str(ran / "nomade.toml")), node="node1")  # the agent's own code
 
     def verdict_when_alice_waits() -> None:
@@ -233,8 +253,15 @@ def test_alices_taskprolog_gets_her_late_verdict_while_bob_tries_to_flood_her_wa
             10,
             every=0.002,
         )
-        agent.keep_verdict({"job_id": JOB, "user_id": ALICE, "warned": True, "p_fail": 0.9,
-                            "lines": ["NØMADE: job 23 (\x1b[8mfx-hooks) may fail: memory"]})  # fmt: skip
+        agent.keep_verdict(
+            {
+                "job_id": JOB,
+                "user_id": ALICE,
+                "warned": True,
+                "p_fail": 0.9,
+                "lines": ["NØMADE: job 23 (\x1b[8mfx-hooks) may fail: memory"],
+            }
+        )
 
     late = threading.Thread(target=verdict_when_alice_waits)
     late.start()
@@ -333,8 +360,12 @@ def test_the_agent_will_not_work_in_a_spool_another_user_controls(world):  # noq
     )
     keys.make_pair(str(world / "cfg" / "keys"), "server")
     keys.make_pair(str(world / "cfg" / "keys"), "node9")
-    proc = subprocess.run([str(BIN / "nomade-agent"), "--config", str(cfg), "--node", "node9"],
-                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    proc = subprocess.run(
+        [str(BIN / "nomade-agent"), "--config", str(cfg), "--node", "node9"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode != 0 and len(lines) == 1, proc.stderr
     assert str(spool) in lines[0] and "owner uid 2002" in lines[0]

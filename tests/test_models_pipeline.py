@@ -106,9 +106,11 @@ def test_rollback_and_activate(stored):
     # Each change of the scoring model is in the administrators' log, with who made it.
     log = json.loads(runner.invoke(ctl.main, ["--config", str(cfg), "audit", "--json"]).output)
     actions = [(r["action"], r["detail"], r["user"], r["uid"]) for r in log[:3]]
-    assert actions == [("model activate", new, "root", 0),
-                       ("model rollback", trained["version"], "root", 0),
-                       ("model activate", new, "root", 0)]  # fmt: skip
+    assert actions == [
+        ("model activate", new, "root", 0),
+        ("model rollback", trained["version"], "root", 0),
+        ("model activate", new, "root", 0),
+    ]
 
 
 def test_an_active_model_of_another_feature_version_scores_nothing(stored, tmp_path):

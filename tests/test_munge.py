@@ -34,8 +34,13 @@ def test_a_credential_made_by_another_user_names_that_user():
     if not shutil.which("runuser") or not os.path.exists(VENV_PYTHON):
         required("runuser and /opt/nomade/venv (slurm-conf/install-nomade.sh) are needed")
     code = "from nomade_common import munge; print(munge.sign('GET', '/api/v1/jobs/7', b''))"
-    out = subprocess.run(["runuser", "-u", "alice", "--", VENV_PYTHON, "-c", code],
-                         capture_output=True, text=True, timeout=30, cwd="/")  # fmt: skip
+    out = subprocess.run(
+        ["runuser", "-u", "alice", "--", VENV_PYTHON, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd="/",
+    )
     assert out.returncode == 0, out.stderr
     ident = munge.verify(out.stdout.strip(), "GET", "/api/v1/jobs/7", b"")
     assert ident.uid == 2001  # alice, as cluster-up.sh makes her
@@ -68,8 +73,10 @@ def test_an_old_credential_is_refused_before_munged_expires_it():
         munge.verify(header, "GET", "/api/v1/status", b"", max_age=60, now=time.time() + 120)
 
 
-@pytest.mark.parametrize("header", [None, "", "Bearer abc", "MUNGE", "MUNGE not-a-credential",
-                                    "MUNGE MUNGE:" + "A" * 9000 + ":"])  # fmt: skip
+@pytest.mark.parametrize(
+    "header",
+    [None, "", "Bearer abc", "MUNGE", "MUNGE not-a-credential", "MUNGE MUNGE:" + "A" * 9000 + ":"],
+)
 def test_a_missing_or_malformed_credential_is_named_in_one_line(header):
     with pytest.raises(munge.MungeError) as err:
         munge.verify(header, "GET", "/api/v1/status", b"")
@@ -91,11 +98,21 @@ def test_munged_not_answering_is_told_apart_from_a_bad_credential(tmp_path):
 
 def test_a_credential_may_carry_the_body_itself_as_the_bash_hooks_make_it():
     body = b'{"env": {"SLURM_JOB_ID": "7"}, "kind": "prologslurmctld"}'
-    made = subprocess.run(["munge"], input="nomade-http-1 POST /api/v1/hooks/job-start body\n"
-                          + body.decode() + "\n", capture_output=True, text=True, timeout=30)  # fmt: skip
+    made = subprocess.run(
+        ["munge"],
+        input="nomade-http-1 POST /api/v1/hooks/job-start body\n" + body.decode() + "\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     header = f"MUNGE {made.stdout.strip()}"
     assert munge.verify(header, "POST", "/api/v1/hooks/job-start", body).uid == 0
-    other = subprocess.run(["munge"], input="nomade-http-1 POST /api/v1/hooks/job-start body\n{}\n",
-                           capture_output=True, text=True, timeout=30)  # fmt: skip
+    other = subprocess.run(
+        ["munge"],
+        input="nomade-http-1 POST /api/v1/hooks/job-start body\n{}\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     with pytest.raises(munge.MungeError, match="another request"):
         munge.verify(f"MUNGE {other.stdout.strip()}", "POST", "/api/v1/hooks/job-start", body)

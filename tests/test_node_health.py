@@ -277,7 +277,8 @@ def test_kernel_errors_read_every_log_format():
         "kern  :err   : [ 8123.441031] EDAC MC1: 1 UE memory read error on DIMM_B1",
         "3,1201,8123441031,-;nfs: server nas02 not responding, still trying",
         " SUBSYSTEM=nfs",
-        "Mar  5 10:02:11 node017 kernel: [ 8124.000001] Buffer I/O error on dev sdb1, logical block 7",
+        "Mar  5 10:02:11 node017 kernel: [ 8124.000001] Buffer I/O error on dev sdb1,"
+        " logical block 7",
         "ata3.00: failed command: WRITE FPDMA QUEUED",
     ]
     records = health.parse_kernel_errors("\n".join(lines), "mixed")

@@ -27,8 +27,9 @@ def test_outcome_classes(state, steps, code, want):
 
 
 def test_failure_target_excludes_success_and_user_cancellation():
-    assert [is_failure(o) for o in ("COMPLETED", "CANCELLED", "OUT_OF_MEMORY", "TIMEOUT", None)] == [
-        False, False, True, True, None]  # fmt: skip
+    assert [
+        is_failure(o) for o in ("COMPLETED", "CANCELLED", "OUT_OF_MEMORY", "TIMEOUT", None)
+    ] == [False, False, True, True, None]
 
 
 SACCT = """JobIDRaw|JobID|State|ExitCode|Elapsed|TotalCPU|MaxRSS|Submit|Start|End
@@ -47,9 +48,9 @@ def test_final_record_from_sacct_takes_step_oom_and_the_largest_maxrss():
 
 
 def test_a_requeued_job_is_matched_by_submit_time():
-    text = (
-        SACCT
-        + "41|41|COMPLETED|0:0|00:00:09|00:01.000||2026-11-24T09:00:00|2026-11-24T09:00:01|2026-11-24T09:00:10\n"
+    text = SACCT + (
+        "41|41|COMPLETED|0:0|00:00:09|00:01.000||2026-11-24T09:00:00|2026-11-24T09:00:01"
+        "|2026-11-24T09:00:10\n"
     )
     rows = sacct.parse(text)
     from collectors.slurm.slurmvalues import timestamp

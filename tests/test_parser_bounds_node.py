@@ -1,4 +1,5 @@
-"""The node agent's parsers on hostile or corrupt input: a result or one ParseError, in bounded time.
+"""The node agent's parsers on hostile or corrupt input: a result or one ParseError, in bounded
+time.
 
 Each input here once escaped as another exception (OverflowError from a figure past float range,
 ValueError from int()'s 4300-digit limit or from "²".isdigit(), RecursionError from deep JSON,
@@ -40,7 +41,10 @@ SUP2 = "\u00b2"  # "²".isdigit() is True, int("²") fails
 
 _HOSTS = '{"sysstat": {"hosts": [{"statistics": [%s]}]}}'
 _NFS_READ = "s:/e mounted on /m:\n\nread: ops/s  kB/s  kB/op  retrans  avg RTT (ms)  avg exe (ms)\n"
-_QUOTA_HEAD = "Disk quotas for user alice (uid 2001):\n     Filesystem  blocks   quota   limit   grace   files   quota   limit   grace\n"
+_QUOTA_HEAD = (
+    "Disk quotas for user alice (uid 2001):\n"
+    "     Filesystem  blocks   quota   limit   grace   files   quota   limit   grace\n"
+)
 _REPQUOTA_HEAD = "*** Report for user quotas on device /dev/sda1\n---\n"
 
 # (kind, text): each must end in a ParseError that names the source.
@@ -160,9 +164,8 @@ SLOW_BEFORE = [
     ),
     (
         "lmstat",
-        "Users of f:  (Total of 1 license issued;  Total of 1 license in use)\n    a b c (v1) (s/1 2), start x"
-        + " " * SPACES
-        + "y\n",
+        "Users of f:  (Total of 1 license issued;  Total of 1 license in use)\n"
+        "    a b c (v1) (s/1 2), start x" + " " * SPACES + "y\n",
     ),
     ("lmstat", "Users of " + "a:(" * 150_000 + "\n"),
     (

@@ -80,7 +80,11 @@ def test_private_data_setting(text, flags):
 
 
 def test_private_data_from_scontrol_show_config():
-    shown = "PriorityType            = priority/basic\nPrivateData             = jobs,usage\nProctrackType = x\n"
+    shown = (
+        "PriorityType            = priority/basic\n"
+        "PrivateData             = jobs,usage\n"
+        "ProctrackType = x\n"
+    )
     assert policy.private_data_from_config(shown) == {"jobs", "usage"}
     assert policy.private_data_from_config("PrivateData             = none\n") == set()
     assert policy.private_data_from_config("nothing here\n") is None
@@ -139,9 +143,11 @@ def test_status_for_a_user_under_private_nodes_and_jobs():
 
 
 def test_status_keeps_the_agents_side_for_admins():
-    agents = {"counters": {"agents_refused_bad_key": 3, "messages_rejected": 1},
-              "agents_refused": {"total": 3, "last_peer": "tcp://10.0.0.9:40000"},
-              "agents_on_plain": ["node7"]}  # fmt: skip
+    agents = {
+        "counters": {"agents_refused_bad_key": 3, "messages_rejected": 1},
+        "agents_refused": {"total": 3, "last_peer": "tcp://10.0.0.9:40000"},
+        "agents_on_plain": ["node7"],
+    }
     view = policy.status_view(ALICE, frozenset(), {**STATUS, **agents})
     assert (view["counters"], view["agents_refused"], view["agents_on_plain"]) == ({}, {}, [])
     assert "10.0.0.9" not in repr(view) and "node7" not in repr(view)
@@ -218,7 +224,7 @@ def test_json_bodies_are_objects_of_bounded_depth():
         ("0.0.0.0", False),
         ("10.1.2.3", False),
         ("head.example.org", False),
-    ],  # fmt: skip
+    ],
 )
 def test_http_off_loopback_needs_tls(host, loopback):
     from nomade_common import config
@@ -254,11 +260,16 @@ def test_private_data_auto_hides_everything_until_slurm_answers_then_follows_it(
     assert access.private() == {"nodes"}
 
 
-@pytest.mark.parametrize("key, text", [("since", "abc"), ("since", "nan"), ("since", "-1"),
-                                       ("limit", "1e3"), ("limit", "0")])  # fmt: skip
+@pytest.mark.parametrize(
+    "key, text",
+    [("since", "abc"), ("since", "nan"), ("since", "-1"), ("limit", "1e3"), ("limit", "0")],
+)
 def test_a_jobs_query_number_that_is_wrong_is_named_in_one_line(key, text):
-    kind, what, bounds = (float, "Unix seconds", (0.0, 1e11)) if key == "since" else (
-        int, "a whole number", (1, 100_000))  # fmt: skip
+    kind, what, bounds = (
+        (float, "Unix seconds", (0.0, 1e11))
+        if key == "since"
+        else (int, "a whole number", (1, 100_000))
+    )
     with pytest.raises(ValueError, match=f"^{key} must be {what}") as err:
         api._number({key: text}, key, kind, what, bounds, None)
     assert text in str(err.value) and "\n" not in str(err.value)

@@ -23,7 +23,7 @@ MiB = 1 << 20
         ("1-2", 93600),
         ("1-2:30", 95400),
         ("1-02:30:15", 95460),
-    ],  # fmt: skip
+    ],
 )
 def test_every_slurm_time_format(text, seconds):
     assert request.time_option(text) == seconds
@@ -37,9 +37,15 @@ def test_command_line_options_override_sbatch_lines_and_parsing_stops_at_the_fir
 
 SCRIPTS = {
     "mem": "#!/bin/bash\n#SBATCH --mem=300M\n#SBATCH -t 5\nsleep 1\n",
-    "mem_per_cpu": "#!/bin/bash\n#SBATCH --mem-per-cpu=200 -c 2 -n 2 -N 1\n#SBATCH --time=1-0\n#SBATCH -p long\nsleep 1\n",
+    "mem_per_cpu": (
+        "#!/bin/bash\n#SBATCH --mem-per-cpu=200 -c 2 -n 2 -N 1\n#SBATCH --time=1-0\n"
+        "#SBATCH -p long\nsleep 1\n"
+    ),
     "defaults": "#!/bin/bash\nsleep 1\n",
-    "nodes": "#!/bin/bash\n#SBATCH -N 2 --ntasks-per-node=2 --mem=1G --time=0:45\n#SBATCH -p long\nsleep 1\n",
+    "nodes": (
+        "#!/bin/bash\n#SBATCH -N 2 --ntasks-per-node=2 --mem=1G --time=0:45\n"
+        "#SBATCH -p long\nsleep 1\n"
+    ),
     "days_hours": "#!/bin/bash\n#SBATCH -t 0-00:30:00 -c3 --mem=1500\nsleep 1\n",
 }
 
@@ -49,8 +55,23 @@ SCRIPTS = {
 def test_the_parser_reads_a_script_as_slurm_does(slurm_cluster, tmp_path, name):
     path = tmp_path / "job.sh"
     path.write_text(SCRIPTS[name])
-    out = subprocess.run(["sbatch", "--parsable", "--hold", "--uid=alice", "--gid=alice", "-D", "/tmp", "-o", "/dev/null",
-                          str(path)], capture_output=True, text=True, timeout=30)  # fmt: skip
+    out = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            "--hold",
+            "--uid=alice",
+            "--gid=alice",
+            "-D",
+            "/tmp",
+            "-o",
+            "/dev/null",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 0, out.stderr
     job_id = out.stdout.strip().split(";")[0]
     try:

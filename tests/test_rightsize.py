@@ -18,17 +18,38 @@ from nomadectl.jobs import render_job
 MiB, GiB = 1 << 20, 1 << 30
 
 
-def job(i, name="train_a", user="alice", outcome="COMPLETED", peak=None, mem=2 * GiB,
-        elapsed=600.0, limit=3600, t0=1_700_000_000.0):  # fmt: skip
+def job(
+    i,
+    name="train_a",
+    user="alice",
+    outcome="COMPLETED",
+    peak=None,
+    mem=2 * GiB,
+    elapsed=600.0,
+    limit=3600,
+    t0=1_700_000_000.0,
+):
     """The I-th ended job of a constructed history: one an hour, each ended before the next."""
     submit = t0 + i * 3600.0
     return {
-        "job_id": 1000 + i, "user": user, "account": "lab", "partition": "cpu", "job_name": name,
-        "submit_time": submit, "start_time": submit + 1, "end_time": submit + 1 + elapsed,
-        "nodes_requested": 1, "cpus": 4, "mem_per_node_bytes": mem, "mem_per_cpu_bytes": None,
-        "gpus": None, "time_limit_seconds": limit, "outcome": outcome, "elapsed_seconds": elapsed,
+        "job_id": 1000 + i,
+        "user": user,
+        "account": "lab",
+        "partition": "cpu",
+        "job_name": name,
+        "submit_time": submit,
+        "start_time": submit + 1,
+        "end_time": submit + 1 + elapsed,
+        "nodes_requested": 1,
+        "cpus": 4,
+        "mem_per_node_bytes": mem,
+        "mem_per_cpu_bytes": None,
+        "gpus": None,
+        "time_limit_seconds": limit,
+        "outcome": outcome,
+        "elapsed_seconds": elapsed,
         "max_rss_bytes": peak,
-    }  # fmt: skip
+    }
 
 
 def test_kaplan_meier_quantile_without_censoring_is_the_empirical_quantile():
@@ -50,8 +71,10 @@ def test_censored_observations_raise_the_quantile_and_an_all_censored_top_leaves
 
 def test_an_out_of_memory_history_gives_a_suggestion_above_the_limit():
     # alice's jobs asked for 150 MB and were killed there; sacct saw peaks just under it.
-    history = [job(i, "big_run", outcome="OUT_OF_MEMORY", peak=140 * MiB, mem=150 * MiB,
-                   elapsed=20) for i in range(6)]  # fmt: skip
+    history = [
+        job(i, "big_run", outcome="OUT_OF_MEMORY", peak=140 * MiB, mem=150 * MiB, elapsed=20)
+        for i in range(6)
+    ]
     new = job(6, "big_run", mem=150 * MiB)
     advice = rs.advise(new, history)["mem"]
     assert advice.beyond and advice.value > 150 * MiB and advice.option == "--mem=300M"
@@ -140,8 +163,9 @@ def test_coverage_and_over_request_are_counted_as_documented():
     for i in range(30):
         peak = 3 * GiB if i % 5 == 2 else GiB
         history.append(job(i, user="bob", peak=peak, mem=4 * GiB, elapsed=3600))
-    history[27] = job(27, user="bob", outcome="OUT_OF_MEMORY", peak=2 * GiB, mem=2 * GiB,
-                      elapsed=3600)  # fmt: skip
+    history[27] = job(
+        27, user="bob", outcome="OUT_OF_MEMORY", peak=2 * GiB, mem=2 * GiB, elapsed=3600
+    )
     result = ev.evaluate(history, test_fraction=1 / 3)  # the last 10 jobs
     mem = result["mem"]
     assert mem["judged"] == 10 and mem["censored"] == 1 and mem["too_small"]
@@ -200,12 +224,20 @@ def test_without_a_model_a_starting_job_still_gets_advice(history_db):
 
 
 def test_a_warning_for_an_out_of_memory_shape_states_no_censored_peak_and_advises_above_it():
-    history = [job(i, "big_run", outcome="OUT_OF_MEMORY", peak=190 * MiB, mem=200 * MiB,
-                   elapsed=5) for i in range(8)]  # fmt: skip
+    history = [
+        job(i, "big_run", outcome="OUT_OF_MEMORY", peak=190 * MiB, mem=200 * MiB, elapsed=5)
+        for i in range(8)
+    ]
     new = job(9, "big_run", mem=200 * MiB)
     advice = rs.advise(new, history)
-    probs = {"COMPLETED": 0.1, "FAILED": 0.1, "TIMEOUT": 0.0, "OUT_OF_MEMORY": 0.8,
-             "CANCELLED": 0.0, "OTHER": 0.0}  # fmt: skip
+    probs = {
+        "COMPLETED": 0.1,
+        "FAILED": 0.1,
+        "TIMEOUT": 0.0,
+        "OUT_OF_MEMORY": 0.8,
+        "CANCELLED": 0.0,
+        "OTHER": 0.0,
+    }
     lines, reasons = explain(new, history, 0.9, probs, 0.5, advice)
     text = "\n".join(lines)
     assert "8 of your 8 recent jobs that requested 200 MB ran out of memory at that limit" in text
@@ -241,8 +273,15 @@ def test_corrupt_history_values_are_unknown_not_a_hang_or_an_error():
     odd = [float("nan"), float("inf"), -5.0, 0, "12", None, 2.0**70]
     history = []
     for i, v in enumerate(odd * 3):
-        history.append({**job(i), "max_rss_bytes": v, "elapsed_seconds": v,
-                        "time_limit_seconds": v, "mem_per_node_bytes": v})  # fmt: skip
+        history.append(
+            {
+                **job(i),
+                "max_rss_bytes": v,
+                "elapsed_seconds": v,
+                "time_limit_seconds": v,
+                "mem_per_node_bytes": v,
+            }
+        )
     history += [job(30 + i, peak=GiB, elapsed=600) for i in range(5)]
     advice = rs.advise(job(40), history)
     assert advice["mem"].option == "--mem=1200M" and advice["mem"].jobs == 5 + 3  # "12" bytes

@@ -64,9 +64,14 @@ def test_our_2205_capture(tmp_path, name, fields):
     # 7 job lines (grep -vc '\.' minus the header), all finished.
     assert count == 7 and summary.imported == 7 and not summary.skipped
     assert {j: r["outcome"] for j, r in rows.items()} == {
-        12: "COMPLETED", 13: "TIMEOUT", 14: "OUT_OF_MEMORY", 15: "CANCELLED", 16: "COMPLETED",
-        17: "FAILED", 19: "OUT_OF_MEMORY",
-    }  # fmt: skip
+        12: "COMPLETED",
+        13: "TIMEOUT",
+        14: "OUT_OF_MEMORY",
+        15: "CANCELLED",
+        16: "COMPLETED",
+        17: "FAILED",
+        19: "OUT_OF_MEMORY",
+    }
     oom_in_step = rows[14]  # FAILED 1:0 on the job; only step 14.0 says OUT_OF_MEMORY
     assert (oom_in_step["state"], oom_in_step["exit_code"], oom_in_step["signal"]) == (
         "FAILED",
@@ -117,11 +122,17 @@ def test_habrok_snowman(tmp_path):
     # which 23 finished; without JobIDRaw their own job id is not in the file, so they are
     # skipped.  The 67 others: 47 COMPLETED, 8 CANCELLED by, 6 FAILED, 5 TIMEOUT, 1 NODE_FAIL.
     assert dict(summary.skipped) == {
-        "PENDING": 7, "RUNNING": 3, "no JobIDRaw (array task or het component)": 23,
-    }  # fmt: skip
+        "PENDING": 7,
+        "RUNNING": 3,
+        "no JobIDRaw (array task or het component)": 23,
+    }
     assert dict(summary.outcomes) == {
-        "COMPLETED": 47, "CANCELLED": 8, "FAILED": 6, "TIMEOUT": 5, "NODE_FAIL": 1,
-    }  # fmt: skip
+        "COMPLETED": 47,
+        "CANCELLED": 8,
+        "FAILED": 6,
+        "TIMEOUT": 5,
+        "NODE_FAIL": 1,
+    }
     assert count == 67
     node_fail = rows[7336818]  # never started: NodeList 'None assigned', Start 'None'
     assert node_fail["outcome"] == "NODE_FAIL" and node_fail["node_list"] is None
@@ -157,8 +168,10 @@ def test_peregrine_snowman(tmp_path):
     # 84 lines, 37 job lines: the 10 finished jobs appear twice with identical lines (the dump
     # was taken twice), 14 RUNNING (7 jobs twice), 3 PENDING; 20963999_982 is an array task.
     assert dict(summary.skipped) == {
-        "RUNNING": 14, "PENDING": 3, "no JobIDRaw (array task or het component)": 2,
-    }  # fmt: skip
+        "RUNNING": 14,
+        "PENDING": 3,
+        "no JobIDRaw (array task or het component)": 2,
+    }
     assert dict(summary.outcomes) == {"COMPLETED": 16, "FAILED": 2}
     assert dict(summary.stored) == {"new": 9, "unchanged": 9} and count == 9
     big = rows[20872560]
@@ -240,7 +253,10 @@ def test_reportseff_section(tmp_path, name):
     # and counted as such, the unfinished ones by their state.
     finished = sum(outcomes.values())
     assert dict(summary.outcomes) == {} and not rows
-    assert dict(summary.skipped) == {**skipped, **({importer.NO_USER_COLUMN: finished} if finished else {})}
+    assert dict(summary.skipped) == {
+        **skipped,
+        **({importer.NO_USER_COLUMN: finished} if finished else {}),
+    }
     assert "the input has no User column" in summary.line(name) or not finished
     got = [r["outcome"] for r in converted(name).values()]
     assert {o: got.count(o) for o in set(got)} == outcomes
@@ -253,9 +269,11 @@ def test_reportseff_values(tmp_path):
     arrays = one("test_reportseff.test_energy_reporting.0", "a.db")
     # JobID 37403870_4 has JobIDRaw 37403870 (the array job's own id), _1 has 37403937.
     assert {j: (r["array_job_id"], r["array_task_id"]) for j, r in arrays.items()} == {
-        37403937: (37403870, 1), 37403938: (37403870, 2), 37403939: (37403870, 3),
+        37403937: (37403870, 1),
+        37403938: (37403870, 2),
+        37403939: (37403870, 3),
         37403870: (37403870, 4),
-    }  # fmt: skip
+    }
     assert arrays[37403937]["mem_per_node_bytes"] == 32000 * M
     assert arrays[37403937]["max_rss_bytes"] == 6300 * K
     cancelled = one("conftest.console_jobs.23000233", "c.db")[23000233]

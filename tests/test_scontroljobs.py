@@ -39,8 +39,10 @@ def test_a_burst_of_array_tasks_costs_one_call_and_each_gets_its_own_record():
     run = Scontrol(delay=0.1)  # slow enough that the burst's lookups overlap
     sj = ScontrolJobs(run)
     got: dict[int, str | None] = {}
-    tasks = [threading.Thread(target=lambda i=i: got.__setitem__(i, sj.text(7049 + i, 7049, i)))
-             for i in range(1, 17)]  # fmt: skip
+    tasks = [
+        threading.Thread(target=lambda i=i: got.__setitem__(i, sj.text(7049 + i, 7049, i)))
+        for i in range(1, 17)
+    ]
     for t in tasks:
         t.start()
     for t in tasks:

@@ -105,7 +105,11 @@ def test_squeue_json_21_08_and_a_newer_job_in_the_same_file():
     assert set(jobs) == {"26515966", "58948420"}
     run = jobs["26515966"]
     assert (run["state"], run["partition"], run["nodelist"], run["cpus"]) == (
-        "RUNNING", "hw-l", "cs75", 1)  # fmt: skip
+        "RUNNING",
+        "hw-l",
+        "cs75",
+        1,
+    )
     assert run["time_limit_seconds"] == 30240 * 60 and run["start_time"] == 1684114921
     assert run["min_memory_bytes"] == 64000 << 20  # memory_per_cpu 64000 (MB)
     pend = jobs["58948420"]
@@ -120,7 +124,10 @@ def test_squeue_json_21_08_and_a_newer_job_in_the_same_file():
 def test_squeue_json_slurmrestd_v0_0_38():
     jobs = by(squeue.records_json(read(*TELEGRAF, "slurmrestd_v0.0.38_jobs.json")), "job_id")
     assert {k: v["state"] for k, v in jobs.items()} == {
-        "20464": "RUNNING", "20468": "RUNNING", "23772": "COMPLETED"}  # fmt: skip
+        "20464": "RUNNING",
+        "20468": "RUNNING",
+        "23772": "COMPLETED",
+    }
     assert jobs["20464"]["cpus"] == 2 and jobs["20464"]["user"] == "atl001"
     assert jobs["20464"]["time_limit_seconds"] == 3600 * 60
     assert jobs["20464"]["account"] is None  # "" in the response
@@ -138,13 +145,20 @@ def test_squeue_custom_format_habrok():
     assert down["reason_detail"].startswith("Nodes required for job are DOWN, DRAINED")
     arr = by(recs, "job_id")["8322514_33"]
     assert (arr["array_job_id"], arr["array_task"], arr["nodelist"], arr["cpus"]) == (
-        "8322514", "33", "gelifes3", 8)  # fmt: skip
+        "8322514",
+        "33",
+        "gelifes3",
+        8,
+    )
 
 
 def test_squeue_custom_format_peregrine():
     recs = squeue.records(read(*PEREGRINE, "squeue_deps_reason.txt"), "pg", format="%i|%E;%R")
     assert [(r["job_id"], r["reason"]) for r in recs] == [
-        ("21085523", "Priority"), ("21012476", "Priority"), ("18120717", "JobHeldUser")]  # fmt: skip
+        ("21085523", "Priority"),
+        ("21012476", "Priority"),
+        ("18120717", "JobHeldUser"),
+    ]
     assert recs[2]["unblock"].startswith("release it: scontrol release")
 
 
@@ -169,7 +183,13 @@ def test_squeue_text_and_json_give_the_same_keys_and_values():
     js = by(squeue.records_json(path.read_text()), "job_id")
     assert len(text) == 5 and len(js) == 56
     assert {r["state"] for r in js.values()} == {
-        "PENDING", "COMPLETED", "OUT_OF_MEMORY", "CANCELLED", "FAILED", "TIMEOUT"}  # fmt: skip
+        "PENDING",
+        "COMPLETED",
+        "OUT_OF_MEMORY",
+        "CANCELLED",
+        "FAILED",
+        "TIMEOUT",
+    }
     for job, rec in text.items():
         assert set(js[job]) == set(rec)
         diff = {k for k in rec if rec[k] != js[job][k]}
@@ -179,17 +199,37 @@ def test_squeue_text_and_json_give_the_same_keys_and_values():
 def test_squeue_json_data_parser_shape_hand_made():
     """HAND-MADE (no real squeue --json of 23.02+ was available): the documented shape."""
     n = lambda x: {"set": True, "infinite": False, "number": x}  # noqa: E731
-    doc = {"jobs": [{
-        "job_id": 7, "job_state": ["PENDING"], "state_reason": "QOSMaxCpuPerUserLimit",
-        "state_description": "", "array_job_id": n(0), "array_task_id": {"set": False},
-        "time_limit": {"set": False, "infinite": True, "number": 0}, "cpus": n(4),
-        "node_count": n(1), "priority": n(10), "submit_time": n(1700000000),
-        "start_time": n(0), "end_time": n(0), "user_name": "u", "partition": "p",
-        "memory_per_cpu": n(1000), "memory_per_node": {"set": False}, "nodes": "",
-    }]}  # fmt: skip
+    doc = {
+        "jobs": [
+            {
+                "job_id": 7,
+                "job_state": ["PENDING"],
+                "state_reason": "QOSMaxCpuPerUserLimit",
+                "state_description": "",
+                "array_job_id": n(0),
+                "array_task_id": {"set": False},
+                "time_limit": {"set": False, "infinite": True, "number": 0},
+                "cpus": n(4),
+                "node_count": n(1),
+                "priority": n(10),
+                "submit_time": n(1700000000),
+                "start_time": n(0),
+                "end_time": n(0),
+                "user_name": "u",
+                "partition": "p",
+                "memory_per_cpu": n(1000),
+                "memory_per_node": {"set": False},
+                "nodes": "",
+            }
+        ]
+    }
     (rec,) = squeue.records_json(json.dumps(doc), "x")
     assert (rec["job_id"], rec["state"], rec["cpus"], rec["time_limit_seconds"]) == (
-        "7", "PENDING", 4, None)  # fmt: skip
+        "7",
+        "PENDING",
+        4,
+        None,
+    )
     assert rec["submit_time"] == 1700000000 and rec["start_time"] is None
     assert rec["min_memory_bytes"] == 1000 << 20
     assert "per user" in rec["reason_text"]
@@ -203,7 +243,11 @@ def test_sinfo_json_21_08():
     assert len(recs) == 4
     cs2 = recs["cs2.example.company.com"]
     assert (cs2["state"], cs2["cpus"], cs2["cpus_alloc"], cs2["partition"]) == (
-        "mixed", 64, 4, "hw")  # fmt: skip
+        "mixed",
+        64,
+        4,
+        "hw",
+    )
     assert cs2["memory_bytes"] == 500000 << 20 and cs2["cpu_load"] == 0.01  # cpu_load 1
     assert recs["cs5.example.company.com"]["state"] == "down"
 
@@ -213,7 +257,10 @@ def test_sinfo_json_slurmrestd_nodes_drained():
     assert len(recs) == 3
     n145 = recs["naboo145"]  # state idle, state_flags [DRAIN]
     assert (n145["state"], n145["state_flags"], n145["reason"]) == (
-        "drained", ["DRAIN"], "Kill task failed")  # fmt: skip
+        "drained",
+        ["DRAIN"],
+        "Kill task failed",
+    )
     assert n145["reason_user"] == "root" and n145["cpu_load"] == 0.27
     assert recs["naboo147"]["state"] == "allocated"
 
@@ -221,7 +268,11 @@ def test_sinfo_json_slurmrestd_nodes_drained():
 def test_sinfo_own_22_05_text_and_json():
     default = sinfo.records((OWN / "sinfo.txt").read_text())
     assert {(r["node"], r["partition"]) for r in default} == {
-        ("node1", "debug"), ("node2", "debug"), ("node1", "long"), ("node2", "long")}  # fmt: skip
+        ("node1", "debug"),
+        ("node2", "debug"),
+        ("node1", "long"),
+        ("node2", "long"),
+    }
     nomade = {
         (r["node"], r["partition"]): r
         for r in sinfo.records((OWN / "sinfo-nomade.txt").read_text())
@@ -252,7 +303,9 @@ def test_scontrol_nodes_habrok_and_peregrine():
     pg = by(scontrol.node_records(read(*PEREGRINE, "scontrol_show_nodes_oneline.txt")), "node")
     assert len(pg) == 313
     assert (pg["mycluster1-node11"]["cpus"], pg["mycluster1-node11"]["memory_bytes"]) == (
-        28, 128500 << 20)  # fmt: skip
+        28,
+        128500 << 20,
+    )
     assert pg["mycluster2-node275"]["cpus"] == 12
 
 
@@ -288,16 +341,22 @@ def test_scontrol_multiline_reason_and_description():
     n1, n2 = scontrol.node_records(text, "hand-made")
     assert (n1["state"], n1["reason"], n1["reason_user"]) == ("drained", "Kill task failed", "root")
     assert n2["state"] == "drained" and "NOT_RESPONDING" in n2["state_flags"]
-    job = "JobId=5 JobName=x UserId=u(1) JobState=PENDING Reason=Nodes_required_for_job_are_DOWN,_DRAINED_or_reserved_for_jobs_in_higher_priority_partitions Dependency=(null)"
+    job = (
+        "JobId=5 JobName=x UserId=u(1) JobState=PENDING"
+        " Reason=Nodes_required_for_job_are_DOWN,_DRAINED_or_reserved_for_jobs_in_higher_"
+        "priority_partitions Dependency=(null)"
+    )
     (rec,) = scontrol.job_records(job, "hand-made")
     assert rec["reason"] == "Resources" and rec["reason_detail"].startswith("Nodes required")
 
 
 # --- sstat, sshare, sdiag, sacct-json ------------------------------------------------------
 
-HB_FIELDS = ("JobID,NTasks,MaxRSS,MaxVMSize,TRESUsageInMax,TRESUsageInTot,TRESUsageOutTot,"
-             "MaxDiskRead,MaxDiskWrite,MaxRSSNode,MaxRSSTask,MaxVMSizeNode,MaxVMSizeTask,"
-             "MaxDiskReadNode,MaxDiskReadTask,MaxDiskWriteNode,MaxDiskWriteTask").split(",")  # fmt: skip
+HB_FIELDS = (
+    "JobID,NTasks,MaxRSS,MaxVMSize,TRESUsageInMax,TRESUsageInTot,TRESUsageOutTot,"
+    "MaxDiskRead,MaxDiskWrite,MaxRSSNode,MaxRSSTask,MaxVMSizeNode,MaxVMSizeTask,"
+    "MaxDiskReadNode,MaxDiskReadTask,MaxDiskWriteNode,MaxDiskWriteTask"
+).split(",")
 PG_FIELDS = (
     "JobID,NTasks,MaxRSS,MaxDiskWrite,MaxDiskRead,MaxRSSNode,MaxDiskWriteNode,MaxDiskReadNode"
 )
@@ -319,7 +378,10 @@ def test_sstat_peregrine_headerless():
     assert len(recs) == 17
     step = [r for r in recs if (r["job_id"], r["step"]) == ("21085537", "1")][0]
     assert (step["ntasks"], step["max_rss_bytes"], step["max_rss_node"]) == (
-        80, 114660 * 1024, "mycluster2-node141")  # fmt: skip
+        80,
+        114660 * 1024,
+        "mycluster2-node141",
+    )
     assert step["max_disk_write_bytes"] == 7576070285 and step["max_disk_read_bytes"] == 578015227
 
 

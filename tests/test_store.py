@@ -51,13 +51,25 @@ def test_a_bad_row_rejects_its_envelope_and_keeps_everything_stored_before(db):
     db.call(lambda c: ing.apply_envelope(c, good))
     with pytest.raises(Rejected, match="sample row 2"):
         db.call(lambda c: ing.apply_envelope(c, bad))
-    counts = db.call(lambda c: (c.execute("SELECT count(*) FROM samples").fetchone()[0],
-                                c.execute("SELECT count(*) FROM received").fetchone()[0],
-                                c.execute("SELECT count(*) FROM jobs").fetchone()[0]))  # fmt: skip
+    counts = db.call(
+        lambda c: (
+            c.execute("SELECT count(*) FROM samples").fetchone()[0],
+            c.execute("SELECT count(*) FROM received").fetchone()[0],
+            c.execute("SELECT count(*) FROM jobs").fetchone()[0],
+        )
+    )
     assert counts == (1, 1, 1)  # the bad envelope left nothing behind: no key, no job 6
     # Job 6 arrives again in a good envelope: it gets a row (no stale cached uid).
-    db.call(lambda c: ing.apply_envelope(c, wire.Envelope(wire.SAMPLES, "n", 1, 3, {"rows": [row(6, 3.0)]})))
-    jobs = db.call(lambda c: c.execute("SELECT j.job_id FROM samples s JOIN jobs j ON j.uid = s.job_uid ORDER BY t").fetchall())
+    db.call(
+        lambda c: ing.apply_envelope(
+            c, wire.Envelope(wire.SAMPLES, "n", 1, 3, {"rows": [row(6, 3.0)]})
+        )
+    )
+    jobs = db.call(
+        lambda c: c.execute(
+            "SELECT j.job_id FROM samples s JOIN jobs j ON j.uid = s.job_uid ORDER BY t"
+        ).fetchall()
+    )
     assert [r[0] for r in jobs] == [5, 6]
 
 
@@ -84,8 +96,11 @@ def test_a_reused_job_id_gets_its_own_row_and_new_samples_go_to_it(db):
             c, wire.Envelope(wire.SAMPLES, "n", 1, 1, {"rows": [row(3, 950.0)]})
         )
     )
-    got = db.call(lambda c: c.execute(
-        "SELECT j.submit_time FROM samples s JOIN jobs j ON j.uid = s.job_uid").fetchall())  # fmt: skip
+    got = db.call(
+        lambda c: c.execute(
+            "SELECT j.submit_time FROM samples s JOIN jobs j ON j.uid = s.job_uid"
+        ).fetchall()
+    )
     assert [r[0] for r in got] == [900.0]
 
 
@@ -118,31 +133,65 @@ def test_an_end_stored_before_its_start_leaves_one_ended_job(db):
     # Over HTTP a short job's end can be stored while its start is still being scored.
     ing = Ingest("c")
     db.call(lambda c: ing.job_end(c, {"job_id": 31, "end_time": 150.0}, 2.0, 150.0))
-    db.call(lambda c: ing.job_start(
-        c, {"job_id": 31, "submit_time": 100.0, "start_time": 140.0, "user": "alice"}, None, 151.0))  # fmt: skip
-    rows = db.call(lambda c: c.execute(
-        "SELECT job_id, user, submit_time, start_time, end_time, reconcile FROM jobs").fetchall())  # fmt: skip
+    db.call(
+        lambda c: ing.job_start(
+            c,
+            {"job_id": 31, "submit_time": 100.0, "start_time": 140.0, "user": "alice"},
+            None,
+            151.0,
+        )
+    )
+    rows = db.call(
+        lambda c: c.execute(
+            "SELECT job_id, user, submit_time, start_time, end_time, reconcile FROM jobs"
+        ).fetchall()
+    )
     assert [tuple(r) for r in rows] == [(31, "alice", 100.0, 140.0, 150.0, "pending")]
     # The job has ended: samples of the same id two hours later are a new run's, not this one's.
-    db.call(lambda c: ing.apply_envelope(
-        c, wire.Envelope(wire.SAMPLES, "n", 1, 1, {"rows": [row(31, 150.0 + 7200)]})))  # fmt: skip
-    runs = db.call(lambda c: c.execute(
-        "SELECT j.uid, j.end_time, count(s.t) FROM jobs j LEFT JOIN samples s ON s.job_uid = j.uid"
-        " GROUP BY j.uid ORDER BY j.uid").fetchall())  # fmt: skip
+    db.call(
+        lambda c: ing.apply_envelope(
+            c, wire.Envelope(wire.SAMPLES, "n", 1, 1, {"rows": [row(31, 150.0 + 7200)]})
+        )
+    )
+    runs = db.call(
+        lambda c: c.execute(
+            "SELECT j.uid, j.end_time, count(s.t)"
+            " FROM jobs j LEFT JOIN samples s ON s.job_uid = j.uid"
+            " GROUP BY j.uid ORDER BY j.uid"
+        ).fetchall()
+    )
     assert [tuple(r)[1:] for r in runs] == [(150.0, 0), (None, 1)]
 
 
 def test_a_start_report_stores_the_job_its_features_and_its_verdict_together(db):
     ing = Ingest("c")
-    verdict = {"model_version": "v1", "p_fail": 0.9, "health": 0.1, "probs": {"OUT_OF_MEMORY": 0.8}, "risk": "high",
-               "warned": True, "lines": ["NØMADE: high risk (0.90)"], "reasons": {"main_outcome": "OUT_OF_MEMORY"}}  # fmt: skip
+    verdict = {
+        "model_version": "v1",
+        "p_fail": 0.9,
+        "health": 0.1,
+        "probs": {"OUT_OF_MEMORY": 0.8},
+        "risk": "high",
+        "warned": True,
+        "lines": ["NØMADE: high risk (0.90)"],
+        "reasons": {"main_outcome": "OUT_OF_MEMORY"},
+    }
     uid = db.call(
         lambda c: ing.job_start(
             c, {"job_id": 5, "submit_time": 1.0}, None, 2.0, b"\0" * 8, 1, verdict
         )
     )
-    got = db.call(lambda c: (c.execute("SELECT feature_version FROM job_features WHERE job_uid = ?", (uid,)).fetchone()[0],
-                             tuple(c.execute("SELECT p_fail, warned, message FROM verdicts WHERE job_uid = ?", (uid,)).fetchone())))  # fmt: skip
+    got = db.call(
+        lambda c: (
+            c.execute(
+                "SELECT feature_version FROM job_features WHERE job_uid = ?", (uid,)
+            ).fetchone()[0],
+            tuple(
+                c.execute(
+                    "SELECT p_fail, warned, message FROM verdicts WHERE job_uid = ?", (uid,)
+                ).fetchone()
+            ),
+        )
+    )
     assert got == (1, (0.9, 1, "NØMADE: high risk (0.90)"))
 
 
@@ -150,19 +199,41 @@ def test_samples_of_a_reused_job_id_start_a_new_run_and_late_ones_keep_theirs(db
     """Job ids come round again (imported history, a controller reset): samples from long after
     the old run ended belong to a new run, while samples resent late belong to the old one."""
     ing = Ingest("c")
-    db.call(lambda c: ing.upsert_job(c, {"job_id": 281, "submit_time": 100.0, "start_time": 110.0,
-                                         "end_time": 1000.0, "outcome": "COMPLETED"}, 1000.0))  # fmt: skip
+    db.call(
+        lambda c: ing.upsert_job(
+            c,
+            {
+                "job_id": 281,
+                "submit_time": 100.0,
+                "start_time": 110.0,
+                "end_time": 1000.0,
+                "outcome": "COMPLETED",
+            },
+            1000.0,
+        )
+    )
     late = wire.Envelope(wire.SAMPLES, "n", 1, 1, {"rows": [row(281, 990.0)]})
     new = wire.Envelope(wire.SAMPLES, "n", 1, 2, {"rows": [row(281, 90_000.0)]})
     for env in (late, new):
         db.call(lambda c, env=env: ing.apply_envelope(c, env))
-    runs = db.call(lambda c: c.execute(
-        "SELECT j.uid, j.submit_time, group_concat(s.t) FROM jobs j LEFT JOIN samples s ON s.job_uid = j.uid"
-        " WHERE j.job_id = 281 GROUP BY j.uid ORDER BY j.uid").fetchall())  # fmt: skip
+    runs = db.call(
+        lambda c: c.execute(
+            "SELECT j.uid, j.submit_time, group_concat(s.t)"
+            " FROM jobs j LEFT JOIN samples s ON s.job_uid = j.uid"
+            " WHERE j.job_id = 281 GROUP BY j.uid ORDER BY j.uid"
+        ).fetchall()
+    )
     assert [(r[1], r[2]) for r in runs] == [(100.0, "990.0"), (None, "90000.0")]
     # The new run's start report completes the placeholder rather than adding a third row.
-    db.call(lambda c: ing.upsert_job(c, {"job_id": 281, "submit_time": 89_990.0, "user": "alice"}, 90_001.0))
-    assert db.call(lambda c: c.execute("SELECT count(*) FROM jobs WHERE job_id = 281").fetchone()[0]) == 2
+    db.call(
+        lambda c: ing.upsert_job(
+            c, {"job_id": 281, "submit_time": 89_990.0, "user": "alice"}, 90_001.0
+        )
+    )
+    assert (
+        db.call(lambda c: c.execute("SELECT count(*) FROM jobs WHERE job_id = 281").fetchone()[0])
+        == 2
+    )
 
 
 @pytest.mark.parametrize("count", [1, 3, 63, 64, 65, 257, 341])
@@ -181,9 +252,12 @@ def test_every_row_of_an_envelope_is_stored_whatever_its_size(db, count, limit):
             c.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, old)
 
     assert db.call(apply) == "stored"
-    stored = db.call(lambda c: c.execute(
-        "SELECT j.job_id, s.node, s.t, s.mem_peak_bytes FROM samples s"
-        " JOIN jobs j ON j.uid = s.job_uid ORDER BY s.t").fetchall())  # fmt: skip
+    stored = db.call(
+        lambda c: c.execute(
+            "SELECT j.job_id, s.node, s.t, s.mem_peak_bytes FROM samples s"
+            " JOIN jobs j ON j.uid = s.job_uid ORDER BY s.t"
+        ).fetchall()
+    )
     assert [tuple(r) for r in stored] == [
         (100 + i % 7, "node1", float(i), i * 1000) for i in range(count)
     ]
@@ -202,29 +276,49 @@ def test_the_wal_stays_bounded_while_writes_never_pause(tmp_path):
             rows = [[job, seq * 10.0] + [seq * 1e6 + job] * (WIDTH - 2) for job in range(1, 129)]
             env = wire.Envelope(wire.SAMPLES, "node1", 1, seq, {"rows": rows})
             w.call(lambda c, env=env: ing.apply_envelope(c, env))  # one commit each
-        assert w.call(lambda c: c.execute("SELECT count(*) FROM samples").fetchone()[0]) == 600 * 128
+        assert (
+            w.call(lambda c: c.execute("SELECT count(*) FROM samples").fetchone()[0]) == 600 * 128
+        )
         wal = tmp_path / "w.db-wal"
-        assert wal.stat().st_size < 32 * limit  # 300 times the limit without it, f"the WAL grew to {wal.stat().st_size} bytes"
+        assert (
+            wal.stat().st_size < 32 * limit
+        )  # 300 times the limit without it, f"the WAL grew to {wal.stat().st_size} bytes"
         assert (tmp_path / "w.db").stat().st_size > 8 * limit  # the data did reach the database
     finally:
         w.stop()
 
 
-def test_the_jobs_list_is_newest_first_by_submit_time_whatever_the_order_they_were_stored(db, tmp_path):
+def test_the_jobs_list_is_newest_first_by_submit_time_whatever_the_order_they_were_stored(
+    db, tmp_path
+):
     from aggregator.views import query
 
     ing = Ingest("c")
     # Live jobs stored first; then history imported afterwards (older jobs, newer rows); then a
     # running job known only from its samples (no submit time yet: listed by when it was seen).
     for job_id, submit in ((101, 5_000.0), (102, 5_100.0)):
-        db.call(lambda c, j=job_id, s=submit: ing.job_start(c, {"job_id": j, "submit_time": s, "user": "alice"}, None, s + 1))  # fmt: skip
+        db.call(
+            lambda c, j=job_id, s=submit: ing.job_start(
+                c, {"job_id": j, "submit_time": s, "user": "alice"}, None, s + 1
+            )
+        )
     for job_id, submit in ((11, 1_000.0), (12, 1_100.0)):
-        db.call(lambda c, j=job_id, s=submit: ing.upsert_job(c, {"job_id": j, "submit_time": s, "user": "alice"}, 9_000.0))  # fmt: skip
-    db.call(lambda c: ing.apply_envelope(c, wire.Envelope(wire.SAMPLES, "n", 1, 1, {"rows": [row(103, 5_200.0)]}), now=5_200.0))  # fmt: skip
+        db.call(
+            lambda c, j=job_id, s=submit: ing.upsert_job(
+                c, {"job_id": j, "submit_time": s, "user": "alice"}, 9_000.0
+            )
+        )
+    db.call(
+        lambda c: ing.apply_envelope(
+            c, wire.Envelope(wire.SAMPLES, "n", 1, 1, {"rows": [row(103, 5_200.0)]}), now=5_200.0
+        )
+    )
     reader = store.connect(str(tmp_path / "n.db"), readonly=True)
     assert [j["job_id"] for j in query.jobs(reader)] == [103, 102, 101, 12, 11]
     assert [j["job_id"] for j in query.jobs(reader, user="alice", limit=3)] == [102, 101, 12]
     assert [j["job_id"] for j in query.jobs(reader, since=5_050.0)] == [103, 102]
     # `nomadectl job ID`: the newest run of a reused id, even when an older run was stored later.
-    db.call(lambda c: ing.upsert_job(c, {"job_id": 101, "submit_time": 900.0, "user": "bob"}, 9_100.0))  # fmt: skip
+    db.call(
+        lambda c: ing.upsert_job(c, {"job_id": 101, "submit_time": 900.0, "user": "bob"}, 9_100.0)
+    )
     assert store.find_job(reader, 101)["user"] == "alice"

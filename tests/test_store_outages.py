@@ -47,17 +47,43 @@ GAVE_UP = "nomade-aggregator: the store stayed unusable; exiting for a restart"
 # -- what is sent ---------------------------------------------------------------------------------
 def sample_row(job_id: int, t: float, seq: int, bad: bool = False) -> list:
     """One row in wire.SAMPLE_FIELDS order; BAD: a negative memory value, never storable."""
-    return [job_id, t, float(seq), seq * 0.75, seq * 0.25, -1 if bad else 1 << 30, 2 << 30,
-            700 << 20, 300 << 20, None, None, 4096 * seq, 8192 * seq, 4096, 8192, 100, 200, 10,
-            20, 1]  # fmt: skip
+    return [
+        job_id,
+        t,
+        float(seq),
+        seq * 0.75,
+        seq * 0.25,
+        -1 if bad else 1 << 30,
+        2 << 30,
+        700 << 20,
+        300 << 20,
+        None,
+        None,
+        4096 * seq,
+        8192 * seq,
+        4096,
+        8192,
+        100,
+        200,
+        10,
+        20,
+        1,
+    ]
 
 
 class Sender(threading.Thread):
     """A node agent as the aggregator sees it (see the module's docstring).  Everything it was
     given, and when each answer came, is kept for the test to check."""
 
-    def __init__(self, endpoint: str, node: str, first_job: int, jobs: int, rows_per_job: int = 1,
-                 window: int = 256) -> None:  # fmt: skip
+    def __init__(
+        self,
+        endpoint: str,
+        node: str,
+        first_job: int,
+        jobs: int,
+        rows_per_job: int = 1,
+        window: int = 256,
+    ) -> None:
         super().__init__(name=f"sender-{node}", daemon=True)
         self.endpoint, self.node, self.window = endpoint, node, window
         self.epoch = time.time_ns() // 1000
@@ -82,8 +108,11 @@ class Sender(threading.Thread):
             for _ in range(n):
                 seq = self.next_seq
                 self.next_seq += 1
-                rows = [sample_row(job_id, T0 + seq * 100.0 + k, seq, bad and j == 0)
-                        for j, job_id in enumerate(self.job_ids) for k in range(self.rows_per_job)]  # fmt: skip
+                rows = [
+                    sample_row(job_id, T0 + seq * 100.0 + k, seq, bad and j == 0)
+                    for j, job_id in enumerate(self.job_ids)
+                    for k in range(self.rows_per_job)
+                ]
                 self.rows[seq] = rows
                 if bad:
                     self.bad.add(seq)
@@ -216,10 +245,16 @@ keys_dir = "{root}/keys"
         with open(self.stderr, "wb") as err:
             self.proc = subprocess.Popen(
                 [str(BIN / "nomade-aggregator"), "--config", str(self.config), *args],
-                stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL,
-            )  # fmt: skip
-        wait_for("the aggregator to answer", lambda: self.health() is not None or self.proc.poll() is not None,
-                 60, 0.1)  # fmt: skip
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+            )
+        wait_for(
+            "the aggregator to answer",
+            lambda: self.health() is not None or self.proc.poll() is not None,
+            60,
+            0.1,
+        )
         assert self.proc.poll() is None, self.log()
 
     def health(self) -> int | None:
@@ -255,8 +290,12 @@ keys_dir = "{root}/keys"
         )
 
     def nomadectl(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(BIN / "nomadectl"), "--config", str(self.config), *args],
-                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        return subprocess.run(
+            [str(BIN / "nomadectl"), "--config", str(self.config), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     def query(self, sql: str, *args) -> list:
         conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=10)
@@ -306,13 +345,21 @@ def assert_stored_exactly_once(d: Daemon, senders: list[Sender]) -> None:
     once and its rows are in `samples` once; nothing else is; each job has one row."""
     keys = collections.Counter(d.query("SELECT node, epoch, seq FROM received"))
     want = collections.Counter((s.node, s.epoch, seq) for s in senders for seq in s.good())
-    assert keys == want, (f"missing {sorted(want - keys)[:10]}, unexpected {sorted(keys - want)[:10]}"
-                          f" ({sum((want - keys).values())} missing, {sum((keys - want).values())} extra)")  # fmt: skip
-    samples = collections.Counter(d.query(
-        "SELECT s.node, j.job_id, s.t, s.cpu_usage_seconds FROM samples s JOIN jobs j ON j.uid = s.job_uid"))  # fmt: skip
+    assert keys == want, (
+        f"missing {sorted(want - keys)[:10]}, unexpected {sorted(keys - want)[:10]}"
+        f" ({sum((want - keys).values())} missing, {sum((keys - want).values())} extra)"
+    )
+    samples = collections.Counter(
+        d.query(
+            "SELECT s.node, j.job_id, s.t, s.cpu_usage_seconds"
+            " FROM samples s JOIN jobs j ON j.uid = s.job_uid"
+        )
+    )
     expected = sum((s.expected_samples(s.good()) for s in senders), collections.Counter())
-    assert samples == expected, (f"{sum((expected - samples).values())} sample rows missing, "
-                                 f"{sum((samples - expected).values())} extra")  # fmt: skip
+    assert samples == expected, (
+        f"{sum((expected - samples).values())} sample rows missing, "
+        f"{sum((samples - expected).values())} extra"
+    )
     per_job = d.query("SELECT job_id, count(*) FROM jobs GROUP BY job_id HAVING count(*) > 1")
     assert per_job == [], f"jobs stored more than once: {per_job}"
 
@@ -333,8 +380,13 @@ def munged_answers() -> None:
 
 def start_report(job_id: int) -> bytes:
     """PrologSlurmctld's report, as the hook posts it."""
-    env = {"SLURM_JOB_ID": str(job_id), "SLURM_JOB_USER": "root", "SLURM_JOB_UID": "0",
-           "SLURM_JOB_PARTITION": "debug", "SLURM_JOB_NODELIST": "lk1"}  # fmt: skip
+    env = {
+        "SLURM_JOB_ID": str(job_id),
+        "SLURM_JOB_USER": "root",
+        "SLURM_JOB_UID": "0",
+        "SLURM_JOB_PARTITION": "debug",
+        "SLURM_JOB_NODELIST": "lk1",
+    }
     return json.dumps({"env": env, "kind": "prologslurmctld", "t": time.time()}).encode()
 
 
@@ -443,8 +495,12 @@ def small_filesystem(path: Path, size: str = "8m"):
     if os.geteuid() != 0:
         required("mounting a tmpfs needs root (./test.sh runs as root)")
     path.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)],
-                   check=True, capture_output=True, timeout=30)  # fmt: skip
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
     try:
         yield path
     finally:
@@ -554,16 +610,24 @@ def test_sigkill_during_heavy_ingest_loses_nothing_acknowledged_and_stores_every
         for s in senders:
             s.add(2000)
         total = sum(len(s.rows) for s in senders)
-        wait_for("a quarter of the envelopes to be acknowledged",
-                 lambda: sum(len(s.acked_now()) for s in senders) >= total // 4, 60, 0.01)  # fmt: skip
+        wait_for(
+            "a quarter of the envelopes to be acknowledged",
+            lambda: sum(len(s.acked_now()) for s in senders) >= total // 4,
+            60,
+            0.01,
+        )
         d.kill()
         acked = {s: s.acked_now() for s in senders}
         in_flight = sum(s.in_flight() for s in senders)
         assert in_flight > 0 and sum(map(len, acked.values())) < total, "killed after the ingest"
         assert_acked_stored(d, acked)
         d.start()
-        wait_for("every envelope to be acknowledged",
-                 lambda: all(s.answered(s.rows) for s in senders), 90, 0.1)  # fmt: skip
+        wait_for(
+            "every envelope to be acknowledged",
+            lambda: all(s.answered(s.rows) for s in senders),
+            90,
+            0.1,
+        )
         assert not any(s.nacked for s in senders)
         assert d.stop() == 0, d.log()
         assert_stored_exactly_once(d, senders)

@@ -162,8 +162,10 @@ def test_an_imported_history_with_few_recent_successes_activates_nothing(tmp_pat
     cfg = _config(tmp_path)
     lines = gzip.open(ROOT / "data" / "workload-v1" / "sacct.txt.gz", "rt").read().splitlines()
     head, state = lines[0].split("|"), lines[0].split("|").index("State")
-    jobs = sorted((ln.split("|") for ln in lines[1:] if "." not in ln.split("|")[0]),
-                  key=lambda f: f[head.index("Start")])  # fmt: skip
+    jobs = sorted(
+        (ln.split("|") for ln in lines[1:] if "." not in ln.split("|")[0]),
+        key=lambda f: f[head.index("Start")],
+    )
     bad = {f[0] for f in jobs[-400:-3]}
     text = []
     for ln in lines:
@@ -180,7 +182,9 @@ def test_an_imported_history_with_few_recent_successes_activates_nothing(tmp_pat
     out = json.loads(_train(cfg, "--json").stdout)
     assert not out["activated"] and out["recent_jobs"] == 320
     # The last 3 by sacct's Start kept their own outcome: at most 3 successes.
-    m = re.match(r"not activated: the recent part has 320 jobs, (\d+) failures and (\d+) successes",
-                 out["activation"])  # fmt: skip
+    m = re.match(
+        r"not activated: the recent part has 320 jobs, (\d+) failures and (\d+) successes",
+        out["activation"],
+    )
     assert m and int(m.group(1)) + int(m.group(2)) == 320 and int(m.group(2)) <= 3, out
     assert [m["active"] for m in _models(cfg)] == [False]

@@ -84,9 +84,16 @@ class FakeCluster:
 
 def _run(state: Path, cluster: FakeCluster, n: int, **kw) -> dict:
     return wl.run(
-        n, state, seed=3, submit=cluster.submit, active=lambda: 0, find=cluster.find,
-        sleep=lambda s: None, clock=lambda: 0.0, **kw,
-    )  # fmt: skip
+        n,
+        state,
+        seed=3,
+        submit=cluster.submit,
+        active=lambda: 0,
+        find=cluster.find,
+        sleep=lambda s: None,
+        clock=lambda: 0.0,
+        **kw,
+    )
 
 
 def test_a_run_in_two_parts_submits_what_one_run_does(tmp_path):
@@ -125,8 +132,16 @@ def test_a_failed_sbatch_is_retried_without_duplicates(tmp_path):
             raise RuntimeError("sbatch failed (1): Socket timed out")
         return cluster.submit(job)
 
-    wl.run(12, tmp_path / "s", seed=3, submit=flaky, active=lambda: 0, find=cluster.find,
-           sleep=lambda s: None, clock=lambda: 0.0)  # fmt: skip
+    wl.run(
+        12,
+        tmp_path / "s",
+        seed=3,
+        submit=flaky,
+        active=lambda: 0,
+        find=cluster.find,
+        sleep=lambda s: None,
+        clock=lambda: 0.0,
+    )
     assert cluster.submitted == reference.submitted
 
 
@@ -139,9 +154,14 @@ def test_a_state_dir_refuses_another_seed(tmp_path):
 def test_the_queue_is_kept_short(tmp_path):
     waits = []
     wl.run(
-        3, tmp_path, seed=1, submit=FakeCluster().submit, active=lambda: 20 if len(waits) < 5 else 3,
-        sleep=waits.append, max_active=20,
-    )  # fmt: skip
+        3,
+        tmp_path,
+        seed=1,
+        submit=FakeCluster().submit,
+        active=lambda: 20 if len(waits) < 5 else 3,
+        sleep=waits.append,
+        max_active=20,
+    )
     assert waits.count(1.0) == 5
 
 

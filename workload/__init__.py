@@ -15,4 +15,4 @@ from .generator import (  # noqa: F401
     run,
     sbatch_argv,
     synthesize,
-)  # fmt: skip
+)

@@ -39,8 +39,27 @@ MIN_RUN_S, MAX_RUN_S = 3.0, 20.0
 MEM_MIN_MB, MEM_MAX_MB = 100, 1500
 # What the job's cgroup holds besides the bytearray (sh, python, and srun on the first node).
 OVERHEAD_MB = {1: 12.0, 2: 24.0}
-ROUND_MEM = (100, 128, 150, 200, 250, 256, 300, 400, 500, 512, 600, 700, 750, 800, 900, 1000,
-             1024, 1200, 1500)  # fmt: skip
+ROUND_MEM = (
+    100,
+    128,
+    150,
+    200,
+    250,
+    256,
+    300,
+    400,
+    500,
+    512,
+    600,
+    700,
+    750,
+    800,
+    900,
+    1000,
+    1024,
+    1200,
+    1500,
+)
 FAIL_CODES = (1, 1, 1, 2, 3, 127)
 
 
@@ -88,30 +107,110 @@ class User:
 
 
 USERS: tuple[User, ...] = (
-    User("carol", 2003, "research", 0.14,
-         {"train_resnet": 3, "preprocess": 3, "align_bwa": 2, "postproc_stats": 2},
-         0.0, 1.0, 0.25, 6.0, 0.05, 0.03, habit="under-requests memory",
-         mem_by_type=(("train_resnet", 0.85), ("preprocess", 0.95), ("align_bwa", 1.3),
-                      ("postproc_stats", 1.5))),
-    User("dave", 2004, "physics", 0.14,
-         {"sim_md": 4, "train_resnet": 2, "align_bwa": 1, "postproc_stats": 1},
-         0.0, 2.8, 0.15, 1.3, 0.85, 0.03, habit="under-requests time", need_scale=2.0),
-    User("erin", 2005, "research", 0.12,
-         {"align_bwa": 3, "preprocess": 3, "sim_md": 1, "postproc_stats": 1},
-         0.0, 2.8, 0.15, 6.0, 0.05, 0.02, heavy_writer=True, habit="writes heavily to shared storage"),
-    User("frank", 2006, "physics", 0.12,
-         {"sim_md": 2, "postproc_stats": 2, "train_resnet": 1, "preprocess": 1},
-         -0.1, 2.8, 0.15, 6.0, 0.05, 0.30, habit="flaky code"),
-    User("grace", 2007, "research", 0.18,
-         {"align_bwa": 2, "postproc_stats": 2, "preprocess": 1, "train_resnet": 1},
-         0.0, 2.8, 0.15, 6.0, 0.06, 0.02),
-    User("heidi", 2008, "physics", 0.16,
-         {"sim_md": 3, "postproc_stats": 1, "train_resnet": 1},
-         0.1, 3.0, 0.15, 7.0, 0.05, 0.015),
-    User("ivan", 2009, "research", 0.16,
-         {"preprocess": 2, "align_bwa": 2, "postproc_stats": 2, "train_resnet": 1},
-         -0.1, 2.8, 0.2, 6.0, 0.06, 0.025),
-)  # fmt: skip
+    User(
+        "carol",
+        2003,
+        "research",
+        0.14,
+        {"train_resnet": 3, "preprocess": 3, "align_bwa": 2, "postproc_stats": 2},
+        0.0,
+        1.0,
+        0.25,
+        6.0,
+        0.05,
+        0.03,
+        habit="under-requests memory",
+        mem_by_type=(
+            ("train_resnet", 0.85),
+            ("preprocess", 0.95),
+            ("align_bwa", 1.3),
+            ("postproc_stats", 1.5),
+        ),
+    ),
+    User(
+        "dave",
+        2004,
+        "physics",
+        0.14,
+        {"sim_md": 4, "train_resnet": 2, "align_bwa": 1, "postproc_stats": 1},
+        0.0,
+        2.8,
+        0.15,
+        1.3,
+        0.85,
+        0.03,
+        habit="under-requests time",
+        need_scale=2.0,
+    ),
+    User(
+        "erin",
+        2005,
+        "research",
+        0.12,
+        {"align_bwa": 3, "preprocess": 3, "sim_md": 1, "postproc_stats": 1},
+        0.0,
+        2.8,
+        0.15,
+        6.0,
+        0.05,
+        0.02,
+        heavy_writer=True,
+        habit="writes heavily to shared storage",
+    ),
+    User(
+        "frank",
+        2006,
+        "physics",
+        0.12,
+        {"sim_md": 2, "postproc_stats": 2, "train_resnet": 1, "preprocess": 1},
+        -0.1,
+        2.8,
+        0.15,
+        6.0,
+        0.05,
+        0.30,
+        habit="flaky code",
+    ),
+    User(
+        "grace",
+        2007,
+        "research",
+        0.18,
+        {"align_bwa": 2, "postproc_stats": 2, "preprocess": 1, "train_resnet": 1},
+        0.0,
+        2.8,
+        0.15,
+        6.0,
+        0.06,
+        0.02,
+    ),
+    User(
+        "heidi",
+        2008,
+        "physics",
+        0.16,
+        {"sim_md": 3, "postproc_stats": 1, "train_resnet": 1},
+        0.1,
+        3.0,
+        0.15,
+        7.0,
+        0.05,
+        0.015,
+    ),
+    User(
+        "ivan",
+        2009,
+        "research",
+        0.16,
+        {"preprocess": 2, "align_bwa": 2, "postproc_stats": 2, "train_resnet": 1},
+        -0.1,
+        2.8,
+        0.2,
+        6.0,
+        0.06,
+        0.025,
+    ),
+)
 USER_BY_NAME = {u.name: u for u in USERS}
 SIZE_SIGMA = 0.35
 TIME_SIZE_EXP = 0.8  # needed time grows with size ** 0.8
@@ -205,21 +304,35 @@ def draw_job(seed: int, index: int) -> dict[str, Any]:
     else:
         outcome, exit_code = "COMPLETED", 0
     return {
-        "index": index, "seed": seed, "user": user.name, "uid": user.uid,
-        "account": user.account, "partition": partition, "job_name": job_name,
-        "job_type": jtype_name, "mem_mb": mem_mb, "cpus": cpus, "nodes": nodes,
+        "index": index,
+        "seed": seed,
+        "user": user.name,
+        "uid": user.uid,
+        "account": user.account,
+        "partition": partition,
+        "job_name": job_name,
+        "job_type": jtype_name,
+        "mem_mb": mem_mb,
+        "cpus": cpus,
+        "nodes": nodes,
         "time_limit_min": time_limit,
-        "p_fail": p_fail, "p_oom": p_oom, "p_timeout": p_timeout, "p_error": p_error,
-        "outcome": outcome, "exit_code": exit_code,
+        "p_fail": p_fail,
+        "p_oom": p_oom,
+        "p_timeout": p_timeout,
+        "p_error": p_error,
+        "outcome": outcome,
+        "exit_code": exit_code,
         "behaviour": {
-            "peak_mb": round(peak_mb, 1), "need_min": round(need_min, 4),
-            "run_s": round(run_s, 2), "cpu_frac": round(cpu_frac, 3),
+            "peak_mb": round(peak_mb, 1),
+            "need_min": round(need_min, 4),
+            "run_s": round(run_s, 2),
+            "cpu_frac": round(cpu_frac, 3),
             "write_mb": round(write_mb, 2),
             "quota_mb": None if math.isinf(quota_mb) else round(quota_mb, 2),
             "err_at": round(err_at, 3) if outcome == "FAILED" and errs else None,
             "err_code": err_code if errs else None,
         },
-    }  # fmt: skip
+    }
 
 
 _USER_P = np.array([u.weight for u in USERS]) / sum(u.weight for u in USERS)
@@ -325,7 +438,9 @@ def _schedule(jobs: list[dict], submits: np.ndarray) -> list[float]:
 # --------------------------------------------------------------------------------------------
 # The real run.
 
-JOB_SCRIPT = r'''"""NØMADE workload job: write, allocate, compute, and fail as told (workload/generator.py)."""
+JOB_SCRIPT = (
+    r'''"""NØMADE workload job: write, allocate, compute, and fail as told'''
+    r''' (workload/generator.py)."""
 import os, sys, time
 write_mb, quota_mb, peak_mb, run_s, cpu_frac, err_at, err_code, hang = map(float, sys.argv[1:9])
 scratch = sys.argv[9]
@@ -364,6 +479,7 @@ if err_at >= 0:
     print("error: step failed (simulated), exit %d" % err_code, file=sys.stderr)
     sys.exit(int(err_code))
 '''
+)
 
 
 def job_command(job: dict[str, Any], state: Path) -> str:
@@ -372,9 +488,15 @@ def job_command(job: dict[str, Any], state: Path) -> str:
     hang = job["outcome"] == "TIMEOUT"
     err_at = b["err_at"] if b["err_at"] is not None else -1
     args = [
-        b["write_mb"], b["quota_mb"] if b["quota_mb"] is not None else -1, b["peak_mb"],
-        b["run_s"], b["cpu_frac"], err_at, b["err_code"] or 0, int(hang),
-    ]  # fmt: skip
+        b["write_mb"],
+        b["quota_mb"] if b["quota_mb"] is not None else -1,
+        b["peak_mb"],
+        b["run_s"],
+        b["cpu_frac"],
+        err_at,
+        b["err_code"] or 0,
+        int(hang),
+    ]
     scratch = state / "scratch" / job["user"]
     cmd = f"/usr/bin/python3 {state / 'bin' / 'wljob.py'} {' '.join(map(str, args))} {scratch}"
     return f"/usr/bin/srun {cmd}" if job["nodes"] > 1 else cmd
@@ -382,14 +504,24 @@ def job_command(job: dict[str, Any], state: Path) -> str:
 
 def sbatch_argv(job: dict[str, Any], state: Path) -> list[str]:
     return [
-        "sbatch", "--parsable", f"--uid={job['uid']}", f"--gid={job['uid']}",
-        f"--account={job['account']}", f"--partition={job['partition']}",
-        f"--job-name={job['job_name']}", f"--mem={job['mem_mb']}",
-        f"--cpus-per-task={job['cpus']}", f"--nodes={job['nodes']}", "--ntasks-per-node=1",
-        f"--time={job['time_limit_min']}", f"--chdir={state / 'work'}",
-        f"--output={state / 'out' / '%j.out'}", f"--comment={_tag(job)}",
-        "--export=NONE", f"--wrap={job_command(job, state)}",
-    ]  # fmt: skip
+        "sbatch",
+        "--parsable",
+        f"--uid={job['uid']}",
+        f"--gid={job['uid']}",
+        f"--account={job['account']}",
+        f"--partition={job['partition']}",
+        f"--job-name={job['job_name']}",
+        f"--mem={job['mem_mb']}",
+        f"--cpus-per-task={job['cpus']}",
+        f"--nodes={job['nodes']}",
+        "--ntasks-per-node=1",
+        f"--time={job['time_limit_min']}",
+        f"--chdir={state / 'work'}",
+        f"--output={state / 'out' / '%j.out'}",
+        f"--comment={_tag(job)}",
+        "--export=NONE",
+        f"--wrap={job_command(job, state)}",
+    ]
 
 
 def _tag(job: dict[str, Any]) -> str:
@@ -607,8 +739,20 @@ def write_readme(out: Path, state: Path) -> dict[str, dict[str, int]]:
             for key in (g["user"], "all"):
                 per = counts.setdefault(key, {})
                 per[real[g["job_id"]]] = per.get(real[g["job_id"]], 0) + 1
-    outcomes = [o for o in ("COMPLETED", "FAILED", "OUT_OF_MEMORY", "TIMEOUT", "CANCELLED",
-                            "NODE_FAIL", "PREEMPTED", "OTHER") if counts["all"].get(o)]  # fmt: skip
+    outcomes = [
+        o
+        for o in (
+            "COMPLETED",
+            "FAILED",
+            "OUT_OF_MEMORY",
+            "TIMEOUT",
+            "CANCELLED",
+            "NODE_FAIL",
+            "PREEMPTED",
+            "OTHER",
+        )
+        if counts["all"].get(o)
+    ]
     ended = [g for g in gen if g["job_id"] in real]
     y = np.array([real[g["job_id"]] not in ("COMPLETED", "CANCELLED") for g in ended])
     p = np.array([g["p_fail"] for g in ended])
@@ -655,9 +799,22 @@ def write_readme(out: Path, state: Path) -> dict[str, dict[str, int]]:
 
 
 _EXPORT_KEYS = (
-    "index", "seed", "user", "account", "partition", "job_name", "job_type", "mem_mb", "cpus",
-    "nodes", "time_limit_min", "p_fail", "p_oom", "p_timeout", "p_error",
-)  # fmt: skip
+    "index",
+    "seed",
+    "user",
+    "account",
+    "partition",
+    "job_name",
+    "job_type",
+    "mem_mb",
+    "cpus",
+    "nodes",
+    "time_limit_min",
+    "p_fail",
+    "p_oom",
+    "p_timeout",
+    "p_error",
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,7 @@
-"""A client of the aggregator's HTTP API (aggregator/daemon/api.py): each request signed with a MUNGE
-credential for exactly its method, target and body; https verified against `security.tls_ca`
-or the system's trust store.  Every failure is one ApiError line for the caller to print.
+"""A client of the aggregator's HTTP API (aggregator/daemon/api.py): each request signed with a
+MUNGE credential for exactly its method, target and body; https verified against
+`security.tls_ca` or the system's trust store.  Every failure is one ApiError line for the
+caller to print.
 """
 
 from __future__ import annotations
@@ -31,8 +32,16 @@ def target(path: str, params: dict[str, Any] | None = None) -> str:
     return f"{path}?{query}" if query else path
 
 
-def call(url: str, method: str, where: str, body: bytes = b"", *, ca: str = "",
-         munge_socket: str = "", timeout: float = 10.0) -> Any:  # fmt: skip
+def call(
+    url: str,
+    method: str,
+    where: str,
+    body: bytes = b"",
+    *,
+    ca: str = "",
+    munge_socket: str = "",
+    timeout: float = 10.0,
+) -> Any:
     """METHOD URL+WHERE (a path with its query string) with a MUNGE credential; the JSON answer."""
     base = url.rstrip("/")
     try:
@@ -40,8 +49,9 @@ def call(url: str, method: str, where: str, body: bytes = b"", *, ca: str = "",
     except munge.MungeError as exc:
         raise ApiError(f"cannot make a MUNGE credential on this host: {exc}") from None
     headers = {"Authorization": auth, "Content-Type": "application/json"}
-    req = urllib.request.Request(base + where, data=body if method != "GET" else None,
-                                 method=method, headers=headers)  # fmt: skip
+    req = urllib.request.Request(
+        base + where, data=body if method != "GET" else None, method=method, headers=headers
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout, context=_tls(base, ca)) as resp:
             return json.loads(resp.read())
@@ -58,8 +68,13 @@ def call(url: str, method: str, where: str, body: bytes = b"", *, ca: str = "",
 
 def get(cfg: Config, path: str, params: dict[str, Any] | None = None) -> Any:
     """A signed GET of PATH at `hooks.aggregator_url`, with the configuration's TLS and MUNGE."""
-    return call(cfg.hooks.aggregator_url, "GET", target(path, params),
-                ca=cfg.security.tls_ca, munge_socket=cfg.security.munge_socket)  # fmt: skip
+    return call(
+        cfg.hooks.aggregator_url,
+        "GET",
+        target(path, params),
+        ca=cfg.security.tls_ca,
+        munge_socket=cfg.security.munge_socket,
+    )
 
 
 def _tls(url: str, ca: str) -> ssl.SSLContext | None:

@@ -51,8 +51,14 @@ def start(cfg: Config, nodes: list[str], what: str = "all") -> list[str]:
         if pid and _alive(pid, argv[0].rsplit("/", 1)[-1]):
             continue
         log = open(rd / f"{name}.log", "ab")  # noqa: SIM115 (handed to the child)
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env={**os.environ, **extra}, start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **extra},
+            start_new_session=True,
+        )
         pidfile.write_text(str(proc.pid))
         started.append(f"{name} (pid {proc.pid}, log {rd / f'{name}.log'})")
     time.sleep(0.5)

@@ -89,8 +89,9 @@ def shell_settings(cfg: Config) -> str:
     return "".join(f"{k}={shlex.quote(v)}\n" for k, v in values.items())
 
 
-def install(cfg: Config, prefix: str | None = None, include: str | None = None,
-            slurm_user: str = "slurm") -> list[str]:  # fmt: skip
+def install(
+    cfg: Config, prefix: str | None = None, include: str | None = None, slurm_user: str = "slurm"
+) -> list[str]:
     """Install the hooks; return the slurm.conf lines (also written to INCLUDE if given)."""
     dest = Path(prefix or cfg.hooks.prefix)
     earlier = _read_manifest(dest)  # a re-install (upgrade) keeps what the first one found
@@ -130,11 +131,17 @@ def install(cfg: Config, prefix: str | None = None, include: str | None = None,
         except FileNotFoundError:
             include_before = None
         Path(include).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    manifest = {"files": [*FILES, "hooks.json", "hooks.env"], "created_dirs": created_dirs,
-                "state_path": str(state), "state_dir": str(state) if state_created_dirs else None,
-                "state_created_dirs": state_created_dirs, "state_owner_before": state_owner,
-                "reports_dir": str(reports) if reports_created else None,
-                "include": include, "include_before": include_before}  # fmt: skip
+    manifest = {
+        "files": [*FILES, "hooks.json", "hooks.env"],
+        "created_dirs": created_dirs,
+        "state_path": str(state),
+        "state_dir": str(state) if state_created_dirs else None,
+        "state_created_dirs": state_created_dirs,
+        "state_owner_before": state_owner,
+        "reports_dir": str(reports) if reports_created else None,
+        "include": include,
+        "include_before": include_before,
+    }
     if earlier:
         manifest["created_dirs"] = earlier.get("created_dirs") or []
         if earlier.get("state_path") == str(state):

@@ -28,8 +28,10 @@ class KeysError(Exception):
 
 def require_root(command: str) -> None:
     if os.geteuid() != 0:
-        raise KeysError(f"nomadectl {command}: only root may manage agent keys (they decide which "
-                        f"nodes may send data to the aggregator)")  # fmt: skip
+        raise KeysError(
+            f"nomadectl {command}: only root may manage agent keys (they decide which "
+            f"nodes may send data to the aggregator)"
+        )
 
 
 def service_owner(database: str) -> int | None:
@@ -57,8 +59,11 @@ def parse(text: str, source: str) -> list[tuple[int, str, str]]:
         pairs = keys.parse_enrolment(text, source)
     except ValueError as exc:
         raise KeysError(str(exc)) from None
-    numbers = [n for n, line in enumerate(text.splitlines(), 1)
-               if line.split() and not line.split()[0].startswith("#")]  # fmt: skip
+    numbers = [
+        n
+        for n, line in enumerate(text.splitlines(), 1)
+        if line.split() and not line.split()[0].startswith("#")
+    ]
     return [(n, node, key) for n, (node, key) in zip(numbers, pairs, strict=True)]
 
 
@@ -74,8 +79,9 @@ def _duplicates(lines: list[tuple[int, str, str]], source: str) -> list[str]:
     return problems
 
 
-def _verdict(row: dict[str, Any] | None, owner: str | None, node: str, key: str,
-             replace: bool) -> str:  # fmt: skip
+def _verdict(
+    row: dict[str, Any] | None, owner: str | None, node: str, key: str, replace: bool
+) -> str:
     """What enrolling KEY for NODE does: add, replace, keep, or why not ("!...")."""
     if owner is not None and owner != node:
         return f"!this key is already enrolled for {owner}"
@@ -93,8 +99,9 @@ def _verdict(row: dict[str, Any] | None, owner: str | None, node: str, key: str,
     return "replace"
 
 
-def add(conn: Any, lines: list[tuple[int, str, str]], source: str,
-        replace: bool = False) -> dict[str, int]:  # fmt: skip
+def add(
+    conn: Any, lines: list[tuple[int, str, str]], source: str, replace: bool = False
+) -> dict[str, int]:
     """Enrol LINES in one transaction; KeysError listing every refused line, nothing written."""
     problems = _duplicates(lines, source)
     counts = {"add": 0, "replace": 0, "keep": 0}
@@ -113,8 +120,12 @@ def add(conn: Any, lines: list[tuple[int, str, str]], source: str,
         if problems:
             raise KeysError(_refused(problems))
         changed = [node for _, node, _ in lines][:20]
-        store.audit(conn, "keys add", f"{counts['add']} added, {counts['replace']} replaced, "
-                    f"{counts['keep']} unchanged from {source}: {' '.join(changed)}")  # fmt: skip
+        store.audit(
+            conn,
+            "keys add",
+            f"{counts['add']} added, {counts['replace']} replaced, "
+            f"{counts['keep']} unchanged from {source}: {' '.join(changed)}",
+        )
     return counts
 
 
@@ -164,6 +175,8 @@ def table(rows: list[dict[str, Any]]) -> str:
     out = [f"{'NODE':<16}{'PUBLIC KEY':<42}{'ADDED':<18}{'BY':<10}{'LAST SEEN (CURVE)':<19}REVOKED"]
     for r in rows:
         revoked = "-" if r["revoked"] is None else f"{when(r['revoked'])} by {r['revoked_by']}"
-        out.append(f"{r['node']:<16}{r['public_key']:<42}{when(r['added']):<18}{r['added_by']:<10}"
-                   f"{when(r['last_seen_curve']):<19}{revoked}")  # fmt: skip
+        out.append(
+            f"{r['node']:<16}{r['public_key']:<42}{when(r['added']):<18}{r['added_by']:<10}"
+            f"{when(r['last_seen_curve']):<19}{revoked}"
+        )
     return "\n".join(out)

@@ -17,9 +17,21 @@ from typing import Any
 from collectors.slurm import scontrol
 from collectors.slurm import slurmvalues as sv
 
-_SHORT = {"-c": "--cpus-per-task", "-n": "--ntasks", "-N": "--nodes", "-t": "--time", "-p": "--partition",
-          "-A": "--account", "-J": "--job-name", "-G": "--gpus", "-o": "--output", "-e": "--error",
-          "-D": "--chdir", "-q": "--qos", "-w": "--nodelist"}  # fmt: skip
+_SHORT = {
+    "-c": "--cpus-per-task",
+    "-n": "--ntasks",
+    "-N": "--nodes",
+    "-t": "--time",
+    "-p": "--partition",
+    "-A": "--account",
+    "-J": "--job-name",
+    "-G": "--gpus",
+    "-o": "--output",
+    "-e": "--error",
+    "-D": "--chdir",
+    "-q": "--qos",
+    "-w": "--nodelist",
+}
 _FLAGS = {"--exclusive", "--hold", "--requeue", "--no-requeue", "--parsable", "--wait", "-H", "-W"}
 
 
@@ -153,8 +165,11 @@ def cluster_defaults(scontrol_cmd: str = "scontrol") -> dict[str, Any]:
         name = rec.get("PartitionName")
         if not name:
             continue
-        out["partitions"][name] = {k: rec.get(k) for k in ("DefMemPerCPU", "DefMemPerNode", "DefaultTime", "MaxTime")
-                                   if rec.get(k) not in (None, "UNLIMITED") or k == "MaxTime"}  # fmt: skip
+        out["partitions"][name] = {
+            k: rec.get(k)
+            for k in ("DefMemPerCPU", "DefMemPerNode", "DefaultTime", "MaxTime")
+            if rec.get(k) not in (None, "UNLIMITED") or k == "MaxTime"
+        }
         if rec.get("Default") == "YES":
             out["default_partition"] = name
     for line in conf.stdout.splitlines():
@@ -164,8 +179,9 @@ def cluster_defaults(scontrol_cmd: str = "scontrol") -> dict[str, Any]:
     return out
 
 
-def ask_aggregator(url: str, req: dict[str, Any], timeout: float = 10.0, *, ca: str = "",
-                   munge_socket: str = "") -> dict[str, Any]:  # fmt: skip
+def ask_aggregator(
+    url: str, req: dict[str, Any], timeout: float = 10.0, *, ca: str = "", munge_socket: str = ""
+) -> dict[str, Any]:
     """POST the request to the aggregator's /api/v1/check, signed with the caller's MUNGE
     credential (the aggregator scores it as that user); apiclient.ApiError when it cannot."""
     import json
@@ -173,6 +189,7 @@ def ask_aggregator(url: str, req: dict[str, Any], timeout: float = 10.0, *, ca: 
     from aggregator.admin.apiclient import call
 
     body = json.dumps({"request": req}).encode()
-    answer = call(url, "POST", "/api/v1/check", body, ca=ca, munge_socket=munge_socket,
-                  timeout=timeout)  # fmt: skip
+    answer = call(
+        url, "POST", "/api/v1/check", body, ca=ca, munge_socket=munge_socket, timeout=timeout
+    )
     return {"request": req, **answer}

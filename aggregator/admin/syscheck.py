@@ -63,8 +63,12 @@ def _database(path: str) -> list[Check]:
     except StoreError as exc:
         return [Check("Database", "database", "fail", f"{path}: {exc}")]
     state = "ok" if version == SCHEMA_VERSION else "fail"
-    return [Check("Database", "database", "ok", path),
-            Check("Database", "schema version", state, f"{version} (this NØMADE expects {SCHEMA_VERSION})")]  # fmt: skip
+    return [
+        Check("Database", "database", "ok", path),
+        Check(
+            "Database", "schema version", state, f"{version} (this NØMADE expects {SCHEMA_VERSION})"
+        ),
+    ]
 
 
 def _collectors(cfg: Config) -> list[Check]:
@@ -78,8 +82,14 @@ def _collectors(cfg: Config) -> list[Check]:
         for c in collectors:
             why = skip_reason(c, cfg)
             every = getattr(cfg.collectors, c.name).interval_seconds
-            out.append(Check(f"Collectors ({role})", c.name, "skip" if why else "ok",
-                             why or f"every {every:g} s: {c.what}"))  # fmt: skip
+            out.append(
+                Check(
+                    f"Collectors ({role})",
+                    c.name,
+                    "skip" if why else "ok",
+                    why or f"every {every:g} s: {c.what}",
+                )
+            )
     return out
 
 
@@ -87,17 +97,30 @@ def _slurmdbd(conf: dict[str, str]) -> list[Check]:
     """slurmdbd answers, and knows this cluster (sacct has the jobs NØMADE reconciles)."""
     cluster = conf.get("ClusterName", "")
     try:
-        out = subprocess.run(["sacctmgr", "-n", "-P", "show", "cluster", "format=cluster"],
-                             capture_output=True, text=True, timeout=10)  # fmt: skip
+        out = subprocess.run(
+            ["sacctmgr", "-n", "-P", "show", "cluster", "format=cluster"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return [Check("Slurm", "slurmdbd answers", "fail", f"sacctmgr: {type(exc).__name__}")]
     if out.returncode != 0:
         first = (out.stderr.strip().splitlines() or ["no message"])[0]
-        return [Check("Slurm", "slurmdbd answers", "fail", f"sacctmgr exited {out.returncode}: {first}")]
+        return [
+            Check("Slurm", "slurmdbd answers", "fail", f"sacctmgr exited {out.returncode}: {first}")
+        ]
     known = out.stdout.split()
-    return [Check("Slurm", "slurmdbd answers", "ok" if cluster in known else "fail",
-                  f"cluster {cluster} registered" if cluster in known
-                  else f"cluster {cluster!r} not in slurmdbd (known: {', '.join(known) or 'none'})")]  # fmt: skip
+    return [
+        Check(
+            "Slurm",
+            "slurmdbd answers",
+            "ok" if cluster in known else "fail",
+            f"cluster {cluster} registered"
+            if cluster in known
+            else f"cluster {cluster!r} not in slurmdbd (known: {', '.join(known) or 'none'})",
+        )
+    ]
 
 
 def _controller_hooks_report(path: str) -> list[Check]:
@@ -112,17 +135,36 @@ def _controller_hooks_report(path: str) -> list[Check]:
     except StoreError:
         return []
     if node == 0:
-        return [Check("Slurm hooks", "PrologSlurmctld reports", "skip", "no job started in the last day")]
+        return [
+            Check(
+                "Slurm hooks", "PrologSlurmctld reports", "skip", "no job started in the last day"
+            )
+        ]
     if head == 0:
-        return [Check("Slurm hooks", "PrologSlurmctld reports", "fail",
-                      f"none for the {node} jobs whose nodes reported a start in the last day: restart "
-                      "slurmctld (it runs PrologSlurmctld only if it was configured when slurmctld started)")]  # fmt: skip
-    return [Check("Slurm hooks", "PrologSlurmctld reports", "ok", f"{head} job starts in the last day")]
+        return [
+            Check(
+                "Slurm hooks",
+                "PrologSlurmctld reports",
+                "fail",
+                f"none for the {node} jobs whose nodes reported a start in the last day: restart "
+                "slurmctld (it runs PrologSlurmctld only if it was configured when slurmctld "
+                "started)",
+            )
+        ]
+    return [
+        Check("Slurm hooks", "PrologSlurmctld reports", "ok", f"{head} job starts in the last day")
+    ]
 
 
 def run(cfg: Config) -> list[Check]:
-    checks = [Check("Python", "version", "ok" if sys.version_info >= (3, 11) else "fail",
-                    sys.version.split()[0] + " (requires >= 3.11)")]  # fmt: skip
+    checks = [
+        Check(
+            "Python",
+            "version",
+            "ok" if sys.version_info >= (3, 11) else "fail",
+            sys.version.split()[0] + " (requires >= 3.11)",
+        )
+    ]
     for mod in ("zmq", "msgpack", "click"):
         try:
             __import__(mod)
@@ -134,13 +176,25 @@ def run(cfg: Config) -> list[Check]:
     conf = slurm_config()
     if conf:
         storage = conf.get("AccountingStorageType", "")
-        checks.append(Check("Slurm", "slurmdbd", "ok" if "slurmdbd" in storage else "skip",
-                            storage or "not set (sacct has no history: no reconciliation)"))  # fmt: skip
+        checks.append(
+            Check(
+                "Slurm",
+                "slurmdbd",
+                "ok" if "slurmdbd" in storage else "skip",
+                storage or "not set (sacct has no history: no reconciliation)",
+            )
+        )
         if "slurmdbd" in storage and shutil.which("sacctmgr"):
             checks += _slurmdbd(conf)
         gather = conf.get("JobAcctGatherType", "")
-        checks.append(Check("Slurm", "JobAcctGather", "ok" if gather and "none" not in gather else "skip",
-                            gather or "not set (MaxRSS and TotalCPU missing from sacct)"))  # fmt: skip
+        checks.append(
+            Check(
+                "Slurm",
+                "JobAcctGather",
+                "ok" if gather and "none" not in gather else "skip",
+                gather or "not set (MaxRSS and TotalCPU missing from sacct)",
+            )
+        )
         for key in ("Prolog", "PrologSlurmctld", "Epilog", "EpilogSlurmctld", "TaskProlog"):
             value = conf.get(key, "(null)")
             ok = (
@@ -157,13 +211,24 @@ def run(cfg: Config) -> list[Check]:
                     value if value != "(null)" else "not set (nomadectl install-hooks)",
                 )
             )
-    for tool, why in (("iostat", "no device I/O"), ("mpstat", "no per-core CPU"), ("vmstat", "no memory pressure"),
-                      ("nvidia-smi", "no GPU monitoring"), ("nfsiostat", "no NFS monitoring")):  # fmt: skip
+    for tool, why in (
+        ("iostat", "no device I/O"),
+        ("mpstat", "no per-core CPU"),
+        ("vmstat", "no memory pressure"),
+        ("nvidia-smi", "no GPU monitoring"),
+        ("nfsiostat", "no NFS monitoring"),
+    ):
         checks.append(_tool("System tools", tool, why))
     checks.append(_cgroup(cfg.agent.cgroup_root))
     io_ok = os.access(f"{cfg.agent.proc_root}/1/io", os.R_OK)
-    checks.append(Check("System", "/proc/<pid>/io", "ok" if io_ok else "skip",
-                        "readable" if io_ok else "not readable (run the agent as root): no per-job I/O bytes"))  # fmt: skip
+    checks.append(
+        Check(
+            "System",
+            "/proc/<pid>/io",
+            "ok" if io_ok else "skip",
+            "readable" if io_ok else "not readable (run the agent as root): no per-job I/O bytes",
+        )
+    )
     checks += _collectors(cfg)
     checks += _database(cfg.database)
     checks += _controller_hooks_report(cfg.database)

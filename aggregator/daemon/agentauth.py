@@ -57,8 +57,9 @@ INSECURE_WARNING = (
 def load_server_secret(cfg: Config) -> tuple[bytes, bytes]:
     """The aggregator's CURVE pair (public, secret) as Z85 bytes; ConfigError naming the file
     and the command that makes it."""
-    public, secret = keys.load_or_hint(cfg.security.server_secret(), secret=True,
-                                       hint="nomadectl init makes it")  # fmt: skip
+    public, secret = keys.load_or_hint(
+        cfg.security.server_secret(), secret=True, hint="nomadectl init makes it"
+    )
     assert secret is not None
     return public.encode(), secret.encode()
 
@@ -256,8 +257,12 @@ class HandshakeWatch:
     """Handshakes libzmq refuses before any ZAP question (a peer without CURVE, or one using
     another server key), read from the socket's monitor and counted with the peer's address."""
 
-    EVENTS = (zmq.EVENT_ACCEPTED | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_DISCONNECTED
-              | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)  # fmt: skip
+    EVENTS = (
+        zmq.EVENT_ACCEPTED
+        | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+        | zmq.EVENT_DISCONNECTED
+        | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    )
 
     def __init__(self, sock: zmq.Socket, refusals: Refusals) -> None:
         self.sock, self.refusals = sock, refusals

@@ -77,8 +77,11 @@ class Agents:
         # Bounded work in waiting: past these, messages are not taken (nor answered) and the
         # agents send them again; their outboxes, not this process's memory, hold the backlog.
         backlog = self.writer.backlog()
-        if (backlog > MAX_BACKLOG or self.writer.queued_bytes > MAX_BACKLOG_BYTES
-                or (self.writer.failing_since is not None and backlog > FAILING_BACKLOG)):  # fmt: skip
+        if (
+            backlog > MAX_BACKLOG
+            or self.writer.queued_bytes > MAX_BACKLOG_BYTES
+            or (self.writer.failing_since is not None and backlog > FAILING_BACKLOG)
+        ):
             self.deferred += 1
             return
         auth = self.auth if peer[0] == 0 or self.cfg.security.curve == "rollout" else None
@@ -96,8 +99,9 @@ class Agents:
                 self._idents[answer.env.node] = peer
             return answer
 
-        self.writer.submit(WorkItem(apply, lambda answer: self._answer(peer, answer), atomic=True,
-                                    size=len(data)))  # fmt: skip
+        self.writer.submit(
+            WorkItem(apply, lambda answer: self._answer(peer, answer), atomic=True, size=len(data))
+        )
 
     def _answer(self, peer: Peer, answer: Any) -> None:
         """After the COMMIT: the reply ANSWER calls for (a heartbeat's is none)."""

@@ -125,8 +125,13 @@ class Access:
         try:
             found = policy.private_data_from_config(self._read())
         except (OSError, RuntimeError) as exc:
-            log.warning("cannot read Slurm's PrivateData (%s); %s", exc,
-                        "keeping the last value" if self._private is not None else "hiding what it could hide")  # fmt: skip
+            log.warning(
+                "cannot read Slurm's PrivateData (%s); %s",
+                exc,
+                "keeping the last value"
+                if self._private is not None
+                else "hiding what it could hide",
+            )
             return
         self._private = found if found is not None else frozenset()
 
@@ -152,8 +157,14 @@ class MungeAuth:
     BODY_SECONDS; the credential must name exactly this method, target and body (401).  The
     rest reach the app with scope[CALLER_KEY] set and their body replayed."""
 
-    def __init__(self, app: ASGIApp, access: Access, refusals: RefusalLog, socket: str = "",
-                 max_age: float = 60.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        app: ASGIApp,
+        access: Access,
+        refusals: RefusalLog,
+        socket: str = "",
+        max_age: float = 60.0,
+    ) -> None:
         self.app, self.access, self.refusals = app, access, refusals
         self.socket, self.max_age = socket, max_age
         self.busy: dict[int, int] = {}  # uid: requests in progress (touched on the loop only)
@@ -168,8 +179,11 @@ class MungeAuth:
             return await self._refuse(scope, receive, send, exc)
         cap = policy.requests_cap(caller, self.access.slurm_uid)
         if cap is not None and self.busy.get(caller.uid, 0) >= cap:
-            busy = _Refused(429, f"uid {caller.uid} has {cap} requests in progress already; "
-                                 "try again once one is answered")  # fmt: skip
+            busy = _Refused(
+                429,
+                f"uid {caller.uid} has {cap} requests in progress already; "
+                "try again once one is answered",
+            )
             return await self._refuse(scope, receive, send, busy)
         self.busy[caller.uid] = self.busy.get(caller.uid, 0) + 1
         try:
@@ -183,8 +197,14 @@ class MungeAuth:
         cred = munge.decode_header(header, self.socket)
         return self.access.caller(cred[0]), cred
 
-    async def _bound(self, scope: Scope, receive: Receive, send: Send, caller: Caller,
-                     cred: tuple[munge.Identity, bytes]) -> None:  # fmt: skip
+    async def _bound(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        caller: Caller,
+        cred: tuple[munge.Identity, bytes],
+    ) -> None:
         """The request, once its body is in and the credential names it, to the app."""
         try:
             body = await _read_body(scope, receive)
@@ -387,8 +407,12 @@ class Api:
             received.cancel()
             health = self.agg.writer.health()
             why = f"store failing: {health['reason']}" if not health["ok"] else "store busy"
-            log.warning("hook report on %s answered 503: not stored within %.2f s (%s)",
-                        request.url.path, wait, why)  # fmt: skip
+            log.warning(
+                "hook report on %s answered 503: not stored within %.2f s (%s)",
+                request.url.path,
+                wait,
+                why,
+            )
             return error(503, f"report not stored within {wait:.2f} s ({why}); send it again")
         except Exception as exc:  # the report itself could not be stored (not the store's fault)
             log.warning("hook report on %s not stored: %s", request.url.path, exc)
@@ -405,7 +429,11 @@ class Api:
 
     def status(self, request: Request, caller: Caller, body: bytes) -> dict[str, Any]:
         conn = self.agg.reader()
-        view = {**query.status(conn), **clusterviews.overview(conn), "aggregator": self.agg.runtime()}
+        view = {
+            **query.status(conn),
+            **clusterviews.overview(conn),
+            "aggregator": self.agg.runtime(),
+        }
         return policy.status_view(caller, self._private(caller), view)
 
     def queue(self, request: Request, caller: Caller, body: bytes) -> dict[str, Any]:
@@ -445,8 +473,9 @@ class Api:
         return frozenset() if caller.admin else self.access.private()
 
 
-def _number(query: Any, key: str, kind: type, what: str, bounds: tuple[float, float],
-            default: Any) -> Any:  # fmt: skip
+def _number(
+    query: Any, key: str, kind: type, what: str, bounds: tuple[float, float], default: Any
+) -> Any:
     """Query parameter KEY as KIND within BOUNDS, DEFAULT where absent; else one clear
     ValueError (400) naming the parameter."""
     low, high = bounds
@@ -478,8 +507,10 @@ def make_app(agg: Any, access: Access, socket: str = "", max_age: float = 60.0) 
     # The body limit is the middleware's, which reads every body to check its digest (Starlette's
     # max_body_size would answer in plain text, over any JSON answer).
     refusals = RefusalLog()
-    app = Starlette(routes=Api(agg, access, refusals).routes(),
-                    exception_handlers={HTTPException: _http_error, Exception: _failed})  # fmt: skip
+    app = Starlette(
+        routes=Api(agg, access, refusals).routes(),
+        exception_handlers={HTTPException: _http_error, Exception: _failed},
+    )
     app.router.redirect_slashes = False  # "/api/v1/status/" is 404, not a redirect
     app.add_middleware(MungeAuth, access=access, refusals=refusals, socket=socket, max_age=max_age)
     return app
@@ -529,8 +560,10 @@ def tls_files(cfg: Config) -> tuple[str, str] | None:
         return sec.tls_cert, sec.tls_key
     if is_loopback(split_listen(listen)[0]):
         return None
-    raise RuntimeError(f"aggregator.http_listen {listen} leaves loopback: set security.tls_cert and "
-                       "security.tls_key (HTTP off this host is served only with TLS)")  # fmt: skip
+    raise RuntimeError(
+        f"aggregator.http_listen {listen} leaves loopback: set security.tls_cert and "
+        "security.tls_key (HTTP off this host is served only with TLS)"
+    )
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -555,12 +588,22 @@ class HttpServer:
         tls = tls_files(cfg)
         sec = cfg.security
         app = make_app(agg, Access(cfg), sec.munge_socket, sec.credential_max_age_seconds)
-        config = uvicorn.Config(app, loop="asyncio", http=_Protocol,
-                                lifespan="off", log_config=None, access_log=False, server_header=False,
-                                limit_concurrency=CONCURRENCY, backlog=BACKLOG,
-                                timeout_keep_alive=KEEPALIVE_SECONDS, timeout_graceful_shutdown=2,
-                                h11_max_incomplete_event_size=16 << 10,
-                                ssl_certfile=tls[0] if tls else None, ssl_keyfile=tls[1] if tls else None)  # fmt: skip
+        config = uvicorn.Config(
+            app,
+            loop="asyncio",
+            http=_Protocol,
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            limit_concurrency=CONCURRENCY,
+            backlog=BACKLOG,
+            timeout_keep_alive=KEEPALIVE_SECONDS,
+            timeout_graceful_shutdown=2,
+            h11_max_incomplete_event_size=16 << 10,
+            ssl_certfile=tls[0] if tls else None,
+            ssl_keyfile=tls[1] if tls else None,
+        )
         try:
             config.load()
         except (OSError, ssl.SSLError) as exc:
@@ -574,8 +617,9 @@ class HttpServer:
         logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
 
     def start(self) -> None:
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                       name="http", daemon=True)  # fmt: skip
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, name="http", daemon=True
+        )
         self.thread.start()
 
     def stop(self) -> None:

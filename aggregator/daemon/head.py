@@ -1,5 +1,6 @@
-"""The head-node collectors (aggregator/daemon/headcollect.py), run on their schedule in their thread
-("collectors"); each run's records and every collector's status are stored through the writer.
+"""The head-node collectors (aggregator/daemon/headcollect.py), run on their schedule in their
+thread ("collectors"); each run's records and every collector's status are stored through the
+writer.
 """
 
 from __future__ import annotations

@@ -33,8 +33,16 @@ log = logging.getLogger("nomade.aggregator")
 class Housekeeping:
     """READER() is a read connection of the calling thread's own."""
 
-    def __init__(self, cfg: Config, writer: Writer, reader: Callable[[], Any], scorer: Scorer,
-                 retraining: Retraining, reconciler: Reconciler, stop: threading.Event) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cfg: Config,
+        writer: Writer,
+        reader: Callable[[], Any],
+        scorer: Scorer,
+        retraining: Retraining,
+        reconciler: Reconciler,
+        stop: threading.Event,
+    ) -> None:
         self.cfg = cfg
         self.writer = writer
         self.reader = reader

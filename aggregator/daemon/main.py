@@ -35,13 +35,20 @@ class Aggregator:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         a = cfg.aggregator
-        self.writer = Writer(cfg.database, max_wait=a.batch_max_seconds,
-                             busy_timeout=a.store_busy_timeout_seconds,
-                             synchronous=a.store_synchronous,
-                             failing_exit_seconds=a.store_failing_exit_seconds)  # fmt: skip
-        self.ingest = Ingest(cfg.general.cluster_name, a.reconcile_delay_seconds,
-                             a.readings_history_seconds, a.sample_future_seconds,
-                             a.sample_max_age_days * 86400)  # fmt: skip
+        self.writer = Writer(
+            cfg.database,
+            max_wait=a.batch_max_seconds,
+            busy_timeout=a.store_busy_timeout_seconds,
+            synchronous=a.store_synchronous,
+            failing_exit_seconds=a.store_failing_exit_seconds,
+        )
+        self.ingest = Ingest(
+            cfg.general.cluster_name,
+            a.reconcile_delay_seconds,
+            a.readings_history_seconds,
+            a.sample_future_seconds,
+            a.sample_max_age_days * 86400,
+        )
         self.writer.on_rollback.append(self.ingest.rolled_back)
         self._readers = threading.local()
         self.queue = QueueSnapshots(a.squeue, a.queue_snapshot_max_age_seconds)
@@ -51,12 +58,22 @@ class Aggregator:
         self.started = time.time()
         self.scorer = Scorer(cfg.database, cfg.models.warn_threshold, cfg.models.advice)
         self.retraining = Retraining(cfg, self.reader)
-        self.housekeeping = Housekeeping(cfg, self.writer, self.reader, self.scorer,
-                                         self.retraining, self.reconciler, self._stop)  # fmt: skip
-        self.starts = Starts(cfg, self.writer, self.ingest, self.reader, self.queue, self.scorer,
-                             self.agents, self.housekeeping.node_limit)  # fmt: skip
-        self.reports = Reports(cfg, self.writer, self.ingest, self.starts,
-                               self.housekeeping.node_limit, self._stop)  # fmt: skip
+        self.housekeeping = Housekeeping(
+            cfg, self.writer, self.reader, self.scorer, self.retraining, self.reconciler, self._stop
+        )
+        self.starts = Starts(
+            cfg,
+            self.writer,
+            self.ingest,
+            self.reader,
+            self.queue,
+            self.scorer,
+            self.agents,
+            self.housekeeping.node_limit,
+        )
+        self.reports = Reports(
+            cfg, self.writer, self.ingest, self.starts, self.housekeeping.node_limit, self._stop
+        )
         self.reconciler.on_final = self.starts.job_ended
         self.http: api.HttpServer | None = None
         self.head = HeadCollectors(cfg, self.writer, self.ingest, self._stop)
@@ -77,9 +94,13 @@ class Aggregator:
         threading.Thread(target=self.head.loop, name="collectors", daemon=True).start()
         threading.Thread(target=self.reports.loop, name="reports", daemon=True).start()
         self.http.start()
-        log.info("aggregator listening on %s (agents) and %s://%s (hooks, API); store %s",
-                 self.cfg.aggregator.listen, self.http.scheme, self.cfg.aggregator.http_listen,
-                 self.cfg.database)  # fmt: skip
+        log.info(
+            "aggregator listening on %s (agents) and %s://%s (hooks, API); store %s",
+            self.cfg.aggregator.listen,
+            self.http.scheme,
+            self.cfg.aggregator.http_listen,
+            self.cfg.database,
+        )
         why = api.munged_answers(self.cfg.security.munge_socket)
         if why:
             log.warning("HTTP callers get 503 until munged answers: %s", why)
@@ -97,9 +118,13 @@ class Aggregator:
     def runtime(self) -> dict[str, Any]:
         """What only the running aggregator knows: whether its store takes writes (since when
         it fails, and why), what waits for the writer, messages deferred meanwhile."""
-        return {"answering": True, "store": self.writer.health(),
-                "deferred_messages": self.agents.deferred, "started": self.started,
-                "cluster_nodes": self.cluster_nodes}  # fmt: skip
+        return {
+            "answering": True,
+            "store": self.writer.health(),
+            "deferred_messages": self.agents.deferred,
+            "started": self.started,
+            "cluster_nodes": self.cluster_nodes,
+        }
 
     def reader(self) -> Any:
         """A read connection of this thread's own (SQLite connections are not shared)."""
@@ -129,18 +154,25 @@ class Aggregator:
     def report_fields(self, body: dict[str, Any]) -> tuple[dict[str, Any], float | None]:
         return self.reports.report_fields(body)
 
-    def hook_job_start(self, body: dict[str, Any], settle: Settle | None = None,
-                       later: Later | None = None) -> dict[str, Any]:  # fmt: skip
+    def hook_job_start(
+        self, body: dict[str, Any], settle: Settle | None = None, later: Later | None = None
+    ) -> dict[str, Any]:
         return self.reports.hook_job_start(body, settle, later)
 
-    def hook_job_end(self, body: dict[str, Any], settle: Settle | None = None,
-                     later: Later | None = None) -> dict[str, Any]:  # fmt: skip
+    def hook_job_end(
+        self, body: dict[str, Any], settle: Settle | None = None, later: Later | None = None
+    ) -> dict[str, Any]:
         return self.reports.hook_job_end(body, settle, later)
 
-    def _job_started(self, fields: dict[str, Any], text: Any, t: float | None,
-                     settle: Settle | None = None) -> None:  # fmt: skip
+    def _job_started(
+        self, fields: dict[str, Any], text: Any, t: float | None, settle: Settle | None = None
+    ) -> None:
         self.starts.job_started(fields, text, t, settle)
 
-    def _push_verdict(self, fields: dict[str, Any], verdict: dict[str, Any] | None,
-                      advice: dict[str, Any] | None = None) -> None:  # fmt: skip
+    def _push_verdict(
+        self,
+        fields: dict[str, Any],
+        verdict: dict[str, Any] | None,
+        advice: dict[str, Any] | None = None,
+    ) -> None:
         self.starts.push_verdict(fields, verdict, advice)

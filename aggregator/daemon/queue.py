@@ -31,8 +31,12 @@ def parse_squeue(text: str) -> dict[str, Any]:
         by_user[f"{user}:{state}"] += 1
         if ncpu.isdigit():
             cpus[state] += int(ncpu)
-    return {"by_state": dict(by_state), "by_partition_state": dict(by_partition),
-            "by_user_state": dict(by_user), "cpus_by_state": dict(cpus)}  # fmt: skip
+    return {
+        "by_state": dict(by_state),
+        "by_partition_state": dict(by_partition),
+        "by_user_state": dict(by_user),
+        "cpus_by_state": dict(cpus),
+    }
 
 
 class QueueSnapshots:
@@ -47,8 +51,13 @@ class QueueSnapshots:
         with self._lock:
             if self._snapshot is None or time.time() - self._taken > self.max_age:
                 try:
-                    out = subprocess.run([self.squeue, "-h", "-a", "-o", SQUEUE_FORMAT],
-                                         capture_output=True, text=True, errors="replace", timeout=5)  # fmt: skip
+                    out = subprocess.run(
+                        [self.squeue, "-h", "-a", "-o", SQUEUE_FORMAT],
+                        capture_output=True,
+                        text=True,
+                        errors="replace",
+                        timeout=5,
+                    )
                     snap = parse_squeue(out.stdout) if out.returncode == 0 else None
                 except (OSError, subprocess.TimeoutExpired):
                     snap = None

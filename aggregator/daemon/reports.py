@@ -38,8 +38,15 @@ class Reports:
     """The hooks' reports, from the reports directory (`loop`, thread "reports") or over HTTP.
     NODE_LIMIT() is the most nodes a job's node list may name."""
 
-    def __init__(self, cfg: Config, writer: Writer, ingest: Ingest, starts: Starts,
-                 node_limit: Callable[[], int], stop: threading.Event) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cfg: Config,
+        writer: Writer,
+        ingest: Ingest,
+        starts: Starts,
+        node_limit: Callable[[], int],
+        stop: threading.Event,
+    ) -> None:
         self.cfg = cfg
         self.writer = writer
         self.ingest = ingest
@@ -48,8 +55,9 @@ class Reports:
         self._stop = stop
         self._reports_taken: set[str] = set()  # reports handed on and not yet stored
 
-    def hook_job_start(self, body: dict[str, Any], settle: Settle | None = None,
-                       later: Later | None = None) -> dict[str, Any]:  # fmt: skip
+    def hook_job_start(
+        self, body: dict[str, Any], settle: Settle | None = None, later: Later | None = None
+    ) -> dict[str, Any]:
         """PrologSlurmctld's report from the reports directory (whose file is its durable copy
         until SETTLE(True) follows the COMMIT that stored it; SETTLE(False, why) a failure):
         completed from `scontrol show job`, scored, stored and sent to the job's nodes by the
@@ -114,8 +122,9 @@ class Reports:
                 raise ValueError("t must be the hook's time in Unix seconds, within a year of now")
         return fields, t
 
-    def hook_job_end(self, body: dict[str, Any], settle: Settle | None = None,
-                     later: Later | None = None) -> dict[str, Any]:  # fmt: skip
+    def hook_job_end(
+        self, body: dict[str, Any], settle: Settle | None = None, later: Later | None = None
+    ) -> dict[str, Any]:
         fields, t = self.report_fields(body)
         fields["end_time"] = t
         now = time.time()
@@ -138,8 +147,10 @@ class Reports:
         the SlurmUser), and this daemon's own user."""
         slurm = self.cfg.security.slurm_uid()
         if slurm is None:
-            log.warning("security.slurm_user %r is not a user here: only root's hook reports are "
-                        "believed", self.cfg.security.slurm_user)  # fmt: skip
+            log.warning(
+                "security.slurm_user %r is not a user here: only root's hook reports are believed",
+                self.cfg.security.slurm_user,
+            )
         return frozenset(u for u in (0, os.geteuid(), slurm) if u is not None)
 
     def take_reports(self, reports: ReportDir) -> int:

@@ -49,5 +49,7 @@ class Retraining:
         with open(log_path, "ab") as out:
             self._retraining = subprocess.Popen(
                 [str(ctl), "--config", self.cfg.path, "train", "--activate", "if-better"],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            )  # fmt: skip
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )

@@ -28,8 +28,9 @@ class ScontrolJobs:
         self._arrays: dict[int, tuple[float, dict[tuple[str, str], str]]] = {}
         self._array_locks: dict[int, threading.Lock] = {}
 
-    def text(self, job_id: int, array_job_id: int | None = None,
-             array_task_id: int | None = None) -> str | None:  # fmt: skip
+    def text(
+        self, job_id: int, array_job_id: int | None = None, array_task_id: int | None = None
+    ) -> str | None:
         """The record (one line) of JOB_ID; for an array task, from its array's answer."""
         if array_job_id is None or array_task_id is None:
             return self.run(job_id)
@@ -54,7 +55,9 @@ class ScontrolJobs:
 
     def _forget_old(self, keep: int) -> None:
         now = time.monotonic()
-        for array in [a for a, (t, _) in self._arrays.items() if now - t > self.max_age and a != keep]:
+        for array in [
+            a for a, (t, _) in self._arrays.items() if now - t > self.max_age and a != keep
+        ]:
             del self._arrays[array]
             self._array_locks.pop(array, None)
 

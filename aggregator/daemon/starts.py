@@ -34,9 +34,17 @@ class Starts:
     """The start workers (threads "start_N").  READER() is a read connection of the calling
     thread's own; NODE_LIMIT() the most nodes a job's node list may name."""
 
-    def __init__(self, cfg: Config, writer: Writer, ingest: Ingest, reader: Callable[[], Any],
-                 queue: QueueSnapshots, scorer: Scorer, agents: Agents,
-                 node_limit: Callable[[], int]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cfg: Config,
+        writer: Writer,
+        ingest: Ingest,
+        reader: Callable[[], Any],
+        queue: QueueSnapshots,
+        scorer: Scorer,
+        agents: Agents,
+        node_limit: Callable[[], int],
+    ) -> None:
         self.cfg = cfg
         self.writer = writer
         self.ingest = ingest
@@ -50,8 +58,9 @@ class Starts:
         self._starts = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="start")
         self.scontrol_jobs = ScontrolJobs(self._scontrol_job)  # one call per job array burst
 
-    def submit(self, fields: dict[str, Any], text: Any, t: float | None,
-               settle: Settle | None = None) -> None:  # fmt: skip
+    def submit(
+        self, fields: dict[str, Any], text: Any, t: float | None, settle: Settle | None = None
+    ) -> None:
         """The start of a job whose report is FIELDS (TEXT: its `scontrol show job -o` line,
         if the hook sent one) to a start worker."""
         self._starts.submit(self.job_started, fields, text, t, settle)
@@ -59,8 +68,9 @@ class Starts:
     def shutdown(self) -> None:
         self._starts.shutdown(wait=False, cancel_futures=True)
 
-    def job_started(self, fields: dict[str, Any], text: Any, t: float | None,
-                    settle: Settle | None = None) -> None:  # fmt: skip
+    def job_started(
+        self, fields: dict[str, Any], text: Any, t: float | None, settle: Settle | None = None
+    ) -> None:
         try:
             if not isinstance(text, str) or not text.strip():
                 text = self.scontrol_jobs.text(
@@ -84,8 +94,14 @@ class Starts:
             snapshot = None if late else self.queue.get()
             vector, verdict, advice = self.score(fields)
             # Stored through the writer without waiting (heavy ingest must not delay a start).
-            self.writer.submit(_settled(lambda c: self.ingest.job_start(
-                c, fields, snapshot, now, vector, features.FEATURE_VERSION, verdict, advice), settle))  # fmt: skip
+            self.writer.submit(
+                _settled(
+                    lambda c: self.ingest.job_start(
+                        c, fields, snapshot, now, vector, features.FEATURE_VERSION, verdict, advice
+                    ),
+                    settle,
+                )
+            )
             # Every start gets a verdict message, even without a model: TaskProlog waits for it.
             if not late:
                 self.push_verdict(fields, verdict, advice)
@@ -125,17 +141,27 @@ class Starts:
         if found.verdict is not None:
             found.verdict["lines"] = lines
         offered = set(rightsize.lines(found.advice, only_actionable=False))
-        advice = {**rightsize.as_json(found.advice), "printed": [ln for ln in lines if ln in offered],
-                  "lines": lines if advised else []}  # fmt: skip
+        advice = {
+            **rightsize.as_json(found.advice),
+            "printed": [ln for ln in lines if ln in offered],
+            "lines": lines if advised else [],
+        }
         return pack(found.x), found.verdict, advice
 
-    def push_verdict(self, fields: dict[str, Any], verdict: dict[str, Any] | None,
-                     advice: dict[str, Any] | None = None) -> None:  # fmt: skip
+    def push_verdict(
+        self,
+        fields: dict[str, Any],
+        verdict: dict[str, Any] | None,
+        advice: dict[str, Any] | None = None,
+    ) -> None:
         """The verdict message to the job's nodes; ADVICE's lines (advice for a job that was not
         warned, under models.advice = "always") are printed too ("advised")."""
         keys = ("warned", "p_fail", "lines", "model_version")
-        payload = {k: verdict[k] for k in keys} if verdict else {"warned": False, "p_fail": None, "lines": [],
-                                                                    "model_version": None}  # fmt: skip
+        payload = (
+            {k: verdict[k] for k in keys}
+            if verdict
+            else {"warned": False, "p_fail": None, "lines": [], "model_version": None}
+        )
         if advice and advice["lines"]:
             payload.update(lines=advice["lines"], advised=True)
         payload.update(job_id=fields["job_id"], user_id=fields.get("user_id"))
@@ -158,11 +184,17 @@ class Starts:
         try:
             found = self.scorer.examine(job)
         except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
-            raise ValueError(f"the request's fields are not what a job asks for ({type(exc).__name__}: "
-                             f"{printable(str(exc), 120)})") from None  # fmt: skip
+            raise ValueError(
+                f"the request's fields are not what a job asks for ({type(exc).__name__}: "
+                f"{printable(str(exc), 120)})"
+            ) from None
         # `nomadectl check` always gives the advice, whatever the site prints into jobs.
-        return {"ok": True, "verdict": found.verdict, "model": self.scorer.version,
-                "advice": rightsize.as_json(found.advice)}  # fmt: skip
+        return {
+            "ok": True,
+            "verdict": found.verdict,
+            "model": self.scorer.version,
+            "advice": rightsize.as_json(found.advice),
+        }
 
     def job_ended(self, uid: int, job_id: int, final: dict[str, Any]) -> None:
         """A job's outcome is known: it may now be a neighbour of the jobs that start after it."""

@@ -162,9 +162,19 @@ def final_from_sacct(
 
 
 REQUEST_KEYS = (
-    "user", "account", "partition", "job_name", "work_dir", "node_list", "nodes_requested", "cpus",
-    "time_limit_seconds", "mem_per_cpu_bytes", "mem_per_node_bytes", "gpus",
-)  # fmt: skip
+    "user",
+    "account",
+    "partition",
+    "job_name",
+    "work_dir",
+    "node_list",
+    "nodes_requested",
+    "cpus",
+    "time_limit_seconds",
+    "mem_per_cpu_bytes",
+    "mem_per_node_bytes",
+    "gpus",
+)
 
 
 def as_json(value: Any) -> str:

@@ -34,11 +34,33 @@ BATCH = 2000  # job runs per transaction
 
 # sacct's own spelling of the fields NØMADE reads; `--fields` may name them in any case.
 KNOWN_FIELDS = (
-    "JobID", "JobIDRaw", "JobName", "User", "UID", "Account", "Partition", "Submit", "Start",
-    "End", "Elapsed", "State", "ExitCode", "DerivedExitCode", "TotalCPU", "MaxRSS", "ReqMem",
-    "AllocCPUS", "NCPUS", "ReqCPUS", "NNodes", "NodeList", "Timelimit", "ReqTRES", "AllocTRES",
+    "JobID",
+    "JobIDRaw",
+    "JobName",
+    "User",
+    "UID",
+    "Account",
+    "Partition",
+    "Submit",
+    "Start",
+    "End",
+    "Elapsed",
+    "State",
+    "ExitCode",
+    "DerivedExitCode",
+    "TotalCPU",
+    "MaxRSS",
+    "ReqMem",
+    "AllocCPUS",
+    "NCPUS",
+    "ReqCPUS",
+    "NNodes",
+    "NodeList",
+    "Timelimit",
+    "ReqTRES",
+    "AllocTRES",
     "WorkDir",
-)  # fmt: skip
+)
 _CANON = {name.lower(): name for name in KNOWN_FIELDS}
 
 Run = tuple[dict[str, str], list[dict[str, str]]]
@@ -166,8 +188,11 @@ def identity(job: dict[str, str]) -> dict[str, int | None] | None:
     parent, sep, member = shown.partition("_") if "_" in shown else shown.partition("+")
     if sep:
         kind = "array" if sep == "_" else "het"
-        first, second = ("array_job_id", "array_task_id") if kind == "array" else (
-            "het_job_id", "het_job_offset")  # fmt: skip
+        first, second = (
+            ("array_job_id", "array_task_id")
+            if kind == "array"
+            else ("het_job_id", "het_job_offset")
+        )
         ids[first] = _id(parent)
         ids[second] = _id(member)  # None for '[1-5%2]' of a pending array
     if _id(raw) is not None:
@@ -195,8 +220,12 @@ def convert(job: dict[str, str], steps: list[dict[str, str]]) -> dict[str, Any] 
     if final["gpus"] is None:
         final["gpus"] = sv.gpus_from_tres(sv.tres(job.get("AllocTRES")))
     if not final["cpus"]:  # AllocCPUS is 0 for a job that never started: take the request
-        final["cpus"] = _int(job.get("NCPUS")) or _int(job.get("ReqCPUS")) or _int(
-            sv.tres(job.get("ReqTRES")).get("cpu")) or final["cpus"]  # fmt: skip
+        final["cpus"] = (
+            _int(job.get("NCPUS"))
+            or _int(job.get("ReqCPUS"))
+            or _int(sv.tres(job.get("ReqTRES")).get("cpu"))
+            or final["cpus"]
+        )
     return {**ids, **final, "user_id": _int(job.get("UID")), "reconcile": "done"}
 
 
@@ -336,7 +365,8 @@ def import_text(
     fields: list[str] | None = None,
     delimiter: str | None = None,
 ) -> Summary:
-    """Parse all of TEXT first (a malformed line raises ParseError, nothing is stored), then store."""
+    """Parse all of TEXT first (a malformed line raises ParseError, nothing is stored), then
+    store."""
     rows, comments = read_history(text, source, fields, delimiter)
     with _Store(database, cluster) as st:
         summary = st.put(rows)
@@ -381,8 +411,18 @@ def windows(start: datetime, end: datetime) -> Iterator[tuple[str, str]]:
 
 
 def sacct_argv(command: str, start: str, end: str) -> list[str]:
-    return [command, "--parsable2", "-D", "-a", "-S", start, "-E", end,
-            "-o", ",".join(sacct.RECONCILE_FIELDS)]  # fmt: skip
+    return [
+        command,
+        "--parsable2",
+        "-D",
+        "-a",
+        "-S",
+        start,
+        "-E",
+        end,
+        "-o",
+        ",".join(sacct.RECONCILE_FIELDS),
+    ]
 
 
 def run_sacct(argv: list[str], timeout: float = 600.0) -> str:

@@ -22,15 +22,25 @@ log = logging.getLogger("nomade.reconcile")
 
 def run_sacct(command: str, job_ids: list[int], timeout: float = 20.0) -> str:
     """Ask sacct about JOB_IDS (and their steps); raises OSError or RuntimeError on failure."""
-    argv = [command, "--parsable2", "--noheader", "-D", "-j", ",".join(map(str, job_ids)),
-            "-o", ",".join(sacct.RECONCILE_FIELDS)]  # fmt: skip
+    argv = [
+        command,
+        "--parsable2",
+        "--noheader",
+        "-D",
+        "-j",
+        ",".join(map(str, job_ids)),
+        "-o",
+        ",".join(sacct.RECONCILE_FIELDS),
+    ]
     return run_command(argv, timeout)
 
 
 def run_command(argv: list[str], timeout: float) -> str:
     """A Slurm command's stdout; OSError or RuntimeError (with its first error line) otherwise."""
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=timeout)
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, errors="replace", timeout=timeout
+        )
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"{argv[0]} did not answer within {timeout:.0f} s") from None
     if proc.returncode != 0:

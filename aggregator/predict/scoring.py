@@ -43,9 +43,15 @@ def _gib(n: float) -> str:
     return f"{n / (1 << 30):.1f} GB" if n >= 1 << 30 else f"{n / (1 << 20):.0f} MB"
 
 
-def explain(job: dict[str, Any], user_jobs: list[dict[str, Any]], p_fail: float, probs: dict[str, float],
-            threshold: float, advice: dict[str, rightsize.Advice | None] | None = None,
-            with_advice: bool = True) -> tuple[list[str], dict[str, Any]]:  # fmt: skip
+def explain(
+    job: dict[str, Any],
+    user_jobs: list[dict[str, Any]],
+    p_fail: float,
+    probs: dict[str, float],
+    threshold: float,
+    advice: dict[str, rightsize.Advice | None] | None = None,
+    with_advice: bool = True,
+) -> tuple[list[str], dict[str, Any]]:
     """The lines of a warning and its reasons; evidence from the user's own ended jobs only.
     WITH_ADVICE: end with the right-sizing line for the likely failure (memory or time)."""
     advice = advice or {}
@@ -72,20 +78,28 @@ def explain(job: dict[str, Any], user_jobs: list[dict[str, Any]], p_fail: float,
         # not what it needed, so only the others' peaks are stated.
         peaks = [j["max_rss_bytes"] for j in alike if j.get("max_rss_bytes") and j not in oom]
         if alike:
-            text = f"NØMADE: {len(oom)} of your {len(alike)} recent jobs that requested {_gib(mem)} ran out of memory"
+            text = (
+                f"NØMADE: {len(oom)} of your {len(alike)} recent jobs that requested {_gib(mem)}"
+                " ran out of memory"
+            )
             if peaks:
                 text += f"; the largest peak of the others was {_gib(max(peaks))}."
             else:
                 text += " at that limit: they needed more."
             lines.append(text)
-            reasons.update(similar_jobs=len(alike), similar_failed=len(oom), requested_bytes=mem,
-                           peak_bytes=max(peaks) if peaks else None)  # fmt: skip
+            reasons.update(
+                similar_jobs=len(alike),
+                similar_failed=len(oom),
+                requested_bytes=mem,
+                peak_bytes=max(peaks) if peaks else None,
+            )
     elif main == "TIMEOUT" and limit:
         alike = [j for j in user_jobs if j.get("time_limit_seconds") == limit]
         hit = [j for j in alike if j.get("outcome") == "TIMEOUT"]
         if alike:
             lines.append(
-                f"NØMADE: {len(hit)} of your {len(alike)} recent jobs with this time limit timed out."
+                f"NØMADE: {len(hit)} of your {len(alike)} recent jobs with this time limit"
+                " timed out."
             )
             reasons.update(similar_jobs=len(alike), similar_failed=len(hit))
     else:
@@ -166,8 +180,10 @@ class Scorer:
                 log.warning(
                     "active model %s uses feature version %s, this aggregator computes version %s:"
                     " jobs are not scored until a model is trained (nomadectl train)",
-                    row["version"], row["feature_version"], features.FEATURE_VERSION,
-                )  # fmt: skip
+                    row["version"],
+                    row["feature_version"],
+                    features.FEATURE_VERSION,
+                )
                 self._stale = row["version"]
             with self._lock:
                 self.model, self.version, self.index = None, None, None
@@ -177,8 +193,12 @@ class Scorer:
         rows = store.recent_vectors(conn, features.FEATURE_VERSION, 2 * index.window)
         if rows:
             x = np.vstack([unpack(r[3]) for r in rows])
-            index.extend(np.array([r[0] for r in rows]), np.array([r[1] for r in rows]),
-                         model.scaler.transform(x), np.array([features.outcome_class(r[2]) for r in rows]))  # fmt: skip
+            index.extend(
+                np.array([r[0] for r in rows]),
+                np.array([r[1] for r in rows]),
+                model.scaler.transform(x),
+                np.array([features.outcome_class(r[2]) for r in rows]),
+            )
         with self._lock:
             self.model, self.version, self.index = model, row["version"], index
         log.info(
@@ -219,9 +239,13 @@ class Scorer:
             advice = {"mem": None, "time": None}
         return Assessment(x, self.score(job, x, views[0].jobs, advice), advice)
 
-    def score(self, job: dict[str, Any], x: np.ndarray | None = None,
-              user_jobs: Sequence[dict[str, Any]] | None = None,
-              advice: dict[str, rightsize.Advice | None] | None = None) -> dict[str, Any] | None:  # fmt: skip
+    def score(
+        self,
+        job: dict[str, Any],
+        x: np.ndarray | None = None,
+        user_jobs: Sequence[dict[str, Any]] | None = None,
+        advice: dict[str, rightsize.Advice | None] | None = None,
+    ) -> dict[str, Any] | None:
         """The verdict for a starting job, or None when no model is active."""
         with self._lock:
             model, index, version = self.model, self.index, self.version
@@ -252,20 +276,31 @@ class Scorer:
             c: round(float(p), 4) for c, p in zip(features.CLASSES, res["probs"][0], strict=True)
         }
         verdict = {
-            "job_id": job["job_id"], "model_version": version, "p_fail": p_fail,
-            "health": round(float(res["health"][0]), 4), "probs": probs,
-            "risk": "high" if p_fail >= self.threshold else "low", "warned": p_fail >= self.threshold,
-            "lines": [], "reasons": {}, "score_ms": 0.0,
-        }  # fmt: skip
+            "job_id": job["job_id"],
+            "model_version": version,
+            "p_fail": p_fail,
+            "health": round(float(res["health"][0]), 4),
+            "probs": probs,
+            "risk": "high" if p_fail >= self.threshold else "low",
+            "warned": p_fail >= self.threshold,
+            "lines": [],
+            "reasons": {},
+            "score_ms": 0.0,
+        }
         if verdict["warned"]:
             if user_jobs is None:
                 user_jobs = store.start_history(self.conn(), job).user
             if advice is None:
                 advice = rightsize.advise(job, user_jobs)
             verdict["lines"], verdict["reasons"] = explain(
-                job, list(user_jobs), p_fail, probs, self.threshold, advice,
+                job,
+                list(user_jobs),
+                p_fail,
+                probs,
+                self.threshold,
+                advice,
                 with_advice=self.advice_mode != "never",
-            )  # fmt: skip
+            )
         verdict["score_ms"] = round((time.perf_counter() - t0) * 1000, 3)
         return verdict
 

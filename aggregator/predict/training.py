@@ -75,8 +75,14 @@ def decision(
     return True, "activated"
 
 
-def run(database: str, data_dir: str, recent_fraction: float = 0.2, epochs: int = 25,
-        activate: str = "if-better", progress=None) -> dict[str, Any]:  # fmt: skip
+def run(
+    database: str,
+    data_dir: str,
+    recent_fraction: float = 0.2,
+    epochs: int = 25,
+    activate: str = "if-better",
+    progress=None,
+) -> dict[str, Any]:
     """Train, export, register; ACTIVATE is 'if-better', 'always' or 'never'."""
     reader = store.connect(database, readonly=True)
     try:
@@ -85,8 +91,15 @@ def run(database: str, data_dir: str, recent_fraction: float = 0.2, epochs: int 
         reader.close()
 
 
-def _run(conn: Any, database: str, data_dir: str, recent_fraction: float, epochs: int,
-         activate: str, progress) -> dict[str, Any]:  # fmt: skip
+def _run(
+    conn: Any,
+    database: str,
+    data_dir: str,
+    recent_fraction: float,
+    epochs: int,
+    activate: str,
+    progress,
+) -> dict[str, Any]:
     say = progress or (lambda *_: None)
     jobs = store.ended_jobs(conn)
     if len(jobs) < MIN_JOBS:
@@ -105,9 +118,12 @@ def _run(conn: Any, database: str, data_dir: str, recent_fraction: float, epochs
     new = runtime.Model(out)
     recent = slice(n_train, len(p.jobs))
     failed = p.failed[recent]
-    metrics: dict[str, Any] = {"recent_jobs": int(len(failed)), "recent_failures": int(failed.sum()),
-                               "recent_successes": int(len(failed) - failed.sum()),
-                               "recent_auc": _auc(failed, score_rows(new, p, recent))}  # fmt: skip
+    metrics: dict[str, Any] = {
+        "recent_jobs": int(len(failed)),
+        "recent_failures": int(failed.sum()),
+        "recent_successes": int(len(failed) - failed.sum()),
+        "recent_auc": _auc(failed, score_rows(new, p, recent)),
+    }
     current = store.active_model(conn)
     if (
         current
@@ -118,14 +134,20 @@ def _run(conn: Any, database: str, data_dir: str, recent_fraction: float, epochs
         q = train.prepare(jobs, n_train, scaler=old.scaler)
         metrics["active_version"] = current["version"]
         metrics["active_recent_auc"] = _auc(failed, score_rows(old, q, recent))
-    better = (metrics.get("active_recent_auc") is None or metrics["recent_auc"] is None
-              or metrics["recent_auc"] >= metrics["active_recent_auc"] - TOLERANCE)  # fmt: skip
+    better = (
+        metrics.get("active_recent_auc") is None
+        or metrics["recent_auc"] is None
+        or metrics["recent_auc"] >= metrics["active_recent_auc"] - TOLERANCE
+    )
     rule = activation_rule(failed, metrics["recent_auc"], fitted.meta)
     members = ("member_validation_auc", "excluded_members", "no_better_than_chance")
-    metrics.update({k: fitted.meta[k] for k in members}, activation_rule_met=rule is None,
-                   activation_rule=rule)  # fmt: skip
+    metrics.update(
+        {k: fitted.meta[k] for k in members}, activation_rule_met=rule is None, activation_rule=rule
+    )
     activated, line = decision(activate, rule, better, metrics, version)
-    vectors = [(j["uid"], features.FEATURE_VERSION, pack(x)) for j, x in zip(p.jobs, p.x, strict=True)]
+    vectors = [
+        (j["uid"], features.FEATURE_VERSION, pack(x)) for j, x in zip(p.jobs, p.x, strict=True)
+    ]
 
     def save(wconn: Any) -> None:  # one transaction of the store's writer
         store.register_model(wconn, version, str(out), runtime.digest(out), fitted.meta, metrics)
@@ -143,6 +165,13 @@ def _run(conn: Any, database: str, data_dir: str, recent_fraction: float, epochs
     finally:
         writer.stop()
     say(f"registered {version}" + (" and activated" if activated else ""), 1.0)
-    return {"version": version, "path": str(out), "activated": activated, "activation": line,
-            "overrode_rule": activated and rule is not None, "train_jobs": n_train,
-            "weights": fitted.meta["weights"], **metrics}  # fmt: skip
+    return {
+        "version": version,
+        "path": str(out),
+        "activated": activated,
+        "activation": line,
+        "overrode_rule": activated and rule is not None,
+        "train_jobs": n_train,
+        "weights": fitted.meta["weights"],
+        **metrics,
+    }

@@ -48,25 +48,46 @@ def queue_reading(conn: Any, now: float | None = None) -> dict[str, Any]:
             waits[part] = max(waits.get(part, 0.0), wait)
         reason = r.get("reason") or "None"
         reasons[reason] += 1
-        explain[reason] = (r.get("reason_text") or ("not yet considered by the scheduler" if reason == "None" else None),
-                           r.get("unblock"))  # fmt: skip
-        pending.append({"job_id": r.get("job_id"), "user": r.get("user"), "partition": part,
-                        "reason": r.get("reason"), "reason_text": r.get("reason_text"),
-                        "unblock": r.get("unblock"), "wait_seconds": wait})  # fmt: skip
+        explain[reason] = (
+            r.get("reason_text")
+            or ("not yet considered by the scheduler" if reason == "None" else None),
+            r.get("unblock"),
+        )
+        pending.append(
+            {
+                "job_id": r.get("job_id"),
+                "user": r.get("user"),
+                "partition": part,
+                "reason": r.get("reason"),
+                "reason_text": r.get("reason_text"),
+                "unblock": r.get("unblock"),
+                "wait_seconds": wait,
+            }
+        )
     return {
         "time": t,
         "age_seconds": round(now - t, 1) if t else None,
-        "partitions": [{"partition": p, "running": c["RUNNING"], "pending": c["PENDING"],
-                        "other": sum(c.values()) - c["RUNNING"] - c["PENDING"],
-                        "longest_wait_seconds": waits.get(p)} for p, c in sorted(parts.items())],  # fmt: skip
-        "pending_reasons": [{"reason": k, "jobs": n, "reason_text": explain[k][0], "unblock": explain[k][1]}
-                            for k, n in reasons.most_common()],  # fmt: skip
+        "partitions": [
+            {
+                "partition": p,
+                "running": c["RUNNING"],
+                "pending": c["PENDING"],
+                "other": sum(c.values()) - c["RUNNING"] - c["PENDING"],
+                "longest_wait_seconds": waits.get(p),
+            }
+            for p, c in sorted(parts.items())
+        ],
+        "pending_reasons": [
+            {"reason": k, "jobs": n, "reason_text": explain[k][0], "unblock": explain[k][1]}
+            for k, n in reasons.most_common()
+        ],
         "pending": sorted(pending, key=lambda j: -(j["wait_seconds"] or 0)),
     }
 
 
-def stuck(conn: Any, now: float | None = None, window: float = 1800.0,
-          min_cpu_seconds: float = 1.0) -> list[dict[str, Any]]:  # fmt: skip
+def stuck(
+    conn: Any, now: float | None = None, window: float = 1800.0, min_cpu_seconds: float = 1.0
+) -> list[dict[str, Any]]:
     """Running jobs that used less than MIN_CPU_SECONDS of CPU over the last WINDOW seconds on
     every node they run on, though sampled across most of it: hung, waiting on a dead mount or
     a lost peer, or sleeping on an allocation someone else could use."""
@@ -80,9 +101,17 @@ def stuck(conn: Any, now: float | None = None, window: float = 1800.0,
         used = max((r[8] or 0.0) for r in rs)
         if covered >= window / 2 and used < min_cpu_seconds:
             r = rs[0]
-            out.append({"job_id": job_id, "user": r[1], "partition": r[2], "node_list": r[3],
-                        "start_time": r[4], "cpu_seconds_in_window": round(used, 3),
-                        "window_seconds": window})  # fmt: skip
+            out.append(
+                {
+                    "job_id": job_id,
+                    "user": r[1],
+                    "partition": r[2],
+                    "node_list": r[3],
+                    "start_time": r[4],
+                    "cpu_seconds_in_window": round(used, 3),
+                    "window_seconds": window,
+                }
+            )
     return out
 
 
@@ -102,15 +131,41 @@ def nodes(conn: Any, now: float | None = None) -> dict[str, Any]:
     for r in records:
         a = agents.pop(r["node"], None)
         mem, alloc = r.get("memory_bytes"), r.get("memory_alloc_bytes")
-        out.append({**{k: r.get(k) for k in ("node", "state", "state_flags", "cpus", "cpus_alloc",
-                                               "cpu_load", "memory_bytes", "memory_alloc_bytes",
-                                               "reason", "reason_user", "reason_time", "partitions")},
-                    "memory_alloc_fraction": round(alloc / mem, 4) if mem and alloc is not None else None,
-                    "agent": a["state"] if a else None,
-                    "agent_seconds_since_seen": round(now - a["last_seen"], 1) if a else None})  # fmt: skip
+        out.append(
+            {
+                **{
+                    k: r.get(k)
+                    for k in (
+                        "node",
+                        "state",
+                        "state_flags",
+                        "cpus",
+                        "cpus_alloc",
+                        "cpu_load",
+                        "memory_bytes",
+                        "memory_alloc_bytes",
+                        "reason",
+                        "reason_user",
+                        "reason_time",
+                        "partitions",
+                    )
+                },
+                "memory_alloc_fraction": round(alloc / mem, 4)
+                if mem and alloc is not None
+                else None,
+                "agent": a["state"] if a else None,
+                "agent_seconds_since_seen": round(now - a["last_seen"], 1) if a else None,
+            }
+        )
     for node, a in sorted(agents.items()):  # an agent whose node Slurm does not list
-        out.append({"node": node, "state": None, "agent": a["state"],
-                    "agent_seconds_since_seen": round(now - a["last_seen"], 1)})  # fmt: skip
+        out.append(
+            {
+                "node": node,
+                "state": None,
+                "agent": a["state"],
+                "agent_seconds_since_seen": round(now - a["last_seen"], 1),
+            }
+        )
     return {"time": t, "nodes": out}
 
 
@@ -120,11 +175,21 @@ def licenses(conn: Any) -> dict[str, Any]:
     for r in records:
         if r.get("record") == "checkout":
             users[(r.get("vendor"), r.get("feature"))][r.get("user") or "-"] += r.get("count") or 1
-    features = [{**{k: r.get(k) for k in ("vendor", "feature", "issued", "in_use", "reserved", "expiry")},
-                 "users": dict(users.get((r.get("vendor"), r.get("feature")), {}))}
-                for r in records if r.get("record") == "feature"]  # fmt: skip
-    servers = [{k: r.get(k) for k in ("name", "kind", "up", "version", "message")}
-               for r in records if r.get("record") == "server"]  # fmt: skip
+    features = [
+        {
+            **{
+                k: r.get(k) for k in ("vendor", "feature", "issued", "in_use", "reserved", "expiry")
+            },
+            "users": dict(users.get((r.get("vendor"), r.get("feature")), {})),
+        }
+        for r in records
+        if r.get("record") == "feature"
+    ]
+    servers = [
+        {k: r.get(k) for k in ("name", "kind", "up", "version", "message")}
+        for r in records
+        if r.get("record") == "server"
+    ]
     return {"time": t, "servers": servers, "features": features}
 
 
@@ -133,21 +198,34 @@ def _node_summary(conn: Any) -> dict[str, Any]:
     out: dict[str, dict[str, Any]] = defaultdict(dict)
     for node, (t, recs) in store.latest_readings(conn, "iostat").items():
         cpu = [r for r in recs if r.get("record") == "cpu"]
-        out[node]["io"] = {"t": t, "cpu": cpu[-1] if cpu else None,
-                           "devices": [r for r in recs if r.get("record") == "device"]}  # fmt: skip
+        out[node]["io"] = {
+            "t": t,
+            "cpu": cpu[-1] if cpu else None,
+            "devices": [r for r in recs if r.get("record") == "device"],
+        }
     for node, (t, recs) in store.latest_readings(conn, "mpstat").items():
         summary = [r for r in recs if r.get("record") == "summary"]
-        cores = [r["busy_percent"] for r in recs if r.get("record") == "cpu" and r.get("cpu") != "all"
-                 and r.get("busy_percent") is not None]  # fmt: skip
-        out[node]["cpu"] = {"t": t, **(summary[-1] if summary else {}),
-                            "busy_min_percent": min(cores) if cores else None,
-                            "busy_max_percent": max(cores) if cores else None}  # fmt: skip
+        cores = [
+            r["busy_percent"]
+            for r in recs
+            if r.get("record") == "cpu"
+            and r.get("cpu") != "all"
+            and r.get("busy_percent") is not None
+        ]
+        out[node]["cpu"] = {
+            "t": t,
+            **(summary[-1] if summary else {}),
+            "busy_min_percent": min(cores) if cores else None,
+            "busy_max_percent": max(cores) if cores else None,
+        }
     for node, (t, recs) in store.latest_readings(conn, "vmstat").items():
         out[node]["memory"] = {"t": t, **(recs[-1] if recs else {})}
     for node, (t, recs) in store.latest_readings(conn, "pressure").items():
         mem = [r for r in recs if r.get("resource") == "memory"]
         if mem:
-            out[node].setdefault("memory", {"t": t})["pressure_some_avg60_percent"] = mem[0].get("some_avg60_percent")
+            out[node].setdefault("memory", {"t": t})["pressure_some_avg60_percent"] = mem[0].get(
+                "some_avg60_percent"
+            )
     return dict(out)
 
 
@@ -156,7 +234,9 @@ def filesystems(conn: Any) -> list[dict[str, Any]]:
     best: dict[str, tuple[float, str, dict]] = {}
     for node, (t, recs) in store.latest_readings(conn, "disk").items():
         for r in recs:
-            if r.get("record") == "filesystem" and (r["path"] not in best or best[r["path"]][0] < t):
+            if r.get("record") == "filesystem" and (
+                r["path"] not in best or best[r["path"]][0] < t
+            ):
                 best[r["path"]] = (t, node, r)
     return [{**r, "node": node, "t": t} for t, node, r in (best[p] for p in sorted(best))]
 
@@ -171,18 +251,39 @@ def collection(conn: Any) -> list[dict[str, Any]]:
         runs, failures = sum(r["runs"] for r in rs), sum(r["failures"] for r in rs)
         errors = sorted((r for r in rs if r["last_error"]), key=lambda r: r["last_t"] or 0)
         skipped = [r for r in rs if r["skipped"]]
-        out.append({"collector": name, "role": rs[0]["role"], "nodes": len(rs), "runs": runs,
-                    "failures": failures, "success_rate": round(1 - failures / runs, 4) if runs else None,
-                    "skipped_on": len(skipped), "skipped": skipped[0]["skipped"] if skipped else None,
-                    "last_error": f"{errors[-1]['node']}: {errors[-1]['last_error']}" if errors else None,
-                    "mean_seconds": round(statistics.mean(r["last_seconds"] for r in rs if r["last_seconds"] is not None), 3)
-                    if any(r["last_seconds"] is not None for r in rs) else None})  # fmt: skip
+        out.append(
+            {
+                "collector": name,
+                "role": rs[0]["role"],
+                "nodes": len(rs),
+                "runs": runs,
+                "failures": failures,
+                "success_rate": round(1 - failures / runs, 4) if runs else None,
+                "skipped_on": len(skipped),
+                "skipped": skipped[0]["skipped"] if skipped else None,
+                "last_error": f"{errors[-1]['node']}: {errors[-1]['last_error']}"
+                if errors
+                else None,
+                "mean_seconds": round(
+                    statistics.mean(r["last_seconds"] for r in rs if r["last_seconds"] is not None),
+                    3,
+                )
+                if any(r["last_seconds"] is not None for r in rs)
+                else None,
+            }
+        )
     return out
 
 
 def overview(conn: Any, now: float | None = None) -> dict[str, Any]:
     """Everything `nomadectl status` adds to the agents' view."""
     q = queue_reading(conn, now)  # the partitions only: no stuck-job query for a status
-    return {"filesystems": filesystems(conn), "queue": q["partitions"], "queue_time": q["time"],
-            "node_metrics": _node_summary(conn), "slurm_nodes": nodes(conn, now)["nodes"],
-            "licenses": licenses(conn), "collection": collection(conn)}  # fmt: skip
+    return {
+        "filesystems": filesystems(conn),
+        "queue": q["partitions"],
+        "queue_time": q["time"],
+        "node_metrics": _node_summary(conn),
+        "slurm_nodes": nodes(conn, now)["nodes"],
+        "licenses": licenses(conn),
+        "collection": collection(conn),
+    }

@@ -19,8 +19,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-PRIVATE_FLAGS = frozenset({"jobs", "nodes", "partitions", "usage", "users", "accounts", "events",
-                           "reservations", "cloud"})  # fmt: skip
+PRIVATE_FLAGS = frozenset(
+    {"jobs", "nodes", "partitions", "usage", "users", "accounts", "events", "reservations", "cloud"}
+)
 PER_USER_FLAGS = frozenset({"usage", "users", "accounts"})
 USER_REQUESTS = 8  # requests in progress at once per uid, for all but admins and SlurmUser
 QUEUE_COUNTS = ("by_state", "by_partition_state", "cpus_by_state", "taken")  # name nobody
@@ -38,8 +39,13 @@ class Caller:
     groups: frozenset[str] = field(default_factory=frozenset)
 
 
-def is_admin(uid: int, name: str | None, groups: frozenset[str], admin_users: list[str],
-             admin_groups: list[str]) -> bool:  # fmt: skip
+def is_admin(
+    uid: int,
+    name: str | None,
+    groups: frozenset[str],
+    admin_users: list[str],
+    admin_groups: list[str],
+) -> bool:
     return (
         uid == 0 or (name is not None and name in admin_users) or bool(groups & set(admin_groups))
     )
@@ -159,8 +165,10 @@ def licenses_view(caller: Caller, private: frozenset[str], view: dict[str, Any])
     """Who holds a license is a per-user figure: under usage/users/accounts only one's own."""
     if caller.admin or not private & PER_USER_FLAGS:
         return view
-    feats = [{**f, "users": {u: n for u, n in (f.get("users") or {}).items() if u == caller.name}}
-             for f in view.get("features", [])]  # fmt: skip
+    feats = [
+        {**f, "users": {u: n for u, n in (f.get("users") or {}).items() if u == caller.name}}
+        for f in view.get("features", [])
+    ]
     return {**view, "features": feats}
 
 
@@ -183,8 +191,12 @@ def status_view(caller: Caller, private: frozenset[str], view: dict[str, Any]) -
     side (counters, refused agents and their peers, nodes still on plain) emptied."""
     if caller.admin:
         return view
-    out = {**view, "running_jobs": _job_rows(caller, private, view.get("running_jobs", [])),
-           "collection": [], "licenses": licenses_view(caller, private, view.get("licenses", {}))}  # fmt: skip
+    out = {
+        **view,
+        "running_jobs": _job_rows(caller, private, view.get("running_jobs", [])),
+        "collection": [],
+        "licenses": licenses_view(caller, private, view.get("licenses", {})),
+    }
     for key, empty in (("counters", {}), ("agents_refused", {}), ("agents_on_plain", [])):
         if key in out:
             out[key] = empty

@@ -15,12 +15,38 @@ from aggregator import store
 from aggregator.jobs.outcome import is_failure
 
 JOB_COLUMNS = (
-    "job_id", "submit_time", "user", "user_id", "account", "partition", "job_name", "work_dir",
-    "nodes_requested", "node_list", "cpus", "mem_per_node_bytes", "mem_per_cpu_bytes", "gpus",
-    "gres", "time_limit_seconds", "array_job_id", "array_task_id", "het_job_id", "het_job_offset",
-    "start_time", "end_time", "state", "outcome", "cancelled_by", "exit_code", "signal",
-    "elapsed_seconds", "total_cpu_seconds", "max_rss_bytes", "reconcile",
-)  # fmt: skip
+    "job_id",
+    "submit_time",
+    "user",
+    "user_id",
+    "account",
+    "partition",
+    "job_name",
+    "work_dir",
+    "nodes_requested",
+    "node_list",
+    "cpus",
+    "mem_per_node_bytes",
+    "mem_per_cpu_bytes",
+    "gpus",
+    "gres",
+    "time_limit_seconds",
+    "array_job_id",
+    "array_task_id",
+    "het_job_id",
+    "het_job_offset",
+    "start_time",
+    "end_time",
+    "state",
+    "outcome",
+    "cancelled_by",
+    "exit_code",
+    "signal",
+    "elapsed_seconds",
+    "total_cpu_seconds",
+    "max_rss_bytes",
+    "reconcile",
+)
 
 
 def _row_job(row: dict[str, Any]) -> dict[str, Any]:
@@ -36,13 +62,18 @@ def job(conn: Any, job_id: int, series_points: int = 20) -> dict[str, Any] | Non
     out = _row_job(row)
     nodes = []
     for n in store.job_node_summaries(conn, row["uid"]):
-        nodes.append({
-            "node": n["node"], "samples": n["samples"], "first_sample_time": n["first_t"],
-            "last_sample_time": n["last_t"], "cpu_seconds": n["cpu_seconds"],
-            "mem_peak_bytes": n["mem_peak_bytes"] if n["has_mem"] else None,
-            "read_bytes": n["read_bytes"] if n["has_io"] else None,
-            "write_bytes": n["write_bytes"] if n["has_io"] else None,
-        })  # fmt: skip
+        nodes.append(
+            {
+                "node": n["node"],
+                "samples": n["samples"],
+                "first_sample_time": n["first_t"],
+                "last_sample_time": n["last_t"],
+                "cpu_seconds": n["cpu_seconds"],
+                "mem_peak_bytes": n["mem_peak_bytes"] if n["has_mem"] else None,
+                "read_bytes": n["read_bytes"] if n["has_io"] else None,
+                "write_bytes": n["write_bytes"] if n["has_io"] else None,
+            }
+        )
     out["nodes"] = nodes
     peaks = [n["mem_peak_bytes"] for n in nodes if n["mem_peak_bytes"] is not None]
     if row["max_rss_bytes"] is not None:
@@ -64,14 +95,27 @@ def series(conn: Any, uid: int, points: int) -> list[dict[str, Any]]:
     for node, rs in by_node.items():
         step = max(1, -(-len(rs) // points))
         picked = rs[::step] if rs[-1] in rs[::step] else [*rs[::step], rs[-1]]
-        out += [{"node": node, "t": r["t"], "cpu_seconds": r["cpu_usage_seconds"],
-                 "mem_bytes": r["mem_current_bytes"], "read_bytes": r["proc_read_bytes"],
-                 "write_bytes": r["proc_write_bytes"]} for r in picked]  # fmt: skip
+        out += [
+            {
+                "node": node,
+                "t": r["t"],
+                "cpu_seconds": r["cpu_usage_seconds"],
+                "mem_bytes": r["mem_current_bytes"],
+                "read_bytes": r["proc_read_bytes"],
+                "write_bytes": r["proc_write_bytes"],
+            }
+            for r in picked
+        ]
     return out
 
 
-def jobs(conn: Any, user: str | None = None, state: str | None = None,
-         since: float | None = None, limit: int = 100) -> list[dict[str, Any]]:  # fmt: skip
+def jobs(
+    conn: Any,
+    user: str | None = None,
+    state: str | None = None,
+    since: float | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
     return [_row_job(r) for r in store.find_jobs(conn, user, state, since, limit)]
 
 
@@ -90,7 +134,7 @@ def status(conn: Any, now: float | None = None) -> dict[str, Any]:
             "envelopes_last_minute": envelopes,
             "samples_last_minute": samples,
             "samples_per_second": round(samples / 60, 2),
-        },  # fmt: skip
+        },
         "counters": counters,
         "jobs_total": store.count_jobs(conn),
         "unreconciled_jobs": store.count_jobs(conn, reconcile="unreconciled"),
@@ -107,9 +151,13 @@ def agents_refused(conn: Any, counters: dict[str, int]) -> dict[str, Any]:
     by_reason = {k[len(REFUSED) :]: v for k, v in counters.items() if k.startswith(REFUSED)}
     last = store.last_event(conn, "agent_refused")
     peer, _, reason = (last[1] or "").rpartition(": ") if last else ("", "", "")
-    return {"total": sum(by_reason.values()), "by_reason": by_reason,
-            "last_time": last[0] if last else None, "last_peer": peer or None,
-            "last_reason": reason or None}  # fmt: skip
+    return {
+        "total": sum(by_reason.values()),
+        "by_reason": by_reason,
+        "last_time": last[0] if last else None,
+        "last_peer": peer or None,
+        "last_reason": reason or None,
+    }
 
 
 PLAIN_RECENT_SECONDS = 600.0  # a node heard on the plain port within this is "still on plain"

@@ -157,23 +157,25 @@ def records(text: str, source: str = "sacct") -> list[dict]:
                 return None
 
         code = safe(sv.exit_code, row.get("ExitCode")) or (None, None)
-        out.append({
-            "job_id": row.get("JobIDRaw") or row.get("JobID"),
-            "step": row["step"] or None,
-            "user": row.get("User") or None,
-            "account": row.get("Account") or None,
-            "partition": row.get("Partition") or None,
-            "state": row.get("State") or None,
-            "exit_code": code[0],
-            "signal": code[1],
-            "submit_time": safe(sv.timestamp, row.get("Submit")),
-            "start_time": safe(sv.timestamp, row.get("Start")),
-            "end_time": safe(sv.timestamp, row.get("End")),
-            "elapsed_seconds": safe(sv.duration, row.get("Elapsed")),
-            "total_cpu_seconds": safe(sv.duration, row.get("TotalCPU")),
-            "max_rss_bytes": (safe(sv.memory, row.get("MaxRSS"), "K") or (None,))[0],
-            "time_limit_seconds": safe(sv.duration, row.get("Timelimit")),
-        })  # fmt: skip
+        out.append(
+            {
+                "job_id": row.get("JobIDRaw") or row.get("JobID"),
+                "step": row["step"] or None,
+                "user": row.get("User") or None,
+                "account": row.get("Account") or None,
+                "partition": row.get("Partition") or None,
+                "state": row.get("State") or None,
+                "exit_code": code[0],
+                "signal": code[1],
+                "submit_time": safe(sv.timestamp, row.get("Submit")),
+                "start_time": safe(sv.timestamp, row.get("Start")),
+                "end_time": safe(sv.timestamp, row.get("End")),
+                "elapsed_seconds": safe(sv.duration, row.get("Elapsed")),
+                "total_cpu_seconds": safe(sv.duration, row.get("TotalCPU")),
+                "max_rss_bytes": (safe(sv.memory, row.get("MaxRSS"), "K") or (None,))[0],
+                "time_limit_seconds": safe(sv.duration, row.get("Timelimit")),
+            }
+        )
     return out
 
 
@@ -259,27 +261,48 @@ def records_json(text: str, source: str = "sacct") -> list[dict]:
         limit = sv.number(t.get("limit"))
         code = _json_exit(job.get("exit_code"), state)
         account = sv.string(job.get("account"))
-        out.append({
-            "job_id": jid, "step": None, "user": sv.string(job.get("user")), "account": account,
-            "partition": sv.string(job.get("partition")), "state": state,
-            "exit_code": code[0], "signal": code[1],
-            "submit_time": sv.epoch(t.get("submission")), "start_time": sv.epoch(t.get("start")),
-            "end_time": sv.epoch(t.get("end")), "elapsed_seconds": _float(t.get("elapsed")),
-            "total_cpu_seconds": total, "max_rss_bytes": None,
-            "time_limit_seconds": limit * 60.0 if limit is not None else None,
-        })  # fmt: skip
+        out.append(
+            {
+                "job_id": jid,
+                "step": None,
+                "user": sv.string(job.get("user")),
+                "account": account,
+                "partition": sv.string(job.get("partition")),
+                "state": state,
+                "exit_code": code[0],
+                "signal": code[1],
+                "submit_time": sv.epoch(t.get("submission")),
+                "start_time": sv.epoch(t.get("start")),
+                "end_time": sv.epoch(t.get("end")),
+                "elapsed_seconds": _float(t.get("elapsed")),
+                "total_cpu_seconds": total,
+                "max_rss_bytes": None,
+                "time_limit_seconds": limit * 60.0 if limit is not None else None,
+            }
+        )
         for step in steps:
             st = _obj(step.get("time"))
             name, sstate = _step_name(step), _json_state(step.get("state"))
             code = _json_exit(step.get("exit_code"), sstate)
-            out.append({
-                "job_id": f"{jid}.{name}", "step": name, "user": None, "account": account,
-                "partition": None, "state": sstate, "exit_code": code[0], "signal": code[1],
-                "submit_time": sv.epoch(st.get("start")), "start_time": sv.epoch(st.get("start")),
-                "end_time": sv.epoch(st.get("end")), "elapsed_seconds": _float(st.get("elapsed")),
-                "total_cpu_seconds": _cpu_seconds(st.get("total")), "max_rss_bytes": _max_rss(step),
-                "time_limit_seconds": None,
-            })  # fmt: skip
+            out.append(
+                {
+                    "job_id": f"{jid}.{name}",
+                    "step": name,
+                    "user": None,
+                    "account": account,
+                    "partition": None,
+                    "state": sstate,
+                    "exit_code": code[0],
+                    "signal": code[1],
+                    "submit_time": sv.epoch(st.get("start")),
+                    "start_time": sv.epoch(st.get("start")),
+                    "end_time": sv.epoch(st.get("end")),
+                    "elapsed_seconds": _float(st.get("elapsed")),
+                    "total_cpu_seconds": _cpu_seconds(st.get("total")),
+                    "max_rss_bytes": _max_rss(step),
+                    "time_limit_seconds": None,
+                }
+            )
     return out
 
 
@@ -298,9 +321,10 @@ _LAST_SECOND = 253402300799  # 9999-12-31T23:59:59Z, the last time an ISO date c
 def parse_json(text: str, source: str = "sacct") -> list[dict[str, str]]:
     """`sacct --json` (or slurmrestd's /slurmdb/vX/jobs) of Slurm 21.08 to 25.x as the rows
     `parse` gives for `--parsable2` output: sacct's field names -> the text sacct prints, a job
-    line followed by its steps (`step` set), so that one conversion (aggregator/jobs/fields.py) serves
-    both.  Times carry their UTC offset (sacct prints local time without one), so no time zone
-    is guessed; ReqMem says per CPU or per node ('512Mc', '4096Mn') as sacct did before 21.08.
+    line followed by its steps (`step` set), so that one conversion (aggregator/jobs/fields.py)
+    serves both.  Times carry their UTC offset (sacct prints local time without one), so no time
+    zone is guessed; ReqMem says per CPU or per node ('512Mc', '4096Mn') as sacct did before
+    21.08.
 
     ParseError (no line number) for a document without a 'jobs' list, a job that is not an
     object or has no integer job_id, and squeue's or scontrol's --json; a field of another type
@@ -542,8 +566,18 @@ FINISHED_STATES = "CA,CD,DL,F,NF,OOM,PR,TO,BF"
 
 def history_argv(command: str, start: str, end: str) -> list[str]:
     """sacct's command line for the jobs and steps of [START, END], every user, RECONCILE_FIELDS."""
-    return [command, "--parsable2", "-D", "-a", "-S", start, "-E", end,
-            "-o", ",".join(RECONCILE_FIELDS)]  # fmt: skip
+    return [
+        command,
+        "--parsable2",
+        "-D",
+        "-a",
+        "-S",
+        start,
+        "-E",
+        end,
+        "-o",
+        ",".join(RECONCILE_FIELDS),
+    ]
 
 
 def collect_history(cfg: Config, state: dict[str, Any]) -> list[dict[str, str]]:

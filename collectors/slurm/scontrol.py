@@ -109,12 +109,37 @@ def _float(value: str | None) -> float | None:
 
 
 NODE_FIELDS = (
-    "node", "state", "state_flags", "partitions", "cpus", "cpus_alloc", "cpus_effective",
-    "cpu_load", "sockets", "cores_per_socket", "threads_per_core", "memory_bytes",
-    "memory_alloc_bytes", "memory_free_bytes", "tmp_disk_bytes", "gres", "gpus", "gpus_alloc",
-    "features", "active_features", "reason", "reason_user", "reason_time", "boot_time",
-    "slurmd_start_time", "last_busy_time", "version", "arch", "os", "weight",
-)  # fmt: skip
+    "node",
+    "state",
+    "state_flags",
+    "partitions",
+    "cpus",
+    "cpus_alloc",
+    "cpus_effective",
+    "cpu_load",
+    "sockets",
+    "cores_per_socket",
+    "threads_per_core",
+    "memory_bytes",
+    "memory_alloc_bytes",
+    "memory_free_bytes",
+    "tmp_disk_bytes",
+    "gres",
+    "gpus",
+    "gpus_alloc",
+    "features",
+    "active_features",
+    "reason",
+    "reason_user",
+    "reason_time",
+    "boot_time",
+    "slurmd_start_time",
+    "last_busy_time",
+    "version",
+    "arch",
+    "os",
+    "weight",
+)
 
 
 def _node_record(rec: dict[str, str]) -> dict:
@@ -176,9 +201,18 @@ def node_records(text: str, source: str = "scontrol") -> list[dict]:
 
 
 JOB_EXTRA_FIELDS = (
-    "uid", "exit_code", "signal", "eligible_time", "tasks", "restarts", "batch_host",
-    "work_dir", "stdout", "stderr", "alloc_memory_bytes",
-)  # fmt: skip
+    "uid",
+    "exit_code",
+    "signal",
+    "eligible_time",
+    "tasks",
+    "restarts",
+    "batch_host",
+    "work_dir",
+    "stdout",
+    "stderr",
+    "alloc_memory_bytes",
+)
 
 
 def _job_record(rec: dict[str, str]) -> dict:

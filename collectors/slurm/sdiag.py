@@ -22,49 +22,81 @@ from .squeue import decode_json
 
 # JSON key -> record key; the unit conversion is by suffix of the record key.
 _STATS = {
-    "req_time": "sample_time", "req_time_start": "stats_start_time",
-    "server_thread_count": "server_thread_count", "agent_queue_size": "agent_queue_size",
-    "agent_count": "agent_count", "agent_thread_count": "agent_thread_count",
+    "req_time": "sample_time",
+    "req_time_start": "stats_start_time",
+    "server_thread_count": "server_thread_count",
+    "agent_queue_size": "agent_queue_size",
+    "agent_count": "agent_count",
+    "agent_thread_count": "agent_thread_count",
     "dbd_agent_queue_size": "dbd_agent_queue_size",
     "gettimeofday_latency": "gettimeofday_latency_seconds",
-    "jobs_submitted": "jobs_submitted", "jobs_started": "jobs_started",
-    "jobs_completed": "jobs_completed", "jobs_canceled": "jobs_canceled",
-    "jobs_failed": "jobs_failed", "jobs_pending": "jobs_pending", "jobs_running": "jobs_running",
+    "jobs_submitted": "jobs_submitted",
+    "jobs_started": "jobs_started",
+    "jobs_completed": "jobs_completed",
+    "jobs_canceled": "jobs_canceled",
+    "jobs_failed": "jobs_failed",
+    "jobs_pending": "jobs_pending",
+    "jobs_running": "jobs_running",
     "job_states_ts": "job_states_time",
     "schedule_cycle_last": "schedule_cycle_last_seconds",
     "schedule_cycle_max": "schedule_cycle_max_seconds",
     "schedule_cycle_mean": "schedule_cycle_mean_seconds",
-    "schedule_cycle_total": "schedule_cycles", "schedule_cycle_mean_depth": "schedule_mean_depth",
+    "schedule_cycle_total": "schedule_cycles",
+    "schedule_cycle_mean_depth": "schedule_mean_depth",
     "schedule_cycle_per_minute": "schedule_cycles_per_minute",
     "schedule_queue_length": "schedule_queue_length",
-    "bf_backfilled_jobs": "bf_backfilled_jobs", "bf_last_backfilled_jobs": "bf_last_backfilled_jobs",
-    "bf_backfilled_het_jobs": "bf_backfilled_het_jobs", "bf_cycle_counter": "bf_cycles",
-    "bf_when_last_cycle": "bf_last_cycle_time", "bf_cycle_last": "bf_cycle_last_seconds",
-    "bf_cycle_max": "bf_cycle_max_seconds", "bf_cycle_mean": "bf_cycle_mean_seconds",
-    "bf_last_depth": "bf_last_depth", "bf_last_depth_try": "bf_last_depth_try",
-    "bf_depth_mean": "bf_mean_depth", "bf_depth_mean_try": "bf_mean_depth_try",
-    "bf_queue_len": "bf_queue_length", "bf_queue_len_mean": "bf_mean_queue_length",
-    "bf_table_size": "bf_table_size", "bf_table_size_mean": "bf_mean_table_size",
+    "bf_backfilled_jobs": "bf_backfilled_jobs",
+    "bf_last_backfilled_jobs": "bf_last_backfilled_jobs",
+    "bf_backfilled_het_jobs": "bf_backfilled_het_jobs",
+    "bf_cycle_counter": "bf_cycles",
+    "bf_when_last_cycle": "bf_last_cycle_time",
+    "bf_cycle_last": "bf_cycle_last_seconds",
+    "bf_cycle_max": "bf_cycle_max_seconds",
+    "bf_cycle_mean": "bf_cycle_mean_seconds",
+    "bf_last_depth": "bf_last_depth",
+    "bf_last_depth_try": "bf_last_depth_try",
+    "bf_depth_mean": "bf_mean_depth",
+    "bf_depth_mean_try": "bf_mean_depth_try",
+    "bf_queue_len": "bf_queue_length",
+    "bf_queue_len_mean": "bf_mean_queue_length",
+    "bf_table_size": "bf_table_size",
+    "bf_table_size_mean": "bf_mean_table_size",
     "bf_active": "bf_active",
-}  # fmt: skip
+}
 STATS_FIELDS = ("record", *_STATS.values())
-RPC_FIELDS = ("record", "message_type", "type_id", "user", "user_id", "count",
-              "average_time_seconds", "total_time_seconds")  # fmt: skip
+RPC_FIELDS = (
+    "record",
+    "message_type",
+    "type_id",
+    "user",
+    "user_id",
+    "count",
+    "average_time_seconds",
+    "total_time_seconds",
+)
 
 # Text labels -> JSON keys, per section (the same label means different things in each).
 _TEXT = {
     "": {
-        "Server thread count": "server_thread_count", "Agent queue size": "agent_queue_size",
-        "Agent count": "agent_count", "Agent thread count": "agent_thread_count",
-        "DBD Agent queue size": "dbd_agent_queue_size", "Jobs submitted": "jobs_submitted",
-        "Jobs started": "jobs_started", "Jobs completed": "jobs_completed",
-        "Jobs canceled": "jobs_canceled", "Jobs failed": "jobs_failed",
-        "Job states ts": "job_states_ts", "Jobs pending": "jobs_pending",
+        "Server thread count": "server_thread_count",
+        "Agent queue size": "agent_queue_size",
+        "Agent count": "agent_count",
+        "Agent thread count": "agent_thread_count",
+        "DBD Agent queue size": "dbd_agent_queue_size",
+        "Jobs submitted": "jobs_submitted",
+        "Jobs started": "jobs_started",
+        "Jobs completed": "jobs_completed",
+        "Jobs canceled": "jobs_canceled",
+        "Jobs failed": "jobs_failed",
+        "Job states ts": "job_states_ts",
+        "Jobs pending": "jobs_pending",
         "Jobs running": "jobs_running",
     },
     "main": {
-        "Last cycle": "schedule_cycle_last", "Max cycle": "schedule_cycle_max",
-        "Total cycles": "schedule_cycle_total", "Mean cycle": "schedule_cycle_mean",
+        "Last cycle": "schedule_cycle_last",
+        "Max cycle": "schedule_cycle_max",
+        "Total cycles": "schedule_cycle_total",
+        "Mean cycle": "schedule_cycle_mean",
         "Mean depth cycle": "schedule_cycle_mean_depth",
         "Cycles per minute": "schedule_cycle_per_minute",
         "Last queue length": "schedule_queue_length",
@@ -73,14 +105,21 @@ _TEXT = {
         "Total backfilled jobs (since last slurm start)": "bf_backfilled_jobs",
         "Total backfilled jobs (since last stats cycle start)": "bf_last_backfilled_jobs",
         "Total backfilled heterogeneous job components": "bf_backfilled_het_jobs",
-        "Total cycles": "bf_cycle_counter", "Last cycle when": "bf_when_last_cycle",
-        "Last cycle": "bf_cycle_last", "Max cycle": "bf_cycle_max", "Mean cycle": "bf_cycle_mean",
-        "Last depth cycle": "bf_last_depth", "Last depth cycle (try sched)": "bf_last_depth_try",
-        "Depth Mean": "bf_depth_mean", "Depth Mean (try depth)": "bf_depth_mean_try",
-        "Last queue length": "bf_queue_len", "Queue length mean": "bf_queue_len_mean",
-        "Last table size": "bf_table_size", "Mean table size": "bf_table_size_mean",
+        "Total cycles": "bf_cycle_counter",
+        "Last cycle when": "bf_when_last_cycle",
+        "Last cycle": "bf_cycle_last",
+        "Max cycle": "bf_cycle_max",
+        "Mean cycle": "bf_cycle_mean",
+        "Last depth cycle": "bf_last_depth",
+        "Last depth cycle (try sched)": "bf_last_depth_try",
+        "Depth Mean": "bf_depth_mean",
+        "Depth Mean (try depth)": "bf_depth_mean_try",
+        "Last queue length": "bf_queue_len",
+        "Queue length mean": "bf_queue_len_mean",
+        "Last table size": "bf_table_size",
+        "Mean table size": "bf_table_size_mean",
     },
-}  # fmt: skip
+}
 # Counters are 64-bit: at most 20 digits (a longer number is no counter, and past int()'s limit).
 _EPOCH = re.compile(r"\((\d{1,20})\)\s*$")
 _RPC = re.compile(
@@ -129,8 +168,10 @@ def records_json(text: str, source: str = "sdiag") -> list[dict]:
     if not isinstance(stats, dict):
         raise ParseError(source, None, "no 'statistics' object: not sdiag --json output")
     out = [_stats(stats)]
-    for kind, name_key, key in (("rpc_type", "message_type", "rpcs_by_message_type"),
-                                ("rpc_user", "user", "rpcs_by_user")):  # fmt: skip
+    for kind, name_key, key in (
+        ("rpc_type", "message_type", "rpcs_by_message_type"),
+        ("rpc_user", "user", "rpcs_by_user"),
+    ):
         items = stats.get(key) if isinstance(stats.get(key), list) else []
         out += [_rpc(kind, name_key, i) for i in items if isinstance(i, dict)]
     return out
@@ -177,8 +218,13 @@ def records_text(text: str, source: str = "sdiag") -> list[dict]:
         elif rpc_kind and (m := _RPC.match(line)):
             name_key = "message_type" if rpc_kind == "rpc_type" else "user"
             id_key = "type_id" if rpc_kind == "rpc_type" else "user_id"
-            item = {name_key: m.group(1), id_key: int(m.group(2)), "count": int(m.group(3)),
-                    "average_time": int(m.group(4)), "total_time": int(m.group(5))}  # fmt: skip
+            item = {
+                name_key: m.group(1),
+                id_key: int(m.group(2)),
+                "count": int(m.group(3)),
+                "average_time": int(m.group(4)),
+                "total_time": int(m.group(5)),
+            }
             rpcs.append(_rpc(rpc_kind, name_key, item))
         elif rpc_kind:
             raise ParseError(source, number, "expected an RPC line (NAME (ID) count:N ...)")

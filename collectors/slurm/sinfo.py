@@ -22,18 +22,47 @@ from .squeue import load_json
 COLLECTOR_FORMAT = "%N|%P|%a|%l|%T|%c|%C|%m|%e|%O|%G|%f|%u|%H|%E"
 
 FIELDS = (
-    "node", "partition", "partition_default", "partition_available",
-    "partition_time_limit_seconds", "state", "state_flags", "cpus", "cpus_alloc", "cpus_idle",
-    "cpus_other", "cpu_load", "memory_bytes", "memory_alloc_bytes", "memory_free_bytes", "gres",
-    "gpus", "features", "reason", "reason_user", "reason_time",
-)  # fmt: skip
+    "node",
+    "partition",
+    "partition_default",
+    "partition_available",
+    "partition_time_limit_seconds",
+    "state",
+    "state_flags",
+    "cpus",
+    "cpus_alloc",
+    "cpus_idle",
+    "cpus_other",
+    "cpu_load",
+    "memory_bytes",
+    "memory_alloc_bytes",
+    "memory_free_bytes",
+    "gres",
+    "gpus",
+    "features",
+    "reason",
+    "reason_user",
+    "reason_time",
+)
 
 _HEADERS = {
-    "NODELIST": "nodelist", "PARTITION": "partition", "AVAIL": "avail", "TIMELIMIT": "timelimit",
-    "STATE": "state", "CPUS": "cpus", "CPUS(A/I/O/T)": "cpus_aiot", "MEMORY": "memory",
-    "FREE_MEM": "free_mem", "CPU_LOAD": "cpu_load", "GRES": "gres", "AVAIL_FEATURES": "features",
-    "AVAIL_FE": "features", "REASON": "reason", "USER": "user", "TIMESTAMP": "timestamp",
-}  # fmt: skip
+    "NODELIST": "nodelist",
+    "PARTITION": "partition",
+    "AVAIL": "avail",
+    "TIMELIMIT": "timelimit",
+    "STATE": "state",
+    "CPUS": "cpus",
+    "CPUS(A/I/O/T)": "cpus_aiot",
+    "MEMORY": "memory",
+    "FREE_MEM": "free_mem",
+    "CPU_LOAD": "cpu_load",
+    "GRES": "gres",
+    "AVAIL_FEATURES": "features",
+    "AVAIL_FE": "features",
+    "REASON": "reason",
+    "USER": "user",
+    "TIMESTAMP": "timestamp",
+}
 _DATE_LINE = re.compile(r"^\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4}$")
 _MIB = 1 << 20
 # Nodes one row's NODELIST may name: more than any cluster has (a node list is expanded into
@@ -116,8 +145,9 @@ def _text_records(row: dict[str, str]) -> list[dict]:
     nodes = row.get("nodelist")
     size = sv.hostlist_size(nodes)
     if size > NODES_MAX:
-        raise ValueError(f"node list {nodes[:60]!r} names {size} nodes, more than "
-                         f"sinfo.NODES_MAX ({NODES_MAX})")  # fmt: skip
+        raise ValueError(
+            f"node list {nodes[:60]!r} names {size} nodes, more than sinfo.NODES_MAX ({NODES_MAX})"
+        )
     return [_record(node=node, **common) for node in sv.hostlist(nodes)]
 
 
@@ -141,9 +171,10 @@ def json_records(node: dict) -> list[dict]:
     """The records of one node object of sinfo --json or slurmrestd /nodes."""
     flags = node.get("state_flags") if isinstance(node.get("state_flags"), list) else []
     state, flags = sv.node_state(
-        node.get("state") if isinstance(node.get("state"), list) else
-        [node.get("state") or "", *flags]
-    )  # fmt: skip
+        node.get("state")
+        if isinstance(node.get("state"), list)
+        else [node.get("state") or "", *flags]
+    )
     load = sv.number(node.get("cpu_load"))
     reason = sv.string(node.get("reason"))
     common = {

@@ -238,16 +238,35 @@ def string(value) -> str | None:
 
 # Node states as sinfo prints them short (%t) -> the long form (%T); suffixes -> flags.
 _NODE_SHORT = {
-    "alloc": "allocated", "comp": "completing", "drng": "draining", "drain": "drained",
-    "fail": "fail", "failg": "failing", "futr": "future", "inval": "invalid", "mix": "mixed",
-    "npc": "perfctrs", "plnd": "planned", "resv": "reserved", "unk": "unknown",
-    "boot": "rebooting", "pow_dn": "power_down", "pow_up": "powering_up", "blocked": "blocked",
-}  # fmt: skip
+    "alloc": "allocated",
+    "comp": "completing",
+    "drng": "draining",
+    "drain": "drained",
+    "fail": "fail",
+    "failg": "failing",
+    "futr": "future",
+    "inval": "invalid",
+    "mix": "mixed",
+    "npc": "perfctrs",
+    "plnd": "planned",
+    "resv": "reserved",
+    "unk": "unknown",
+    "boot": "rebooting",
+    "pow_dn": "power_down",
+    "pow_up": "powering_up",
+    "blocked": "blocked",
+}
 _NODE_SUFFIX = {
-    "*": "NOT_RESPONDING", "~": "POWERED_DOWN", "#": "POWERING_UP", "!": "POWER_DOWN",
-    "%": "POWERING_DOWN", "$": "MAINTENANCE", "@": "REBOOT_REQUESTED", "^": "REBOOT_ISSUED",
+    "*": "NOT_RESPONDING",
+    "~": "POWERED_DOWN",
+    "#": "POWERING_UP",
+    "!": "POWER_DOWN",
+    "%": "POWERING_DOWN",
+    "$": "MAINTENANCE",
+    "@": "REBOOT_REQUESTED",
+    "^": "REBOOT_ISSUED",
     "-": "PLANNED",
-}  # fmt: skip
+}
 
 
 def node_state(value) -> tuple[str | None, list[str]]:

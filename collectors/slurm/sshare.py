@@ -18,11 +18,20 @@ from . import SLURM_TIMEOUT
 from . import slurmvalues as sv
 
 _COLUMNS = {
-    "Account": "account", "User": "user", "Cluster": "cluster", "Partition": "partition",
-    "RawShares": "raw_shares", "NormShares": "norm_shares", "RawUsage": "raw_usage",
-    "NormUsage": "norm_usage", "EffectvUsage": "effective_usage", "FairShare": "fairshare",
-    "LevelFS": "level_fs", "GrpTRESMins": "grp_tres_minutes", "TRESRunMins": "tres_run_minutes",
-}  # fmt: skip
+    "Account": "account",
+    "User": "user",
+    "Cluster": "cluster",
+    "Partition": "partition",
+    "RawShares": "raw_shares",
+    "NormShares": "norm_shares",
+    "RawUsage": "raw_usage",
+    "NormUsage": "norm_usage",
+    "EffectvUsage": "effective_usage",
+    "FairShare": "fairshare",
+    "LevelFS": "level_fs",
+    "GrpTRESMins": "grp_tres_minutes",
+    "TRESRunMins": "tres_run_minutes",
+}
 FIELDS = ("account", "user", "depth", "cluster", "partition", *list(_COLUMNS.values())[4:])
 
 

@@ -19,12 +19,27 @@ FIELDS = (
 ).split(",")
 
 RECORD_FIELDS = (
-    "job_id", "step", "ntasks", "ave_cpu_seconds", "min_cpu_seconds", "total_cpu_seconds",
-    "ave_rss_bytes", "max_rss_bytes", "max_rss_node", "max_rss_task", "ave_vmsize_bytes",
-    "max_vmsize_bytes", "max_pages", "ave_disk_read_bytes", "max_disk_read_bytes",
-    "ave_disk_write_bytes", "max_disk_write_bytes", "total_disk_read_bytes",
-    "total_disk_write_bytes", "ave_cpu_freq_hz",
-)  # fmt: skip
+    "job_id",
+    "step",
+    "ntasks",
+    "ave_cpu_seconds",
+    "min_cpu_seconds",
+    "total_cpu_seconds",
+    "ave_rss_bytes",
+    "max_rss_bytes",
+    "max_rss_node",
+    "max_rss_task",
+    "ave_vmsize_bytes",
+    "max_vmsize_bytes",
+    "max_pages",
+    "ave_disk_read_bytes",
+    "max_disk_read_bytes",
+    "ave_disk_write_bytes",
+    "max_disk_write_bytes",
+    "total_disk_read_bytes",
+    "total_disk_write_bytes",
+    "ave_cpu_freq_hz",
+)
 
 
 def _kib(value: str | None) -> int | None:

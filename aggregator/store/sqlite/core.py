@@ -257,8 +257,9 @@ CREATE TABLE advice (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def connect(path: str, *, readonly: bool = False, busy_timeout: float = 10.0,
-            synchronous: str = "full") -> sqlite3.Connection:  # fmt: skip
+def connect(
+    path: str, *, readonly: bool = False, busy_timeout: float = 10.0, synchronous: str = "full"
+) -> sqlite3.Connection:
     if readonly:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
     else:
@@ -367,8 +368,12 @@ class StoreFailing(Exception):
 # What a failed write says about the store rather than the item: these roll the whole batch
 # back for a retry.  Everything else an item raises (its own input: a constraint, a value SQLite
 # cannot bind, a Rejected envelope) refuses that item alone.
-_ITEM_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.ProgrammingError,
-                sqlite3.DataError)  # fmt: skip
+_ITEM_ERRORS = (
+    sqlite3.IntegrityError,
+    sqlite3.InterfaceError,
+    sqlite3.ProgrammingError,
+    sqlite3.DataError,
+)
 RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS = 0.05, 2.0
 MAX_BATCH_BYTES = 64 << 20  # input bytes gathered into one transaction (its memory and its WAL)
 
@@ -386,10 +391,18 @@ class Writer(threading.Thread):
     FAILING_EXIT_SECONDS of failure the writer gives up and sets `fatal`, so that the process
     exits and its service manager restarts it (what was not acknowledged is sent again)."""
 
-    def __init__(self, path: str, *, max_batch: int = 5000, max_wait: float = 0.05,
-                 checkpoint_seconds: float = 1.0, wal_limit_bytes: int = 256 << 20,
-                 busy_timeout: float = 5.0, synchronous: str = "full",
-                 failing_exit_seconds: float = 600.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        path: str,
+        *,
+        max_batch: int = 5000,
+        max_wait: float = 0.05,
+        checkpoint_seconds: float = 1.0,
+        wal_limit_bytes: int = 256 << 20,
+        busy_timeout: float = 5.0,
+        synchronous: str = "full",
+        failing_exit_seconds: float = 600.0,
+    ) -> None:
         super().__init__(name="nomade-writer", daemon=True)
         self.path, self.busy_timeout, self.synchronous = path, busy_timeout, synchronous
         self.checkpoint_seconds, self.wal_limit_bytes = checkpoint_seconds, wal_limit_bytes
@@ -469,12 +482,22 @@ class Writer(threading.Thread):
     def health(self) -> dict[str, Any]:
         """The store as the writer finds it: {"ok": True} or since when and why it fails."""
         if self.fatal.is_set():
-            return {"ok": False, "failing_since": self.failing_since, "reason": self.failing_reason,
-                    "failed_batches": self.failed_batches, "gave_up": True}  # fmt: skip
+            return {
+                "ok": False,
+                "failing_since": self.failing_since,
+                "reason": self.failing_reason,
+                "failed_batches": self.failed_batches,
+                "gave_up": True,
+            }
         if self.failing_since is None:
             return {"ok": True, "failed_batches": self.failed_batches, "backlog": self.backlog()}
-        return {"ok": False, "failing_since": self.failing_since, "reason": self.failing_reason,
-                "failed_batches": self.failed_batches, "backlog": self.backlog()}  # fmt: skip
+        return {
+            "ok": False,
+            "failing_since": self.failing_since,
+            "reason": self.failing_reason,
+            "failed_batches": self.failed_batches,
+            "backlog": self.backlog(),
+        }
 
     def call(self, fn: Callable[[sqlite3.Connection], Any], timeout: float = 10.0) -> Any:
         """Run FN in the writer and wait for its committed result (for low-rate callers)."""
@@ -524,7 +547,11 @@ class Writer(threading.Thread):
                 return self._urgent.popleft()
             left = None if end is None else end - time.monotonic()
             try:
-                item = self.q.get_nowait() if left is not None and left <= 0 else self.q.get(timeout=left)
+                item = (
+                    self.q.get_nowait()
+                    if left is not None and left <= 0
+                    else self.q.get(timeout=left)
+                )
             except queue.Empty:
                 return _EMPTY
             if item is not _WAKE:
@@ -562,17 +589,23 @@ class Writer(threading.Thread):
             except Exception as exc:  # an item's own refusals stay inside _apply: the store's
                 self._rolled_back(exc)
             if time.time() - (self.failing_since or time.time()) > self.failing_exit_seconds:
-                log.error("store: %s unusable for %.0f s (%s): giving up, so that the service "
-                          "manager restarts the aggregator; nothing unstored was acknowledged",
-                          self.path, time.time() - (self.failing_since or 0), self.failing_reason)  # fmt: skip
+                log.error(
+                    "store: %s unusable for %.0f s (%s): giving up, so that the service "
+                    "manager restarts the aggregator; nothing unstored was acknowledged",
+                    self.path,
+                    time.time() - (self.failing_since or 0),
+                    self.failing_reason,
+                )
                 self.fatal.set()
                 return False
             if self._stop_requested.wait(delay):
                 return False
             delay = min(delay * 2, RETRY_MAX_SECONDS)
         if self.failing_since is not None:
-            what = (f"{self.path} could not be written for {time.time() - self.failing_since:.1f} s"
-                    f" ({self.failing_reason})")  # fmt: skip
+            what = (
+                f"{self.path} could not be written for {time.time() - self.failing_since:.1f} s"
+                f" ({self.failing_reason})"
+            )
             log.warning("store: writable again; %s", what)
             self.failing_since, self.failing_reason = None, ""
             self.submit(WorkItem(lambda c: event(c, "store_failed", detail=what)))
@@ -640,8 +673,11 @@ class Writer(threading.Thread):
         reason = str(exc) or type(exc).__name__
         if self.failing_since is None:
             self.failing_since = time.time()
-            log.error("store: %s cannot be written (%s): retrying; nothing is acknowledged until "
-                      "it is", self.path, reason)  # fmt: skip
+            log.error(
+                "store: %s cannot be written (%s): retrying; nothing is acknowledged until it is",
+                self.path,
+                reason,
+            )
         self.failing_reason = reason
 
 
@@ -676,8 +712,12 @@ def backup(database: str, target: str, *, force: bool = False) -> dict[str, Any]
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    return {"file": str(dest), "bytes": dest.stat().st_size, "schema_version": version,
-            "seconds": round(time.monotonic() - t0, 2)}  # fmt: skip
+    return {
+        "file": str(dest),
+        "bytes": dest.stat().st_size,
+        "schema_version": version,
+        "seconds": round(time.monotonic() - t0, 2),
+    }
 
 
 def bump(conn: sqlite3.Connection, name: str, by: int = 1) -> None:

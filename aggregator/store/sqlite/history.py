@@ -1,9 +1,9 @@
 """The history that features, scoring and training are built from: ended jobs as plain rows.
 
-    ended_jobs(conn, since)          every finished job with a known outcome, oldest start first
-    start_history(conn, job)         what a starting job's features read (models.features.StartHistory)
-    recent_vectors(conn, version, n) the stored feature vectors of the latest ended jobs
-    save_features(conn, rows)        feature vectors of jobs, in the writer's transaction
+ended_jobs(conn, since)          every finished job with a known outcome, oldest start first
+start_history(conn, job)         what a starting job's features read (models.features.StartHistory)
+recent_vectors(conn, version, n) the stored feature vectors of the latest ended jobs
+save_features(conn, rows)        feature vectors of jobs, in the writer's transaction
 """
 
 from __future__ import annotations
@@ -31,7 +31,10 @@ def _rows(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> list[dict[
 
 def ended_jobs(conn: sqlite3.Connection, since: float | None = None) -> list[dict[str, Any]]:
     """Every finished job with a known outcome, oldest start first (uid kept for bookkeeping)."""
-    sql = f"SELECT uid, {', '.join(JOB_KEYS)} FROM jobs WHERE outcome IS NOT NULL AND end_time IS NOT NULL"
+    sql = (
+        f"SELECT uid, {', '.join(JOB_KEYS)} FROM jobs"
+        " WHERE outcome IS NOT NULL AND end_time IS NOT NULL"
+    )
     args: tuple = ()
     if since is not None:
         sql += " AND coalesce(start_time, submit_time) >= ?"
@@ -71,9 +74,14 @@ def start_history(conn: sqlite3.Connection, job: dict[str, Any]) -> StartHistory
     KIND_WINDOW of its kind (each oldest first), and the starts of the hour before it."""
     keys = ", ".join(JOB_KEYS)
     submit = job["submit_time"]
-    user = _rows(conn, _HISTORY_SQL.format(keys=keys, who="user"), (job.get("user") or "", submit, WINDOW))
-    account = _rows(conn, _HISTORY_SQL.format(keys=keys, who="account"),
-                    (job.get("account") or "", submit, WINDOW))  # fmt: skip
+    user = _rows(
+        conn, _HISTORY_SQL.format(keys=keys, who="user"), (job.get("user") or "", submit, WINDOW)
+    )
+    account = _rows(
+        conn,
+        _HISTORY_SQL.format(keys=keys, who="account"),
+        (job.get("account") or "", submit, WINDOW),
+    )
     start = job.get("start_time") or submit
     since = start - ACTIVITY_SECONDS
     cluster = conn.execute(
@@ -89,10 +97,16 @@ def start_history(conn: sqlite3.Connection, job: dict[str, Any]) -> StartHistory
 def recent_vectors(conn: sqlite3.Connection, feature_version: int, limit: int) -> list[tuple]:
     """(end_time, job_id, outcome, vector bytes) of the latest LIMIT ended jobs with stored
     features of FEATURE_VERSION, newest first."""
-    return [tuple(r) for r in conn.execute(
-        "SELECT j.end_time, j.job_id, j.outcome, f.vector FROM jobs j JOIN job_features f ON f.job_uid = j.uid"
-        " WHERE j.outcome IS NOT NULL AND j.end_time IS NOT NULL AND f.feature_version = ?"
-        " ORDER BY j.end_time DESC LIMIT ?", (feature_version, limit))]  # fmt: skip
+    return [
+        tuple(r)
+        for r in conn.execute(
+            "SELECT j.end_time, j.job_id, j.outcome, f.vector"
+            " FROM jobs j JOIN job_features f ON f.job_uid = j.uid"
+            " WHERE j.outcome IS NOT NULL AND j.end_time IS NOT NULL AND f.feature_version = ?"
+            " ORDER BY j.end_time DESC LIMIT ?",
+            (feature_version, limit),
+        )
+    ]
 
 
 def save_features(conn: sqlite3.Connection, rows: Iterable[tuple[int, int, bytes]]) -> None:

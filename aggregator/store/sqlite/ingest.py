@@ -60,13 +60,41 @@ def insert_samples(conn: sqlite3.Connection, node: str, rows: list[list[Any]]) -
 
 
 _JOB_COLUMNS = (
-    "submit_time", "array_job_id", "array_task_id", "het_job_id", "het_job_offset", "user",
-    "user_id", "account", "partition", "job_name", "work_dir", "nodes_requested", "node_list",
-    "cpus", "mem_per_node_bytes", "mem_per_cpu_bytes", "gpus", "gres", "time_limit_seconds",
-    "start_time", "end_time", "state", "outcome", "cancelled_by", "exit_code", "signal",
-    "elapsed_seconds", "total_cpu_seconds", "max_rss_bytes", "reconcile", "reconcile_attempts",
-    "reconcile_after", "request_json", "queue_json",
-)  # fmt: skip
+    "submit_time",
+    "array_job_id",
+    "array_task_id",
+    "het_job_id",
+    "het_job_offset",
+    "user",
+    "user_id",
+    "account",
+    "partition",
+    "job_name",
+    "work_dir",
+    "nodes_requested",
+    "node_list",
+    "cpus",
+    "mem_per_node_bytes",
+    "mem_per_cpu_bytes",
+    "gpus",
+    "gres",
+    "time_limit_seconds",
+    "start_time",
+    "end_time",
+    "state",
+    "outcome",
+    "cancelled_by",
+    "exit_code",
+    "signal",
+    "elapsed_seconds",
+    "total_cpu_seconds",
+    "max_rss_bytes",
+    "reconcile",
+    "reconcile_attempts",
+    "reconcile_after",
+    "request_json",
+    "queue_json",
+)
 
 
 # Samples for a job id whose newest run ended this long before them belong to a new run.
@@ -107,9 +135,14 @@ BAD_LOG_MAX = 20  # and at most this many a minute, whatever the reasons
 class Ingest:
     """Owned by the writer thread: keeps the job-id -> row cache that samples need."""
 
-    def __init__(self, cluster: str, reconcile_delay: float = 2.0,
-                 readings_history_seconds: float = 600.0, sample_future_seconds: float = math.inf,
-                 sample_max_age_seconds: float = math.inf) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cluster: str,
+        reconcile_delay: float = 2.0,
+        readings_history_seconds: float = 600.0,
+        sample_future_seconds: float = math.inf,
+        sample_max_age_seconds: float = math.inf,
+    ) -> None:
         """The sample-time window is the aggregator's (aggregator.sample_future_seconds and
         sample_max_age_days); an Ingest without one (an import, a test's story) takes any time."""
         self.cluster, self.reconcile_delay = cluster, reconcile_delay
@@ -131,7 +164,9 @@ class Ingest:
         self._bad_minute = (0.0, 0)
 
     # -- jobs ---------------------------------------------------------------------------------
-    def job_uid(self, conn: sqlite3.Connection, job_id: int, now: float, t: float | None = None) -> int:
+    def job_uid(
+        self, conn: sqlite3.Connection, job_id: int, now: float, t: float | None = None
+    ) -> int:
         """The newest row for JOB_ID; a placeholder row when the job is not known yet, or when
         what arrives at time T is from long after that row's run ended: job ids come round again
         (a controller reset, history imported from another cluster), and a new run's first
@@ -139,10 +174,13 @@ class Ingest:
         uid = self._uids.get(job_id)
         if uid is None:
             row = conn.execute(
-                "SELECT uid, end_time FROM jobs WHERE cluster = ? AND job_id = ? ORDER BY uid DESC LIMIT 1",
+                "SELECT uid, end_time FROM jobs WHERE cluster = ? AND job_id = ?"
+                " ORDER BY uid DESC LIMIT 1",
                 (self.cluster, job_id),
             ).fetchone()
-            if row is None or (t is not None and row[1] is not None and t > row[1] + REUSED_AFTER_SECONDS):
+            if row is None or (
+                t is not None and row[1] is not None and t > row[1] + REUSED_AFTER_SECONDS
+            ):
                 uid = conn.execute(
                     "INSERT INTO jobs (cluster, job_id, created, updated) VALUES (?, ?, ?, ?)",
                     (self.cluster, job_id, now, now),
@@ -166,7 +204,8 @@ class Ingest:
         else:
             row = conn.execute(
                 "SELECT uid FROM jobs WHERE cluster = ? AND job_id = ?"
-                " AND (submit_time = ? OR submit_time IS NULL) ORDER BY submit_time IS NULL, uid DESC",
+                " AND (submit_time = ? OR submit_time IS NULL)"
+                " ORDER BY submit_time IS NULL, uid DESC",
                 (self.cluster, job_id, submit),
             ).fetchone()
             uid = (
@@ -187,7 +226,8 @@ class Ingest:
         # after its end (over HTTP, a short job's end is stored while its start is scored), so
         # it is the row that says whether the run has ended, not the report.
         ended = fields.get("end_time") is not None or (
-            conn.execute("SELECT end_time FROM jobs WHERE uid = ?", (uid,)).fetchone()[0] is not None
+            conn.execute("SELECT end_time FROM jobs WHERE uid = ?", (uid,)).fetchone()[0]
+            is not None
         )
         newest = self._uids.get(job_id)
         if ended:
@@ -198,9 +238,14 @@ class Ingest:
         return uid
 
     # -- envelopes ----------------------------------------------------------------------------
-    def take(self, conn: sqlite3.Connection, data: bytes, now: float | None = None,
-             admit: Callable[[sqlite3.Connection, wire.Envelope], bool] | None = None,
-             peer: str = "?") -> Answer:  # fmt: skip
+    def take(
+        self,
+        conn: sqlite3.Connection,
+        data: bytes,
+        now: float | None = None,
+        admit: Callable[[sqlite3.Connection, wire.Envelope], bool] | None = None,
+        peer: str = "?",
+    ) -> Answer:
         """One message from an agent, inside the writer's transaction: decoded, checked against
         its bounds and stored, or refused with nothing of it stored (its own SAVEPOINT).  Every
         envelope whose key can be read gets an ACK or a NACK with the reason; ADMIT (CURVE:
@@ -218,13 +263,20 @@ class Ingest:
             self.note_bad(conn, peer, f"not understood ({type(exc).__name__})", now)
             return Answer("drop", None, f"not understood ({type(exc).__name__})")
 
-    def _take(self, conn: sqlite3.Connection, data: bytes, now: float,
-              admit: Callable[[sqlite3.Connection, wire.Envelope], bool] | None,
-              peer: str) -> Answer:  # fmt: skip
+    def _take(
+        self,
+        conn: sqlite3.Connection,
+        data: bytes,
+        now: float,
+        admit: Callable[[sqlite3.Connection, wire.Envelope], bool] | None,
+        peer: str,
+    ) -> Answer:
         try:
             env = wire.unpack(data)
         except wire.WireError as exc:
-            self.note_bad(conn, peer if exc.key is None else f"{exc.key[0]} ({peer})", str(exc), now)
+            self.note_bad(
+                conn, peer if exc.key is None else f"{exc.key[0]} ({peer})", str(exc), now
+            )
             return Answer("drop" if exc.key is None else "nack", None, str(exc), exc.key)
         key = (env.node, env.epoch, env.seq)
         if admit is not None and not admit(conn, env):
@@ -243,7 +295,11 @@ class Ingest:
             conn.execute("ROLLBACK TO envelope")
             conn.execute("RELEASE envelope")
             self.forget()  # rows it created are gone
-            reason = str(exc) if isinstance(exc, Rejected) else f"not storable ({type(exc).__name__}: {exc})"
+            reason = (
+                str(exc)
+                if isinstance(exc, Rejected)
+                else f"not storable ({type(exc).__name__}: {exc})"
+            )
             reason = printable(reason, 300)
             self.note_bad(conn, f"{env.node} ({peer})", reason, now)
             return Answer("nack", env, reason, key)
@@ -308,9 +364,13 @@ class Ingest:
         if env.type == wire.HELLO:
             conn.execute(
                 "UPDATE nodes SET host = ?, agent_version = ?, interval_seconds = ? WHERE node = ?",
-                (_text(p, "host"), _text(p, "agent_version"),
-                 _number(p, "interval_seconds", 0, 86400), env.node),
-            )  # fmt: skip
+                (
+                    _text(p, "host"),
+                    _text(p, "agent_version"),
+                    _number(p, "interval_seconds", 0, 86400),
+                    env.node,
+                ),
+            )
         elif env.type == wire.HEARTBEAT:
             if isinstance(p.get("collectors"), dict):
                 store_collector_status(conn, env.node, "node", p["collectors"], now)
@@ -318,33 +378,55 @@ class Ingest:
             conn.execute(
                 "UPDATE nodes SET last_heartbeat = ?, running_jobs = ?, outbox_depth = ?,"
                 " outbox_dropped = ?, agent_nacked = ? WHERE node = ?",
-                (now, len(jobs) if isinstance(jobs, list) else None,
-                 _number(p, "outbox_depth", 0, MAX_INT, int), _number(p, "dropped", 0, MAX_INT, int),
-                 _number(p, "nacked", 0, MAX_INT, int), env.node),
-            )  # fmt: skip
+                (
+                    now,
+                    len(jobs) if isinstance(jobs, list) else None,
+                    _number(p, "outbox_depth", 0, MAX_INT, int),
+                    _number(p, "dropped", 0, MAX_INT, int),
+                    _number(p, "nacked", 0, MAX_INT, int),
+                    env.node,
+                ),
+            )
 
     # -- collectors -----------------------------------------------------------------------------
     def _readings(self, conn: sqlite3.Connection, node: str, p: Any, now: float) -> None:
-        if not (isinstance(p, dict) and isinstance(p.get("collector"), str)
-                and isinstance(p.get("records"), list)):  # fmt: skip
+        if not (
+            isinstance(p, dict)
+            and isinstance(p.get("collector"), str)
+            and isinstance(p.get("records"), list)
+        ):
             raise Rejected("readings payload needs 'collector' and a 'records' list")
         if p["collector"] not in NODE_COLLECTOR_NAMES:  # each name keeps a history of its own
-            raise Rejected(f"readings collector must be one of {', '.join(sorted(NODE_COLLECTOR_NAMES))}")
+            raise Rejected(
+                f"readings collector must be one of {', '.join(sorted(NODE_COLLECTOR_NAMES))}"
+            )
         t = self._time(p.get("t"), "readings t", now)
         text = json.dumps(p["records"], separators=(",", ":"), default=_unstorable)
         if len(text) > MAX_READING_CHARS:
-            raise Rejected(f"readings records are {len(text)} characters as JSON, over {MAX_READING_CHARS}")
-        store_reading(conn, node, p["collector"], t, _number(p, "seconds", 0, 86400), p["records"],
-                      self.readings_history_seconds, text)  # fmt: skip
+            raise Rejected(
+                f"readings records are {len(text)} characters as JSON, over {MAX_READING_CHARS}"
+            )
+        store_reading(
+            conn,
+            node,
+            p["collector"],
+            t,
+            _number(p, "seconds", 0, 86400),
+            p["records"],
+            self.readings_history_seconds,
+            text,
+        )
 
     def _time(self, t: Any, what: str, now: float) -> float:
         """T as a sample time: a finite number of Unix seconds near this clock, else Rejected."""
         if type(t) not in (int, float) or not math.isfinite(t):
             raise Rejected(f"{what} must be a finite number of Unix seconds, not {_shown(t)}")
         if not now - self.sample_max_age_seconds <= t <= now + self.sample_future_seconds:
-            raise Rejected(f"{what} {t:.0f} is {t - now:+.0f} s from the aggregator's clock "
-                           f"(allowed: -{self.sample_max_age_seconds:.0f} to "
-                           f"+{self.sample_future_seconds:.0f} s)")  # fmt: skip
+            raise Rejected(
+                f"{what} {t:.0f} is {t - now:+.0f} s from the aggregator's clock "
+                f"(allowed: -{self.sample_max_age_seconds:.0f} to "
+                f"+{self.sample_future_seconds:.0f} s)"
+            )
         return float(t)
 
     def _samples(self, conn: sqlite3.Connection, env: wire.Envelope, rows: Any, now: float) -> None:
@@ -367,8 +449,9 @@ class Ingest:
             row[0] = uid
         insert_samples(conn, env.node, rows)
 
-    def _sample_bounds(self, conn: sqlite3.Connection, node: str, rows: list[list[Any]],
-                       now: float) -> list[list[Any]]:  # fmt: skip
+    def _sample_bounds(
+        self, conn: sqlite3.Connection, node: str, rows: list[list[Any]], now: float
+    ) -> list[list[Any]]:
         """ROWS checked in a few passes in C over all their values at once (a thousand-row
         envelope costs microseconds): every value a non-negative integer below 2^63, a finite
         non-negative float, or null (a boolean counts as 0 or 1); job id an integer and time a
@@ -380,8 +463,14 @@ class Ingest:
         times = list(map(_SECOND, rows))
         try:  # text or a map fails the sum (TypeError), NaN and infinities its finiteness
             total = sum(present)
-            ok = (empty <= _EMPTY_NUMBERS and math.isfinite(total) and total <= MAX_INT and min(present) >= 0
-                  and set(map(type, map(_FIRST, rows))) == {int} and None not in times)  # fmt: skip
+            ok = (
+                empty <= _EMPTY_NUMBERS
+                and math.isfinite(total)
+                and total <= MAX_INT
+                and min(present) >= 0
+                and set(map(type, map(_FIRST, rows))) == {int}
+                and None not in times
+            )
         except (OverflowError, TypeError, ValueError):
             ok = False
         if not ok:
@@ -396,14 +485,22 @@ class Ingest:
         conn.execute(
             "UPDATE nodes SET samples_refused = samples_refused + ?, samples_refused_why = ?"
             " WHERE node = ?",
-            (len(rows) - len(kept), f"sample time {worst - now:+.0f} s from the aggregator's clock", node),
+            (
+                len(rows) - len(kept),
+                f"sample time {worst - now:+.0f} s from the aggregator's clock",
+                node,
+            ),
         )
         bump(conn, "samples_refused_time", len(rows) - len(kept))
         return kept
 
     def _job_event(self, conn: sqlite3.Connection, env: wire.Envelope, now: float) -> None:
         p = env.payload
-        if not isinstance(p, dict) or type(p.get("job_id")) is not int or not 0 <= p["job_id"] <= MAX_INT:
+        if (
+            not isinstance(p, dict)
+            or type(p.get("job_id")) is not int
+            or not 0 <= p["job_id"] <= MAX_INT
+        ):
             raise Rejected(f"job_event payload needs an integer job_id from 0 to {MAX_INT}")
         if p.get("event") not in ("start", "end"):
             raise Rejected("job_event event must be 'start' or 'end'")
@@ -411,7 +508,9 @@ class Ingest:
         try:
             detail = json.dumps(p, default=str)
         except (TypeError, ValueError, RecursionError) as exc:
-            raise Rejected(f"job_event payload is not JSON-like ({printable(str(exc), 80)})") from None
+            raise Rejected(
+                f"job_event payload is not JSON-like ({printable(str(exc), 80)})"
+            ) from None
         if len(detail) > MAX_DETAIL:
             raise Rejected(f"job_event payload is {len(detail)} bytes as JSON, over {MAX_DETAIL}")
         uid = self.job_uid(conn, p["job_id"], now, t if p.get("event") == "start" else None)
@@ -423,14 +522,23 @@ class Ingest:
             # whose EpilogSlurmctld could not reach the aggregator is still reconciled.
             conn.execute(
                 "UPDATE jobs SET end_time = coalesce(end_time, ?),"
-                " reconcile_after = coalesce(reconcile_after, ?) WHERE uid = ? AND reconcile = 'pending'",
+                " reconcile_after = coalesce(reconcile_after, ?)"
+                " WHERE uid = ? AND reconcile = 'pending'",
                 (t, now + self.reconcile_delay, uid),
             )
 
     # -- hook reports -------------------------------------------------------------------------
-    def job_start(self, conn: sqlite3.Connection, fields: dict[str, Any], queue: Any, now: float,
-                  vector: bytes | None = None, feature_version: int | None = None,
-                  verdict: dict[str, Any] | None = None, advice: dict[str, Any] | None = None) -> int:  # fmt: skip
+    def job_start(
+        self,
+        conn: sqlite3.Connection,
+        fields: dict[str, Any],
+        queue: Any,
+        now: float,
+        vector: bytes | None = None,
+        feature_version: int | None = None,
+        verdict: dict[str, Any] | None = None,
+        advice: dict[str, Any] | None = None,
+    ) -> int:
         fields = dict(
             fields, request_json=jobfields.as_json(fields), queue_json=jobfields.as_json(queue)
         )
@@ -443,33 +551,62 @@ class Ingest:
             )
         if verdict is not None:
             conn.execute(
-                "INSERT OR REPLACE INTO verdicts (job_uid, model_version, t, p_fail, health, probs_json, risk,"
-                " warned, reasons_json, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (uid, verdict["model_version"], now, verdict["p_fail"], verdict["health"],
-                 jobfields.as_json(verdict["probs"]), verdict["risk"], int(verdict["warned"]),
-                 jobfields.as_json(verdict["reasons"]), "\n".join(verdict["lines"])),
-            )  # fmt: skip
+                "INSERT OR REPLACE INTO verdicts (job_uid, model_version, t, p_fail, health,"
+                " probs_json, risk, warned, reasons_json, message)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    uid,
+                    verdict["model_version"],
+                    now,
+                    verdict["p_fail"],
+                    verdict["health"],
+                    jobfields.as_json(verdict["probs"]),
+                    verdict["risk"],
+                    int(verdict["warned"]),
+                    jobfields.as_json(verdict["reasons"]),
+                    "\n".join(verdict["lines"]),
+                ),
+            )
         if advice is not None:
             mem, limit = advice.get("mem"), advice.get("time")
             conn.execute(
-                "INSERT OR REPLACE INTO advice (job_uid, t, mem_bytes, time_seconds, printed, advice_json)"
+                "INSERT OR REPLACE INTO advice"
+                " (job_uid, t, mem_bytes, time_seconds, printed, advice_json)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                (uid, now, mem and mem["value"], limit and limit["value"], int(bool(advice.get("printed"))),
-                 jobfields.as_json(advice)),
-            )  # fmt: skip
+                (
+                    uid,
+                    now,
+                    mem and mem["value"],
+                    limit and limit["value"],
+                    int(bool(advice.get("printed"))),
+                    jobfields.as_json(advice),
+                ),
+            )
         return uid
 
     def job_end(
         self, conn: sqlite3.Connection, fields: dict[str, Any], delay: float, now: float
     ) -> int:
-        fields = dict(fields, end_time=fields.get("end_time") or now, reconcile="pending",
-                      reconcile_after=now + delay)  # fmt: skip
+        fields = dict(
+            fields,
+            end_time=fields.get("end_time") or now,
+            reconcile="pending",
+            reconcile_after=now + delay,
+        )
         uid = self.upsert_job(conn, fields, now)
         event(conn, "job_end", job_uid=uid, t=now)
         return uid
 
-    def reconciled(self, conn: sqlite3.Connection, uid: int, final: dict[str, Any] | None,
-                   attempts: int, max_attempts: int, delay: float, now: float) -> None:  # fmt: skip
+    def reconciled(
+        self,
+        conn: sqlite3.Connection,
+        uid: int,
+        final: dict[str, Any] | None,
+        attempts: int,
+        max_attempts: int,
+        delay: float,
+        now: float,
+    ) -> None:
         """Store sacct's final record, or schedule the next try with exponential backoff."""
         if final is not None:
             known = {k: v for k, v in final.items() if v is not None}
@@ -493,8 +630,8 @@ class Ingest:
             return
         state = "pending" if attempts < max_attempts else "unreconciled"
         conn.execute(
-            "UPDATE jobs SET reconcile = ?, reconcile_attempts = ?, reconcile_after = ?, updated = ?"
-            " WHERE uid = ?",
+            "UPDATE jobs SET reconcile = ?, reconcile_attempts = ?, reconcile_after = ?,"
+            " updated = ? WHERE uid = ?",
             (state, attempts, now + delay * 2**attempts, now, uid),
         )
         if state == "unreconciled":
@@ -502,25 +639,38 @@ class Ingest:
 
 
 # -- collectors (node readings arrive in envelopes; head-node ones from the aggregator itself) ---
-def store_reading(conn: sqlite3.Connection, node: str, collector: str, t: float,
-                  seconds: Any, records: list[Any], history_seconds: float,
-                  text: str | None = None) -> None:  # fmt: skip
+def store_reading(
+    conn: sqlite3.Connection,
+    node: str,
+    collector: str,
+    t: float,
+    seconds: Any,
+    records: list[Any],
+    history_seconds: float,
+    text: str | None = None,
+) -> None:
     """The latest reading of (node, collector), and one reading per HISTORY_SECONDS kept as
     history (for fill rates and trends) so that a 1,000-node cluster does not store every run.
     TEXT: the records as JSON, when the caller has made it already."""
     if text is None:
         text = json.dumps(records, separators=(",", ":"), default=str)
-    row = conn.execute("SELECT t FROM readings_latest WHERE node = ? AND collector = ?",
-                       (node, collector)).fetchone()  # fmt: skip
+    row = conn.execute(
+        "SELECT t FROM readings_latest WHERE node = ? AND collector = ?", (node, collector)
+    ).fetchone()
     if row is not None and row[0] > t:
         return  # an older reading delivered late (resent after an aggregator restart)
-    conn.execute("INSERT OR REPLACE INTO readings_latest VALUES (?, ?, ?, ?, ?)",
-                 (node, collector, t, seconds if isinstance(seconds, (int, float)) else None, text))  # fmt: skip
-    last = conn.execute("SELECT max(t) FROM readings WHERE collector = ? AND node = ?",
-                        (collector, node)).fetchone()[0]  # fmt: skip
+    conn.execute(
+        "INSERT OR REPLACE INTO readings_latest VALUES (?, ?, ?, ?, ?)",
+        (node, collector, t, seconds if isinstance(seconds, (int, float)) else None, text),
+    )
+    last = conn.execute(
+        "SELECT max(t) FROM readings WHERE collector = ? AND node = ?", (collector, node)
+    ).fetchone()[0]
     if last is None or t - last >= history_seconds:
-        conn.execute("INSERT INTO readings (node, collector, t, records_json) VALUES (?, ?, ?, ?)",
-                     (node, collector, t, text))  # fmt: skip
+        conn.execute(
+            "INSERT INTO readings (node, collector, t, records_json) VALUES (?, ?, ?, ?)",
+            (node, collector, t, text),
+        )
 
 
 _STATUS_SQL = (
@@ -529,13 +679,19 @@ _STATUS_SQL = (
 )
 
 
-def store_collector_status(conn: sqlite3.Connection, node: str, role: str,
-                           status: dict[Any, Any], now: float) -> None:  # fmt: skip
+def store_collector_status(
+    conn: sqlite3.Connection, node: str, role: str, status: dict[Any, Any], now: float
+) -> None:
     """Each collector's STATUS_FIELDS values as its runner reports them (wire.HEARTBEAT);
     malformed entries are skipped."""
     for name, values in status.items():
-        if (isinstance(name, str) and 0 < len(name) <= 64 and isinstance(values, list)
-                and len(values) == len(STATUS_FIELDS) and all(map(_scalar, values))):  # fmt: skip
+        if (
+            isinstance(name, str)
+            and 0 < len(name) <= 64
+            and isinstance(values, list)
+            and len(values) == len(STATUS_FIELDS)
+            and all(map(_scalar, values))
+        ):
             values = [printable(v, MAX_TEXT) if isinstance(v, str) else v for v in values]
             conn.execute(_STATUS_SQL, (node, printable(name, 64), role, *values, now))
 
@@ -543,8 +699,12 @@ def store_collector_status(conn: sqlite3.Connection, node: str, role: str,
 def _scalar(v: Any) -> bool:
     """A value SQLite stores as it is: null, text, an integer in range, a finite float."""
     t = type(v)
-    return (v is None or t is str or (t is int and -MAX_INT <= v <= MAX_INT)
-            or (t is float and math.isfinite(v)))  # fmt: skip
+    return (
+        v is None
+        or t is str
+        or (t is int and -MAX_INT <= v <= MAX_INT)
+        or (t is float and math.isfinite(v))
+    )
 
 
 def _unstorable(value: Any) -> Any:

@@ -7,20 +7,25 @@ import sqlite3
 from typing import Any
 
 _SAME_RUN = (
-    "SELECT * FROM jobs WHERE cluster = ? AND job_id = ? AND (submit_time = ? OR submit_time IS NULL)"
+    "SELECT * FROM jobs WHERE cluster = ? AND job_id = ?"
+    " AND (submit_time = ? OR submit_time IS NULL)"
     " ORDER BY submit_time IS NULL, uid DESC LIMIT 1"
 )
 _NEWEST_RUN = "SELECT * FROM jobs WHERE cluster = ? AND job_id = ? ORDER BY uid DESC LIMIT 1"
 
 
-def find_run(conn: sqlite3.Connection, cluster: str, job_id: int,
-             submit_time: float | None) -> dict[str, Any] | None:  # fmt: skip
+def find_run(
+    conn: sqlite3.Connection, cluster: str, job_id: int, submit_time: float | None
+) -> dict[str, Any] | None:
     """The `jobs` row of CLUSTER's run of JOB_ID submitted at SUBMIT_TIME, or the row of a run
     of it whose submit time is not known yet (a placeholder); with no SUBMIT_TIME, the newest
     run of JOB_ID.  None when there is none."""
     key = (cluster, job_id)
-    found = conn.execute(_NEWEST_RUN, key) if submit_time is None else conn.execute(
-        _SAME_RUN, (*key, submit_time))  # fmt: skip
+    found = (
+        conn.execute(_NEWEST_RUN, key)
+        if submit_time is None
+        else conn.execute(_SAME_RUN, (*key, submit_time))
+    )
     row = found.fetchone()
     return None if row is None else dict(row)
 

@@ -1,5 +1,6 @@
 """The enrolled agent keys (`agent_keys`) and how each node was last heard (`agent_links`):
-what `nomadectl keys` changes and the aggregator's ZAP handler (aggregator/daemon/agentauth.py) reads.
+what `nomadectl keys` changes and the aggregator's ZAP handler
+(aggregator/daemon/agentauth.py) reads.
 """
 
 from __future__ import annotations
@@ -39,15 +40,18 @@ def agent_key(conn: sqlite3.Connection, node: str) -> dict[str, Any] | None:
 
 def enrol_key(conn: sqlite3.Connection, node: str, key: str, now: float, user: str) -> None:
     """KEY becomes NODE's (a revoked or other key it had is replaced), enrolled by USER."""
-    conn.execute("INSERT INTO agent_keys (node, public_key, added, added_by) VALUES (?, ?, ?, ?)"
-                 " ON CONFLICT (node) DO UPDATE SET public_key = excluded.public_key, added ="
-                 " excluded.added, added_by = excluded.added_by, revoked = NULL, revoked_by = NULL",
-                 (node, key, now, user))  # fmt: skip
+    conn.execute(
+        "INSERT INTO agent_keys (node, public_key, added, added_by) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (node) DO UPDATE SET public_key = excluded.public_key, added ="
+        " excluded.added, added_by = excluded.added_by, revoked = NULL, revoked_by = NULL",
+        (node, key, now, user),
+    )
 
 
 def revoke_key(conn: sqlite3.Connection, node: str, now: float, user: str) -> None:
-    conn.execute("UPDATE agent_keys SET revoked = ?, revoked_by = ? WHERE node = ?",
-                 (now, user, node))  # fmt: skip
+    conn.execute(
+        "UPDATE agent_keys SET revoked = ?, revoked_by = ? WHERE node = ?", (now, user, node)
+    )
 
 
 def key_listing(conn: sqlite3.Connection) -> list[dict[str, Any]]:
@@ -70,5 +74,8 @@ def note_agent_link(conn: sqlite3.Connection, node: str, column: str, now: float
     """NODE was heard at NOW over CURVE (COLUMN "curve_seen") or plain ZeroMQ ("plain_seen")."""
     if column not in LINK_COLUMNS:
         raise ValueError(f"agent link column must be one of {LINK_COLUMNS}, not {column!r}")
-    conn.execute(f"INSERT INTO agent_links (node, {column}) VALUES (?, ?)"
-                 f" ON CONFLICT (node) DO UPDATE SET {column} = excluded.{column}", (node, now))  # fmt: skip
+    conn.execute(
+        f"INSERT INTO agent_links (node, {column}) VALUES (?, ?)"
+        f" ON CONFLICT (node) DO UPDATE SET {column} = excluded.{column}",
+        (node, now),
+    )

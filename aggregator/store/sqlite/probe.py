@@ -26,7 +26,11 @@ def event_job_counts(path: str, kinds: tuple[str, ...], since: float) -> list[in
     """Per event kind of KINDS, how many jobs have one since SINCE, in the database at PATH."""
     conn = _open(path)
     try:
-        return [conn.execute("SELECT count(DISTINCT job_uid) FROM events WHERE kind = ? AND t >= ?",
-                             (k, since)).fetchone()[0] for k in kinds]  # fmt: skip
+        return [
+            conn.execute(
+                "SELECT count(DISTINCT job_uid) FROM events WHERE kind = ? AND t >= ?", (k, since)
+            ).fetchone()[0]
+            for k in kinds
+        ]
     finally:
         conn.close()

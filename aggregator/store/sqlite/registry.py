@@ -12,14 +12,29 @@ from typing import Any
 from aggregator.store.sqlite.core import audit
 
 
-def register_model(conn: sqlite3.Connection, version: str, path: str, sha256: str,
-                   meta: dict[str, Any], metrics: dict[str, Any]) -> None:  # fmt: skip
+def register_model(
+    conn: sqlite3.Connection,
+    version: str,
+    path: str,
+    sha256: str,
+    meta: dict[str, Any],
+    metrics: dict[str, Any],
+) -> None:
     conn.execute(
         "INSERT INTO models (version, created, path, sha256, feature_version, train_first_submit,"
         " train_last_submit, train_jobs, metrics_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (version, time.time(), path, sha256, meta["feature_version"], meta.get("train_first_submit"),
-         meta.get("train_last_submit"), meta.get("train_jobs"), json.dumps(metrics, sort_keys=True)),
-    )  # fmt: skip
+        (
+            version,
+            time.time(),
+            path,
+            sha256,
+            meta["feature_version"],
+            meta.get("train_first_submit"),
+            meta.get("train_last_submit"),
+            meta.get("train_jobs"),
+            json.dumps(metrics, sort_keys=True),
+        ),
+    )
 
 
 def list_models(conn: sqlite3.Connection) -> list[dict[str, Any]]:

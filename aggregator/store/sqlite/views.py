@@ -1,6 +1,6 @@
-"""What the read-side views (aggregator/views/query.py, aggregator/views/clusterviews.py) ask of the store:
-rows as dicts by column name or tuples by position, JSON columns decoded, never SQLite's own
-row type.  The views shape them for `nomadectl` and the JSON API.
+"""What the read-side views (aggregator/views/query.py, aggregator/views/clusterviews.py) ask of
+the store: rows as dicts by column name or tuples by position, JSON columns decoded, never
+SQLite's own row type.  The views shape them for `nomadectl` and the JSON API.
 """
 
 from __future__ import annotations
@@ -32,8 +32,13 @@ def find_job(conn: sqlite3.Connection, job_id: int) -> dict[str, Any] | None:
     return None if row is None else dict(row)
 
 
-def find_jobs(conn: sqlite3.Connection, user: str | None = None, state: str | None = None,
-              since: float | None = None, limit: int = 100) -> list[dict[str, Any]]:  # fmt: skip
+def find_jobs(
+    conn: sqlite3.Connection,
+    user: str | None = None,
+    state: str | None = None,
+    since: float | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
     """`jobs` rows, newest first: of USER, whose outcome is STATE or whose Slurm state begins
     with it (either case), submitted (else started, else first seen) at or after SINCE."""
     where: list[str] = []
@@ -75,8 +80,13 @@ def job_verdict(conn: sqlite3.Connection, uid: int) -> dict[str, Any] | None:
     ).fetchone()
     if v is None:
         return None
-    return {"model_version": v["model_version"], "t": v["t"], "p_fail": v["p_fail"],
-            "warned": bool(v["warned"]), "lines": v["message"].splitlines() if v["message"] else []}  # fmt: skip
+    return {
+        "model_version": v["model_version"],
+        "t": v["t"],
+        "p_fail": v["p_fail"],
+        "warned": bool(v["warned"]),
+        "lines": v["message"].splitlines() if v["message"] else [],
+    }
 
 
 def job_advice(conn: sqlite3.Connection, uid: int) -> dict[str, Any] | None:
@@ -137,8 +147,11 @@ def last_event(conn: sqlite3.Connection, kind: str) -> tuple[float, str | None] 
 def nodes_on_plain(conn: sqlite3.Connection, since: float) -> list[str]:
     """Nodes heard over plain ZeroMQ since SINCE and never over CURVE, by name."""
     try:
-        rows = conn.execute("SELECT node FROM agent_links WHERE plain_seen >= ?"
-                            " AND curve_seen IS NULL ORDER BY node", (since,)).fetchall()  # fmt: skip
+        rows = conn.execute(
+            "SELECT node FROM agent_links WHERE plain_seen >= ?"
+            " AND curve_seen IS NULL ORDER BY node",
+            (since,),
+        ).fetchall()
     except sqlite3.OperationalError:  # a database from before migration 0005
         return []
     return [r[0] for r in rows]
@@ -149,8 +162,10 @@ def latest_readings(
     conn: sqlite3.Connection, collector: str
 ) -> dict[str, tuple[float, list[dict]]]:
     """node -> (time, records) of COLLECTOR's newest reading."""
-    rows = conn.execute("SELECT node, t, records_json FROM readings_latest WHERE collector = ?"
-                        " ORDER BY node", (collector,)).fetchall()  # fmt: skip
+    rows = conn.execute(
+        "SELECT node, t, records_json FROM readings_latest WHERE collector = ? ORDER BY node",
+        (collector,),
+    ).fetchall()
     return {r[0]: (r[1], json.loads(r[2])) for r in rows}
 
 
@@ -162,7 +177,9 @@ def running_job_cpu(conn: sqlite3.Connection, since: float) -> list[tuple]:
         " min(s.t), max(s.t), max(s.cpu_usage_seconds) - min(s.cpu_usage_seconds)"
         " FROM jobs j JOIN samples s ON s.job_uid = j.uid"
         " WHERE j.start_time IS NOT NULL AND j.end_time IS NULL AND s.t >= ?"
-        " GROUP BY j.uid, s.node", (since,)).fetchall()  # fmt: skip
+        " GROUP BY j.uid, s.node",
+        (since,),
+    ).fetchall()
     return [tuple(r) for r in rows]
 
 
@@ -171,12 +188,24 @@ def array_outcomes(conn: sqlite3.Connection, since: float) -> list[dict[str, Any
     many are unfinished, completed and failed, and the outcomes they ended in."""
     rows = conn.execute(
         "SELECT array_job_id, user, count(*), sum(outcome IS NULL),"
-        " sum(outcome = 'COMPLETED'), sum(outcome IS NOT NULL AND outcome NOT IN ('COMPLETED', 'CANCELLED')),"
+        " sum(outcome = 'COMPLETED'),"
+        " sum(outcome IS NOT NULL AND outcome NOT IN ('COMPLETED', 'CANCELLED')),"
         " group_concat(DISTINCT outcome) FROM jobs WHERE array_job_id IS NOT NULL"
-        " AND coalesce(submit_time, start_time, created) >= ? GROUP BY array_job_id", (since,)
-    ).fetchall()  # fmt: skip
-    return [{"array_job_id": r[0], "user": r[1], "tasks": r[2], "unfinished": r[3], "completed": r[4],
-             "failed": r[5], "outcomes": sorted((r[6] or "").split(",")) if r[6] else []} for r in rows]  # fmt: skip
+        " AND coalesce(submit_time, start_time, created) >= ? GROUP BY array_job_id",
+        (since,),
+    ).fetchall()
+    return [
+        {
+            "array_job_id": r[0],
+            "user": r[1],
+            "tasks": r[2],
+            "unfinished": r[3],
+            "completed": r[4],
+            "failed": r[5],
+            "outcomes": sorted((r[6] or "").split(",")) if r[6] else [],
+        }
+        for r in rows
+    ]
 
 
 def collector_statuses(conn: sqlite3.Connection) -> list[dict[str, Any]]:
