@@ -162,21 +162,3 @@ def rotate_server(conn: Any, sec: Security, owner: int | None = None) -> str:
         public = keys.make_pair(sec.keys_dir, "server", owner=owner)
         store.audit(conn, "keys rotate-server", public)
     return public
-
-
-def table(rows: list[dict[str, Any]]) -> str:
-    """`nomadectl keys list`, for a terminal."""
-    if not rows:
-        return "no agent keys enrolled (nomadectl keys add)"
-
-    def when(t: float | None) -> str:
-        return "-" if t is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
-
-    out = [f"{'NODE':<16}{'PUBLIC KEY':<42}{'ADDED':<18}{'BY':<10}{'LAST SEEN (CURVE)':<19}REVOKED"]
-    for r in rows:
-        revoked = "-" if r["revoked"] is None else f"{when(r['revoked'])} by {r['revoked_by']}"
-        out.append(
-            f"{r['node']:<16}{r['public_key']:<42}{when(r['added']):<18}{r['added_by']:<10}"
-            f"{when(r['last_seen_curve']):<19}{revoked}"
-        )
-    return "\n".join(out)

@@ -410,21 +410,6 @@ def windows(start: datetime, end: datetime) -> Iterator[tuple[str, str]]:
         t = nxt
 
 
-def sacct_argv(command: str, start: str, end: str) -> list[str]:
-    return [
-        command,
-        "--parsable2",
-        "-D",
-        "-a",
-        "-S",
-        start,
-        "-E",
-        end,
-        "-o",
-        ",".join(sacct.RECONCILE_FIELDS),
-    ]
-
-
 def run_sacct(argv: list[str], timeout: float = 600.0) -> str:
     return run_command(argv, timeout)
 
@@ -442,7 +427,7 @@ def import_range(
     total = Summary()
     with _Store(database, cluster) as st:
         for s, e in windows(start, end or datetime.now().replace(microsecond=0)):
-            argv = sacct_argv(command, s, e)
+            argv = sacct.history_argv(command, s, e)
             rows = parse(run_sacct(argv), f"sacct -S {s} -E {e}")
             total.add(st.put(rows))
     return total
