@@ -43,6 +43,8 @@ keys_dir = "$DEMO/keys"
 TOML
 
 say "starting NØMADE: database and server key, node keys, hooks, aggregator, agents"
+# A second run of the demo restarts the daemons a first run left running, on the code installed now.
+"$nomadectl" stop >/dev/null 2>&1 || true
 "$nomadectl" init # the database (mode 0600) and the aggregator's CURVE key pair
 # Each node makes its own key pair (its secret never leaves it) and prints "NODE PUBLIC_KEY";
 # the head node enrols the collected lines.  Here both nodes are this host.
