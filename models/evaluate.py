@@ -31,7 +31,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from . import ensemble, features, rightsize_eval, runtime, train
 
 # The one rule for judging a model on held-out jobs, shared with `nomadectl train`
-# (models/pipeline.py), which activates no model judged on fewer: `too_little`.
+# (aggregator/predict/training.py), which activates no model judged on fewer: `too_little`.
 MIN_TEST_JOBS, MIN_TEST_FAILURES, MIN_TEST_SUCCESSES = 200, 10, 10
 NEEDED = (
     f"at least {MIN_TEST_JOBS} jobs, {MIN_TEST_FAILURES} failures and"

@@ -21,6 +21,7 @@ from typing import Any
 
 from aggregator.jobs import fields as jobfields
 from aggregator.store.sqlite.core import bump, event, store_failed
+from collectors import registry
 from collectors.runner import STATUS_FIELDS
 from nomade_common import wire
 from nomade_common.text import printable
@@ -123,11 +124,9 @@ _EMPTY_NUMBERS = frozenset({type(None), int, float, bool})  # what a falsy sampl
 MAX_TEXT = 1024  # a host name, an agent version, a collector's name or error
 MAX_DETAIL = 64 << 10  # a job event's payload, kept as JSON in its event
 MAX_READING_CHARS = 4 << 20  # one node collector's records, as JSON
-# The node agents' collectors (nodeagent/node_collectors.py): the names a readings envelope may
-# carry.  Listed here, not imported: the aggregator does not load the agent's code.
-NODE_COLLECTOR_NAMES = frozenset(
-    {"iostat", "mpstat", "vmstat", "pressure", "gpu", "nfs", "disk", "health", "scratch"}
-)
+# The node agents' collectors (collectors/registry.py, side NODE): the names a readings
+# envelope may carry.
+NODE_COLLECTOR_NAMES = frozenset(c.name for c in registry.NODE_COLLECTORS)
 BAD_LOG_SECONDS = 60.0  # one log line and one event per reason this often; all counted
 BAD_LOG_MAX = 20  # and at most this many a minute, whatever the reasons
 
