@@ -276,15 +276,7 @@ def kind_features(
     ]
 
 
-KIND_NAMES = (
-    "log_jobs",
-    "fail_rate",
-    "oom_rate",
-    "timeout_rate",
-    "mem_used_ratio_mean",
-    "mem_used_ratio_max",
-    "time_used_ratio_mean",
-)
+KIND_NAMES = USER_NAMES[:7]  # the kind's history features: the user's first seven
 
 
 def request_features(job: dict[str, Any]) -> list[float]:

@@ -27,7 +27,7 @@ evaluation (models/rightsize_eval.py), so the report measures what users are tol
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -232,9 +232,11 @@ def pool(
     user_jobs: Sequence[dict[str, Any]],
     kind_jobs: Sequence[dict[str, Any]],
     kind: str,
+    need: Callable[[dict[str, Any]], Need | None] | None = None,
 ) -> tuple[list[Need], str]:
-    """The needs of the most recent POOL similar jobs (oldest first in the inputs) and the basis."""
-    need = NEEDS[resource]
+    """The needs of the most recent POOL similar jobs (oldest first in the inputs) and the basis;
+    NEED reads a job's need (default: the resource's, censored where the job was stopped)."""
+    need = need or NEEDS[resource]
     of_kind = [n for n in map(need, kind_jobs) if n is not None][-POOL:]
     if len(of_kind) >= KIND_MIN and kind:
         return of_kind, "kind"

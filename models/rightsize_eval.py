@@ -116,14 +116,8 @@ def suggestions(
     out: dict[str, float | None] = {"request": asked}
     advice = rs.advise(job, user, kind)[resource]
     out["nomade"] = advice.value if advice else None
-    naive = _naive(rs.NEEDS[resource])
-    of_kind = [n for n in map(naive, kind) if n is not None][-rs.POOL :]
-    needs, basis = (
-        (of_kind, "kind")
-        if len(of_kind) >= rs.KIND_MIN and key
-        else ([n for n in map(naive, user) if n is not None][-rs.POOL :], "user")
-    )
-    plain = rs.suggest(resource, needs, asked, basis, key)
+    needs, basis = rs.pool(resource, user, kind, key, _naive(rs.NEEDS[resource]))
+    plain = rs.suggest(resource, needs, asked, basis, key if basis == "kind" else "")
     out["nomade_naive"] = plain.value if plain else None
     if resource == "mem":
         peaks = [float(j["max_rss_bytes"]) for j in user if j.get("max_rss_bytes")]
