@@ -61,6 +61,13 @@ class Aggregator:
     batch_max_seconds: float = 0.05
     readings_history_seconds: float = 600.0  # one collector reading per node kept this often
     readings_retention_days: float = 14.0
+    # Samples (docs/operations.md, "Storage"): landed envelopes are compacted into chunks once
+    # this old, or sooner when more than samples_compact_backlog envelopes wait; raw chunks
+    # are kept this many days after a job's last sample, then reduced to a summary and a
+    # curve of at most 200 points per node, kept as long as the job's record.
+    samples_compact_after_seconds: float = 60.0
+    samples_compact_backlog: int = 2000
+    samples_raw_retention_days: float = 14.0
     # The store (docs/operations.md, "Durability"): SQLite's synchronous setting, "normal" or
     # "full"; how long a write waits for a lock another process holds before the batch is
     # retried; how long the store may stay unusable before the aggregator exits so that its
@@ -336,6 +343,9 @@ _RANGES = [
     ("aggregator.batch_max_seconds", 0, 10),
     ("aggregator.readings_history_seconds", 1, 86400),
     ("aggregator.readings_retention_days", 0.01, 3650),
+    ("aggregator.samples_compact_after_seconds", 1, 3600),
+    ("aggregator.samples_compact_backlog", 10, 1_000_000),
+    ("aggregator.samples_raw_retention_days", 0.01, 3650),
     ("aggregator.store_busy_timeout_seconds", 0.1, 600),
     ("aggregator.store_failing_exit_seconds", 10, 86400),
     ("aggregator.max_message_bytes", 8 << 20, 1 << 30),  # agents split at 4 MiB (wire.py)

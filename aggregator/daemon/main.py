@@ -17,6 +17,7 @@ from typing import Any
 
 from aggregator.daemon import api
 from aggregator.daemon.agents import Agents
+from aggregator.daemon.compaction import Compactor
 from aggregator.daemon.head import HeadCollectors
 from aggregator.daemon.housekeeping import Housekeeping
 from aggregator.daemon.queue import QueueSnapshots
@@ -77,6 +78,7 @@ class Aggregator:
         self.reconciler.on_final = self.starts.job_ended
         self.http: api.HttpServer | None = None
         self.head = HeadCollectors(cfg, self.writer, self.ingest, self._stop)
+        self.compactor = Compactor(cfg, self.writer, self.reader, self._stop)
 
     # -- life cycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -93,6 +95,7 @@ class Aggregator:
         threading.Thread(target=self.housekeeping.loop, name="housekeeping", daemon=True).start()
         threading.Thread(target=self.head.loop, name="collectors", daemon=True).start()
         threading.Thread(target=self.reports.loop, name="reports", daemon=True).start()
+        threading.Thread(target=self.compactor.loop, name="compactor", daemon=True).start()
         self.http.start()
         log.info(
             "aggregator listening on %s (agents) and %s://%s (hooks, API); store %s",

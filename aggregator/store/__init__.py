@@ -12,8 +12,12 @@ their first argument; those that write run inside the writer's transaction (`Wri
   raises), `StoreFailing`, `store_failed`, `transaction`.
 - The one writer: `Writer` (its thread, batches, retries, health), `WorkItem`, `MAX_BATCH_BYTES`.
 - Write side: `Ingest` (agents' envelopes, hook reports, jobs, refusals; `Answer`, `Rejected`),
-  `insert_samples`, `store_reading`, `store_collector_status`, `update_job`, `save_features`,
+  `store_reading`, `store_collector_status`, `update_job`, `save_features`,
   `set_node_states`, `prune_readings`, `event`, `bump`, `audit`.
+- Samples' upkeep (aggregator/store/sqlite/samples.py): `compact` (landed envelopes into
+  chunks), `compaction_due`, `migrate_v1` (the old one-row-per-sample table into chunks),
+  `legacy_left`, `reduce_old` (the raw retention: summaries and reduced curves),
+  `sample_backlog`, `sample_sizes`, `all_samples`, `CHUNK_SECONDS`.
 - Read side, for nomadectl, the API and the daemon: `find_job`, `find_jobs`, `count_jobs`,
   `job_node_summaries`, `job_samples`, `job_verdict`, `job_advice`, `running_jobs`,
   `running_job_cpu`, `array_outcomes`, `agent_nodes`, `nodes_on_plain`, `node_lives`,
@@ -73,7 +77,6 @@ from aggregator.store.sqlite.ingest import (
     Answer,
     Ingest,
     Rejected,
-    insert_samples,
     store_collector_status,
     store_reading,
 )
@@ -97,6 +100,17 @@ from aggregator.store.sqlite.registry import (
     rollback_model,
 )
 from aggregator.store.sqlite.reports import verdict_outcomes
+from aggregator.store.sqlite.samples import (
+    CHUNK_SECONDS,
+    all_samples,
+    compact,
+    compaction_due,
+    legacy_left,
+    migrate_v1,
+    reduce_old,
+    sample_backlog,
+    sample_sizes,
+)
 from aggregator.store.sqlite.views import (
     agent_nodes,
     array_outcomes,

@@ -88,25 +88,17 @@ def job(conn: Any, job_id: int, series_points: int = 20) -> dict[str, Any] | Non
 
 def series(conn: Any, uid: int, points: int) -> list[dict[str, Any]]:
     """A compact time series: at most POINTS samples per node, evenly spaced."""
-    by_node: dict[str, list[dict[str, Any]]] = {}
-    for r in store.job_samples(conn, uid):
-        by_node.setdefault(r["node"], []).append(r)
-    out = []
-    for node, rs in by_node.items():
-        step = max(1, -(-len(rs) // points))
-        picked = rs[::step] if rs[-1] in rs[::step] else [*rs[::step], rs[-1]]
-        out += [
-            {
-                "node": node,
-                "t": r["t"],
-                "cpu_seconds": r["cpu_usage_seconds"],
-                "mem_bytes": r["mem_current_bytes"],
-                "read_bytes": r["proc_read_bytes"],
-                "write_bytes": r["proc_write_bytes"],
-            }
-            for r in picked
-        ]
-    return out
+    return [
+        {
+            "node": r["node"],
+            "t": r["t"],
+            "cpu_seconds": r["cpu_usage_seconds"],
+            "mem_bytes": r["mem_current_bytes"],
+            "read_bytes": r["proc_read_bytes"],
+            "write_bytes": r["proc_write_bytes"],
+        }
+        for r in store.job_samples(conn, uid, points)
+    ]
 
 
 def jobs(

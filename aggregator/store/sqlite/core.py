@@ -254,6 +254,49 @@ CREATE TABLE advice (
     )
 )
 
+# Samples as a time-series store keeps them (aggregator/store/sqlite/samples.py): landed
+# envelopes, chunks per job, node and hour, and what is kept after the raw retention.  The
+# one-row-per-sample table of versions 1 to 8 is renamed; the compactor moves its rows into
+# chunks in the background and drops it once empty (`nomadectl db` shows how far it is).
+MIGRATIONS.append(
+    (
+        "0009_sample_chunks",
+        """
+CREATE TABLE sample_log (
+  id INTEGER PRIMARY KEY,
+  node TEXT NOT NULL,
+  t REAL NOT NULL,
+  n INTEGER NOT NULL,
+  uids TEXT NOT NULL,
+  rows BLOB NOT NULL
+);
+CREATE TABLE sample_chunks (
+  id INTEGER PRIMARY KEY,
+  job_uid INTEGER NOT NULL,
+  node TEXT NOT NULL,
+  t0 REAL NOT NULL,
+  step REAL NOT NULL,
+  n INTEGER NOT NULL,
+  first_t REAL NOT NULL,
+  last_t REAL NOT NULL,
+  data BLOB NOT NULL,
+  UNIQUE (job_uid, node, t0, step)
+);
+CREATE INDEX sample_chunks_by_last ON sample_chunks (last_t);
+CREATE TABLE sample_summaries (
+  job_uid INTEGER NOT NULL,
+  node TEXT NOT NULL,
+  samples INTEGER NOT NULL,
+  first_t REAL NOT NULL,
+  last_t REAL NOT NULL,
+  stats_json TEXT NOT NULL,
+  PRIMARY KEY (job_uid, node)
+) WITHOUT ROWID;
+ALTER TABLE samples RENAME TO samples_v1;
+""",
+    )
+)
+
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

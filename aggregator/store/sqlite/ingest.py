@@ -7,7 +7,6 @@ write connection; none commits.  Envelopes are stored at most once: the `receive
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -20,6 +19,7 @@ from itertools import chain, filterfalse
 from typing import Any
 
 from aggregator.jobs import fields as jobfields
+from aggregator.store.sqlite import samples
 from aggregator.store.sqlite.core import bump, event, store_failed
 from collectors import registry
 from collectors.runner import STATUS_FIELDS
@@ -28,36 +28,7 @@ from nomade_common.text import printable
 
 log = logging.getLogger("nomade.aggregator")
 
-# Samples go in as multi-row INSERTs of these sizes (largest first, as many as fit SQLite's
-# limit on parameters): one statement per up to 256 rows binds and steps about 30% faster than
-# executemany's one step per row, and a handful of fixed sizes keeps the statement cache warm.
-# Every row of a statement names the envelope's node as the same parameter, ?1, so the rows
-# are bound as they arrived (wire order, job id replaced by the job's uid) with nothing inserted.
-_CHUNK_SIZES = (256, 64, 16, 4, 1)
 _SAMPLE_WIDTH = len(wire.SAMPLE_FIELDS)
-
-
-@functools.cache
-def _sample_sql(rows: int) -> str:
-    one = f"(?1, {', '.join('?' * _SAMPLE_WIDTH)})"
-    return (
-        f"INSERT OR IGNORE INTO samples (node, job_uid, {', '.join(wire.SAMPLE_FIELDS[1:])}) "
-        f"VALUES {', '.join([one] * rows)}"
-    )
-
-
-def insert_samples(conn: sqlite3.Connection, node: str, rows: list[list[Any]]) -> None:
-    """Insert ROWS of NODE, each ``[job_uid, t, ...]``: SAMPLE_FIELDS with the job's uid first."""
-    limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-    i, n = 0, len(rows)
-    for size in _CHUNK_SIZES:
-        if size * _SAMPLE_WIDTH + 1 > limit and size > 1:
-            continue
-        while n - i >= size:
-            params = [node]
-            params.extend(chain.from_iterable(rows[i : i + size]))
-            conn.execute(_sample_sql(size), params)
-            i += size
 
 
 _JOB_COLUMNS = (
@@ -446,7 +417,7 @@ class Ingest:
                 t = row[1] if isinstance(row[1], (int, float)) else None
                 uid = self.job_uid(conn, row[0], now, t)
             row[0] = uid
-        insert_samples(conn, env.node, rows)
+        samples.land(conn, env.node, rows, now)
 
     def _sample_bounds(
         self, conn: sqlite3.Connection, node: str, rows: list[list[Any]], now: float
@@ -611,9 +582,7 @@ class Ingest:
             known = {k: v for k, v in final.items() if v is not None}
             # The job's memory peak: the larger of sacct's MaxRSS (0 or a few KB for short jobs,
             # sampled only every JobAcctGatherFrequency) and the peak NØMADE's agents sampled.
-            sampled = conn.execute(
-                "SELECT max(mem_peak_bytes) FROM samples WHERE job_uid = ?", (uid,)
-            ).fetchone()[0]
+            sampled = samples.sampled_peak(conn, uid)
             if sampled is not None and sampled > (known.get("max_rss_bytes") or 0):
                 known["max_rss_bytes"] = sampled
             if (

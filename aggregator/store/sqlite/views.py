@@ -9,20 +9,13 @@ import json
 import sqlite3
 from typing import Any
 
+import numpy as np
+
+from aggregator.store.sqlite import samples
 from aggregator.store.sqlite.core import JOB_TIME
 
-# -- jobs -------------------------------------------------------------------------------------
-_NODE_SUMMARY = """
-SELECT node, count(*) AS samples, min(t) AS first_t, max(t) AS last_t,
-       max(cpu_usage_seconds) AS cpu_seconds,
-       max(max(coalesce(mem_peak_bytes, 0), coalesce(mem_current_bytes, 0))) AS mem_peak_bytes,
-       max(max(coalesce(proc_read_bytes, 0), coalesce(cgroup_read_bytes, 0))) AS read_bytes,
-       max(max(coalesce(proc_write_bytes, 0), coalesce(cgroup_write_bytes, 0))) AS write_bytes,
-       count(mem_peak_bytes) AS has_mem, count(proc_read_bytes) + count(cgroup_read_bytes) AS has_io
-FROM samples WHERE job_uid = ? GROUP BY node ORDER BY node
-"""
 
-
+# -- jobs ---------------------------------------------------------------------------------------
 def find_job(conn: sqlite3.Connection, job_id: int) -> dict[str, Any] | None:
     """The `jobs` row of the newest run of JOB_ID by submit time (ids are reused after
     controller resets, and imported history makes newer rows for older runs)."""
@@ -59,18 +52,41 @@ def find_jobs(
 
 def job_node_summaries(conn: sqlite3.Connection, uid: int) -> list[dict[str, Any]]:
     """Per node of job UID, by node name: samples, first_t, last_t, cpu_seconds and the
-    largest memory and I/O figures (0 where none: has_mem and has_io count the values)."""
-    return [dict(r) for r in conn.execute(_NODE_SUMMARY, (uid,))]
+    largest memory and I/O figures (0 where none: has_mem and has_io count the values), and
+    per reading its peak, mean, p95, first and last value ("readings")."""
+    return samples.node_summaries(conn, uid)
 
 
-def job_samples(conn: sqlite3.Connection, uid: int) -> list[dict[str, Any]]:
-    """Job UID's samples by node, then time: their CPU, memory and process I/O figures."""
-    rows = conn.execute(
-        "SELECT node, t, cpu_usage_seconds, mem_current_bytes, proc_read_bytes, proc_write_bytes"
-        " FROM samples WHERE job_uid = ? ORDER BY node, t",
-        (uid,),
-    )
-    return [dict(r) for r in rows]
+def job_samples(
+    conn: sqlite3.Connection, uid: int, points: int | None = None
+) -> list[dict[str, Any]]:
+    """Job UID's samples by node, then time: their CPU, memory and process I/O figures; at
+    most about POINTS per node, evenly spaced and the last among them, when given."""
+    out = []
+    for node, s in samples.series(conn, uid).items():
+        index = samples.picked(len(s), points) if points else None
+        t = s.t.tolist() if index is None else s.t[index].tolist()
+        columns = [
+            s.values(name, index)
+            for name in (
+                "cpu_usage_seconds",
+                "mem_current_bytes",
+                "proc_read_bytes",
+                "proc_write_bytes",
+            )
+        ]
+        out += [
+            {
+                "node": node,
+                "t": ti,
+                "cpu_usage_seconds": cpu,
+                "mem_current_bytes": mem,
+                "proc_read_bytes": rd,
+                "proc_write_bytes": wr,
+            }
+            for ti, cpu, mem, rd, wr in zip(t, *columns, strict=True)
+        ]
+    return out
 
 
 def job_verdict(conn: sqlite3.Connection, uid: int) -> dict[str, Any] | None:
@@ -172,15 +188,19 @@ def latest_readings(
 def running_job_cpu(conn: sqlite3.Connection, since: float) -> list[tuple]:
     """Per running job and node sampled since SINCE: (job_id, user, partition, node_list,
     start_time, node, first sample time, last sample time, CPU seconds used between them)."""
-    rows = conn.execute(
-        "SELECT j.job_id, j.user, j.partition, j.node_list, j.start_time, s.node,"
-        " min(s.t), max(s.t), max(s.cpu_usage_seconds) - min(s.cpu_usage_seconds)"
-        " FROM jobs j JOIN samples s ON s.job_uid = j.uid"
-        " WHERE j.start_time IS NOT NULL AND j.end_time IS NULL AND s.t >= ?"
-        " GROUP BY j.uid, s.node",
-        (since,),
-    ).fetchall()
-    return [tuple(r) for r in rows]
+    recent = samples.recent_uids(conn, since)
+    out = []
+    for r in conn.execute(
+        "SELECT uid, job_id, user, partition, node_list, start_time FROM jobs"
+        " WHERE start_time IS NOT NULL AND end_time IS NULL"
+    ).fetchall():
+        if r[0] not in recent:
+            continue
+        for node, s in samples.series(conn, r[0], since=since).items():
+            cpu = s.column("cpu_usage_seconds")
+            used = None if np.isnan(cpu).all() else float(np.nanmax(cpu) - np.nanmin(cpu))
+            out.append((*tuple(r)[1:], node, float(s.t[0]), float(s.t[-1]), used))
+    return out
 
 
 def array_outcomes(conn: sqlite3.Connection, since: float) -> list[dict[str, Any]]:

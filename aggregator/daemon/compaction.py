@@ -1,0 +1,103 @@
+"""The samples' upkeep, in its own thread ("compactor"): landed envelopes compacted into chunks,
+the store of an older NØMADE moved into chunks, and the raw retention applied.
+
+Each step is one WorkItem in the writer's transaction, sized to take tens of milliseconds, so
+that acknowledgements of new envelopes never wait long behind it; the next step is submitted
+when the last one has committed.  A crash (even SIGKILL) between steps or inside one leaves
+the store as the last COMMIT left it: the landed envelopes stay until the COMMIT that wrote
+their chunks deletes them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aggregator.store import (
+    Writer,
+    compact,
+    compaction_due,
+    legacy_left,
+    migrate_v1,
+    reduce_old,
+)
+from nomade_common.config import Config
+
+log = logging.getLogger("nomade.aggregator")
+
+STEP_SAMPLES = 100_000  # samples one step compacts: ~0.2 s, the chunks touched once each
+MIGRATE_SAMPLES = 50_000  # old-layout rows one step moves
+REDUCE_SERIES = 50  # series one retention step reduces
+RETENTION_EVERY = 3600.0  # seconds between retention passes
+
+
+class Compactor:
+    """READER() is a read connection of the calling thread's own."""
+
+    def __init__(
+        self, cfg: Config, writer: Writer, reader: Callable[[], Any], stop: threading.Event
+    ) -> None:
+        a = cfg.aggregator
+        self.writer, self.reader, self._stop = writer, reader, stop
+        self.after = a.samples_compact_after_seconds
+        self.backlog_envelopes = a.samples_compact_backlog
+        self.raw_days = a.samples_raw_retention_days
+        self.compacted = 0  # samples, since start
+        self.migration: dict[str, Any] | None = None  # {"total", "left"} while one runs
+        self._next_retention = 0.0
+
+    def loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                busy = self.step(time.time())
+            except TimeoutError:
+                busy = False  # the store is failing: the writer says why; try again later
+            except Exception:
+                log.exception("compactor: a step failed; continuing")
+                busy = False
+            if not busy and self._stop.wait(1.0):
+                return
+
+    def step(self, now: float) -> bool:
+        """One step of whatever is due; whether more is waiting."""
+        if self.writer.failing_since is not None:
+            return False
+        if compaction_due(self.reader(), now - self.after, self.backlog_envelopes):
+            moved = self.writer.call(
+                lambda c: compact(c, now - self.after, STEP_SAMPLES, self.backlog_envelopes),
+                timeout=60,
+            )
+            self.compacted += moved
+            return moved > 0
+        left = legacy_left(self.reader())
+        if left is not None:
+            return self._migrate(left)
+        if now >= self._next_retention:
+            cutoff = now - self.raw_days * 86400
+            done = self.writer.call(lambda c: reduce_old(c, cutoff, REDUCE_SERIES), timeout=60)
+            if done < REDUCE_SERIES:
+                self._next_retention = now + RETENTION_EVERY
+            return done > 0
+        return False
+
+    def _migrate(self, left: int) -> bool:
+        if self.migration is None:
+            self.migration = {"total": left, "left": left, "logged": 0}
+            if left:
+                log.info("store: moving %d samples of the old layout into chunks", left)
+        moved, rest = self.writer.call(lambda c: migrate_v1(c, MIGRATE_SAMPLES), timeout=120)
+        m = self.migration
+        if rest is None:
+            if m["total"]:
+                log.info("store: all %d samples of the old layout are in chunks", m["total"])
+            self.migration = None
+            return True
+        m["left"] = rest
+        done = 100 * (m["total"] - rest) // max(m["total"], 1)
+        if done >= m["logged"] + 10:
+            m["logged"] = done - done % 10
+            log.info("store: old layout %d%% moved (%d samples left)", done, rest)
+        return moved > 0 or rest == 0

@@ -1,0 +1,594 @@
+"""Where NØMADE keeps samples: landed as received, then compacted into chunks, then reduced.
+
+Three rooms, each holding one form of the same data:
+
+    sample_log        what agents sent, one row per envelope, appended in the COMMIT that
+                      precedes its ACK: the envelope's rows (job uid, t, readings), msgpack
+    sample_chunks     per job, node and hour (CHUNK_SECONDS) the samples in it, packed by
+                      aggregator/store/samplecodec.py; step = 0.  After the raw retention a
+                      job's node keeps one chunk with step > 0: its curve at reduced resolution
+    sample_summaries  per job and node whose raw samples passed the retention: how many, when,
+                      and per reading its peak, mean, p95, first and last value
+
+Compaction (`compact`) moves the oldest landed envelopes into chunks in one transaction:
+the chunks they touch are decoded, merged (a time already there is kept, never duplicated),
+encoded and replaced, and the envelopes deleted.  A crash before its COMMIT leaves everything
+as it was; a sample is never in no room or in two.  Every read (`series`) takes all three
+rooms (and the table of the layout before this one, `samples_v1`, while `migrate_v1` moves
+it), so a sample is visible from the COMMIT that acknowledged it, compacted or not.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from aggregator.store import samplecodec as codec
+from aggregator.store.sqlite.core import bump
+from nomade_common.wire import SAMPLE_FIELDS
+
+CHUNK_SECONDS = 3600.0  # one chunk per job, node and hour: 360 samples at the agent's 10 s
+REDUCED_POINTS = 200  # a job's curve on one node after the raw retention, at most (≥ 100)
+WIDTH = len(SAMPLE_FIELDS)  # job uid, t, readings
+FIELDS = codec.FIELDS
+COL = {name: i for i, name in enumerate(FIELDS)}
+_FLOAT_LOG, _PACKED_LOG = b"F", b"M"
+LEGACY = "samples_v1"  # the one-row-per-sample table of schema versions 1 to 8
+# Readings that only grow (counters): a reduced curve keeps each bucket's last value; the
+# others (memory, processes) the bucket's largest.
+GAUGES = frozenset(
+    {
+        "mem_current_bytes",
+        "mem_rss_bytes",
+        "mem_cache_bytes",
+        "mem_swap_bytes",
+        "mem_limit_bytes",
+        "nprocs",
+    }
+)
+
+
+# -- landing -----------------------------------------------------------------------------------
+def land(conn: sqlite3.Connection, node: str, rows: list[list[Any]], now: float) -> None:
+    """Append ROWS of NODE (each [job_uid, t, *readings], checked) as received: packed as they
+    came (msgpack), their conversion to columns left to the compactor."""
+    if not rows:
+        return
+    uids = "," + ",".join(map(str, dict.fromkeys(r[0] for r in rows))) + ","
+    conn.execute(
+        "INSERT INTO sample_log (node, t, n, uids, rows) VALUES (?, ?, ?, ?, ?)",
+        (node, now, len(rows), uids, _PACKED_LOG + msgpack.packb(rows)),
+    )
+
+
+@dataclass
+class Block:
+    """Samples of one source: a float64 matrix (job uid, t, readings; NaN for None) and the
+    integer reading columns a double cannot hold exactly, by column of M."""
+
+    m: np.ndarray
+    exact: dict[int, np.ndarray] = field(default_factory=dict)
+
+
+def _log_block(blob: bytes) -> Block:
+    kind, body = blob[:1], blob[1:]
+    if kind == _FLOAT_LOG:  # a float64 matrix (an older form of the landing room)
+        return Block(np.frombuffer(body, dtype=np.float64).reshape(-1, WIDTH))
+    rows = msgpack.unpackb(body)
+    m, exact = codec.matrix([r[1:] for r in rows])
+    uid = np.array([r[0] for r in rows], dtype=np.float64)
+    return Block(np.column_stack([uid, m]), {c + 1: v for c, v in exact.items()})
+
+
+def _chunk_block(uid: int, data: bytes) -> Block:
+    chunk = codec.decode(data)
+    m = np.empty((chunk.n, WIDTH))
+    m[:, 0] = uid
+    exact = {}
+    for c in range(len(FIELDS)):
+        m[:, c + 1] = chunk.column(c)
+        if (
+            chunk.kind[c] == codec.INTEGER
+            and chunk.n
+            and np.abs(chunk.ints[:, c]).max() >= codec.EXACT
+        ):
+            exact[c + 1] = chunk.ints[:, c].copy()
+    return Block(m, exact)
+
+
+def _rows_block(rows: list[tuple]) -> Block:
+    """Rows [job_uid, t, *readings] (Python numbers) as a Block."""
+    m, exact = codec.matrix([r[1:] for r in rows])
+    uid = np.array([r[0] for r in rows], dtype=np.float64)
+    return Block(
+        np.column_stack([uid, m]) if len(rows) else np.empty((0, WIDTH)),
+        {c + 1: v for c, v in exact.items()},
+    )
+
+
+def _concat(blocks: list[Block]) -> Block:
+    if len(blocks) == 1:
+        return blocks[0]
+    m = np.concatenate([b.m for b in blocks]) if blocks else np.empty((0, WIDTH))
+    exact: dict[int, np.ndarray] = {}
+    for c in {c for b in blocks for c in b.exact}:
+        parts = []
+        for b in blocks:
+            if c in b.exact:
+                parts.append(b.exact[c])
+            else:
+                parts.append(np.nan_to_num(b.m[:, c]).astype(np.int64))
+        exact[c] = np.concatenate(parts)
+    return Block(m, exact)
+
+
+def _take(block: Block, index: np.ndarray) -> Block:
+    return Block(block.m[index], {c: v[index] for c, v in block.exact.items()})
+
+
+def _sorted_unique(block: Block) -> Block:
+    """BLOCK's rows by time, the first of any rows with one time kept (rows of one series)."""
+    if len(block.m) < 2:
+        return block
+    t = block.m[:, 1]
+    order = np.argsort(t, kind="stable")
+    st = t[order]
+    keep = np.concatenate([[True], st[1:] != st[:-1]])
+    return _take(block, order[keep])
+
+
+def _encode(block: Block) -> bytes:
+    return codec.encode(block.m[:, 1:], {c - 1: v for c, v in block.exact.items()})
+
+
+# -- compaction --------------------------------------------------------------------------------
+def sample_backlog(conn: sqlite3.Connection) -> dict[str, Any]:
+    """What waits in the landing room: envelopes, samples and the oldest one's arrival."""
+    row = conn.execute("SELECT count(*), coalesce(sum(n), 0), min(t) FROM sample_log").fetchone()
+    return {"envelopes": row[0], "samples": row[1], "oldest": row[2]}
+
+
+def compaction_due(conn: sqlite3.Connection, older_than: float, max_envelopes: int) -> bool:
+    """Whether landed envelopes wait for compaction: one arrived before OLDER_THAN, or more
+    than MAX_ENVELOPES wait (by their ids: no scan)."""
+    first = conn.execute("SELECT id, t FROM sample_log ORDER BY id LIMIT 1").fetchone()
+    if first is None:
+        return False
+    last = conn.execute("SELECT max(id) FROM sample_log").fetchone()[0]
+    return first[1] < older_than or last - first[0] + 1 > max_envelopes
+
+
+def compact(
+    conn: sqlite3.Connection, older_than: float, max_samples: int, max_envelopes: int = 0
+) -> int:
+    """Move landed envelopes into chunks, oldest first: those that arrived before OLDER_THAN,
+    or all but the newest MAX_ENVELOPES when more wait; at most about MAX_SAMPLES samples.
+    Runs in the caller's transaction; returns the samples moved."""
+    last = conn.execute("SELECT max(id) FROM sample_log").fetchone()[0]
+    if last is None:
+        return 0
+    by_age = conn.execute(
+        "SELECT max(id) FROM sample_log WHERE id <= ? AND t < ?", (last, older_than)
+    ).fetchone()[0]
+    upto = max(by_age or 0, last - max_envelopes if max_envelopes else 0)
+    picked: list[tuple[int, str, bytes]] = []
+    total = 0
+    for row in conn.execute(
+        "SELECT id, node, n, rows FROM sample_log WHERE id <= ? ORDER BY id", (upto,)
+    ):
+        picked.append((row[0], row[1], row[3]))
+        total += row[2]
+        if total >= max_samples:
+            break
+    if not picked:
+        return 0
+    by_node: dict[str, list[Block]] = {}
+    for _id, node, blob in picked:
+        by_node.setdefault(node, []).append(_log_block(blob))
+    for node, blocks in by_node.items():
+        _merge_into_chunks(conn, node, _concat(blocks))
+    conn.execute("DELETE FROM sample_log WHERE id <= ?", (picked[-1][0],))
+    bump(conn, "samples_compacted", total)
+    return total
+
+
+def _merge_into_chunks(conn: sqlite3.Connection, node: str, block: Block) -> None:
+    """BLOCK's samples of NODE merged into their (job, hour) chunks."""
+    m = block.m
+    if not len(m):
+        return
+    window = np.floor(m[:, 1] / CHUNK_SECONDS) * CHUNK_SECONDS
+    order = np.lexsort((m[:, 1], window, m[:, 0]))
+    block = _take(block, order)
+    uid, window = block.m[:, 0], window[order]
+    cut = np.nonzero((uid[1:] != uid[:-1]) | (window[1:] != window[:-1]))[0] + 1
+    starts = np.concatenate([[0], cut]).tolist()
+    ends = [*starts[1:], len(uid)]
+    for a, b in zip(starts, ends, strict=True):
+        job_uid, t0 = int(uid[a]), float(window[a])
+        part = _take(block, np.arange(a, b))
+        old = conn.execute(
+            "SELECT data FROM sample_chunks WHERE job_uid = ? AND node = ? AND t0 = ? AND step = 0",
+            (job_uid, node, t0),
+        ).fetchone()
+        if old is not None:
+            part = _concat([_chunk_block(job_uid, old[0]), part])
+        part = _sorted_unique(part)
+        t = part.m[:, 1]
+        conn.execute(
+            "INSERT OR REPLACE INTO sample_chunks (job_uid, node, t0, step, n, first_t, last_t,"
+            " data) VALUES (?, ?, ?, 0, ?, ?, ?, ?)",
+            (job_uid, node, t0, len(t), float(t[0]), float(t[-1]), _encode(part)),
+        )
+
+
+# -- the layout before chunks --------------------------------------------------------------------
+def legacy_left(conn: sqlite3.Connection) -> int | None:
+    """Rows the one-row-per-sample table still holds (None: it is gone)."""
+    if not conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (LEGACY,)
+    ).fetchone():
+        return None
+    return conn.execute(f"SELECT count(*) FROM {LEGACY}").fetchone()[0]
+
+
+def migrate_v1(conn: sqlite3.Connection, max_samples: int) -> tuple[int, int | None]:
+    """Move about MAX_SAMPLES samples (whole jobs) of the old table into chunks, in the caller's
+    transaction; the table is dropped once empty.  Returns (moved, left; None when done)."""
+    left = legacy_left(conn)
+    if left is None:
+        return 0, None
+    if left == 0:
+        conn.execute(f"DROP TABLE {LEGACY}")
+        return 0, None
+    uids: list[int] = []
+    total = 0
+    for uid, count in conn.execute(
+        f"SELECT job_uid, count(*) FROM {LEGACY} GROUP BY job_uid ORDER BY job_uid"
+    ):
+        uids.append(uid)
+        total += count
+        if total >= max_samples:
+            break
+    columns = ", ".join(SAMPLE_FIELDS[1:])
+    marks = ",".join("?" * len(uids))
+    rows = conn.execute(
+        f"SELECT node, job_uid, {columns} FROM {LEGACY} WHERE job_uid IN ({marks})", uids
+    ).fetchall()
+    by_node: dict[str, list[tuple]] = {}
+    for r in rows:
+        by_node.setdefault(r[0], []).append(tuple(r)[1:])
+    for node, node_rows in by_node.items():
+        _merge_into_chunks(conn, node, _rows_block(node_rows))
+    conn.execute(f"DELETE FROM {LEGACY} WHERE job_uid IN ({marks})", uids)
+    return len(rows), left - len(rows)
+
+
+# -- reading ------------------------------------------------------------------------------------
+class Series:
+    """One job's samples on one node, by time: raw (STEP 0) or its reduced curve (STEP > 0)."""
+
+    def __init__(self, block: Block, step: float = 0.0) -> None:
+        self.block, self.step = block, step
+
+    def __len__(self) -> int:
+        return len(self.block.m)
+
+    @property
+    def t(self) -> np.ndarray:
+        return self.block.m[:, 1]
+
+    def column(self, name: str) -> np.ndarray:
+        """Reading NAME as float64, NaN where not available."""
+        return self.block.m[:, COL[name] + 1]
+
+    def values(self, name: str, index: np.ndarray | None = None) -> list[Any]:
+        """Reading NAME (at INDEX) exactly as the agent sent it: ints, floats and None."""
+        c = COL[name] + 1
+        column = self.block.m[:, c] if index is None else self.block.m[index, c]
+        nan = np.isnan(column)
+        if c in self.block.exact:
+            ex = self.block.exact[c] if index is None else self.block.exact[c][index]
+            items = ex.tolist()
+        elif name in codec.FLOAT_FIELDS:
+            items = column.tolist()
+        else:
+            items = np.where(nan, 0, column).astype(np.int64).tolist()
+        if nan.any():
+            items = [None if n else v for v, n in zip(items, nan.tolist(), strict=True)]
+        return items
+
+
+def series(conn: sqlite3.Connection, uid: int, *, since: float | None = None) -> dict[str, Series]:
+    """Job UID's samples per node (by node name), from every room; only those at or after
+    SINCE when given.  A node whose raw samples passed the retention gives its reduced curve."""
+    blocks: dict[str, list[Block]] = {}
+    reduced: dict[str, Series] = {}
+    sql = "SELECT node, step, data FROM sample_chunks WHERE job_uid = ?"
+    args: list[Any] = [uid]
+    if since is not None:
+        sql += " AND last_t >= ?"
+        args.append(since)
+    for node, step, data in conn.execute(sql + " ORDER BY node, t0", args):
+        if step:
+            reduced[node] = Series(_chunk_block(uid, data), step)
+        else:
+            blocks.setdefault(node, []).append(_chunk_block(uid, data))
+    for node, blob in conn.execute(
+        "SELECT node, rows FROM sample_log WHERE instr(uids, ?) ORDER BY id", (f",{uid},",)
+    ):
+        b = _log_block(blob)
+        blocks.setdefault(node, []).append(_take(b, np.nonzero(b.m[:, 0] == uid)[0]))
+    if legacy_left(conn):
+        columns = ", ".join(SAMPLE_FIELDS[1:])
+        rows = conn.execute(
+            f"SELECT node, job_uid, {columns} FROM {LEGACY} WHERE job_uid = ? ORDER BY node, t",
+            (uid,),
+        ).fetchall()
+        by_node: dict[str, list[tuple]] = {}
+        for r in rows:
+            by_node.setdefault(r[0], []).append(tuple(r)[1:])
+        for node, node_rows in by_node.items():
+            blocks.setdefault(node, []).append(_rows_block(node_rows))
+    out: dict[str, Series] = {}
+    for node in sorted(set(blocks) | set(reduced)):
+        if node in blocks:
+            s = Series(_sorted_unique(_concat(blocks[node])))
+        else:
+            s = reduced[node]
+        if since is not None:
+            s = Series(_take(s.block, np.nonzero(s.t >= since)[0]), s.step)
+        if len(s):
+            out[node] = s
+    return out
+
+
+def summary_of(s: Series) -> dict[str, Any]:
+    """What `nomadectl job` shows per node, and every reading's peak, mean, p95, first, last."""
+
+    def top(name: str) -> np.ndarray:
+        return np.nan_to_num(s.column(name))
+
+    def largest(*names: str) -> int:
+        return int(max(top(n).max(initial=0) for n in names)) if len(s) else 0
+
+    cpu = s.column("cpu_usage_seconds")
+    has_mem = int((~np.isnan(s.column("mem_peak_bytes"))).sum())
+    has_io = int(
+        (~np.isnan(s.column("proc_read_bytes"))).sum()
+        + (~np.isnan(s.column("cgroup_read_bytes"))).sum()
+    )
+    stats = {}
+    for name in FIELDS[1:]:
+        v = s.column(name)
+        v = v[~np.isnan(v)]
+        if len(v):
+            stats[name] = {
+                "peak": float(v.max()),
+                "mean": float(v.mean()),
+                "p95": float(np.percentile(v, 95)),
+                "first": float(v[0]),
+                "last": float(v[-1]),
+            }
+    return {
+        "samples": len(s),
+        "first_t": float(s.t[0]),
+        "last_t": float(s.t[-1]),
+        "cpu_seconds": None if np.isnan(cpu).all() else float(np.nanmax(cpu)),
+        "mem_peak_bytes": largest("mem_peak_bytes", "mem_current_bytes"),
+        "read_bytes": largest("proc_read_bytes", "cgroup_read_bytes"),
+        "write_bytes": largest("proc_write_bytes", "cgroup_write_bytes"),
+        "has_mem": has_mem,
+        "has_io": has_io,
+        "readings": stats,
+    }
+
+
+def node_summaries(conn: sqlite3.Connection, uid: int) -> list[dict[str, Any]]:
+    """Per node of job UID, by node name: the summary of its samples (summary_of), from the
+    raw samples where they are kept, else from the summary kept when they were reduced."""
+    out = {node: summary_of(s) for node, s in series(conn, uid).items() if not s.step}
+    for node, samples, first_t, last_t, stats in conn.execute(
+        "SELECT node, samples, first_t, last_t, stats_json FROM sample_summaries WHERE job_uid = ?",
+        (uid,),
+    ):
+        if node not in out:
+            out[node] = json.loads(stats) | {
+                "samples": samples,
+                "first_t": first_t,
+                "last_t": last_t,
+            }
+    return [{"node": node, **out[node]} for node in sorted(out)]
+
+
+def picked(n: int, points: int) -> np.ndarray:
+    """At most about POINTS indexes of N evenly spaced, the last always among them."""
+    step = max(1, -(-n // points))
+    index = np.arange(0, n, step)
+    if n and index[-1] != n - 1:
+        index = np.append(index, n - 1)
+    return index
+
+
+def sampled_peak(conn: sqlite3.Connection, uid: int) -> int | None:
+    """The largest memory peak NØMADE's agents sampled for job UID (None: none sampled)."""
+    peaks = [
+        np.nanmax(s.column("mem_peak_bytes"))
+        for s in series(conn, uid).values()
+        if not np.isnan(s.column("mem_peak_bytes")).all()
+    ]
+    for (stats,) in conn.execute(
+        "SELECT stats_json FROM sample_summaries WHERE job_uid = ?", (uid,)
+    ):
+        peak = json.loads(stats).get("readings", {}).get("mem_peak_bytes", {}).get("peak")
+        if peak is not None:
+            peaks.append(peak)
+    return int(max(peaks)) if peaks else None
+
+
+def recent_uids(conn: sqlite3.Connection, since: float) -> set[int]:
+    """Jobs with samples at or after SINCE in any room."""
+    uids = {
+        r[0]
+        for r in conn.execute(
+            "SELECT DISTINCT job_uid FROM sample_chunks WHERE last_t >= ? AND step = 0", (since,)
+        )
+    }
+    for (text,) in conn.execute("SELECT uids FROM sample_log"):
+        uids.update(int(u) for u in text.strip(",").split(",") if u)
+    if legacy_left(conn):
+        uids.update(
+            r[0]
+            for r in conn.execute(f"SELECT DISTINCT job_uid FROM {LEGACY} WHERE t >= ?", (since,))
+        )
+    return uids
+
+
+# -- retention ----------------------------------------------------------------------------------
+def reduce_old(conn: sqlite3.Connection, cutoff: float, max_series: int) -> int:
+    """Series (job and node) whose newest raw sample is older than CUTOFF and that nothing
+    newer waits for: their raw chunks replaced by a summary (sample_summaries) and their curve
+    at reduced resolution (at most REDUCED_POINTS samples, at least 100 where they had that
+    many).  At most MAX_SERIES per call, in the caller's transaction; returns how many."""
+    old = conn.execute(
+        "SELECT job_uid, node FROM sample_chunks WHERE step = 0 GROUP BY job_uid, node"
+        " HAVING max(last_t) < ? LIMIT ?",
+        (cutoff, max_series),
+    ).fetchall()
+    done = 0
+    for uid, node in old:
+        if conn.execute(
+            "SELECT 1 FROM sample_log WHERE node = ? AND instr(uids, ?) LIMIT 1",
+            (node, f",{uid},"),
+        ).fetchone():
+            continue  # samples of it still landing: not done yet
+        blocks = [
+            _chunk_block(uid, r[0])
+            for r in conn.execute(
+                "SELECT data FROM sample_chunks WHERE job_uid = ? AND node = ? AND step = 0"
+                " ORDER BY t0",
+                (uid, node),
+            )
+        ]
+        s = Series(_sorted_unique(_concat(blocks)))
+        summary = summary_of(s)
+        curve, step = _reduced(s)
+        conn.execute("DELETE FROM sample_chunks WHERE job_uid = ? AND node = ?", (uid, node))
+        conn.execute(
+            "INSERT OR REPLACE INTO sample_summaries VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                uid,
+                node,
+                summary.pop("samples"),
+                summary.pop("first_t"),
+                summary.pop("last_t"),
+                json.dumps(summary),
+            ),
+        )
+        t = curve.m[:, 1]
+        conn.execute(
+            "INSERT INTO sample_chunks (job_uid, node, t0, step, n, first_t, last_t, data)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (uid, node, float(t[0]), step, len(t), float(t[0]), float(t[-1]), _encode(curve)),
+        )
+        done += 1
+    if done:
+        bump(conn, "series_reduced", done)
+    return done
+
+
+def _reduced(s: Series) -> tuple[Block, float]:
+    """S at most REDUCED_POINTS samples: equal time buckets, each the bucket's last sample with
+    the gauges' largest value in it; S itself when it is that short.  And the bucket length."""
+    n = len(s)
+    if n <= REDUCED_POINTS:
+        span = float(s.t[-1] - s.t[0]) if n > 1 else 0.0
+        return s.block, max(span / max(n - 1, 1), 1e-3)
+    t = s.t
+    span = float(t[-1] - t[0]) or 1.0
+    step = span / REDUCED_POINTS
+    bucket = np.minimum(((t - t[0]) / step).astype(np.int64), REDUCED_POINTS - 1)
+    starts = np.concatenate([[0], np.nonzero(bucket[1:] != bucket[:-1])[0] + 1])
+    ends = np.concatenate([starts[1:], [n]]) - 1
+    block = _take(s.block, ends)
+    m = block.m.copy()
+    for name in GAUGES:
+        c = COL[name] + 1
+        column = s.block.m[:, c]
+        if np.isnan(column).all():
+            continue
+        filled = np.where(np.isnan(column), -np.inf, column)
+        peak = np.maximum.reduceat(filled, starts)
+        m[:, c] = np.where(np.isinf(peak), np.nan, peak)
+    exact = dict(block.exact)
+    return Block(m, exact), step
+
+
+# -- what `nomadectl db` shows ------------------------------------------------------------------
+def sample_sizes(conn: sqlite3.Connection) -> dict[str, Any]:
+    """Per room of samples and readings: rows and bytes on disk; the oldest raw sample."""
+    out: dict[str, Any] = {}
+    try:
+        pages = dict(conn.execute("SELECT name, sum(pgsize) FROM dbstat GROUP BY name").fetchall())
+    except sqlite3.Error:
+        pages = {}
+    for table in (
+        "sample_log",
+        "sample_chunks",
+        "sample_summaries",
+        LEGACY,
+        "readings",
+        "readings_latest",
+    ):
+        try:
+            rows = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        except sqlite3.OperationalError:
+            continue
+        indexes = [
+            r[0]
+            for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?", (table,)
+            )
+        ]
+        out[table] = {
+            "rows": rows,
+            "bytes": (pages.get(table) or 0) + sum(pages.get(i) or 0 for i in indexes)
+            if pages
+            else None,
+        }
+    chunks = conn.execute(
+        "SELECT coalesce(sum(n), 0), min(first_t), count(DISTINCT job_uid) FROM sample_chunks"
+        " WHERE step = 0"
+    ).fetchone()
+    reduced = conn.execute(
+        "SELECT coalesce(sum(n), 0), count(*) FROM sample_chunks WHERE step > 0"
+    ).fetchone()
+    out["raw_samples"] = chunks[0]
+    out["raw_oldest"] = chunks[1]
+    out["raw_jobs"] = chunks[2]
+    out["reduced_samples"] = reduced[0]
+    out["reduced_series"] = reduced[1]
+    return out
+
+
+def all_samples(conn: sqlite3.Connection) -> list[tuple]:
+    """Every raw sample in every room as (job_uid, node, t, *readings), by job, node and time:
+    for checks that nothing was lost or duplicated."""
+    uids = {r[0] for r in conn.execute("SELECT DISTINCT job_uid FROM sample_chunks WHERE step = 0")}
+    for (text,) in conn.execute("SELECT uids FROM sample_log"):
+        uids.update(int(u) for u in text.strip(",").split(",") if u)
+    if legacy_left(conn):
+        uids.update(r[0] for r in conn.execute(f"SELECT DISTINCT job_uid FROM {LEGACY}"))
+    out = []
+    for uid in sorted(uids):
+        for node, s in series(conn, uid).items():
+            if s.step:
+                continue
+            columns = [s.values(name) for name in FIELDS]
+            out += [(uid, node, *row) for row in zip(*columns, strict=True)]
+    return out
