@@ -120,10 +120,15 @@ class Aggregator:
     # -- what the HTTP API and the tests use ----------------------------------------------------
     def runtime(self) -> dict[str, Any]:
         """What only the running aggregator knows: whether its store takes writes (since when
-        it fails, and why), what waits for the writer, messages deferred meanwhile."""
+        it fails, and why), what waits for the writer, messages deferred meanwhile, what the
+        compactor moved since start and how far an old layout's move is."""
         return {
             "answering": True,
             "store": self.writer.health(),
+            "compaction": {
+                "compacted_samples": self.compactor.compacted,
+                "old_layout": self.compactor.migration,
+            },
             "deferred_messages": self.agents.deferred,
             "started": self.started,
             "cluster_nodes": self.cluster_nodes,
