@@ -240,3 +240,41 @@ def test_db_status_compact_and_prune_say_what_they_did(tmp_path):
     assert "reduced the raw samples of 1 job-nodes" in out.output
     status = json.loads(runner.invoke(ctl.main, ["--config", cfg, "db", "status", "--json"]).output)
     assert status["raw_samples"] == 0 and status["reduced_series"] == 1
+
+
+def test_samples_arriving_after_the_reduction_join_its_summary(db):
+    """An agent's outbox can hold samples past the raw retention: they add to what was kept
+    rather than hiding it, and a later retention pass keeps both."""
+    rng = random.Random(5)
+    uid = _job(db, 66)
+    rows = _rows(uid, 0, 1000, rng)
+    _land(db, "node1", rows, T0)
+    with store.transaction(db):
+        store.compact(db, T0 + 1, 10**6)
+        assert store.reduce_old(db, rows[-1][1] + 1, 10) == 1
+    late = _rows(uid, 5000, 1, rng)
+    late[0][5] = 9 << 30  # the late sample holds the job's peak
+    _land(db, "node1", late, T0 + 2)
+    with store.transaction(db):
+        store.compact(db, T0 + 3, 10**6)
+    for reduce_again in (False, True):
+        if reduce_again:
+            with store.transaction(db):
+                assert store.reduce_old(db, late[0][1] + 1, 10) == 1
+        node = store.job_node_summaries(db, uid)[0]
+        assert node["samples"] == 1001
+        assert node["first_t"] == rows[0][1] and node["last_t"] == late[0][1]
+        assert node["mem_peak_bytes"] == 9 << 30
+        assert store.job_samples(db, uid)[-1]["t"] == late[0][1]
+
+
+def test_summaries_of_huge_counters_are_exact(db):
+    uid = _job(db, 77)
+    rows = _rows(uid, 0, 3, random.Random(6))
+    rows[1][13] = (1 << 53) + 1  # proc_read_bytes past a double's exact integers
+    _land(db, "node1", rows, T0)
+    assert store.job_node_summaries(db, uid)[0]["read_bytes"] == (1 << 53) + 1
+    with store.transaction(db):
+        store.compact(db, T0 + 1, 10**6)
+        store.reduce_old(db, rows[-1][1] + 1, 10)
+    assert store.job_node_summaries(db, uid)[0]["read_bytes"] == (1 << 53) + 1

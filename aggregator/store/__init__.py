@@ -17,7 +17,8 @@ their first argument; those that write run inside the writer's transaction (`Wri
 - Samples' upkeep (aggregator/store/sqlite/samples.py): `compact` (landed envelopes into
   chunks), `compaction_due`, `migrate_v1` (the old one-row-per-sample table into chunks),
   `legacy_left`, `reduce_old` (the raw retention: summaries and reduced curves),
-  `sample_backlog`, `sample_sizes`, `all_samples`, `CHUNK_SECONDS`.
+  `sample_backlog`, `sample_sizes`, `all_samples`, `CHUNK_SECONDS`; `snapshot` (reads as of one
+  moment).
 - Read side, for nomadectl, the API and the daemon: `find_job`, `find_jobs`, `count_jobs`,
   `job_node_summaries`, `job_samples`, `job_verdict`, `job_advice`, `running_jobs`,
   `running_job_cpu`, `array_outcomes`, `agent_nodes`, `nodes_on_plain`, `node_lives`,
@@ -110,6 +111,7 @@ from aggregator.store.sqlite.samples import (
     reduce_old,
     sample_backlog,
     sample_sizes,
+    snapshot,
 )
 from aggregator.store.sqlite.views import (
     agent_nodes,

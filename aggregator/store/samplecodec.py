@@ -70,7 +70,9 @@ def matrix(rows: Sequence[Sequence[Any]]) -> tuple[np.ndarray, dict[int, np.ndar
             if FIELDS[c] in FLOAT_FIELDS:
                 continue
             values = [r[c] for r in rows]
-            if all(v is None or isinstance(v, int) or (v < _TOP and v.is_integer()) for v in values):
+            if all(
+                v is None or isinstance(v, int) or (v < _TOP and v.is_integer()) for v in values
+            ):
                 exact[c] = np.array([0 if v is None else int(v) for v in values], dtype=np.int64)
     return m, exact
 

@@ -56,6 +56,12 @@ def _row_job(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def job(conn: Any, job_id: int, series_points: int = 20) -> dict[str, Any] | None:
+    """Job JOB_ID's record, per-node summaries, series, verdict and advice, as of one moment."""
+    with store.snapshot(conn):
+        return _job(conn, job_id, series_points)
+
+
+def _job(conn: Any, job_id: int, series_points: int) -> dict[str, Any] | None:
     row = store.find_job(conn, job_id)
     if row is None:
         return None

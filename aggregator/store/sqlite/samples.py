@@ -20,8 +20,10 @@ it), so a sample is visible from the COMMIT that acknowledged it, compacted or n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -287,6 +289,18 @@ class Series:
         """Reading NAME as float64, NaN where not available."""
         return self.block.m[:, COL[name] + 1]
 
+    def largest(self, name: str) -> int | float | None:
+        """Reading NAME's largest value, exactly (None: not available)."""
+        c = COL[name] + 1
+        column = self.block.m[:, c]
+        present = ~np.isnan(column)
+        if not present.any():
+            return None
+        if c in self.block.exact:
+            return int(self.block.exact[c][present].max())
+        top = float(column[present].max())
+        return top if name in codec.FLOAT_FIELDS else int(top)
+
     def values(self, name: str, index: np.ndarray | None = None) -> list[Any]:
         """Reading NAME (at INDEX) exactly as the agent sent it: ints, floats and None."""
         c = COL[name] + 1
@@ -304,60 +318,96 @@ class Series:
         return items
 
 
-def series(conn: sqlite3.Connection, uid: int, *, since: float | None = None) -> dict[str, Series]:
-    """Job UID's samples per node (by node name), from every room; only those at or after
-    SINCE when given.  A node whose raw samples passed the retention gives its reduced curve."""
-    blocks: dict[str, list[Block]] = {}
-    reduced: dict[str, Series] = {}
-    sql = "SELECT node, step, data FROM sample_chunks WHERE job_uid = ?"
-    args: list[Any] = [uid]
+@contextlib.contextmanager
+def snapshot(conn: sqlite3.Connection) -> Iterator[None]:
+    """The reads inside see the store as of one moment (one read transaction), so that a
+    compaction committing between them cannot hide samples it moved from one room to another.
+    Inside a transaction already (the writer's), nothing more is needed."""
+    if conn.in_transaction:
+        yield
+        return
+    conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        conn.execute("COMMIT")
+
+
+Rooms = dict[tuple[int, str], list[Block]]
+
+
+def _gather(
+    conn: sqlite3.Connection, uid: int | None, since: float | None = None
+) -> tuple[Rooms, dict[tuple[int, str], tuple[Block, float]]]:
+    """The raw blocks per (job uid, node) from every room, and the reduced curves with their
+    step: of job UID, or of every job (None).  The caller holds a snapshot."""
+    raw: Rooms = {}
+    reduced: dict[tuple[int, str], tuple[Block, float]] = {}
+    where, args = ("job_uid = ?", [uid]) if uid is not None else ("1", [])
     if since is not None:
-        sql += " AND last_t >= ?"
+        where += " AND last_t >= ?"
         args.append(since)
-    for node, step, data in conn.execute(sql + " ORDER BY node, t0", args):
-        if step:
-            reduced[node] = Series(_chunk_block(uid, data), step)
-        else:
-            blocks.setdefault(node, []).append(_chunk_block(uid, data))
-    for node, blob in conn.execute(
-        "SELECT node, rows FROM sample_log WHERE instr(uids, ?) ORDER BY id", (f",{uid},",)
+    for job, node, step, data in conn.execute(
+        f"SELECT job_uid, node, step, data FROM sample_chunks WHERE {where} ORDER BY t0", args
     ):
+        if step:
+            reduced[(job, node)] = (_chunk_block(job, data), step)
+        else:
+            raw.setdefault((job, node), []).append(_chunk_block(job, data))
+    log_sql = "SELECT node, rows FROM sample_log"
+    log_args: tuple = ()
+    if uid is not None:
+        log_sql += " WHERE instr(uids, ?)"
+        log_args = (f",{uid},",)
+    for node, blob in conn.execute(log_sql + " ORDER BY id", log_args):
         b = _log_block(blob)
-        blocks.setdefault(node, []).append(_take(b, np.nonzero(b.m[:, 0] == uid)[0]))
+        jobs = [uid] if uid is not None else np.unique(b.m[:, 0]).astype(np.int64).tolist()
+        for job in jobs:
+            raw.setdefault((job, node), []).append(_take(b, np.nonzero(b.m[:, 0] == job)[0]))
     if legacy_left(conn):
         columns = ", ".join(SAMPLE_FIELDS[1:])
-        rows = conn.execute(
-            f"SELECT node, job_uid, {columns} FROM {LEGACY} WHERE job_uid = ? ORDER BY node, t",
-            (uid,),
-        ).fetchall()
-        by_node: dict[str, list[tuple]] = {}
-        for r in rows:
-            by_node.setdefault(r[0], []).append(tuple(r)[1:])
-        for node, node_rows in by_node.items():
-            blocks.setdefault(node, []).append(_rows_block(node_rows))
+        legacy_where = "WHERE job_uid = ?" if uid is not None else ""
+        by: dict[tuple[int, str], list[tuple]] = {}
+        for r in conn.execute(
+            f"SELECT node, job_uid, {columns} FROM {LEGACY} {legacy_where}",
+            (uid,) if uid is not None else (),
+        ):
+            by.setdefault((r[1], r[0]), []).append(tuple(r)[1:])
+        for key, rows in by.items():
+            raw.setdefault(key, []).append(_rows_block(rows))
+    return raw, reduced
+
+
+def _assemble(raw: list[Block], reduced: tuple[Block, float] | None) -> Series:
+    """One node's series: its reduced curve (when the raw retention passed) followed by raw
+    samples that arrived after it, by time."""
+    parts = ([reduced[0]] if reduced else []) + raw
+    return Series(_sorted_unique(_concat(parts)), reduced[1] if reduced else 0.0)
+
+
+def series(conn: sqlite3.Connection, uid: int, *, since: float | None = None) -> dict[str, Series]:
+    """Job UID's samples per node (by node name), from every room as of one moment; only those
+    at or after SINCE when given.  A node whose raw samples passed the retention gives its
+    reduced curve (step > 0), with any samples that arrived later."""
+    with snapshot(conn):
+        raw, reduced = _gather(conn, uid, since)
     out: dict[str, Series] = {}
-    for node in sorted(set(blocks) | set(reduced)):
-        if node in blocks:
-            s = Series(_sorted_unique(_concat(blocks[node])))
-        else:
-            s = reduced[node]
+    for key in sorted(set(raw) | set(reduced)):
+        s = _assemble(raw.get(key, []), reduced.get(key))
         if since is not None:
             s = Series(_take(s.block, np.nonzero(s.t >= since)[0]), s.step)
         if len(s):
-            out[node] = s
+            out[key[1]] = s
     return out
 
 
 def summary_of(s: Series) -> dict[str, Any]:
     """What `nomadectl job` shows per node, and every reading's peak, mean, p95, first, last."""
 
-    def top(name: str) -> np.ndarray:
-        return np.nan_to_num(s.column(name))
-
     def largest(*names: str) -> int:
-        return int(max(top(n).max(initial=0) for n in names)) if len(s) else 0
+        return max((s.largest(n) or 0 for n in names), default=0) if len(s) else 0
 
-    cpu = s.column("cpu_usage_seconds")
+    cpu = s.largest("cpu_usage_seconds")
     has_mem = int((~np.isnan(s.column("mem_peak_bytes"))).sum())
     has_io = int(
         (~np.isnan(s.column("proc_read_bytes"))).sum()
@@ -369,17 +419,18 @@ def summary_of(s: Series) -> dict[str, Any]:
         v = v[~np.isnan(v)]
         if len(v):
             stats[name] = {
-                "peak": float(v.max()),
+                "peak": s.largest(name),
                 "mean": float(v.mean()),
                 "p95": float(np.percentile(v, 95)),
                 "first": float(v[0]),
                 "last": float(v[-1]),
+                "count": len(v),
             }
     return {
         "samples": len(s),
         "first_t": float(s.t[0]),
         "last_t": float(s.t[-1]),
-        "cpu_seconds": None if np.isnan(cpu).all() else float(np.nanmax(cpu)),
+        "cpu_seconds": cpu,
         "mem_peak_bytes": largest("mem_peak_bytes", "mem_current_bytes"),
         "read_bytes": largest("proc_read_bytes", "cgroup_read_bytes"),
         "write_bytes": largest("proc_write_bytes", "cgroup_write_bytes"),
@@ -389,20 +440,67 @@ def summary_of(s: Series) -> dict[str, Any]:
     }
 
 
-def node_summaries(conn: sqlite3.Connection, uid: int) -> list[dict[str, Any]]:
-    """Per node of job UID, by node name: the summary of its samples (summary_of), from the
-    raw samples where they are kept, else from the summary kept when they were reduced."""
-    out = {node: summary_of(s) for node, s in series(conn, uid).items() if not s.step}
+def merge_summaries(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One summary of a series summarised in PARTS (a summary kept at the retention and one of
+    samples that came later): counts added, peaks the largest, means weighted by their counts,
+    first and last from the earliest and latest part; p95 the largest of the parts' (an upper
+    bound of the whole's)."""
+    if len(parts) == 1:
+        return parts[0]
+    parts = sorted(parts, key=lambda p: p["first_t"])
+
+    def top(key: str):
+        values = [p[key] for p in parts if p.get(key) is not None]
+        return max(values) if values else None
+
+    readings: dict[str, dict[str, Any]] = {}
+    for name in {n for p in parts for n in p.get("readings", {})}:
+        have = [p["readings"][name] for p in parts if name in p.get("readings", {})]
+        counts = [h.get("count", 1) for h in have]
+        readings[name] = {
+            "peak": max(h["peak"] for h in have),
+            "mean": sum(h["mean"] * c for h, c in zip(have, counts, strict=True)) / sum(counts),
+            "p95": max(h["p95"] for h in have),
+            "first": have[0]["first"],
+            "last": have[-1]["last"],
+            "count": sum(counts),
+        }
+    return {
+        "samples": sum(p["samples"] for p in parts),
+        "first_t": parts[0]["first_t"],
+        "last_t": max(p["last_t"] for p in parts),
+        "cpu_seconds": top("cpu_seconds"),
+        "mem_peak_bytes": top("mem_peak_bytes") or 0,
+        "read_bytes": top("read_bytes") or 0,
+        "write_bytes": top("write_bytes") or 0,
+        "has_mem": sum(p["has_mem"] for p in parts),
+        "has_io": sum(p["has_io"] for p in parts),
+        "readings": readings,
+    }
+
+
+def _stored_summaries(conn: sqlite3.Connection, uid: int) -> dict[str, dict[str, Any]]:
+    out = {}
     for node, samples, first_t, last_t, stats in conn.execute(
         "SELECT node, samples, first_t, last_t, stats_json FROM sample_summaries WHERE job_uid = ?",
         (uid,),
     ):
-        if node not in out:
-            out[node] = json.loads(stats) | {
-                "samples": samples,
-                "first_t": first_t,
-                "last_t": last_t,
-            }
+        out[node] = json.loads(stats) | {"samples": samples, "first_t": first_t, "last_t": last_t}
+    return out
+
+
+def node_summaries(conn: sqlite3.Connection, uid: int) -> list[dict[str, Any]]:
+    """Per node of job UID, by node name: the summary of its samples (summary_of), from the
+    raw samples where they are kept, the summary kept when they were reduced, or both merged
+    where samples came after the reduction."""
+    with snapshot(conn):
+        raw, _reduced = _gather(conn, uid)
+        stored = _stored_summaries(conn, uid)
+    out: dict[str, dict[str, Any]] = {}
+    for (_uid, node), blocks in raw.items():
+        out[node] = summary_of(Series(_sorted_unique(_concat(blocks))))
+    for node, summary in stored.items():
+        out[node] = merge_summaries([summary, out[node]]) if node in out else summary
     return [{"node": node, **out[node]} for node in sorted(out)]
 
 
@@ -418,34 +516,31 @@ def picked(n: int, points: int) -> np.ndarray:
 def sampled_peak(conn: sqlite3.Connection, uid: int) -> int | None:
     """The largest memory peak NØMADE's agents sampled for job UID (None: none sampled)."""
     peaks = [
-        np.nanmax(s.column("mem_peak_bytes"))
-        for s in series(conn, uid).values()
-        if not np.isnan(s.column("mem_peak_bytes")).all()
+        n["readings"]["mem_peak_bytes"]["peak"]
+        for n in node_summaries(conn, uid)
+        if "mem_peak_bytes" in n.get("readings", {})
     ]
-    for (stats,) in conn.execute(
-        "SELECT stats_json FROM sample_summaries WHERE job_uid = ?", (uid,)
-    ):
-        peak = json.loads(stats).get("readings", {}).get("mem_peak_bytes", {}).get("peak")
-        if peak is not None:
-            peaks.append(peak)
     return int(max(peaks)) if peaks else None
 
 
 def recent_uids(conn: sqlite3.Connection, since: float) -> set[int]:
     """Jobs with samples at or after SINCE in any room."""
-    uids = {
-        r[0]
-        for r in conn.execute(
-            "SELECT DISTINCT job_uid FROM sample_chunks WHERE last_t >= ? AND step = 0", (since,)
-        )
-    }
-    for (text,) in conn.execute("SELECT uids FROM sample_log"):
-        uids.update(int(u) for u in text.strip(",").split(",") if u)
-    if legacy_left(conn):
-        uids.update(
+    with snapshot(conn):
+        uids = {
             r[0]
-            for r in conn.execute(f"SELECT DISTINCT job_uid FROM {LEGACY} WHERE t >= ?", (since,))
-        )
+            for r in conn.execute(
+                "SELECT DISTINCT job_uid FROM sample_chunks WHERE last_t >= ?", (since,)
+            )
+        }
+        for (text,) in conn.execute("SELECT uids FROM sample_log"):
+            uids.update(int(u) for u in text.strip(",").split(",") if u)
+        if legacy_left(conn):
+            uids.update(
+                r[0]
+                for r in conn.execute(
+                    f"SELECT DISTINCT job_uid FROM {LEGACY} WHERE t >= ?", (since,)
+                )
+            )
     return uids
 
 
@@ -454,7 +549,9 @@ def reduce_old(conn: sqlite3.Connection, cutoff: float, max_series: int) -> int:
     """Series (job and node) whose newest raw sample is older than CUTOFF and that nothing
     newer waits for: their raw chunks replaced by a summary (sample_summaries) and their curve
     at reduced resolution (at most REDUCED_POINTS samples, at least 100 where they had that
-    many).  At most MAX_SERIES per call, in the caller's transaction; returns how many."""
+    many); a series reduced before (samples came after its reduction) has the new samples
+    merged into its summary and curve.  At most MAX_SERIES per call, in the caller's
+    transaction; returns how many."""
     old = conn.execute(
         "SELECT job_uid, node FROM sample_chunks WHERE step = 0 GROUP BY job_uid, node"
         " HAVING max(last_t) < ? LIMIT ?",
@@ -467,17 +564,21 @@ def reduce_old(conn: sqlite3.Connection, cutoff: float, max_series: int) -> int:
             (node, f",{uid},"),
         ).fetchone():
             continue  # samples of it still landing: not done yet
-        blocks = [
-            _chunk_block(uid, r[0])
-            for r in conn.execute(
-                "SELECT data FROM sample_chunks WHERE job_uid = ? AND node = ? AND step = 0"
-                " ORDER BY t0",
-                (uid, node),
-            )
-        ]
-        s = Series(_sorted_unique(_concat(blocks)))
-        summary = summary_of(s)
-        curve, step = _reduced(s)
+        raw: list[Block] = []
+        before: tuple[Block, float] | None = None
+        for step, data in conn.execute(
+            "SELECT step, data FROM sample_chunks WHERE job_uid = ? AND node = ? ORDER BY t0",
+            (uid, node),
+        ):
+            if step:
+                before = (_chunk_block(uid, data), step)
+            else:
+                raw.append(_chunk_block(uid, data))
+        summary = summary_of(Series(_sorted_unique(_concat(raw))))
+        kept = _stored_summaries(conn, uid).get(node)
+        if kept is not None:
+            summary = merge_summaries([kept, summary])
+        curve, step = _reduced(_assemble(raw, before))
         conn.execute("DELETE FROM sample_chunks WHERE job_uid = ? AND node = ?", (uid, node))
         conn.execute(
             "INSERT OR REPLACE INTO sample_summaries VALUES (?, ?, ?, ?, ?, ?)",
@@ -577,18 +678,13 @@ def sample_sizes(conn: sqlite3.Connection) -> dict[str, Any]:
 
 
 def all_samples(conn: sqlite3.Connection) -> list[tuple]:
-    """Every raw sample in every room as (job_uid, node, t, *readings), by job, node and time:
-    for checks that nothing was lost or duplicated."""
-    uids = {r[0] for r in conn.execute("SELECT DISTINCT job_uid FROM sample_chunks WHERE step = 0")}
-    for (text,) in conn.execute("SELECT uids FROM sample_log"):
-        uids.update(int(u) for u in text.strip(",").split(",") if u)
-    if legacy_left(conn):
-        uids.update(r[0] for r in conn.execute(f"SELECT DISTINCT job_uid FROM {LEGACY}"))
+    """Every raw sample in every room as (job_uid, node, t, *readings), by job, node and time,
+    as of one moment: for checks that nothing was lost or duplicated."""
+    with snapshot(conn):
+        raw, _reduced = _gather(conn, None)
     out = []
-    for uid in sorted(uids):
-        for node, s in series(conn, uid).items():
-            if s.step:
-                continue
-            columns = [s.values(name) for name in FIELDS]
-            out += [(uid, node, *row) for row in zip(*columns, strict=True)]
+    for (uid, node), blocks in sorted(raw.items()):
+        s = Series(_sorted_unique(_concat(blocks)))
+        columns = [s.values(name) for name in FIELDS]
+        out += [(uid, node, *row) for row in zip(*columns, strict=True)]
     return out
