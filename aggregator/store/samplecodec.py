@@ -59,15 +59,18 @@ EXACT = float(1 << 53)  # integers below this are exact in a double
 _TOP = float(1 << 63)
 
 
-def matrix(rows: Sequence[Sequence[Any]]) -> tuple[np.ndarray, dict[int, np.ndarray]]:
-    """ROWS ([t, *readings] each) as a float64 matrix (None as NaN), and the integer columns
-    whose values a double cannot hold exactly (past 2^53), exactly, by column index."""
-    m = np.array(rows, dtype=np.float64).reshape(len(rows), len(FIELDS))
+def matrix(
+    rows: Sequence[Sequence[Any]], fields: Sequence[str] = FIELDS
+) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """ROWS (FIELDS each: [t, *readings] by default) as a float64 matrix (None as NaN), and the
+    integer columns whose values a double cannot hold exactly (past 2^53), exactly, by column
+    index."""
+    m = np.array(rows, dtype=np.float64).reshape(len(rows), len(fields))
     exact: dict[int, np.ndarray] = {}
     if len(rows) and np.nanmax(m, initial=0.0) >= EXACT:
         big = np.nonzero(np.nanmax(m, axis=0, initial=0.0) >= EXACT)[0]
         for c in big.tolist():
-            if FIELDS[c] in FLOAT_FIELDS:
+            if fields[c] in FLOAT_FIELDS:
                 continue
             values = [r[c] for r in rows]
             if all(
@@ -86,83 +89,115 @@ def encode_rows(rows: Sequence[Sequence[Any]]) -> bytes:
 def encode(m: np.ndarray, exact: dict[int, np.ndarray] | None = None) -> bytes:
     """M (samples x FIELDS, float64, NaN for None, sorted by time) as a chunk; EXACT gives
     integer columns whose values pass 2^53 as int64, by column index."""
+    return encode_many(m, np.zeros(1, dtype=np.int64), exact)[0]
+
+
+_HEADER = np.dtype(
+    [("kind", "u1"), ("order", "u1"), ("width", "u1"), ("scale", "u1"), ("div", "<u8")]
+)
+assert _HEADER.itemsize == _COLUMN.size
+
+
+def encode_many(
+    m: np.ndarray, starts: np.ndarray, exact: dict[int, np.ndarray] | None = None
+) -> list[bytes]:
+    """The rows of M (samples x FIELDS as in `encode`) cut at STARTS (the first row of each
+    chunk, ascending, STARTS[0] = 0) as one chunk each.  Every choice (scale, stream, divisor,
+    width) is made per chunk and column, over all chunks at once."""
     n, ncols = m.shape
     if ncols != len(FIELDS):
         raise ValueError(f"a chunk has {len(FIELDS)} columns, not {ncols}")
+    if n == 0:
+        return [_compressor.compress(_HEAD.pack(MAGIC, 0, ncols) + _empty_columns(ncols))]
+    starts = np.asarray(starts, dtype=np.int64)
+    lengths = np.diff(starts, append=n)
+    seg = np.repeat(np.arange(len(starts)), lengths)  # each row's chunk
+
+    def per_chunk(ufunc: np.ufunc, x: np.ndarray) -> np.ndarray:
+        return ufunc.reduceat(x, starts, axis=0)
+
     nan = np.isnan(m)
-    has_nulls = nan.any(axis=0)
-    all_null = nan.all(axis=0) if n else np.ones(ncols, dtype=bool)
+    has_nulls = per_chunk(np.logical_or, nan)
+    all_null = per_chunk(np.logical_and, nan)
     m0 = np.where(nan, 0.0, m) if has_nulls.any() else m
-    top = m0.max(axis=0, initial=0.0)
-    # Per column: the smallest power of ten that makes its values integers exactly (-1: none).
-    scale = np.full(ncols, -1, dtype=np.int64)
-    ints = np.empty((n, ncols), dtype=np.int64)
+    top = per_chunk(np.maximum, m0)
+    # Per chunk and column: the smallest power of ten that makes its values integers exactly.
+    scale = np.full(top.shape, -1, dtype=np.int64)
+    ints = np.zeros((n, ncols), dtype=np.int64)
     for k in (0, 3, 6, 9):
-        with np.errstate(over="ignore"):
+        with np.errstate(over="ignore", invalid="ignore"):
             open_ = (scale < 0) & (top * 10.0**k < _SAFE)
-        if not open_.any():
-            break
-        cols = np.nonzero(open_)[0]
-        q = np.rint(m0[:, cols] * 10.0**k) if k else np.rint(m0[:, cols])
-        fits = (q / 10.0**k == m0[:, cols]).all(axis=0) if k else (q == m0[:, cols]).all(axis=0)
-        done = cols[fits]
-        scale[done] = k
-        ints[:, done] = q[:, fits].astype(np.int64)
-    bits = np.nonzero(scale < 0)[0]
-    if len(bits):
-        ints[:, bits] = m0[:, bits].view(np.int64)
-    kind = np.where(scale < 0, FLOAT_BITS, SCALED)
-    integer = np.array([f not in FLOAT_FIELDS for f in FIELDS]) & (scale == 0)
-    kind[integer] = INTEGER
+            if not open_.any():
+                break
+            q = np.rint(m0 * 10.0**k) if k else np.rint(m0)
+            fits = per_chunk(np.logical_and, (q / 10.0**k if k else q) == m0)
+        done = open_ & fits
+        if done.any():
+            scale[done] = k
+            rows = done[seg]
+            ints[rows] = q[rows].astype(np.int64)
+    bits = scale < 0
+    if bits.any():
+        rows = bits[seg]
+        ints[rows] = m0.view(np.int64)[rows]
+    kind = np.where(bits, FLOAT_BITS, SCALED)
+    integer_field = np.array([f not in FLOAT_FIELDS for f in FIELDS])
+    kind[integer_field[None, :] & (scale == 0)] = INTEGER
     for c, column in (exact or {}).items():
-        ints[:, c], kind[c], scale[c] = column, INTEGER, 0
+        ints[:, c] = column
+        kind[:, c], scale[:, c] = INTEGER, 0
     kind[all_null] = ALL_NULL
-    # The stream per column: values, differences, or differences of differences.
-    if n >= 2:
-        first = np.diff(ints, axis=0, prepend=np.zeros((1, ncols), dtype=np.int64))
-        second = np.diff(first, axis=0, prepend=np.zeros((1, ncols), dtype=np.int64))
-        costs = np.stack([np.abs(x).sum(axis=0, dtype=np.float64) for x in (ints, first, second)])
-        order = costs.argmin(axis=0)
-        order[np.abs(ints).max(axis=0) >= _SAFE] = 0
-        stream = np.where(order == 0, ints, np.where(order == 1, first, second))
-    else:
-        order, stream = np.zeros(ncols, dtype=np.int64), ints
+    # The stream per chunk and column: values, differences, or differences of differences,
+    # each chunk's first row differenced against zero.
+    first = np.diff(ints, axis=0, prepend=np.zeros((1, ncols), dtype=np.int64))
+    first[starts] = ints[starts]
+    second = np.diff(first, axis=0, prepend=np.zeros((1, ncols), dtype=np.int64))
+    second[starts] = first[starts]
+    with np.errstate(over="ignore"):
+        costs = np.stack(
+            [per_chunk(np.add, np.abs(x).astype(np.float64)) for x in (ints, first, second)]
+        )
+    order = costs.argmin(axis=0)
+    order[per_chunk(np.maximum, np.abs(ints)) >= _SAFE] = 0
+    order[lengths < 2] = 0
+    rows_order = order[seg]
+    stream = np.where(rows_order == 0, ints, np.where(rows_order == 1, first, second))
     # Memory and block I/O move in pages and sectors: divide those steps out.
-    divisor = np.ones(ncols, dtype=np.int64)
+    divisor = np.ones(top.shape, dtype=np.int64)
+    nonzero = per_chunk(np.logical_or, stream != 0)
     for d in _DIVISORS:
-        whole = (divisor == 1) & ~(stream % d).any(axis=0) & stream.any(axis=0)
+        whole = (divisor == 1) & nonzero & per_chunk(np.logical_and, (stream & (d - 1)) == 0)
         divisor[whole] = d
     if (divisor > 1).any():
-        stream = stream // divisor
+        stream = stream // divisor[seg]
     zigzag = ((stream << 1) ^ (stream >> 63)).view(np.uint64)
-    top_z = zigzag.max(axis=0, initial=0)
+    top_z = per_chunk(np.maximum, zigzag)
     width = np.select([top_z <= 0xFF, top_z <= 0xFFFF, top_z <= 0xFFFFFFFF], [1, 2, 4], 8)
     width[all_null] = 0
-    parts = [_HEAD.pack(MAGIC, n, ncols)]
-    for c in range(ncols):
-        flags = HAS_NULLS if has_nulls[c] and not all_null[c] else 0
-        parts.append(
-            _COLUMN.pack(
-                int(kind[c]) | flags,
-                int(order[c]),
-                int(width[c]),
-                max(int(scale[c]), 0),
-                int(divisor[c]),
-            )
-        )
-    for c in np.nonzero(has_nulls & ~all_null)[0].tolist():
-        parts.append(np.packbits(nan[:, c]).tobytes())
-    for w, dtype in ((1, np.uint8), (2, np.uint16), (4, np.uint32), (8, np.uint64)):
-        cols = np.nonzero(width == w)[0]
-        if len(cols):
-            # Each column's bytes by significance: byte 0 of all its values, then byte 1, ...
-            block = (
-                np.ascontiguousarray(zigzag[:, cols], dtype=dtype)
-                .view(np.uint8)
-                .reshape(n, len(cols), w)
-            )
-            parts.append(block.transpose(1, 2, 0).tobytes())
-    return _compressor.compress(b"".join(parts))
+    header = np.zeros(top.shape, dtype=_HEADER)
+    header["kind"] = kind | np.where(has_nulls & ~all_null, HAS_NULLS, 0)
+    header["order"], header["width"] = order, width
+    header["scale"], header["div"] = np.maximum(scale, 0), divisor
+    out = []
+    for i, (a, length) in enumerate(zip(starts.tolist(), lengths.tolist(), strict=True)):
+        b = a + length
+        parts = [_HEAD.pack(MAGIC, length, ncols), header[i].tobytes()]
+        for c in np.nonzero(has_nulls[i] & ~all_null[i])[0].tolist():
+            parts.append(np.packbits(nan[a:b, c]).tobytes())
+        w_i = width[i]
+        for w, dtype in ((1, np.uint8), (2, np.uint16), (4, np.uint32), (8, np.uint64)):
+            cols = np.nonzero(w_i == w)[0]
+            if len(cols):
+                # Each column's bytes by significance: byte 0 of all its values, then byte 1, ...
+                block = np.ascontiguousarray(zigzag[a:b, cols], dtype=dtype)
+                block = block.view(np.uint8).reshape(length, len(cols), w)
+                parts.append(block.transpose(1, 2, 0).tobytes())
+        out.append(_compressor.compress(b"".join(parts)))
+    return out
+
+
+def _empty_columns(ncols: int) -> bytes:
+    return np.zeros(ncols, dtype=_HEADER).tobytes()
 
 
 # -- unpacking -------------------------------------------------------------------------------

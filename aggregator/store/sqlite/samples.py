@@ -81,10 +81,8 @@ def _log_block(blob: bytes) -> Block:
     kind, body = blob[:1], blob[1:]
     if kind == _FLOAT_LOG:  # a float64 matrix (an older form of the landing room)
         return Block(np.frombuffer(body, dtype=np.float64).reshape(-1, WIDTH))
-    rows = msgpack.unpackb(body)
-    m, exact = codec.matrix([r[1:] for r in rows])
-    uid = np.array([r[0] for r in rows], dtype=np.float64)
-    return Block(np.column_stack([uid, m]), {c + 1: v for c, v in exact.items()})
+    m, exact = codec.matrix(msgpack.unpackb(body), SAMPLE_FIELDS)
+    return Block(m, exact)
 
 
 def _chunk_block(uid: int, data: bytes) -> Block:
@@ -105,12 +103,8 @@ def _chunk_block(uid: int, data: bytes) -> Block:
 
 def _rows_block(rows: list[tuple]) -> Block:
     """Rows [job_uid, t, *readings] (Python numbers) as a Block."""
-    m, exact = codec.matrix([r[1:] for r in rows])
-    uid = np.array([r[0] for r in rows], dtype=np.float64)
-    return Block(
-        np.column_stack([uid, m]) if len(rows) else np.empty((0, WIDTH)),
-        {c + 1: v for c, v in exact.items()},
-    )
+    m, exact = codec.matrix(rows, SAMPLE_FIELDS)
+    return Block(m, exact)
 
 
 def _concat(blocks: list[Block]) -> Block:
@@ -129,7 +123,7 @@ def _concat(blocks: list[Block]) -> Block:
     return Block(m, exact)
 
 
-def _take(block: Block, index: np.ndarray) -> Block:
+def _take(block: Block, index: np.ndarray | slice) -> Block:
     return Block(block.m[index], {c: v[index] for c, v in block.exact.items()})
 
 
@@ -200,7 +194,8 @@ def compact(
 
 
 def _merge_into_chunks(conn: sqlite3.Connection, node: str, block: Block) -> None:
-    """BLOCK's samples of NODE merged into their (job, hour) chunks."""
+    """BLOCK's samples of NODE merged into their (job, hour) chunks: the chunks they touch
+    decoded, joined, and all encoded again in one pass (samplecodec.encode_many)."""
     m = block.m
     if not len(m):
         return
@@ -209,24 +204,35 @@ def _merge_into_chunks(conn: sqlite3.Connection, node: str, block: Block) -> Non
     block = _take(block, order)
     uid, window = block.m[:, 0], window[order]
     cut = np.nonzero((uid[1:] != uid[:-1]) | (window[1:] != window[:-1]))[0] + 1
-    starts = np.concatenate([[0], cut]).tolist()
+    starts = [0, *cut.tolist()]
     ends = [*starts[1:], len(uid)]
+    keys, parts = [], []
     for a, b in zip(starts, ends, strict=True):
         job_uid, t0 = int(uid[a]), float(window[a])
-        part = _take(block, np.arange(a, b))
+        part = _take(block, slice(a, b))
         old = conn.execute(
             "SELECT data FROM sample_chunks WHERE job_uid = ? AND node = ? AND t0 = ? AND step = 0",
             (job_uid, node, t0),
         ).fetchone()
         if old is not None:
             part = _concat([_chunk_block(job_uid, old[0]), part])
-        part = _sorted_unique(part)
         t = part.m[:, 1]
-        conn.execute(
-            "INSERT OR REPLACE INTO sample_chunks (job_uid, node, t0, step, n, first_t, last_t,"
-            " data) VALUES (?, ?, ?, 0, ?, ?, ?, ?)",
-            (job_uid, node, t0, len(t), float(t[0]), float(t[-1]), _encode(part)),
-        )
+        if old is not None or not (t[1:] > t[:-1]).all():
+            part = _sorted_unique(part)
+        keys.append((job_uid, t0))
+        parts.append(part)
+    joined = _concat(parts)
+    lengths = [len(p.m) for p in parts]
+    cuts = np.cumsum([0, *lengths[:-1]])
+    blobs = codec.encode_many(joined.m[:, 1:], cuts, {c - 1: v for c, v in joined.exact.items()})
+    conn.executemany(
+        "INSERT OR REPLACE INTO sample_chunks (job_uid, node, t0, step, n, first_t, last_t,"
+        " data) VALUES (?, ?, ?, 0, ?, ?, ?, ?)",
+        [
+            (job_uid, node, t0, len(p.m), float(p.m[0, 1]), float(p.m[-1, 1]), blob)
+            for (job_uid, t0), p, blob in zip(keys, parts, blobs, strict=True)
+        ],
+    )
 
 
 # -- the layout before chunks --------------------------------------------------------------------
