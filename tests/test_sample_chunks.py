@@ -278,3 +278,20 @@ def test_summaries_of_huge_counters_are_exact(db):
         store.compact(db, T0 + 1, 10**6)
         store.reduce_old(db, rows[-1][1] + 1, 10)
     assert store.job_node_summaries(db, uid)[0]["read_bytes"] == (1 << 53) + 1
+
+
+def test_a_plan_made_stale_by_another_compaction_writes_nothing(db):
+    """The compactor prepares on a snapshot; if `nomadectl db compact` moved the same
+    envelopes meanwhile, its plan must not write them a second time."""
+    uid = _job(db, 88)
+    rng = random.Random(8)
+    _land(db, "node1", _rows(uid, 0, 50, rng), T0)
+    stale = store.plan_compaction(db, T0 + 1, 10**6)
+    with store.transaction(db):
+        assert store.compact(db, T0 + 1, 10**6) == 50
+    _land(db, "node1", _rows(uid, 50, 50, rng), T0 + 2)
+    with store.transaction(db):
+        assert store.apply_compaction(db, stale) == 0
+        assert store.compact(db, T0 + 3, 10**6) == 50
+    assert store.sample_sizes(db)["raw_samples"] == 100
+    assert len(store.all_samples(db)) == 100

@@ -1,11 +1,13 @@
 """The samples' upkeep, in its own thread ("compactor"): landed envelopes compacted into chunks,
 the store of an older NØMADE moved into chunks, and the raw retention applied.
 
-Each step is one WorkItem in the writer's transaction, sized to take tens of milliseconds, so
-that acknowledgements of new envelopes never wait long behind it; the next step is submitted
-when the last one has committed.  A crash (even SIGKILL) between steps or inside one leaves
-the store as the last COMMIT left it: the landed envelopes stay until the COMMIT that wrote
-their chunks deletes them.
+A compaction step is prepared here, on a read snapshot (decoding the chunks it touches and
+encoding them again), and only its result goes through the writer: one WorkItem that checks
+nothing changed meanwhile, replaces the chunks and deletes the envelopes, so acknowledgements
+of new envelopes never wait behind the encoding.  The other steps (the old layout's move, the
+retention) are WorkItems of tens of milliseconds.  The next step follows the last one's
+COMMIT.  A crash (even SIGKILL) between steps or inside one leaves the store as the last COMMIT
+left it: the landed envelopes stay until the COMMIT that wrote their chunks deletes them.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from typing import Any
 
 from aggregator.store import (
     Writer,
-    compact,
+    apply_compaction,
     compaction_due,
     legacy_left,
     migrate_v1,
+    plan_compaction,
     reduce_old,
 )
 from nomade_common.config import Config
@@ -66,12 +69,13 @@ class Compactor:
         if self.writer.failing_since is not None:
             return False
         if compaction_due(self.reader(), now - self.after, self.backlog_envelopes):
-            moved = self.writer.call(
-                lambda c: compact(c, now - self.after, STEP_SAMPLES, self.backlog_envelopes),
-                timeout=60,
+            # Decoded and encoded here, on a read snapshot; the writer only swaps the result in.
+            plan = plan_compaction(
+                self.reader(), now - self.after, STEP_SAMPLES, self.backlog_envelopes
             )
+            moved = self.writer.call(lambda c: apply_compaction(c, plan), timeout=60)
             self.compacted += moved
-            return moved > 0
+            return plan is not None
         left = legacy_left(self.reader())
         if left is not None:
             return self._migrate(left)

@@ -15,7 +15,8 @@ their first argument; those that write run inside the writer's transaction (`Wri
   `store_reading`, `store_collector_status`, `update_job`, `save_features`,
   `set_node_states`, `prune_readings`, `event`, `bump`, `audit`.
 - Samples' upkeep (aggregator/store/sqlite/samples.py): `compact` (landed envelopes into
-  chunks), `compaction_due`, `migrate_v1` (the old one-row-per-sample table into chunks),
+  chunks; `plan_compaction` on a read snapshot, then `apply_compaction` in the writer),
+  `compaction_due`, `migrate_v1` (the old one-row-per-sample table into chunks),
   `legacy_left`, `reduce_old` (the raw retention: summaries and reduced curves),
   `sample_backlog`, `sample_sizes`, `all_samples`, `CHUNK_SECONDS`; `snapshot` (reads as of one
   moment).
@@ -104,10 +105,12 @@ from aggregator.store.sqlite.reports import verdict_outcomes
 from aggregator.store.sqlite.samples import (
     CHUNK_SECONDS,
     all_samples,
+    apply_compaction,
     compact,
     compaction_due,
     legacy_left,
     migrate_v1,
+    plan_compaction,
     reduce_old,
     sample_backlog,
     sample_sizes,

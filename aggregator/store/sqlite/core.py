@@ -263,7 +263,7 @@ MIGRATIONS.append(
         "0009_sample_chunks",
         """
 CREATE TABLE sample_log (
-  id INTEGER PRIMARY KEY,
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
   node TEXT NOT NULL,
   t REAL NOT NULL,
   n INTEGER NOT NULL,

@@ -159,46 +159,99 @@ def compaction_due(conn: sqlite3.Connection, older_than: float, max_envelopes: i
     return first[1] < older_than or last - first[0] + 1 > max_envelopes
 
 
+@dataclass
+class Plan:
+    """A compaction prepared on a read snapshot: the landed envelopes up to id UPTO
+    (ENVELOPES of them, SAMPLES samples) and the chunks they become, each with the id of the
+    chunk it replaces (None: a new one)."""
+
+    upto: int
+    envelopes: int
+    samples: int
+    chunks: list[tuple]  # (job_uid, node, t0, n, first_t, last_t, data, replaces)
+
+
+def plan_compaction(
+    conn: sqlite3.Connection, older_than: float, max_samples: int, max_envelopes: int = 0
+) -> Plan | None:
+    """The oldest landed envelopes packed into chunks, on a snapshot of CONN (a read
+    connection: nothing is locked while it decodes and encodes): those that arrived before
+    OLDER_THAN, or all but the newest MAX_ENVELOPES when more wait; at most about MAX_SAMPLES
+    samples.  None when none is due."""
+    with snapshot(conn):
+        last = conn.execute("SELECT max(id) FROM sample_log").fetchone()[0]
+        if last is None:
+            return None
+        by_age = conn.execute(
+            "SELECT max(id) FROM sample_log WHERE id <= ? AND t < ?", (last, older_than)
+        ).fetchone()[0]
+        upto = max(by_age or 0, last - max_envelopes if max_envelopes else 0)
+        picked: list[tuple[int, str, bytes]] = []
+        total = 0
+        for row in conn.execute(
+            "SELECT id, node, n, rows FROM sample_log WHERE id <= ? ORDER BY id", (upto,)
+        ):
+            picked.append((row[0], row[1], row[3]))
+            total += row[2]
+            if total >= max_samples:
+                break
+        if not picked:
+            return None
+        by_node: dict[str, list[Block]] = {}
+        for _id, node, blob in picked:
+            by_node.setdefault(node, []).append(_log_block(blob))
+        chunks = []
+        for node, blocks in by_node.items():
+            chunks += _merged_chunks(conn, node, _concat(blocks))
+    return Plan(picked[-1][0], len(picked), total, chunks)
+
+
+def apply_compaction(conn: sqlite3.Connection, plan: Plan | None) -> int:
+    """PLAN written in the caller's transaction: its chunks in place of those they replace and
+    its envelopes deleted, or nothing when the store changed since it was prepared (another
+    compaction took them): the next plan starts again from what is there.  Returns the samples
+    moved."""
+    if plan is None:
+        return 0
+    have = conn.execute("SELECT count(*) FROM sample_log WHERE id <= ?", (plan.upto,)).fetchone()
+    if have[0] != plan.envelopes:
+        return 0
+    for job_uid, node, t0, *_rest, replaces in plan.chunks:
+        now = conn.execute(
+            "SELECT id FROM sample_chunks WHERE job_uid = ? AND node = ? AND t0 = ? AND step = 0",
+            (job_uid, node, t0),
+        ).fetchone()
+        if (now[0] if now else None) != replaces:
+            return 0
+    _write_chunks(conn, plan.chunks)
+    conn.execute("DELETE FROM sample_log WHERE id <= ?", (plan.upto,))
+    bump(conn, "samples_compacted", plan.samples)
+    return plan.samples
+
+
 def compact(
     conn: sqlite3.Connection, older_than: float, max_samples: int, max_envelopes: int = 0
 ) -> int:
-    """Move landed envelopes into chunks, oldest first: those that arrived before OLDER_THAN,
-    or all but the newest MAX_ENVELOPES when more wait; at most about MAX_SAMPLES samples.
-    Runs in the caller's transaction; returns the samples moved."""
-    last = conn.execute("SELECT max(id) FROM sample_log").fetchone()[0]
-    if last is None:
-        return 0
-    by_age = conn.execute(
-        "SELECT max(id) FROM sample_log WHERE id <= ? AND t < ?", (last, older_than)
-    ).fetchone()[0]
-    upto = max(by_age or 0, last - max_envelopes if max_envelopes else 0)
-    picked: list[tuple[int, str, bytes]] = []
-    total = 0
-    for row in conn.execute(
-        "SELECT id, node, n, rows FROM sample_log WHERE id <= ? ORDER BY id", (upto,)
-    ):
-        picked.append((row[0], row[1], row[3]))
-        total += row[2]
-        if total >= max_samples:
-            break
-    if not picked:
-        return 0
-    by_node: dict[str, list[Block]] = {}
-    for _id, node, blob in picked:
-        by_node.setdefault(node, []).append(_log_block(blob))
-    for node, blocks in by_node.items():
-        _merge_into_chunks(conn, node, _concat(blocks))
-    conn.execute("DELETE FROM sample_log WHERE id <= ?", (picked[-1][0],))
-    bump(conn, "samples_compacted", total)
-    return total
+    """plan_compaction and apply_compaction on one connection, in the caller's transaction
+    (`nomadectl db compact`, tests); returns the samples moved."""
+    return apply_compaction(conn, plan_compaction(conn, older_than, max_samples, max_envelopes))
 
 
-def _merge_into_chunks(conn: sqlite3.Connection, node: str, block: Block) -> None:
+def _write_chunks(conn: sqlite3.Connection, chunks: list[tuple]) -> None:
+    conn.executemany(
+        "INSERT OR REPLACE INTO sample_chunks (job_uid, node, t0, step, n, first_t, last_t,"
+        " data) VALUES (?, ?, ?, 0, ?, ?, ?, ?)",
+        [c[:7] for c in chunks],
+    )
+
+
+def _merged_chunks(conn: sqlite3.Connection, node: str, block: Block) -> list[tuple]:
     """BLOCK's samples of NODE merged into their (job, hour) chunks: the chunks they touch
-    decoded, joined, and all encoded again in one pass (samplecodec.encode_many)."""
+    decoded, joined, and all encoded again in one pass (samplecodec.encode_many), as rows
+    (job_uid, node, t0, n, first_t, last_t, data, the id of the chunk it replaces)."""
     m = block.m
     if not len(m):
-        return
+        return []
     window = np.floor(m[:, 1] / CHUNK_SECONDS) * CHUNK_SECONDS
     order = np.lexsort((m[:, 1], window, m[:, 0]))
     block = _take(block, order)
@@ -211,28 +264,25 @@ def _merge_into_chunks(conn: sqlite3.Connection, node: str, block: Block) -> Non
         job_uid, t0 = int(uid[a]), float(window[a])
         part = _take(block, slice(a, b))
         old = conn.execute(
-            "SELECT data FROM sample_chunks WHERE job_uid = ? AND node = ? AND t0 = ? AND step = 0",
+            "SELECT id, data FROM sample_chunks"
+            " WHERE job_uid = ? AND node = ? AND t0 = ? AND step = 0",
             (job_uid, node, t0),
         ).fetchone()
         if old is not None:
-            part = _concat([_chunk_block(job_uid, old[0]), part])
+            part = _concat([_chunk_block(job_uid, old[1]), part])
         t = part.m[:, 1]
         if old is not None or not (t[1:] > t[:-1]).all():
             part = _sorted_unique(part)
-        keys.append((job_uid, t0))
+        keys.append((job_uid, t0, old[0] if old else None))
         parts.append(part)
     joined = _concat(parts)
     lengths = [len(p.m) for p in parts]
     cuts = np.cumsum([0, *lengths[:-1]])
     blobs = codec.encode_many(joined.m[:, 1:], cuts, {c - 1: v for c, v in joined.exact.items()})
-    conn.executemany(
-        "INSERT OR REPLACE INTO sample_chunks (job_uid, node, t0, step, n, first_t, last_t,"
-        " data) VALUES (?, ?, ?, 0, ?, ?, ?, ?)",
-        [
-            (job_uid, node, t0, len(p.m), float(p.m[0, 1]), float(p.m[-1, 1]), blob)
-            for (job_uid, t0), p, blob in zip(keys, parts, blobs, strict=True)
-        ],
-    )
+    return [
+        (job_uid, node, t0, len(p.m), float(p.m[0, 1]), float(p.m[-1, 1]), blob, replaces)
+        for (job_uid, t0, replaces), p, blob in zip(keys, parts, blobs, strict=True)
+    ]
 
 
 # -- the layout before chunks --------------------------------------------------------------------
@@ -272,7 +322,7 @@ def migrate_v1(conn: sqlite3.Connection, max_samples: int) -> tuple[int, int | N
     for r in rows:
         by_node.setdefault(r[0], []).append(tuple(r)[1:])
     for node, node_rows in by_node.items():
-        _merge_into_chunks(conn, node, _rows_block(node_rows))
+        _write_chunks(conn, _merged_chunks(conn, node, _rows_block(node_rows)))
     conn.execute(f"DELETE FROM {LEGACY} WHERE job_uid IN ({marks})", uids)
     return len(rows), left - len(rows)
 
