@@ -1,9 +1,10 @@
 """The samples' upkeep, in its own thread ("compactor"): landed envelopes compacted into chunks,
 the store of an older NØMADE moved into chunks, and the raw retention applied.
 
-A compaction step is prepared here, on a read snapshot (decoding the chunks it touches and
-encoding them again), and only its result goes through the writer: one WorkItem that checks
-nothing changed meanwhile, replaces the chunks and deletes the envelopes, so acknowledgements
+A compaction step is prepared by a planner process of its own (`Planner`: its CPU beside the
+ingest's rather than under the same interpreter lock), on a read snapshot, decoding the chunks
+it touches and encoding them again; only its result goes through the writer: one WorkItem that
+checks nothing changed meanwhile, replaces the chunks and deletes the envelopes, so acknowledgements
 of new envelopes never wait behind the encoding.  The other steps (the old layout's move, the
 retention) are WorkItems of tens of milliseconds.  The next step follows the last one's
 COMMIT.  A crash (even SIGKILL) between steps or inside one leaves the store as the last COMMIT
@@ -19,9 +20,11 @@ from collections.abc import Callable
 from typing import Any
 
 from aggregator.store import (
+    Plan,
     Writer,
     apply_compaction,
     compaction_due,
+    connect,
     legacy_left,
     migrate_v1,
     plan_compaction,
@@ -48,11 +51,18 @@ class Compactor:
         self.after = a.samples_compact_after_seconds
         self.backlog_envelopes = a.samples_compact_backlog
         self.raw_days = a.samples_raw_retention_days
+        self.planner = Planner(cfg.database)
         self.compacted = 0  # samples, since start
         self.migration: dict[str, Any] | None = None  # {"total", "left"} while one runs
         self._next_retention = 0.0
 
     def loop(self) -> None:
+        try:
+            self._loop()
+        finally:
+            self.planner.close()
+
+    def _loop(self) -> None:
         while not self._stop.is_set():
             try:
                 busy = self.step(time.time())
@@ -69,10 +79,9 @@ class Compactor:
         if self.writer.failing_since is not None:
             return False
         if compaction_due(self.reader(), now - self.after, self.backlog_envelopes):
-            # Decoded and encoded here, on a read snapshot; the writer only swaps the result in.
-            plan = plan_compaction(
-                self.reader(), now - self.after, STEP_SAMPLES, self.backlog_envelopes
-            )
+            # Decoded and encoded by the planner process, on a read snapshot; the writer only
+            # swaps the result in.
+            plan = self.planner.plan(now - self.after, STEP_SAMPLES, self.backlog_envelopes)
             moved = self.writer.call(lambda c: apply_compaction(c, plan), timeout=60)
             self.compacted += moved
             return plan is not None
@@ -105,3 +114,82 @@ class Compactor:
             m["logged"] = done - done % 10
             log.info("store: old layout %d%% moved (%d samples left)", done, rest)
         return moved > 0 or rest == 0
+
+
+class Planner:
+    """plan_compaction in a child process ("nomade-compactor"), started when first needed and
+    again after it dies; where no process can be started, in the calling thread."""
+
+    def __init__(self, database: str) -> None:
+        self.database = database
+        self._proc: Any = None
+        self._pipe: Any = None
+        self._in_thread = False
+
+    def plan(self, older_than: float, max_samples: int, max_envelopes: int) -> Plan | None:
+        if self._in_thread:
+            return plan_compaction(self._conn(), older_than, max_samples, max_envelopes)
+        if self._proc is None or not self._proc.is_alive():
+            if not self._start():
+                return self.plan(older_than, max_samples, max_envelopes)
+        self._pipe.send((older_than, max_samples, max_envelopes))
+        if not self._pipe.poll(120):
+            self.close()
+            raise TimeoutError("the compaction planner did not answer in 120 s")
+        try:
+            kind, value = self._pipe.recv()
+        except EOFError:
+            self.close()
+            raise TimeoutError("the compaction planner exited") from None
+        if kind == "error":
+            raise RuntimeError(f"compaction planner: {value}")
+        return value
+
+    def _start(self) -> bool:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        try:
+            self._pipe, child = ctx.Pipe()
+            self._proc = ctx.Process(
+                target=_planner_main, args=(self.database, child), name="nomade-compactor"
+            )
+            self._proc.daemon = True
+            self._proc.start()
+            child.close()
+            return True
+        except OSError as exc:
+            log.warning("compactor: no planner process (%s): compacting in the aggregator", exc)
+            self._in_thread = True
+            return False
+
+    def _conn(self) -> Any:
+        if self._proc is None:
+            self._proc = connect(self.database, readonly=True)
+        return self._proc
+
+    def close(self) -> None:
+        if self._pipe is not None:
+            self._pipe.close()
+            self._pipe = None
+        if self._proc is not None and hasattr(self._proc, "terminate"):
+            self._proc.terminate()
+            self._proc.join(5)
+        self._proc = None
+
+
+def _planner_main(database: str, pipe: Any) -> None:
+    """The planner process: a plan for each request, until the aggregator closes the pipe."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the aggregator decides when it stops
+    conn = connect(database, readonly=True)
+    while True:
+        try:
+            args = pipe.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            pipe.send(("plan", plan_compaction(conn, *args)))
+        except Exception as exc:
+            pipe.send(("error", f"{type(exc).__name__}: {exc}"))

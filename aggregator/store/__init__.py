@@ -104,6 +104,7 @@ from aggregator.store.sqlite.registry import (
 from aggregator.store.sqlite.reports import verdict_outcomes
 from aggregator.store.sqlite.samples import (
     CHUNK_SECONDS,
+    Plan,
     all_samples,
     apply_compaction,
     compact,

@@ -127,15 +127,24 @@ def encode_many(
     for k in (0, 3, 6, 9):
         with np.errstate(over="ignore", invalid="ignore"):
             open_ = (scale < 0) & (top * 10.0**k < _SAFE)
-            if not open_.any():
+            cols = np.nonzero(open_.any(axis=0))[0]  # the columns some chunk still has open
+            if not len(cols):
                 break
-            q = np.rint(m0 * 10.0**k) if k else np.rint(m0)
-            fits = per_chunk(np.logical_and, (q / 10.0**k if k else q) == m0)
-        done = open_ & fits
-        if done.any():
-            scale[done] = k
-            rows = done[seg]
-            ints[rows] = q[rows].astype(np.int64)
+            sub = m0[:, cols]
+            q = np.rint(sub * 10.0**k) if k else np.rint(sub)
+            fits = per_chunk(np.logical_and, (q / 10.0**k if k else q) == sub)
+        done = open_[:, cols] & fits
+        whole = done.all(axis=0)  # the usual case: a column that fits in every chunk
+        if whole.any():
+            scale[:, cols[whole]] = k
+            ints[:, cols[whole]] = q[:, whole].astype(np.int64)
+        some = done.any(axis=0) & ~whole
+        if some.any():
+            for j in np.nonzero(some)[0].tolist():
+                c = cols[j]
+                scale[done[:, j], c] = k
+                rows = done[seg, j]
+                ints[rows, c] = q[rows, j].astype(np.int64)
     bits = scale < 0
     if bits.any():
         rows = bits[seg]
@@ -178,20 +187,26 @@ def encode_many(
     header["kind"] = kind | np.where(has_nulls & ~all_null, HAS_NULLS, 0)
     header["order"], header["width"] = order, width
     header["scale"], header["div"] = np.maximum(scale, 0), divisor
+    # Every column's bytes by significance (byte 0 of all its values, then byte 1, ...), once
+    # per width in use: (columns, width, samples); a chunk takes its rows of its columns.
+    planes = {}
+    for w, dtype in ((1, np.uint8), (2, np.uint16), (4, np.uint32), (8, np.uint64)):
+        if (width == w).any():
+            narrow = zigzag.astype(dtype).view(np.uint8).reshape(n, ncols, w)
+            planes[w] = np.ascontiguousarray(narrow.transpose(1, 2, 0))
+    null_cols = has_nulls & ~all_null
     out = []
     for i, (a, length) in enumerate(zip(starts.tolist(), lengths.tolist(), strict=True)):
         b = a + length
         parts = [_HEAD.pack(MAGIC, length, ncols), header[i].tobytes()]
-        for c in np.nonzero(has_nulls[i] & ~all_null[i])[0].tolist():
-            parts.append(np.packbits(nan[a:b, c]).tobytes())
+        if null_cols[i].any():
+            for c in np.nonzero(null_cols[i])[0].tolist():
+                parts.append(np.packbits(nan[a:b, c]).tobytes())
         w_i = width[i]
-        for w, dtype in ((1, np.uint8), (2, np.uint16), (4, np.uint32), (8, np.uint64)):
+        for w, plane in planes.items():
             cols = np.nonzero(w_i == w)[0]
             if len(cols):
-                # Each column's bytes by significance: byte 0 of all its values, then byte 1, ...
-                block = np.ascontiguousarray(zigzag[a:b, cols], dtype=dtype)
-                block = block.view(np.uint8).reshape(length, len(cols), w)
-                parts.append(block.transpose(1, 2, 0).tobytes())
+                parts.append(plane[cols, :, a:b].tobytes())
         out.append(_compressor.compress(b"".join(parts)))
     return out
 

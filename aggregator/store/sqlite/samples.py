@@ -3,7 +3,8 @@
 Three rooms, each holding one form of the same data:
 
     sample_log        what agents sent, one row per envelope, appended in the COMMIT that
-                      precedes its ACK: the envelope's rows (job uid, t, readings), msgpack
+                      precedes its ACK: the envelope's rows (job uid, t, readings) as one
+                      float64 matrix (None as NaN), or msgpack where a value passes 2^53
     sample_chunks     per job, node and hour (CHUNK_SECONDS) the samples in it, packed by
                       aggregator/store/samplecodec.py; step = 0.  After the raw retention a
                       job's node keeps one chunk with step > 0: its curve at reduced resolution
@@ -57,14 +58,20 @@ GAUGES = frozenset(
 
 # -- landing -----------------------------------------------------------------------------------
 def land(conn: sqlite3.Connection, node: str, rows: list[list[Any]], now: float) -> None:
-    """Append ROWS of NODE (each [job_uid, t, *readings], checked) as received: packed as they
-    came (msgpack), their conversion to columns left to the compactor."""
+    """Append ROWS of NODE (each [job_uid, t, *readings], checked) as received: as one float64
+    matrix (None as NaN; what the compactor reads without decoding), or as msgpack where a
+    value passes 2^53, which a double cannot hold exactly."""
     if not rows:
         return
+    m = np.array(rows, dtype=np.float64)
+    if m.shape != (len(rows), WIDTH) or np.nanmax(m, initial=0.0) >= codec.EXACT:
+        blob = _PACKED_LOG + msgpack.packb(rows)
+    else:
+        blob = _FLOAT_LOG + m.tobytes()
     uids = "," + ",".join(map(str, dict.fromkeys(r[0] for r in rows))) + ","
     conn.execute(
         "INSERT INTO sample_log (node, t, n, uids, rows) VALUES (?, ?, ?, ?, ?)",
-        (node, now, len(rows), uids, _PACKED_LOG + msgpack.packb(rows)),
+        (node, now, len(rows), uids, blob),
     )
 
 
@@ -79,7 +86,7 @@ class Block:
 
 def _log_block(blob: bytes) -> Block:
     kind, body = blob[:1], blob[1:]
-    if kind == _FLOAT_LOG:  # a float64 matrix (an older form of the landing room)
+    if kind == _FLOAT_LOG:
         return Block(np.frombuffer(body, dtype=np.float64).reshape(-1, WIDTH))
     m, exact = codec.matrix(msgpack.unpackb(body), SAMPLE_FIELDS)
     return Block(m, exact)
