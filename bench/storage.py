@@ -2,11 +2,13 @@
 
 The day: NODES simulated nodes, each running 16 jobs at a time sampled every 10 s (8,640
 cycles), replayed from samples NØMADE's agent recorded of real jobs on the dev cluster
-(bench/data/agent-samples-v1.csv.gz, taken every 2 s; every 5th sample is used, so successive
-samples are 10 s apart with the recorded jitter and noise).  Each of a node's 16 slots runs one
-job after another, each lasting 1 to 8 hours (seeded): a job replays one recorded series over
-and over, its counters (CPU seconds, bytes and calls) carried on from where the last pass
-ended and its gauges (memory, processes) as recorded.
+(bench/data/agent-samples-v1.csv.gz, taken every 2 s; every 5th sample is used, from each of
+the 5 offsets, so successive samples are 10 s apart with the recorded jitter and noise).  Each
+of a node's 16 slots runs one job after another, each lasting 1 to 8 hours (seeded) and of one
+recorded kind (cpu1, memgrow, iowrite, idle, ...): a job plays that kind's recorded series one
+after another in a shuffled order, so that no stretch of noise repeats within a chunk, its
+counters (CPU seconds, bytes and calls) carried on from where the last series ended and its
+gauges (memory, processes) as recorded.
 
 The samples go through the store as the aggregator writes them: one landed envelope per node
 and cycle (`samples.land`), compacted every simulated minute as the compactor does with the
@@ -61,7 +63,9 @@ T0 = float(int(time.time()) - 20 * 86400)
 
 
 def recorded() -> list[dict]:
-    """The recorded series, each subsampled to 10 s: {"name", "t": [...], "cols": {f: [...]}}."""
+    """The recorded series at 10 s: each job's 2 s samples taken every 5th, from each of the 5
+    offsets (5 different 10 s series of the same job, with their own noise):
+    {"name", "t": [...], "cols": {field: [...]}, "digits": {field: decimals}}."""
     by: dict[tuple[str, str], list[dict]] = {}
     with gzip.open(DATA, "rt") as f:
         for row in csv.DictReader(f):
@@ -69,14 +73,33 @@ def recorded() -> list[dict]:
     out = []
     for (_node, _job), rows in sorted(by.items()):
         rows.sort(key=lambda r: float(r["t"]))
-        picked = rows[::5]
-        if len(picked) < 12:
-            continue
-        cols = {f: [_number(r[f]) for r in picked] for f in READINGS}
-        out.append(
-            {"name": picked[0]["job_name"], "t": [float(r["t"]) for r in picked], "cols": cols}
-        )
+        for offset in range(5):
+            picked = rows[offset::5]
+            if len(picked) < 12:
+                continue
+            cols = {f: [_number(r[f]) for r in picked] for f in READINGS}
+            out.append(
+                {
+                    "name": picked[0]["job_name"],
+                    "t": [float(r["t"]) for r in picked],
+                    "cols": cols,
+                    "digits": {f: _digits(cols[f]) for f in READINGS},
+                }
+            )
     return out
+
+
+def _digits(values: list) -> int | None:
+    """The decimals a recorded column's values carry (seconds from nanoseconds: 9; from 10 ms
+    ticks: 2), so that a counter carried on across passes is rounded as the agent's own
+    figures are rather than gaining float noise; None for integers."""
+    floats = [v for v in values if isinstance(v, float)]
+    if not floats:
+        return None
+    for k in range(10):
+        if all(round(v, k) == v for v in floats):
+            return k
+    return None
 
 
 def _number(text: str):
@@ -88,44 +111,58 @@ def _number(text: str):
         return float(text)
 
 
-def play(series: dict, cycles: int):
-    """CYCLES samples of SERIES looped: (dt from the previous sample, readings) each."""
-    t, cols = series["t"], series["cols"]
-    n = len(t)
-    gaps = [b - a for a, b in zip(t, t[1:], strict=False)] or [INTERVAL]
+def play(pool: list[dict], cycles: int, rng: random.Random):
+    """CYCLES samples of one job that runs as the recorded series of POOL (one kind of job),
+    one after another in a shuffled order, each to its end, shuffled again when all have
+    played: no stretch of noise repeats within a chunk.  Counters (CPU seconds, bytes,
+    calls) carry on from where the last series ended; gauges are as recorded.  Yields
+    (seconds since the previous sample, readings)."""
     carry = dict.fromkeys(COUNTERS, 0)
-    for i in range(cycles):
-        k = i % n
-        if k == 0 and i:
-            for f in COUNTERS:
-                last = cols[f][-1]
-                if last is not None:
-                    carry[f] += last
-        values = []
-        for f in READINGS:
-            v = cols[f][k]
-            if v is not None and f in COUNTERS and carry[f]:
-                v = v + carry[f]
-            values.append(v)
-        yield gaps[(i - 1) % len(gaps)] if i else 0.0, values
+    order: list[dict] = []
+    i = 0
+    while True:
+        if not order:
+            order = rng.sample(pool, len(pool))
+        series = order.pop()
+        t, cols, digits = series["t"], series["cols"], series["digits"]
+        for k in range(len(t)):
+            if i == cycles:
+                return
+            values = []
+            for f in READINGS:
+                v = cols[f][k]
+                if v is not None and f in COUNTERS and carry[f]:
+                    v = v + carry[f]
+                    if digits[f] is not None:
+                        v = round(v, digits[f])
+                values.append(v)
+            yield (t[k] - t[k - 1] if k else INTERVAL) if i else 0.0, values
+            i += 1
+        for f in COUNTERS:
+            last = cols[f][-1]
+            if last is not None:
+                carry[f] = (carry[f] or 0) + last
 
 
 def day_rows(node: int, pool: list[dict], rng: random.Random, cycles: int):
-    """Per cycle, NODE's 16 samples [job_id, t, *readings]: slots running job after job."""
-    slots = []
+    """Per cycle, NODE's 16 samples [job_id, t, *readings]: slots running job after job, each
+    job of one recorded kind."""
+    kinds: dict[str, list[dict]] = {}
+    for series in pool:
+        kinds.setdefault(series["name"], []).append(series)
+    slots = [{"left": 0} for _ in range(SLOTS)]
     next_id = 1_000_000 * (node + 1)
-    for _ in range(SLOTS):
-        slots.append({"left": 0})
     for c in range(cycles):
         rows = []
         for s in slots:
             if s["left"] <= 0:
                 next_id += 1
                 length = int(rng.uniform(1, 8) * 360)
+                kind = kinds[rng.choice(sorted(kinds))]
                 s.update(
                     job=next_id,
                     left=length,
-                    gen=play(rng.choice(pool), length),
+                    gen=play(kind, length, rng),
                     t=T0 + c * INTERVAL + rng.random() * INTERVAL,
                 )
             dt, values = next(s["gen"])
@@ -187,12 +224,12 @@ def simulate_day(tmp: Path, nodes: int, cycles: int, pool: list[dict]) -> dict:
             total += len(rows)
             if c % 6 == 5:  # a simulated minute: the compactor's default age
                 t = time.perf_counter()
-                store.compact(conn, T0 + c * INTERVAL + 1, 10**9)
+                store.compact(conn, T0 + c * INTERVAL + 1, 10**9, now=T0 + c * INTERVAL)
                 t_compact += time.perf_counter() - t
                 conn.execute("COMMIT")
                 conn.execute("BEGIN IMMEDIATE")
         t = time.perf_counter()
-        store.compact(conn, float("inf"), 10**9)
+        store.compact(conn, float("inf"), 10**9, now=float("inf"))  # every window closed
         t_compact += time.perf_counter() - t
         conn.execute("COMMIT")
         old.execute("COMMIT")
@@ -227,7 +264,10 @@ def week_job(tmp: Path, pool: list[dict], repeats: int) -> dict:
     old = sqlite3.connect(tmp / "week-rows.db", isolation_level=None)
     _v1_schema(old)
     ingest = store.Ingest("bench")
-    series = max(pool, key=lambda s: len(s["t"]))
+    kinds: dict[str, list[dict]] = {}
+    for s in pool:
+        kinds.setdefault(s["name"], []).append(s)
+    busiest = max(kinds.values(), key=lambda k: sum(len(s["t"]) for s in k))
     conn.execute("BEGIN IMMEDIATE")
     uid = ingest.job_uid(conn, 4242, T0, T0)
     conn.execute(
@@ -237,14 +277,14 @@ def week_job(tmp: Path, pool: list[dict], repeats: int) -> dict:
     t = T0
     batch: list[list] = []
     old.execute("BEGIN")
-    for i, (dt, values) in enumerate(play(series, WEEK_SAMPLES)):
+    for i, (dt, values) in enumerate(play(busiest, WEEK_SAMPLES, random.Random(7))):
         t += dt
         batch.append([uid, t, *values])
         if len(batch) == 360 or i == WEEK_SAMPLES - 1:
             samples.land(conn, "node1", batch, T0)
             _v1_insert(old, "node1", batch)
             batch = []
-    store.compact(conn, float("inf"), 10**9)
+    store.compact(conn, float("inf"), 10**9, now=float("inf"))
     conn.execute("COMMIT")
     old.execute("COMMIT")
     reader = store.connect(str(tmp / "week.db"), readonly=True)

@@ -38,6 +38,7 @@ STEP_SAMPLES = 100_000  # samples one step compacts: ~0.2 s, the chunks touched 
 MIGRATE_SAMPLES = 50_000  # old-layout rows one step moves
 REDUCE_SERIES = 50  # series one retention step reduces
 RETENTION_EVERY = 3600.0  # seconds between retention passes
+SEAL_EVERY = 60.0  # seconds between looks for closed windows when nothing lands
 
 
 class Compactor:
@@ -55,6 +56,7 @@ class Compactor:
         self.compacted = 0  # samples, since start
         self.migration: dict[str, Any] | None = None  # {"total", "left"} while one runs
         self._next_retention = 0.0
+        self._next_seal = 0.0
 
     def loop(self) -> None:
         try:
@@ -78,13 +80,16 @@ class Compactor:
         """One step of whatever is due; whether more is waiting."""
         if self.writer.failing_since is not None:
             return False
-        if compaction_due(self.reader(), now - self.after, self.backlog_envelopes):
+        due = compaction_due(self.reader(), now - self.after, self.backlog_envelopes)
+        if due or now >= self._next_seal:  # a quiet store still has its closed windows merged
+            self._next_seal = now + SEAL_EVERY
             # Decoded and encoded by the planner process, on a read snapshot; the writer only
             # swaps the result in.
             plan = self.planner.plan(now - self.after, STEP_SAMPLES, self.backlog_envelopes)
-            moved = self.writer.call(lambda c: apply_compaction(c, plan), timeout=60)
-            self.compacted += moved
-            return plan is not None
+            if plan is not None:
+                moved = self.writer.call(lambda c: apply_compaction(c, plan), timeout=60)
+                self.compacted += moved
+                return True
         left = legacy_left(self.reader())
         if left is not None:
             return self._migrate(left)
@@ -190,6 +195,10 @@ def _planner_main(database: str, pipe: Any) -> None:
         except (EOFError, OSError):
             return
         try:
-            pipe.send(("plan", plan_compaction(conn, *args)))
+            answer = ("plan", plan_compaction(conn, *args))
         except Exception as exc:
-            pipe.send(("error", f"{type(exc).__name__}: {exc}"))
+            answer = ("error", f"{type(exc).__name__}: {exc}")
+        try:
+            pipe.send(answer)
+        except OSError:  # the aggregator stopped (or died) meanwhile
+            return

@@ -255,7 +255,7 @@ CREATE TABLE advice (
 )
 
 # Samples as a time-series store keeps them (aggregator/store/sqlite/samples.py): landed
-# envelopes, chunks per job, node and hour, and what is kept after the raw retention.  The
+# envelopes, chunks per job, node and four hours, and what is kept after the raw retention.  The
 # one-row-per-sample table of versions 1 to 8 is renamed; the compactor moves its rows into
 # chunks in the background and drops it once empty (`nomadectl db` shows how far it is).
 MIGRATIONS.append(
@@ -279,9 +279,9 @@ CREATE TABLE sample_chunks (
   n INTEGER NOT NULL,
   first_t REAL NOT NULL,
   last_t REAL NOT NULL,
-  data BLOB NOT NULL,
-  UNIQUE (job_uid, node, t0, step)
+  data BLOB NOT NULL
 );
+CREATE INDEX sample_chunks_key ON sample_chunks (job_uid, node, t0);
 CREATE INDEX sample_chunks_by_last ON sample_chunks (last_t);
 CREATE TABLE sample_summaries (
   job_uid INTEGER NOT NULL,

@@ -5,15 +5,17 @@ Three rooms, each holding one form of the same data:
     sample_log        what agents sent, one row per envelope, appended in the COMMIT that
                       precedes its ACK: the envelope's rows (job uid, t, readings) as one
                       float64 matrix (None as NaN), or msgpack where a value passes 2^53
-    sample_chunks     per job, node and hour (CHUNK_SECONDS) the samples in it, packed by
-                      aggregator/store/samplecodec.py; step = 0.  After the raw retention a
+    sample_chunks     per job, node and four hours (CHUNK_SECONDS) the samples in it, packed by
+                      aggregator/store/samplecodec.py, in parts until the window closes;
+                      step = 0.  After the raw retention a
                       job's node keeps one chunk with step > 0: its curve at reduced resolution
     sample_summaries  per job and node whose raw samples passed the retention: how many, when,
                       and per reading its peak, mean, p95, first and last value
 
-Compaction (`compact`) moves the oldest landed envelopes into chunks in one transaction:
-the chunks they touch are decoded, merged (a time already there is kept, never duplicated),
-encoded and replaced, and the envelopes deleted.  A crash before its COMMIT leaves everything
+Compaction (`compact`) moves the oldest landed envelopes into chunks in one transaction: each
+window they touch gets a new part, and windows that have closed are merged into one chunk (a
+time stored twice, as a replayed envelope can bring, kept once); the envelopes are deleted in
+the same transaction.  A crash before its COMMIT leaves everything
 as it was; a sample is never in no room or in two.  Every read (`series`) takes all three
 rooms (and the table of the layout before this one, `samples_v1`, while `migrate_v1` moves
 it), so a sample is visible from the COMMIT that acknowledged it, compacted or not.
@@ -24,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +38,10 @@ from aggregator.store import samplecodec as codec
 from aggregator.store.sqlite.core import bump
 from nomade_common.wire import SAMPLE_FIELDS
 
-CHUNK_SECONDS = 3600.0  # one chunk per job, node and hour: 360 samples at the agent's 10 s
+# One chunk per job, node and four hours: 1,440 samples at the agent's 10 s, enough that the
+# page a chunk leaves part-empty costs little per sample.  Until its window closes, a chunk
+# grows in parts (one per compaction); the first compaction after it closes merges them.
+CHUNK_SECONDS = 4 * 3600.0
 REDUCED_POINTS = 200  # a job's curve on one node after the raw retention, at most (≥ 100)
 WIDTH = len(SAMPLE_FIELDS)  # job uid, t, readings
 FIELDS = codec.FIELDS
@@ -169,8 +175,8 @@ def compaction_due(conn: sqlite3.Connection, older_than: float, max_envelopes: i
 @dataclass
 class Plan:
     """A compaction prepared on a read snapshot: the landed envelopes up to id UPTO
-    (ENVELOPES of them, SAMPLES samples) and the chunks they become, each with the id of the
-    chunk it replaces (None: a new one)."""
+    (ENVELOPES of them, SAMPLES samples) and the chunks to write, each with the ids of the
+    chunks it replaces (none: a new part of its window)."""
 
     upto: int
     envelopes: int
@@ -178,84 +184,53 @@ class Plan:
     chunks: list[tuple]  # (job_uid, node, t0, n, first_t, last_t, data, replaces)
 
 
+SEAL_WINDOWS = 200  # closed windows one plan merges into one chunk each, at most
+
+
 def plan_compaction(
-    conn: sqlite3.Connection, older_than: float, max_samples: int, max_envelopes: int = 0
+    conn: sqlite3.Connection,
+    older_than: float,
+    max_samples: int,
+    max_envelopes: int = 0,
+    now: float | None = None,
 ) -> Plan | None:
-    """The oldest landed envelopes packed into chunks, on a snapshot of CONN (a read
-    connection: nothing is locked while it decodes and encodes): those that arrived before
-    OLDER_THAN, or all but the newest MAX_ENVELOPES when more wait; at most about MAX_SAMPLES
-    samples.  None when none is due."""
+    """On a snapshot of CONN (a read connection: nothing is locked while it encodes): the
+    oldest landed envelopes (those that arrived before OLDER_THAN, or all but the newest
+    MAX_ENVELOPES when more wait; at most about MAX_SAMPLES samples) as new parts of their
+    (job, node, window) chunks, encoded without touching what is stored; and windows that
+    closed before NOW (sample time) and hold several parts, each merged into one chunk.
+    None when nothing is due."""
+    now = time.time() if now is None else now
     with snapshot(conn):
         last = conn.execute("SELECT max(id) FROM sample_log").fetchone()[0]
-        if last is None:
-            return None
-        by_age = conn.execute(
-            "SELECT max(id) FROM sample_log WHERE id <= ? AND t < ?", (last, older_than)
-        ).fetchone()[0]
-        upto = max(by_age or 0, last - max_envelopes if max_envelopes else 0)
         picked: list[tuple[int, str, bytes]] = []
         total = 0
-        for row in conn.execute(
-            "SELECT id, node, n, rows FROM sample_log WHERE id <= ? ORDER BY id", (upto,)
-        ):
-            picked.append((row[0], row[1], row[3]))
-            total += row[2]
-            if total >= max_samples:
-                break
-        if not picked:
-            return None
+        if last is not None:
+            by_age = conn.execute(
+                "SELECT max(id) FROM sample_log WHERE id <= ? AND t < ?", (last, older_than)
+            ).fetchone()[0]
+            upto = max(by_age or 0, last - max_envelopes if max_envelopes else 0)
+            for row in conn.execute(
+                "SELECT id, node, n, rows FROM sample_log WHERE id <= ? ORDER BY id", (upto,)
+            ):
+                picked.append((row[0], row[1], row[3]))
+                total += row[2]
+                if total >= max_samples:
+                    break
         by_node: dict[str, list[Block]] = {}
         for _id, node, blob in picked:
             by_node.setdefault(node, []).append(_log_block(blob))
         chunks = []
         for node, blocks in by_node.items():
-            chunks += _merged_chunks(conn, node, _concat(blocks))
-    return Plan(picked[-1][0], len(picked), total, chunks)
+            chunks += _chunks(node, _windows(_concat(blocks)))
+        chunks += _sealed(conn, now)
+    if not picked and not chunks:
+        return None
+    return Plan(picked[-1][0] if picked else 0, len(picked), total, chunks)
 
 
-def apply_compaction(conn: sqlite3.Connection, plan: Plan | None) -> int:
-    """PLAN written in the caller's transaction: its chunks in place of those they replace and
-    its envelopes deleted, or nothing when the store changed since it was prepared (another
-    compaction took them): the next plan starts again from what is there.  Returns the samples
-    moved."""
-    if plan is None:
-        return 0
-    have = conn.execute("SELECT count(*) FROM sample_log WHERE id <= ?", (plan.upto,)).fetchone()
-    if have[0] != plan.envelopes:
-        return 0
-    for job_uid, node, t0, *_rest, replaces in plan.chunks:
-        now = conn.execute(
-            "SELECT id FROM sample_chunks WHERE job_uid = ? AND node = ? AND t0 = ? AND step = 0",
-            (job_uid, node, t0),
-        ).fetchone()
-        if (now[0] if now else None) != replaces:
-            return 0
-    _write_chunks(conn, plan.chunks)
-    conn.execute("DELETE FROM sample_log WHERE id <= ?", (plan.upto,))
-    bump(conn, "samples_compacted", plan.samples)
-    return plan.samples
-
-
-def compact(
-    conn: sqlite3.Connection, older_than: float, max_samples: int, max_envelopes: int = 0
-) -> int:
-    """plan_compaction and apply_compaction on one connection, in the caller's transaction
-    (`nomadectl db compact`, tests); returns the samples moved."""
-    return apply_compaction(conn, plan_compaction(conn, older_than, max_samples, max_envelopes))
-
-
-def _write_chunks(conn: sqlite3.Connection, chunks: list[tuple]) -> None:
-    conn.executemany(
-        "INSERT OR REPLACE INTO sample_chunks (job_uid, node, t0, step, n, first_t, last_t,"
-        " data) VALUES (?, ?, ?, 0, ?, ?, ?, ?)",
-        [c[:7] for c in chunks],
-    )
-
-
-def _merged_chunks(conn: sqlite3.Connection, node: str, block: Block) -> list[tuple]:
-    """BLOCK's samples of NODE merged into their (job, hour) chunks: the chunks they touch
-    decoded, joined, and all encoded again in one pass (samplecodec.encode_many), as rows
-    (job_uid, node, t0, n, first_t, last_t, data, the id of the chunk it replaces)."""
+def _windows(block: Block) -> list[tuple[int, float, Block]]:
+    """BLOCK's rows cut by job and window: (job_uid, t0, rows by time, each time once)."""
     m = block.m
     if not len(m):
         return []
@@ -265,31 +240,106 @@ def _merged_chunks(conn: sqlite3.Connection, node: str, block: Block) -> list[tu
     uid, window = block.m[:, 0], window[order]
     cut = np.nonzero((uid[1:] != uid[:-1]) | (window[1:] != window[:-1]))[0] + 1
     starts = [0, *cut.tolist()]
-    ends = [*starts[1:], len(uid)]
-    keys, parts = [], []
-    for a, b in zip(starts, ends, strict=True):
-        job_uid, t0 = int(uid[a]), float(window[a])
+    out = []
+    for a, b in zip(starts, [*starts[1:], len(uid)], strict=True):
         part = _take(block, slice(a, b))
-        old = conn.execute(
-            "SELECT id, data FROM sample_chunks"
-            " WHERE job_uid = ? AND node = ? AND t0 = ? AND step = 0",
-            (job_uid, node, t0),
-        ).fetchone()
-        if old is not None:
-            part = _concat([_chunk_block(job_uid, old[1]), part])
         t = part.m[:, 1]
-        if old is not None or not (t[1:] > t[:-1]).all():
+        if not (t[1:] > t[:-1]).all():
             part = _sorted_unique(part)
-        keys.append((job_uid, t0, old[0] if old else None))
-        parts.append(part)
+        out.append((int(uid[a]), float(window[a]), part))
+    return out
+
+
+def _chunks(node: str, windows: list[tuple], replaces: list[tuple] | None = None) -> list[tuple]:
+    """WINDOWS of NODE encoded in one pass (samplecodec.encode_many) as chunk rows; REPLACES
+    gives each the ids of the chunks it takes the place of."""
+    if not windows:
+        return []
+    parts = [w[2] for w in windows]
     joined = _concat(parts)
-    lengths = [len(p.m) for p in parts]
-    cuts = np.cumsum([0, *lengths[:-1]])
+    cuts = np.cumsum([0, *[len(p.m) for p in parts[:-1]]])
     blobs = codec.encode_many(joined.m[:, 1:], cuts, {c - 1: v for c, v in joined.exact.items()})
+    ids = replaces or [()] * len(windows)
     return [
-        (job_uid, node, t0, len(p.m), float(p.m[0, 1]), float(p.m[-1, 1]), blob, replaces)
-        for (job_uid, t0, replaces), p, blob in zip(keys, parts, blobs, strict=True)
+        (uid, node, t0, len(p.m), float(p.m[0, 1]), float(p.m[-1, 1]), blob, old)
+        for (uid, t0, p), blob, old in zip(windows, blobs, ids, strict=True)
     ]
+
+
+def _merged(conn: sqlite3.Connection, uid: int, node: str, t0: float, extra: Block | None):
+    """The parts stored for (UID, NODE, window T0), and EXTRA, as one block, and their ids."""
+    ids, blocks = [], []
+    for chunk_id, data in conn.execute(
+        "SELECT id, data FROM sample_chunks WHERE job_uid = ? AND node = ? AND t0 = ?"
+        " AND step = 0 ORDER BY id",
+        (uid, node, t0),
+    ):
+        ids.append(chunk_id)
+        blocks.append(_chunk_block(uid, data))
+    if extra is not None:
+        blocks.append(extra)
+    return _sorted_unique(_concat(blocks)), tuple(ids)
+
+
+def _sealed(conn: sqlite3.Connection, now: float) -> list[tuple]:
+    """Windows that closed before NOW and hold several parts, each merged into one chunk."""
+    rows = conn.execute(
+        "SELECT job_uid, node, t0 FROM sample_chunks WHERE step = 0 AND t0 <= ?"
+        " GROUP BY job_uid, node, t0 HAVING count(*) > 1 LIMIT ?",
+        (now - CHUNK_SECONDS, SEAL_WINDOWS),
+    ).fetchall()
+    out = []
+    for uid, node, t0 in rows:
+        block, ids = _merged(conn, uid, node, t0, None)
+        out += _chunks(node, [(uid, t0, block)], [ids])
+    return out
+
+
+def apply_compaction(conn: sqlite3.Connection, plan: Plan | None) -> int:
+    """PLAN written in the caller's transaction: its chunks in place of those they replace and
+    its envelopes deleted, or nothing when the store changed since it was prepared (another
+    compaction took them): the next plan starts again from what is there.  Returns the samples
+    moved from the landing room."""
+    if plan is None:
+        return 0
+    have = conn.execute("SELECT count(*) FROM sample_log WHERE id <= ?", (plan.upto,)).fetchone()
+    if have[0] != plan.envelopes:
+        return 0
+    gone = [i for c in plan.chunks for i in c[7]]
+    if gone:
+        marks = ",".join("?" * len(gone))
+        there = conn.execute(
+            f"SELECT count(*) FROM sample_chunks WHERE id IN ({marks})", gone
+        ).fetchone()[0]
+        if there != len(gone):
+            return 0
+        conn.execute(f"DELETE FROM sample_chunks WHERE id IN ({marks})", gone)
+    _write_chunks(conn, plan.chunks)
+    conn.execute("DELETE FROM sample_log WHERE id <= ?", (plan.upto,))
+    if plan.samples:
+        bump(conn, "samples_compacted", plan.samples)
+    return plan.samples
+
+
+def compact(
+    conn: sqlite3.Connection,
+    older_than: float,
+    max_samples: int,
+    max_envelopes: int = 0,
+    now: float | None = None,
+) -> int:
+    """plan_compaction and apply_compaction on one connection, in the caller's transaction
+    (`nomadectl db compact`, tests); returns the samples moved from the landing room."""
+    plan = plan_compaction(conn, older_than, max_samples, max_envelopes, now)
+    return apply_compaction(conn, plan)
+
+
+def _write_chunks(conn: sqlite3.Connection, chunks: list[tuple]) -> None:
+    conn.executemany(
+        "INSERT INTO sample_chunks (job_uid, node, t0, step, n, first_t, last_t, data)"
+        " VALUES (?, ?, ?, 0, ?, ?, ?, ?)",
+        [c[:7] for c in chunks],
+    )
 
 
 # -- the layout before chunks --------------------------------------------------------------------
@@ -329,7 +379,13 @@ def migrate_v1(conn: sqlite3.Connection, max_samples: int) -> tuple[int, int | N
     for r in rows:
         by_node.setdefault(r[0], []).append(tuple(r)[1:])
     for node, node_rows in by_node.items():
-        _write_chunks(conn, _merged_chunks(conn, node, _rows_block(node_rows)))
+        for uid, t0, block in _windows(_rows_block(node_rows)):
+            merged, ids = _merged(conn, uid, node, t0, block)
+            if ids:
+                conn.execute(
+                    f"DELETE FROM sample_chunks WHERE id IN ({','.join('?' * len(ids))})", ids
+                )
+            _write_chunks(conn, _chunks(node, [(uid, t0, merged)]))
     conn.execute(f"DELETE FROM {LEGACY} WHERE job_uid IN ({marks})", uids)
     return len(rows), left - len(rows)
 
