@@ -28,7 +28,20 @@ from clusterlib import (
     wait_for,
 )
 
+from aggregator import store
+
 pytestmark = pytest.mark.cluster
+
+
+def stored_samples(p: Pipeline, node: str) -> list[tuple[int, float]]:
+    """(job_id, t) of every sample stored from NODE, in every room of the store."""
+    conn = store.connect(str(p.db), readonly=True)
+    try:
+        conn.execute("BEGIN")  # one snapshot, while the aggregator may be compacting
+        job_id = dict(conn.execute("SELECT uid, job_id FROM jobs").fetchall())
+        return [(job_id[s[0]], s[2]) for s in store.all_samples(conn) if s[1] == node]
+    finally:
+        conn.close()
 
 
 @pytest.fixture(scope="module")
@@ -113,14 +126,7 @@ def test_killing_the_aggregator_20_times_and_restarting_agents_loses_and_duplica
     for node in ("node1", "node2"):
         ledger = [line.split() for line in (p.base / f"ledger-{node}.txt").read_text().splitlines()]
         produced = sorted((int(j), float(t)) for j, t in ledger)
-        stored = sorted(
-            (r[0], r[1])
-            for r in p.query(
-                "SELECT j.job_id, s.t FROM samples s JOIN jobs j ON j.uid = s.job_uid"
-                " WHERE s.node = ?",
-                node,
-            )
-        )
+        stored = sorted(stored_samples(p, node))
         assert produced, f"{node} produced no samples"
         assert len(set(produced)) == len(produced)
         assert stored == produced, f"{node}: {len(produced)} samples produced, {len(stored)} stored"

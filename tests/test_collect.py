@@ -14,6 +14,7 @@ import nomadectl as ctl
 from aggregator import store
 from aggregator.daemon.headcollect import HEAD_COLLECTORS
 from aggregator.store import Ingest, Rejected, store_collector_status, store_reading
+from aggregator.store.sqlite import samples
 from aggregator.views import clusterviews
 from collectors import registry
 from collectors.registry import Collector
@@ -301,12 +302,13 @@ def test_a_running_job_without_cpu_progress_is_stuck_and_a_busy_one_is_not(db):
                 " VALUES (?, 'c', ?, 'alice', 0, 0, 0)",
                 (uid, job),
             )
+            rows = []
             for i in range(31):
-                c.execute(
-                    "INSERT INTO samples (job_uid, node, t, cpu_usage_seconds)"
-                    " VALUES (?, 'node1', ?, ?)",
-                    (uid, 1000.0 + 60 * i, 10.0 + cpu_step * i),
-                )
+                r = [None] * len(wire.SAMPLE_FIELDS)
+                r[0], r[1] = uid, 1000.0 + 60 * i
+                r[wire.SAMPLE_FIELDS.index("cpu_usage_seconds")] = 10.0 + cpu_step * i
+                rows.append(r)
+            samples.land(c, "node1", rows, 1000.0 + 60 * 30)  # in the writer's transaction
 
     db.call(setup)
     found = db.call(lambda c: clusterviews.stuck(c, now=1000.0 + 1800))

@@ -1,12 +1,30 @@
+import collections
 import sqlite3
 
 import pytest
 
 from aggregator import store
 from aggregator.store import Ingest, Rejected
+from aggregator.store.sqlite import samples
 from nomade_common import wire
 
 WIDTH = len(wire.SAMPLE_FIELDS)
+
+
+def col(name):
+    """Where reading NAME (or t) is in a row of `store.all_samples`: (job_uid, node, t, ...)."""
+    return wire.SAMPLE_FIELDS.index(name) + 1
+
+
+def by_job(c, column="job_id"):
+    """Each job row's COLUMN by its uid."""
+    return dict(c.execute(f"SELECT uid, {column} FROM jobs").fetchall())
+
+
+def stored_by_time(c):
+    """Every stored sample as (job_id, node, t, *readings), by time."""
+    job_id = by_job(c)
+    return sorted(((job_id[s[0]], *s[1:]) for s in store.all_samples(c)), key=lambda s: s[2])
 
 
 def row(job, t, mem=None):
@@ -29,7 +47,7 @@ def test_an_envelope_is_stored_once_however_often_it_arrives(db):
     env = wire.Envelope(wire.SAMPLES, "node1", 7, 1, {"rows": [row(11, 1.0), row(11, 2.0)]})
     results = [db.call(lambda c: ing.apply_envelope(c, env)) for _ in range(3)]
     assert results == ["stored", "duplicate", "duplicate"]
-    n = db.call(lambda c: c.execute("SELECT count(*) FROM samples").fetchone()[0])
+    n = db.call(lambda c: len(store.all_samples(c)))
     assert n == 2
 
 
@@ -53,7 +71,7 @@ def test_a_bad_row_rejects_its_envelope_and_keeps_everything_stored_before(db):
         db.call(lambda c: ing.apply_envelope(c, bad))
     counts = db.call(
         lambda c: (
-            c.execute("SELECT count(*) FROM samples").fetchone()[0],
+            len(store.all_samples(c)),
             c.execute("SELECT count(*) FROM received").fetchone()[0],
             c.execute("SELECT count(*) FROM jobs").fetchone()[0],
         )
@@ -65,11 +83,7 @@ def test_a_bad_row_rejects_its_envelope_and_keeps_everything_stored_before(db):
             c, wire.Envelope(wire.SAMPLES, "n", 1, 3, {"rows": [row(6, 3.0)]})
         )
     )
-    jobs = db.call(
-        lambda c: c.execute(
-            "SELECT j.job_id FROM samples s JOIN jobs j ON j.uid = s.job_uid ORDER BY t"
-        ).fetchall()
-    )
+    jobs = db.call(stored_by_time)
     assert [r[0] for r in jobs] == [5, 6]
 
 
@@ -96,12 +110,8 @@ def test_a_reused_job_id_gets_its_own_row_and_new_samples_go_to_it(db):
             c, wire.Envelope(wire.SAMPLES, "n", 1, 1, {"rows": [row(3, 950.0)]})
         )
     )
-    got = db.call(
-        lambda c: c.execute(
-            "SELECT j.submit_time FROM samples s JOIN jobs j ON j.uid = s.job_uid"
-        ).fetchall()
-    )
-    assert [r[0] for r in got] == [900.0]
+    got = db.call(lambda c: [by_job(c, "submit_time")[s[0]] for s in store.all_samples(c)])
+    assert got == [900.0]
 
 
 def test_readers_see_committed_data_while_the_writer_works(db, tmp_path):
@@ -112,9 +122,9 @@ def test_readers_see_committed_data_while_the_writer_works(db, tmp_path):
         )
     )
     reader = store.connect(str(tmp_path / "n.db"), readonly=True)
-    assert reader.execute("SELECT count(*) FROM samples").fetchone()[0] == 1
+    assert len(store.all_samples(reader)) == 1
     with pytest.raises(sqlite3.OperationalError):
-        reader.execute("DELETE FROM samples")
+        samples.land(reader, "n", [row(1, 2.0)], 3.0)
 
 
 def test_the_end_report_without_submit_time_completes_the_started_row(db):
@@ -153,14 +163,13 @@ def test_an_end_stored_before_its_start_leaves_one_ended_job(db):
             c, wire.Envelope(wire.SAMPLES, "n", 1, 1, {"rows": [row(31, 150.0 + 7200)]})
         )
     )
-    runs = db.call(
-        lambda c: c.execute(
-            "SELECT j.uid, j.end_time, count(s.t)"
-            " FROM jobs j LEFT JOIN samples s ON s.job_uid = j.uid"
-            " GROUP BY j.uid ORDER BY j.uid"
-        ).fetchall()
-    )
-    assert [tuple(r)[1:] for r in runs] == [(150.0, 0), (None, 1)]
+
+    def runs(c):
+        per_uid = collections.Counter(s[0] for s in store.all_samples(c))
+        jobs = c.execute("SELECT uid, end_time FROM jobs ORDER BY uid").fetchall()
+        return [(r[0], r[1], per_uid[r[0]]) for r in jobs]
+
+    assert [r[1:] for r in db.call(runs)] == [(150.0, 0), (None, 1)]
 
 
 def test_a_start_report_stores_the_job_its_features_and_its_verdict_together(db):
@@ -216,14 +225,17 @@ def test_samples_of_a_reused_job_id_start_a_new_run_and_late_ones_keep_theirs(db
     new = wire.Envelope(wire.SAMPLES, "n", 1, 2, {"rows": [row(281, 90_000.0)]})
     for env in (late, new):
         db.call(lambda c, env=env: ing.apply_envelope(c, env))
-    runs = db.call(
-        lambda c: c.execute(
-            "SELECT j.uid, j.submit_time, group_concat(s.t)"
-            " FROM jobs j LEFT JOIN samples s ON s.job_uid = j.uid"
-            " WHERE j.job_id = 281 GROUP BY j.uid ORDER BY j.uid"
+
+    def runs(c):
+        times = collections.defaultdict(list)
+        for s in store.all_samples(c):
+            times[s[0]].append(s[col("t")])
+        jobs = c.execute(
+            "SELECT uid, submit_time FROM jobs WHERE job_id = 281 ORDER BY uid"
         ).fetchall()
-    )
-    assert [(r[1], r[2]) for r in runs] == [(100.0, "990.0"), (None, "90000.0")]
+        return [(r[1], times[r[0]]) for r in jobs]
+
+    assert db.call(runs) == [(100.0, [990.0]), (None, [90_000.0])]
     # The new run's start report completes the placeholder rather than adding a third row.
     db.call(
         lambda c: ing.upsert_job(
@@ -252,13 +264,8 @@ def test_every_row_of_an_envelope_is_stored_whatever_its_size(db, count, limit):
             c.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, old)
 
     assert db.call(apply) == "stored"
-    stored = db.call(
-        lambda c: c.execute(
-            "SELECT j.job_id, s.node, s.t, s.mem_peak_bytes FROM samples s"
-            " JOIN jobs j ON j.uid = s.job_uid ORDER BY s.t"
-        ).fetchall()
-    )
-    assert [tuple(r) for r in stored] == [
+    stored = db.call(stored_by_time)
+    assert [(s[0], s[1], s[2], s[col("mem_peak_bytes")]) for s in stored] == [
         (100 + i % 7, "node1", float(i), i * 1000) for i in range(count)
     ]
 
@@ -276,9 +283,7 @@ def test_the_wal_stays_bounded_while_writes_never_pause(tmp_path):
             rows = [[job, seq * 10.0] + [seq * 1e6 + job] * (WIDTH - 2) for job in range(1, 129)]
             env = wire.Envelope(wire.SAMPLES, "node1", 1, seq, {"rows": rows})
             w.call(lambda c, env=env: ing.apply_envelope(c, env))  # one commit each
-        assert (
-            w.call(lambda c: c.execute("SELECT count(*) FROM samples").fetchone()[0]) == 600 * 128
-        )
+        assert w.call(lambda c: len(store.all_samples(c))) == 600 * 128
         wal = tmp_path / "w.db-wal"
         assert (
             wal.stat().st_size < 32 * limit

@@ -304,6 +304,18 @@ keys_dir = "{root}/keys"
         finally:
             conn.close()
 
+    def samples(self) -> list[tuple]:
+        """Every stored sample, in every room of the store, as (node, job_id, t,
+        cpu_usage_seconds)."""
+        conn = store.connect(str(self.db), readonly=True)
+        try:
+            conn.execute("BEGIN")  # one snapshot, while the daemon may be compacting
+            job_id = dict(conn.execute("SELECT uid, job_id FROM jobs").fetchall())
+            cpu = wire.SAMPLE_FIELDS.index("cpu_usage_seconds") + 1
+            return [(s[1], job_id[s[0]], s[2], s[cpu]) for s in store.all_samples(conn)]
+        finally:
+            conn.close()
+
 
 @contextlib.contextmanager
 def running(root: Path, data_dir: Path | None = None, aggregator: str = "", *args: str):
@@ -342,19 +354,14 @@ def locked(db: Path):
 
 def assert_stored_exactly_once(d: Daemon, senders: list[Sender]) -> None:
     """Every envelope each sender was given, but those meant to be NACKed, is in `received`
-    once and its rows are in `samples` once; nothing else is; each job has one row."""
+    once and its rows are stored once; nothing else is; each job has one row."""
     keys = collections.Counter(d.query("SELECT node, epoch, seq FROM received"))
     want = collections.Counter((s.node, s.epoch, seq) for s in senders for seq in s.good())
     assert keys == want, (
         f"missing {sorted(want - keys)[:10]}, unexpected {sorted(keys - want)[:10]}"
         f" ({sum((want - keys).values())} missing, {sum((keys - want).values())} extra)"
     )
-    samples = collections.Counter(
-        d.query(
-            "SELECT s.node, j.job_id, s.t, s.cpu_usage_seconds"
-            " FROM samples s JOIN jobs j ON j.uid = s.job_uid"
-        )
-    )
+    samples = collections.Counter(d.samples())
     expected = sum((s.expected_samples(s.good()) for s in senders), collections.Counter())
     assert samples == expected, (
         f"{sum((expected - samples).values())} sample rows missing, "
