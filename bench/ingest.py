@@ -60,7 +60,9 @@ from nomade_common.config import Aggregator as AggregatorSettings  # noqa: E402
 from nomade_common.config import Config, General, Security  # noqa: E402
 
 INTERVAL = 10.0  # seconds between an agent's sampling cycles (the agent's default)
-T0 = float(int(time.time()) - 86400)  # a day ago: within the aggregator's sample-time window
+# Two days ago: a full run's 10,000 cycles of 10 s (28 hours) stay within the aggregator's
+# sample-time window (sample_max_age_days behind, sample_future_seconds ahead of its clock).
+T0 = float(int(time.time()) - 2 * 86400)
 GiB = 1 << 30
 
 
