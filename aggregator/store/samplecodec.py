@@ -179,13 +179,18 @@ def encode_many(
     # Memory and block I/O move in pages and sectors: divide those steps out.
     divisor = np.ones(top.shape, dtype=np.int64)
     nonzero = per_chunk(np.logical_or, stream != 0)
+    # Pages and sectors in every column; powers of ten only where fractions were scaled (CPU
+    # seconds), whose values are small enough to difference without wrapping.
+    decimal = (kind == SCALED) & (scale > 0) & small
     for d in _DIVISORS:
-        open_ = (divisor == 1) & nonzero & (small if d & (d - 1) else True)
-        if not open_.any():
-            break
-        rest = stream & (d - 1) if d & (d - 1) == 0 else stream % d
-        whole = open_ & per_chunk(np.logical_and, rest == 0)
-        divisor[whole] = d
+        open_ = (divisor == 1) & nonzero & (decimal if d & (d - 1) else True)
+        cols = np.nonzero(open_.any(axis=0))[0]
+        if not len(cols):
+            continue
+        sub = stream[:, cols]
+        rest = sub & (d - 1) if d & (d - 1) == 0 else sub % d
+        whole = open_[:, cols] & per_chunk(np.logical_and, rest == 0)
+        divisor[:, cols] = np.where(whole, d, divisor[:, cols])
     if (divisor > 1).any():
         stream = stream // divisor[seg]
     zigzag = ((stream << 1) ^ (stream >> 63)).view(np.uint64)
@@ -198,11 +203,15 @@ def encode_many(
     header["scale"], header["div"] = np.maximum(scale, 0), divisor
     # Every column's bytes by significance (byte 0 of all its values, then byte 1, ...), once
     # per width in use: (columns, width, samples); a chunk takes its rows of its columns.
-    planes = {}
+    planes = {}  # width -> (column -> its row in the planes, the planes)
     for w, dtype in ((1, np.uint8), (2, np.uint16), (4, np.uint32), (8, np.uint64)):
-        if (width == w).any():
-            narrow = zigzag.astype(dtype).view(np.uint8).reshape(n, ncols, w)
-            planes[w] = np.ascontiguousarray(narrow.transpose(1, 2, 0))
+        cols = np.nonzero((width == w).any(axis=0))[0]
+        if len(cols):
+            narrow = np.ascontiguousarray(zigzag[:, cols], dtype=dtype)
+            narrow = narrow.view(np.uint8).reshape(n, len(cols), w)
+            where = np.full(ncols, -1, dtype=np.int64)
+            where[cols] = np.arange(len(cols))
+            planes[w] = (where, np.ascontiguousarray(narrow.transpose(1, 2, 0)))
     null_cols = has_nulls & ~all_null
     out = []
     for i, (a, length) in enumerate(zip(starts.tolist(), lengths.tolist(), strict=True)):
@@ -212,10 +221,10 @@ def encode_many(
             for c in np.nonzero(null_cols[i])[0].tolist():
                 parts.append(np.packbits(nan[a:b, c]).tobytes())
         w_i = width[i]
-        for w, plane in planes.items():
+        for w, (where, plane) in planes.items():
             cols = np.nonzero(w_i == w)[0]
             if len(cols):
-                parts.append(plane[cols, :, a:b].tobytes())
+                parts.append(plane[where[cols], :, a:b].tobytes())
         out.append(_compressor.compress(b"".join(parts)))
     return out
 
