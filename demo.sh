@@ -155,6 +155,10 @@ row = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True).execute(
 print("event store_failed:", row[0] if row else "(none)")' "$DEMO/data/nomade.db"
 say "nomadectl db backup   (a consistent, checked copy while the aggregator keeps writing)"
 "$nomadectl" db backup --force "$DEMO/nomade-backup.db"
+say "nomadectl db status   (samples landed as received, compacted into chunks per job and node)"
+"$nomadectl" db status | sed -n 2,3p
+"$nomadectl" db compact
+"$nomadectl" db status
 cat <<MSG
 
 The cluster and NØMADE keep running.  Try: NOMADE_CONFIG=$NOMADE_CONFIG $nomadectl job $oom
