@@ -51,10 +51,11 @@ def db_status(ctx: click.Context, as_json: bool) -> None:
     database = base.existing(cfg)
     conn = base.reader(cfg)
     try:
-        figures = store.sample_sizes(conn)
-        figures["backlog"] = store.sample_backlog(conn)
-        figures["old_layout_left"] = store.legacy_left(conn)
-        figures["schema_version"] = store.schema_version(conn)
+        with store.snapshot(conn):  # one moment: a compaction meanwhile counts nothing twice
+            figures = store.sample_sizes(conn)
+            figures["backlog"] = store.sample_backlog(conn)
+            figures["old_layout_left"] = store.legacy_left(conn)
+            figures["schema_version"] = store.schema_version(conn)
     except store.StoreError as exc:
         raise click.ClickException(f"db status: {database}: {exc}") from None
     a = cfg.aggregator

@@ -9,6 +9,9 @@ BENCH = Path(__file__).resolve().parents[1] / "bench" / "ingest.py"
 KEYS = {
     "bench",
     "value",
+    "compacted_during_run",
+    "backlog_end_samples",
+    "backlog_max_samples",
     "plain_value",
     "normal_value",
     "unit",

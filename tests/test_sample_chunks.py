@@ -295,3 +295,30 @@ def test_a_plan_made_stale_by_another_compaction_writes_nothing(db):
         assert store.compact(db, T0 + 3, 10**6) == 50
     assert store.sample_sizes(db)["raw_samples"] == 100
     assert len(store.all_samples(db)) == 100
+
+
+def test_a_replayed_time_keeps_the_value_stored_first_through_seals(db):
+    uid = _job(db, 91)
+    base = _rows(uid, 0, 2, random.Random(9))
+    base[0][-1] = 1
+    _land(db, "node1", [base[0]], T0)
+    with store.transaction(db):
+        store.compact(db, T0 + 1, 10**6, now=T0)
+    _land(db, "node1", [base[1]], T0 + 1)
+    with store.transaction(db):
+        store.compact(db, T0 + 2, 10**6, now=T0)
+    replay = list(base[0])
+    replay[-1] = 2  # the same job, node and time again, another value
+    _land(db, "node1", [replay], T0 + 2)
+    for now in (T0, T0 + 10**6):  # a new part, then the window merged
+        with store.transaction(db):
+            store.compact(db, T0 + 3, 10**6, now=now)
+        assert [r[-1] for r in store.all_samples(db)][0] == 1
+
+
+def test_a_fraction_in_an_integer_field_comes_back_as_sent(db):
+    uid = _job(db, 92)
+    rows = _rows(uid, 0, 2, random.Random(10))
+    rows[0][5] = 2.5  # mem_current_bytes
+    _land(db, "node1", rows, T0)
+    assert [r[6] for r in store.all_samples(db)] == [2.5, rows[1][5]]  # (uid, node, t, ...)

@@ -137,13 +137,17 @@ class Planner:
         if self._proc is None or not self._proc.is_alive():
             if not self._start():
                 return self.plan(older_than, max_samples, max_envelopes)
-        self._pipe.send((older_than, max_samples, max_envelopes))
+        try:
+            self._pipe.send((older_than, max_samples, max_envelopes))
+        except OSError:
+            self.close()
+            raise TimeoutError("the compaction planner exited") from None
         if not self._pipe.poll(120):
             self.close()
             raise TimeoutError("the compaction planner did not answer in 120 s")
         try:
             kind, value = self._pipe.recv()
-        except EOFError:
+        except (EOFError, OSError):
             self.close()
             raise TimeoutError("the compaction planner exited") from None
         if kind == "error":
@@ -184,17 +188,20 @@ class Planner:
 
 
 def _planner_main(database: str, pipe: Any) -> None:
-    """The planner process: a plan for each request, until the aggregator closes the pipe."""
+    """The planner process: a plan for each request, until the aggregator closes the pipe.
+    Whatever fails is answered as one line (the aggregator logs it), never a traceback."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the aggregator decides when it stops
-    conn = connect(database, readonly=True)
+    conn = None
     while True:
         try:
             args = pipe.recv()
         except (EOFError, OSError):
             return
         try:
+            if conn is None:
+                conn = connect(database, readonly=True)
             answer = ("plan", plan_compaction(conn, *args))
         except Exception as exc:
             answer = ("error", f"{type(exc).__name__}: {exc}")

@@ -314,7 +314,9 @@ def apply_compaction(conn: sqlite3.Connection, plan: Plan | None) -> int:
         if there != len(gone):
             return 0
         conn.execute(f"DELETE FROM sample_chunks WHERE id IN ({marks})", gone)
-    _write_chunks(conn, plan.chunks)
+    # Merged chunks first: holding the older samples, they get the older ids, so that where a
+    # replay brought a time twice, the value stored first is the one read (as before chunks).
+    _write_chunks(conn, sorted(plan.chunks, key=lambda c: not c[7]))
     conn.execute("DELETE FROM sample_log WHERE id <= ?", (plan.upto,))
     if plan.samples:
         bump(conn, "samples_compacted", plan.samples)
@@ -343,6 +345,15 @@ def _write_chunks(conn: sqlite3.Connection, chunks: list[tuple]) -> None:
 
 
 # -- the layout before chunks --------------------------------------------------------------------
+def _legacy_exists(conn: sqlite3.Connection) -> bool:
+    return (
+        conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (LEGACY,)
+        ).fetchone()
+        is not None
+    )
+
+
 def legacy_left(conn: sqlite3.Connection) -> int | None:
     """Rows the one-row-per-sample table still holds (None: it is gone)."""
     if not conn.execute(
@@ -431,7 +442,11 @@ class Series:
         elif name in codec.FLOAT_FIELDS:
             items = column.tolist()
         else:
-            items = np.where(nan, 0, column).astype(np.int64).tolist()
+            filled = np.where(nan, 0.0, column)
+            if (filled == np.floor(filled)).all() and filled.max(initial=0.0) < 2.0**63:
+                items = filled.astype(np.int64).tolist()
+            else:  # a fraction (or a value past 2^63) in an integer field: as it came
+                items = [int(v) if v.is_integer() and v < 2.0**63 else v for v in filled.tolist()]
         if nan.any():
             items = [None if n else v for v, n in zip(items, nan.tolist(), strict=True)]
         return items
@@ -467,7 +482,7 @@ def _gather(
         where += " AND last_t >= ?"
         args.append(since)
     for job, node, step, data in conn.execute(
-        f"SELECT job_uid, node, step, data FROM sample_chunks WHERE {where} ORDER BY t0", args
+        f"SELECT job_uid, node, step, data FROM sample_chunks WHERE {where} ORDER BY t0, id", args
     ):
         if step:
             reduced[(job, node)] = (_chunk_block(job, data), step)
@@ -483,7 +498,7 @@ def _gather(
         jobs = [uid] if uid is not None else np.unique(b.m[:, 0]).astype(np.int64).tolist()
         for job in jobs:
             raw.setdefault((job, node), []).append(_take(b, np.nonzero(b.m[:, 0] == job)[0]))
-    if legacy_left(conn):
+    if _legacy_exists(conn):
         columns = ", ".join(SAMPLE_FIELDS[1:])
         legacy_where = "WHERE job_uid = ?" if uid is not None else ""
         by: dict[tuple[int, str], list[tuple]] = {}
@@ -639,7 +654,7 @@ def sampled_peak(conn: sqlite3.Connection, uid: int) -> int | None:
         for n in node_summaries(conn, uid)
         if "mem_peak_bytes" in n.get("readings", {})
     ]
-    return int(max(peaks)) if peaks else None
+    return min(int(max(peaks)), (1 << 63) - 1) if peaks else None
 
 
 def recent_uids(conn: sqlite3.Connection, since: float) -> set[int]:
@@ -653,7 +668,7 @@ def recent_uids(conn: sqlite3.Connection, since: float) -> set[int]:
         }
         for (text,) in conn.execute("SELECT uids FROM sample_log"):
             uids.update(int(u) for u in text.strip(",").split(",") if u)
-        if legacy_left(conn):
+        if _legacy_exists(conn):
             uids.update(
                 r[0]
                 for r in conn.execute(
@@ -686,7 +701,7 @@ def reduce_old(conn: sqlite3.Connection, cutoff: float, max_series: int) -> int:
         raw: list[Block] = []
         before: tuple[Block, float] | None = None
         for step, data in conn.execute(
-            "SELECT step, data FROM sample_chunks WHERE job_uid = ? AND node = ? ORDER BY t0",
+            "SELECT step, data FROM sample_chunks WHERE job_uid = ? AND node = ? ORDER BY t0, id",
             (uid, node),
         ):
             if step:
