@@ -16,21 +16,43 @@ from . import base
 from .base import main
 from .fmt import seconds, size, when
 
+LEAST_EFFICIENT_PERCENT = 50.0  # `jobs --least-efficient` without --below
+
 
 @main.command()
 @click.option("--user", default=None)
 @click.option("--state", default=None, help="outcome or Slurm state, e.g. FAILED, OUT_OF_MEMORY")
 @click.option("--since", default=None, help="30m, 2h, 3d or a date")
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 100_000))
+@click.option(
+    "--least-efficient",
+    "least",
+    is_flag=True,
+    help="ended jobs that used least of what they asked for first (CPU or memory under 50%%)",
+)
+@click.option(
+    "--below",
+    type=click.FloatRange(0, 1000),
+    default=None,
+    metavar="PERCENT",
+    help="with --least-efficient: CPU or memory efficiency under PERCENT (default 50)",
+)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def jobs(ctx, user, state, since, limit, as_json) -> None:
-    """Recent jobs, newest first (a user sees only their own; root and admins see all)."""
+def jobs(ctx, user, state, since, limit, least, below, as_json) -> None:
+    """Recent jobs, newest first, with their CPU and memory efficiency (a user sees only their
+    own; root and admins see all).  --least-efficient lists the ended jobs that used least of
+    the CPUs or memory they asked for."""
     cfg, after = base.config(ctx), base.since(since)
+    if below is not None and not least:
+        raise click.UsageError("--below goes with --least-efficient")
+    under = (LEAST_EFFICIENT_PERCENT if below is None else below) if least else None
     if base.from_store():
-        rows = query.jobs(base.reader(cfg), user, state, after, limit)
+        rows = query.jobs(base.reader(cfg), user, state, after, limit, efficiency_below=under)
     else:
         params = {"user": user, "state": state, "since": after, "limit": limit}
+        if under is not None:
+            params["efficiency_below"] = under
         rows = base.api(cfg, "/api/v1/jobs", params)
     base.emit(rows, as_json, render_jobs)
 
@@ -91,19 +113,25 @@ def check(ctx: click.Context, script, sbatch_args, user: str | None, as_json: bo
 # --- the text views ----------------------------------------------------------------------------
 
 
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}%"
+
+
 def render_jobs(rows: list[dict[str, Any]]) -> str:
     out = [
         f"{'JOBID':<9}{'USER':<10}{'PARTITION':<11}{'OUTCOME':<15}"
-        f"{'EXIT':<6}{'ELAPSED':<12}SUBMITTED"
+        f"{'EXIT':<6}{'ELAPSED':<12}{'CPU EFF':>8}{'MEM EFF':>8}  SUBMITTED"
     ]
     for j in rows:
         outcome = j["outcome"] or (
             "RUNNING" if j["start_time"] and not j["end_time"] else j["state"] or "-"
         )
+        eff = j.get("efficiency") or {}
         out.append(
             f"{j['job_id']:<9}{j['user'] or '-':<10}{j['partition'] or '-':<11}{outcome:<15}"
             f"{'-' if j['exit_code'] is None else j['exit_code']:<6}"
             f"{seconds(j['elapsed_seconds']):<12}"
+            f"{percent(eff.get('cpu_percent')):>8}{percent(eff.get('mem_percent')):>8}  "
             f"{when(j['submit_time'])}"
         )
     return "\n".join(out)
@@ -131,8 +159,10 @@ def render_job(j: dict[str, Any]) -> str:
         + (f" signal {j['signal']}" if j["signal"] else "")
         + f"  elapsed {seconds(j['elapsed_seconds'])}  sacct: {j['reconcile']}",
         f"  memory peak {size(j['mem_peak_bytes'])} (cgroup samples and sacct MaxRSS)",
+        *efficiency_lines(j.get("efficiency")),
         "",
-        f"  {'NODE':<10}{'SAMPLES':>8}{'CPU s':>10}{'MEM PEAK':>12}{'READ':>12}{'WRITTEN':>12}",
+        f"  {'NODE':<10}{'SAMPLES':>8}{'CPU s':>10}{'MEM PEAK':>12}{'READ':>12}{'WRITTEN':>12}"
+        f"{'NET READ':>12}{'NET WRITTEN':>13}",
     ]
     v = j.get("verdict")
     if v is not None:
@@ -153,7 +183,10 @@ def render_job(j: dict[str, Any]) -> str:
         out.append(
             f"  {n['node']:<10}{n['samples']:>8}{cpu:>10}{size(n['mem_peak_bytes']):>12}"
             f"{size(n['read_bytes']):>12}{size(n['write_bytes']):>12}"
+            f"{size(n.get('network_read_bytes')):>12}{size(n.get('network_write_bytes')):>13}"
         )
+    out += gpu_lines(j.get("gpus_used") or [])
+    out += curve_lines(j["series"])
     if j["series"]:
         out += ["", f"  {'TIME':<10}{'NODE':<10}{'CPU s':>9}{'MEMORY':>12}{'WRITTEN':>12}"]
         for p in j["series"]:
@@ -163,6 +196,100 @@ def render_job(j: dict[str, Any]) -> str:
                 f"{size(p['mem_bytes']):>12}{size(p['write_bytes']):>12}"
             )
     return "\n".join(out)
+
+
+def efficiency_lines(eff: dict[str, Any] | None) -> list[str]:
+    """What share of the CPUs and memory the job asked for it used."""
+    if not eff:
+        return []
+    cpu = (
+        f"CPU {percent(eff['cpu_percent'])} ({eff['cpu_seconds']:.1f} CPU s of"
+        f" {eff['core_seconds']:.1f} core s)"
+        if eff["cpu_percent"] is not None
+        else "CPU - (no CPU time or elapsed time yet)"
+    )
+    mem = (
+        f"memory {percent(eff['mem_percent'])} ({size(eff['mem_peak_bytes'])} peak of"
+        f" {size(eff['mem_request_per_node_bytes'])} per node)"
+        if eff["mem_percent"] is not None
+        else "memory - (no memory request or no peak)"
+    )
+    return [f"  efficiency: {cpu}, {mem}"]
+
+
+def gpu_lines(gpus: list[dict[str, Any]]) -> list[str]:
+    """Per GPU the job's processes ran on: utilisation, memory, power, temperature."""
+    if not gpus:
+        return []
+    out = [
+        "",
+        f"  {'GPU':<22}{'NODE':<10}{'UTIL mean/max':>14}{'IDLE':>6}{'JOB MEM':>10}"
+        f"{'GPU MEM':>10}{'OF':>10}{'POWER mean/max':>16}{'TEMP':>6}",
+    ]
+    for g in gpus:
+        label = f"{g['index'] if g['index'] is not None else '?'} {g['name'] or g['gpu']}"[:21]
+        util = f"{percent(g['util_mean_percent'])}/{percent(g['util_max_percent'])}"
+        power = (
+            "-"
+            if g["power_mean_w"] is None
+            else f"{g['power_mean_w']:.0f}/{g['power_max_w']:.0f} W"
+        )
+        idle = "-" if g["idle_share"] is None else f"{100 * g['idle_share']:.0f}%"
+        temp = "-" if g["temperature_max_c"] is None else f"{g['temperature_max_c']:.0f}C"
+        out.append(
+            f"  {label:<22}{g['node']:<10}{util:>14}{idle:>6}{size(g['job_memory_max_bytes']):>10}"
+            f"{size(g['memory_used_max_bytes']):>10}{size(g['memory_total_bytes']):>10}"
+            f"{power:>16}{temp:>6}"
+        )
+    return out
+
+
+BARS = "▁▂▃▄▅▆▇█"
+
+
+def spark(values: list[float | None]) -> str:
+    """VALUES as a line of bars from the smallest to the largest; a space where unknown."""
+    known = [v for v in values if v is not None]
+    if not known:
+        return ""
+    low, high = min(known), max(known)
+    span = high - low
+    return "".join(
+        " "
+        if v is None
+        else BARS[0 if span <= 0 else min(len(BARS) - 1, int((v - low) / span * len(BARS)))]
+        for v in values
+    )
+
+
+def curve_lines(series: list[dict[str, Any]]) -> list[str]:
+    """Per node, the job's CPU use (cores: CPU seconds between samples over their interval)
+    and its memory, as curves over the samples of the series."""
+    by: dict[str, list[dict[str, Any]]] = {}
+    for p in series:
+        by.setdefault(p["node"], []).append(p)
+    out = []
+    for node, points in by.items():
+        if len(points) < 2:
+            continue
+        cores: list[float | None] = []
+        for a, b in zip(points, points[1:], strict=False):
+            dt = b["t"] - a["t"]
+            ok = dt > 0 and a["cpu_seconds"] is not None and b["cpu_seconds"] is not None
+            cores.append(max(0.0, (b["cpu_seconds"] - a["cpu_seconds"]) / dt) if ok else None)
+        mem = [p["mem_bytes"] for p in points]
+        top_cores = max((c for c in cores if c is not None), default=None)
+        top_mem = max((m for m in mem if m is not None), default=None)
+        span = seconds(points[-1]["t"] - points[0]["t"])
+        if not out:
+            out.append("")
+        out.append(
+            f"  {node:<10}CPU {spark(cores):<20} up to "
+            + ("-" if top_cores is None else f"{top_cores:.2f} cores")
+            + f" (over {span})"
+        )
+        out.append(f"  {'':<10}MEM {spark(mem):<20} up to {size(top_mem)}")
+    return out
 
 
 def render_check(answer: dict[str, Any]) -> str:

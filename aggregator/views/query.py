@@ -55,6 +55,76 @@ def _row_job(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _list_job(row: dict[str, Any]) -> dict[str, Any]:
+    """A row of `nomadectl jobs`: the job, and its efficiency from what sacct and the agents
+    recorded (max_rss_bytes holds the larger of sacct's MaxRSS and the sampled peak)."""
+    out = _row_job(row)
+    out["efficiency"] = efficiency(row, row["total_cpu_seconds"], row["max_rss_bytes"])
+    return out
+
+
+def mem_request_per_node(row: dict[str, Any]) -> int | None:
+    """The memory the job asked for on each node: --mem, or --mem-per-cpu times its CPUs per
+    node (CPUs spread evenly over its nodes, as Slurm spreads them unless told otherwise)."""
+    if row["mem_per_node_bytes"]:
+        return row["mem_per_node_bytes"]
+    if row["mem_per_cpu_bytes"] and row["cpus"]:
+        nodes = max(1, row["nodes_requested"] or 1)
+        return int(row["mem_per_cpu_bytes"] * -(-row["cpus"] // nodes))
+    return None
+
+
+def efficiency(
+    row: dict[str, Any],
+    cpu_seconds: float | None,
+    mem_peak_bytes: int | None,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """CPU efficiency: CPU seconds over elapsed times CPUs; memory efficiency: the peak on a
+    node over the memory asked for per node.  As percentages, None where a figure is unknown
+    (no request, not started, no samples and no sacct record).  A running job's elapsed time
+    runs to NOW (None: not computed for running jobs)."""
+    elapsed = row["elapsed_seconds"]
+    if elapsed is None and row["start_time"] is not None:
+        end = row["end_time"] if row["end_time"] is not None else now
+        elapsed = None if end is None else max(0.0, end - row["start_time"])
+    core_seconds = elapsed * row["cpus"] if elapsed and row["cpus"] else None
+    request = mem_request_per_node(row)
+    return {
+        "cpu_percent": round(100 * cpu_seconds / core_seconds, 1)
+        if cpu_seconds is not None and core_seconds
+        else None,
+        "cpu_seconds": cpu_seconds,
+        "core_seconds": core_seconds,
+        "mem_percent": round(100 * mem_peak_bytes / request, 1)
+        if mem_peak_bytes is not None and request
+        else None,
+        "mem_peak_bytes": mem_peak_bytes,
+        "mem_request_per_node_bytes": request,
+    }
+
+
+def io_split(readings: dict[str, Any]) -> dict[str, Any]:
+    """A node's bytes read and written on its local block devices (what the job's cgroup was
+    charged) and elsewhere (what its processes read and wrote beyond that: network
+    filesystems such as NFS, which charge no local device).  None where either figure is
+    missing.  On cgroup v1 the kernel does not charge buffered writes to the job's cgroup, so
+    there local writes count as elsewhere (docs/json.md)."""
+
+    def peak(name: str) -> float | None:
+        r = readings.get(name)
+        return None if r is None else r["peak"]
+
+    out: dict[str, Any] = {}
+    for way in ("read", "write"):
+        local, total = peak(f"cgroup_{way}_bytes"), peak(f"proc_{way}_bytes")
+        out[f"local_{way}_bytes"] = local
+        out[f"network_{way}_bytes"] = (
+            max(0, total - local) if local is not None and total is not None else None
+        )
+    return out
+
+
 def job(conn: Any, job_id: int, series_points: int = 20) -> dict[str, Any] | None:
     """Job JOB_ID's record, per-node summaries, series, verdict and advice, as of one moment."""
     with store.snapshot(conn):
@@ -62,6 +132,7 @@ def job(conn: Any, job_id: int, series_points: int = 20) -> dict[str, Any] | Non
 
 
 def _job(conn: Any, job_id: int, series_points: int) -> dict[str, Any] | None:
+    now = time.time()
     row = store.find_job(conn, job_id)
     if row is None:
         return None
@@ -78,6 +149,7 @@ def _job(conn: Any, job_id: int, series_points: int) -> dict[str, Any] | None:
                 "mem_peak_bytes": n["mem_peak_bytes"] if n["has_mem"] else None,
                 "read_bytes": n["read_bytes"] if n["has_io"] else None,
                 "write_bytes": n["write_bytes"] if n["has_io"] else None,
+                **io_split(n.get("readings", {})),
             }
         )
     out["nodes"] = nodes
@@ -85,6 +157,14 @@ def _job(conn: Any, job_id: int, series_points: int) -> dict[str, Any] | None:
     if row["max_rss_bytes"] is not None:
         peaks.append(row["max_rss_bytes"])
     out["mem_peak_bytes"] = max(peaks) if peaks else None
+    # CPU time: the larger of the agents' sum over nodes (short of the last interval) and
+    # sacct's TotalCPU (short of processes killed before they were waited for).
+    sampled = [n["cpu_seconds"] for n in nodes if n["cpu_seconds"] is not None]
+    cpu = [
+        v for v in (sum(sampled) if sampled else None, row["total_cpu_seconds"]) if v is not None
+    ]
+    out["efficiency"] = efficiency(row, max(cpu) if cpu else None, out["mem_peak_bytes"], now)
+    out["gpus_used"] = store.job_gpus(conn, row["uid"])
     out["series"] = series(conn, row["uid"], series_points)
     out["queue_at_start"] = json.loads(row["queue_json"]) if row["queue_json"] else None
     out["verdict"] = store.job_verdict(conn, row["uid"])
@@ -113,8 +193,14 @@ def jobs(
     state: str | None = None,
     since: float | None = None,
     limit: int = 100,
+    efficiency_below: float | None = None,
 ) -> list[dict[str, Any]]:
-    return [_row_job(r) for r in store.find_jobs(conn, user, state, since, limit)]
+    """Jobs newest first; with EFFICIENCY_BELOW (percent), ended jobs whose CPU or memory
+    efficiency is below it, least efficient first."""
+    return [
+        _list_job(r)
+        for r in store.find_jobs(conn, user, state, since, limit, efficiency_below=efficiency_below)
+    ]
 
 
 def status(conn: Any, now: float | None = None) -> dict[str, Any]:

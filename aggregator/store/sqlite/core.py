@@ -297,6 +297,35 @@ ALTER TABLE samples RENAME TO samples_v1;
     )
 )
 
+# Each job's GPUs as the node agents' GPU readings saw them, folded in as each reading arrives
+# (aggregator/store/sqlite/gpus.py): per job, node and GPU, running sums and maxima, so that a
+# job's GPU view needs no reading history (kept once per readings_history_seconds only).
+MIGRATIONS.append(
+    (
+        "0010_job_gpus",
+        """
+CREATE TABLE job_gpus (
+  job_uid INTEGER NOT NULL,
+  node TEXT NOT NULL,
+  gpu TEXT NOT NULL,
+  gpu_index INTEGER,
+  name TEXT,
+  memory_total_bytes INTEGER,
+  readings INTEGER NOT NULL,
+  first_t REAL NOT NULL,
+  last_t REAL NOT NULL,
+  util_sum REAL NOT NULL DEFAULT 0, util_n INTEGER NOT NULL DEFAULT 0, util_max REAL,
+  idle_n INTEGER NOT NULL DEFAULT 0,
+  memory_used_max_bytes INTEGER,
+  job_memory_max_bytes INTEGER,
+  power_sum REAL NOT NULL DEFAULT 0, power_n INTEGER NOT NULL DEFAULT 0, power_max REAL,
+  temperature_max_c REAL,
+  PRIMARY KEY (job_uid, node, gpu)
+) WITHOUT ROWID;
+""",
+    )
+)
+
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

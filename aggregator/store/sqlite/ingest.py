@@ -19,7 +19,7 @@ from itertools import chain, filterfalse
 from typing import Any
 
 from aggregator.jobs import fields as jobfields
-from aggregator.store.sqlite import samples
+from aggregator.store.sqlite import gpus, samples
 from aggregator.store.sqlite.core import bump, event, store_failed
 from collectors import registry
 from collectors.runner import STATUS_FIELDS
@@ -631,6 +631,8 @@ def store_reading(
         "INSERT OR REPLACE INTO readings_latest VALUES (?, ?, ?, ?, ?)",
         (node, collector, t, seconds if isinstance(seconds, (int, float)) else None, text),
     )
+    if collector == "gpu" and isinstance(records, list):
+        gpus.fold_reading(conn, node, t, records)  # each job's GPUs, as the readings arrive
     last = conn.execute(
         "SELECT max(t) FROM readings WHERE collector = ? AND node = ?", (collector, node)
     ).fetchone()[0]

@@ -25,15 +25,29 @@ def find_job(conn: sqlite3.Connection, job_id: int) -> dict[str, Any] | None:
     return None if row is None else dict(row)
 
 
+# A job's efficiencies as fractions, as aggregator/views/query.py:efficiency computes them from a
+# jobs row (NULL where a figure is unknown): CPU seconds over elapsed times CPUs, and the memory
+# peak over the memory asked for per node.
+CPU_EFFICIENCY_SQL = "(total_cpu_seconds / nullif(elapsed_seconds * cpus, 0))"
+MEM_EFFICIENCY_SQL = (
+    "(max_rss_bytes * 1.0 / nullif(coalesce(nullif(mem_per_node_bytes, 0), mem_per_cpu_bytes"
+    " * ((cpus + max(1, coalesce(nodes_requested, 1)) - 1) / max(1, coalesce(nodes_requested,"
+    " 1)))), 0))"
+)
+
+
 def find_jobs(
     conn: sqlite3.Connection,
     user: str | None = None,
     state: str | None = None,
     since: float | None = None,
     limit: int = 100,
+    efficiency_below: float | None = None,
 ) -> list[dict[str, Any]]:
     """`jobs` rows, newest first: of USER, whose outcome is STATE or whose Slurm state begins
-    with it (either case), submitted (else started, else first seen) at or after SINCE."""
+    with it (either case), submitted (else started, else first seen) at or after SINCE.  With
+    EFFICIENCY_BELOW (percent): ended jobs whose CPU or memory efficiency (EFFICIENCY_SQL) is
+    below it, least efficient first."""
     where: list[str] = []
     args: list[Any] = []
     if user:
@@ -45,8 +59,14 @@ def find_jobs(
     if since is not None:
         where.append(f"{JOB_TIME} >= ?")
         args.append(since)
+    order = f"{JOB_TIME} DESC, uid DESC"  # the indexes jobs_by_time, _user_time
+    if efficiency_below is not None:
+        cpu, mem = CPU_EFFICIENCY_SQL, MEM_EFFICIENCY_SQL
+        where.append(f"end_time IS NOT NULL AND ({cpu} < ? OR {mem} < ?)")
+        args += [efficiency_below / 100] * 2
+        order = f"min(coalesce({cpu}, 1e300), coalesce({mem}, 1e300)), {order}"
     sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
-    sql += f" ORDER BY {JOB_TIME} DESC, uid DESC LIMIT ?"  # the indexes jobs_by_time, _user_time
+    sql += f" ORDER BY {order} LIMIT ?"
     return [dict(r) for r in conn.execute(sql, (*args, limit))]
 
 
@@ -183,6 +203,28 @@ def latest_readings(
         (collector,),
     ).fetchall()
     return {r[0]: (r[1], json.loads(r[2])) for r in rows}
+
+
+def readings_between(
+    conn: sqlite3.Connection,
+    collector: str,
+    since: float,
+    until: float | None = None,
+    nodes: list[str] | None = None,
+    limit: int = 100_000,
+) -> list[tuple[str, float, list[dict]]]:
+    """(node, time, records) of COLLECTOR's kept history (one reading per its history interval)
+    between SINCE and UNTIL, on NODES (all where None), oldest first, at most LIMIT readings."""
+    sql = "SELECT node, t, records_json FROM readings WHERE collector = ? AND t >= ?"
+    args: list[Any] = [collector, since]
+    if until is not None:
+        sql += " AND t <= ?"
+        args.append(until)
+    if nodes is not None:
+        sql += f" AND node IN ({','.join('?' * len(nodes))})"
+        args += nodes
+    rows = conn.execute(sql + " ORDER BY t, node LIMIT ?", (*args, limit)).fetchall()
+    return [(r[0], r[1], json.loads(r[2])) for r in rows]
 
 
 def running_job_cpu(conn: sqlite3.Connection, since: float) -> list[tuple]:
