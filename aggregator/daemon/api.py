@@ -460,7 +460,12 @@ class Api:
         user, listed = policy.jobs_user(caller, q.get("user"))
         since = _number(q, "since", float, "Unix seconds", (0.0, 1e11), None)
         limit = _number(q, "limit", int, "a whole number", (1, 100_000), 100)
-        return query.jobs(self.agg.reader(), user, q.get("state"), since, limit) if listed else []
+        below = _number(q, "efficiency_below", float, "a percentage", (0.0, 1000.0), None)
+        if not listed:
+            return []
+        return query.jobs(
+            self.agg.reader(), user, q.get("state"), since, limit, efficiency_below=below
+        )
 
     def job(self, request: Request, caller: Caller, body: bytes) -> Any:
         job_id = request.path_params["job_id"]

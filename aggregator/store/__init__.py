@@ -21,11 +21,12 @@ their first argument; those that write run inside the writer's transaction (`Wri
   `sample_backlog`, `sample_sizes`, `all_samples`, `CHUNK_SECONDS`; `snapshot` (reads as of one
   moment).
 - Read side, for nomadectl, the API and the daemon: `find_job`, `find_jobs`, `count_jobs`,
-  `job_node_summaries`, `job_samples`, `job_verdict`, `job_advice`, `running_jobs`,
+  `job_node_summaries`, `job_samples`, `job_gpus`, `job_verdict`, `job_advice`, `running_jobs`,
   `running_job_cpu`, `array_outcomes`, `agent_nodes`, `nodes_on_plain`, `node_lives`,
-  `received_since`, `counters`, `last_event`, `latest_readings`, `collector_statuses`,
-  `newest_records_json`, `ended_job_count`, `verdict_outcomes`, `admin_log`, `find_run`,
-  `reconcile_due`, `event_job_counts`, `schema_version_at`.
+  `received_since`, `counters`, `last_event`, `latest_readings`, `readings_between`,
+  `collector_statuses`, `newest_records_json`, `ended_job_count`,
+  `verdict_outcomes`, `admin_log`, `find_run`, `reconcile_due`, `event_job_counts`,
+  `schema_version_at`.
 - History, for features, scoring and training: `ended_jobs`, `start_history`, `recent_vectors`,
   `job_vector`.
 - Model registry: `register_model`, `list_models`, `active_model`, `activate_model`,
@@ -66,6 +67,7 @@ from aggregator.store.sqlite.daemon import (
     prune_readings,
     set_node_states,
 )
+from aggregator.store.sqlite.gpus import job_gpus
 from aggregator.store.sqlite.history import (
     StoreError,
     ended_jobs,
@@ -131,6 +133,7 @@ from aggregator.store.sqlite.views import (
     job_verdict,
     last_event,
     latest_readings,
+    readings_between,
     nodes_on_plain,
     received_since,
     running_job_cpu,
