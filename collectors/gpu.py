@@ -629,7 +629,8 @@ def _convert(kind: str, raw: str, unit: str, source: str, line: int) -> Any:
 
 def _csv_shape(names: list[str]) -> tuple[str, dict[str, tuple[str, str]], tuple[str, ...]]:
     if "pid" in names:
-        extra = ACCOUNTED_FIELDS if "time" in names else ()
+        read = {_CSV_PROCESS[n][0] for n in names if n in _CSV_PROCESS}
+        extra = ACCOUNTED_FIELDS if read & set(ACCOUNTED_FIELDS) else ()
         return "process", _CSV_PROCESS, PROCESS_FIELDS + extra
     if "retired_pages.address" in names:
         return "retired_page", _CSV_RETIRED, RETIRED_PAGE_FIELDS

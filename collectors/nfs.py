@@ -5,8 +5,10 @@ holds no NFS mount) and ``read_nfsiostat`` (runs the tool with a timeout).  Pure
 ``parse_mountstats``, ``parse_nfsiostat``, ``mount_table`` (a /proc/<pid>/mountinfo text) and
 ``classify_paths`` (network or local filesystem, for the job I/O split).
 
-mountstats counters are cumulative since the mount (the aggregator takes differences); per-op
-``*_rtt_ms`` and ``*_exe_ms`` are the kernel's summed milliseconds, not means.  A counter the
+mountstats counters are cumulative since the mount, and the agent reports them so: the
+aggregator's NFS view turns consecutive readings of a mount into rates (`nomadectl nfs`).
+Per-op ``*_queue_ms``, ``*_rtt_ms`` and ``*_exe_ms`` are the kernel's summed milliseconds,
+not means.  A counter the
 kernel printed as a negative number cast to unsigned (at or above 2**63) is None.  Records are
 described in docs/parsers-node.md.
 """
@@ -47,7 +49,17 @@ OPS: tuple[str, ...] = (
     "READDIR",
     "READDIRPLUS",
 )
-_OP_FIELDS = ("ops", "retrans", "rtt_ms", "exe_ms")
+_OP_FIELDS = (
+    "ops",
+    "retrans",
+    "timeouts",
+    "bytes_sent",
+    "bytes_received",
+    "queue_ms",
+    "rtt_ms",
+    "exe_ms",
+    "errors",
+)
 # "bytes:" counters, in the kernel's order (fs/nfs/iostat.h, enum nfs_stat_bytecounters).
 _BYTES = (
     "read_bytes",
@@ -138,16 +150,22 @@ def _mount_line(record: dict[str, Any], line: str, source: str, number: int) -> 
 
 
 def _op_line(record: dict[str, Any], op: str, values: list[str], source: str, line: int) -> None:
-    """``OP: ops trans timeouts bytes_sent bytes_recv queue_ms rtt_ms exe_ms [errors]``."""
+    """``OP: ops trans timeouts bytes_sent bytes_recv queue_ms rtt_ms exe_ms [errors]``
+    (errors since `RPC iostats version: 1.1`: None in 1.0)."""
     numbers = _counters(values, source, line)
     if len(numbers) < 8:
         raise ParseError(source, line, f"{op}: {len(numbers)} counters, expected 8 or more")
-    ops, trans, _, _, _, _, rtt, exe = numbers[:8]
+    ops, trans, timeouts, sent, received, queue, rtt, exe = numbers[:8]
     name = op.lower()
     record[f"{name}_ops"] = ops
     record[f"{name}_retrans"] = None if ops is None or trans is None else trans - ops
+    record[f"{name}_timeouts"] = timeouts
+    record[f"{name}_bytes_sent"] = sent
+    record[f"{name}_bytes_received"] = received
+    record[f"{name}_queue_ms"] = queue
     record[f"{name}_rtt_ms"] = rtt
     record[f"{name}_exe_ms"] = exe
+    record[f"{name}_errors"] = numbers[8] if len(numbers) > 8 else None
 
 
 def parse_mountstats(text: str, source: str = "/proc/self/mountstats") -> list[dict[str, Any]]:

@@ -143,20 +143,60 @@ def parse_history(
     return rows, comments
 
 
+def _safe(fn, value, *args):
+    try:
+        return fn(value, *args)
+    except ValueError:
+        return None
+
+
+def request(row: dict[str, str]) -> dict[str, Any]:
+    """What a sacct row says about a job beyond its times and usage, as the aggregator stores it
+    (aggregator/jobs/): names, where it ran, what it asked for, its array or het ids."""
+    mem_node, mem_cpu = sv.memory_request(
+        row.get("ReqMem"), row.get("AllocTRES"), row.get("ReqTRES"), row.get("NNodes")
+    )
+    ids = sv.job_ids(row.get("JobID"), row.get("JobIDRaw")) or {}
+    derived = _safe(sv.exit_code, row.get("DerivedExitCode")) or (None, None)
+    return {
+        "job_name": row.get("JobName") or None,
+        "user_id": _safe(sv.integer, row.get("UID")),
+        "work_dir": row.get("WorkDir") or None,
+        "node_list": None if sv.absent(row.get("NodeList")) else row.get("NodeList"),
+        "nodes_requested": _safe(sv.integer, row.get("NNodes")),
+        "cpus": sv.job_cpus(row),
+        "mem_per_node_bytes": mem_node,
+        "mem_per_cpu_bytes": mem_cpu,
+        "gpus": sv.job_gpus(row.get("ReqTRES"), row.get("AllocTRES")),
+        "req_tres": _tres_counts(row.get("ReqTRES")),
+        "derived_exit_code": derived[0],
+        "derived_signal": derived[1],
+        **{k: ids.get(k) for k in _IDS},
+    }
+
+
+_IDS = ("array_job_id", "array_task_id", "het_job_id", "het_job_offset")
+
+
+def _tres_counts(text: str | None) -> dict[str, int] | None:
+    """ReqTRES as counts: {'cpu': 2, 'mem': bytes, 'node': 1, 'gres/gpu': 1}; None when empty.
+    A count that is not a number is left out."""
+    out = {}
+    for key, value in sv.tres(text).items():
+        if key == "mem":
+            count = (_safe(sv.memory, value, "M") or (None,))[0]
+        else:
+            count = _safe(sv.integer, value)
+        if count is not None:
+            out[key] = count
+    return out or None
+
+
 def records(text: str, source: str = "sacct") -> list[dict]:
     """`nomadectl parse sacct`: one record per job line and step, typed, units in the names."""
-    from . import slurmvalues as sv
-
     out = []
     for row in parse(text, source, fields=list(RECONCILE_FIELDS)):
-
-        def safe(fn, value, *args):
-            try:
-                return fn(value, *args)
-            except ValueError:
-                return None
-
-        code = safe(sv.exit_code, row.get("ExitCode")) or (None, None)
+        code = _safe(sv.exit_code, row.get("ExitCode")) or (None, None)
         out.append(
             {
                 "job_id": row.get("JobIDRaw") or row.get("JobID"),
@@ -167,13 +207,14 @@ def records(text: str, source: str = "sacct") -> list[dict]:
                 "state": row.get("State") or None,
                 "exit_code": code[0],
                 "signal": code[1],
-                "submit_time": safe(sv.timestamp, row.get("Submit")),
-                "start_time": safe(sv.timestamp, row.get("Start")),
-                "end_time": safe(sv.timestamp, row.get("End")),
-                "elapsed_seconds": safe(sv.duration, row.get("Elapsed")),
-                "total_cpu_seconds": safe(sv.duration, row.get("TotalCPU")),
-                "max_rss_bytes": (safe(sv.memory, row.get("MaxRSS"), "K") or (None,))[0],
-                "time_limit_seconds": safe(sv.duration, row.get("Timelimit")),
+                "submit_time": _safe(sv.timestamp, row.get("Submit")),
+                "start_time": _safe(sv.timestamp, row.get("Start")),
+                "end_time": _safe(sv.timestamp, row.get("End")),
+                "elapsed_seconds": _safe(sv.duration, row.get("Elapsed")),
+                "total_cpu_seconds": _safe(sv.duration, row.get("TotalCPU")),
+                "max_rss_bytes": (_safe(sv.memory, row.get("MaxRSS"), "K") or (None,))[0],
+                "time_limit_seconds": _safe(sv.duration, row.get("Timelimit")),
+                **request(row),
             }
         )
     return out
@@ -244,7 +285,8 @@ def _step_name(step: dict) -> str:
 def records_json(text: str, source: str = "sacct") -> list[dict]:
     """`sacct --json` (dbv0.0.38 of 22.05, data_parser v0.0.39+): the records of `records`.
 
-    A job's TotalCPU is the sum of its steps' (22.05 reports 0 for the job itself).
+    A job's TotalCPU is the sum of its steps' (22.05 reports 0 for the job itself).  The request
+    (`request`) is read from the rows `parse_json` gives, so that text and JSON agree.
     """
     doc = decode_json(text, source)
     if not isinstance(doc, dict) or not isinstance(doc.get("jobs"), list):
@@ -261,6 +303,7 @@ def records_json(text: str, source: str = "sacct") -> list[dict]:
         limit = sv.number(t.get("limit"))
         code = _json_exit(job.get("exit_code"), state)
         account = sv.string(job.get("account"))
+        row = _json_job(job, sv.number(job.get("job_id")), steps)  # as text sacct prints it
         out.append(
             {
                 "job_id": jid,
@@ -278,6 +321,7 @@ def records_json(text: str, source: str = "sacct") -> list[dict]:
                 "total_cpu_seconds": total,
                 "max_rss_bytes": None,
                 "time_limit_seconds": limit * 60.0 if limit is not None else None,
+                **request(row),
             }
         )
         for step in steps:
@@ -301,6 +345,7 @@ def records_json(text: str, source: str = "sacct") -> list[dict]:
                     "total_cpu_seconds": _cpu_seconds(st.get("total")),
                     "max_rss_bytes": _max_rss(step),
                     "time_limit_seconds": None,
+                    **request(_json_step(step, row)),
                 }
             )
     return out

@@ -212,7 +212,17 @@ JOB_EXTRA_FIELDS = (
     "stdout",
     "stderr",
     "alloc_memory_bytes",
+    "mem_per_node_bytes",
+    "mem_per_cpu_bytes",
+    "gres",
+    "het_job_id",
+    "het_job_offset",
 )
+
+
+def _min_memory(value: str | None) -> int | None:
+    """MinMemoryNode or MinMemoryCPU in bytes (MiB without a unit); None when 0 (not asked)."""
+    return None if value in (None, "", "0") else sv.memory(value, "M")[0]
 
 
 def _job_record(rec: dict[str, str]) -> dict:
@@ -229,6 +239,8 @@ def _job_record(rec: dict[str, str]) -> dict:
     mem = rec.get("MinMemoryNode") or rec.get("MinMemoryCPU")
     code = sv.exit_code(rec.get("ExitCode"))
     nodes = (rec.get("NumNodes") or "").split("-")[0]
+    gres = rec.get("TresPerNode") or rec.get("Gres") or None
+    gpus = sv.gpus_from_tres(sv.tres(rec.get("ReqTRES") or rec.get("TRES")))
     out = dict.fromkeys((*FIELDS, *JOB_EXTRA_FIELDS))
     out.update(
         job_id=job_id,
@@ -244,10 +256,11 @@ def _job_record(rec: dict[str, str]) -> dict:
         state=sv.string(rec.get("JobState")),
         **explain(reason),
         dependency=sv.string(rec.get("Dependency")),
-        cpus=_int(rec.get("NumCPUs")),
+        cpus=_int((rec.get("NumCPUs") or "").split("-")[0]),
         node_count=_int(nodes),
         nodelist=sv.string(rec.get("NodeList")),
-        gpus=sv.gpus_from_gres(rec.get("TresPerNode")) or sv.gpus_from_tres(tres),
+        tres_per_node=sv.string(rec.get("TresPerNode")),
+        gpus=gpus if gpus is not None else sv.gpus_from_gres(gres),
         min_memory_bytes=sv.memory(mem, "M")[0],
         priority=_int(rec.get("Priority")),
         time_limit_seconds=sv.duration(rec.get("TimeLimit")),
@@ -265,6 +278,11 @@ def _job_record(rec: dict[str, str]) -> dict:
         stdout=sv.string(rec.get("StdOut")),
         stderr=sv.string(rec.get("StdErr")),
         alloc_memory_bytes=sv.memory(tres.get("mem"), "M")[0] if tres.get("mem") else None,
+        mem_per_node_bytes=_min_memory(rec.get("MinMemoryNode")),
+        mem_per_cpu_bytes=_min_memory(rec.get("MinMemoryCPU")),
+        gres=sv.string(gres),
+        het_job_id=_int(rec.get("HetJobId")),
+        het_job_offset=_int(rec.get("HetJobOffset")),
     )
     return out
 

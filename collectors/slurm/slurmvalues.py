@@ -293,3 +293,88 @@ def node_state(value) -> tuple[str | None, list[str]]:
     elif base in ("drained", "draining") and "DRAIN" not in flags:
         flags.append("DRAIN")
     return base, flags
+
+
+# -- a job's identity and request, as sacct rows give them ------------------------------------
+# The aggregator stores these (aggregator/jobs/); `nomadectl parse sacct` prints the same values.
+
+
+def _job_number(text: str) -> int | None:
+    """A job id's digits as a number; None for anything else ('²', '[1-5]', 30 digits)."""
+    return int(text) if text.isdecimal() and len(text) <= 18 else None
+
+
+def job_ids(shown: str | None, raw: str | None) -> dict[str, int | None] | None:
+    """Job, array and het ids from sacct's JobID ('123_4', '123+1') and JobIDRaw.
+
+    None when the job's own id cannot be known: an array task or het component shown without
+    JobIDRaw carries only its parent's id.
+    """
+    shown, raw = (shown or "").strip(), (raw or "").strip()
+    ids: dict[str, int | None] = dict.fromkeys(
+        ("job_id", "array_job_id", "array_task_id", "het_job_id", "het_job_offset")
+    )
+    parent, sep, member = shown.partition("_") if "_" in shown else shown.partition("+")
+    if sep:
+        first, second = (
+            ("array_job_id", "array_task_id") if sep == "_" else ("het_job_id", "het_job_offset")
+        )
+        ids[first] = _job_number(parent)
+        ids[second] = _job_number(member)  # None for '[1-5%2]' of a pending array
+    if _job_number(raw) is not None:
+        ids["job_id"] = _job_number(raw)
+    elif not raw and not sep and _job_number(shown) is not None:
+        ids["job_id"] = _job_number(shown)
+    elif not raw and ids["het_job_offset"] == 0:
+        ids["job_id"] = ids["het_job_id"]  # the het leader's id is the het job's
+    else:
+        return None
+    return ids
+
+
+def _or_none(fn, *args):
+    try:
+        return fn(*args)
+    except ValueError:
+        return None
+
+
+def memory_request(
+    req_mem: str | None, alloc_tres: str | None, req_tres: str | None, nnodes: str | None
+) -> tuple[int | None, int | None]:
+    """(memory per node, memory per CPU) in bytes that a job asked for, one of them None.
+
+    ReqMem says per node or per CPU only before 21.08 ('4Gn', '500Mc'); from 21.08 on it has no
+    suffix, and a TRES mem (the whole job's) divided by the same TRES's node count is the
+    per-node limit: AllocTRES when the job started (ReqTRES keeps the minimum node count of
+    `--nodes=1-2`, and `--mem-per-cpu` spreads it over the nodes), else ReqTRES.
+    """
+    size, per = _or_none(memory, req_mem, "M") or (None, None)
+    if per == "cpu":
+        return None, size
+    sized = next((t for t in (tres(alloc_tres), tres(req_tres)) if "mem" in t), None)
+    if per is None and sized:
+        total = _or_none(memory, sized["mem"], "M")
+        nodes = _or_none(integer, sized.get("node")) or _or_none(integer, nnodes) or 1
+        size = total[0] // nodes if total and total[0] else None
+    return size, None
+
+
+def job_gpus(req_tres: str | None, alloc_tres: str | None) -> int | None:
+    """The GPUs a job asked for: gres/gpu of ReqTRES, else of AllocTRES."""
+    gpus = _or_none(gpus_from_tres, tres(req_tres))
+    return gpus if gpus is not None else _or_none(gpus_from_tres, tres(alloc_tres))
+
+
+def job_cpus(row: dict[str, str]) -> int | None:
+    """A sacct row's CPUs: AllocCPUS, or for a job that never started (AllocCPUS 0) what it
+    asked for: NCPUS, ReqCPUS, the cpu of ReqTRES."""
+    cpus = _or_none(integer, row.get("AllocCPUS"))
+    if cpus:
+        return cpus
+    asked = (
+        _or_none(integer, row.get("NCPUS"))
+        or _or_none(integer, row.get("ReqCPUS"))
+        or _or_none(integer, tres(row.get("ReqTRES")).get("cpu"))
+    )
+    return asked or cpus

@@ -130,6 +130,7 @@ FIELDS = (
     "cpus",
     "node_count",
     "nodelist",
+    "tres_per_node",
     "gpus",
     "min_memory_bytes",
     "priority",
@@ -485,6 +486,7 @@ def _text_record(row: dict[str, str], source: str, number: int) -> dict:
             cpus=_int(row.get("cpus")),
             node_count=_int(row.get("node_count")),
             nodelist=sv.string(nodelist),
+            tres_per_node=sv.string(row.get("tres_per_node")),
             gpus=sv.gpus_from_gres(row.get("tres_per_node")),
             min_memory_bytes=sv.memory(row.get("min_memory"), "M")[0],
             priority=_int(prio),
@@ -552,6 +554,11 @@ def job_id_of(job: dict) -> tuple[str, str | None, str | None]:
     return raw, str(array), None
 
 
+def _text(value) -> str | None:
+    """A --json string field: None for another type (corrupt output) or Slurm's words for none."""
+    return sv.string(value) if isinstance(value, str) else None
+
+
 def _mb(value) -> int | None:
     n = sv.number(value)
     return int(n) << 20 if n else None
@@ -596,6 +603,7 @@ def json_record(job: dict) -> dict:
         cpus=sv.number(job.get("cpus")),
         node_count=sv.number(job.get("node_count")),
         nodelist=sv.string(job.get("nodes")),
+        tres_per_node=_text(job.get("tres_per_node")),
         gpus=sv.gpus_from_gres(job.get("tres_per_node")),
         min_memory_bytes=mem,
         priority=sv.number(job.get("priority")),

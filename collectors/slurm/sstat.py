@@ -63,7 +63,8 @@ def _hz(value: str | None) -> float | None:
 def _disk(row: dict[str, str], column: str, tres_max: str, tres_tot: str) -> int | None:
     """MaxDisk* from the TRES columns where sstat has them: MaxDiskWrite prints a write of 1
     byte as '1.00M' (seen on 20.11, 22.05 and 23.02 clusters) while TRESUsageOut* says 1."""
-    for col in (tres_max, tres_tot if sv.integer(row.get("NTasks")) == 1 else ""):
+    one_task = sv.integer(row.get("NTasks")) == 1
+    for col in (tres_max, tres_tot) if one_task else (tres_max,):
         value = sv.tres(row.get(col)).get("fs/disk")
         if value is not None:
             return _bytes(value)
