@@ -3,17 +3,25 @@
 Every setting has a default, so an empty file is a valid configuration for a single-host
 installation.  An unknown key, a wrong type or a bad value stops start-up with one line that names
 the file and the key (ConfigError); nothing is silently ignored or guessed.
+
+The daemons and nomadectl (never the hooks: a job's user sets their environment) also take
+`NOMADE_SECTION__KEY` environment variables, which override the file (`load(..., env=...)`).
+The sections and keys of NØMADE's design documents that are not NØMADE's own are read through
+one table, DESIGN_KEYS: moved to the NØMADE key they mean, with a notice, or refused with a line
+that names the replacement.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import fnmatch
 import ipaddress
 import math
 import os
 import socket
 import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -279,6 +287,8 @@ class Config:
     security: Security = field(default_factory=Security)
     collectors: Collectors = field(default_factory=Collectors)
     path: str = "<defaults>"
+    # What the daemon logs once logging is set up: design keys read as NØMADE's own.
+    notices: list = field(default_factory=list)
 
     @property
     def database(self) -> str:
@@ -483,25 +493,356 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(cfg.path, key, f"{problem}, got {_shown(address)}")
 
 
-def parse(text: str, path: str = "<string>") -> Config:
+# -- the design documents' sections and keys ----------------------------------------------------
+# NØMADE's design shows sections and keys that are not NØMADE's own.  Each is read through one
+# row here: Moved to the NØMADE key (or keys) it means, with a notice naming them; Kept where it
+# asks for what NØMADE always does (any other value is refused with WHY); Refused with a line
+# that names the replacement or what will bring it.  A row may name a whole table (`alerts`) and
+# then covers every key under it.  Rows are read only for what NØMADE does not know itself: when
+# a section becomes NØMADE's own (issue 17's [alerts]), its row is removed, and
+# tests/test_config_design_keys.py fails until it is.  docs/configuration.md lists every row.
+
+
+@dataclass(frozen=True)
+class Moved:
+    to: tuple[str, ...]
+    convert: Callable[[Any], Any] | None = None  # applied to a number
+    how: str = ""  # the conversion, in words
+
+
+@dataclass(frozen=True)
+class Kept:
+    value: Any
+    why: str
+
+
+@dataclass(frozen=True)
+class Refused:
+    why: str
+
+
+_SLURM = ("queue", "partitions")  # the design's slurm collector: squeue and sinfo
+_BY_PROCESS = (
+    "not a NØMADE setting: the agent measures each job's I/O per process, whatever the path"
+)
+
+DESIGN_KEYS: dict[str, Moved | Kept | Refused] = {
+    "monitor.sample_interval": Moved(("agent.interval_seconds",)),
+    "monitor.nfs_paths": Refused(_BY_PROCESS),
+    "monitor.local_paths": Refused(_BY_PROCESS),
+    "monitor.port": Refused(
+        "set the port in aggregator.listen and agent.aggregator (tcp://HOST:PORT)"
+    ),
+    "alerts": Refused(
+        "alert rules and their dispatch are not available yet (issue 17 brings them)"
+    ),
+    "alerts.derivatives": Refused("alerts on trends are not available yet (issue 17 brings them)"),
+    "prediction.enabled": Kept(True, "jobs are scored whenever a model is active"),
+    "prediction.health_threshold": Moved(
+        ("models.warn_threshold",), lambda health: 1 - health, "1 - health_threshold"
+    ),
+    "prediction.high_risk_threshold": Moved(("models.warn_threshold",)),
+    "prediction.similarity_threshold": Refused(
+        "not a NØMADE setting: each job's similar jobs are its nearest neighbours, no threshold"
+    ),
+    "prediction.retrain_interval_days": Moved(
+        ("models.retrain_interval_hours",), lambda days: days * 24, "days x 24"
+    ),
+    "dashboard": Refused(
+        "NØMADE has no dashboard yet; its JSON API listens on aggregator.http_listen"
+    ),
+    "collectors.slurm.enabled": Moved(tuple(f"collectors.{name}.enabled" for name in _SLURM)),
+    "collectors.slurm.partitions": Refused(
+        "not available: the Slurm collectors read every partition"
+    ),
+    "collectors.job_metrics.enabled": Moved(("collectors.job_history.enabled",)),
+    "collectors.job_metrics.lookback_hours": Refused(
+        "collectors.job_history reads sacct from its last run, less overlap_seconds; older jobs: "
+        "nomadectl import sacct --start DATE"
+    ),
+    "collectors.job_metrics.min_runtime_seconds": Refused(
+        "not available: NØMADE keeps every finished job"
+    ),
+    "collectors.iostat.devices": Refused("not available yet: iostat reports every device"),
+    "collectors.mpstat.store_per_core": Kept(True, "NØMADE always keeps the per-core readings"),
+    "collectors.mpstat.store_summary": Kept(True, "NØMADE always keeps the summary"),
+    "collectors.node_state.nodes": Refused("not available: node_state reads every node Slurm has"),
+}
+
+
+def _lookup(parts: tuple[str, ...]) -> Any:
+    """The default at PARTS (a table's dataclass or a setting's value), or KeyError; a path
+    that runs past a setting (into a value that is not a table) is KeyError too."""
+    if not parts or parts[0] not in _SECTIONS:
+        raise KeyError(parts)
+    obj: Any = _SECTIONS[parts[0]]()
+    for name in parts[1:]:
+        if not dataclasses.is_dataclass(obj) or name not in {
+            f.name for f in dataclasses.fields(obj)
+        }:
+            raise KeyError(parts)
+        obj = getattr(obj, name)
+    return obj
+
+
+def _is_nomade(parts: tuple[str, ...]) -> bool:
+    """Whether PARTS is one of NØMADE's own sections or settings, or lies inside a setting's
+    value (whose check then says what is wrong with it)."""
+    for n in range(1, len(parts) + 1):
+        try:
+            found = _lookup(parts[:n])
+        except KeyError:
+            return False
+        if not dataclasses.is_dataclass(found):
+            return True
+    return True
+
+
+def _known(parts: tuple[str, ...]) -> bool:
+    try:
+        _lookup(parts)
+    except KeyError:
+        return False
+    return True
+
+
+def design_row(key: str) -> tuple[str, Moved | Kept | Refused] | None:
+    """The DESIGN_KEYS row that covers KEY (itself, or the nearest table above it)."""
+    parts = key.split(".")
+    for n in range(len(parts), 0, -1):
+        name = ".".join(parts[:n])
+        if name in DESIGN_KEYS:
+            return name, DESIGN_KEYS[name]
+    return None
+
+
+def _design_table(key: str) -> str | None:
+    """The design's table that KEY lies in, where DESIGN_KEYS has rows under it."""
+    parts = key.split(".")
+    for n in range(len(parts) - 1, 0, -1):
+        table = ".".join(parts[:n])
+        if any(k.startswith(f"{table}.") for k in DESIGN_KEYS) and not _known(tuple(parts[:n])):
+            return table
+    return None
+
+
+def setting_keys() -> list[str]:
+    """Every setting by its dotted key, e.g. collectors.disk.filesystems."""
+
+    def walk(obj: Any, prefix: str):
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                yield from walk(value, f"{prefix}{f.name}.")
+            else:
+                yield f"{prefix}{f.name}"
+
+    return [k for name, cls in _SECTIONS.items() for k in walk(cls(), f"{name}.")]
+
+
+def setting(cfg: Config, key: str) -> Any:
+    """The value of the setting KEY (dotted) in CFG."""
+    obj: Any = cfg
+    for name in key.split("."):
+        obj = getattr(obj, name)
+    return obj
+
+
+def changed_settings(old: Config, new: Config) -> list[str]:
+    """The settings whose values differ between OLD and NEW, by their dotted keys."""
+    return [k for k in setting_keys() if setting(old, k) != setting(new, k)]
+
+
+ENV_PREFIX = "NOMADE_"
+
+
+def env_name(key: str) -> str:
+    """The environment variable that overrides the setting KEY."""
+    return ENV_PREFIX + key.upper().replace(".", "__")
+
+
+class _Raw:
+    """The settings as read (nested dicts, as tomllib gives them), with where each value that
+    is not the file's own came from: a design key or an environment variable."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.tree: dict[str, Any] = {}
+        self.origins: dict[str, tuple[str, str, str]] = {}  # key -> (source, its key, how)
+        self.notices: list[str] = []
+
+    def has(self, parts: tuple[str, ...]) -> bool:
+        node: Any = self.tree
+        for name in parts:
+            if not isinstance(node, dict) or name not in node:
+                return False
+            node = node[name]
+        return True
+
+    def put(self, parts: tuple[str, ...], value: Any) -> None:
+        node = self.tree
+        for name in parts[:-1]:
+            node = node.setdefault(name, {})
+            if not isinstance(node, dict):  # e.g. `collectors = 1`: the section check says so
+                return
+        node[parts[-1]] = value
+
+    def design(self, source: str, key: str, value: Any, taken: set[str]) -> None:
+        """KEY (not NØMADE's) from SOURCE (the file, or a variable) through DESIGN_KEYS; TAKEN:
+        the NØMADE keys SOURCE sets itself, which a design key may not set again."""
+        found = design_row(key)
+        if found is None:
+            table = _design_table(key)
+            if table is not None:
+                known = ", ".join(k[len(table) + 1 :] for k in DESIGN_KEYS if k.startswith(table))
+                raise ConfigError(source, key, f"unknown in the design's [{table}] ({known})")
+            self.put(tuple(key.split(".")), value)  # NØMADE's own check names it as unknown
+            return
+        name, row = found
+        if isinstance(row, Refused):
+            raise ConfigError(source, name, row.why)
+        if isinstance(row, Kept):
+            if value != row.value:
+                raise ConfigError(source, key, f"{row.why}; only {_toml(row.value)} is accepted")
+            self.notices.append(f"{source} [{key}]: a design key; {row.why}, nothing to set")
+            return
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if row.convert is not None and number:
+            value = row.convert(value)
+            value = int(value) if isinstance(value, float) and value.is_integer() else value
+        for target in row.to:
+            if target in taken:
+                raise ConfigError(source, key, f"is read as {target}, which is also set: keep one")
+            taken.add(target)
+            self.put(tuple(target.split(".")), value)
+            self.origins[target] = (source, key, row.how)
+        how = f" ({row.how})" if row.how else ""
+        shown = _toml(value) if isinstance(value, bool) else _shown(value)
+        self.notices.append(
+            f"{source} [{key}]: a design key, read as {', '.join(row.to)} = {shown}{how}"
+        )
+
+    def read_file(self, raw: dict[str, Any]) -> None:
+        """The file's own keys first, then its design keys (which must not repeat them)."""
+        leaves = list(_leaves(raw))
+        theirs = [(p, v) for p, v in leaves if not _is_nomade(p)]
+        for parts, value in leaves:
+            if _is_nomade(parts):
+                self.put(parts, value)
+        taken = {".".join(p) for p, _ in leaves if _is_nomade(p)}
+        for parts, value in theirs:
+            self.design(self.path, ".".join(parts), value, taken)
+
+    def read_env(self, env: Mapping[str, str]) -> None:
+        """NOMADE_SECTION__KEY variables over the file; a variable under NOMADE_ with `__` in
+        its name that names no setting stops the load, like an unknown key in the file."""
+        taken: set[str] = set()
+        variables = sorted(v for v in env if v.startswith(ENV_PREFIX) and "__" in v)
+        ours = [v for v in variables if _is_nomade(_env_parts(v))]
+        for var in ours + [v for v in variables if v not in ours]:
+            parts, source = _env_parts(var), f"${var}"
+            key = ".".join(parts)
+            if not _is_nomade(parts):
+                if design_row(key) is None:
+                    raise ConfigError(source, None, _no_such(var, key))
+                self.design(source, key, _env_value(env[var], None), taken)
+                continue
+            try:
+                default = _lookup(parts)
+            except KeyError:
+                raise ConfigError(source, None, _no_such(var, key)) from None
+            if dataclasses.is_dataclass(default):
+                example = env_name(f"{key}.{dataclasses.fields(default)[0].name}")
+                why = f"names the table [{key}], not a setting (e.g. {example})"
+                raise ConfigError(source, None, why)
+            taken.add(key)
+            self.put(parts, _env_value(env[var], default))
+            self.origins[key] = (source, key, "")
+
+    def as_config(self) -> Config:
+        """The dataclasses, checked; an error about a value that came from a design key or a
+        variable names that, not the key it was read as."""
+        cfg = Config(path=self.path, notices=self.notices)
+        try:
+            for name, value in self.tree.items():
+                if name not in _SECTIONS:
+                    known = ", ".join(_SECTIONS)
+                    raise ConfigError(self.path, name, f"unknown section (known: {known})")
+                setattr(cfg, name, _section(self.path, name, _SECTIONS[name], value))
+            _validate(cfg)
+        except ConfigError as exc:
+            if exc.key not in self.origins:
+                raise
+            source, key, how = self.origins[exc.key]
+            reason = exc.reason
+            if key != exc.key:
+                reason = f"read as {exc.key}{f' ({how})' if how else ''}: {reason}"
+            raise ConfigError(source, key, reason) from None
+        return cfg
+
+
+def _leaves(table: dict[str, Any], prefix: tuple[str, ...] = ()):
+    """(path, value) of every value in TABLE; an empty table is a value of its own."""
+    for name, value in table.items():
+        if isinstance(value, dict) and value:
+            yield from _leaves(value, (*prefix, name))
+        else:
+            yield (*prefix, name), value
+
+
+def _env_parts(var: str) -> tuple[str, ...]:
+    return tuple(var[len(ENV_PREFIX) :].lower().split("__"))
+
+
+def _env_value(text: str, default: Any) -> Any:
+    """TEXT as a TOML value where it is one (a number, a boolean, an array, a quoted string),
+    else the text itself.  A setting that is a string takes any bare text as it is: a cluster
+    named 2024 or inf stays a name."""
+    try:
+        parsed = tomllib.loads(f"value = {text}")
+    except tomllib.TOMLDecodeError:
+        return text
+    if set(parsed) != {"value"}:  # more than one value (a newline in the text)
+        return text
+    value = parsed["value"]
+    if isinstance(default, str) and not isinstance(value, str):
+        return text
+    return value
+
+
+def _no_such(var: str, key: str) -> str:
+    """Why VAR is refused: it names no setting; the nearest one's variable, if any is near."""
+    names = [env_name(k) for k in setting_keys()]
+    near = difflib.get_close_matches(var.upper(), names, n=1, cutoff=0.8)
+    hint = f"did you mean {near[0]}?" if near else "docs/configuration.md lists the settings"
+    return f"no setting {key} by that name ({hint})"
+
+
+def _toml(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else repr(value)
+
+
+def parse(text: str, path: str = "<string>", env: Mapping[str, str] | None = None) -> Config:
+    """TEXT (the file at PATH) as a checked Config; ENV's NOMADE_SECTION__KEY variables, when
+    given, override it."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, None, f"not valid TOML ({exc})") from None
-    cfg = Config(path=path)
-    for name, value in raw.items():
-        if name not in _SECTIONS:
-            raise ConfigError(path, name, f"unknown section (known: {', '.join(_SECTIONS)})")
-        setattr(cfg, name, _section(path, name, _SECTIONS[name], value))
-    _validate(cfg)
-    return cfg
+    settings = _Raw(path)
+    settings.read_file(raw)
+    if env is not None:
+        settings.read_env(env)
+    return settings.as_config()
 
 
-def load(path: str | None = None) -> Config:
+def load(path: str | None = None, env: Mapping[str, str] | None = None) -> Config:
     """Load the configuration: PATH, else $NOMADE_CONFIG, else /etc/nomade/nomade.toml.
 
     A missing file at the default location means defaults; a missing file that was named
-    explicitly is an error.
+    explicitly is an error.  ENV (the daemons' and nomadectl's os.environ; never given where
+    a job's user sets the environment) overrides the file with its NOMADE_SECTION__KEY
+    variables.
     """
     explicit = path or os.environ.get("NOMADE_CONFIG")
     target = explicit or DEFAULT_PATH
@@ -510,19 +851,20 @@ def load(path: str | None = None) -> Config:
     except FileNotFoundError:
         if explicit:
             raise ConfigError(target, None, "file not found") from None
-        return Config()
+        return parse("", Config().path, env)
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(target, None, f"cannot read ({exc.__class__.__name__})") from None
-    return parse(text, target)
+    return parse(text, target, env)
 
 
 def load_for_daemon(program: str, path: str | None, log_level: str | None) -> Config:
-    """A daemon's start: load the configuration or exit 2 with one line; set up logging."""
+    """A daemon's start: load the configuration (with the environment's overrides) or exit 2
+    with one line; set up logging; log how the design keys in it were read."""
     import logging
     import sys
 
     try:
-        cfg = load(path)
+        cfg = load(path, os.environ)
     except ConfigError as exc:
         print(f"{program}: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -530,6 +872,8 @@ def load_for_daemon(program: str, path: str | None, log_level: str | None) -> Co
         level=(log_level or cfg.general.log_level).upper(),
         format=f"%(asctime)s {program} %(levelname)s %(message)s",
     )
+    for notice in cfg.notices:
+        logging.getLogger("nomade.config").warning("%s", notice)
     return cfg
 
 

@@ -22,8 +22,9 @@ NO_DATABASE = "{}: no database yet (run nomadectl init)"
 
 
 def config(ctx: click.Context) -> cfgmod.Config:
+    """The configuration, with the environment's NOMADE_SECTION__KEY overrides."""
     try:
-        return cfgmod.load(ctx.obj["config"])
+        return cfgmod.load(ctx.obj["config"], os.environ)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
 

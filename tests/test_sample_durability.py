@@ -154,6 +154,23 @@ def in_process(root: Path, aggregator: str = "") -> tuple[server.Aggregator, Dae
     return agg, d
 
 
+
+def split_of(rows: list[list]) -> dict:
+    """Bytes on local disks (the cgroup's block I/O) and elsewhere (the processes' beyond it),
+    as `nomadectl job` shows them per node: unknown where either figure is missing."""
+    out = {}
+    for way in ("read", "write"):
+        local = [r[FIELD[f"cgroup_{way}_bytes"]] for r in rows]
+        total = [r[FIELD[f"proc_{way}_bytes"]] for r in rows]
+        local = max((v for v in local if v is not None), default=None)
+        total = max((v for v in total if v is not None), default=None)
+        out[f"local_{way}_bytes"] = local
+        out[f"network_{way}_bytes"] = (
+            max(0, total - local) if local is not None and total is not None else None
+        )
+    return out
+
+
 def test_a_sample_is_readable_within_a_second_of_its_ack(tmp_path):
     """A job's samples, acknowledged to the agent, are in `nomadectl job`'s view (node summary
     and series) and in the API's within 1 s of the ACK, while still landed (default settings:
@@ -219,6 +236,7 @@ def test_a_sample_is_readable_within_a_second_of_its_ack(tmp_path):
             "mem_peak_bytes": max(peaks),
             "read_bytes": max(r[FIELD["proc_read_bytes"]] for r in sent),
             "write_bytes": max(r[FIELD["proc_write_bytes"]] for r in sent),
+            **split_of(sent),
         }
     ]
     assert seen["mem_peak_bytes"] == max(peaks)
@@ -551,6 +569,7 @@ def test_the_old_layout_migrates_in_place_with_the_same_job_view(tmp_path):
             else None,
             "read_bytes": (top("proc_read_bytes", "cgroup_read_bytes") or 0) if has_io else None,
             "write_bytes": (top("proc_write_bytes", "cgroup_write_bytes") or 0) if has_io else None,
+            **split_of(rows),
         }
 
     for job_id, (_uid, columns, nodes) in jobs.items():

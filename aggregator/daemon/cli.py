@@ -18,7 +18,7 @@ STORE_FAILED_EXIT = 3  # the store stayed unusable (aggregator.store_failing_exi
 @click.command()
 @cfgmod.daemon_options
 def main(config_path: str | None, log_level: str | None) -> None:
-    """Run the NØMADE aggregator until SIGTERM or SIGINT."""
+    """Run the NØMADE aggregator until SIGTERM or SIGINT; SIGHUP reloads its configuration."""
     os.umask(0o077)  # the database, its WAL and shm, logs: readable by the service user alone
     cfg = cfgmod.load_for_daemon("nomade-aggregator", config_path, log_level)
     # The writer holds the GIL through long batches; a hook waiting for its HTTP answer would
@@ -29,8 +29,12 @@ def main(config_path: str | None, log_level: str | None) -> None:
         Aggregator,  # imported late: config errors show before heavy imports
     )
 
+    # SIGHUP reloads the configuration (daemon/reload.py); caught from here on, since its
+    # default action would end the daemon.
+    reload_wanted = threading.Event()
+    signal.signal(signal.SIGHUP, lambda *_: reload_wanted.set())
     try:
-        agg = Aggregator(cfg)
+        agg = Aggregator(cfg, reload_wanted, log_level)
         agg.start()
     except Exception as exc:  # a port in use, an unwritable database: one line, exit 1
         click.echo(f"nomade-aggregator: cannot start: {exc}", err=True)

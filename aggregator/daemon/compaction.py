@@ -42,21 +42,36 @@ SEAL_EVERY = 60.0  # seconds between looks for closed windows when nothing lands
 
 
 class Compactor:
-    """READER() is a read connection of the calling thread's own."""
+    """READER() is a read connection of the calling thread's own.  The samples_* settings are
+    read from CFG at each step, so a reload of the configuration (SIGHUP) applies them."""
 
     def __init__(
         self, cfg: Config, writer: Writer, reader: Callable[[], Any], stop: threading.Event
     ) -> None:
-        a = cfg.aggregator
+        self.cfg = cfg
         self.writer, self.reader, self._stop = writer, reader, stop
-        self.after = a.samples_compact_after_seconds
-        self.backlog_envelopes = a.samples_compact_backlog
-        self.raw_days = a.samples_raw_retention_days
         self.planner = Planner(cfg.database)
         self.compacted = 0  # samples, since start
         self.migration: dict[str, Any] | None = None  # {"total", "left"} while one runs
         self._next_retention = 0.0
         self._next_seal = 0.0
+
+    @property
+    def after(self) -> float:
+        return self.cfg.aggregator.samples_compact_after_seconds
+
+    @property
+    def backlog_envelopes(self) -> int:
+        return self.cfg.aggregator.samples_compact_backlog
+
+    @property
+    def raw_days(self) -> float:
+        return self.cfg.aggregator.samples_raw_retention_days
+
+    def reconfigured(self) -> None:
+        """The settings changed: the retention pass and the look for closed windows are due
+        now rather than at their next hour or minute."""
+        self._next_retention = self._next_seal = 0.0
 
     def loop(self) -> None:
         try:

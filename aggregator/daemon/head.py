@@ -44,6 +44,12 @@ class HeadCollectors:
 
         self.writer.submit(WorkItem(apply))
 
+    def reconfigure(self) -> None:
+        """After a reload: each running collector's interval as the configuration now has it,
+        from its next run.  Which collectors run is decided at start (a restart changes it)."""
+        for name, st in self.collectors.status.items():
+            st.interval_seconds = getattr(self.cfg.collectors, name).interval_seconds
+
     def loop(self) -> None:
         while not self._stop.is_set():
             try:

@@ -2,7 +2,8 @@
 their work.  Agents' streams over ZeroMQ (daemon/agents.py), the head-node hooks' reports from
 the reports directory or HTTP (daemon/reports.py, aggregator/daemon/api.py), jobs at their start
 (daemon/starts.py), periodic work (daemon/housekeeping.py, daemon/retrain.py) and the head-node
-collectors (daemon/head.py) all store through the one writer.
+collectors (daemon/head.py) all store through the one writer.  SIGHUP reloads the configuration
+(daemon/reload.py).
 
 What the HTTP API and the tests use of the daemon is here as a thin facade: `reader`, `writer`,
 `runtime`, `check`, `receive_report`, `report_fields`, `hook_job_start`, `hook_job_end`.
@@ -21,6 +22,7 @@ from aggregator.daemon.compaction import Compactor
 from aggregator.daemon.head import HeadCollectors
 from aggregator.daemon.housekeeping import Housekeeping
 from aggregator.daemon.queue import QueueSnapshots
+from aggregator.daemon.reload import Reloader
 from aggregator.daemon.reports import Later, Reports, Settle
 from aggregator.daemon.retrain import Retraining
 from aggregator.daemon.starts import Starts
@@ -33,7 +35,15 @@ log = logging.getLogger("nomade.aggregator")
 
 
 class Aggregator:
-    def __init__(self, cfg: Config) -> None:
+    """RELOAD_WANTED: set (by the SIGHUP handler) to reload the configuration; LOG_LEVEL:
+    --log-level's, which a reload leaves as it is."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        reload_wanted: threading.Event | None = None,
+        log_level: str | None = None,
+    ) -> None:
         self.cfg = cfg
         a = cfg.aggregator
         self.writer = Writer(
@@ -79,6 +89,7 @@ class Aggregator:
         self.http: api.HttpServer | None = None
         self.head = HeadCollectors(cfg, self.writer, self.ingest, self._stop)
         self.compactor = Compactor(cfg, self.writer, self.reader, self._stop)
+        self.reloader = Reloader(self, reload_wanted or threading.Event(), self._stop, log_level)
 
     # -- life cycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -96,6 +107,7 @@ class Aggregator:
         threading.Thread(target=self.head.loop, name="collectors", daemon=True).start()
         threading.Thread(target=self.reports.loop, name="reports", daemon=True).start()
         threading.Thread(target=self.compactor.loop, name="compactor", daemon=True).start()
+        threading.Thread(target=self.reloader.loop, name="reload", daemon=True).start()
         self.http.start()
         log.info(
             "aggregator listening on %s (agents) and %s://%s (hooks, API); store %s",
@@ -117,11 +129,27 @@ class Aggregator:
         self.agents.close_wake_pipe()
         self.agents.close()
 
+    def reconfigure(self) -> None:
+        """After a reload has changed self.cfg in place (daemon/reload.py): the parts that keep
+        a copy of a setting take its new value."""
+        a, m = self.cfg.aggregator, self.cfg.models
+        self.writer.max_wait = a.batch_max_seconds
+        self.writer.failing_exit_seconds = a.store_failing_exit_seconds
+        self.ingest.reconcile_delay = a.reconcile_delay_seconds
+        self.ingest.readings_history_seconds = a.readings_history_seconds
+        self.ingest.sample_future_seconds = a.sample_future_seconds
+        self.ingest.sample_max_age_seconds = a.sample_max_age_days * 86400
+        self.queue.squeue, self.queue.max_age = a.squeue, a.queue_snapshot_max_age_seconds
+        self.scorer.threshold, self.scorer.advice_mode = m.warn_threshold, m.advice
+        self.head.reconfigure()
+        self.compactor.reconfigured()
+
     # -- what the HTTP API and the tests use ----------------------------------------------------
     def runtime(self) -> dict[str, Any]:
         """What only the running aggregator knows: whether its store takes writes (since when
         it fails, and why), what waits for the writer, messages deferred meanwhile, what the
-        compactor moved since start and how far an old layout's move is."""
+        compactor moved since start and how far an old layout's move is, and its configuration
+        (file, when loaded, reloads, why the last reload was refused)."""
         return {
             "answering": True,
             "store": self.writer.health(),
@@ -132,6 +160,7 @@ class Aggregator:
             "deferred_messages": self.agents.deferred,
             "started": self.started,
             "cluster_nodes": self.cluster_nodes,
+            "config": self.reloader.runtime(),
         }
 
     def reader(self) -> Any:
