@@ -116,18 +116,10 @@ def final_from_sacct(
     if outcome is None:
         return None
     code, sig = _safe(sv.exit_code, job.get("ExitCode")) or (None, None)
-    # ReqMem says per node or per CPU only before 21.08 ("4Gn", "500Mc"); from 21.08 on it has no
-    # suffix, and a TRES mem (the whole job's) divided by the same TRES's node count is the
-    # per-node limit: AllocTRES when the job started (ReqTRES keeps the minimum node count of
-    # `--nodes=1-2`, and `--mem-per-cpu` spreads it over the nodes), else ReqTRES.
-    mem = _safe(sv.memory, job.get("ReqMem"), "M") or (None, None)
     tres = sv.tres(job.get("ReqTRES"))
-    per_cpu = mem[1] == "cpu"
-    sized = next((t for t in (sv.tres(job.get("AllocTRES")), tres) if "mem" in t), None)
-    if mem[1] is None and sized:
-        total = _safe(sv.memory, sized["mem"], "M")
-        nodes = _int(sized.get("node")) or _int(job.get("NNodes")) or 1
-        mem = (total[0] // nodes if total and total[0] else None, "node")
+    mem_node, mem_cpu = sv.memory_request(
+        job.get("ReqMem"), job.get("AllocTRES"), job.get("ReqTRES"), job.get("NNodes")
+    )
     rss = [
         m[0]
         for m in (_safe(sv.memory, r.get("MaxRSS"), "K") for r in [job, *steps])
@@ -155,8 +147,8 @@ def final_from_sacct(
         "nodes_requested": _int(job.get("NNodes")),
         "cpus": _int(job.get("AllocCPUS")),
         "time_limit_seconds": _safe(sv.duration, job.get("Timelimit")),
-        "mem_per_cpu_bytes": mem[0] if per_cpu else None,
-        "mem_per_node_bytes": None if per_cpu else mem[0],
+        "mem_per_cpu_bytes": mem_cpu,
+        "mem_per_node_bytes": mem_node,
         "gpus": sv.gpus_from_tres(tres),
     }
 

@@ -176,39 +176,8 @@ def runs(rows: list[dict[str, str]]) -> tuple[list[Run], int]:
 
 
 def identity(job: dict[str, str]) -> dict[str, int | None] | None:
-    """Job, array and het ids from JobID ('123_4', '123+1') and JobIDRaw.
-
-    None when the job's own id cannot be known: an array task or het component shown without
-    JobIDRaw carries only its parent's id.
-    """
-    shown, raw = (job.get("JobID") or "").strip(), (job.get("JobIDRaw") or "").strip()
-    ids: dict[str, int | None] = dict.fromkeys(
-        ("job_id", "array_job_id", "array_task_id", "het_job_id", "het_job_offset")
-    )
-    parent, sep, member = shown.partition("_") if "_" in shown else shown.partition("+")
-    if sep:
-        kind = "array" if sep == "_" else "het"
-        first, second = (
-            ("array_job_id", "array_task_id")
-            if kind == "array"
-            else ("het_job_id", "het_job_offset")
-        )
-        ids[first] = _id(parent)
-        ids[second] = _id(member)  # None for '[1-5%2]' of a pending array
-    if _id(raw) is not None:
-        ids["job_id"] = _id(raw)
-    elif not raw and not sep and _id(shown) is not None:
-        ids["job_id"] = _id(shown)
-    elif not raw and ids["het_job_offset"] == 0:
-        ids["job_id"] = ids["het_job_id"]  # the het leader's id is the het job's
-    else:
-        return None
-    return ids
-
-
-def _id(text: str) -> int | None:
-    """A job id's digits as a number; None for anything else ('²', '[1-5]', 30 digits)."""
-    return int(text) if text.isdecimal() and len(text) <= 18 else None
+    """Job, array and het ids from JobID and JobIDRaw (collectors/slurm/slurmvalues.job_ids)."""
+    return sv.job_ids(job.get("JobID"), job.get("JobIDRaw"))
 
 
 def convert(job: dict[str, str], steps: list[dict[str, str]]) -> dict[str, Any] | None:
@@ -217,15 +186,9 @@ def convert(job: dict[str, str], steps: list[dict[str, str]]) -> dict[str, Any] 
     final = final_from_sacct([job, *steps], None)
     if ids is None or final is None:
         return None
-    if final["gpus"] is None:
+    if final["gpus"] is None:  # a count sacct cannot print raises: the job is skipped, said why
         final["gpus"] = sv.gpus_from_tres(sv.tres(job.get("AllocTRES")))
-    if not final["cpus"]:  # AllocCPUS is 0 for a job that never started: take the request
-        final["cpus"] = (
-            _int(job.get("NCPUS"))
-            or _int(job.get("ReqCPUS"))
-            or _int(sv.tres(job.get("ReqTRES")).get("cpu"))
-            or final["cpus"]
-        )
+    final["cpus"] = sv.job_cpus(job)  # AllocCPUS, or the request for a job that never started
     return {**ids, **final, "user_id": _int(job.get("UID")), "reconcile": "done"}
 
 
