@@ -3,17 +3,18 @@
     base.py      the command group, its one-line errors and terminal filter, and what every
                  command shares (configuration, store reader and writer, the aggregator's API)
     fmt.py       the formatting the text views share: sizes, times, durations
-    daemons.py   init, start, stop, status         cluster.py  queue, nodes, licenses, collect,
-    jobs.py      jobs, job, check                               syscheck
+    daemons.py   init, start, stop, status         cluster.py  queue, nodes, partitions, fairshare,
+    jobs.py      jobs, job, check                               licenses, collect, syscheck
     imports.py   import sacct                      models.py   train, model list|activate|...
     keys.py      keys add|list|revoke|..., audit   db.py       db backup
     hooks.py     install-hooks, uninstall-hooks    parse.py    parse
+    storage.py   quotas, scratch, nfs
 
 Each command module registers its commands on `main` and keeps the text views of its own output
 beside them; `--json` prints the views themselves.
 """
 
-from . import cluster, daemons, db, hooks, imports, jobs, keys, models, parse  # noqa: F401
+from . import cluster, daemons, db, hooks, imports, jobs, keys, models, parse, storage  # noqa: F401
 from .base import main
 
 __all__ = ["main"]

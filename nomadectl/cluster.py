@@ -27,12 +27,56 @@ def queue_cmd(ctx: click.Context, as_json: bool) -> None:
     base.emit(base.view(ctx, "/api/v1/queue", clusterviews.queue), as_json, render_queue)
 
 
+def view(ctx: click.Context, path: str, params: dict[str, Any], local: Any) -> Any:
+    """A read view with query PARAMS (None values left out): LOCAL(connection) from the store
+    as root, else the API's PATH (base.view, with parameters)."""
+    cfg = base.config(ctx)
+    if base.from_store():
+        return local(base.reader(cfg))
+    return base.api(cfg, path, {k: v for k, v in params.items() if v is not None} or None)
+
+
 @main.command("nodes")
+@click.option("--problems", "only_problems", is_flag=True, help="only nodes with a problem")
+@click.option(
+    "--hours",
+    type=click.FloatRange(0.01, 24 * 31),
+    default=clusterviews.ERRORS_HOURS,
+    show_default=True,
+    help="count the kernel's hardware errors this far back",
+)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def nodes_cmd(ctx: click.Context, as_json: bool) -> None:
-    """Each node: Slurm state, allocation, load, drain reason, and its agent."""
-    base.emit(base.view(ctx, "/api/v1/nodes", clusterviews.nodes), as_json, render_nodes)
+def nodes_cmd(ctx: click.Context, only_problems: bool, hours: float, as_json: bool) -> None:
+    """Each node: Slurm state, allocation, load, drain reason, its agent, and its health
+    (temperatures, memory and hardware errors, daemons, GPUs), what is wrong first."""
+    v = view(
+        ctx,
+        "/api/v1/nodes",
+        {"hours": hours if hours != clusterviews.ERRORS_HOURS else None},
+        lambda c: clusterviews.nodes(c, hours=hours),
+    )
+    if only_problems:
+        v = {**v, "nodes": [n for n in v["nodes"] if n.get("problems")]}
+    base.emit(v, as_json, lambda x: render_nodes(x, only_problems))
+
+
+@main.command("partitions")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def partitions_cmd(ctx: click.Context, as_json: bool) -> None:
+    """Each partition from sinfo: its nodes by state, CPUs, memory and GPUs in use."""
+    v = view(ctx, "/api/v1/partitions", {}, clusterviews.partitions)
+    base.emit(v, as_json, render_partitions)
+
+
+@main.command("fairshare")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def fairshare_cmd(ctx: click.Context, as_json: bool) -> None:
+    """The fair-share tree per account and user, as sshare shows it."""
+    v = view(ctx, "/api/v1/fairshare", {}, clusterviews.fairshare)
+    base.emit(v, as_json, render_fairshare)
 
 
 @main.command("licenses")
@@ -97,7 +141,11 @@ def node_lines(rows: list[dict[str, Any]]) -> list[str]:
     out = []
     for n in rows:
         if n.get("state") is None:
-            out.append(f"  {n['node']:<15} (not in Slurm)  agent {n.get('agent') or '-'}")
+            out.append(
+                f"  {n['node']:<15} (not in Slurm)  agent {n.get('agent') or '-'}"
+                + (health_columns(n) if "problems" in n else "")
+            )
+            out += problem_lines(n)
             continue
         cpus = f"{n.get('cpus_alloc') or 0}/{n.get('cpus') or '-'}"
         frac = n.get("memory_alloc_fraction")
@@ -106,8 +154,9 @@ def node_lines(rows: list[dict[str, Any]]) -> list[str]:
             f"  {n['node']:<15} {n['state'].upper():<12} CPU: {cpus:<8}"
             f" Mem: {pct(None if frac is None else frac * 100):<7}"
             f" Load: {n.get('cpu_load') if n.get('cpu_load') is not None else '-':<6}"
-            f" agent: {agent}"
+            f" agent: {agent:<8}" + (health_columns(n) if "problems" in n else "")
         )
+        out += problem_lines(n)
         if n.get("reason"):
             out.append(
                 f"    └─ Reason: {n['reason']}"
@@ -174,8 +223,99 @@ def render_queue(q: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def render_nodes(v: dict[str, Any]) -> str:
-    return "\n".join([f"Nodes at {when(v['time'])}", *node_lines(v["nodes"])])
+def health_columns(n: dict[str, Any]) -> str:
+    """The nodes view's health columns: hottest sensor, memory errors, GPUs, daemons."""
+    h, g = n.get("health"), n.get("gpus")
+    if h is None:
+        temp = mem = svc = "-"
+    else:
+        t = h.get("temperature")
+        hot = t and t["hottest"]
+        limit = hot and (hot.get("max_celsius") or hot.get("crit_celsius"))
+        temp = (
+            "no sensors"
+            if not hot
+            else f"{hot['temp_celsius']:.0f}°C" + (f"/{limit:.0f}" if limit else "")
+        )
+        e = h.get("edac")
+        mem = "no EDAC" if e is None else f"CE {e['ce_count']} UE {e['ue_count']}"
+        down = [s["name"] for s in h.get("services") or [] if s.get("running") is False]
+        svc = "DOWN " + ",".join(down) if down else ("ok" if h.get("services") else "-")
+    gpu = "none" if g is None else _gpu_summary(g)
+    return f"  Temp: {temp:<10} ECC: {mem:<12} GPU: {gpu:<22} Svc: {svc}"
+
+
+def _gpu_summary(g: dict[str, Any]) -> str:
+    util = g.get("util_gpu_percent")
+    temp = g.get("temperature_max_c")
+    return (
+        f"{g['count']}×"
+        + (f" {util:.0f}%" if util is not None else "")
+        + (f" {temp:.0f}°C" if temp is not None else "")
+        + (f" {g['power_draw_w']:.0f} W" if g.get("power_draw_w") is not None else "")
+    )
+
+
+def problem_lines(n: dict[str, Any]) -> list[str]:
+    details = n.get("problem_details") or {}
+    return [f"    !! {p:<14} {details.get(p) or ''}".rstrip() for p in n.get("problems") or []]
+
+
+def render_nodes(v: dict[str, Any], only_problems: bool = False) -> str:
+    hours = v.get("errors_hours")
+    head = f"Nodes at {when(v['time'])}" + (
+        f" (worst first; kernel hardware errors of the last {hours:g} h)" if hours else ""
+    )
+    if only_problems and not v["nodes"]:
+        return "\n".join([head, "  no node has a problem"])
+    return "\n".join([head, *node_lines(v["nodes"])])
+
+
+def render_partitions(v: dict[str, Any]) -> str:
+    if not v["partitions"]:
+        return "no sinfo reading yet (the aggregator's partitions collector)"
+    out = [
+        f"Partitions as sinfo showed them at {when(v['time'])}",
+        f"  {'PARTITION':<14}{'AVAIL':<7}{'TIMELIMIT':<12}{'NODES':>5}  {'CPUS A/I/T':<16}"
+        f"{'MEM ALLOC':<10}{'GPUS':>5}  STATES",
+    ]
+    for p in v["partitions"]:
+        name = p["partition"] + ("*" if p.get("default") else "")
+        limit = p.get("time_limit_seconds")
+        cpus = f"{p['cpus_alloc']}/{p['cpus_idle']}/{p['cpus']}"
+        mem = p["memory_alloc_bytes"] / p["memory_bytes"] * 100 if p["memory_bytes"] else None
+        states = ", ".join(f"{s} {k}" for s, k in sorted(p["states"].items()))
+        out.append(
+            f"  {name:<14}{p.get('available') or '-':<7}"
+            f"{seconds(limit) if limit is not None else 'infinite':<12}"
+            f"{sum(p['states'].values()):>5}  {cpus:<16}{pct(mem):<10}{p['gpus']:>5}  {states}"
+        )
+        if p["unavailable_nodes"]:
+            out.append(f"    └─ {p['unavailable_nodes']} node(s) down, drained or failing")
+    return "\n".join(out)
+
+
+def render_fairshare(v: dict[str, Any]) -> str:
+    rows = v["associations"]
+    if not rows:
+        return "no sshare reading yet (the aggregator's fairshare collector)"
+
+    def num(x: Any) -> str:
+        return "-" if x is None else f"{x:.6g}" if isinstance(x, float) else str(x)
+
+    out = [
+        f"Fair share as sshare showed it at {when(v['time'])}",
+        f"  {'ACCOUNT':<22}{'USER':<12}{'RAWSHARES':>10}{'NORMSHARES':>12}{'RAWUSAGE':>12}"
+        f"{'EFFECTVUSAGE':>14}{'FAIRSHARE':>11}",
+    ]
+    for r in rows:
+        account = " " * (r.get("depth") or 0) + str(r.get("account") or "")
+        out.append(
+            f"  {account:<22}{r.get('user') or '':<12}{num(r.get('raw_shares')):>10}"
+            f"{num(r.get('norm_shares')):>12}{num(r.get('raw_usage')):>12}"
+            f"{num(r.get('effective_usage')):>14}{num(r.get('fairshare')):>11}"
+        )
+    return "\n".join(out)
 
 
 def render_licenses(lic: dict[str, Any]) -> str:

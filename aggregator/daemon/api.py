@@ -40,7 +40,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from aggregator import store
 from aggregator.jobs.reconcile import run_command
-from aggregator.views import clusterviews, policy, query
+from aggregator.views import clusterviews, nfsrates, policy, query
 from aggregator.views.policy import Caller, Forbidden
 from nomade_common import jsonin, munge
 from nomade_common.config import Config, is_loopback
@@ -358,6 +358,11 @@ class Api:
             Route(f"{v1}/queue", _answer(self.queue)),
             Route(f"{v1}/nodes", _answer(self.nodes)),
             Route(f"{v1}/licenses", _answer(self.licenses)),
+            Route(f"{v1}/partitions", _answer(self.partitions)),
+            Route(f"{v1}/fairshare", _answer(self.fairshare)),
+            Route(f"{v1}/quotas", _answer(self.quotas)),
+            Route(f"{v1}/scratch", _answer(self.scratch)),
+            Route(f"{v1}/nfs", _answer(self.nfs)),
             Route(f"{v1}/collectors", _answer(self.collectors)),
             Route(f"{v1}/aggregator", _answer(self.aggregator)),
             Route(f"{v1}/models", _answer(self.models)),
@@ -442,7 +447,42 @@ class Api:
 
     def nodes(self, request: Request, caller: Caller, body: bytes) -> dict[str, Any]:
         policy.nodes_allowed(caller, self._private(caller))
-        return clusterviews.nodes(self.agg.reader())
+        hours = _number(request.query_params, "hours", float, "a number", (0.01, 24 * 31), None)
+        view = clusterviews.nodes(self.agg.reader(), hours=hours or clusterviews.ERRORS_HOURS)
+        return policy.nodes_view(caller, view)
+
+    # What the nodes and Slurm read beyond jobs (docs/api.md): quotas and scratch per user,
+    # fair share and partitions as Slurm's PrivateData allows, NFS rates per node and mount.
+    def partitions(self, request: Request, caller: Caller, body: bytes) -> dict[str, Any]:
+        private = self._private(caller)
+        policy.partitions_allowed(caller, private)
+        return policy.partitions_view(caller, private, clusterviews.partitions(self.agg.reader()))
+
+    def fairshare(self, request: Request, caller: Caller, body: bytes) -> dict[str, Any]:
+        view = clusterviews.fairshare(self.agg.reader())
+        return policy.fairshare_view(caller, self._private(caller), view)
+
+    def quotas(self, request: Request, caller: Caller, body: bytes) -> dict[str, Any]:
+        user, listed = policy.listing_user(caller, request.query_params.get("user"))
+        if not listed:
+            return {"quotas": []}
+        return policy.quotas_view(caller, clusterviews.quotas(self.agg.reader(), user))
+
+    def scratch(self, request: Request, caller: Caller, body: bytes) -> dict[str, Any]:
+        user, listed = policy.listing_user(caller, request.query_params.get("user"))
+        view = clusterviews.scratch(self.agg.reader(), user)
+        if not listed:
+            view = {**view, **{k: [] for k in policy.SCRATCH_PER_USER}}
+        return policy.scratch_view(caller, view)
+
+    def nfs(self, request: Request, caller: Caller, body: bytes) -> dict[str, Any]:
+        policy.nodes_allowed(caller, self._private(caller))
+        q = request.query_params
+        hours = _number(q, "hours", float, "a number", (0.01, nfsrates.MAX_HOURS), nfsrates.HOURS)
+        node = q.get("node") or None
+        if node is not None and len(node) > 255:
+            raise ValueError("node must be a node name of at most 255 characters")
+        return nfsrates.nfs(self.agg.reader(), hours=hours, node=node)
 
     def licenses(self, request: Request, caller: Caller, body: bytes) -> dict[str, Any]:
         view = clusterviews.licenses(self.agg.reader())

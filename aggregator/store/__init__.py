@@ -24,7 +24,7 @@ their first argument; those that write run inside the writer's transaction (`Wri
   `job_node_summaries`, `job_samples`, `job_gpus`, `job_verdict`, `job_advice`, `running_jobs`,
   `running_job_cpu`, `array_outcomes`, `agent_nodes`, `nodes_on_plain`, `node_lives`,
   `received_since`, `counters`, `last_event`, `latest_readings`, `readings_between`,
-  `collector_statuses`, `newest_records_json`, `ended_job_count`,
+  `reading_records_between`, `collector_statuses`, `newest_records_json`, `ended_job_count`,
   `verdict_outcomes`, `admin_log`, `find_run`, `reconcile_due`, `event_job_counts`,
   `schema_version_at`.
 - History, for features, scoring and training: `ended_jobs`, `start_history`, `recent_vectors`,
@@ -96,6 +96,7 @@ from aggregator.store.sqlite.keys import (
     transaction,
 )
 from aggregator.store.sqlite.probe import event_job_counts, schema_version_at
+from aggregator.store.sqlite.readingviews import reading_records_between
 from aggregator.store.sqlite.registry import (
     activate_model,
     active_model,
@@ -133,8 +134,8 @@ from aggregator.store.sqlite.views import (
     job_verdict,
     last_event,
     latest_readings,
-    readings_between,
     nodes_on_plain,
+    readings_between,
     received_since,
     running_job_cpu,
     running_jobs,

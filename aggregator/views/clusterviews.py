@@ -5,12 +5,17 @@ works on the latest reading of each (node, collector) and says how old it is.
 
 from __future__ import annotations
 
+import pwd
 import statistics
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from aggregator import store
+from aggregator.views import health as nodehealth
+
+ERRORS_HOURS = 24.0  # how far back the nodes view counts the kernel's hardware errors
 
 
 def _newest(conn: Any, collector: str) -> tuple[float | None, list[dict]]:
@@ -122,9 +127,34 @@ def arrays(conn: Any, now: float | None = None, days: float = 7.0) -> list[dict[
     return sorted(out, key=lambda a: (-(a["failed"] or 0), -a["array_job_id"]))
 
 
-def nodes(conn: Any, now: float | None = None) -> dict[str, Any]:
-    """Slurm's view of each node (state, allocation, load, drain reason) beside its agent's."""
+def nodes(
+    conn: Any, now: float | None = None, hours: float = ERRORS_HOURS, health: bool = True
+) -> dict[str, Any]:
+    """Slurm's view of each node (state, allocation, load, drain reason) beside its agent's,
+    and (HEALTH) what the agent reads of its hardware: temperatures, memory errors, kernel
+    hardware errors of the last HOURS, daemons, GPUs; worst first, each with its problem words
+    (aggregator/views/health.py)."""
     now = time.time() if now is None else now
+    out = _slurm_nodes(conn, now)
+    if not health:
+        return out
+    healths = store.latest_readings(conn, "health")
+    gpus = store.latest_readings(conn, "gpu")
+    errors: dict[str, list] = defaultdict(list)
+    since = now - hours * 3600
+    for node, t, r in store.reading_records_between(conn, "health", "kernel_error", since):
+        errors[node].append((t, r))
+    for row in out["nodes"]:
+        n = row["node"]
+        row.update(nodehealth.node_health(healths.get(n), gpus.get(n), errors[n], hours, now))
+        row["problems"], row["problem_details"] = nodehealth.problems(row)
+        row["severity"] = nodehealth.severity(row["problems"])
+    out["nodes"].sort(key=lambda r: (-r["severity"], r["node"]))
+    out["errors_hours"] = hours
+    return out
+
+
+def _slurm_nodes(conn: Any, now: float) -> dict[str, Any]:
     t, records = _newest(conn, "node_state")
     agents = {r["node"]: r for r in store.agent_nodes(conn)}
     out = []
@@ -283,7 +313,141 @@ def overview(conn: Any, now: float | None = None) -> dict[str, Any]:
         "queue": q["partitions"],
         "queue_time": q["time"],
         "node_metrics": _node_summary(conn),
-        "slurm_nodes": nodes(conn, now)["nodes"],
+        "slurm_nodes": nodes(conn, now, health=False)["nodes"],
         "licenses": licenses(conn),
         "collection": collection(conn),
     }
+
+
+# -- quotas, scratch, fair share, partitions ---------------------------------------------------
+def _fraction(used: Any, soft: Any, hard: Any) -> float | None:
+    """How near USED is to its nearer limit (the soft one where set): 1.0 at the limit."""
+    limit = soft or hard
+    return round(used / limit, 4) if isinstance(used, (int, float)) and limit else None
+
+
+def quotas(conn: Any, user: str | None = None) -> dict[str, Any]:
+    """Every quota the nodes read (repquota, lfs quota), each (kind, name or id, filesystem)
+    once from its newest reading, closest to its limit first (space or files, whichever is
+    nearer); of USER only, where given (their user quotas)."""
+    best: dict[tuple, tuple[float, str, dict[str, Any]]] = {}
+    for node, (t, recs) in store.latest_readings(conn, "disk").items():
+        for r in recs:
+            if r.get("record") != "quota":
+                continue
+            # repquota names a user, `quota` names them and gives the uid: one quota either way
+            who = r.get("name") if r.get("name") is not None else f"#{r.get('id')}"
+            key = (r.get("kind"), who, r.get("filesystem"))
+            if key not in best or best[key][0] < t:
+                best[key] = (t, node, r)
+    rows = []
+    for t, node, r in best.values():
+        if user is not None and not (r.get("kind") == "user" and r.get("name") == user):
+            continue
+        space = _fraction(r.get("used_bytes"), r.get("soft_limit_bytes"), r.get("hard_limit_bytes"))
+        files = _fraction(r.get("files_used"), r.get("files_soft"), r.get("files_hard"))
+        near = max((f for f in (space, files) if f is not None), default=None)
+        row = {k: v for k, v in r.items() if k != "record"}
+        rows.append(
+            {**row, "space_fraction": space, "files_fraction": files, "fraction": near}
+            | {"node": node, "t": t}
+        )
+    rows.sort(key=lambda q: (q["fraction"] is None, -(q["fraction"] or 0), str(q["name"])))
+    return {"quotas": rows}
+
+
+def _user_of(uid: Any) -> str | None:
+    try:
+        return pwd.getpwuid(int(uid)).pw_name
+    except (KeyError, TypeError, ValueError, OverflowError):
+        return None
+
+
+def scratch(
+    conn: Any, user: str | None = None, names: Callable[[Any], str | None] = _user_of
+) -> dict[str, Any]:
+    """Storage hygiene per node and scratch path (the scratch collector's newest scan): the
+    scan's totals, per owner (user names from the head node's, by uid) their bytes, large and
+    stale files and whether they run a job there, the flagged files and the job directories
+    left behind.  Owners with stale or orphaned data first; of USER only, where given."""
+    out: dict[str, list[dict[str, Any]]] = {
+        "filesystems": [],
+        "owners": [],
+        "files": [],
+        "leftover_dirs": [],
+    }
+    lists = {
+        "scratch_summary": "filesystems",
+        "scratch_owner": "owners",
+        "scratch_file": "files",
+        "leftover_job_dir": "leftover_dirs",
+    }
+    for node, (t, recs) in sorted(store.latest_readings(conn, "scratch").items()):
+        for r in recs:
+            kind = lists.get(str(r.get("record")))
+            if kind is None:
+                continue
+            row = {"node": node, "t": t, **{k: v for k, v in r.items() if k != "record"}}
+            if kind != "filesystems":
+                row["user"] = names(r.get("uid"))
+                if user is not None and row["user"] != user:
+                    continue
+            out[kind].append(row)
+    out["owners"].sort(
+        key=lambda o: (not o.get("orphaned"), -(o.get("stale_bytes") or 0), -(o.get("bytes") or 0))
+    )
+    return out
+
+
+def fairshare(conn: Any, now: float | None = None) -> dict[str, Any]:
+    """The fair-share tree as `sshare -a -l` shows it (the fairshare collector's newest
+    reading): one row per account and per user in an account, in sshare's order."""
+    now = time.time() if now is None else now
+    t, records = _newest(conn, "fairshare")
+    return {
+        "time": t,
+        "age_seconds": round(now - t, 1) if t else None,
+        "associations": [dict(r) for r in records],
+    }
+
+
+def partitions(conn: Any, now: float | None = None) -> dict[str, Any]:
+    """Each partition from sinfo (the partitions collector's newest reading, one record per
+    node and partition): default, availability, time limit, its nodes by state, CPUs and memory
+    in all and allocated, GPUs; partitions with nodes down or drained first."""
+    now = time.time() if now is None else now
+    t, records = _newest(conn, "partitions")
+    parts: dict[str, dict[str, Any]] = {}
+    for r in records:
+        name = r.get("partition") or "-"
+        p = parts.setdefault(
+            name,
+            {
+                "partition": name,
+                "default": r.get("partition_default"),
+                "available": r.get("partition_available"),
+                "time_limit_seconds": r.get("partition_time_limit_seconds"),
+                "nodes": [],
+                "states": Counter(),
+                "unavailable_nodes": 0,
+                "cpus": 0,
+                "cpus_alloc": 0,
+                "cpus_idle": 0,
+                "memory_bytes": 0,
+                "memory_alloc_bytes": 0,
+                "gpus": 0,
+            },
+        )
+        p["nodes"].append(r.get("node"))
+        p["states"][r.get("state") or "unknown"] += 1
+        flags = set(r.get("state_flags") or ())
+        bad = nodehealth.slurm_problems(r.get("state"), list(flags))
+        p["unavailable_nodes"] += bool(bad)
+        for key in ("cpus", "cpus_alloc", "cpus_idle", "memory_bytes", "memory_alloc_bytes"):
+            p[key] += r.get(key) or 0
+        p["gpus"] += r.get("gpus") or 0
+    rows = sorted(parts.values(), key=lambda p: (-p["unavailable_nodes"], p["partition"]))
+    for p in rows:
+        p["states"] = dict(p["states"])
+        p["nodes"] = sorted(n for n in p["nodes"] if n)
+    return {"time": t, "age_seconds": round(now - t, 1) if t else None, "partitions": rows}

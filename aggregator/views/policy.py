@@ -9,6 +9,9 @@ whole policy is tested without sockets (tests/test_policy.py).
 - What Slurm hides from users (its PrivateData flags) NØMADE hides too, from non-admins.
 - The agents' side (counters, refused agents and their addresses, nodes still on plain ZeroMQ)
   is for admins.
+- Quotas and scratch: a user sees their own (and their groups' quotas), never another user's
+  lines; fair share as sshare shows it under PrivateData; partitions, like nodes, hidden where
+  Slurm's PrivateData hides them.
 - A user has at most USER_REQUESTS requests in progress at once (HTTP 429 beyond), so that one
   user cannot take the server's concurrency from the others.
 """
@@ -203,3 +206,90 @@ def status_view(caller: Caller, private: frozenset[str], view: dict[str, Any]) -
     if "nodes" in private:
         out.update(nodes=[], slurm_nodes=[], node_metrics={})
     return out
+
+
+# -- what the nodes read: health, quotas, scratch; Slurm's fair share and partitions ----------
+def nodes_view(caller: Caller, view: dict[str, Any]) -> dict[str, Any]:
+    """The nodes with their health (nodes_allowed first).  The kernel log's lines may name other
+    users' processes: a user gets their counts per category, not the lines."""
+    if caller.admin:
+        return view
+    rows = []
+    for n in view.get("nodes", []):
+        h = n.get("health")
+        if isinstance(h, dict) and isinstance(h.get("kernel_errors"), dict):
+            n = {**n, "health": {**h, "kernel_errors": {**h["kernel_errors"], "recent": []}}}
+        rows.append(n)
+    return {**view, "nodes": rows}
+
+
+def own_quota(caller: Caller, q: dict[str, Any]) -> bool:
+    """A user quota of the caller's own (by uid, else by name), or a group quota of one of the
+    caller's groups: what `quota` shows a user."""
+    if q.get("kind") == "user":
+        if q.get("id") is not None:
+            return int(q["id"]) == caller.uid
+        return caller.name is not None and q.get("name") == caller.name
+    return q.get("kind") == "group" and q.get("name") in caller.groups
+
+
+def quotas_view(caller: Caller, view: dict[str, Any]) -> dict[str, Any]:
+    """Admins see every quota; a user their own and their groups' (project quotas name no user:
+    administrators only)."""
+    if caller.admin:
+        return view
+    return {**view, "quotas": [q for q in view.get("quotas", []) if own_quota(caller, q)]}
+
+
+def listing_user(caller: Caller, named: str | None) -> tuple[str | None, bool]:
+    """(the user to list, whether to list anything) for a view of per-user rows: as for jobs,
+    a user lists only their own; naming another gives nothing."""
+    return jobs_user(caller, named)
+
+
+SCRATCH_PER_USER = ("owners", "files", "leftover_dirs")
+
+
+def scratch_view(caller: Caller, view: dict[str, Any]) -> dict[str, Any]:
+    """A user sees their own files, totals and left-over job directories (by uid), and each
+    scan's totals, which name nobody; other users' paths and sizes are not shown."""
+    if caller.admin:
+        return view
+    mine = {
+        k: [r for r in view.get(k, []) if r.get("uid") is not None and r["uid"] == caller.uid]
+        for k in SCRATCH_PER_USER
+    }
+    return {**view, **mine}
+
+
+def fairshare_view(caller: Caller, private: frozenset[str], view: dict[str, Any]) -> dict[str, Any]:
+    """The fair-share tree as sshare shows it; under PrivateData usage, users or accounts, a
+    user sees only their own lines and the lines of the accounts they are in."""
+    if caller.admin or not private & PER_USER_FLAGS:
+        return view
+    rows = view.get("associations", [])
+    accounts = {r.get("account") for r in rows if r.get("user") and r["user"] == caller.name}
+    kept = [
+        r
+        for r in rows
+        if (r.get("user") and r["user"] == caller.name)
+        or (not r.get("user") and r.get("account") in accounts)
+    ]
+    return {**view, "associations": kept}
+
+
+def partitions_allowed(caller: Caller, private: frozenset[str]) -> None:
+    """Under PrivateData=partitions Slurm shows a user only the partitions they may use;
+    NØMADE keeps no partition access lists (AllowAccounts, AllowGroups), so it shows them to
+    administrators only."""
+    if "partitions" in private and not caller.admin:
+        raise Forbidden("Slurm's PrivateData=partitions: partition details are for administrators")
+
+
+def partitions_view(
+    caller: Caller, private: frozenset[str], view: dict[str, Any]
+) -> dict[str, Any]:
+    """Per-partition counts for everyone; under PrivateData=nodes, without the nodes' names."""
+    if caller.admin or "nodes" not in private:
+        return view
+    return {**view, "partitions": [{**p, "nodes": []} for p in view.get("partitions", [])]}
