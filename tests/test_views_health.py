@@ -465,3 +465,18 @@ def test_one_kind_of_record_is_picked_from_the_history_and_the_latest_reading(co
         conn, "health", "temperature", NOW - 86400, limit=sensors
     )
     assert {t for _, t, _ in newest} == {NOW + 1}
+
+
+def test_kernel_errors_between_kept_readings_are_not_lost(conn):
+    # The health collector reports each logged line once and runs every 300 s, while one
+    # reading per HISTORY seconds is kept: the reading with the error is neither kept as
+    # history (the one before it is too recent) nor the newest once the next one arrives.
+    slurm_nodes(conn)
+    agents(conn, node1=("up", NOW - 5))
+    errors = health.parse_kernel_errors(KERNEL_HANDMADE.read_text(), "dmesg")
+    assert errors
+    quiet: list[dict] = []
+    for t, records in ((NOW - 900, quiet), (NOW - 600, errors), (NOW - 300, quiet), (NOW, quiet)):
+        feed(conn, "node1", "health", t, records)
+    n = by_node(clusterviews.nodes(conn, now=NOW))["node1"]
+    assert n["health"]["kernel_errors"]["counts"].get("mce", 0) >= 1, n["health"]

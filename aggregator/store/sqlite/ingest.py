@@ -636,7 +636,11 @@ def store_reading(
     last = conn.execute(
         "SELECT max(t) FROM readings WHERE collector = ? AND node = ?", (collector, node)
     ).fetchone()[0]
-    if last is None or t - last >= history_seconds:
+    # A health reading that carries kernel hardware errors is kept (at most one a minute, so a
+    # node cannot grow the history faster): the collector reports each logged line once, so a
+    # reading left out of the history would lose its errors.
+    errors = collector == "health" and '"record":"kernel_error"' in text
+    if last is None or t - last >= (min(history_seconds, 60.0) if errors else history_seconds):
         conn.execute(
             "INSERT INTO readings (node, collector, t, records_json) VALUES (?, ?, ?, ?)",
             (node, collector, t, text),
