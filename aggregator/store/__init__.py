@@ -23,9 +23,8 @@ their first argument; those that write run inside the writer's transaction (`Wri
 - Read side, for nomadectl, the API and the daemon: `find_job`, `find_jobs`, `count_jobs`,
   `job_node_summaries`, `job_samples`, `job_gpus`, `job_verdict`, `job_advice`, `running_jobs`,
   `running_job_cpu`, `array_outcomes`, `agent_nodes`, `nodes_on_plain`, `node_lives`,
-  `received_since`, `counters`, `last_event`, `latest_readings`, `readings_between`,
-  `reading_records_between`, `collector_statuses`, `newest_records_json`, `ended_job_count`,
-  `verdict_outcomes`, `admin_log`, `find_run`, `reconcile_due`, `event_job_counts`,
+  `received_since`, `counters`, `last_event`, `latest_readings`, `reading_records_between`,
+  `collector_statuses`, `newest_records_json`, `ended_job_count`, `verdict_outcomes`, `admin_log`, `find_run`, `reconcile_due`, `event_job_counts`,
   `schema_version_at`.
 - History, for features, scoring and training: `ended_jobs`, `start_history`, `recent_vectors`,
   `job_vector`.
@@ -135,7 +134,6 @@ from aggregator.store.sqlite.views import (
     last_event,
     latest_readings,
     nodes_on_plain,
-    readings_between,
     received_since,
     running_job_cpu,
     running_jobs,

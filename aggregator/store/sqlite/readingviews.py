@@ -1,7 +1,7 @@
-"""What the collectors' views (aggregator/views/health.py, nfsrates.py, clusterviews.py) ask of
-the readings' history beyond `latest_readings` and `readings_between`: the records of one kind
-only, picked out of the stored JSON by SQLite, so that a day of health readings from a thousand
-nodes is not decoded whole in Python to find its few kernel errors.
+"""What the collectors' views (aggregator/views/health.py, nfsrates.py, clusterviews.py) ask of the
+readings' history beyond `latest_readings`: the records of one kind only, picked out of the
+stored JSON by SQLite, so that a day of health readings from a thousand nodes is not decoded
+whole in Python to find its few kernel errors.
 """
 
 from __future__ import annotations

@@ -205,28 +205,6 @@ def latest_readings(
     return {r[0]: (r[1], json.loads(r[2])) for r in rows}
 
 
-def readings_between(
-    conn: sqlite3.Connection,
-    collector: str,
-    since: float,
-    until: float | None = None,
-    nodes: list[str] | None = None,
-    limit: int = 100_000,
-) -> list[tuple[str, float, list[dict]]]:
-    """(node, time, records) of COLLECTOR's kept history (one reading per its history interval)
-    between SINCE and UNTIL, on NODES (all where None), oldest first, at most LIMIT readings."""
-    sql = "SELECT node, t, records_json FROM readings WHERE collector = ? AND t >= ?"
-    args: list[Any] = [collector, since]
-    if until is not None:
-        sql += " AND t <= ?"
-        args.append(until)
-    if nodes is not None:
-        sql += f" AND node IN ({','.join('?' * len(nodes))})"
-        args += nodes
-    rows = conn.execute(sql + " ORDER BY t, node LIMIT ?", (*args, limit)).fetchall()
-    return [(r[0], r[1], json.loads(r[2])) for r in rows]
-
-
 def running_job_cpu(conn: sqlite3.Connection, since: float) -> list[tuple]:
     """Per running job and node sampled since SINCE: (job_id, user, partition, node_list,
     start_time, node, first sample time, last sample time, CPU seconds used between them)."""
