@@ -2,7 +2,8 @@
 # Install NØMADE the way a site does: a virtual environment on the system's Python under
 # /opt/nomade/venv (readable by every user), with nomadectl, nomade-agent and nomade-aggregator
 # linked into /usr/local/bin, so that a user on a login node runs `nomadectl check` from a shell.
-#   slurm-conf/install-nomade.sh [EXTRAS]     EXTRAS: aggregator (default; the head node) or ""
+#   slurm-conf/install-nomade.sh [EXTRAS]     EXTRAS: aggregator (default; the head node),
+#       aggregator,train (a head node that trains: torch==2.13.0, onnx, skl2onnx) or ""
 # Run as root; rerun after a change to the source: NØMADE itself is always reinstalled.
 set -euo pipefail
 src=$(cd "$(dirname "$0")/.." && pwd)
