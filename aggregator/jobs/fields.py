@@ -120,10 +120,15 @@ def final_from_sacct(
     mem_node, mem_cpu = sv.memory_request(
         job.get("ReqMem"), job.get("AllocTRES"), job.get("ReqTRES"), job.get("NNodes")
     )
+    # The job's peak: the largest MaxRSS of its steps, leaving out the extern step (Slurm's
+    # placeholder process, ~100 KB, not the job's work) and zeros (a step that ended before
+    # Slurm's first accounting sample was never measured: unknown, not 0).
     rss = [
         m[0]
-        for m in (_safe(sv.memory, r.get("MaxRSS"), "K") for r in [job, *steps])
-        if m and m[0] is not None
+        for m in (
+            _safe(sv.memory, r.get("MaxRSS"), "K") for r in [job, *steps] if r["step"] != "extern"
+        )
+        if m and m[0]
     ]
     return {
         "state": job.get("State"),
