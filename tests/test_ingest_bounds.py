@@ -563,3 +563,35 @@ def test_a_batch_gathers_a_bounded_number_of_bytes(tmp_path):
     wait_for("all written", lambda: writer.queued_bytes == 0, 10, 0.02)
     writer.stop()
     assert writer.commits == 2  # a batch stops gathering once it holds 64 MiB: 3 items, not 6
+
+
+def test_a_reading_with_values_json_cannot_carry_is_stored_readable(db):
+    # msgpack carries NaN, infinity, number keys and any nesting; JSON and SQLite's json_each
+    # (which the views query) refuse them.  The reading is kept, those values as null.
+    ing, now = Ingest("c"), time.time()
+    deep: list = []
+    for _ in range(200):
+        deep = [deep]
+    records = [
+        {"record": "sensor", "temp_celsius": math.nan, "max_celsius": math.inf, "chip": "k10"},
+        {"record": "nfs_mount", "read_ops": -math.inf, "nested": deep, 7: "seven"},
+    ]
+    env = wire.Envelope(
+        wire.READINGS, "n1", 1, 1, {"collector": "health", "t": now, "records": records}
+    )
+    assert db.call(lambda c: ing.apply_envelope(c, env)) == "stored"
+    ((node, (t, stored)),) = db.call(lambda c: store.latest_readings(c, "health")).items()
+    assert stored[0] == {"record": "sensor", "temp_celsius": None, "max_celsius": None,
+                         "chip": "k10"}  # fmt: skip
+    assert stored[1]["read_ops"] is None and stored[1]["7"] == "seven"
+    depth, v = 0, stored[1]["nested"]
+    while isinstance(v, list) and v:
+        depth, v = depth + 1, v[0]
+    assert depth < 40  # cut at the reading depth, not stored 200 deep
+    kinds = db.call(
+        lambda c: c.execute(
+            "SELECT count(*) FROM readings_latest, json_each(records_json) WHERE collector = ?",
+            ("health",),
+        ).fetchone()[0]
+    )
+    assert kinds == 2

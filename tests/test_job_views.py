@@ -17,6 +17,7 @@ from conftest import ROOT
 import nomadectl as ctl
 from aggregator import store
 from aggregator.store import Ingest
+from aggregator.store.sqlite import gpus
 from aggregator.views import query
 from collectors import gpu
 from nomade_common import wire
@@ -268,3 +269,28 @@ def test_nomadectl_jobs_shows_efficiency_columns_and_lists_the_least_efficient(t
         ]["cpu_percent"],
         2.5,
     )
+
+
+def test_a_node_outside_the_jobs_node_list_cannot_add_gpus_to_it(db, tmp_path):
+    ing, now = Ingest("c"), time.time()
+    db.call(lambda c: start(c, ing, 42, now - 100, node_list="gpu[1-2]"))
+    records = xml_records(tmp_path, 42)
+    assert send(db, ing, "gpu9", 1, "gpu", now - 20, records) == "stored"  # not the job's node
+    assert db.call(lambda c: query.job(c, 42))["gpus_used"] == []
+    assert send(db, ing, "gpu2", 1, "gpu", now - 10, records) == "stored"
+    assert [g["node"] for g in db.call(lambda c: query.job(c, 42))["gpus_used"]] == ["gpu2"]
+
+
+def test_a_node_naming_endless_gpus_for_a_job_is_bounded(db):
+    ing, now = Ingest("c"), time.time()
+    db.call(lambda c: start(c, ing, 42, now - 100))
+    for seq in range(1, 4):  # each reading names 200 new GPUs
+        records = []
+        for i in range(200):
+            uuid = f"GPU-{seq}-{i}"
+            records += [
+                {"record": "gpu", "index": i, "uuid": uuid, "util_gpu_percent": 1.0},
+                {"record": "process", "gpu_uuid": uuid, "job_id": 42},
+            ]
+        assert send(db, ing, "n1", seq, "gpu", now - 10 + seq, records) == "stored"
+    assert len(db.call(lambda c: query.job(c, 42))["gpus_used"]) == gpus.MAX_GPUS_PER_JOB_NODE

@@ -19,11 +19,14 @@ import sqlite3
 from typing import Any
 
 from aggregator.store.sqlite.core import JOB_TIME
+from collectors.slurm import slurmvalues as sv
 
 IDLE_PERCENT = 5.0  # a reading under this utilisation finds the GPU idle
 MAX_JOB_ID = 2**63 - 1
 MAX_BYTES = 1 << 50  # larger than any GPU's memory: a value past it is not one
 MAX_GPUS_PER_READING = 64  # GPUs per node a reading may name for jobs; more are ignored
+MAX_PAIRS_PER_READING = 256  # (job, GPU) rows one reading may fold
+MAX_GPUS_PER_JOB_NODE = 64  # GPUs a job may have on one node; a node naming more is ignored
 
 
 def _num(value: Any, low: float, high: float) -> float | None:
@@ -70,7 +73,9 @@ def fold_reading(conn: sqlite3.Connection, node: str, t: float, records: list[An
             continue
         name = _text(gpu.get("uuid")) or key
         for job_id, job_mem in by_job.items():
-            uid = _running_uid(conn, job_id, t)
+            if len(seen) >= MAX_PAIRS_PER_READING:
+                return folded
+            uid = _running_uid(conn, job_id, node, t)
             if uid is None or (uid, name) in seen:
                 continue
             seen.add((uid, name))
@@ -83,14 +88,24 @@ def _key_of_index(value: Any) -> str | None:
     return None if index is None else f"index {index}"
 
 
-def _running_uid(conn: sqlite3.Connection, job_id: int, t: float) -> int | None:
-    """The run of JOB_ID that was running at T (started, not ended a minute before T)."""
+def _running_uid(conn: sqlite3.Connection, job_id: int, node: str, t: float) -> int | None:
+    """The run of JOB_ID that was running at T (started, not ended a minute before T) on NODE:
+    a node outside the job's node list, where the list is known, cannot report its GPUs."""
     row = conn.execute(
-        "SELECT uid FROM jobs WHERE job_id = ? AND (start_time IS NULL OR start_time <= ?)"
-        f" AND (end_time IS NULL OR end_time >= ?) ORDER BY {JOB_TIME} DESC, uid DESC LIMIT 1",
+        "SELECT uid, node_list FROM jobs WHERE job_id = ?"
+        " AND (start_time IS NULL OR start_time <= ?) AND (end_time IS NULL OR end_time >= ?)"
+        f" ORDER BY {JOB_TIME} DESC, uid DESC LIMIT 1",
         (job_id, t + 60, t - 60),
     ).fetchone()
-    return None if row is None else row[0]
+    if row is None:
+        return None
+    if row[1]:
+        try:
+            if node not in sv.hostlist(row[1]):
+                return None
+        except ValueError:  # a list too long to expand: the node is not checked
+            pass
+    return row[0]
 
 
 def _fold(
@@ -108,6 +123,13 @@ def _fold(
     old = dict(row) if row is not None else None
     if old is not None and t <= old["last_t"]:
         return 0  # a resend, or a reading older than one already folded
+    if old is None and (
+        conn.execute(
+            "SELECT count(*) FROM job_gpus WHERE job_uid = ? AND node = ?", (uid, node)
+        ).fetchone()[0]
+        >= MAX_GPUS_PER_JOB_NODE
+    ):
+        return 0  # no node has more GPUs: new names past this are not GPUs of the job
     util = _num(gpu.get("util_gpu_percent"), 0, 100)
     power = _num(gpu.get("power_draw_w"), 0, 100_000)
     temp = _num(gpu.get("temperature_gpu_c"), -100, 300)

@@ -371,7 +371,12 @@ class Ingest:
                 f"readings collector must be one of {', '.join(sorted(NODE_COLLECTOR_NAMES))}"
             )
         t = self._time(p.get("t"), "readings t", now)
-        text = json.dumps(p["records"], separators=(",", ":"), default=_unstorable)
+        records = p["records"]
+        try:
+            text = json.dumps(records, separators=(",", ":"), allow_nan=False, default=_unstorable)
+        except (ValueError, TypeError, RecursionError):  # NaN, a bytes key, nesting: made JSON
+            records = _json_value(records)
+            text = json.dumps(records, separators=(",", ":"), allow_nan=False)
         if len(text) > MAX_READING_CHARS:
             raise Rejected(
                 f"readings records are {len(text)} characters as JSON, over {MAX_READING_CHARS}"
@@ -382,7 +387,7 @@ class Ingest:
             p["collector"],
             t,
             _number(p, "seconds", 0, 86400),
-            p["records"],
+            records,
             self.readings_history_seconds,
             text,
         )
@@ -581,10 +586,14 @@ class Ingest:
         if final is not None:
             known = {k: v for k, v in final.items() if v is not None}
             # The job's memory peak: the larger of sacct's MaxRSS (0 or a few KB for short jobs,
-            # sampled only every JobAcctGatherFrequency) and the peak NØMADE's agents sampled.
-            sampled = samples.sampled_peak(conn, uid)
-            if sampled is not None and sampled > (known.get("max_rss_bytes") or 0):
-                known["max_rss_bytes"] = sampled
+            # sampled only every JobAcctGatherFrequency) and the peak NØMADE's agents sampled;
+            # its CPU time likewise (sacct's TotalCPU leaves out processes killed before they
+            # were waited for: a cancelled or timed-out job's can be 0).
+            peak, cpu = samples.sampled_totals(conn, uid)
+            if peak is not None and peak > (known.get("max_rss_bytes") or 0):
+                known["max_rss_bytes"] = peak
+            if cpu is not None and cpu > (known.get("total_cpu_seconds") or 0):
+                known["total_cpu_seconds"] = cpu
             if (
                 conn.execute("SELECT submit_time FROM jobs WHERE uid = ?", (uid,)).fetchone()[0]
                 is not None
@@ -679,6 +688,34 @@ def _scalar(v: Any) -> bool:
         or (t is int and -MAX_INT <= v <= MAX_INT)
         or (t is float and math.isfinite(v))
     )
+
+
+READING_DEPTH = 32  # nesting a reading's records keep; deeper values are stored as null
+
+
+def _json_value(value: Any, depth: int = 0) -> Any:
+    """VALUE as JSON can carry it and every reader can read it: a number that is not finite
+    (NaN, infinity) and anything nested deeper than READING_DEPTH become None, a number as a key
+    its text; bytes are refused (Rejected) as before."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    if depth >= READING_DEPTH:
+        return None
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v, depth + 1) for v in value]
+    if isinstance(value, dict):
+        return {_key(k): _json_value(v, depth + 1) for k, v in value.items()}
+    return _unstorable(value)  # bytes, msgpack's extension types: refused, as ever
+
+
+def _key(key: Any) -> str:
+    if isinstance(key, str):
+        return key
+    if key is None or isinstance(key, (int, float)):
+        return json.dumps(_json_value(key))  # as json.dumps writes such a key: 7 -> "7"
+    return _unstorable(key)
 
 
 def _unstorable(value: Any) -> Any:

@@ -647,14 +647,20 @@ def picked(n: int, points: int) -> np.ndarray:
     return index
 
 
-def sampled_peak(conn: sqlite3.Connection, uid: int) -> int | None:
-    """The largest memory peak NØMADE's agents sampled for job UID (None: none sampled)."""
+def sampled_totals(conn: sqlite3.Connection, uid: int) -> tuple[int | None, float | None]:
+    """What NØMADE's agents sampled of job UID: its largest memory peak on a node, and its CPU
+    seconds summed over its nodes (None: none sampled)."""
+    nodes = node_summaries(conn, uid)
     peaks = [
         n["readings"]["mem_peak_bytes"]["peak"]
-        for n in node_summaries(conn, uid)
+        for n in nodes
         if "mem_peak_bytes" in n.get("readings", {})
     ]
-    return min(int(max(peaks)), (1 << 63) - 1) if peaks else None
+    cpu = [n["cpu_seconds"] for n in nodes if n["cpu_seconds"] is not None]
+    return (
+        min(int(max(peaks)), (1 << 63) - 1) if peaks else None,
+        float(sum(cpu)) if cpu else None,
+    )
 
 
 def recent_uids(conn: sqlite3.Connection, since: float) -> set[int]:
