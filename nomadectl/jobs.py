@@ -174,10 +174,9 @@ def render_job(j: dict[str, Any]) -> str:
         ]
     if j.get("advice"):
         printed = v["lines"] if v is not None and v["warned"] else []
-        out[-2:-2] = [
-            "  advised at start:",
-            *("    " + ln for ln in advice_lines(j["advice"], printed)),
-        ]
+        advised = advice_lines(j["advice"], printed)  # what the warning did not say already
+        if advised:
+            out[-2:-2] = ["  advised at start:", *("    " + ln for ln in advised)]
     for n in j["nodes"]:
         cpu = "-" if n["cpu_seconds"] is None else f"{n['cpu_seconds']:.1f}"
         out.append(
@@ -186,7 +185,13 @@ def render_job(j: dict[str, Any]) -> str:
             f"{size(n.get('network_read_bytes')):>12}{size(n.get('network_write_bytes')):>13}"
         )
     out += gpu_lines(j.get("gpus_used") or [])
-    out += curve_lines(j["series"])
+    per_node = max(1, j["nodes_requested"] or len(j["nodes"]) or 1)
+    eff = j.get("efficiency") or {}
+    out += curve_lines(
+        j["series"],
+        j["cpus"] / per_node if j["cpus"] else None,
+        eff.get("mem_request_per_node_bytes"),
+    )
     if j["series"]:
         out += ["", f"  {'TIME':<10}{'NODE':<10}{'CPU s':>9}{'MEMORY':>12}{'WRITTEN':>12}"]
         for p in j["series"]:
@@ -247,24 +252,28 @@ def gpu_lines(gpus: list[dict[str, Any]]) -> list[str]:
 BARS = "▁▂▃▄▅▆▇█"
 
 
-def spark(values: list[float | None]) -> str:
-    """VALUES as a line of bars from the smallest to the largest; a space where unknown."""
+def spark(values: list[float | None], full: float | None = None) -> str:
+    """VALUES as a line of bars from 0 to FULL (what the job asked for; the largest value where
+    that is smaller or unknown), so that a steady job draws a flat line at its level; a space
+    where a value is unknown."""
     known = [v for v in values if v is not None]
     if not known:
         return ""
-    low, high = min(known), max(known)
-    span = high - low
+    top = max(max(known), full or 0)
     return "".join(
         " "
         if v is None
-        else BARS[0 if span <= 0 else min(len(BARS) - 1, int((v - low) / span * len(BARS)))]
+        else BARS[0 if top <= 0 else min(len(BARS) - 1, int(max(0.0, v) / top * len(BARS)))]
         for v in values
     )
 
 
-def curve_lines(series: list[dict[str, Any]]) -> list[str]:
+def curve_lines(
+    series: list[dict[str, Any]], cores: float | None = None, memory: float | None = None
+) -> list[str]:
     """Per node, the job's CPU use (cores: CPU seconds between samples over their interval)
-    and its memory, as curves over the samples of the series."""
+    and its memory, as curves over the samples of the series, drawn from 0 to what it asked
+    for on a node (CORES, MEMORY)."""
     by: dict[str, list[dict[str, Any]]] = {}
     for p in series:
         by.setdefault(p["node"], []).append(p)
@@ -272,23 +281,27 @@ def curve_lines(series: list[dict[str, Any]]) -> list[str]:
     for node, points in by.items():
         if len(points) < 2:
             continue
-        cores: list[float | None] = []
+        used: list[float | None] = []
         for a, b in zip(points, points[1:], strict=False):
             dt = b["t"] - a["t"]
             ok = dt > 0 and a["cpu_seconds"] is not None and b["cpu_seconds"] is not None
-            cores.append(max(0.0, (b["cpu_seconds"] - a["cpu_seconds"]) / dt) if ok else None)
+            used.append(max(0.0, (b["cpu_seconds"] - a["cpu_seconds"]) / dt) if ok else None)
         mem = [p["mem_bytes"] for p in points]
-        top_cores = max((c for c in cores if c is not None), default=None)
+        top_cores = max((c for c in used if c is not None), default=None)
         top_mem = max((m for m in mem if m is not None), default=None)
         span = seconds(points[-1]["t"] - points[0]["t"])
         if not out:
             out.append("")
         out.append(
-            f"  {node:<10}CPU {spark(cores):<20} up to "
+            f"  {node:<10}CPU {spark(used, cores):<20} up to "
             + ("-" if top_cores is None else f"{top_cores:.2f} cores")
+            + (f" of {cores:g}" if cores else "")
             + f" (over {span})"
         )
-        out.append(f"  {'':<10}MEM {spark(mem):<20} up to {size(top_mem)}")
+        out.append(
+            f"  {'':<10}MEM {spark(mem, memory):<20} up to {size(top_mem)}"
+            + (f" of {size(memory)}" if memory else "")
+        )
     return out
 
 

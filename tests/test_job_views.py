@@ -294,3 +294,34 @@ def test_a_node_naming_endless_gpus_for_a_job_is_bounded(db):
             ]
         assert send(db, ing, "n1", seq, "gpu", now - 10 + seq, records) == "stored"
     assert len(db.call(lambda c: query.job(c, 42))["gpus_used"]) == gpus.MAX_GPUS_PER_JOB_NODE
+
+
+def test_curves_are_drawn_from_zero_to_what_the_job_asked_for():
+    # A job pinned at 4 of its 4 cores draws a full, flat line; at 2 of 4 a flat half line.
+    full = ctl.jobs.spark([3.98, 4.0, 3.99, 4.0, 3.97], 4)
+    half = ctl.jobs.spark([2.0, 2.0, 2.0], 4)
+    assert len(set(full)) == 1 and len(set(half)) == 1 and half < full
+    series = [
+        {"node": "n1", "t": float(t), "cpu_seconds": 2.0 * t, "mem_bytes": 100 * MiB}
+        for t in range(5)
+    ]
+    (cpu, mem) = ctl.jobs.curve_lines(series, 4, 400 * MiB)[1:]
+    assert "up to 2.00 cores of 4" in cpu and "100.0 MiB of 400.0 MiB" in mem
+    assert set(cpu.split("CPU ")[1].split()[0]) == {ctl.jobs.BARS[4]}  # half of the bars
+
+
+def test_a_warned_job_shows_no_empty_advice_heading():
+    line = "NØMADE: memory: --mem=400M would fit"
+    view = {
+        **row(job_id=1, user="alice", cpus=1, outcome=None, reconcile="pending", state=None),
+        "failed": False,
+        "mem_peak_bytes": None,
+        "nodes": [],
+        "series": [],
+        "verdict": {"p_fail": 0.9, "warned": True, "model_version": "v1", "lines": [line]},
+        "advice": {"mem": {"text": line}, "time": None},
+    }
+    text = ctl.jobs.render_job(view)
+    assert "advised at start:" in text and "no --time advice" in text
+    view["advice"]["time"] = {"text": line}
+    assert "advised at start:" not in ctl.jobs.render_job(view)
