@@ -800,7 +800,7 @@ def _env_value(text: str, default: Any) -> Any:
     named 2024 or inf stays a name."""
     try:
         parsed = tomllib.loads(f"value = {text}")
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, ValueError, RecursionError):  # an integer past 4300 digits
         return text
     if set(parsed) != {"value"}:  # more than one value (a newline in the text)
         return text
@@ -829,6 +829,12 @@ def parse(text: str, path: str = "<string>", env: Mapping[str, str] | None = Non
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, None, f"not valid TOML ({exc})") from None
+    except ValueError as exc:  # an integer of more digits than Python converts
+        raise ConfigError(
+            path, None, f"not valid TOML ({' '.join(str(exc).split())[:80]})"
+        ) from None
+    except RecursionError:
+        raise ConfigError(path, None, "not valid TOML (nested too deep)") from None
     settings = _Raw(path)
     settings.read_file(raw)
     if env is not None:

@@ -195,3 +195,21 @@ def test_the_hooks_ignore_the_variables_a_jobs_user_sets(world):  # noqa: F811
     assert len(os.listdir(inbox)) == 1
     assert sorted(os.listdir(elsewhere)) == ["nomade.toml"]
     assert json.loads((inbox / os.listdir(inbox)[0]).read_text())["job_id"] == 23
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["[general]\ncluster_name = 1" + "9" * 5000, "x = " + "[" * 5000],
+    ids=["integer-of-5000-digits", "nested-5000-deep"],
+)
+def test_a_file_python_cannot_read_as_toml_is_one_line(text):
+    with pytest.raises(ConfigError) as exc:
+        config.parse(text, "/etc/nomade/nomade.toml")
+    assert str(exc.value).startswith("/etc/nomade/nomade.toml: not valid TOML (")
+    assert "\n" not in str(exc.value)
+
+
+def test_a_variable_python_cannot_read_as_toml_is_one_line():
+    with pytest.raises(ConfigError) as exc:
+        config.parse("", "f.toml", {"NOMADE_AGENT__INTERVAL_SECONDS": "9" * 5000})
+    assert "$NOMADE_AGENT__INTERVAL_SECONDS" in str(exc.value) and "\n" not in str(exc.value)
