@@ -96,6 +96,8 @@ def check(ctx: click.Context, script, sbatch_args, user: str | None, as_json: bo
     if user and os.geteuid() != 0:
         raise click.ClickException("only root may score a job as another user")
     req["user"] = user or getpass.getuser()
+    if not req.get("account"):  # as Slurm will charge it: the user's default account
+        req["account"] = request.default_account(req["user"])
     from aggregator.admin.apiclient import ApiError
 
     try:

@@ -113,6 +113,11 @@ def test_alice_checks_a_script_with_sbatch_options_after_it(alices_job):
     assert out.returncode == 0, out.stderr
     answer = json.loads(out.stdout)
     assert answer["request"]["mem_per_node_bytes"] == 400 << 20
+    # The script names no account: scored as Slurm will charge it, to her default (research),
+    # so that the verdict is the one the job gets at its start.
+    assert answer["request"]["account"] == "research"
+    bobs = as_user("bob", p.config, "check", str(script), "--json")
+    assert json.loads(bobs.stdout)["request"]["account"] == "physics", bobs.stderr
     # Right-sizing is always given: one ended job of hers is too few to advise from.
     assert answer["advice"] == {"mem": None, "time": None}
     human = as_user("alice", p.config, "check", str(script), "--mem=400M")

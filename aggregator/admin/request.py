@@ -179,6 +179,22 @@ def cluster_defaults(scontrol_cmd: str = "scontrol") -> dict[str, Any]:
     return out
 
 
+def default_account(user: str, sacctmgr: str = "sacctmgr") -> str | None:
+    """USER's default account as Slurm's accounting has it (what Slurm charges a job that
+    names none); None where sacctmgr cannot say (no accounting, PrivateData=users, a timeout)."""
+    try:
+        out = subprocess.run(
+            [sacctmgr, "-nP", "show", "user", user, "format=DefaultAccount"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = [ln.strip() for ln in out.stdout.splitlines() if ln.strip()]
+    return lines[0][:128] if out.returncode == 0 and len(lines) == 1 else None
+
+
 def ask_aggregator(
     url: str, req: dict[str, Any], timeout: float = 10.0, *, ca: str = "", munge_socket: str = ""
 ) -> dict[str, Any]:
