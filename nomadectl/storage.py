@@ -124,9 +124,9 @@ def render_scratch(v: dict[str, Any]) -> str:
             user = o.get("user") or f"uid {o.get('uid')}"
             job = "-" if o.get("orphaned") is None else ("no" if o["orphaned"] else "yes")
             out.append(
-                f"  {o['node']:<12}{o['root']:<20} {user:<12}{o['files']:>8}"
-                f"{size(o['bytes']):>11}{o['large_files']:>7}{o['stale_files']:>7}"
-                f"{size(o['stale_bytes']):>12}  {job}"
+                f"  {o['node']:<12}{o['root'] or '-':<20} {user:<12}{_count(o.get('files')):>8}"
+                f"{size(o.get('bytes')):>11}{_count(o.get('large_files')):>7}"
+                f"{_count(o.get('stale_files')):>7}{size(o.get('stale_bytes')):>12}  {job}"
             )
     if v["files"]:
         out += ["", "Flagged files, largest first:"]

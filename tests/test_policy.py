@@ -202,6 +202,19 @@ def test_nodes_and_collectors_refused_as_slurm_would():
     policy.collectors_allowed(ROOT)
 
 
+@pytest.mark.parametrize("flag", ["nodes", "jobs", "users", "usage"])
+def test_nfs_rates_are_for_admins_under_private_data_that_hides_what_users_do(flag):
+    with pytest.raises(Forbidden, match=f"PrivateData={flag}") as refused:
+        policy.nfs_allowed(ALICE, frozenset({flag, "events"}))
+    assert "\n" not in str(refused.value)
+    policy.nfs_allowed(ROOT, frozenset({flag}))
+
+
+def test_nfs_rates_are_everyones_under_other_private_data():
+    policy.nfs_allowed(ALICE, frozenset())
+    policy.nfs_allowed(ALICE, frozenset({"partitions", "accounts", "events"}))
+
+
 def test_json_bodies_are_objects_of_bounded_depth():
     assert api.parse_json(b'{"env": {"SLURM_JOB_ID": "1"}}') == {"env": {"SLURM_JOB_ID": "1"}}
     assert api.parse_json(b"") == {}

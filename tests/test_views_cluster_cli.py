@@ -11,6 +11,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from conftest import FIXTURES, ROOT, SITE_NOMADECTL, SITE_PYTHON, required
 import nomadectl as ctl
 from aggregator import daemon as server
 from aggregator import store
+from aggregator.views.policy import Caller
 from collectors import disk, gpu, health, scratch
 from collectors.slurm import scontrol, sinfo, sshare
 from nomade_common import config, keys, munge
@@ -132,6 +134,69 @@ def test_nodes_show_health_columns_and_the_worst_node_first(site):
     assert [n["node"] for n in view["nodes"]] == ["node1", "node2"]
     assert view["nodes"][0]["severity"] == 5 and view["nodes"][1]["problems"] == []
     assert view["nodes"][0]["health"]["kernel_errors"]["recent"]  # root sees the lines
+
+
+def test_a_node_cannot_forge_lines_in_nomadectl_nodes(tmp_path):
+    cfg = tmp_path / "n.toml"
+    cfg.write_text(
+        f'[general]\ndata_dir = "{tmp_path}/data"\n[security]\nkeys_dir = "{tmp_path}/keys"\n'
+    )
+    run = CliRunner()
+    assert run.invoke(ctl.main, ["--config", str(cfg), "init"]).exit_code == 0
+    forged = "slurmd\n  node7           IDLE         CPU: 0/64     Mem: 0%     agent: up"
+    conn = store.connect(str(tmp_path / "data" / "nomade.db"))
+    conn.execute("BEGIN")
+    service = {"record": "service", "name": forged, "running": False}
+    gpu = {"record": "gpu", "index": 0, "name": "H200\n  node8  IDLE", "uuid": "GPU-1"}
+    gpu["throttle_reasons"] = ["hw_slowdown\n  node9  IDLE"]
+    store.store_reading(conn, "node1", "health", time.time() - 10, 0.1, [service], 600.0)
+    store.store_reading(conn, "node1", "gpu", time.time() - 10, 0.1, [gpu], 600.0)
+    conn.execute(
+        "INSERT INTO nodes (node, first_seen, last_seen, state) VALUES ('node1', 1, ?, 'up')",
+        (time.time(),),
+    )
+    conn.execute("COMMIT")
+    conn.close()
+    result = run.invoke(ctl.main, ["--config", str(cfg), "nodes"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert [ln.split()[0] for ln in lines[1:] if not ln.startswith("    ")] == ["node1"]
+    assert "slurmd   node7" in result.output  # shown, on node1's own lines
+    view = json.loads(run.invoke(ctl.main, ["--config", str(cfg), "nodes", "--json"]).output)
+    gpu_shown = view["nodes"][0]["gpus"]["devices"][0]
+    assert "\n" not in gpu_shown["name"] and "\n" not in gpu_shown["throttle_reasons"][0]
+
+
+def test_a_user_sees_their_groups_quotas_through_the_api(tmp_path):
+    """alice, in the groups alice and physics, sees her user quota and both groups' quotas,
+    not bob's nor the group chem's."""
+    from test_views_hostile import answer
+
+    db = str(tmp_path / "q.db")
+    store.open_store(db).close()
+    conn = store.connect(db)
+    conn.execute("BEGIN")
+    quota = {"record": "quota", "filesystem": "/dev/sda1", "used_bytes": 10}
+    records = [
+        {**quota, "kind": "user", "name": "alice", "id": 2001},
+        {**quota, "kind": "user", "name": "bob", "id": 2002},
+        {**quota, "kind": "group", "name": "alice", "id": 2001},
+        {**quota, "kind": "group", "name": "physics", "id": 3000},
+        {**quota, "kind": "group", "name": "chem", "id": 3001},
+    ]
+    store.store_reading(conn, "node1", "disk", time.time() - 10, 0.1, records, 600.0)
+    conn.execute("COMMIT")
+    conn.close()
+    alice = Caller(2001, "alice", groups=frozenset({"alice", "physics"}))
+    status, body = answer(db, "quotas", alice)
+    assert status == 200
+    assert {(q["kind"], q["name"]) for q in body["quotas"]} == {
+        ("user", "alice"),
+        ("group", "alice"),
+        ("group", "physics"),
+    }
+    status, body = answer(db, "quotas", Caller(0, "root", admin=True), b"user=alice")
+    assert {(q["kind"], q["name"]) for q in body["quotas"]} == {("user", "alice")}
 
 
 def test_nodes_problems_shows_only_nodes_with_something_wrong(site):
@@ -248,9 +313,9 @@ def test_a_user_sees_only_their_own_quotas_and_scratch_through_the_api(api_root)
     with aggregator(root, "none", scratch_dir) as url:
         status, mine = as_user("alice", url, "/api/v1/quotas")
         assert status == 200 and mine["quotas"]
-        assert {(q["kind"], q["name"]) for q in mine["quotas"]} <= {
-            ("user", "alice"),
-            ("group", "alice"),
+        assert {(q["kind"], q["name"]) for q in mine["quotas"]} == {
+            ("user", "alice"),  # on two filesystems
+            ("group", "alice"),  # alice is in the group alice: `quota` shows her its quota
         }
         assert "bob" not in json.dumps(mine)
         assert as_user("alice", url, "/api/v1/quotas?user=bob") == (200, {"quotas": []})
@@ -303,8 +368,11 @@ def test_a_users_nomadectl_shows_their_own_quotas(api_root):
     )
     if probe.returncode != 0:
         required(f"{SITE_NOMADECTL} predates nomadectl quotas (slurm-conf/install-nomade.sh)")
-    with aggregator(root, "none", scratch_dir) as url:
-        client = root / "client.toml"
+    with aggregator(root, "none", scratch_dir) as url, tempfile.TemporaryDirectory() as mine:
+        # pytest's own temporary folders are root's alone (0700): the users' configuration
+        # lies where they can read it.
+        Path(mine).chmod(0o755)
+        client = Path(mine) / "client.toml"
         client.write_text(f'[hooks]\naggregator_url = "{url}"\n')
         client.chmod(0o644)
         for user, other in (("alice", "bob"), ("bob", "alice")):

@@ -336,7 +336,11 @@ def _answer(fn: Callable[..., Any]) -> Callable[[Request], Any]:
         except Exception as exc:
             log.exception("http: %s %s failed", request.method, request.url.path)
             return error(500, type(exc).__name__)
-        return out if isinstance(out, JSONResponse) else JSONResponse(out)
+        try:  # an answer JSON cannot carry (NaN, a value of no JSON type) is the view's fault
+            return out if isinstance(out, JSONResponse) else JSONResponse(out)
+        except Exception as exc:
+            log.exception("http: %s %s: the answer is no JSON", request.method, request.url.path)
+            return error(500, f"{type(exc).__name__}: the answer could not be made JSON")
 
     return endpoint
 
@@ -466,7 +470,10 @@ class Api:
         user, listed = policy.listing_user(caller, request.query_params.get("user"))
         if not listed:
             return {"quotas": []}
-        return policy.quotas_view(caller, clusterviews.quotas(self.agg.reader(), user))
+        # A user's own quotas are their user quota and their groups' (policy.own_quota), so a
+        # user's view starts from every quota, not from their user quotas only.
+        view = clusterviews.quotas(self.agg.reader(), user if caller.admin else None)
+        return policy.quotas_view(caller, view)
 
     def scratch(self, request: Request, caller: Caller, body: bytes) -> dict[str, Any]:
         user, listed = policy.listing_user(caller, request.query_params.get("user"))
@@ -476,7 +483,7 @@ class Api:
         return policy.scratch_view(caller, view)
 
     def nfs(self, request: Request, caller: Caller, body: bytes) -> dict[str, Any]:
-        policy.nodes_allowed(caller, self._private(caller))
+        policy.nfs_allowed(caller, self._private(caller))
         q = request.query_params
         hours = _number(q, "hours", float, "a number", (0.01, nfsrates.MAX_HOURS), nfsrates.HOURS)
         node = q.get("node") or None

@@ -14,6 +14,7 @@ from typing import Any
 
 from aggregator import store
 from aggregator.views import health as nodehealth
+from aggregator.views.health import clean, count, flag, number, of_kind, path, text
 
 ERRORS_HOURS = 24.0  # how far back the nodes view counts the kernel's hardware errors
 
@@ -263,12 +264,26 @@ def filesystems(conn: Any) -> list[dict[str, Any]]:
     """Each configured filesystem once (shared filesystems are seen by every node: the newest)."""
     best: dict[str, tuple[float, str, dict]] = {}
     for node, (t, recs) in store.latest_readings(conn, "disk").items():
-        for r in recs:
-            if r.get("record") == "filesystem" and (
-                r["path"] not in best or best[r["path"]][0] < t
-            ):
-                best[r["path"]] = (t, node, r)
+        for r in of_kind(recs, "filesystem"):
+            fs = clean(r, FILESYSTEM_FIELDS)
+            if fs["path"] is not None and (fs["path"] not in best or best[fs["path"]][0] < t):
+                best[fs["path"]] = (t, node, fs)
     return [{**r, "node": node, "t": t} for t, node, r in (best[p] for p in sorted(best))]
+
+
+FILESYSTEM_FIELDS = {
+    "path": path,
+    "size_bytes": count,
+    "used_bytes": count,
+    "avail_bytes": count,
+    "used_fraction": number,
+    "inodes_total": count,
+    "inodes_used": count,
+    "read_only": flag,
+    "responsive": flag,
+    "probe_seconds": number,
+    "error": text,
+}
 
 
 def collection(conn: Any) -> list[dict[str, Any]]:
@@ -323,36 +338,65 @@ def overview(conn: Any, now: float | None = None) -> dict[str, Any]:
 def _fraction(used: Any, soft: Any, hard: Any) -> float | None:
     """How near USED is to its nearer limit (the soft one where set): 1.0 at the limit."""
     limit = soft or hard
-    return round(used / limit, 4) if isinstance(used, (int, float)) and limit else None
+    return round(used / limit, 4) if used is not None and limit else None
+
+
+QUOTA_FIELDS = {
+    "kind": text,
+    "name": text,
+    "id": count,
+    "filesystem": path,
+    "mountpoint": path,
+    "used_bytes": count,
+    "soft_limit_bytes": count,
+    "hard_limit_bytes": count,
+    "files_used": count,
+    "files_soft": count,
+    "files_hard": count,
+    "block_grace_seconds": number,
+    "files_grace_seconds": number,
+    "block_grace_expires_epoch": number,
+    "files_grace_expires_epoch": number,
+    "over_soft": flag,
+}
 
 
 def quotas(conn: Any, user: str | None = None) -> dict[str, Any]:
     """Every quota the nodes read (repquota, lfs quota), each (kind, name or id, filesystem)
     once from its newest reading, closest to its limit first (space or files, whichever is
-    nearer); of USER only, where given (their user quotas)."""
+    nearer); of USER only, where given (their user quotas: what a user may see of theirs
+    besides, their groups' quotas, is policy.own_quota's).  A quota that names neither its
+    kind nor its owner is skipped."""
     best: dict[tuple, tuple[float, str, dict[str, Any]]] = {}
     for node, (t, recs) in store.latest_readings(conn, "disk").items():
-        for r in recs:
-            if r.get("record") != "quota":
+        for r in of_kind(recs, "quota"):
+            q = clean(r, QUOTA_FIELDS)
+            if q["kind"] is None or (q["name"] is None and q["id"] is None):
                 continue
             # repquota names a user, `quota` names them and gives the uid: one quota either way
-            who = r.get("name") if r.get("name") is not None else f"#{r.get('id')}"
-            key = (r.get("kind"), who, r.get("filesystem"))
+            who = q["name"] if q["name"] is not None else f"#{q['id']}"
+            key = (q["kind"], who, q["filesystem"])
             if key not in best or best[key][0] < t:
-                best[key] = (t, node, r)
+                best[key] = (t, node, q)
     rows = []
-    for t, node, r in best.values():
-        if user is not None and not (r.get("kind") == "user" and r.get("name") == user):
+    for t, node, q in best.values():
+        if user is not None and not (q["kind"] == "user" and q["name"] == user):
             continue
-        space = _fraction(r.get("used_bytes"), r.get("soft_limit_bytes"), r.get("hard_limit_bytes"))
-        files = _fraction(r.get("files_used"), r.get("files_soft"), r.get("files_hard"))
+        space = _fraction(q["used_bytes"], q["soft_limit_bytes"], q["hard_limit_bytes"])
+        files = _fraction(q["files_used"], q["files_soft"], q["files_hard"])
         near = max((f for f in (space, files) if f is not None), default=None)
-        row = {k: v for k, v in r.items() if k != "record"}
         rows.append(
-            {**row, "space_fraction": space, "files_fraction": files, "fraction": near}
+            {**q, "space_fraction": space, "files_fraction": files, "fraction": near}
             | {"node": node, "t": t}
         )
-    rows.sort(key=lambda q: (q["fraction"] is None, -(q["fraction"] or 0), str(q["name"])))
+    rows.sort(
+        key=lambda q: (
+            q["fraction"] is None,
+            -(q["fraction"] or 0),
+            q["name"] or "",
+            q["id"] if q["id"] is not None else -1,
+        )
+    )
     return {"quotas": rows}
 
 
@@ -383,20 +427,58 @@ def scratch(
         "leftover_job_dir": "leftover_dirs",
     }
     for node, (t, recs) in sorted(store.latest_readings(conn, "scratch").items()):
-        for r in recs:
-            kind = lists.get(str(r.get("record")))
-            if kind is None:
-                continue
-            row = {"node": node, "t": t, **{k: v for k, v in r.items() if k != "record"}}
-            if kind != "filesystems":
-                row["user"] = names(r.get("uid"))
-                if user is not None and row["user"] != user:
+        for record, kind in lists.items():
+            for r in of_kind(recs, record):
+                row = {"node": node, "t": t, **clean(r, SCRATCH_FIELDS[record])}
+                if row["root"] is None:
                     continue
-            out[kind].append(row)
+                if kind != "filesystems":
+                    if row["uid"] is None:
+                        continue
+                    row["user"] = names(row["uid"])
+                    if user is not None and row["user"] != user:
+                        continue
+                out[kind].append(row)
     out["owners"].sort(
-        key=lambda o: (not o.get("orphaned"), -(o.get("stale_bytes") or 0), -(o.get("bytes") or 0))
+        key=lambda o: (not o["orphaned"], -(o["stale_bytes"] or 0), -(o["bytes"] or 0))
     )
     return out
+
+
+_SCRATCH_COUNTS = ("files", "bytes", "large_files", "stale_files")
+SCRATCH_FIELDS: dict[str, dict[str, Callable[[Any], Any]]] = {
+    "scratch_summary": {
+        "root": path,
+        **dict.fromkeys(("entries", "dirs", *_SCRATCH_COUNTS, "orphaned_files"), count),
+        **dict.fromkeys(("files_listed", "errors", "other_filesystems"), count),
+        "truncated": flag,
+        "truncated_by": text,
+        "elapsed_seconds": number,
+    },
+    "scratch_owner": {
+        "root": path,
+        "uid": count,
+        **dict.fromkeys((*_SCRATCH_COUNTS, "stale_bytes"), count),
+        "orphaned": flag,
+    },
+    "scratch_file": {
+        "root": path,
+        "path": path,
+        "uid": count,
+        "size_bytes": count,
+        "mtime_epoch": number,
+        "large": flag,
+        "stale": flag,
+        "orphaned": flag,
+    },
+    "leftover_job_dir": {
+        "root": path,
+        "path": path,
+        "job_id": text,
+        "uid": count,
+        "mtime_epoch": number,
+    },
+}
 
 
 def fairshare(conn: Any, now: float | None = None) -> dict[str, Any]:

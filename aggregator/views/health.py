@@ -18,9 +18,13 @@ nothing wrong.
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
+
+from nomade_common.text import printable
 
 # Problem word: (severity, what it means).  The words are the API's; docs/api.md lists them.
 PROBLEMS: dict[str, tuple[int, str]] = {
@@ -75,27 +79,88 @@ RECENT_ERRORS = 10  # kernel-log lines kept per node in the view
 _XID = re.compile(r"Xid \(PCI:([0-9A-Fa-f:.]+)\): (\d+)")
 
 
+# -- what a node sent, read with care -----------------------------------------------------------
+# A node's readings are stored as it sent them (checked for size only), so a view reads each
+# value through one of these: a value of another type than the collector's is unknown (None),
+# never an exception that would take the view from every user; and text is made fit for one
+# terminal line, so that a node cannot forge lines in another node's row.
+MAX_INTEGER = 1 << 64  # what msgpack carries; a larger integer is no reading
+TEXT_LIMIT = 256  # a name: a sensor, a daemon, a GPU, a device
+PATH_LIMIT = 1024  # a mount point, a scratch path
+MESSAGE_LIMIT = 1024  # a kernel log line
+
+
+def number(value: Any) -> int | float | None:
+    """VALUE where it is a finite int or float (a bool is neither), else None."""
+    if type(value) is int:
+        return value if -MAX_INTEGER < value < MAX_INTEGER else None
+    if type(value) is float:
+        return value if math.isfinite(value) else None
+    return None
+
+
+def count(value: Any) -> int | None:
+    """VALUE where it is a whole number of things (0 or more), else None."""
+    return value if type(value) is int and 0 <= value < MAX_INTEGER else None
+
+
+def text(value: Any, limit: int = TEXT_LIMIT) -> str | None:
+    """VALUE where it is a string, on one line without control characters; else None."""
+    return printable(value, limit) if isinstance(value, str) else None
+
+
+def path(value: Any) -> str | None:
+    return text(value, PATH_LIMIT)
+
+
+def flag(value: Any) -> bool | None:
+    return value if isinstance(value, bool) else None
+
+
+def texts(value: Any) -> list[str]:
+    """The strings of list VALUE, each as `text` makes it; [] where VALUE is no list."""
+    return (
+        [printable(v, TEXT_LIMIT) for v in value if isinstance(v, str)]
+        if isinstance(value, list)
+        else []
+    )
+
+
+def of_kind(records: Any, kind: str) -> list[dict[str, Any]]:
+    """The records of READINGS whose `record` is KIND (what is no record is skipped)."""
+    if not isinstance(records, list):
+        return []
+    return [r for r in records if isinstance(r, dict) and r.get("record") == kind]
+
+
+def clean(r: dict[str, Any], fields: dict[str, Callable[[Any], Any]]) -> dict[str, Any]:
+    """Record R as FIELDS (key: reader) read it: each key read with care, other keys left out."""
+    return {k: read(r.get(k)) for k, read in fields.items()}
+
+
 def severity(problems: list[str]) -> int:
     return max((PROBLEMS[p][0] for p in problems if p in PROBLEMS), default=0)
 
 
 def _limit(value: Any) -> float | None:
     low, high = PLAUSIBLE_LIMIT_C
-    return float(value) if isinstance(value, (int, float)) and low <= value <= high else None
+    value = number(value)
+    return float(value) if value is not None and low <= value <= high else None
 
 
 def temperatures(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The hottest sensor with its limits, and the sensors at or above theirs; None where the
     node has no temperature sensor (a virtual machine): unknown, not 0 °C."""
     sensors = []
-    for r in records:
-        if r.get("record") != "temperature" or not isinstance(r.get("temp_celsius"), (int, float)):
+    for r in of_kind(records, "temperature"):
+        temp = number(r.get("temp_celsius"))
+        if temp is None:
             continue
         sensors.append(
             {
-                "chip": r.get("chip"),
-                "sensor": r.get("sensor"),
-                "temp_celsius": r["temp_celsius"],
+                "chip": text(r.get("chip")),
+                "sensor": text(r.get("sensor")),
+                "temp_celsius": temp,
                 "max_celsius": _limit(r.get("max_celsius")),
                 "crit_celsius": _limit(r.get("crit_celsius")),
             }
@@ -118,11 +183,8 @@ def _over(s: dict[str, Any]) -> bool:
 def edac(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Corrected and uncorrected memory errors per controller and in all (counts since the
     driver loaded); None where no EDAC driver is loaded."""
-    mcs = [
-        {k: r.get(k) for k in ("mc", "mc_name", "ce_count", "ue_count")}
-        for r in records
-        if r.get("record") == "edac"
-    ]
+    fields = {"mc": text, "mc_name": text, "ce_count": count, "ue_count": count}
+    mcs = [clean(r, fields) for r in of_kind(records, "edac")]
     if not mcs:
         return None
     return {
@@ -132,25 +194,29 @@ def edac(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     }
 
 
+KERNEL_ERROR_FIELDS: dict[str, Callable[[Any], Any]] = {
+    "category": text,
+    "device": text,
+    "message": lambda v: text(v, MESSAGE_LIMIT),
+    "uptime_seconds": number,
+}
+
+
 def kernel_errors(found: list[tuple[float, dict[str, Any]]], hours: float) -> dict[str, Any]:
     """Hardware errors the kernel logged, from the (reading time, kernel_error record) pairs of
     the last HOURS: per category, and the newest lines.  A line seen in two readings counts
     once (by its uptime stamp and text)."""
-    seen: dict[tuple[Any, str], tuple[float, dict[str, Any]]] = {}
+    seen: dict[tuple[Any, str | None], tuple[float, dict[str, Any]]] = {}
     for t, r in found:
-        seen.setdefault((r.get("uptime_seconds"), str(r.get("message"))), (t, r))
-    lines = sorted(seen.values(), key=lambda tr: (tr[0], tr[1].get("uptime_seconds") or 0))
+        if isinstance(r, dict) and number(t) is not None:
+            line = clean(r, KERNEL_ERROR_FIELDS)
+            seen.setdefault((line["uptime_seconds"], line["message"]), (t, line))
+    lines = sorted(seen.values(), key=lambda tr: (tr[0], tr[1]["uptime_seconds"] or 0))
     return {
         "hours": hours,
-        "counts": dict(Counter(str(r.get("category")) for _, r in lines)),
+        "counts": dict(Counter(r["category"] or "unknown" for _, r in lines)),
         "xids": [x for x in (_xid(r) for _, r in lines) if x is not None],
-        "recent": [
-            {
-                "t": t,
-                **{k: r.get(k) for k in ("category", "device", "message", "uptime_seconds")},
-            }
-            for t, r in lines[-RECENT_ERRORS:]
-        ],
+        "recent": [{"t": t, **r} for t, r in lines[-RECENT_ERRORS:]],
     }
 
 
@@ -177,17 +243,15 @@ def _bus(text: Any) -> str | None:
 
 
 def services(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [
-        {"name": r.get("name"), "running": r.get("running")}
-        for r in records
-        if r.get("record") == "service"
-    ]
+    """The daemons the node checks (a record without a name is skipped)."""
+    found = [clean(r, {"name": text, "running": flag}) for r in of_kind(records, "service")]
+    return [s for s in found if s["name"] is not None]
 
 
 def gpus(records: list[dict[str, Any]], xids: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The node's GPUs (count, mean utilisation, memory, hottest, power) and each GPU with its
     problems; None where the node reported no GPU."""
-    devices = [_gpu(r, xids) for r in records if r.get("record") == "gpu"]
+    devices = [_gpu(r, xids) for r in of_kind(records, "gpu")]
     if not devices:
         return None
 
@@ -210,31 +274,32 @@ def gpus(records: list[dict[str, Any]], xids: list[dict[str, Any]]) -> dict[str,
     }
 
 
-GPU_KEYS = (
-    "index",
-    "name",
-    "uuid",
-    "bus_id",
-    "util_gpu_percent",
-    "memory_used_bytes",
-    "memory_total_bytes",
-    "temperature_gpu_c",
-    "power_draw_w",
-    "power_limit_w",
-    "ecc_volatile_corrected",
-    "ecc_volatile_uncorrected",
-    "throttle_reasons",
-)
+GPU_FIELDS: dict[str, Callable[[Any], Any]] = {
+    "index": count,
+    "name": text,
+    "uuid": text,
+    "bus_id": text,
+    "util_gpu_percent": number,
+    "memory_used_bytes": number,
+    "memory_total_bytes": number,
+    "temperature_gpu_c": number,
+    "power_draw_w": number,
+    "power_limit_w": number,
+    "ecc_volatile_corrected": count,
+    "ecc_volatile_uncorrected": count,
+    "throttle_reasons": texts,
+}
+GPU_KEYS = tuple(GPU_FIELDS)
 
 
 def _gpu(r: dict[str, Any], xids: list[dict[str, Any]]) -> dict[str, Any]:
-    out = {k: r.get(k) for k in GPU_KEYS}
-    bus = _bus(r.get("bus_id"))
+    out = clean(r, GPU_FIELDS)
+    bus = _bus(out["bus_id"])
     codes = sorted({x["xid"] for x in xids if bus is not None and x["bus"] == bus})
     out["xids"] = codes
-    reasons = set(r.get("throttle_reasons") or ())
+    reasons = set(out["throttle_reasons"])
     problems = []
-    if (r.get("ecc_volatile_uncorrected") or 0) > 0:
+    if out["ecc_volatile_uncorrected"]:
         problems.append("gpu-ecc")
     if any(x not in APPLICATION_XIDS for x in codes):
         problems.append("xid")
@@ -246,9 +311,10 @@ def _gpu(r: dict[str, Any], xids: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def slurm_problems(state: str | None, flags: list[str] | None) -> list[str]:
+def slurm_problems(state: Any, flags: Any) -> list[str]:
+    state = text(state)
     out = [BAD_STATES[state.lower()]] if state and state.lower() in BAD_STATES else []
-    out += [BAD_FLAGS[f] for f in flags or () if f in BAD_FLAGS]
+    out += [BAD_FLAGS[f] for f in texts(flags) if f in BAD_FLAGS]
     return list(dict.fromkeys(out))
 
 

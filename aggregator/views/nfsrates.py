@@ -19,6 +19,7 @@ from collections import defaultdict
 from typing import Any
 
 from aggregator import store
+from aggregator.views.health import clean, count, number, path, text
 
 OPS = (
     "read",
@@ -41,7 +42,16 @@ BYTES = (
     ("server_read_bytes_per_s", ("server_read_bytes",)),
     ("server_write_bytes_per_s", ("server_write_bytes",)),
 )
-MOUNT_KEYS = ("device", "server", "export", "mount_point", "fstype", "nfs_version", "protocol")
+MOUNT_FIELDS = {
+    "device": path,
+    "server": text,
+    "export": path,
+    "mount_point": path,
+    "fstype": text,
+    "nfs_version": text,
+    "protocol": text,
+}
+MOUNT_KEYS = tuple(MOUNT_FIELDS)
 HOURS = 2.0  # the default window
 MAX_HOURS = 24 * 31
 
@@ -51,10 +61,15 @@ def _counters(r: dict[str, Any]) -> list[str]:
     return names + [f"{op}_{f}" for op in OPS for f in ("ops", "retrans", "rtt_ms", "exe_ms")]
 
 
+def _counter(r: dict[str, Any], key: str) -> int | None:
+    """Counter KEY of mount record R: a whole number, else unknown."""
+    return count(r.get(key))
+
+
 def _delta(a: dict, b: dict, key: str, reset: bool) -> int | None:
     """How much counter KEY grew from A to B (from 0 after a reset); None where unknown."""
-    after, before = b.get(key), 0 if reset else a.get(key)
-    if not isinstance(after, int) or not isinstance(before, int):
+    after, before = _counter(b, key), 0 if reset else _counter(a, key)
+    if after is None or before is None:
         return None
     return after - before
 
@@ -71,13 +86,14 @@ def _per(n: float | None, d: float | None, digits: int = 3) -> float | None:
 def is_reset(a: dict[str, Any], b: dict[str, Any], seconds: float) -> bool:
     """Whether mount B is not the mount A was: a counter went down or B's mount is younger than
     the interval (remounted, or the node rebooted)."""
-    age = b.get("age_seconds")
-    if isinstance(age, int) and (age + 1 < seconds or (a.get("age_seconds") or 0) > age):
+    age = _counter(b, "age_seconds")
+    if age is not None and (age + 1 < seconds or (_counter(a, "age_seconds") or 0) > age):
         return True
-    return any(
-        isinstance(a.get(k), int) and isinstance(b.get(k), int) and b[k] < a[k]
-        for k in _counters(b)
-    )
+    for k in _counters(b):
+        before, after = _counter(a, k), _counter(b, k)
+        if before is not None and after is not None and after < before:
+            return True
+    return False
 
 
 def rates(a: dict[str, Any], b: dict[str, Any], t0: float, t1: float) -> dict[str, Any]:
@@ -86,8 +102,8 @@ def rates(a: dict[str, Any], b: dict[str, Any], t0: float, t1: float) -> dict[st
     reset = is_reset(a, b, seconds)
     span: float | None = seconds
     if reset:
-        age = b.get("age_seconds")
-        span = float(age) if isinstance(age, int) and 0 < age <= seconds else None
+        age = _counter(b, "age_seconds")
+        span = float(age) if age is not None and 0 < age <= seconds else None
     d = {k: _delta(a, b, k, reset) for k in _counters(b)}
     ops = _sum([d[f"{op}_ops"] for op in OPS])
     retrans = _sum([d[f"{op}_retrans"] for op in OPS])
@@ -115,11 +131,18 @@ def rates(a: dict[str, Any], b: dict[str, Any], t0: float, t1: float) -> dict[st
 
 def _keyed(records: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
     """A reading's mounts by (device, mount point, fstype, n): the same mount twice on one
-    point (a stacked mount) is told apart by its order."""
+    point (a stacked mount) is told apart by its order.  A record without a mount point is
+    skipped; a device or fstype that is no text is ""."""
     out: dict[tuple, dict[str, Any]] = {}
     seen: dict[tuple, int] = defaultdict(int)
     for r in records:
-        base = (r.get("device"), r.get("mount_point"), r.get("fstype"))
+        if not isinstance(r, dict) or path(r.get("mount_point")) is None:
+            continue
+        base = (
+            path(r.get("device")) or "",
+            path(r.get("mount_point")),
+            text(r.get("fstype")) or "",
+        )
         out[(*base, seen[base])] = r
         seen[base] += 1
     return out
@@ -140,7 +163,7 @@ def intervals(readings: list[tuple[float, list[dict[str, Any]]]]) -> dict[tuple,
                 out.setdefault(key, {"intervals": []})["intervals"].append(rates(ra, rb, t0, t1))
     for t, recs in ordered:
         for key, r in _keyed(recs).items():
-            out.setdefault(key, {"intervals": []}).update({k: r.get(k) for k in MOUNT_KEYS}, t=t)
+            out.setdefault(key, {"intervals": []}).update(clean(r, MOUNT_FIELDS), t=t)
     return out
 
 
@@ -155,7 +178,8 @@ def nfs(
         conn, "nfs", "nfs_mount", now - hours * 3600, nodes=[node] if node else None
     )
     for n, t, r in found:
-        by[n][t].append(r)
+        if number(t) is not None:
+            by[n][t].append(r)
     mounts = []
     for n in sorted(by):
         for _, m in sorted(intervals(list(by[n].items())).items(), key=lambda kv: kv[0][1:]):

@@ -11,7 +11,8 @@ whole policy is tested without sockets (tests/test_policy.py).
   is for admins.
 - Quotas and scratch: a user sees their own (and their groups' quotas), never another user's
   lines; fair share as sshare shows it under PrivateData; partitions, like nodes, hidden where
-  Slurm's PrivateData hides them.
+  Slurm's PrivateData hides them; NFS rates per mount (which may be a user's home) hidden
+  under PrivateData nodes, jobs, users or usage.
 - A user has at most USER_REQUESTS requests in progress at once (HTTP 429 beyond), so that one
   user cannot take the server's concurrency from the others.
 """
@@ -130,6 +131,20 @@ def nodes_allowed(caller: Caller, private: frozenset[str]) -> None:
         raise Forbidden("Slurm's PrivateData=nodes: node details are for administrators")
 
 
+NFS_PRIVATE = ("nodes", "jobs", "users", "usage")
+
+
+def nfs_allowed(caller: Caller, private: frozenset[str]) -> None:
+    """NFS rates per node and mount: a mount point may name a user (an automounted
+    /home/bob), and its rates show what they do; under PrivateData nodes, jobs, users or usage
+    they are for administrators."""
+    hidden = [f for f in NFS_PRIVATE if f in private]
+    if hidden and not caller.admin:
+        raise Forbidden(
+            f"Slurm's PrivateData={hidden[0]}: NFS rates per node and mount are for administrators"
+        )
+
+
 def models_view(caller: Caller, models: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The model registry names no user or job: everyone sees which model scores their jobs and
     how well it did; the files' place on the head node is for administrators."""
@@ -227,8 +242,8 @@ def own_quota(caller: Caller, q: dict[str, Any]) -> bool:
     """A user quota of the caller's own (by uid, else by name), or a group quota of one of the
     caller's groups: what `quota` shows a user."""
     if q.get("kind") == "user":
-        if q.get("id") is not None:
-            return int(q["id"]) == caller.uid
+        if type(q.get("id")) is int:
+            return q["id"] == caller.uid
         return caller.name is not None and q.get("name") == caller.name
     return q.get("kind") == "group" and q.get("name") in caller.groups
 

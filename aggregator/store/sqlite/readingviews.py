@@ -36,7 +36,10 @@ def reading_records_between(
         "SELECT node, t, value FROM ("
         f" SELECT r.node, r.t, r.records_json FROM readings r WHERE {cond}"
         f" UNION SELECT r.node, r.t, r.records_json FROM readings_latest r WHERE {cond}"
-        "), json_each(records_json) WHERE json_extract(value, '$.record') = ?"
+        # Only objects are asked for their kind: a node may send any JSON as a record, and
+        # json_extract of a bare string fails the whole query.
+        "), json_each(records_json)"
+        " WHERE CASE WHEN type = 'object' THEN json_extract(value, '$.record') END = ?"
         " ORDER BY t DESC, node LIMIT ?"
     )
     rows = conn.execute(sql, (*args, *args, record, limit)).fetchall()
