@@ -252,6 +252,17 @@ def test_a_warning_for_an_out_of_memory_shape_states_no_censored_peak_and_advise
     assert shown == lines and not advised
 
 
+def test_a_warning_states_no_peak_where_the_others_were_never_measured():
+    # Jobs too short for Slurm's accounting sample have no peak: the warning neither invents
+    # one ("0 MB") nor says that the ones that completed needed more.
+    history = [job(i, "quick", outcome="OUT_OF_MEMORY", mem=200 * MiB, elapsed=5) for i in range(5)]
+    history += [job(5 + i, "quick", mem=200 * MiB, elapsed=5) for i in range(3)]
+    probs = {"COMPLETED": 0.1, "FAILED": 0.1, "OUT_OF_MEMORY": 0.8, "TIMEOUT": 0.0}
+    lines, reasons = explain(job(9, "quick", mem=200 * MiB), history, 0.9, probs, 0.5)
+    assert lines[1] == "NØMADE: 5 of your 8 recent jobs that requested 200 MB ran out of memory."
+    assert reasons["peak_bytes"] is None
+
+
 def test_stored_advice_is_shown_by_nomadectl_job(history_db):
     path, conn = history_db
     new = job(9, "big_run", mem=200 * MiB)

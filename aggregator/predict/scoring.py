@@ -84,8 +84,10 @@ def explain(
             )
             if peaks:
                 text += f"; the largest peak of the others was {_gib(max(peaks))}."
-            else:
+            elif len(oom) == len(alike):
                 text += " at that limit: they needed more."
+            else:  # the others' peaks were never measured (too short for Slurm's sampling)
+                text += "."
             lines.append(text)
             reasons.update(
                 similar_jobs=len(alike),
