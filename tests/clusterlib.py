@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from click.testing import CliRunner
+from conftest import SITE_PYTHON
 
 import nomadectl as ctl
 
@@ -297,3 +298,24 @@ def within(seconds: float):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def api_as(user: str, url: str, method: str, target: str, body: bytes = b"") -> tuple[int, object]:
+    """(status, answer) of a request to the aggregator's API at URL signed with USER's own MUNGE
+    credential, made by the installed client (so it runs with USER's rights only)."""
+    code = (
+        "import json, sys\nfrom aggregator.admin import apiclient\n"
+        "try:\n    out = (200, apiclient.call(*sys.argv[1:4], sys.argv[4].encode()))\n"
+        "except apiclient.ApiError as exc:\n    out = (exc.status, str(exc))\n"
+        "print(json.dumps(out))\n"
+    )
+    proc = subprocess.run(
+        ["runuser", "-u", user, "--", SITE_PYTHON, "-c", code, url, method, target, body.decode()],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+    )
+    assert proc.returncode == 0, proc.stderr
+    status, answer = json.loads(proc.stdout)
+    return status, answer

@@ -29,7 +29,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from clusterlib import free_port, wait_for
+from clusterlib import api_as, free_port, wait_for
 from conftest import SITE_NOMADECTL, SITE_PYTHON, required
 from test_hooks import Site, slurm_env
 
@@ -205,22 +205,7 @@ def nomadectl(user: str, client: Path, *args: str) -> subprocess.CompletedProces
 
 def as_user(user: str, url: str, method: str, target: str, body: bytes = b"") -> tuple[int, dict]:
     """A request signed by USER's own credential (apiclient in the installed venv)."""
-    code = (
-        "import json, sys\nfrom aggregator.admin import apiclient\n"
-        "try:\n    out = (200, apiclient.call(*sys.argv[1:4], sys.argv[4].encode()))\n"
-        "except apiclient.ApiError as exc:\n    out = (exc.status, str(exc))\n"
-        "print(json.dumps(out))\n"
-    )
-    proc = subprocess.run(
-        ["runuser", "-u", user, "--", VENV_PYTHON, "-c", code, url, method, target, body.decode()],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd="/",
-    )
-    assert proc.returncode == 0, proc.stderr
-    status, answer = json.loads(proc.stdout)
-    return status, answer
+    return api_as(user, url, method, target, body)  # type: ignore[return-value]
 
 
 def one_line_refusal(proc: subprocess.CompletedProcess) -> str:

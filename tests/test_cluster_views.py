@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 
 import pytest
-from clusterlib import running_pipeline, wait_for
+from clusterlib import api_as, running_pipeline, wait_for
 from conftest import SITE_PYTHON, required
 
 pytestmark = pytest.mark.cluster
@@ -75,23 +74,7 @@ def test_partitions_and_fairshare_from_the_real_slurm(pipeline):
 def as_alice(p, target: str) -> tuple[int, object]:
     if not os.path.exists(SITE_PYTHON):
         required(f"{SITE_PYTHON} is not installed (slurm-conf/install-nomade.sh)")
-    code = (
-        "import json, sys\nfrom aggregator.admin import apiclient\n"
-        "try:\n    out = (200, apiclient.call(sys.argv[1], 'GET', sys.argv[2]))\n"
-        "except apiclient.ApiError as exc:\n    out = (exc.status, str(exc))\n"
-        "print(json.dumps(out))\n"
-    )
-    url = f"http://127.0.0.1:{p.http_port}"
-    proc = subprocess.run(
-        ["runuser", "-u", "alice", "--", SITE_PYTHON, "-c", code, url, target],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd="/",
-    )
-    assert proc.returncode == 0, proc.stderr
-    status, answer = json.loads(proc.stdout)
-    return status, answer
+    return api_as("alice", f"http://127.0.0.1:{p.http_port}", "GET", target)
 
 
 def test_alice_reads_the_node_health_through_the_api(pipeline):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from clusterlib import free_port
+from clusterlib import api_as, free_port
 from conftest import FIXTURES, ROOT, SITE_NOMADECTL, SITE_PYTHON, required
 
 import nomadectl as ctl
@@ -275,22 +275,7 @@ def aggregator(root: Path, private_data: str, scratch_dir: Path):
 
 def as_user(user: str, url: str, target: str) -> tuple[int, object]:
     """(status, answer) of a GET signed with USER's own credential (the installed client)."""
-    code = (
-        "import json, sys\nfrom aggregator.admin import apiclient\n"
-        "try:\n    out = (200, apiclient.call(sys.argv[1], 'GET', sys.argv[2]))\n"
-        "except apiclient.ApiError as exc:\n    out = (exc.status, str(exc))\n"
-        "print(json.dumps(out))\n"
-    )
-    proc = subprocess.run(
-        ["runuser", "-u", user, "--", SITE_PYTHON, "-c", code, url, target],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd="/",
-    )
-    assert proc.returncode == 0, proc.stderr
-    status, answer = json.loads(proc.stdout)
-    return status, answer
+    return api_as(user, url, "GET", target)
 
 
 @pytest.fixture
