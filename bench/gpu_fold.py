@@ -80,7 +80,7 @@ def run(nodes: int, rounds: int) -> tuple[float, float]:
                     conn.execute("COMMIT")
                     times[kind].append(time.perf_counter() - start)
         rows = conn.execute("SELECT count(*), min(readings) FROM job_gpus").fetchone()
-        assert rows == (nodes * GPUS, rounds), rows  # every GPU of every job, every reading
+        assert tuple(rows) == (nodes * GPUS, rounds), tuple(rows)  # every GPU, every reading
         conn.close()
     return statistics.median(times["fold"]) * 1e6, statistics.median(times["plain"]) * 1e6
 
