@@ -325,3 +325,31 @@ def test_a_warned_job_shows_no_empty_advice_heading():
     assert "advised at start:" in text and "no --time advice" in text
     view["advice"]["time"] = {"text": line}
     assert "advised at start:" not in ctl.jobs.render_job(view)
+
+
+def test_the_agents_gpu_read_over_a_fixture_root_reaches_the_jobs_view(db, tmp_path):
+    # The agent's own read (collectors/gpu.py:read), as on a node: nvidia-smi (here a script
+    # printing NØMADE's H200 capture) and /proc (a tree naming pid 460's job); then the
+    # NVML path through the fake pynvml of the conformance tests (its pid 5762 is job 31337).
+    from test_gpu_conformance import fake_pynvml
+
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text(f"#!/bin/sh\ncat {GPU / 'q-x.xml'}\n")
+    smi.chmod(0o755)
+    root = proc_root(tmp_path, {460: 42, 5762: 31337})
+    ing, now = Ingest("c"), time.time()
+    for job in (42, 31337):
+        db.call(lambda c, job=job: start(c, ing, job, now - 100))
+    by_smi = gpu.read(root, str(smi), 10.0, use_nvml=False)
+    by_nvml = gpu.read(root, str(smi), 10.0, nvml=fake_pynvml())
+    assert send(db, ing, "gpu1", 1, "gpu", now - 20, by_smi) == "stored"
+    assert send(db, ing, "gpu2", 1, "gpu", now - 10, by_nvml) == "stored"
+    (h200,) = db.call(lambda c: query.job(c, 42))["gpus_used"]
+    assert (h200["node"], h200["name"], h200["job_memory_max_bytes"]) == (
+        "gpu1",
+        "NVIDIA H200",
+        1860 * MiB,
+    )
+    (t4,) = db.call(lambda c: query.job(c, 31337))["gpus_used"]
+    assert t4["node"] == "gpu2" and t4["job_memory_max_bytes"] == 1005 * MiB
+    assert "T4" in t4["name"]
