@@ -730,8 +730,17 @@ class _Raw:
             if _is_nomade(parts):
                 self.put(parts, value)
         taken = {".".join(p) for p, _ in leaves if _is_nomade(p)}
+        refused: dict[tuple[str | None, str], ConfigError] = {}
         for parts, value in theirs:
-            self.design(self.path, ".".join(parts), value, taken)
+            try:
+                self.design(self.path, ".".join(parts), value, taken)
+            except ConfigError as exc:  # all of them in one line, not one per restart
+                refused.setdefault((exc.key, exc.reason), exc)
+        if len(refused) == 1:
+            raise next(iter(refused.values()))
+        if refused:
+            each = "; ".join(f"[{e.key}] {e.reason}" for e in refused.values())
+            raise ConfigError(self.path, None, f"{len(refused)} design keys not taken: {each}")
 
     def read_env(self, env: Mapping[str, str]) -> None:
         """NOMADE_SECTION__KEY variables over the file; a variable under NOMADE_ with `__` in

@@ -190,3 +190,19 @@ def test_a_design_key_that_cannot_be_read_names_itself(text, why):
     with pytest.raises(ConfigError) as err:
         config.parse(text, "n.toml")
     assert str(err.value).startswith(f"n.toml {why}")
+
+
+def test_every_refused_design_key_of_a_file_is_named_at_once():
+    # A site's file written from the design documents: one error names every key to change,
+    # not one per restart.
+    text = (
+        "[monitor]\nsample_interval = 10\nport = 5555\n"
+        "[alerts]\nemail = true\n[alerts.derivatives]\nwindow = 3\n[dashboard]\nport = 5000\n"
+    )
+    with pytest.raises(ConfigError) as exc:
+        config.parse(text, "/etc/nomade/nomade.toml")
+    message = str(exc.value)
+    assert message.startswith("/etc/nomade/nomade.toml: 4 design keys not taken: ")
+    for key in ("[monitor.port]", "[alerts]", "[alerts.derivatives]", "[dashboard]"):
+        assert key in message
+    assert "\n" not in message and "sample_interval" not in message  # that one is taken
