@@ -28,7 +28,7 @@ LEAST_EFFICIENT_PERCENT = 50.0  # `jobs --least-efficient` without --below
     "--least-efficient",
     "least",
     is_flag=True,
-    help="ended jobs that used least of what they asked for first (CPU or memory under 50%%)",
+    help="ended jobs that used least of what they asked for first (CPU or memory under 50%)",
 )
 @click.option(
     "--below",
@@ -62,7 +62,9 @@ def jobs(ctx, user, state, since, limit, least, below, as_json) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def job(ctx: click.Context, job_id: int, as_json: bool) -> None:
-    """One job: request, outcome, per-node CPU, memory and I/O, and a compact time series."""
+    """One job: request, outcome, CPU and memory efficiency, its verdict and advice at start,
+    per-node CPU, memory and I/O (local and network), its GPUs, per-node curves and a compact
+    time series."""
     cfg = base.config(ctx)
     if base.from_store():
         found = query.job(base.reader(cfg), job_id)

@@ -27,6 +27,7 @@ for user in carol grace; do
 done
 nomadectl=${NOMADECTL:-nomadectl}
 wait_s=${NOMADE_DEMO_WAIT:-180}
+[[ $wait_s =~ ^[0-9]{1,5}$ ]] || die "NOMADE_DEMO_WAIT is $wait_s: expected whole seconds (180)"
 ctl() { "$nomadectl" --config "$config" "$@"; }
 json() { python3 -c "import json, sys; d = json.load(sys.stdin); print($1)"; }
 
@@ -66,7 +67,8 @@ chmod 644 "$dir/risky.sh" "$dir/train.py" "$dir/healthy.sh" "$dir/postproc.py"
 
 # The active model, and the one the running aggregator scores with: `nomadectl check` asks the
 # aggregator, which answers with the model it has loaded (it looks for a new one every 5 s).
-active=$(ctl model list --json | json 'next((m["version"] for m in d if m["active"]), "")')
+active=$(ctl model list --json | json 'next((m["version"] for m in d if m["active"]), "")') ||
+    die "nomadectl model list failed (see above): is the aggregator's database there?"
 [[ -n $active ]] || die "no model is active (nomadectl train; nomadectl model list)"
 deadline=$((SECONDS + wait_s))
 loaded() { ctl check --json --user carol "$dir/risky.sh" 2>/dev/null | json 'd["model"] or ""'; }
@@ -91,15 +93,18 @@ submit() {
     sbatch --parsable --uid="$user" --gid="$user" -D "$dir" -o "$dir/%x-%j.out" "$script" |
         cut -d';' -f1
 }
-risky=$(submit carol "$dir/risky.sh")
-healthy=$(submit grace "$dir/healthy.sh")
+since=$(date +%Y-%m-%dT%H:%M:%S) # sacct below: this run's jobs only, whatever ids were reused
+risky=$(submit carol "$dir/risky.sh") || die "sbatch refused carol's job (see above)"
+healthy=$(submit grace "$dir/healthy.sh") || die "sbatch refused grace's job (see above)"
+[[ $risky =~ ^[0-9]+$ && $healthy =~ ^[0-9]+$ ]] ||
+    die "sbatch gave no job ids (got '$risky' and '$healthy')"
 echo "jobs: risky=$risky (carol) healthy=$healthy (grace)"
 
 # Both ended (squeue no longer has them) and Slurm's accounting has their final states.
 ended() {
     [[ -z $(squeue -h -o %i -j "$risky,$healthy" 2>/dev/null) ]] || return 1
     local states
-    states=$(sacct -n -X -P -o State -j "$risky,$healthy" 2>/dev/null)
+    states=$(sacct -n -X -P -o State -S "$since" -j "$risky,$healthy" 2>/dev/null)
     [[ $(grep -cvE '^(PENDING|RUNNING|REQUEUED|SUSPENDED|COMPLETING)?$' <<<"$states") == 2 ]]
 }
 deadline=$((SECONDS + wait_s))
@@ -107,10 +112,13 @@ until ended; do
     ((SECONDS < deadline)) || die "jobs $risky and $healthy did not end within ${wait_s} s (squeue)"
     sleep 1
 done
-sacct -X -j "$risky,$healthy" -o JobID,User,JobName%20,ReqMem,Timelimit,State%14
+sacct -X -S "$since" -j "$risky,$healthy" -o JobID,User,JobName%20,ReqMem,Timelimit,State%14
 
 risky_out=$dir/train_resnet_e20-$risky.out
 healthy_out=$dir/postproc_stats_v2-$healthy.out
+for out in "$risky_out" "$healthy_out"; do
+    [[ -r $out ]] || die "$out is missing: Slurm wrote no output for that job (see sacct above)"
+done
 say "the head of carol's job $risky's output ($risky_out)"
 head -n 8 "$risky_out"
 say "the head of grace's job $healthy's output ($healthy_out): no warning"

@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 from clusterlib import api_as, running_pipeline, wait_for
-from conftest import SITE_PYTHON, required
+from conftest import ROOT, SITE_PYTHON, required
+
+from aggregator import store
+from collectors import health
 
 pytestmark = pytest.mark.cluster
 
@@ -19,23 +23,33 @@ FAST = "".join(
 )
 
 
+KERNEL_LOG = ROOT / "tests" / "cases" / "node-kernel-errors-handmade" / "input"
+
+
 @pytest.fixture(scope="module")
 def pipeline(slurm_cluster):
-    with running_pipeline(FAST) as p:
-        wait_for(
-            "health readings from both nodes and Slurm's node, partition and fair-share readings",
-            lambda: (
-                len(
-                    p.query(
-                        "SELECT DISTINCT node, collector FROM readings_latest WHERE collector IN"
-                        " ('health', 'node_state', 'partitions', 'fairshare')"
+    # Every reading kept as history (the real nodes log no hardware errors: a test reading
+    # that does is stored beside the agents' and must stay in the history).
+    os.environ["NOMADE_AGGREGATOR__READINGS_HISTORY_SECONDS"] = "1"
+    try:
+        with running_pipeline(FAST) as p:
+            wait_for(
+                "health readings from both nodes and Slurm's node, partition and fair-share"
+                " readings",
+                lambda: (
+                    len(
+                        p.query(
+                            "SELECT DISTINCT node, collector FROM readings_latest WHERE"
+                            " collector IN ('health', 'node_state', 'partitions', 'fairshare')"
+                        )
                     )
-                )
-                >= 5
-            ),
-            60,
-        )
-        yield p
+                    >= 5
+                ),
+                60,
+            )
+            yield p
+    finally:
+        del os.environ["NOMADE_AGGREGATOR__READINGS_HISTORY_SECONDS"]
 
 
 def test_nodes_show_each_real_nodes_health(pipeline):
@@ -77,11 +91,38 @@ def as_alice(p, target: str) -> tuple[int, object]:
     return api_as("alice", f"http://127.0.0.1:{p.http_port}", "GET", target)
 
 
+def logged_errors(p) -> None:
+    """node1's kernel log shows hardware errors (the hand-made log's lines), stored as the
+    aggregator stores an agent's health reading, until one is kept in the history."""
+    errors = health.parse_kernel_errors(KERNEL_LOG.read_text(), "dmesg")
+    conn = store.connect(str(p.db))
+
+    def kept() -> bool:
+        conn.execute("BEGIN IMMEDIATE")
+        # The node's own newest reading (its services, ...) with the errors added.
+        records = store.latest_readings(conn, "health")["node1"][1] + errors
+        store.store_reading(conn, "node1", "health", time.time(), 0.1, records, 1.0)
+        conn.execute("COMMIT")
+        return p.query(
+            "SELECT count(*) FROM readings WHERE collector = 'health' AND node = 'node1'"
+            " AND instr(records_json, '\"kernel_error\"') > 0"
+        )[0][0]
+
+    wait_for("a health reading with kernel errors kept in the history", kept, 20, every=1.1)
+    conn.close()
+
+
 def test_alice_reads_the_node_health_through_the_api(pipeline):
+    logged_errors(pipeline)
+    root = {n["node"]: n for n in json.loads(pipeline.ctl("nodes", "--json"))["nodes"]}
+    seen = root["node1"]["health"]["kernel_errors"]
+    assert seen["counts"].get("mce") and seen["recent"], seen  # root: the lines themselves
     status, view = as_alice(pipeline, "/api/v1/nodes")
     assert status == 200, view
     nodes = {n["node"]: n for n in view["nodes"]}
     assert nodes["node1"]["health"]["services"] and nodes["node2"]["health"] is not None
+    # alice: how many, never the lines (they can name other users' processes).
+    assert nodes["node1"]["health"]["kernel_errors"]["counts"] == seen["counts"]
     assert all(n["health"]["kernel_errors"]["recent"] == [] for n in nodes.values() if n["health"])
     status, fair = as_alice(pipeline, "/api/v1/fairshare")
     assert status == 200 and any(r["user"] == "alice" for r in fair["associations"])

@@ -219,9 +219,11 @@ def test_least_efficient_jobs_come_first_and_agree_with_the_job_view(db):
         db.call(lambda c, i=i, j=jobs[100 + i]: ended(c, ing, 100 + i, t0 + i, *j))
     listed = db.call(lambda c: query.jobs(c, limit=1000, efficiency_below=30))
     worst = [
-        min(v for v in (j["efficiency"]["cpu_percent"], j["efficiency"]["mem_percent"]) if v)
-        if any((j["efficiency"]["cpu_percent"], j["efficiency"]["mem_percent"]))
-        else 0
+        min(
+            v
+            for v in (j["efficiency"]["cpu_percent"], j["efficiency"]["mem_percent"])
+            if v is not None
+        )
         for j in listed
     ]
     assert worst == sorted(worst) and all(w < 30 for w in worst)
@@ -353,3 +355,41 @@ def test_the_agents_gpu_read_over_a_fixture_root_reaches_the_jobs_view(db, tmp_p
     (t4,) = db.call(lambda c: query.job(c, 31337))["gpus_used"]
     assert t4["node"] == "gpu2" and t4["job_memory_max_bytes"] == 1005 * MiB
     assert "T4" in t4["name"]
+
+
+def sample(job_id, t, cpu, mem):
+    r = [None] * len(wire.SAMPLE_FIELDS)
+    r[0], r[1] = job_id, t
+    r[wire.SAMPLE_FIELDS.index("cpu_usage_seconds")] = cpu
+    r[wire.SAMPLE_FIELDS.index("mem_current_bytes")] = mem
+    r[wire.SAMPLE_FIELDS.index("mem_peak_bytes")] = mem
+    return r
+
+
+def test_the_list_and_the_job_view_agree_whether_sacct_answered_or_not(db):
+    # Jobs with samples, on one or two nodes, asking by --mem or --mem-per-cpu; sacct answers
+    # for some (with a TotalCPU short of what was sampled, or a MaxRSS of 0), never for others.
+    ing, now, rng = Ingest("c"), time.time(), random.Random(160)
+    seq = 0
+    for job_id in range(200, 230):
+        nodes = rng.choice((1, 2))
+        request = rng.choice(({"mem_per_node_bytes": 400 * MiB}, {"mem_per_cpu_bytes": 100 * MiB}))
+        job = {"job_id": job_id, "submit_time": now - 600, "user": "alice", "cpus": 4,
+               "nodes_requested": nodes, **request}  # fmt: skip
+        db.call(lambda c, job=job: ing.job_start(c, job, None, now - 500))
+        for n in range(nodes):
+            rows = [sample(job_id, now - 500 + 10 * k, 3.0 * k * rng.random(), rng.randint(1, 300) * MiB) for k in range(6)]  # fmt: skip
+            seq += 1
+            env = wire.Envelope(wire.SAMPLES, f"n{n}", 1, seq, {"rows": rows})
+            assert db.call(lambda c, env=env: ing.apply_envelope(c, env)) == "stored"
+        end = {"job_id": job_id, "submit_time": now - 600, "end_time": now - 400}
+        uid = db.call(lambda c, end=end: ing.job_end(c, end, 1.0, now - 400))
+        final = rng.choice((None, {"elapsed_seconds": 100.0, "total_cpu_seconds": rng.choice((0.0, 5.0)), "max_rss_bytes": rng.choice((0, 10 * MiB))}))  # fmt: skip
+        db.call(lambda c, uid=uid, final=final: ing.reconciled(c, uid, final, 9, 9, 1.0, now))
+    listed = {j["job_id"]: j for j in db.call(lambda c: query.jobs(c, limit=1000))}
+    least = db.call(lambda c: query.jobs(c, limit=1000, efficiency_below=1000))
+    assert len(listed) == len(least) == 30  # every ended job has an efficiency to rank by
+    for job_id, j in listed.items():
+        view = db.call(lambda c, job_id=job_id: query.job(c, job_id))
+        for key in ("cpu_percent", "mem_percent", "core_seconds", "mem_request_per_node_bytes"):
+            assert view["efficiency"][key] == j["efficiency"][key], (job_id, key)

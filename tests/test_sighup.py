@@ -224,6 +224,19 @@ def test_the_agents_own_settings_are_named_as_theirs(tmp_path, caplog):
         agg.stop()
 
 
+def test_the_hooks_limit_is_applied_here_and_named_for_install_hooks(tmp_path, caplog):
+    agg, d = started(tmp_path)
+    try:
+        edit(d.config, "hooks", timeout_seconds="1.5")
+        with caplog.at_level(logging.INFO):
+            assert agg.reloader.reload()
+        assert agg.cfg.hooks.timeout_seconds == 1.5  # the report's commit wait: at once
+        said = [r.getMessage() for r in caplog.records if "hooks.timeout_seconds" in r.getMessage()]
+        assert any("nomadectl install-hooks" in m for m in said), said
+    finally:
+        agg.stop()
+
+
 def test_what_waits_for_a_restart_and_what_is_not_the_aggregators_are_settings_and_disjoint():
     """Each pattern names settings that exist, and no setting is in both lists (a setting the
     aggregator reads only at start cannot also be one it does not read)."""

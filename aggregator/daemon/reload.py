@@ -69,6 +69,10 @@ ELSEWHERE = [
     ),
 ]
 
+# Read by both: the aggregator applies it at once (how long it waits to commit a hook's report),
+# and the hooks' own limit keeps its value until `nomadectl install-hooks` writes it into them.
+HOOKS_TOO = ["hooks.timeout_seconds"]
+
 
 def matches(key: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(key, p) for p in patterns)
@@ -148,6 +152,13 @@ class Reloader:
                 "configuration: %s are read by nomade-agent at its start and by the hooks "
                 "through nomadectl install-hooks, not by the aggregator",
                 ", ".join(theirs),
+            )
+        hooks = [k for k in applied if matches(k, HOOKS_TOO)]
+        if hooks:
+            log.warning(
+                "configuration: %s applied here; the hooks keep their own until "
+                "nomadectl install-hooks writes it into them",
+                ", ".join(hooks),
             )
         detail = {"path": cfg.path, "applied": applied, "at_restart": later, "elsewhere": theirs}
         self._event("config_reloaded", json.dumps(detail, sort_keys=True))

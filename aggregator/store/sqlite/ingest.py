@@ -585,15 +585,8 @@ class Ingest:
         """Store sacct's final record, or schedule the next try with exponential backoff."""
         if final is not None:
             known = {k: v for k, v in final.items() if v is not None}
-            # The job's memory peak: the larger of sacct's MaxRSS (0 or a few KB for short jobs,
-            # sampled only every JobAcctGatherFrequency) and the peak NØMADE's agents sampled;
-            # its CPU time likewise (sacct's TotalCPU leaves out processes killed before they
-            # were waited for: a cancelled or timed-out job's can be 0).
-            peak, cpu = samples.sampled_totals(conn, uid)
-            if peak is not None and peak > (known.get("max_rss_bytes") or 0):
-                known["max_rss_bytes"] = peak
-            if cpu is not None and cpu > (known.get("total_cpu_seconds") or 0):
-                known["total_cpu_seconds"] = cpu
+            # The job's memory peak and CPU time: the larger of sacct's and the agents'.
+            known.update(_sampled_over(conn, uid, known))
             if (
                 conn.execute("SELECT submit_time FROM jobs WHERE uid = ?", (uid,)).fetchone()[0]
                 is not None
@@ -612,7 +605,31 @@ class Ingest:
             (state, attempts, now + delay * 2**attempts, now, uid),
         )
         if state == "unreconciled":
+            # sacct never answered (no accounting here, or not for this job): what the agents
+            # sampled is all NØMADE will know of the job's CPU time and memory peak.
+            row = conn.execute(
+                "SELECT max_rss_bytes, total_cpu_seconds FROM jobs WHERE uid = ?", (uid,)
+            ).fetchone()
+            known = {"max_rss_bytes": row[0], "total_cpu_seconds": row[1]}
+            better = _sampled_over(conn, uid, known)
+            if better:
+                sets = ", ".join(f"{k} = ?" for k in better)
+                conn.execute(f"UPDATE jobs SET {sets} WHERE uid = ?", (*better.values(), uid))
             event(conn, "job_unreconciled", job_uid=uid, t=now)
+
+
+def _sampled_over(conn: sqlite3.Connection, uid: int, known: dict[str, Any]) -> dict[str, Any]:
+    """The job's memory peak and CPU time where NØMADE's agents sampled more than KNOWN holds:
+    sacct's MaxRSS is 0 or a few KB for short jobs (sampled only every
+    JobAcctGatherFrequency), and its TotalCPU leaves out processes killed before they were
+    waited for (a cancelled or timed-out job's can be 0)."""
+    peak, cpu = samples.sampled_totals(conn, uid)
+    out: dict[str, Any] = {}
+    if peak is not None and peak > (known.get("max_rss_bytes") or 0):
+        out["max_rss_bytes"] = peak
+    if cpu is not None and cpu > (known.get("total_cpu_seconds") or 0):
+        out["total_cpu_seconds"] = cpu
+    return out
 
 
 # -- collectors (node readings arrive in envelopes; head-node ones from the aggregator itself) ---

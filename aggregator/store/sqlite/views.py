@@ -28,7 +28,10 @@ def find_job(conn: sqlite3.Connection, job_id: int) -> dict[str, Any] | None:
 # A job's efficiencies as fractions, as aggregator/views/query.py:efficiency computes them from a
 # jobs row (NULL where a figure is unknown): CPU seconds over elapsed times CPUs, and the memory
 # peak over the memory asked for per node.
-CPU_EFFICIENCY_SQL = "(total_cpu_seconds / nullif(elapsed_seconds * cpus, 0))"
+CPU_EFFICIENCY_SQL = (
+    "(total_cpu_seconds"
+    " / nullif(coalesce(elapsed_seconds, max(0, end_time - start_time)) * cpus, 0))"
+)
 MEM_EFFICIENCY_SQL = (
     "(max_rss_bytes * 1.0 / nullif(coalesce(nullif(mem_per_node_bytes, 0), mem_per_cpu_bytes"
     " * ((cpus + max(1, coalesce(nodes_requested, 1)) - 1) / max(1, coalesce(nodes_requested,"
