@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from click.testing import CliRunner
-from conftest import SITE_PYTHON
+from conftest import SITE_PYTHON, required
 
 import nomadectl as ctl
 
@@ -319,3 +319,18 @@ def api_as(user: str, url: str, method: str, target: str, body: bytes = b"") -> 
     assert proc.returncode == 0, proc.stderr
     status, answer = json.loads(proc.stdout)
     return status, answer
+
+
+def needs_real_users() -> None:
+    """What the tests that act as real users need: munged answering, root with runuser, and
+    the installed client; under ./test.sh a missing one fails (conftest.required)."""
+    from nomade_common import munge
+
+    try:
+        munge.verify(munge.sign("GET", "/probe", b""), "GET", "/probe", b"")
+    except munge.MungeError as exc:
+        required(f"munged is not answering ({exc})")
+    if os.geteuid() != 0 or not shutil.which("runuser"):
+        required("these tests run users' commands with runuser, as root (./test.sh)")
+    if not os.path.exists(SITE_PYTHON):
+        required(f"{SITE_PYTHON} is not installed (slurm-conf/install-nomade.sh)")

@@ -29,7 +29,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from clusterlib import api_as, free_port, wait_for
+from clusterlib import api_as, free_port, needs_real_users, wait_for
 from conftest import SITE_NOMADECTL, SITE_PYTHON, required
 from test_hooks import Site, slurm_env
 
@@ -46,13 +46,8 @@ ONE_LINE_ERROR = "Error: "
 
 @pytest.fixture(scope="module", autouse=True)
 def _needs():
-    try:
-        munge.verify(munge.sign("GET", "/probe", b""), "GET", "/probe", b"")
-    except munge.MungeError as exc:
-        required(f"munged is not answering ({exc})")
-    if os.geteuid() != 0 or not shutil.which("runuser"):
-        required("these tests run users' commands with runuser, as root (./test.sh)")
-    if not (os.path.exists(NOMADECTL) and os.path.exists(VENV_PYTHON)):
+    needs_real_users()
+    if not os.path.exists(NOMADECTL):
         required(f"{NOMADECTL} is not installed (slurm-conf/install-nomade.sh)")
     for user in ("alice", "bob", "slurm"):
         try:

@@ -378,13 +378,23 @@ def test_the_list_and_the_job_view_agree_whether_sacct_answered_or_not(db):
                "nodes_requested": nodes, **request}  # fmt: skip
         db.call(lambda c, job=job: ing.job_start(c, job, None, now - 500))
         for n in range(nodes):
-            rows = [sample(job_id, now - 500 + 10 * k, 3.0 * k * rng.random(), rng.randint(1, 300) * MiB) for k in range(6)]  # fmt: skip
+            rows = [
+                sample(
+                    job_id, now - 500 + 10 * k, 3.0 * k * rng.random(), rng.randint(1, 300) * MiB
+                )
+                for k in range(6)
+            ]
             seq += 1
             env = wire.Envelope(wire.SAMPLES, f"n{n}", 1, seq, {"rows": rows})
             assert db.call(lambda c, env=env: ing.apply_envelope(c, env)) == "stored"
         end = {"job_id": job_id, "submit_time": now - 600, "end_time": now - 400}
         uid = db.call(lambda c, end=end: ing.job_end(c, end, 1.0, now - 400))
-        final = rng.choice((None, {"elapsed_seconds": 100.0, "total_cpu_seconds": rng.choice((0.0, 5.0)), "max_rss_bytes": rng.choice((0, 10 * MiB))}))  # fmt: skip
+        answered = {
+            "elapsed_seconds": 100.0,
+            "total_cpu_seconds": rng.choice((0.0, 5.0)),
+            "max_rss_bytes": rng.choice((0, 10 * MiB)),
+        }
+        final = rng.choice((None, answered))
         db.call(lambda c, uid=uid, final=final: ing.reconciled(c, uid, final, 9, 9, 1.0, now))
     listed = {j["job_id"]: j for j in db.call(lambda c: query.jobs(c, limit=1000))}
     least = db.call(lambda c: query.jobs(c, limit=1000, efficiency_below=1000))

@@ -154,7 +154,6 @@ def in_process(root: Path, aggregator: str = "") -> tuple[server.Aggregator, Dae
     return agg, d
 
 
-
 def split_of(rows: list[list]) -> dict:
     """Bytes on local disks (the cgroup's block I/O) and elsewhere (the processes' beyond it),
     as `nomadectl job` shows them per node: unknown where either figure is missing."""

@@ -9,7 +9,6 @@ import contextlib
 import json
 import os
 import pwd
-import shutil
 import subprocess
 import tempfile
 import time
@@ -17,8 +16,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from clusterlib import api_as, free_port
-from conftest import FIXTURES, ROOT, SITE_NOMADECTL, SITE_PYTHON, required
+from clusterlib import api_as, free_port, needs_real_users
+from conftest import FIXTURES, ROOT, SITE_NOMADECTL, required
 
 import nomadectl as ctl
 from aggregator import daemon as server
@@ -26,7 +25,7 @@ from aggregator import store
 from aggregator.views.policy import Caller
 from collectors import disk, gpu, health, scratch
 from collectors.slurm import scontrol, sinfo, sshare
-from nomade_common import config, keys, munge
+from nomade_common import config, keys
 
 QUOTA = FIXTURES / "quota" / "quota-tools-4.06"
 SLURM = FIXTURES / "slurm" / "22.05"
@@ -229,14 +228,7 @@ def test_quotas_scratch_fairshare_and_partitions_as_root(site):
 
 # -- as alice and bob, through the API ----------------------------------------------------------
 def _needs_users() -> None:
-    try:
-        munge.verify(munge.sign("GET", "/probe", b""), "GET", "/probe", b"")
-    except munge.MungeError as exc:
-        required(f"munged is not answering ({exc})")
-    if os.geteuid() != 0 or not shutil.which("runuser"):
-        required("these tests run users' commands with runuser, as root (./test.sh)")
-    if not os.path.exists(SITE_PYTHON):
-        required(f"{SITE_PYTHON} is not installed (slurm-conf/install-nomade.sh)")
+    needs_real_users()
     for user in ("alice", "bob"):
         try:
             pwd.getpwnam(user)
