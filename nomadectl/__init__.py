@@ -8,13 +8,25 @@
     imports.py   import sacct                      models.py   train, model list|activate|...
     keys.py      keys add|list|revoke|..., audit   db.py       db backup
     hooks.py     install-hooks, uninstall-hooks    parse.py    parse
-    storage.py   quotas, scratch, nfs
+    storage.py   quotas, scratch, nfs              alerts.py   alerts [ack|silence|silences]
 
 Each command module registers its commands on `main` and keeps the text views of its own output
 beside them; `--json` prints the views themselves.
 """
 
-from . import cluster, daemons, db, hooks, imports, jobs, keys, models, parse, storage  # noqa: F401
+from . import (  # noqa: F401
+    alerts,
+    cluster,
+    daemons,
+    db,
+    hooks,
+    imports,
+    jobs,
+    keys,
+    models,
+    parse,
+    storage,
+)
 from .base import main
 
 __all__ = ["main"]

@@ -326,6 +326,47 @@ CREATE TABLE job_gpus (
     )
 )
 
+# Alerts (aggregator/store/sqlite/alerts.py): each one raised by a rule about a subject (a node, a
+# filesystem, a job), open until its condition clears; at most one open per rule and subject.
+# Silences hold back alerts of a rule, a subject or both until a time (maintenance windows).
+MIGRATIONS.append(
+    (
+        "0011_alerts",
+        """
+CREATE TABLE alerts (
+  id INTEGER PRIMARY KEY,
+  rule TEXT NOT NULL,
+  subject TEXT NOT NULL,
+  severity TEXT NOT NULL,
+  job_uid INTEGER,
+  user TEXT,
+  state TEXT NOT NULL,
+  summary TEXT NOT NULL,
+  detail TEXT,
+  first_t REAL NOT NULL,
+  last_t REAL NOT NULL,
+  resolved_t REAL,
+  acked_by TEXT,
+  acked_t REAL
+);
+CREATE UNIQUE INDEX alerts_open ON alerts (rule, subject) WHERE state = 'firing';
+CREATE INDEX alerts_by_time ON alerts (first_t);
+CREATE INDEX alerts_by_user ON alerts (user, first_t);
+CREATE TABLE alert_silences (
+  id INTEGER PRIMARY KEY,
+  rule TEXT,
+  subject TEXT,
+  start_t REAL NOT NULL,
+  until_t REAL NOT NULL,
+  created_by TEXT NOT NULL,
+  reason TEXT,
+  created REAL NOT NULL
+);
+CREATE INDEX alert_silences_until ON alert_silences (until_t);
+""",
+    )
+)
+
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
