@@ -149,3 +149,25 @@ def test_nomadectl_alerts_lists_acknowledges_and_silences(tmp_path):
         assert result.exit_code == 2 and said in result.output, result.output
     audit = CliRunner().invoke(ctl.main, ["--config", str(config), "audit"])
     assert "alert ack" in audit.output and "alert silence" in audit.output
+
+
+def test_through_the_api_a_user_sees_the_alerts_about_their_own_jobs_only(tmp_path):
+    from test_views_hostile import answer
+
+    from aggregator.views.policy import Caller
+
+    db = str(tmp_path / "a.db")
+    conn = store.open_store(db)
+    store.raise_alert(conn, "job_mem", "job 7", "critical", "job 7", T, job_uid=1, user="alice")
+    store.raise_alert(conn, "job_mem", "job 8", "critical", "job 8", T, job_uid=2, user="bob")
+    store.raise_alert(conn, "fs_fill", "/scratch", "warning", "/scratch fills", T)
+    conn.commit()
+    conn.close()
+    alice = Caller(2001, "alice")
+    status, seen = answer(db, "alerts", alice)
+    assert status == 200 and [a["subject"] for a in seen] == ["job 7"]
+    status, seen = answer(db, "alerts", Caller(0, "root", admin=True), b"unresolved=1")
+    assert status == 200 and len(seen) == 3
+    assert answer(db, "alerts", Caller(4242, None)) == (200, [])  # a uid without a name
+    status, said = answer(db, "alerts", alice, b"since=yesterday")
+    assert status == 400 and "since must be Unix seconds" in str(said)

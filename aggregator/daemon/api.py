@@ -40,7 +40,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from aggregator import store
 from aggregator.jobs.reconcile import run_command
-from aggregator.views import clusterviews, nfsrates, policy, query
+from aggregator.views import alertviews, clusterviews, nfsrates, policy, query
 from aggregator.views.policy import Caller, Forbidden
 from nomade_common import jsonin, munge
 from nomade_common.config import Config, is_loopback
@@ -371,6 +371,7 @@ class Api:
             Route(f"{v1}/aggregator", _answer(self.aggregator)),
             Route(f"{v1}/models", _answer(self.models)),
             Route(f"{v1}/jobs", _answer(self.jobs)),
+            Route(f"{v1}/alerts", _answer(self.alerts)),
             Route(v1 + "/jobs/{job_id:int}", _answer(self.job)),
         ]
 
@@ -513,6 +514,17 @@ class Api:
         return query.jobs(
             self.agg.reader(), user, q.get("state"), since, limit, efficiency_below=below
         )
+
+    def alerts(self, request: Request, caller: Caller, body: bytes) -> Any:
+        """Alerts newest first: a user's are those about their own jobs (policy.jobs_user)."""
+        q = request.query_params
+        user, listed = policy.jobs_user(caller, None)
+        since = _number(q, "since", float, "Unix seconds", (0.0, 1e11), None)
+        limit = _number(q, "limit", int, "a whole number", (1, 100_000), 100)
+        unresolved = q.get("unresolved") not in (None, "", "0")
+        if not listed:
+            return []
+        return alertviews.alerts(self.agg.reader(), unresolved, since, user, limit)
 
     def job(self, request: Request, caller: Caller, body: bytes) -> Any:
         job_id = request.path_params["job_id"]
