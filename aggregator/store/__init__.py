@@ -22,10 +22,11 @@ their first argument; those that write run inside the writer's transaction (`Wri
   moment).
 - Read side, for nomadectl, the API and the daemon: `find_job`, `find_jobs`, `count_jobs`,
   `job_node_summaries`, `job_samples`, `job_gpus`, `job_verdict`, `job_advice`, `running_jobs`,
-  `running_job_cpu`, `array_outcomes`, `agent_nodes`, `nodes_on_plain`, `node_lives`,
-  `received_since`, `counters`, `last_event`, `latest_readings`, `reading_records_between`,
-  `collector_statuses`, `newest_records_json`, `ended_job_count`, `verdict_outcomes`, `admin_log`,
-  `find_run`, `reconcile_due`, `event_job_counts`, `schema_version_at`.
+  `running_job_cpu`, `running_job_memory`, `array_outcomes`, `agent_nodes`, `nodes_on_plain`,
+  `node_lives`, `received_since`, `counters`, `last_event`, `latest_readings`,
+  `reading_records_between`, `collector_statuses`, `newest_records_json`, `ended_job_count`,
+  `verdict_outcomes`, `admin_log`, `find_run`, `reconcile_due`, `event_job_counts`,
+  `schema_version_at`.
 - History, for features, scoring and training: `ended_jobs`, `start_history`, `recent_vectors`,
   `job_vector`.
 - Model registry: `register_model`, `list_models`, `active_model`, `activate_model`,
@@ -148,6 +149,7 @@ from aggregator.store.sqlite.views import (
     nodes_on_plain,
     received_since,
     running_job_cpu,
+    running_job_memory,
     running_jobs,
 )
 

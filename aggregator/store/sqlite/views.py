@@ -226,6 +226,34 @@ def running_job_cpu(conn: sqlite3.Connection, since: float) -> list[tuple]:
     return out
 
 
+def running_job_memory(conn: sqlite3.Connection, since: float) -> list[dict[str, Any]]:
+    """Per running job and node sampled since SINCE: uid, job_id, user, node, the sample times
+    `t`, the memory in use `mem` (bytes) and the job's memory limit on that node `limit` (the
+    newest sampled, None where the cgroup has none)."""
+    recent = samples.recent_uids(conn, since)
+    out = []
+    for r in conn.execute(
+        "SELECT uid, job_id, user FROM jobs WHERE start_time IS NOT NULL AND end_time IS NULL"
+    ).fetchall():
+        if r[0] not in recent:
+            continue
+        for node, s in samples.series(conn, r[0], since=since).items():
+            mem, limit = s.column("mem_current_bytes"), s.column("mem_limit_bytes")
+            known = limit[~np.isnan(limit)]
+            out.append(
+                {
+                    "uid": r[0],
+                    "job_id": r[1],
+                    "user": r[2],
+                    "node": node,
+                    "t": s.t.tolist(),
+                    "mem": [None if np.isnan(v) else float(v) for v in mem],
+                    "limit": float(known[-1]) if len(known) else None,
+                }
+            )
+    return out
+
+
 def array_outcomes(conn: sqlite3.Connection, since: float) -> list[dict[str, Any]]:
     """Per job array submitted (else started, else first seen) since SINCE: its tasks, how
     many are unfinished, completed and failed, and the outcomes they ended in."""
