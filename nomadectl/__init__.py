@@ -9,6 +9,7 @@
     keys.py      keys add|list|revoke|..., audit   db.py       db backup
     hooks.py     install-hooks, uninstall-hooks    parse.py    parse
     storage.py   quotas, scratch, nfs              alerts.py   alerts [ack|silence|silences]
+    trends.py    disk
 
 Each command module registers its commands on `main` and keeps the text views of its own output
 beside them; `--json` prints the views themselves.
@@ -26,6 +27,7 @@ from . import (  # noqa: F401
     models,
     parse,
     storage,
+    trends,
 )
 from .base import main
 

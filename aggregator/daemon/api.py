@@ -40,7 +40,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from aggregator import store
 from aggregator.jobs.reconcile import run_command
-from aggregator.views import alertviews, clusterviews, nfsrates, policy, query
+from aggregator.views import alertviews, clusterviews, nfsrates, policy, query, trendviews
 from aggregator.views.policy import Caller, Forbidden
 from nomade_common import jsonin, munge
 from nomade_common.config import Config, is_loopback
@@ -367,6 +367,8 @@ class Api:
             Route(f"{v1}/quotas", _answer(self.quotas)),
             Route(f"{v1}/scratch", _answer(self.scratch)),
             Route(f"{v1}/nfs", _answer(self.nfs)),
+            Route(f"{v1}/disk", _answer(self.disk)),
+            Route(f"{v1}/trend", _answer(self.trend)),
             Route(f"{v1}/collectors", _answer(self.collectors)),
             Route(f"{v1}/aggregator", _answer(self.aggregator)),
             Route(f"{v1}/models", _answer(self.models)),
@@ -492,6 +494,26 @@ class Api:
             raise ValueError("node must be a node name of at most 255 characters")
         return nfsrates.nfs(self.agg.reader(), hours=hours, node=node)
 
+    # Trends of the readings history (docs/trends.md): one filesystem, or any numeric field.
+    def disk(self, request: Request, caller: Caller, body: bytes) -> dict[str, Any]:
+        q = request.query_params
+        fs_path = trendviews.check_path(q.get("path"))
+        hours = _trend_hours(q)
+        node, private = _trend_node(q), self._private(caller)
+        policy.disk_trend_allowed(caller, private, node)
+        view = trendviews.disk(self.agg.reader(), fs_path, hours=hours, node=node)
+        return policy.disk_trend_view(caller, private, view)
+
+    def trend(self, request: Request, caller: Caller, body: bytes) -> dict[str, Any]:
+        q = request.query_params
+        collector = trendviews.check_name("collector", q.get("collector"))
+        record = trendviews.check_name("record", q.get("record"))
+        key = trendviews.check_name("key", q.get("key"))
+        hours, node = _trend_hours(q), _trend_node(q)
+        limit = _number(q, "limit", float, "a number", (-1e300, 1e300), None)
+        policy.trend_allowed(caller, self._private(caller), collector, record)
+        return trendviews.trend(self.agg.reader(), collector, record, key, node, hours, limit)
+
     def licenses(self, request: Request, caller: Caller, body: bytes) -> dict[str, Any]:
         view = clusterviews.licenses(self.agg.reader())
         return policy.licenses_view(caller, self._private(caller), view)
@@ -535,6 +557,19 @@ class Api:
 
     def _private(self, caller: Caller) -> frozenset[str]:
         return frozenset() if caller.admin else self.access.private()
+
+
+def _trend_hours(query: Any) -> float:
+    return _number(
+        query, "hours", float, "a number", (0.01, trendviews.MAX_HOURS), trendviews.HOURS
+    )
+
+
+def _trend_node(query: Any) -> str | None:
+    node = query.get("node") or None
+    if node is not None and len(node) > 255:
+        raise ValueError("node must be a node name of at most 255 characters")
+    return node
 
 
 def _number(

@@ -308,3 +308,52 @@ def partitions_view(
     if caller.admin or "nodes" not in private:
         return view
     return {**view, "partitions": [{**p, "nodes": []} for p in view.get("partitions", [])]}
+
+
+# -- trends of the readings history (docs/trends.md) -------------------------------------------
+def disk_trend_allowed(caller: Caller, private: frozenset[str], node: str | None) -> None:
+    """A filesystem's usage is shown to every user (status shows it); one node's series of it is
+    a node detail, for administrators under PrivateData=nodes, as /nodes is."""
+    if node is not None:
+        nodes_allowed(caller, private)
+
+
+def disk_trend_view(
+    caller: Caller, private: frozenset[str], view: dict[str, Any]
+) -> dict[str, Any]:
+    """Under PrivateData=nodes a user does not see which nodes read the filesystem."""
+    if caller.admin or "nodes" not in private:
+        return view
+    return {**view, "nodes": []}
+
+
+# The records whose latest values /nodes (and status's node metrics) show users: their trends
+# are node details, under PrivateData=nodes for administrators.  NFS mounts as /nfs decides.
+# Any other record (quotas, scratch files, a job's processes, the queue) is for administrators:
+# it may name users and jobs.
+TREND_NODE_RECORDS = frozenset(
+    {
+        ("disk", "filesystem"),
+        ("health", "temperature"),
+        ("health", "edac"),
+        ("gpu", "gpu"),
+        ("iostat", "cpu"),
+        ("iostat", "device"),
+        ("mpstat", "cpu"),
+        ("mpstat", "summary"),
+        ("vmstat", "vm"),
+        ("pressure", "pressure"),
+    }
+)
+
+
+def trend_allowed(caller: Caller, private: frozenset[str], collector: str, record: str) -> None:
+    """Who may see the trend of a field of COLLECTOR's RECORD records, per node."""
+    if caller.admin:
+        return
+    if (collector, record) == ("nfs", "nfs_mount"):
+        nfs_allowed(caller, private)
+    elif (collector, record) in TREND_NODE_RECORDS:
+        nodes_allowed(caller, private)
+    else:
+        raise Forbidden(f"trends of {collector} {record} records are for administrators")
