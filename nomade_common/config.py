@@ -19,6 +19,7 @@ import fnmatch
 import ipaddress
 import math
 import os
+import re
 import socket
 import tomllib
 from collections.abc import Callable, Mapping
@@ -186,6 +187,35 @@ class Models:
     advice: str = "risky"
 
 
+@dataclass
+class Alerts:
+    """How alerts leave the aggregator (docs/alerts.md).  Channels are off until named here; the
+    SMTP password and the webhook URLs are secrets and live in secrets_file (0600), never here."""
+
+    enabled: bool = True  # false: no alert is sent on any channel
+    email: bool = False
+    email_to: list = field(default_factory=list)
+    email_from: str = ""  # empty: nomade@<this host's fully qualified name>
+    smtp_host: str = "localhost"
+    smtp_port: int = 25
+    smtp_starttls: bool = False
+    smtp_user: str = ""  # empty: no login; else smtp_password in secrets_file
+    smtp_ca: str = ""  # the CA of the SMTP server's certificate; empty: the system's trust store
+    slack: bool = False  # slack_webhook in secrets_file
+    webhook: bool = False  # webhook_url (and webhook_token) in secrets_file
+    secrets_file: str = "/etc/nomade/alerts-secrets.toml"
+    notify_job_users: bool = False  # job-level alerts also mailed to <user>@<user_mail_domain>
+    user_mail_domain: str = ""
+    retry_attempts: int = 5
+    retry_max_seconds: float = 300.0
+    timeout_seconds: float = 10.0  # one attempt: connect, send, answer
+    queue_size: int = 1000
+    evaluate_seconds: float = 1.0  # how often the rules are evaluated
+    # [[alerts.rules]]: one table per rule (docs/alerts.md, "Rules"), checked by the aggregator
+    # at its start (aggregator/alerts/rules.py); none: nothing is evaluated.
+    rules: list = field(default_factory=list)
+
+
 # -- collectors ----------------------------------------------------------------------------------
 # Each collector is a table of its own, [collectors.NAME], with `enabled` and `interval_seconds`
 # and the settings only it has.  Node collectors run in nomade-agent, head collectors in
@@ -286,6 +316,7 @@ class Config:
     models: Models = field(default_factory=Models)
     security: Security = field(default_factory=Security)
     collectors: Collectors = field(default_factory=Collectors)
+    alerts: Alerts = field(default_factory=Alerts)
     path: str = "<defaults>"
     # What the daemon logs once logging is set up: design keys read as NØMADE's own.
     notices: list = field(default_factory=list)
@@ -303,8 +334,14 @@ _SECTIONS = {
     "models": Models,
     "security": Security,
     "collectors": Collectors,
+    "alerts": Alerts,
 }
 _LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR"}
+
+
+# Settings that are lists of tables ([[alerts.rules]]): their tables' own keys are checked by
+# the part that reads them.
+TABLE_LISTS = frozenset({"alerts.rules"})
 
 
 def _section(path: str, name: str, cls: type, raw: Any) -> Any:
@@ -322,6 +359,11 @@ def _section(path: str, name: str, cls: type, raw: Any) -> Any:
             values[key] = _section(path, f"{name}.{key}", type(default), value)
             continue
         want = type(default)
+        if f"{name}.{key}" in TABLE_LISTS:
+            if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+                raise ConfigError(path, f"{name}.{key}", f"expected [[{name}.{key}]] tables")
+            values[key] = value
+            continue
         if want is list and isinstance(value, list) and not all(isinstance(v, str) for v in value):
             raise ConfigError(path, f"{name}.{key}", "expected a list of strings")
         if want is float and isinstance(value, int) and not isinstance(value, bool):
@@ -352,6 +394,7 @@ _RANGES = [
     ("aggregator.queue_snapshot_max_age_seconds", 0, 3600),
     ("aggregator.batch_max_seconds", 0, 10),
     ("aggregator.readings_history_seconds", 1, 86400),
+    ("alerts.evaluate_seconds", 0.1, 3600),
     ("aggregator.readings_retention_days", 0.01, 3650),
     ("aggregator.samples_compact_after_seconds", 1, 3600),
     ("aggregator.samples_compact_backlog", 10, 1_000_000),
@@ -377,6 +420,11 @@ _RANGES = [
     ("collectors.scratch.max_entries", 1, 1_000_000_000),
     ("collectors.scratch.max_seconds", 0.1, 3600),
     ("collectors.job_history.overlap_seconds", 0, 86400),
+    ("alerts.smtp_port", 1, 65535),
+    ("alerts.retry_attempts", 1, 20),  # retry i waits 2**i seconds, within retry_max_seconds
+    ("alerts.retry_max_seconds", 0, 86400),
+    ("alerts.timeout_seconds", 0.1, 600),
+    ("alerts.queue_size", 1, 1_000_000),
 ]
 
 
@@ -480,6 +528,7 @@ def _validate(cfg: Config) -> None:
     for key, ok, expected in checks:
         if not ok:
             raise ConfigError(cfg.path, key, f"must be {expected}")
+    _validate_alerts(cfg)
     addresses = [
         ("agent.aggregator", cfg.agent.aggregator, True),
         ("aggregator.listen", cfg.aggregator.listen, True),
@@ -491,6 +540,60 @@ def _validate(cfg: Config) -> None:
         problem = _address_problem(address, zmq)
         if problem:
             raise ConfigError(cfg.path, key, f"{problem}, got {_shown(address)}")
+
+
+_MAIL_ADDRESS = re.compile(r"[^\s@<>()\[\],;:\\\"]+@[A-Za-z0-9.-]+")
+_MAIL_HOST = re.compile(r"[A-Za-z0-9._:-]+")  # a name, an IPv4 or a bare IPv6 address
+_MAIL_DOMAIN = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?")
+
+
+def _validate_alerts(cfg: Config) -> None:
+    """[alerts]: addresses that are addresses, and what a channel that is on needs."""
+    a, path = cfg.alerts, cfg.path
+    for i, address in enumerate(a.email_to):
+        if not _MAIL_ADDRESS.fullmatch(address):
+            why = f"expected mail addresses like admin@example.org, got {_shown(address)}"
+            raise ConfigError(path, "alerts.email_to", f"item {i + 1}: {why}")
+    problems = [
+        (
+            "alerts.email_from",
+            a.email_from and not _MAIL_ADDRESS.fullmatch(a.email_from),
+            f"must be a mail address like nomade@example.org, got {_shown(a.email_from)}",
+        ),
+        (
+            "alerts.email_to",
+            a.email and not a.email_to,
+            "must name at least one address when alerts.email is true",
+        ),
+        (
+            "alerts.user_mail_domain",
+            a.user_mail_domain and not _MAIL_DOMAIN.fullmatch(a.user_mail_domain),
+            f"must be a mail domain like example.org, got {_shown(a.user_mail_domain)}",
+        ),
+        (
+            "alerts.user_mail_domain",
+            a.notify_job_users and not a.user_mail_domain,
+            "must be set when alerts.notify_job_users is true (users are mailed at USER@DOMAIN)",
+        ),
+        (
+            "alerts.smtp_host",
+            not _MAIL_HOST.fullmatch(a.smtp_host),
+            f"must be a host name or address, got {_shown(a.smtp_host)}",
+        ),
+        (
+            "alerts.smtp_user",
+            a.smtp_user and not a.smtp_starttls and not is_loopback(a.smtp_host),
+            "needs alerts.smtp_starttls = true: the password is not sent in the clear",
+        ),
+        (
+            "alerts.secrets_file",
+            not a.secrets_file or not a.secrets_file.startswith("/"),
+            f"must be an absolute path, got {_shown(a.secrets_file)}",
+        ),
+    ]
+    for key, bad, why in problems:
+        if bad:
+            raise ConfigError(path, key, why)
 
 
 # -- the design documents' sections and keys ----------------------------------------------------
@@ -526,6 +629,8 @@ _BY_PROCESS = (
     "not a NØMADE setting: the agent measures each job's I/O per process, whatever the path"
 )
 
+_A_RULE = "a threshold is an alert rule in NØMADE: an [[alerts.rules]] table (docs/alerts.md)"
+
 DESIGN_KEYS: dict[str, Moved | Kept | Refused] = {
     "monitor.sample_interval": Moved(("agent.interval_seconds",)),
     "monitor.nfs_paths": Refused(_BY_PROCESS),
@@ -533,10 +638,20 @@ DESIGN_KEYS: dict[str, Moved | Kept | Refused] = {
     "monitor.port": Refused(
         "set the port in aggregator.listen and agent.aggregator (tcp://HOST:PORT)"
     ),
-    "alerts": Refused(
-        "alert rules and their dispatch are not available yet (issue 17 brings them)"
+    "alerts.email_enabled": Moved(("alerts.email",)),
+    "alerts.slack_enabled": Moved(("alerts.slack",)),
+    "alerts.slack_webhook": Refused(
+        "a secret: write slack_webhook in the file alerts.secrets_file names (mode 0600), "
+        "never in nomade.toml"
     ),
-    "alerts.derivatives": Refused("alerts on trends are not available yet (issue 17 brings them)"),
+    "alerts.disk_warning_percent": Refused(_A_RULE),
+    "alerts.disk_critical_percent": Refused(_A_RULE),
+    "alerts.queue_stuck_days": Refused(_A_RULE),
+    "alerts.gpu_temp_warning": Refused(_A_RULE),
+    "alerts.derivatives": Refused(
+        "trends take their window per query: nomadectl disk --hours, /api/v1/trend?hours=; "
+        "alerts on a rate or an acceleration are rules (docs/alerts.md)"
+    ),
     "prediction.enabled": Kept(True, "jobs are scored whenever a model is active"),
     "prediction.health_threshold": Moved(
         ("models.warn_threshold",), lambda health: 1 - health, "1 - health_threshold"

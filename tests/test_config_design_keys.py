@@ -71,6 +71,8 @@ MOVED = {
         {"collectors.queue.enabled": False, "collectors.partitions.enabled": False},
     ),
     "collectors.job_metrics.enabled": ("false", {"collectors.job_history.enabled": False}),
+    "alerts.email_enabled": ("false", {"alerts.email": False}),
+    "alerts.slack_enabled": ("false", {"alerts.slack": False}),
 }
 DOCS = (ROOT / "docs" / "configuration.md").read_text()
 
@@ -132,7 +134,8 @@ def test_every_row_moves_accepts_or_refuses_in_one_line(key):
 
 
 def test_a_design_file_loads_once_its_refused_sections_are_gone():
-    """The design's example, less [alerts], [dashboard] and what NØMADE refuses, loads."""
+    """The design's example, less its alert thresholds and Slack URL, [dashboard] and what
+    NØMADE refuses, loads; its [alerts] dispatch keys are NØMADE's."""
     text = """
 [general]
 cluster_name = "mycluster"
@@ -153,13 +156,21 @@ sample_interval = 30
 enabled = true
 health_threshold = 0.4
 retrain_interval_days = 7
+[alerts]
+email_enabled = true
+email_to = ["admin@example.edu"]
+email_from = "nomade@cluster.example.edu"
+smtp_host = "smtp.example.edu"
+slack_enabled = false
 """
     cfg = config.parse(text, "n.toml")
+    assert cfg.alerts.email and cfg.alerts.email_to == ["admin@example.edu"]
+    assert (cfg.alerts.smtp_host, cfg.alerts.slack) == ("smtp.example.edu", False)
     assert cfg.agent.interval_seconds == 30.0
     assert cfg.models.warn_threshold == pytest.approx(0.6)
     assert cfg.models.retrain_interval_hours == 168.0
     assert cfg.collectors.job_history.enabled and cfg.collectors.queue.enabled
-    assert len(cfg.notices) == 8
+    assert len(cfg.notices) == 10
 
 
 @pytest.mark.parametrize(
@@ -183,7 +194,12 @@ retrain_interval_days = 7
             "[collectors.job_metrics.lookback_hour]: unknown in the design's "
             "[collectors.job_metrics] (enabled, lookback_hours, min_runtime_seconds)",
         ),
-        ("[alerts.derivatives]\n", "[alerts.derivatives]: alerts on trends are not available yet"),
+        ("[alerts.derivatives]\n", "[alerts.derivatives]: trends take their window per query"),
+        (
+            "[alerts]\nslack_enabled = true\nslack_webhook = 'https://hooks.slack.com/x'\n",
+            "[alerts.slack_webhook]: a secret: write slack_webhook in the file "
+            "alerts.secrets_file names",
+        ),
     ],
 )
 def test_a_design_key_that_cannot_be_read_names_itself(text, why):
@@ -197,12 +213,18 @@ def test_every_refused_design_key_of_a_file_is_named_at_once():
     # not one per restart.
     text = (
         "[monitor]\nsample_interval = 10\nport = 5555\n"
-        "[alerts]\nemail = true\n[alerts.derivatives]\nwindow = 3\n[dashboard]\nport = 5000\n"
+        "[alerts]\nemail = false\ngpu_temp_warning = 83\n[alerts.derivatives]\nwindow = 3\n"
+        "[dashboard]\nport = 5000\n"
     )
     with pytest.raises(ConfigError) as exc:
         config.parse(text, "/etc/nomade/nomade.toml")
     message = str(exc.value)
     assert message.startswith("/etc/nomade/nomade.toml: 4 design keys not taken: ")
-    for key in ("[monitor.port]", "[alerts]", "[alerts.derivatives]", "[dashboard]"):
+    for key in (
+        "[monitor.port]",
+        "[alerts.gpu_temp_warning]",
+        "[alerts.derivatives]",
+        "[dashboard]",
+    ):
         assert key in message
     assert "\n" not in message and "sample_interval" not in message  # that one is taken

@@ -16,8 +16,11 @@ import threading
 import time
 from typing import Any
 
+from aggregator.alerts.dispatch import Dispatcher
+from aggregator.alerts.rules import parse_rules
 from aggregator.daemon import api
 from aggregator.daemon.agents import Agents
+from aggregator.daemon.alerting import Alerting
 from aggregator.daemon.compaction import Compactor
 from aggregator.daemon.head import HeadCollectors
 from aggregator.daemon.housekeeping import Housekeeping
@@ -30,6 +33,7 @@ from aggregator.jobs.reconcile import Reconciler
 from aggregator.predict.scoring import Scorer
 from aggregator.store import Ingest, Writer, connect
 from nomade_common.config import Config
+from nomade_common.errors import ConfigError
 
 log = logging.getLogger("nomade.aggregator")
 
@@ -89,6 +93,14 @@ class Aggregator:
         self.http: api.HttpServer | None = None
         self.head = HeadCollectors(cfg, self.writer, self.ingest, self._stop)
         self.compactor = Compactor(cfg, self.writer, self.reader, self._stop)
+        # Rules and channels are checked here: a wrong rule or an unreadable secrets file stops
+        # start-up with one line (ConfigError), before anything listens.
+        try:
+            rules = parse_rules(cfg.alerts.rules)
+        except ValueError as exc:
+            raise ConfigError(cfg.path, "alerts.rules", str(exc)) from None
+        dispatcher = Dispatcher(cfg) if rules and cfg.alerts.enabled else None
+        self.alerting = Alerting(cfg, self.writer, self.reader, self._stop, dispatcher)
         self.reloader = Reloader(self, reload_wanted or threading.Event(), self._stop, log_level)
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -108,6 +120,7 @@ class Aggregator:
         threading.Thread(target=self.reports.loop, name="reports", daemon=True).start()
         threading.Thread(target=self.compactor.loop, name="compactor", daemon=True).start()
         threading.Thread(target=self.reloader.loop, name="reload", daemon=True).start()
+        threading.Thread(target=self.alerting.loop, name="alerting", daemon=True).start()
         self.http.start()
         log.info(
             "aggregator listening on %s (agents) and %s://%s (hooks, API); store %s",
@@ -122,6 +135,8 @@ class Aggregator:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.alerting.dispatcher is not None:
+            self.alerting.dispatcher.stop()
         self.starts.shutdown()
         if self.http is not None:
             self.http.stop()
@@ -161,6 +176,7 @@ class Aggregator:
             "started": self.started,
             "cluster_nodes": self.cluster_nodes,
             "config": self.reloader.runtime(),
+            "alerts": self.alerting.runtime(),
         }
 
     def reader(self) -> Any:

@@ -50,6 +50,7 @@ RESTART = [
     "security.tls_key",
     "security.munge_socket",
     "hooks.state_dir",
+    "alerts.*",  # the rules, the channels and their secrets are read at start
     *(f"collectors.{name}.enabled" for name in sorted(_HEAD)),
 ]
 # What the aggregator does not read at all: nomade-agent's settings (read at its start) and the
