@@ -13,8 +13,9 @@ from conftest import ROOT
 from aggregator import store
 from aggregator.alerts import rules
 from aggregator.store import Ingest
-from collectors import health
-from collectors.slurm import scontrol
+from collectors import gpu, health, licenses
+from collectors.runner import Reading, Status
+from collectors.slurm import scontrol, squeue
 from nomade_common import wire
 
 GiB = 1 << 30
@@ -173,6 +174,15 @@ def test_a_job_growing_toward_its_memory_limit_alerts_with_its_time_to_oom(conn)
             "give limit_key or limit",
         ),
         ({"name": "x", "kind": "job_memory", "within": True}, "within must be a number"),
+        (
+            {"name": "x", "kind": "threshold", "collector": "disk", "record": "filesystem",
+             "key": "used_bytes", "op": "=>", "value": 1},
+            "op must be one of >, >=, <, <=",
+        ),
+        ({"name": "x", "kind": "rate", "collector": "disk"}, "record is required"),
+        ({"name": "x", "kind": "license_expiry"}, "within is required"),
+        ({"name": "x", "kind": "gpu_idle", "share": 2}, "share must be between 0 and 1"),
+        ({"name": "x", "kind": "gpu_idle", "min_readings": 2.5}, "must be a whole number"),
         ("node_silent", "expected a table"),
     ],
 )  # fmt: skip
@@ -186,3 +196,245 @@ def test_a_rule_that_is_not_right_is_refused_in_one_line(rule, said):
 def test_two_rules_of_one_name_are_refused():
     with pytest.raises(ValueError, match="another rule has this name"):
         rules.parse_rules([{"name": "a", "kind": "node_silent"}] * 2)
+
+
+# -- threshold, rate, acceleration ---------------------------------------------------------------
+HWMON = ROOT / "tests" / "fixtures" / "sys" / "hwmon-handmade-2socket-intel-nvme"
+
+
+def test_a_temperature_over_its_threshold_alerts_and_one_under_does_not(conn):
+    now = time.time()
+    temps = health.parse_hwmon(str(HWMON))  # the capture's hottest core: 97 °C
+    write(conn, lambda c: store.store_reading(c, "node1", "health", now - 30, 0.1, temps, 600))
+    hot, chip, cool = rules.parse_rules(
+        [{"name": "hot", "kind": "threshold", "collector": "health", "record": "temperature",
+          "key": "temp_celsius", "op": ">=", "value": 95},
+         {"name": "chip", "kind": "threshold", "collector": "health", "record": "temperature",
+          "key": "temp_celsius", "subject_key": "chip", "op": ">", "value": 40},
+         {"name": "cool", "kind": "threshold", "collector": "health", "record": "temperature",
+          "key": "temp_celsius", "op": ">", "value": 100}]
+    )  # fmt: skip
+    (change,) = step(conn, hot, now)
+    assert change.subject == "node1"
+    assert change.summary == "node1 temp_celsius 97 (threshold >= 95)"
+    assert sorted(c.summary for c in step(conn, chip, now)) == [
+        "node1: coretemp temp_celsius 97 (threshold > 40)",
+        "node1: nvme temp_celsius 44.85 (threshold > 40)",
+    ]  # acpitz (27.8 °C) and k10temp (35.1 °C) are under it
+    assert step(conn, cool, now) == []
+    # Slurm drains node1: its node alert resolves.
+    records = scontrol.node_records((SLURM / "scontrol-show-node-o.txt").read_text())
+    drained = [dict(r, state="IDLE+DRAIN") if r["node"] == "node1" else r for r in records]
+    write(conn, lambda c: store.store_reading(c, "head", "node_state", now, 0.1, drained, 600))
+    assert [(c.subject, c.state) for c in step(conn, hot, now + 1)] == [("node1", "resolved")]
+
+
+def fill(conn, now, used_at):
+    for h in range(48):
+        t = now - (47 - h) * 3600
+        records = [filesystem("/scratch", used_at(h)), filesystem("/home", 600 * GiB + h % 2)]
+        write(conn, lambda c, t=t, r=records: store.store_reading(c, "n1", "disk", t, 0.1, r, 3000))
+
+
+def test_a_filesystem_filling_faster_than_the_rate_alerts(conn):
+    now = time.time()
+    fill(conn, now, lambda h: 100 * GiB + 2 * GiB * h)  # 2 GiB/h: steady, not accelerating
+    fast, accel = rules.parse_rules(
+        [{"name": "fast", "kind": "rate", "collector": "disk", "record": "filesystem",
+          "key": "used_bytes", "value": GiB / 3600, "window": 2 * 86400},
+         {"name": "accel", "kind": "acceleration", "collector": "disk", "record": "filesystem",
+          "key": "used_bytes", "window": 2 * 86400}]
+    )  # fmt: skip
+    (change,) = step(conn, fast, now)
+    assert change.subject == "/scratch" and "used_bytes grows" in change.summary
+    assert 1.9 * GiB <= float(change.summary.split("(")[1].split("/h")[0]) <= 2.1 * GiB
+    assert step(conn, accel, now) == []  # linear growth is never called accelerating
+
+
+def test_a_filesystem_filling_ever_faster_alerts_as_accelerating_and_resolves(conn):
+    now = time.time()
+    fill(conn, now, lambda h: 500 * GiB + 0.05 * GiB * h**2)
+    (accel,) = rules.parse_rules(
+        [{"name": "accel", "kind": "acceleration", "collector": "disk", "record": "filesystem",
+          "key": "used_bytes", "window": 2 * 86400}]
+    )  # fmt: skip
+    (change,) = step(conn, accel, now)
+    assert (change.subject, change.state) == ("/scratch", "firing")
+    assert "used_bytes is accelerating" in change.summary
+    for k in range(1, 5):  # cleaned: flat at 100 GiB
+        t = now + k * 3600
+        write(conn, lambda c, t=t: store.store_reading(
+            c, "n1", "disk", t, 0.1, [filesystem("/scratch", 100 * GiB)], 3000))  # fmt: skip
+    (short,) = rules.parse_rules(
+        [{"name": "accel", "kind": "acceleration", "collector": "disk", "record": "filesystem",
+          "key": "used_bytes", "window": 4 * 3600}]
+    )  # fmt: skip
+    assert [(c.subject, c.state) for c in step(conn, short, now + 5 * 3600)] == [
+        ("/scratch", "resolved")
+    ]
+
+
+# -- collectors failing ---------------------------------------------------------------------------
+def heartbeat(conn, ing, node, seq, **collectors):
+    env = wire.Envelope(wire.HEARTBEAT, node, 1, seq, {"collectors": collectors})
+    return write(conn, lambda c: ing.apply_envelope(c, env))
+
+
+def test_a_collector_failing_for_longer_than_the_window_alerts_and_resolves_when_it_runs(conn):
+    ing, now = Ingest("c"), time.time()
+    gpu_status, disk_status = Status(60.0), Status(60.0)
+    gpu_status.count(Reading("gpu", now - 1200, 0.1, []))
+    disk_status.count(Reading("disk", now - 1200, 0.1, []))
+    for k in range(1, 20):  # gpu fails from 19 min ago on; disk failed once, a minute ago
+        gpu_status.count(Reading("gpu", now - 1200 + 60 * k, 5.0, [], "nvidia-smi not found"))
+        disk_status.count(
+            Reading("disk", now - 1200 + 60 * k, 0.1, [], "df timed out" if k == 19 else None)
+        )
+    heartbeat(conn, ing, "node1", 1, gpu=gpu_status.as_list(), disk=disk_status.as_list())
+    (rule,) = rules.parse_rules([{"name": "broken", "kind": "collector_failing", "window": 600}])
+    (change,) = step(conn, rule, now)
+    assert change.subject == "node1: gpu"
+    assert change.summary == (
+        "node1: gpu collector failing since its last success 20.0 min ago: nvidia-smi not found"
+    )
+    gpu_status.count(Reading("gpu", now + 10, 0.1, []))
+    heartbeat(conn, ing, "node1", 2, gpu=gpu_status.as_list(), disk=disk_status.as_list())
+    assert [(c.subject, c.state) for c in step(conn, rule, now + 20)] == [
+        ("node1: gpu", "resolved")
+    ]
+
+
+# -- licenses -------------------------------------------------------------------------------------
+LMSTAT = ROOT / "tests" / "cases" / "lic-lmstat-handmade" / "input"
+
+
+def licenses_at(conn, t):
+    records = licenses.parse_lmstat(LMSTAT.read_text())
+    write(conn, lambda c: store.store_reading(c, "head", "licenses", t, 0.2, records, 600))
+
+
+def test_a_license_server_down_alerts_and_resolves_when_it_is_back(conn):
+    now = time.time()
+    licenses_at(conn, now - 30)
+    (rule,) = rules.parse_rules([{"name": "lic", "kind": "license_down", "window": 600}])
+    changes = step(conn, rule, now)
+    # The capture: lic2's lmgrd does not answer; lic3 is up but its INTEL daemon is down.
+    assert sorted(c.subject for c in changes) == ["license 1055@lic2", "license INTEL"]
+    (lic2,) = [c for c in changes if c.subject == "license 1055@lic2"]
+    assert lic2.summary.startswith("license lmgrd 1055@lic2 is down: ")
+    assert "license 27000@lic1" not in {c.subject for c in changes}
+    up = [
+        dict(r, up=True) if r.get("record") == "server" else r
+        for r in licenses.parse_lmstat(LMSTAT.read_text())
+    ]
+    write(conn, lambda c: store.store_reading(c, "head", "licenses", now + 30, 0.2, up, 600))
+    assert sorted((c.subject, c.state) for c in step(conn, rule, now + 60)) == [
+        ("license 1055@lic2", "resolved"),
+        ("license INTEL", "resolved"),
+    ]
+
+
+def test_a_license_expiring_within_the_days_given_alerts(conn):
+    now = time.mktime((2024, 12, 20, 12, 0, 0, 0, 0, -1))  # 11.5 days before 31-dec-2024 ends
+    licenses_at(conn, now - 30)
+    month, week = rules.parse_rules(
+        [{"name": "month", "kind": "license_expiry", "within": 30 * 86400},
+         {"name": "week", "kind": "license_expiry", "within": 7 * 86400}]
+    )  # fmt: skip
+    changes = step(conn, month, now)
+    assert sorted(c.subject for c in changes) == [
+        "license MLM MATLAB",
+        "license MLM Parallel_Computing_Toolbox",
+    ]  # CCompL is permanent
+    (matlab,) = [c for c in changes if c.subject == "license MLM MATLAB"]
+    assert matlab.summary == (
+        "license MLM MATLAB expires in 11.5 d (31-dec-2024; 50 issued, 3 in use)"
+    )
+    assert step(conn, week, now) == []
+
+
+# -- jobs -----------------------------------------------------------------------------------------
+def test_a_job_pending_longer_than_given_alerts_its_user(conn):
+    records = squeue.records((SLURM / "squeue-nomade.txt").read_text())
+    # The reading is taken 2 days after alice's array was submitted (the others: earlier).
+    t = 1795514523.0 + 2 * 86400
+    write(conn, lambda c: store.store_reading(c, "head", "queue", t, 0.1, records, 600))
+    long_wait, longer = rules.parse_rules(
+        [{"name": "waits", "kind": "job_pending", "within": 86400},
+         {"name": "waits3", "kind": "job_pending", "within": 3 * 86400}]
+    )  # fmt: skip
+    changes = step(conn, long_wait, t + 5)
+    assert len(changes) == 6  # every pending job of the capture; the running one not
+    (alice,) = [c for c in changes if c.user == "alice"]
+    assert alice.subject == "job 2908_[29-50]"
+    assert alice.summary == "job 2908_[29-50] of alice pending in debug for 2.0 d (Resources)"
+    assert store.find_alerts(conn, user="alice")[0]["rule"] == "waits"
+    assert step(conn, longer, t + 5) == []
+
+
+def cpu_sample(job_id, t, cpu):
+    r = [None] * len(wire.SAMPLE_FIELDS)
+    r[0], r[1] = job_id, t
+    r[wire.SAMPLE_FIELDS.index("cpu_usage_seconds")] = cpu
+    return r
+
+
+def test_a_running_job_without_cpu_progress_alerts_as_stuck(conn):
+    ing, now = Ingest("c"), time.time()
+    for job_id, user in ((81, "alice"), (82, "bob")):
+        job = {"job_id": job_id, "submit_time": now - 700, "start_time": now - 650, "user": user}
+        write(conn, lambda c, job=job: ing.job_start(c, job, None, now - 650))
+    # Job 81 sits at 12.5 CPU seconds for ten minutes; job 82 uses a core all along.
+    rows = [cpu_sample(81, now - 600 + 10 * k, 12.5) for k in range(60)]
+    rows += [cpu_sample(82, now - 600 + 10 * k, 10.0 * k) for k in range(60)]
+    env = wire.Envelope(wire.SAMPLES, "node1", 1, 1, {"rows": rows})
+    assert write(conn, lambda c: ing.apply_envelope(c, env)) == "stored"
+    (rule,) = rules.parse_rules([{"name": "stuck", "kind": "job_stuck", "window": 600}])
+    (change,) = step(conn, rule, now)
+    assert (change.subject, change.user) == ("job 81", "alice")
+    assert "used 0 s of CPU in 10.0 min: no progress" in change.summary
+    (alert,) = store.find_alerts(conn, user="alice")
+    assert alert["job_uid"] is not None
+    assert store.find_alerts(conn, user="bob") == []
+
+
+GPU = ROOT / "tests" / "fixtures" / "gpu" / "h200-580.159.04"
+CGROUP = "4:memory:/slurm_node1/uid_2001/job_{job}/step_batch/task_0\n"
+
+
+def gpu_records(tmp_path, job, util):
+    """The captured nvidia-smi -q -x report, its process (pid 460) in JOB's cgroup."""
+    (tmp_path / "proc" / "460").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "proc" / "460" / "cgroup").write_text(CGROUP.format(job=job))
+    records = gpu.attach_jobs(
+        gpu.parse_xml((GPU / "q-x.xml").read_text(), "q-x.xml"), str(tmp_path / "proc")
+    )
+    return [dict(r, util_gpu_percent=util) if r["record"] == "gpu" else r for r in records]
+
+
+def test_a_job_whose_gpus_sit_idle_alerts_its_user(conn, tmp_path):
+    ing, now = Ingest("c"), time.time()
+    for job_id, user in ((91, "alice"), (92, "bob")):
+        job = {"job_id": job_id, "submit_time": now - 700, "start_time": now - 650, "user": user}
+        write(conn, lambda c, job=job: ing.job_start(c, job, None, now - 650))
+    rows = [cpu_sample(j, now - 300 + 10 * k, 5.0 * k) for j in (91, 92) for k in range(30)]
+    env = wire.Envelope(wire.SAMPLES, "gpu1", 1, 1, {"rows": rows})
+    assert write(conn, lambda c: ing.apply_envelope(c, env)) == "stored"
+    # Job 91's GPU idles in every reading; job 92's (the same capture, on gpu2) is busy.
+    seq = 2
+    for k in range(6):
+        t = now - 300 + 50 * k
+        for node, job, util in (("gpu1", 91, 0.0), ("gpu2", 92, 100.0)):
+            records = gpu_records(tmp_path / f"{job}-{k}", job, util)
+            payload = {"collector": "gpu", "t": t, "records": records}
+            env = wire.Envelope(wire.READINGS, node, 1, seq, payload)
+            assert write(conn, lambda c, env=env: ing.apply_envelope(c, env)) == "stored"
+            seq += 1
+    (rule,) = rules.parse_rules([{"name": "idle", "kind": "gpu_idle", "window": 600}])
+    (change,) = step(conn, rule, now)
+    assert (change.subject, change.user) == ("job 91", "alice")
+    assert change.summary == "job 91: 1 GPU(s) idle in 100% or more of their readings (gpu1 GPU 0)"
+    (strict,) = rules.parse_rules(
+        [{"name": "idle2", "kind": "gpu_idle", "window": 600, "min_readings": 7}]
+    )
+    assert step(conn, strict, now) == []  # six readings are not enough for it

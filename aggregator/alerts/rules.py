@@ -23,6 +23,20 @@ Kinds:
                     fitted over `window` (aggregator/analysis/trends.py): "full in 3 days"
     job_memory      a running job whose memory on a node is projected to reach the job's limit
                     within `within` seconds, or already holds `fraction` of it: the time to OOM
+    threshold       the newest reading's numeric `key` of `record` records of `collector` (one
+                    subject per `subject_key` value, the node where none) compared with `op`
+                    (>, >=, <, <=) and `value`
+    rate            a series (selected as for time_to_limit) whose fitted rate exceeds `value`
+                    units per second
+    acceleration    a series whose trend over `window` is classed "accelerating"
+    collector_failing  a collector (`collector`, or any) whose runs on a node have failed for
+                    longer than `window` seconds
+    license_down    a license server or vendor daemon that the newest licenses reading finds down
+    license_expiry  a licensed feature whose expiry falls within `within` seconds
+    job_pending     a job pending for longer than `within` seconds (the newest queue reading)
+    job_stuck       a running job without CPU progress over `window` (clusterviews.stuck)
+    gpu_idle        a running job whose GPUs sat idle in `share` of at least `min_readings`
+                    readings
 
 Nodes that Slurm has drained, or that are in a MAINT reservation, raise no node alerts: their
 admins know.  A subject found no more resolves its open alert.
@@ -31,13 +45,35 @@ admins know.  A subject found no more resolves its open alert.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from aggregator import store
 from aggregator.analysis import trends
 
-KINDS = ("node_silent", "node_problem", "time_to_limit", "job_memory")
+KINDS = (
+    "node_silent",
+    "node_problem",
+    "time_to_limit",
+    "job_memory",
+    "threshold",
+    "rate",
+    "acceleration",
+    "collector_failing",
+    "license_down",
+    "license_expiry",
+    "job_pending",
+    "job_stuck",
+    "gpu_idle",
+)
+OPS = {
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+}
+MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
 SEVERITIES = ("info", "warning", "critical")
 PROBLEMS = ("ue", "mce", "xid", "gpu-ecc", "gpu-lost", "hot", "gpu-hot", "service-down")
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
@@ -56,6 +92,33 @@ KEYS: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "within": ((int, float), ...),
     },
     "job_memory": {"within": ((int, float), 600.0), "fraction": ((int, float), 0.95)},
+    "threshold": {
+        "collector": (str, ...),
+        "record": (str, ...),
+        "key": (str, ...),
+        "subject_key": (str, None),
+        "op": (str, ...),
+        "value": ((int, float), ...),
+    },
+    "rate": {
+        "collector": (str, ...),
+        "record": (str, ...),
+        "key": (str, ...),
+        "subject_key": (str, "path"),
+        "value": ((int, float), ...),
+    },
+    "acceleration": {
+        "collector": (str, ...),
+        "record": (str, ...),
+        "key": (str, ...),
+        "subject_key": (str, "path"),
+    },
+    "collector_failing": {"collector": (str, None)},
+    "license_down": {},
+    "license_expiry": {"within": ((int, float), ...)},
+    "job_pending": {"within": ((int, float), ...)},
+    "job_stuck": {},
+    "gpu_idle": {"share": ((int, float), 0.9), "min_readings": (int, 5)},
 }
 COMMON = {
     "name": (str, ...),
@@ -141,6 +204,10 @@ def parse_rules(items: Any) -> list[Rule]:
             raise ValueError(f"{where}: window must be more than 0 seconds")
         if kind == "time_to_limit" and (values["limit"] is None) == (values["limit_key"] is None):
             raise ValueError(f"{where}: give limit_key or limit (one of them)")
+        if kind == "threshold" and values["op"] not in OPS:
+            raise ValueError(f"{where}: op must be one of {', '.join(OPS)}")
+        if kind == "gpu_idle" and not (0 <= values["share"] <= 1 and values["min_readings"] >= 1):
+            raise ValueError(f"{where}: share must be between 0 and 1, min_readings at least 1")
         if kind == "node_problem" and not all(isinstance(p, str) for p in values["problems"]):
             raise ValueError(f"{where}: problems must be a list of words (docs/api.md)")
         common = {k: values.pop(k) for k in ("kind", "severity", "window", "cooldown")}
@@ -149,7 +216,11 @@ def parse_rules(items: Any) -> list[Rule]:
 
 
 def _type_name(kind: type | tuple[type, ...]) -> str:
-    return "number" if kind == (int, float) else {str: "text", list: "list"}.get(kind, "value")
+    return (
+        "number"
+        if kind == (int, float)
+        else {str: "text", list: "list", int: "whole number"}.get(kind, "value")
+    )
 
 
 # -- evaluation: what holds now (reads only) ----------------------------------------------------
@@ -197,7 +268,11 @@ def _node_problem(conn: Any, rule: Rule, now: float) -> list[Finding]:
     return out
 
 
-def _time_to_limit(conn: Any, rule: Rule, now: float) -> list[Finding]:
+def _series(
+    conn: Any, rule: Rule, now: float
+) -> dict[str, dict[float, tuple[float, float | None]]]:
+    """Subject -> time -> (value, limit) of RULE's series over its window (time_to_limit, rate
+    and acceleration): the `key` of `record` records of `collector`, one per `subject_key`."""
     p = rule.params
     series: dict[str, dict[float, tuple[float, float | None]]] = {}
     for _node, t, r in store.reading_records_between(
@@ -206,10 +281,14 @@ def _time_to_limit(conn: Any, rule: Rule, now: float) -> list[Finding]:
         subject, value = r.get(p["subject_key"]), r.get(p["key"])
         if not isinstance(subject, str) or not _number(value):
             continue
-        limit = p["limit"] if p["limit"] is not None else r.get(p["limit_key"])
+        limit = p.get("limit") if p.get("limit") is not None else r.get(p.get("limit_key") or "")
         series.setdefault(subject, {})[t] = (float(value), limit if _number(limit) else None)
-    out = []
-    for subject, points in sorted(series.items()):
+    return series
+
+
+def _time_to_limit(conn: Any, rule: Rule, now: float) -> list[Finding]:
+    p, out = rule.params, []
+    for subject, points in sorted(_series(conn, rule, now).items()):
         times = sorted(points)
         limit = next((points[t][1] for t in reversed(times) if points[t][1] is not None), None)
         if limit is None or len(times) < 3:
@@ -270,11 +349,248 @@ def _job_memory(conn: Any, rule: Rule, now: float) -> list[Finding]:
     return out
 
 
+def _threshold(conn: Any, rule: Rule, now: float) -> list[Finding]:
+    p, quiet = rule.params, quiet_nodes(conn)
+    high = p["op"].startswith(">")
+    newest: dict[str, tuple[float, str, float]] = {}  # subject -> (time, node, its worst value)
+    for node, (t, records) in store.latest_readings(conn, p["collector"]).items():
+        if now - t > rule.window or (p["subject_key"] is None and node in quiet):
+            continue
+        for r in records:
+            if not isinstance(r, dict) or r.get("record") != p["record"]:
+                continue
+            subject = node if p["subject_key"] is None else r.get(p["subject_key"])
+            value = r.get(p["key"])
+            if not isinstance(subject, str) or not _number(value):
+                continue
+            had = newest.get(subject)
+            # The newest reading of the subject; of its records, the highest (for > and >=)
+            # or the lowest value (for < and <=).
+            if had is None or t > had[0] or t == had[0] and (value > had[2]) == high:
+                newest[subject] = (t, node, float(value))
+    out = []
+    for subject, (_t, node, value) in sorted(newest.items()):
+        if OPS[p["op"]](value, p["value"]):
+            where = subject if p["subject_key"] is None else f"{node}: {subject}"
+            out.append(
+                Finding(
+                    subject,
+                    f"{where} {p['key']} {value:g} (threshold {p['op']} {p['value']:g})",
+                )
+            )
+    return out
+
+
+def _fits(conn: Any, rule: Rule, now: float) -> list[tuple[str, trends.Fit]]:
+    """(subject, fit) of each of RULE's series with at least three readings in its window."""
+    out = []
+    for subject, points in sorted(_series(conn, rule, now).items()):
+        if len(points) >= 3:
+            times = sorted(points)
+            f = trends.fit(times, [points[t][0] for t in times])
+            if f.slope is not None:
+                out.append((subject, f))
+    return out
+
+
+def _trend_detail(f: trends.Fit) -> str:
+    return (
+        f"rate {f.slope or 0:.4g}/s, acceleration {f.accel or 0:.4g}/s²,"
+        f" {f.n} readings over {_ago(f.span_seconds or 0)}"
+    )
+
+
+def _rate(conn: Any, rule: Rule, now: float) -> list[Finding]:
+    p = rule.params
+    return [
+        Finding(
+            subject,
+            f"{subject}: {p['key']} grows {f.slope:.4g}/s ({f.slope * 3600:.4g}/h;"
+            f" threshold {p['value']:g}/s) over {_ago(f.span_seconds or 0)}",
+            detail=_trend_detail(f),
+        )
+        for subject, f in _fits(conn, rule, now)
+        if f.slope is not None and f.slope > p["value"]
+    ]
+
+
+def _acceleration(conn: Any, rule: Rule, now: float) -> list[Finding]:
+    key = rule.params["key"]
+    return [
+        Finding(
+            subject,
+            f"{subject}: {key} is accelerating ({f.accel or 0:.4g}/s², now {f.slope:.4g}/s)"
+            f" over {_ago(f.span_seconds or 0)}",
+            detail=_trend_detail(f),
+        )
+        for subject, f in _fits(conn, rule, now)
+        if trends.classify(f) == "accelerating"
+    ]
+
+
+def _collector_failing(conn: Any, rule: Rule, now: float) -> list[Finding]:
+    wanted, quiet, out = rule.params["collector"], quiet_nodes(conn), []
+    for s in store.collector_statuses(conn):
+        if wanted is not None and s["collector"] != wanted or s["node"] in quiet:
+            continue
+        last_t, ok_t = s.get("last_t"), s.get("last_ok_t")
+        if not s.get("failures") or last_t is None or ok_t is not None and ok_t >= last_t:
+            continue  # its last run succeeded
+        # Failing since its last success; one that never succeeded, since its first run.
+        since = ok_t
+        if since is None:
+            since = last_t - max(0, (s.get("runs") or 1) - 1) * (s.get("interval_seconds") or 0)
+        if now - since > rule.window:
+            subject = f"{s['node']}: {s['collector']}"
+            what = "since " + (f"its last success {_ago(now - ok_t)} ago" if ok_t else "it started")
+            out.append(
+                Finding(
+                    subject,
+                    f"{subject} collector failing {what}: {s.get('last_error') or 'no error text'}",
+                    detail=f"{s['failures']} of {s['runs']} runs failed",
+                )
+            )
+    return out
+
+
+def _licenses(conn: Any, rule: Rule, now: float) -> dict[str, Any] | None:
+    """The licenses view, where its newest reading is within RULE's window."""
+    from aggregator.views import clusterviews
+
+    view = clusterviews.licenses(conn)
+    return view if view["time"] is not None and now - view["time"] <= rule.window else None
+
+
+def _license_down(conn: Any, rule: Rule, now: float) -> list[Finding]:
+    view = _licenses(conn, rule, now)
+    return [
+        Finding(
+            f"license {s['name']}",
+            f"license {s.get('kind') or 'server'} {s['name']} is down"
+            + (f": {s['message']}" if s.get("message") else ""),
+        )
+        for s in (view or {}).get("servers", ())
+        if s.get("up") is False and isinstance(s.get("name"), str)
+    ]
+
+
+def expiry_time(text: Any) -> float | None:
+    """When a license expiry as lmstat and rlmstat print it ("31-dec-2024") ends, in local
+    time; None for one that never expires ("permanent", year 0) or that is not a date."""
+    parts = text.strip().lower().split("-") if isinstance(text, str) else []
+    if len(parts) != 3 or parts[1][:3] not in MONTHS or not (parts[0] + parts[2]).isdigit():
+        return None
+    day, month, year = int(parts[0]), MONTHS.index(parts[1][:3]) + 1, int(parts[2])
+    if year == 0 or not 1 <= day <= 31:
+        return None
+    year += 2000 if year < 100 else 0
+    return time.mktime((year, month, day, 23, 59, 59, 0, 0, -1))
+
+
+def _license_expiry(conn: Any, rule: Rule, now: float) -> list[Finding]:
+    view, out = _licenses(conn, rule, now), []
+    for f in (view or {}).get("features", ()):
+        ends = expiry_time(f.get("expiry"))
+        if ends is None or ends - now > rule.params["within"]:
+            continue
+        subject = f"license {f.get('vendor') or '-'} {f.get('feature')}"
+        when = f"expires in {_ago(ends - now)}" if ends > now else "has expired"
+        out.append(
+            Finding(
+                subject,
+                f"{subject} {when} ({f['expiry']}; {f.get('issued')} issued,"
+                f" {f.get('in_use')} in use)",
+            )
+        )
+    return out
+
+
+def _job_pending(conn: Any, rule: Rule, now: float) -> list[Finding]:
+    from aggregator.views import clusterviews
+
+    q = clusterviews.queue_reading(conn, now)
+    if q["time"] is None or now - q["time"] > rule.window:
+        return []
+    return [
+        Finding(
+            f"job {j['job_id']}",
+            f"job {j['job_id']} of {j['user']} pending in {j['partition']} for"
+            f" {_ago(j['wait_seconds'])} ({j['reason'] or 'no reason given'})",
+            detail=j.get("reason_text"),
+            user=j.get("user"),
+        )
+        for j in q["pending"]
+        if j["wait_seconds"] is not None and j["wait_seconds"] > rule.params["within"]
+    ]
+
+
+def _running_uids(conn: Any, since: float) -> dict[int, dict[str, Any]]:
+    """Job id -> {uid, job_id, user} of the running jobs sampled since SINCE."""
+    return {
+        s["job_id"]: {k: s[k] for k in ("uid", "job_id", "user")}
+        for s in store.running_job_memory(conn, since)
+    }
+
+
+def _job_stuck(conn: Any, rule: Rule, now: float) -> list[Finding]:
+    from aggregator.views import clusterviews
+
+    found = clusterviews.stuck(conn, now, window=rule.window)
+    uids = _running_uids(conn, now - rule.window) if found else {}
+    return [
+        Finding(
+            f"job {j['job_id']}",
+            f"job {j['job_id']} on {j['node_list']} used {j['cpu_seconds_in_window']:g} s of"
+            f" CPU in {_ago(rule.window)}: no progress",
+            job_uid=uids.get(j["job_id"], {}).get("uid"),
+            user=j["user"],
+        )
+        for j in found
+    ]
+
+
+def _gpu_idle(conn: Any, rule: Rule, now: float) -> list[Finding]:
+    p, out = rule.params, []
+    for job in sorted(_running_uids(conn, now - rule.window).values(), key=lambda j: j["job_id"]):
+        idle = [
+            g
+            for g in store.job_gpus(conn, job["uid"])
+            if g["idle_share"] is not None
+            and g["idle_share"] >= p["share"]
+            and (g["readings"] or 0) >= p["min_readings"]
+        ]
+        if idle:
+            which = ", ".join(
+                f"{g['node']} GPU {g['index'] if g['index'] is not None else g['gpu']}"
+                for g in idle
+            )
+            share = min(g["idle_share"] for g in idle)
+            out.append(
+                Finding(
+                    f"job {job['job_id']}",
+                    f"job {job['job_id']}: {len(idle)} GPU(s) idle in {100 * share:.0f}% or more"
+                    f" of their readings ({which})",
+                    job_uid=job["uid"],
+                    user=job["user"],
+                )
+            )
+    return out
+
+
 EVALUATORS = {
     "node_silent": _node_silent,
     "node_problem": _node_problem,
     "time_to_limit": _time_to_limit,
     "job_memory": _job_memory,
+    "threshold": _threshold,
+    "rate": _rate,
+    "acceleration": _acceleration,
+    "collector_failing": _collector_failing,
+    "license_down": _license_down,
+    "license_expiry": _license_expiry,
+    "job_pending": _job_pending,
+    "job_stuck": _job_stuck,
+    "gpu_idle": _gpu_idle,
 }
 
 
