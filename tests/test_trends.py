@@ -273,3 +273,25 @@ def test_degenerate_input_never_raises_and_every_number_is_finite_or_none(t, v):
 def test_times_and_values_of_different_lengths_are_refused_in_one_line():
     with pytest.raises(ValueError, match="differ in length"):
         trends.fit([1, 2, 3], [1, 2])
+
+
+def test_the_closed_form_crossing_is_the_projections_own():
+    # `reaches` (the alert rules' fast crossing) gives what `project` finds by search, for
+    # rising, falling, turning and flat series of many shapes.
+    rng = np.random.default_rng(17)
+    checked = 0
+    for _ in range(300):
+        t = np.sort(rng.uniform(0, 86400, 40))
+        a, b, c = rng.normal(0, 1e-6), rng.normal(0, 1e-2), rng.uniform(100, 1000)
+        v = c + b * t + a * t**2 + rng.normal(0, 1, t.size)
+        f = trends.fit(1.7e9 + t, v)
+        limit = float(v[-1] + rng.normal(0, 500))
+        projected = trends.project(f, limit)
+        for degree, way in ((1, "linear"), (2, "quadratic")):
+            want, got = projected[way]["seconds"], trends.reaches(f, limit, degree)
+            if want is None:
+                assert got is None, (degree, f, limit)
+            else:
+                assert got == pytest.approx(want, rel=1e-6, abs=1e-3), (degree, f, limit)
+                checked += 1
+    assert checked > 100

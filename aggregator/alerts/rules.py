@@ -296,9 +296,9 @@ def _time_to_limit(conn: Any, rule: Rule, now: float) -> list[Finding]:
         f = trends.fit(times, [points[t][0] for t in times])
         if f.slope is None:
             continue
-        reach = trends.project(f, limit)
-        ways = (("at its acceleration", reach["quadratic"]), ("at its rate", reach["linear"]))
-        soonest = [(c["seconds"], how) for how, c in ways if c.get("seconds") is not None]
+        ways = (("at its acceleration", trends.reaches(f, limit, 2)),)
+        ways += (("at its rate", trends.reaches(f, limit, 1)),)
+        soonest = [(seconds, how) for how, seconds in ways if seconds is not None]
         if not soonest:
             continue
         seconds, how = min(soonest)
@@ -330,11 +330,11 @@ def _job_memory(conn: Any, rule: Rule, now: float) -> list[Finding]:
             why = f"holds {100 * last / s['limit']:.0f}% of its {_size(s['limit'])} limit"
         elif len(points) >= 3:
             f = trends.fit([t for t, _ in points], [m for _, m in points])
-            reach = trends.project(f, s["limit"])["linear"]
-            if reach.get("seconds") is not None and reach["seconds"] <= p["within"]:
+            seconds = trends.reaches(f, s["limit"], 1)
+            if seconds is not None and seconds <= p["within"]:
                 why = (
                     f"grows {_size((f.slope or 0) * 60)}/min toward its {_size(s['limit'])}"
-                    f" limit: out of memory in about {_ago(reach['seconds'])}"
+                    f" limit: out of memory in about {_ago(seconds)}"
                 )
         if why is not None:
             seen.add(s["uid"])

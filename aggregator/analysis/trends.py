@@ -265,6 +265,31 @@ def project(f: Fit, limit: float, horizon: float = MAX_HORIZON) -> dict[str, Any
     }
 
 
+def reaches(f: Fit, limit: float, degree: int = 2, horizon: float = MAX_HORIZON) -> float | None:
+    """Seconds after the last point until fit F's curve (DEGREE 1: the line, 2: the parabola)
+    reaches LIMIT, in closed form, without the band: `project`'s `seconds` at a fraction of its
+    cost, for callers that test many series at once (the alert rules).  None where it does
+    not within HORIZON."""
+    lim, value, slope = _number(limit), f.value, f.slope
+    if value is None or slope is None or not math.isfinite(lim):
+        return None
+    accel = (f.accel or 0.0) if degree == 2 else 0.0
+    gap = lim - value
+    if gap == 0:
+        return 0.0
+    a, b, c = accel / 2.0, slope, -gap  # a·τ² + b·τ + c = 0
+    if a == 0:
+        roots = [] if b == 0 else [-c / b]
+    else:
+        disc = b * b - 4 * a * c
+        if disc < 0:
+            return None
+        q = -0.5 * (b + math.copysign(math.sqrt(disc), b))  # the stable form of the roots
+        roots = [q / a] + ([c / q] if q != 0 else [])
+    ahead = [r for r in roots if math.isfinite(r) and 0 <= r <= horizon]
+    return min(ahead) if ahead else None
+
+
 def _crossing(f: Fit, limit: float, degree: int, horizon: float) -> dict[str, Any]:
     coef = [f.value, f.slope, None if f.accel is None else f.accel / 2][: degree + 1]
     if not math.isfinite(limit) or any(c is None for c in coef):
