@@ -1,5 +1,6 @@
-"""`nomadectl alerts [list]|ack|silence|silences`: the alerts NØMADE raised, acknowledging one,
-and silences (maintenance windows) that hold new ones back.  With their text views.
+"""`nomadectl alerts [list]|ack|silence|silences|test`: the alerts NØMADE raised, acknowledging
+one, silences (maintenance windows) that hold new ones back, and what a configured rule would
+raise on the stored data.  With their text views.
 
 Reading is for everyone (a user sees the alerts about their own jobs, through the API);
 acknowledging and silencing are an administrator's, written to the store as root and recorded
@@ -14,6 +15,7 @@ import click
 
 from aggregator import store
 from aggregator.views import alertviews
+from nomade_common.text import printable
 
 from . import base
 from .base import main
@@ -125,6 +127,39 @@ def _config_for_root(ctx: click.Context):
     return base.config(ctx)
 
 
+@alerts.command("test")
+@click.argument("rule_name", metavar="RULE")
+@click.option("--at", "at", default=None, help="evaluate as of this date (now where omitted)")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def test_cmd(ctx: click.Context, rule_name: str, at: str | None, as_json: bool) -> None:
+    """What rule RULE of the configuration's [[alerts.rules]] would raise on the stored data now
+    (or --at a date): its findings, without writing anything (root)."""
+    from aggregator.alerts import rules
+
+    if not base.from_store():
+        raise click.ClickException("nomadectl alerts test: for root on the head node")
+    cfg = base.config(ctx)
+    try:
+        configured = rules.parse_rules(cfg.alerts.rules)
+    except ValueError as exc:
+        raise click.ClickException(f"{cfg.path}: {exc}") from None
+    rule = next((r for r in configured if r.name == rule_name), None)
+    if rule is None:
+        known = ", ".join(r.name for r in configured) or "none"
+        raise click.ClickException(
+            f"no rule {printable(rule_name, 64)!r} in [[alerts.rules]] (configured: {known})"
+        )
+    now = _date(at, "--at") if at else time.time()
+    found = rules.evaluate(base.reader(cfg), rule, now)
+    rows = [{"subject": f.subject, "summary": f.summary, "user": f.user} for f in found]
+    base.emit(
+        {"rule": rule.name, "kind": rule.kind, "at": now, "findings": rows},
+        as_json,
+        render_test,
+    )
+
+
 # --- the text views ----------------------------------------------------------------------------
 
 
@@ -139,6 +174,17 @@ def render_alerts(rows: list[dict[str, Any]]) -> str:
             f"{a['subject'][:19]:<20}{when(a['first_t']):<21}{a['summary']}"
         )
     return "\n".join(out)
+
+
+def render_test(result: dict[str, Any]) -> str:
+    head = f"rule {result['rule']} ({result['kind']}) as of {when(result['at'])}"
+    if not result["findings"]:
+        return f"{head}: would raise nothing"
+    lines = [f"{head}: would raise {len(result['findings'])}"]
+    for f in result["findings"]:
+        user = f"  (user {f['user']})" if f["user"] else ""
+        lines.append(f"{printable(f['subject'], 200):<20}{printable(f['summary'], 500)}{user}")
+    return "\n".join(lines)
 
 
 def render_silences(rows: list[dict[str, Any]]) -> str:

@@ -171,3 +171,54 @@ def test_through_the_api_a_user_sees_the_alerts_about_their_own_jobs_only(tmp_pa
     assert answer(db, "alerts", Caller(4242, None)) == (200, [])  # a uid without a name
     status, said = answer(db, "alerts", alice, b"since=yesterday")
     assert status == 400 and "since must be Unix seconds" in str(said)
+
+
+def test_nomadectl_alerts_test_shows_what_a_rule_would_raise_and_writes_nothing(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    import nomadectl as ctl
+
+    db = str(tmp_path / "nomade.db")
+    conn = store.open_store(db)
+    now = __import__("time").time()
+    for node, last_seen in (("node7", now - 900), ("node8", now - 5)):
+        conn.execute(
+            "INSERT INTO nodes (node, first_seen, last_seen, state) VALUES (?, 1, ?, 'up')",
+            (node, last_seen),
+        )
+    conn.commit()
+    conn.close()
+    config = tmp_path / "nomade.toml"
+    config.write_text(
+        f'[general]\ndata_dir = "{tmp_path}"\n'
+        '[[alerts.rules]]\nname = "silent"\nkind = "node_silent"\nwindow = 300\n'
+        '[[alerts.rules]]\nname = "mem"\nkind = "job_memory"\n'
+    )
+
+    def run(*args):
+        return CliRunner().invoke(ctl.main, ["--config", str(config), "alerts", "test", *args])
+
+    shown = run("silent")
+    assert shown.exit_code == 0, shown.output
+    assert "would raise 1" in shown.output and "node7: its agent has not been heard" in (
+        shown.output
+    )
+    assert "node8" not in shown.output
+    (finding,) = json.loads(run("silent", "--json").output)["findings"]
+    assert finding["subject"] == "node7" and finding["user"] is None
+    earlier = run("silent", "--at", __import__("datetime").datetime.fromtimestamp(now - 1800)
+                  .isoformat(), "--json")  # fmt: skip
+    assert json.loads(earlier.output)["findings"] == []  # half an hour ago node7 was heard
+    assert "would raise nothing" in run("mem").output
+    conn = store.connect(db, readonly=True)
+    assert store.find_alerts(conn) == []  # nothing written
+    conn.close()
+    unknown = run("nosuch")
+    assert unknown.exit_code == 1
+    assert unknown.output.strip().splitlines() == [
+        "Error: no rule 'nosuch' in [[alerts.rules]] (configured: silent, mem)"
+    ]
+    bad_date = run("silent", "--at", "yesterday")
+    assert bad_date.exit_code == 2 and "expected a date" in bad_date.output
