@@ -438,3 +438,20 @@ def test_a_job_whose_gpus_sit_idle_alerts_its_user(conn, tmp_path):
         [{"name": "idle2", "kind": "gpu_idle", "window": 600, "min_readings": 7}]
     )
     assert step(conn, strict, now) == []  # six readings are not enough for it
+
+
+def test_a_node_local_filesystem_is_a_series_per_node(conn):
+    # /tmp on n1 fills fast; /tmp on n2 is steady.  Merged, the two would blur into one series.
+    now = time.time()
+    for h in range(24):
+        t = now - (23 - h) * 3600
+        fast = [filesystem("/tmp", 50 * GiB + 20 * GiB * h, 600 * GiB)]
+        steady = [filesystem("/tmp", 100 * GiB, 600 * GiB)]
+        write(conn, lambda c, t=t, r=fast: store.store_reading(c, "n1", "disk", t, 0.1, r, 3000))
+        write(conn, lambda c, t=t, r=steady: store.store_reading(c, "n2", "disk", t, 0.1, r, 3000))
+    (rule,) = rules.parse_rules(
+        [{"name": "tmp_full", "kind": "time_to_limit", "collector": "disk",
+          "record": "filesystem", "key": "used_bytes", "limit_key": "size_bytes",
+          "within": 86400, "window": 86400, "per_node": True}]
+    )  # fmt: skip
+    assert [(c.subject, c.state) for c in step(conn, rule, now)] == [("n1:/tmp", "firing")]

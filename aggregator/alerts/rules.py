@@ -87,6 +87,7 @@ KEYS: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "record": (str, ...),
         "key": (str, ...),
         "subject_key": (str, "path"),
+        "per_node": (bool, False),
         "limit_key": (str, None),
         "limit": ((int, float), None),
         "within": ((int, float), ...),
@@ -105,6 +106,7 @@ KEYS: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "record": (str, ...),
         "key": (str, ...),
         "subject_key": (str, "path"),
+        "per_node": (bool, False),
         "value": ((int, float), ...),
     },
     "acceleration": {
@@ -112,6 +114,7 @@ KEYS: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "record": (str, ...),
         "key": (str, ...),
         "subject_key": (str, "path"),
+        "per_node": (bool, False),
     },
     "collector_failing": {"collector": (str, None)},
     "license_down": {},
@@ -272,15 +275,19 @@ def _series(
     conn: Any, rule: Rule, now: float
 ) -> dict[str, dict[float, tuple[float, float | None]]]:
     """Subject -> time -> (value, limit) of RULE's series over its window (time_to_limit, rate
-    and acceleration): the `key` of `record` records of `collector`, one per `subject_key`."""
+    and acceleration): the `key` of `record` records of `collector`, one per `subject_key` (a
+    shared filesystem: every node's readings of it are one series), or per node and
+    `subject_key` where `per_node` (a node-local one: NODE:PATH)."""
     p = rule.params
     series: dict[str, dict[float, tuple[float, float | None]]] = {}
-    for _node, t, r in store.reading_records_between(
+    for node, t, r in store.reading_records_between(
         conn, p["collector"], p["record"], now - rule.window, now
     ):
         subject, value = r.get(p["subject_key"]), r.get(p["key"])
         if not isinstance(subject, str) or not _number(value):
             continue
+        if p["per_node"]:  # a local filesystem (/tmp, /local): each node's its own series
+            subject = f"{node}:{subject}"
         limit = p.get("limit") if p.get("limit") is not None else r.get(p.get("limit_key") or "")
         series.setdefault(subject, {})[t] = (float(value), limit if _number(limit) else None)
     return series
