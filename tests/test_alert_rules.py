@@ -142,8 +142,9 @@ def test_a_job_growing_toward_its_memory_limit_alerts_with_its_time_to_oom(conn)
     for job_id, user in ((77, "alice"), (78, "bob")):
         job = {"job_id": job_id, "submit_time": now - 120, "start_time": now - 100, "user": user}
         write(conn, lambda c, job=job: ing.job_start(c, job, None, now - 100))
-    # Job 77 grows 5 MiB a second toward its 1 GiB limit (about 2.5 min left); job 78 is flat.
-    rows = [sample(77, now - 60 + 2 * k, (200 + 10 * k) * MiB, GiB) for k in range(30)]
+    # Job 77, past half its 1 GiB limit, grows 5 MiB a second toward it (about a minute left);
+    # job 78 is flat.
+    rows = [sample(77, now - 60 + 2 * k, (400 + 10 * k) * MiB, GiB) for k in range(30)]
     rows += [sample(78, now - 60 + 2 * k, 300 * MiB, GiB) for k in range(30)]
     env = wire.Envelope(wire.SAMPLES, "node1", 1, 1, {"rows": rows})
     assert write(conn, lambda c: ing.apply_envelope(c, env)) == "stored"
@@ -152,7 +153,7 @@ def test_a_job_growing_toward_its_memory_limit_alerts_with_its_time_to_oom(conn)
     assert (change.subject, change.user, change.state) == ("job 77", "alice", "firing")
     assert "toward its 1.0 GiB limit: out of memory in about" in change.summary
     minutes = float(change.summary.rsplit("about ", 1)[1].split()[0])
-    assert 1.5 <= minutes <= 3.5  # (1024 - 490) MiB at 5 MiB/s: 1.8 min after the last sample
+    assert 0.8 <= minutes <= 1.6  # (1024 - 690) MiB at 5 MiB/s: 1.1 min after the last sample
     (alert,) = store.find_alerts(conn, user="alice")
     assert alert["rule"] == "oom_soon"
     assert store.find_alerts(conn, user="bob") == []
@@ -455,3 +456,21 @@ def test_a_node_local_filesystem_is_a_series_per_node(conn):
           "within": 86400, "window": 86400, "per_node": True}]
     )  # fmt: skip
     assert [(c.subject, c.state) for c in step(conn, rule, now)] == [("n1:/tmp", "firing")]
+
+
+def test_a_start_up_ramp_that_levels_off_is_no_time_to_oom(conn):
+    # Job 90 allocates 240 MiB of its 600 MiB at start and then holds it (grace's ordinary job
+    # in the demo); job 91 ramps to 450 MiB and levels off.  Neither is heading for its limit.
+    ing, now = Ingest("c"), time.time()
+    for job_id in (90, 91):
+        job = {"job_id": job_id, "submit_time": now - 120, "start_time": now - 100, "user": "grace"}
+        write(conn, lambda c, job=job: ing.job_start(c, job, None, now - 100))
+    rows = []
+    for k in range(20):
+        t = now - 40 + 2 * k
+        rows.append(sample(90, t, min(240, 60 * (k + 1)) * MiB, 600 * MiB))
+        rows.append(sample(91, t, min(450, 100 * (k + 1)) * MiB, 600 * MiB))
+    env = wire.Envelope(wire.SAMPLES, "node1", 1, 1, {"rows": rows})
+    assert write(conn, lambda c: ing.apply_envelope(c, env)) == "stored"
+    (rule,) = rules.parse_rules([{"name": "oom_soon", "kind": "job_memory", "window": 60}])
+    assert step(conn, rule, now) == []

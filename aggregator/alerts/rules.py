@@ -92,7 +92,11 @@ KEYS: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "limit": ((int, float), None),
         "within": ((int, float), ...),
     },
-    "job_memory": {"within": ((int, float), 600.0), "fraction": ((int, float), 0.95)},
+    "job_memory": {
+        "within": ((int, float), 600.0),
+        "fraction": ((int, float), 0.95),
+        "min_fraction": ((int, float), 0.5),
+    },
     "threshold": {
         "collector": (str, ...),
         "record": (str, ...),
@@ -200,7 +204,7 @@ def parse_rules(items: Any) -> list[Rule]:
             raise ValueError(f"{where}: another rule has this name")
         if values["severity"] not in SEVERITIES:
             raise ValueError(f"{where}: severity must be one of {', '.join(SEVERITIES)}")
-        for key in ("window", "cooldown", "within", "fraction"):
+        for key in ("window", "cooldown", "within", "fraction", "min_fraction"):
             if key in values and not 0 <= values[key] <= 10 * 365 * 86400:
                 raise ValueError(f"{where}: {key} must be between 0 and ten years of seconds")
         if values["window"] <= 0:
@@ -335,9 +339,12 @@ def _job_memory(conn: Any, rule: Rule, now: float) -> list[Finding]:
         why = None
         if last >= p["fraction"] * s["limit"]:
             why = f"holds {100 * last / s['limit']:.0f}% of its {_size(s['limit'])} limit"
-        elif len(points) >= 3:
+        elif len(points) >= 3 and last >= p["min_fraction"] * s["limit"]:
+            # Still growing (a start-up ramp that has levelled off is `decelerating`, and one
+            # under min_fraction of the limit is not yet worth a page).
             f = trends.fit([t for t, _ in points], [m for _, m in points])
-            seconds = trends.reaches(f, s["limit"], 1)
+            growing = trends.classify(f, scale=s["limit"]) in ("growing", "accelerating")
+            seconds = trends.reaches(f, s["limit"], 1) if growing else None
             if seconds is not None and seconds <= p["within"]:
                 why = (
                     f"grows {_size((f.slope or 0) * 60)}/min toward its {_size(s['limit'])}"
