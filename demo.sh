@@ -43,7 +43,42 @@ interval_seconds = 5.0
 interval_seconds = 5.0
 [security]
 keys_dir = "$DEMO/keys"
+[alerts]
+webhook = true
+secrets_file = "$DEMO/alerts-secrets.toml"
+[[alerts.rules]]
+name = "oom_soon"
+kind = "job_memory"
+severity = "critical"
+window = 60
 TOML
+# A stand-in for a site's webhook (a chat or ticket system) on loopback: it keeps what NØMADE
+# sends it.  Its URL is a secret, so it lives in a file only root can read.
+if [[ -f $DEMO/receiver.pid ]]; then kill "$(cat "$DEMO/receiver.pid")" 2>/dev/null || true; fi
+cat >"$DEMO/receiver.py" <<'PY'
+import http.server, json, socket, sys
+
+class Keep(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        alert = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with open(sys.argv[1], "a") as out:
+            print(json.dumps(alert), file=out)
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+server = http.server.HTTPServer(("127.0.0.1", 0), Keep)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+PY
+: >"$DEMO/webhook.jsonl"
+python3 "$DEMO/receiver.py" "$DEMO/webhook.jsonl" >"$DEMO/receiver.port" &
+echo $! >"$DEMO/receiver.pid"
+for _ in $(seq 1 50); do [[ -s $DEMO/receiver.port ]] && break; sleep 0.1; done
+(umask 077 && echo "webhook_url = \"http://127.0.0.1:$(cat "$DEMO/receiver.port")/nomade\"" >"$DEMO/alerts-secrets.toml")
 
 say "starting NØMADE: database and server key, node keys, hooks, aggregator, agents"
 # A second run of the demo restarts the daemons a first run left running, on the code installed now.
@@ -138,6 +173,25 @@ echo "(trained in $((SECONDS - t0)) s)"
 # carol, who asks for too little memory, submits a job like those of hers that ran out of it;
 # grace, who behaves, submits an ordinary one: both outputs, side by side.
 NOMADECTL=$nomadectl slurm-conf/demo-warning.sh "$NOMADE_CONFIG" "$DEMO/jobs"
+say "an alert: alice's job grows toward its 150 MB limit; NØMADE tells the webhook before Slurm kills it"
+grows=$(submit grows --mem=150M -t 2 --wrap "$PY -c 'import time
+c = []
+while True:
+    c.append(bytearray(4 << 20)); [c[-1].__setitem__(i, 1) for i in range(0, len(c[-1]), 4096)]; time.sleep(1)'")
+echo "job $grows: 4 MB more every second"
+shown=""
+for _ in $(seq 1 60); do
+    shown=$(grep -m1 "\"subject\": \"job $grows\"" "$DEMO/webhook.jsonl" || true)
+    [[ -n $shown ]] && break
+    sleep 1
+done
+if [[ -n $shown ]]; then
+    python3 -c 'import json, sys; a = json.loads(sys.argv[1])
+print("webhook received: [%s] %s: %s" % (a["severity"], a["state"], a["summary"]))' "$shown"
+else
+    echo "(no alert reached the webhook within 60 s: see $DEMO/data/run/aggregator.log)"
+fi
+"$nomadectl" alerts --unresolved
 say "who may send data: the enrolled node keys (CurveZMQ), and who enrolled them"
 "$nomadectl" keys list
 "$nomadectl" audit --limit 3
@@ -156,9 +210,10 @@ lock.execute("BEGIN IMMEDIATE")
 time.sleep(12)
 lock.execute("ROLLBACK")
 PY
+locker=$!
 sleep 9
 "$nomadectl" status | sed -n 3p
-wait
+wait "$locker" # that one only: the webhook receiver above keeps running
 sleep 4
 "$nomadectl" status | sed -n 3p
 python3 -c 'import sqlite3, sys
@@ -171,6 +226,11 @@ say "nomadectl db status   (samples landed as received, compacted into chunks pe
 "$nomadectl" db status | sed -n 2,3p
 "$nomadectl" db compact
 "$nomadectl" db status
+say "what the webhook received (the alert, and its resolve once the job was gone)"
+python3 -c 'import json, sys
+for line in open(sys.argv[1]):
+    a = json.loads(line)
+    print("[%s] %-9s %s: %s" % (a["severity"], a["state"], a["rule"], a["summary"]))' "$DEMO/webhook.jsonl"
 cat <<MSG
 
 The cluster and NØMADE keep running.  Try: NOMADE_CONFIG=$NOMADE_CONFIG $nomadectl job $oom

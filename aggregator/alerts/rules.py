@@ -632,7 +632,11 @@ def apply(conn: Any, rule: Rule, findings: list[Finding], now: float) -> list[Ch
     for subject in sorted(store.open_subjects(conn, rule.name) - found):
         alert_id = store.resolve_alert(conn, rule.name, subject, now)
         if alert_id is not None:
-            changes.append(Change(alert_id, rule, subject, "resolved", f"{subject}: cleared"))
+            changes.append(
+                Change(
+                    alert_id, rule, subject, "resolved", f"{subject}: {rule.name} no longer holds"
+                )
+            )
     return changes
 
 
