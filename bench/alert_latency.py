@@ -23,9 +23,12 @@ envelope in the store's `received` table.
 Evaluation cost: a store (store.open_store) with 10,000 filesystem series (1,000 nodes x 10
 volumes, 4 disk readings each over the last hour) and 1,000 `time_to_limit` rules, each
 watching its own 10 volumes (volume group G is reported as record `volume-G`), so the rules
-together cover every series once.  One cycle is every rule evaluated (rules.evaluate), as the
-aggregator does each `evaluate_seconds`: `evaluation_seconds_per_cycle` is the median of 3
-cycles and `core_share` that over the interval; `goal_met` says whether it fits in one core.
+together cover every series once.  One cycle is every rule evaluated (rules.evaluate):
+`evaluation_seconds_per_cycle` is the median of 3 cycles.  The aggregator evaluates each rule
+at its own schedule (a trend rule once a minute, `rules.TREND_EVERY`; the others each
+`evaluate_seconds`): `core_share` is a cycle's cost over that interval, and
+`core_share_if_every_cycle` over `evaluate_seconds`; `goal_met` says whether the latency goal
+is met and the evaluation fits in one core.
 Where it does not, `profile_top` names where the time goes (cProfile of 100 of the rules).
 --quick uses 100 rules over 1,000 series and one cycle.
 
@@ -386,7 +389,16 @@ def evaluation(count: int, runs: int) -> dict:
         for line in text.getvalue().splitlines()
         if line.strip() and line.strip()[0].isdigit() and "(" in line
     ]
-    return {"seconds": seconds, "rules": count, "series": count * 10, "profile_top": top[:6]}
+    # Each rule is evaluated at its own schedule (`every`: trend rules once a minute): the
+    # share of a core is what each rule costs over its interval, summed.
+    every = min(r.every or EVALUATE_SECONDS for r in rule_list)
+    return {
+        "seconds": seconds,
+        "every": max(every, EVALUATE_SECONDS),
+        "rules": count,
+        "series": count * 10,
+        "profile_top": top[:6],
+    }
 
 
 def main() -> None:
@@ -397,7 +409,8 @@ def main() -> None:
     value = statistics.median(measured["latency"])
     baseline = statistics.median(measured["ack"])
     cost = evaluation(100 if quick else 1000, 1 if quick else 3)
-    share = cost["seconds"] / EVALUATE_SECONDS
+    share = cost["seconds"] / cost["every"]  # at the rules' schedule
+    every_cycle = cost["seconds"] / EVALUATE_SECONDS  # were each evaluated every cycle
     print(
         json.dumps(
             {
@@ -417,7 +430,9 @@ def main() -> None:
                 "rules": cost["rules"],
                 "series": cost["series"],
                 "evaluation_seconds_per_cycle": round(cost["seconds"], 4),
+                "rules_every_seconds": cost["every"],
                 "core_share": round(share, 3),
+                "core_share_if_every_cycle": round(every_cycle, 3),
                 "evaluation_fits_one_core": share <= 1.0,
                 "profile_top": cost["profile_top"],
             }

@@ -474,3 +474,15 @@ def test_a_start_up_ramp_that_levels_off_is_no_time_to_oom(conn):
     assert write(conn, lambda c: ing.apply_envelope(c, env)) == "stored"
     (rule,) = rules.parse_rules([{"name": "oom_soon", "kind": "job_memory", "window": 60}])
     assert step(conn, rule, now) == []
+
+
+def test_trend_rules_are_evaluated_once_a_minute_and_the_others_each_cycle():
+    trend, silent, own = rules.parse_rules(
+        [{"name": "t", "kind": "rate", "collector": "disk", "record": "filesystem",
+          "key": "used_bytes", "value": 1},
+         {"name": "s", "kind": "node_silent"},
+         {"name": "o", "kind": "node_silent", "every": 30}]
+    )  # fmt: skip
+    assert (trend.every, silent.every, own.every) == (rules.TREND_EVERY, None, 30)
+    with pytest.raises(ValueError, match="every must be between"):
+        rules.parse_rules([{"name": "x", "kind": "node_silent", "every": 0}])

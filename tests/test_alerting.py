@@ -65,3 +65,33 @@ def test_a_wrong_rule_stops_start_up_in_one_line(tmp_path):
     assert out.returncode == 1
     (line,) = out.stderr.strip().splitlines()
     assert "alerts.rules[0]: kind must be one of node_silent" in line
+
+
+def test_a_rule_is_evaluated_at_its_own_schedule(tmp_path):
+    import threading
+    import time
+
+    from aggregator import store
+    from aggregator.daemon.alerting import Alerting
+    from nomade_common import config
+
+    cfg = config.parse(
+        f'[general]\ndata_dir = "{tmp_path}"\n[[alerts.rules]]\nname = "silent"\n'
+        'kind = "node_silent"\nwindow = 30\nevery = 60\n',
+        "n.toml",
+    )
+    store.open_store(cfg.database).close()
+    writer = store.Writer(cfg.database)
+    writer.start()
+    try:
+        alerting = Alerting(cfg, writer, lambda: store.connect(cfg.database), threading.Event())
+        now = time.time()
+        writer.call(lambda c: c.execute(
+            "INSERT INTO nodes (node, first_seen, last_seen, state) VALUES ('n1', 1, ?, 'up')",
+            (now - 120,)))  # fmt: skip
+        assert [c.state for c in alerting.cycle(now)] == ["firing"]
+        writer.call(lambda c: c.execute("UPDATE nodes SET last_seen = ?", (now + 60,)))
+        assert alerting.cycle(now + 10) == []  # heard again, but the rule is not due yet
+        assert [c.state for c in alerting.cycle(now + 61)] == ["resolved"]
+    finally:
+        writer.stop()

@@ -133,7 +133,13 @@ COMMON = {
     "severity": (str, "warning"),
     "window": ((int, float), 3600.0),
     "cooldown": ((int, float), 0.0),
+    "every": ((int, float), None),
 }
+# How often a rule is evaluated where it does not say (`every`): rules that fit a trend to hours
+# of readings once a minute (their answer moves slowly and each reads many series), the others
+# at each `[alerts] evaluate_seconds`.
+TREND_EVERY = 60.0
+TREND_KINDS = frozenset({"time_to_limit", "rate", "acceleration"})
 
 
 @dataclass(frozen=True)
@@ -144,6 +150,7 @@ class Rule:
     window: float
     cooldown: float
     params: dict[str, Any] = field(default_factory=dict)
+    every: float | None = None  # seconds between evaluations; None: each evaluate_seconds
 
 
 @dataclass(frozen=True)
@@ -217,7 +224,11 @@ def parse_rules(items: Any) -> list[Rule]:
             raise ValueError(f"{where}: share must be between 0 and 1, min_readings at least 1")
         if kind == "node_problem" and not all(isinstance(p, str) for p in values["problems"]):
             raise ValueError(f"{where}: problems must be a list of words (docs/api.md)")
-        common = {k: values.pop(k) for k in ("kind", "severity", "window", "cooldown")}
+        if values["every"] is not None and not 0.1 <= values["every"] <= 86400:
+            raise ValueError(f"{where}: every must be between 0.1 and 86400 seconds")
+        if values["every"] is None and kind in TREND_KINDS:
+            values["every"] = TREND_EVERY
+        common = {k: values.pop(k) for k in ("kind", "severity", "window", "cooldown", "every")}
         out.append(Rule(name=name, params=values, **common))
     return out
 

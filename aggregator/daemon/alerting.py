@@ -36,6 +36,7 @@ class Alerting:
         self.dispatcher = dispatcher
         self.rules = rules.parse_rules(cfg.alerts.rules)
         self.errors: dict[str, str] = {}
+        self.evaluated: dict[str, float] = {}  # rule -> when it was last evaluated
         self.cycles, self.last_cycle, self.cycle_seconds = 0, None, None
         self.sent = 0
 
@@ -56,6 +57,10 @@ class Alerting:
         conn = self.reader()
         found: list[tuple[rules.Rule, list[rules.Finding]]] = []
         for rule in self.rules:
+            last = self.evaluated.get(rule.name)
+            if rule.every is not None and last is not None and now - last < rule.every - 0.05:
+                continue  # not due yet (trend rules: once a minute)
+            self.evaluated[rule.name] = now
             try:
                 found.append((rule, rules.evaluate(conn, rule, now)))
             except Exception as exc:  # one rule's trouble: recorded, the others go on
