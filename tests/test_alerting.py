@@ -8,13 +8,18 @@ from __future__ import annotations
 import subprocess
 
 from clusterlib import wait_for
-from test_dispatch import Receiver, secrets_file
+from test_dispatch import Mailbox, Receiver, secrets_file, smtp_server
 from test_store_outages import BIN, running, sender
 
 
-def rules_config(secrets: str) -> str:
+def rules_config(secrets: str, smtp_port: int) -> str:
     return f"""
 [alerts]
+email = true
+email_to = ["hpc-admins@example.org"]
+smtp_host = "127.0.0.1"
+smtp_port = {smtp_port}
+slack = true
 webhook = true
 secrets_file = "{secrets}"
 evaluate_seconds = 0.2
@@ -26,29 +31,48 @@ window = 2
 """
 
 
-def test_a_node_falling_silent_reaches_the_webhook_once_and_so_does_its_return(tmp_path):
-    hook = Receiver()
+def test_a_node_falling_silent_reaches_every_channel_once_and_so_does_its_return(tmp_path):
+    # Real receivers on loopback: aiosmtpd for mail, HTTP servers for Slack and a webhook.
+    mailbox, hook, slack = Mailbox(), Receiver(), Receiver()
+    smtp = smtp_server(mailbox)
     try:
-        secrets = secrets_file(tmp_path, webhook_url=hook.url("nomade"))
-        with running(tmp_path, aggregator=rules_config(secrets)) as d:
+        secrets = secrets_file(
+            tmp_path, webhook_url=hook.url("nomade"), slack_webhook=slack.url("services/T1")
+        )
+        with running(tmp_path, aggregator=rules_config(secrets, smtp.port)) as d:
             node = sender(d, "n7", jobs=1)
             seqs = node.add(3)
             wait_for("n7's samples to be answered", lambda: node.answered(seqs), 30, 0.05)
             node.stop()
-            wait_for("the alert at the webhook", lambda: hook.posts, 30, 0.05)
+            wait_for("the alert on every channel",
+                     lambda: hook.posts and slack.posts and mailbox.messages, 30, 0.05)  # fmt: skip
             again = sender(d, "n7", jobs=1)
             seqs = again.add(2)
             wait_for("n7 heard again", lambda: again.answered(seqs), 30, 0.05)
-            wait_for("the resolve at the webhook", lambda: len(hook.posts) >= 2, 30, 0.05)
+            wait_for(
+                "the resolve on every channel",
+                lambda: (
+                    len(hook.posts) >= 2 and len(slack.posts) >= 2 and len(mailbox.messages) >= 2
+                ),
+                30,
+                0.05,
+            )
             states = [
                 (p["body"]["rule"], p["body"]["subject"], p["body"]["state"]) for p in hook.posts
             ]
             assert states == [("node_silent", "n7", "firing"), ("node_silent", "n7", "resolved")]
             assert "has not been heard" in hook.posts[0]["body"]["summary"]
+            texts = [p["body"]["text"] for p in slack.posts]
+            assert len(texts) == 2 and "FIRING critical" in texts[0] and "RESOLVED" in texts[1]
+            mails = mailbox.to("hpc-admins@example.org")
+            assert [m["X-NOMADE-Alert"].split()[1] for m in mails] == ["firing", "resolved"]
+            assert "n7" in mails[0]["Subject"]
             listed = d.query("SELECT rule, subject, state FROM alerts")
             assert [tuple(r) for r in listed] == [("node_silent", "n7", "resolved")]
     finally:
+        smtp.stop()
         hook.close()
+        slack.close()
 
 
 def test_a_wrong_rule_stops_start_up_in_one_line(tmp_path):
