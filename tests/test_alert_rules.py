@@ -5,17 +5,18 @@ time to OOM; a node's hardware errors alert; bad rules are refused in one line."
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, shared
 
 from aggregator import store
 from aggregator.alerts import rules
 from aggregator.store import Ingest
-from collectors import gpu, health, licenses
+from collectors import gpu, health, licenses, nfs
 from collectors.runner import Reading, Status
-from collectors.slurm import scontrol, squeue
+from collectors.slurm import scontrol, squeue, sshare
 from nomade_common import wire
 
 GiB = 1 << 30
@@ -486,3 +487,129 @@ def test_trend_rules_are_evaluated_once_a_minute_and_the_others_each_cycle():
     assert (trend.every, silent.every, own.every) == (rules.TREND_EVERY, None, 30)
     with pytest.raises(ValueError, match="every must be between"):
         rules.parse_rules([{"name": "x", "kind": "node_silent", "every": 0}])
+
+
+# -- zombie jobs, NFS storms, fair share ----------------------------------------------------------
+def procs_sample(job_id, t, nprocs):
+    r = [None] * len(wire.SAMPLE_FIELDS)
+    r[0], r[1] = job_id, t
+    r[wire.SAMPLE_FIELDS.index("nprocs")] = nprocs
+    return r
+
+
+def test_a_job_slurm_ended_whose_node_still_has_its_processes_alerts_as_a_zombie(conn):
+    ing, now = Ingest("c"), time.time()
+    for job_id, user in ((95, "alice"), (96, "bob"), (97, "carol")):
+        job = {"job_id": job_id, "submit_time": now - 2000, "start_time": now - 1900, "user": user}
+        write(conn, lambda c, job=job: ing.job_start(c, job, None, now - 1900))
+    # Slurm ends all three 15 minutes ago; job 95's cgroup keeps 3 processes (a process in D
+    # state), job 96's emptied right away, job 97 is still within its grace.
+    for job_id, ended in ((95, now - 900), (96, now - 900), (97, now - 120)):
+        write(conn, lambda c, j=job_id, e=ended: ing.job_end(c, {"job_id": j, "end_time": e}, 0, e))
+    rows = [procs_sample(95, now - 1800 + 30 * k, 3) for k in range(60)]
+    rows += [procs_sample(96, now - 1800 + 30 * k, 2 if k < 30 else 0) for k in range(60)]
+    rows += [procs_sample(97, now - 1800 + 30 * k, 1) for k in range(60)]
+    env = wire.Envelope(wire.SAMPLES, "node1", 1, 1, {"rows": rows})
+    assert write(conn, lambda c: ing.apply_envelope(c, env)) == "stored"
+    (rule,) = rules.parse_rules([{"name": "zombie", "kind": "job_zombie"}])
+    assert rule.window == 300
+    (change,) = step(conn, rule, now)
+    assert (change.subject, change.user, change.state) == ("job 95", "alice", "firing")
+    assert change.summary == (
+        "job 95 ended 15.0 min ago but node1 still has 3 process(es) in its cgroup"
+    )
+    (alert,) = store.find_alerts(conn, user="alice")
+    assert alert["job_uid"] is not None
+    assert store.find_alerts(conn, user="bob") == [] == store.find_alerts(conn, user="carol")
+    # The processes go: the node stops sampling the cgroup, and the alert resolves.
+    later = now + 600
+    assert [(c.subject, c.state) for c in step(conn, rule, later)] == [("job 95", "resolved")]
+
+
+MOUNTSTATS = ("procfs", "prometheus_node_exporter", "proc_10_mountstats")
+
+
+def read_more(text: str, seconds: int, ops: int, read: int) -> str:
+    """A second capture made from a real one: each mount SECONDS older, OPS more READ
+    operations and READ more bytes read (by applications and from the server)."""
+
+    def age(m: re.Match) -> str:
+        return f"{m[1]}{int(m[2]) + seconds}"
+
+    def bytes_line(m: re.Match) -> str:
+        v = m[2].split()
+        v[0], v[4] = str(int(v[0]) + read), str(int(v[4]) + read)
+        return m[1] + " ".join(v)
+
+    def read_line(m: re.Match) -> str:
+        v = [int(x) for x in m[2].split()]
+        v[0], v[1] = v[0] + ops, v[1] + ops
+        return m[1] + " ".join(map(str, v))
+
+    text = re.sub(r"^(\s*age:\s+)(\d+)$", age, text, flags=re.M)
+    text = re.sub(r"^(\s*bytes:\s+)(.*)$", bytes_line, text, flags=re.M)
+    return re.sub(r"^(\s*READ: )(.*)$", read_line, text, flags=re.M)
+
+
+def test_an_nfs_mount_hammered_above_its_rates_alerts_unless_the_node_is_drained(conn):
+    path = shared(*MOUNTSTATS)
+    now, first = time.time(), path.read_text()
+    # node1's mounts read 3000 operations and 3000 MiB in ten minutes (5/s, 5 MiB/s); node2's
+    # read 60 operations and 60 MiB (0.1/s, 0.1 MiB/s).
+    for node, scale in (("node1", 50), ("node2", 1)):
+        second = read_more(first, 600, 60 * scale, (60 * scale) << 20)
+        for t, text in ((now - 700, first), (now - 100, second)):
+            records = nfs.parse_mountstats(text, str(path))
+            write(conn, lambda c, n=node, t=t, r=records: store.store_reading(
+                c, n, "nfs", t, 0.1, r, 600))  # fmt: skip
+    ops, size = rules.parse_rules(
+        [{"name": "ops", "kind": "nfs_storm", "ops_per_second": 2},
+         {"name": "bytes", "kind": "nfs_storm", "bytes_per_second": 4 * MiB}]
+    )  # fmt: skip
+    changes = step(conn, ops, now)
+    assert [c.subject for c in changes] == ["node1:/mnt/nfs/test", "node1:/mnt/nfs/test-dupe"]
+    assert changes[0].summary == ("node1:/mnt/nfs/test: NFS storm: 5 operations/s (threshold 2)")
+    (dupe,) = [c for c in step(conn, size, now) if c.subject == "node1:/mnt/nfs/test"]
+    assert dupe.summary == "node1:/mnt/nfs/test: NFS storm: 5.0 MiB/s (threshold 4.0 MiB/s)"
+    # Slurm drains node1: its alerts resolve.
+    records = scontrol.node_records((SLURM / "scontrol-show-node-o.txt").read_text())
+    drained = [dict(r, state="IDLE+DRAIN") if r["node"] == "node1" else r for r in records]
+    write(conn, lambda c: store.store_reading(c, "head", "node_state", now, 0.1, drained, 600))
+    assert {(c.subject, c.state) for c in step(conn, ops, now + 1)} == {
+        ("node1:/mnt/nfs/test", "resolved"),
+        ("node1:/mnt/nfs/test-dupe", "resolved"),
+    }
+
+
+def test_an_nfs_storm_rule_without_a_rate_is_refused():
+    with pytest.raises(ValueError, match="give ops_per_second or bytes_per_second") as exc:
+        rules.parse_rules([{"name": "x", "kind": "nfs_storm"}])
+    assert "\n" not in str(exc.value)
+
+
+def test_an_account_short_of_its_fair_share_with_jobs_pending_alerts(conn):
+    sshare_records = sshare.records((SLURM / "sshare-a-l-P.txt").read_text())
+    queue = squeue.records((SLURM / "squeue-nomade.txt").read_text())
+    now = time.time()
+    write(conn, lambda c: store.store_reading(c, "head", "fairshare", now - 60, 0.1,
+                                              sshare_records, 600))  # fmt: skip
+    write(conn, lambda c: store.store_reading(c, "head", "queue", now - 30, 0.1, queue, 600))
+    (rule,) = rules.parse_rules([{"name": "share", "kind": "fairshare_imbalance"}])
+    # The capture: every user's factor is 0; root and research have jobs pending, physics none.
+    changes = step(conn, rule, now)
+    assert [(c.subject, c.state) for c in changes] == [
+        ("account research", "firing"),
+        ("account root", "firing"),
+    ]
+    assert changes[0].summary == (
+        "account research has 1 job(s) pending with a fair-share factor of 0 (threshold 0.1)"
+    )
+    # research's usage decays: one of its users is back at 0.5, so the account is not starved.
+    recovered = [
+        dict(r, fairshare=0.5) if (r["account"], r["user"]) == ("research", "carol") else r
+        for r in sshare_records
+    ]
+    write(conn, lambda c: store.store_reading(c, "head", "fairshare", now, 0.1, recovered, 600))
+    assert [(c.subject, c.state) for c in step(conn, rule, now + 1)] == [
+        ("account research", "resolved")
+    ]

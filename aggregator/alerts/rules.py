@@ -37,6 +37,12 @@ Kinds:
     job_stuck       a running job without CPU progress over `window` (clusterviews.stuck)
     gpu_idle        a running job whose GPUs sat idle in `share` of at least `min_readings`
                     readings
+    job_zombie      a job Slurm says ended more than `window` seconds ago (default 300) whose
+                    node still samples processes in its cgroup
+    nfs_storm       a node's NFS mount whose newest interval's operations or bytes per second
+                    (aggregator/views/nfsrates.py) exceed `ops_per_second` or `bytes_per_second`
+    fairshare_imbalance  an account whose fair-share factor is under `value` (default 0.1) while
+                    it has jobs pending in the newest queue reading
 
 Nodes that Slurm has drained, or that are in a MAINT reservation, raise no node alerts: their
 admins know.  A subject found no more resolves its open alert.
@@ -66,6 +72,9 @@ KINDS = (
     "job_pending",
     "job_stuck",
     "gpu_idle",
+    "job_zombie",
+    "nfs_storm",
+    "fairshare_imbalance",
 )
 OPS = {
     ">": lambda a, b: a > b,
@@ -126,6 +135,10 @@ KEYS: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
     "job_pending": {"within": ((int, float), ...)},
     "job_stuck": {},
     "gpu_idle": {"share": ((int, float), 0.9), "min_readings": (int, 5)},
+    # Its window is the grace after the end: the time Slurm gives a job's processes to go.
+    "job_zombie": {"window": ((int, float), 300.0)},
+    "nfs_storm": {"ops_per_second": ((int, float), None), "bytes_per_second": ((int, float), None)},
+    "fairshare_imbalance": {"value": ((int, float), 0.1)},
 }
 COMMON = {
     "name": (str, ...),
@@ -222,6 +235,8 @@ def parse_rules(items: Any) -> list[Rule]:
             raise ValueError(f"{where}: op must be one of {', '.join(OPS)}")
         if kind == "gpu_idle" and not (0 <= values["share"] <= 1 and values["min_readings"] >= 1):
             raise ValueError(f"{where}: share must be between 0 and 1, min_readings at least 1")
+        if kind == "nfs_storm" and values["ops_per_second"] is None is values["bytes_per_second"]:
+            raise ValueError(f"{where}: give ops_per_second or bytes_per_second (or both)")
         if kind == "node_problem" and not all(isinstance(p, str) for p in values["problems"]):
             raise ValueError(f"{where}: problems must be a list of words (docs/api.md)")
         if values["every"] is not None and not 0.1 <= values["every"] <= 86400:
@@ -602,6 +617,97 @@ def _gpu_idle(conn: Any, rule: Rule, now: float) -> list[Finding]:
     return out
 
 
+def _job_zombie(conn: Any, rule: Rule, now: float) -> list[Finding]:
+    out: dict[int, Finding] = {}
+    for z in store.ended_job_processes(conn, now, rule.window):
+        if z["uid"] in out:
+            continue  # its first node names it; the others would repeat the alert
+        out[z["uid"]] = Finding(
+            f"job {z['job_id']}",
+            f"job {z['job_id']} ended {_ago(now - z['end_time'])} ago but {z['node']} still has"
+            f" {z['nprocs']} process(es) in its cgroup",
+            detail=f"sampled {_ago(now - z['t'])} ago",
+            job_uid=z["uid"],
+            user=z["user"],
+        )
+    return list(out.values())
+
+
+def _nfs_storm(conn: Any, rule: Rule, now: float) -> list[Finding]:
+    from aggregator.views import nfsrates
+
+    p, quiet = rule.params, quiet_nodes(conn)
+    # NODE:MOUNT -> [operations/s, bytes/s]: a mount point that holds two mounts (stacked)
+    # carries the traffic of both.
+    rates: dict[str, list[float]] = {}
+    for m in nfsrates.nfs(conn, now, hours=rule.window / 3600)["mounts"]:
+        latest = m.get("latest")
+        if m["node"] in quiet or not latest:
+            continue
+        # Bytes over the wire where the kernel counts them, else what applications moved.
+        wire = [latest.get(k) for k in ("server_read_bytes_per_s", "server_write_bytes_per_s")]
+        if all(v is None for v in wire):
+            wire = [latest.get(k) for k in ("read_bytes_per_s", "write_bytes_per_s")]
+        total = rates.setdefault(f"{m['node']}:{m['mount_point']}", [0.0, 0.0])
+        total[0] += latest.get("ops_per_s") or 0.0
+        total[1] += sum(v for v in wire if v is not None)
+    out = []
+    for subject, (ops, size) in sorted(rates.items()):
+        over = []
+        if p["ops_per_second"] is not None and ops > p["ops_per_second"]:
+            over.append(f"{ops:.4g} operations/s (threshold {p['ops_per_second']:g})")
+        if p["bytes_per_second"] is not None and size > p["bytes_per_second"]:
+            over.append(f"{_size(size)}/s (threshold {_size(p['bytes_per_second'])}/s)")
+        if over:
+            out.append(Finding(subject, f"{subject}: NFS storm: {' and '.join(over)}"))
+    return out
+
+
+def _fairshare_imbalance(conn: Any, rule: Rule, now: float) -> list[Finding]:
+    from aggregator.views import clusterviews
+
+    shares = clusterviews.fairshare(conn, now)
+    newest = store.latest_readings(conn, "queue").values()
+    if shares["time"] is None or now - shares["time"] > rule.window:
+        return []
+    queue = max(newest, key=lambda tr: tr[0], default=(None, []))
+    if queue[0] is None or now - queue[0] > rule.window:
+        return []
+    pending: dict[str, int] = {}
+    for j in queue[1]:
+        if (
+            isinstance(j, dict)
+            and j.get("state") == "PENDING"
+            and isinstance(j.get("account"), str)
+        ):
+            pending[j["account"]] = pending.get(j["account"], 0) + 1
+    # An account's factor: its own row's, where sshare prints one (Fair Tree prints it for
+    # users only); else its best-placed user's, so that the account is short of its share
+    # only when every user in it is.
+    own: dict[str, float] = {}
+    users: dict[str, float] = {}
+    for a in shares["associations"]:
+        account, factor = a.get("account"), a.get("fairshare")
+        if not isinstance(account, str) or not _number(factor):
+            continue
+        if a.get("user") is None:
+            own[account] = float(factor)
+        else:
+            users[account] = max(users.get(account, float(factor)), float(factor))
+    out = []
+    for account in sorted(pending):
+        factor = own.get(account, users.get(account))
+        if factor is not None and factor < rule.params["value"]:
+            out.append(
+                Finding(
+                    f"account {account}",
+                    f"account {account} has {pending[account]} job(s) pending with a fair-share"
+                    f" factor of {factor:.3g} (threshold {rule.params['value']:g})",
+                )
+            )
+    return out
+
+
 EVALUATORS = {
     "node_silent": _node_silent,
     "node_problem": _node_problem,
@@ -616,6 +722,9 @@ EVALUATORS = {
     "job_pending": _job_pending,
     "job_stuck": _job_stuck,
     "gpu_idle": _gpu_idle,
+    "job_zombie": _job_zombie,
+    "nfs_storm": _nfs_storm,
+    "fairshare_imbalance": _fairshare_imbalance,
 }
 
 

@@ -26,7 +26,7 @@ their first argument; those that write run inside the writer's transaction (`Wri
   `node_lives`, `received_since`, `counters`, `last_event`, `latest_readings`,
   `reading_records_between`, `collector_statuses`, `newest_records_json`, `ended_job_count`,
   `verdict_outcomes`, `admin_log`, `find_run`, `reconcile_due`, `event_job_counts`,
-  `schema_version_at`.
+  `schema_version_at`, `ended_job_processes` (aggregator/store/sqlite/alertreads.py).
 - History, for features, scoring and training: `ended_jobs`, `start_history`, `recent_vectors`,
   `job_vector`.
 - Model registry: `register_model`, `list_models`, `active_model`, `activate_model`,
@@ -38,6 +38,7 @@ their first argument; those that write run inside the writer's transaction (`Wri
 """
 
 # ruff: noqa: F401  (the names below are the interface, re-exported)
+from aggregator.store.sqlite.alertreads import ended_job_processes
 from aggregator.store.sqlite.alerts import (
     ack_alert,
     add_silence,
