@@ -7,7 +7,6 @@ bytes from them as it does on a node."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from typing import Any
@@ -15,11 +14,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from conftest import ROOT as REPO
-from starlette.requests import Request
+from test_views_hostile import answer
 
 import nomadectl as ctl
 from aggregator import store
-from aggregator.daemon import api
 from aggregator.views import trendviews
 from aggregator.views.policy import Caller
 from collectors import disk
@@ -146,37 +144,6 @@ def test_nomadectl_disk(site):
 
 
 # -- the API, through the route's own handler ---------------------------------------------------
-class Agg:
-    def __init__(self, db: str) -> None:
-        self.db = db
-
-    def reader(self) -> Any:
-        return store.connect(self.db)
-
-
-class Access:
-    def __init__(self, private: frozenset[str]) -> None:
-        self.flags = private
-
-    def private(self) -> frozenset[str]:
-        return self.flags
-
-
-def answer(
-    db: str, route: str, caller: Caller, query: bytes, private: frozenset[str] = frozenset()
-) -> tuple[int, Any]:
-    """The API's answer to CALLER on ROUTE (the route's handler, as the server wraps it)."""
-    handler = api._answer(getattr(api.Api(Agg(db), Access(private), api.RefusalLog()), route))
-    scope = {"type": "http", "method": "GET", "path": f"/api/v1/{route}", "headers": []}
-    scope |= {"query_string": query, api.CALLER_KEY: caller}
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    response = asyncio.run(handler(Request(scope, receive)))
-    return response.status_code, json.loads(response.body)
-
-
 def test_the_disk_route_for_users_and_admins(site):
     cfg, db, end = site
     status, v = answer(db, "disk", ALICE, b"path=/&hours=25")

@@ -161,13 +161,19 @@ class Agg:
 
 
 class Access:
+    def __init__(self, private: frozenset[str] = frozenset()) -> None:
+        self.flags = private
+
     def private(self) -> frozenset[str]:
-        return frozenset()
+        return self.flags
 
 
-def answer(db: str, route: str, caller: Caller, query: bytes = b"") -> tuple[int, Any]:
-    """The API's answer to CALLER on ROUTE (the route's own handler, as the server wraps it)."""
-    handler = api._answer(getattr(api.Api(Agg(db), Access(), api.RefusalLog()), route))
+def answer(
+    db: str, route: str, caller: Caller, query: bytes = b"", private: frozenset[str] = frozenset()
+) -> tuple[int, Any]:
+    """The API's answer to CALLER on ROUTE (the route's own handler, as the server wraps it),
+    under Slurm's PrivateData flags PRIVATE."""
+    handler = api._answer(getattr(api.Api(Agg(db), Access(private), api.RefusalLog()), route))
     scope = {"type": "http", "method": "GET", "path": f"/api/v1/{route}", "headers": []}
     scope |= {"query_string": query, api.CALLER_KEY: caller}
 
