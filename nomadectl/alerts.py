@@ -170,8 +170,9 @@ def render_alerts(rows: list[dict[str, Any]]) -> str:
     for a in rows:
         state = a["state"] if a["state"] != "firing" or not a["acked_by"] else "acked"
         out.append(
-            f"{a['id']:<7}{state:<10}{a['severity']:<10}{a['rule'][:19]:<20}"
-            f"{a['subject'][:19]:<20}{when(a['first_t']):<21}{a['summary']}"
+            f"{a['id']:<7}{state:<10}{a['severity']:<10}{printable(a['rule'], 19):<20}"
+            f"{printable(a['subject'], 19):<20}{when(a['first_t']):<21}"
+            f"{printable(a['summary'], 1000)}"
         )
     return "\n".join(out)
 

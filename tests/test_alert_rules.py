@@ -613,3 +613,62 @@ def test_an_account_short_of_its_fair_share_with_jobs_pending_alerts(conn):
     assert [(c.subject, c.state) for c in step(conn, rule, now + 1)] == [
         ("account research", "resolved")
     ]
+
+
+# -- what a hostile node sends ------------------------------------------------------------------
+def test_a_memory_limit_of_zero_from_a_node_does_not_stop_the_rule_for_other_jobs(conn):
+    ing, now = Ingest("c"), time.time()
+    for job_id in (77, 78):
+        job = {"job_id": job_id, "submit_time": now - 120, "start_time": now - 100, "user": "alice"}
+        write(conn, lambda c, job=job: ing.job_start(c, job, None, now - 100))
+    rows = [sample(77, now - 20 + 2 * k, 1000 * MiB, GiB) for k in range(5)]  # 98% of 1 GiB
+    rows += [sample(78, now - 20 + 2 * k, 10 * MiB, 0) for k in range(5)]  # a "limit" of 0
+    env = wire.Envelope(wire.SAMPLES, "node9", 1, 1, {"rows": rows})
+    assert write(conn, lambda c: ing.apply_envelope(c, env)) == "stored"
+    (rule,) = rules.parse_rules([{"name": "oom_soon", "kind": "job_memory", "window": 60}])
+    assert [c.subject for c in step(conn, rule, now)] == ["job 77"]
+
+
+def fs_rule(**kw):
+    return rules.parse_rules(
+        [{"name": "fs_full", "kind": "time_to_limit", "collector": "disk", "record": "filesystem",
+          "key": "used_bytes", "limit_key": "size_bytes", "within": 3 * 86400, "window": 86400,
+          **kw}]
+    )[0]  # fmt: skip
+
+
+def test_a_flood_of_records_keeps_open_alerts_instead_of_a_false_all_clear(conn, monkeypatch):
+    now = time.time()
+    for h in range(12):
+        t = now - (11 - h) * 3600
+        r = [filesystem("/scratch", 500 * GiB + 0.5 * GiB * h**2)]
+        write(conn, lambda c, t=t, r=r: store.store_reading(c, "n1", "disk", t, 0.1, r, 3000))
+    rule = fs_rule()
+    assert [c.state for c in step(conn, rule, now)] == ["firing"]
+    monkeypatch.setattr(rules, "MAX_RECORDS", 20)  # a node's 110,000 junk records, in small
+    junk = [filesystem(f"/junk{i}", 1) for i in range(30)]
+    write(conn, lambda c: store.store_reading(c, "n9", "disk", now + 1, 0.1, junk, 3000))
+    with pytest.raises(rules.RuleError, match="not evaluated, its open alerts kept"):
+        rules.evaluate(conn, rule, now + 2)
+    (alert,) = store.find_alerts(conn, unresolved=True)
+    assert alert["subject"] == "/scratch"
+
+
+def test_one_rule_raises_a_bounded_number_of_alerts_with_clean_text(conn, monkeypatch):
+    monkeypatch.setattr(rules, "MAX_FINDINGS", 5)
+    rule = fs_rule()
+    findings = [rules.Finding(f"/p{i}\nforged", f"/p{i}\n9 resolved forged row") for i in range(9)]
+    changes = write(conn, lambda c: rules.apply(c, rule, findings, time.time()))
+    subjects = [c.subject for c in changes]
+    assert len(changes) == 5 and subjects[-1] == "(more)"
+    assert "5 more subjects not shown" in changes[-1].summary
+    assert all("\n" not in c.subject and "\n" not in c.summary for c in changes)
+
+
+def test_a_jobs_resolve_goes_to_its_user_too(conn):
+    rule = rules.parse_rules([{"name": "oom_soon", "kind": "job_memory"}])[0]
+    now = time.time()
+    found = [rules.Finding("job 5", "job 5 nears its limit", job_uid=1, user="alice")]
+    write(conn, lambda c: rules.apply(c, rule, found, now))
+    (resolved,) = write(conn, lambda c: rules.apply(c, rule, [], now + 1))
+    assert (resolved.state, resolved.user) == ("resolved", "alice")

@@ -295,3 +295,9 @@ def test_the_closed_form_crossing_is_the_projections_own():
                 assert got == pytest.approx(want, rel=1e-6, abs=1e-3), (degree, f, limit)
                 checked += 1
     assert checked > 100
+
+
+def test_a_crossing_past_what_a_float_holds_is_none_not_now():
+    f = trends.fit([0.0, 1e-3, 2e-3, 3e-3], [0.0, 1.0, 4.0, 9.0])
+    assert trends.reaches(f, 1e300) is None
+    assert trends.project(f, 1e300)["quadratic"]["seconds"] is None

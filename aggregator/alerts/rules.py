@@ -57,6 +57,7 @@ from typing import Any
 
 from aggregator import store
 from aggregator.analysis import trends
+from nomade_common.text import printable
 
 KINDS = (
     "node_silent",
@@ -86,6 +87,8 @@ MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", 
 SEVERITIES = ("info", "warning", "critical")
 PROBLEMS = ("ue", "mce", "xid", "gpu-ecc", "gpu-lost", "hot", "gpu-hot", "service-down")
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+MAX_RECORDS = 100_000  # reading records a series rule reads per evaluation
+MAX_FINDINGS = 500  # subjects one rule raises per evaluation; past it, one alert says so
 QUIET_STATES = ("DRAIN", "MAINT")  # in Slurm's node state or flags: no node alerts
 # Each kind's keys: (type, default); a default of ... is required.
 KEYS: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
@@ -153,6 +156,10 @@ COMMON = {
 # at each `[alerts] evaluate_seconds`.
 TREND_EVERY = 60.0
 TREND_KINDS = frozenset({"time_to_limit", "rate", "acceleration"})
+
+
+class RuleError(Exception):
+    """A rule that cannot be evaluated now (its open alerts are kept as they are)."""
 
 
 @dataclass(frozen=True)
@@ -310,9 +317,15 @@ def _series(
     `subject_key` where `per_node` (a node-local one: NODE:PATH)."""
     p = rule.params
     series: dict[str, dict[float, tuple[float, float | None]]] = {}
-    for node, t, r in store.reading_records_between(
-        conn, p["collector"], p["record"], now - rule.window, now
-    ):
+    records = store.reading_records_between(
+        conn, p["collector"], p["record"], now - rule.window, now, limit=MAX_RECORDS
+    )
+    if len(records) >= MAX_RECORDS:  # cut off: what is missing must not read as "cleared"
+        raise RuleError(
+            f"more than {MAX_RECORDS} {p['record']} records of {p['collector']} in its window:"
+            " not evaluated, its open alerts kept (a node sending floods of records?)"
+        )
+    for node, t, r in records:
         subject, value = r.get(p["subject_key"]), r.get(p["key"])
         if not isinstance(subject, str) or not _number(value):
             continue
@@ -356,8 +369,8 @@ def _time_to_limit(conn: Any, rule: Rule, now: float) -> list[Finding]:
 def _job_memory(conn: Any, rule: Rule, now: float) -> list[Finding]:
     p, out, seen = rule.params, [], set()
     for s in store.running_job_memory(conn, now - rule.window):
-        if s["limit"] is None or s["uid"] in seen:
-            continue
+        if s["limit"] is None or not s["limit"] > 0 or s["uid"] in seen:
+            continue  # no limit (or a node's nonsense of 0): nothing to run out of
         points = [(t, m) for t, m in zip(s["t"], s["mem"], strict=True) if m is not None]
         if not points:
             continue
@@ -733,6 +746,11 @@ def apply(conn: Any, rule: Rule, findings: list[Finding], now: float) -> list[Ch
     """Raise or refresh an alert for each finding; resolve RULE's open alerts whose subject is
     no longer found.  The alerts opened and resolved, for the dispatchers."""
     changes = []
+    findings = [_printable(f) for f in findings]
+    if len(findings) > MAX_FINDINGS:  # one node's flood of subjects: not thousands of alerts
+        kept = sorted(findings, key=lambda f: f.subject)[: MAX_FINDINGS - 1]
+        more = len(findings) - len(kept)
+        findings = [*kept, Finding("(more)", f"{rule.name}: {more} more subjects not shown")]
     found = {f.subject for f in findings}
     for f in findings:
         alert_id, state = store.raise_alert(
@@ -749,15 +767,25 @@ def apply(conn: Any, rule: Rule, findings: list[Finding], now: float) -> list[Ch
         )
         if state == "raised" and alert_id is not None:
             changes.append(Change(alert_id, rule, f.subject, "firing", f.summary, f.user))
-    for subject in sorted(store.open_subjects(conn, rule.name) - found):
+    users = store.open_alert_users(conn, rule.name)
+    for subject in sorted(set(users) - found):
         alert_id = store.resolve_alert(conn, rule.name, subject, now)
         if alert_id is not None:
-            changes.append(
-                Change(
-                    alert_id, rule, subject, "resolved", f"{subject}: {rule.name} no longer holds"
-                )
-            )
+            summary = f"{subject}: {rule.name} no longer holds"
+            changes.append(Change(alert_id, rule, subject, "resolved", summary, users[subject]))
     return changes
+
+
+def _printable(f: Finding) -> Finding:
+    """F with its subject and text on one printable line each: they carry what nodes and users
+    wrote (paths, mount points, job names), and go to terminals, mail and chat."""
+    return Finding(
+        printable(f.subject, 200),
+        printable(f.summary, 1000),
+        printable(f.detail, 2000) if f.detail else f.detail,
+        f.job_uid,
+        f.user,
+    )
 
 
 def _number(value: Any) -> bool:

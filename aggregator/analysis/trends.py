@@ -278,15 +278,19 @@ def reaches(f: Fit, limit: float, degree: int = 2, horizon: float = MAX_HORIZON)
     if gap == 0:
         return 0.0
     a, b, c = accel / 2.0, slope, -gap  # a·τ² + b·τ + c = 0
-    if a == 0:
-        roots = [] if b == 0 else [-c / b]
-    else:
-        disc = b * b - 4 * a * c
-        if disc < 0:
-            return None
-        q = -0.5 * (b + math.copysign(math.sqrt(disc), b))  # the stable form of the roots
-        roots = [q / a] + ([c / q] if q != 0 else [])
-    ahead = [r for r in roots if math.isfinite(r) and 0 <= r <= horizon]
+    with np.errstate(all="ignore"):
+        if a == 0:
+            roots = [] if b == 0 else [-c / b]
+        else:
+            disc = b * b - 4 * a * c
+            if not math.isfinite(disc) or disc < 0:
+                return None  # past what a float holds: no crossing to trust
+            q = -0.5 * (b + math.copysign(math.sqrt(disc), b))  # the stable form of the roots
+            if not math.isfinite(q):
+                return None
+            roots = [q / a] + ([c / q] if q != 0 else [])
+    # A root of exactly 0 with the series not at its limit is a float's rounding, not "now".
+    ahead = [r for r in roots if math.isfinite(r) and 0 < r <= horizon]
     return min(ahead) if ahead else None
 
 

@@ -81,6 +81,15 @@ def open_subjects(conn: sqlite3.Connection, rule: str) -> set[str]:
     return {r[0] for r in rows}
 
 
+def open_alert_users(conn: sqlite3.Connection, rule: str) -> dict[str, str | None]:
+    """Subject -> the job's user (None where no job's) of RULE's open alerts: those an
+    evaluation may resolve, and whom a job's resolve goes to."""
+    rows = conn.execute(
+        "SELECT subject, user FROM alerts WHERE rule = ? AND state = 'firing'", (rule,)
+    ).fetchall()
+    return {r[0]: r[1] for r in rows}
+
+
 def ack_alert(conn: sqlite3.Connection, alert_id: int, by: str, now: float) -> bool:
     """Acknowledge alert ALERT_ID (someone is on it); False where there is no such alert."""
     cur = conn.execute(

@@ -367,6 +367,15 @@ CREATE INDEX alert_silences_until ON alert_silences (until_t);
     )
 )
 
+# The cooldown's look-up of a rule and subject's last resolve (raise_alert) over the whole
+# history: indexed, so a rule with many subjects does not scan every alert for each.
+MIGRATIONS.append(
+    (
+        "0012_alerts_by_rule_subject",
+        "CREATE INDEX alerts_by_rule_subject ON alerts (rule, subject, resolved_t);",
+    )
+)
+
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
