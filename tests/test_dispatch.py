@@ -567,7 +567,7 @@ def test_a_secrets_file_others_may_read_is_refused_in_one_line(tmp_path, mode):
 
 def test_a_secrets_file_owned_by_someone_else_is_refused(tmp_path):
     if os.geteuid() != 0:
-        pytest.skip("only root can give a file to another user")
+        required("only root can give a file to another user (./test.sh runs as root)")
     path = secrets_file(tmp_path, smtp_password=PASSWORD)
     os.chown(path, 12345, 12345)
     with pytest.raises(ConfigError, match="must be owned by root or by the aggregator's user"):

@@ -583,3 +583,37 @@ def test_the_old_layout_migrates_in_place_with_the_same_job_view(tmp_path):
     assert json.loads(after[601])["nodes"][1]["mem_peak_bytes"] == 900 << 20  # memory.current
     assert json.loads(after[602])["nodes"][0]["cpu_seconds"] == 2.5
     assert json.loads(after[602])["mem_peak_bytes"] == 3 << 30  # sacct's, none sampled
+
+
+PLANNER_KILLED = """
+import os, signal, sys, time
+from aggregator.daemon.compaction import Planner
+planner = Planner(sys.argv[1])
+planner.plan(time.time(), 100, 100)  # a first plan: the planner runs
+planner._proc.kill(); planner._proc.wait()
+planner._start()  # the compactor starts a new one, and the aggregator dies at once
+open(sys.argv[2], "w").write(str(planner._proc.pid))
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_an_aggregator_killed_as_its_planner_starts_leaves_no_traceback_and_no_planner(tmp_path):
+    """SIGKILL (or the OOM killer) can strike the aggregator while its compaction planner is
+    still starting: the planner finds its parent gone, exits, and writes nothing to the log the
+    two share. (With multiprocessing's spawn, a kill between the child's start and the
+    parent's write of its instructions left an EOFError traceback there, once in a CI run.)"""
+    import os
+    import subprocess
+    import sys
+
+    db = tmp_path / "nomade.db"
+    store.open_store(str(db)).close()
+    pidfile, log = tmp_path / "planner.pid", tmp_path / "aggregator.log"
+    with log.open("w") as err:
+        rc = subprocess.run(
+            [sys.executable, "-c", PLANNER_KILLED, str(db), str(pidfile)], stderr=err, timeout=60
+        ).returncode
+    assert rc == -9, log.read_text()
+    pid = int(pidfile.read_text())
+    wait_for("the orphaned planner to exit", lambda: not os.path.exists(f"/proc/{pid}"), 30)
+    assert log.read_text() == ""

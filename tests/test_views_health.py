@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, ROOT, shared
+from conftest import FIXTURES, ROOT, required, shared
 
 from aggregator import store
 from aggregator.views import clusterviews, nfsrates, policy
@@ -348,7 +348,7 @@ def test_a_user_sees_their_own_quotas_and_their_groups_only(conn):
 @pytest.fixture
 def scratch_tree(tmp_path):
     if os.geteuid() != 0:
-        pytest.skip("chown to alice and bob needs root")
+        required("chown to alice and bob needs root (./test.sh runs as root)")
     root = tmp_path / "scratch"
     (root / "job_4242").mkdir(parents=True)
     files = {"big.dat": (2001, 5000, 0), "old.dat": (2002, 10, 60), "new.dat": (2002, 10, 0)}

@@ -33,20 +33,27 @@ def main(config_path: str | None, log_level: str | None) -> None:
     # default action would end the daemon.
     reload_wanted = threading.Event()
     signal.signal(signal.SIGHUP, lambda *_: reload_wanted.set())
+    # SIGTERM and SIGINT are caught before start-up too: a service manager's stop that lands
+    # while the aggregator starts (its munged check alone can take seconds) is a clean stop
+    # once it has started, never a death half-way through.
+    signalled = threading.Event()
+    agg: Aggregator | None = None
+
+    def on_signal(*_: object) -> None:
+        signalled.set()
+        if agg is not None:
+            agg.writer.fatal.set()  # the one event the loop below waits on
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         agg = Aggregator(cfg, reload_wanted, log_level)
         agg.start()
     except Exception as exc:  # a port in use, an unwritable database: one line, exit 1
         click.echo(f"nomade-aggregator: cannot start: {exc}", err=True)
         sys.exit(1)
-    signalled = threading.Event()
-
-    def on_signal(*_: object) -> None:
-        signalled.set()
-        agg.writer.fatal.set()  # the one event the loop below waits on
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    if signalled.is_set():
+        agg.writer.fatal.set()
     # Set by a signal, or by the writer when the store stayed unusable past
     # aggregator.store_failing_exit_seconds: then exit non-zero, so the unit restarts it.
     while not agg.writer.fatal.wait(1.0):

@@ -149,7 +149,7 @@ class Planner:
     def plan(self, older_than: float, max_samples: int, max_envelopes: int) -> Plan | None:
         if self._in_thread:
             return plan_compaction(self._conn(), older_than, max_samples, max_envelopes)
-        if self._proc is None or not self._proc.is_alive():
+        if self._proc is None or self._proc.poll() is not None:
             if not self._start():
                 return self.plan(older_than, max_samples, max_envelopes)
         try:
@@ -170,22 +170,39 @@ class Planner:
         return value
 
     def _start(self) -> bool:
-        import multiprocessing
+        # A plain child interpreter on one end of a socket pair, not multiprocessing's spawn:
+        # spawn's child reads its instructions from the parent before any of NØMADE's code
+        # runs, so an aggregator killed at that moment (SIGKILL, the OOM killer) left an
+        # EOFError traceback in its log.  Here the child is NØMADE's code from its first line,
+        # and a parent gone at any moment is an end of file it answers by exiting quietly.
+        import socket
+        import subprocess
+        import sys
+        from multiprocessing.connection import Connection
 
-        ctx = multiprocessing.get_context("spawn")
         try:
-            self._pipe, child = ctx.Pipe()
-            self._proc = ctx.Process(
-                target=_planner_main, args=(self.database, child), name="nomade-compactor"
-            )
-            self._proc.daemon = True
-            self._proc.start()
-            child.close()
-            return True
+            mine, theirs = socket.socketpair()
         except OSError as exc:
-            log.warning("compactor: no planner process (%s): compacting in the aggregator", exc)
-            self._in_thread = True
-            return False
+            return self._no_process(exc)
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", PLANNER_CHILD, str(theirs.fileno()), self.database],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # a Ctrl-C on a foreground aggregator is its to answer
+            )
+        except OSError as exc:
+            mine.close()
+            return self._no_process(exc)
+        finally:
+            theirs.close()
+        self._pipe = Connection(mine.detach())
+        return True
+
+    def _no_process(self, exc: OSError) -> bool:
+        log.warning("compactor: no planner process (%s): compacting in the aggregator", exc)
+        self._in_thread = True
+        return False
 
     def _conn(self) -> Any:
         if self._proc is None:
@@ -198,8 +215,27 @@ class Planner:
             self._pipe = None
         if self._proc is not None and hasattr(self._proc, "terminate"):
             self._proc.terminate()
-            self._proc.join(5)
+            try:
+                self._proc.wait(5)
+            except Exception:  # noqa: BLE001 - a planner that ignores SIGTERM is killed
+                self._proc.kill()
+                self._proc.wait()
         self._proc = None
+
+
+# The planner process's first line: its end of the socket pair and the store's path in argv.
+PLANNER_CHILD = (
+    "import signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "from aggregator.daemon.compaction import planner_process; "
+    "planner_process(int(sys.argv[1]), sys.argv[2])"
+)
+
+
+def planner_process(fd: int, database: str) -> None:
+    """The planner process's entry: a Connection on the inherited end of the socket pair."""
+    from multiprocessing.connection import Connection
+
+    _planner_main(database, Connection(fd))
 
 
 def _planner_main(database: str, pipe: Any) -> None:
