@@ -212,7 +212,7 @@ class Alerts:
     queue_size: int = 1000
     evaluate_seconds: float = 1.0  # how often the rules are evaluated
     # [[alerts.rules]]: one table per rule (docs/alerts.md, "Rules"), checked by the aggregator
-    # at its start (aggregator/alerts/rules.py); none: nothing is evaluated.
+    # at its start and on SIGHUP (aggregator/alerts/rules.py); none: nothing is evaluated.
     rules: list = field(default_factory=list)
 
 

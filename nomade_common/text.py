@@ -62,3 +62,15 @@ class TerminalText(io.TextIOBase):
 
     def fileno(self) -> int:
         return self.stream.fileno()
+
+
+def size(n: float | None) -> str:
+    """N bytes for people: "512 B", "1.5 GiB" ("-" for None); in nomadectl's tables and in
+    the alerts' text alike."""
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)

@@ -3,8 +3,9 @@ one, silences (maintenance windows) that hold new ones back, and what a configur
 raise on the stored data.  With their text views.
 
 Reading is for everyone (a user sees the alerts about their own jobs, through the API);
-acknowledging and silencing are an administrator's, written to the store as root and recorded
-in the admin log (`nomadectl audit`)."""
+acknowledging and silencing are an administrator's: root's on the store, or an admin's of
+`security.admin_users`/`admin_groups` through the API from any host, recorded in the admin log
+(`nomadectl audit`) under their name (aggregator/alerts/actions.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 import click
 
 from aggregator import store
+from aggregator.alerts import actions
 from aggregator.views import alertviews
 from nomade_common.text import printable
 
@@ -43,24 +45,21 @@ def alerts(ctx: click.Context, unresolved: bool, since: str | None, limit: int, 
     base.emit(rows, as_json, render_alerts)
 
 
-def _admin(ctx: click.Context, what: str):
-    if not base.from_store():
-        raise click.ClickException(f"nomadectl alerts {what}: for root on the head node")
-    return base.writer(base.config(ctx))
-
-
 @alerts.command("ack")
 @click.argument("alert_id", type=click.IntRange(1, 2**63 - 1))
 @click.pass_context
 def ack(ctx: click.Context, alert_id: int) -> None:
     """Acknowledge alert ALERT_ID: someone is on it (it stays open until its condition
-    clears)."""
-    conn = _admin(ctx, "ack")
-    _, user = store.whoami()
-    with store.transaction(conn):
-        if not store.ack_alert(conn, alert_id, user, time.time()):
-            raise click.ClickException(f"no alert {alert_id} (nomadectl alerts lists them)")
-        store.audit(conn, "alert ack", str(alert_id))
+    clears).  Root on the head node, or an administrator anywhere (through the API)."""
+    cfg = base.config(ctx)
+    if base.from_store():
+        conn, me = base.writer(cfg), store.whoami()
+        with store.transaction(conn):
+            if not actions.ack(conn, alert_id, me, time.time()):
+                raise click.ClickException(f"no alert {alert_id} (nomadectl alerts lists them)")
+        user = me[1]
+    else:
+        user = base.api_post(cfg, f"/api/v1/alerts/{alert_id}/ack", {})["acked_by"]
     click.echo(f"alert {alert_id} acknowledged by {user}")
 
 
@@ -91,11 +90,19 @@ def silence(ctx, rule, subject, length, start, end, reason) -> None:
     finish = begin + duration(length) if length else _date(end, "--until")
     if finish <= max(begin, now):
         raise click.UsageError("the silence would be over before it began")
-    conn = _admin(ctx, "silence")
-    _, user = store.whoami()
-    with store.transaction(conn):
-        sid = store.add_silence(conn, rule, subject, begin, finish, user, reason, now)
-        store.audit(conn, "alert silence", f"{sid}: rule={rule} subject={subject} {reason}")
+    cfg = base.config(ctx)
+    if base.from_store():
+        conn = base.writer(cfg)
+        with store.transaction(conn):
+            try:
+                sid = actions.silence(
+                    conn, rule, subject, begin, finish, reason, store.whoami(), now
+                )
+            except ValueError as exc:
+                raise click.UsageError(str(exc)) from None
+    else:
+        asked = {"rule": rule, "subject": subject, "start": begin, "until": finish}
+        sid = base.api_post(cfg, "/api/v1/alerts/silences", {**asked, "reason": reason})["id"]
     click.echo(
         f"silence {sid}: {rule or 'every rule'} about {subject or 'every subject'}"
         f" from {when(begin)} until {when(finish)}"
@@ -116,15 +123,13 @@ def _date(text: str, option: str) -> float:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def silences_cmd(ctx: click.Context, as_json: bool) -> None:
-    """The silences not yet over."""
-    rows = alertviews.silences(base.reader(_config_for_root(ctx)))
+    """The silences not yet over (root, and administrators through the API)."""
+    cfg = base.config(ctx)
+    if base.from_store():
+        rows = alertviews.silences(base.reader(cfg))
+    else:
+        rows = base.api(cfg, "/api/v1/alerts/silences")
     base.emit(rows, as_json, render_silences)
-
-
-def _config_for_root(ctx: click.Context):
-    if not base.from_store():
-        raise click.ClickException("nomadectl alerts silences: for root on the head node")
-    return base.config(ctx)
 
 
 @alerts.command("test")

@@ -68,6 +68,17 @@ def api(cfg: cfgmod.Config, path: str, params: dict | None = None, *, none_if_40
         raise click.ClickException(str(exc)) from None
 
 
+def api_post(cfg: cfgmod.Config, path: str, obj: dict):
+    """A signed POST to the aggregator's API, as this user; a refusal or no answer is one
+    line."""
+    from aggregator.admin.apiclient import ApiError, post
+
+    try:
+        return post(cfg, path, obj)
+    except ApiError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def view(ctx: click.Context, path: str, local):
     """A read view: LOCAL(connection) from the store as root, else the API's PATH."""
     cfg = config(ctx)

@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import time
 
+from nomade_common.text import size
 
-def size(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+__all__ = ["pct", "seconds", "size", "when"]
 
 
 def when(t: float | None) -> str:

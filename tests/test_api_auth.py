@@ -722,3 +722,86 @@ def test_every_error_of_the_app_is_one_json_line(site, caplog):
     status, body = plain("DELETE", "/api/v1/status")
     assert status == 405 and one_json_line(body)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+# -- an administrator's alert actions, from their own account -----------------------------------
+def _alert(run: Running, subject: str) -> int:
+    from aggregator import store
+
+    def raise_one(c):
+        return store.raise_alert(c, "node_silent", subject, "critical", "silent", time.time())[0]
+
+    return run.agg.writer.call(raise_one)
+
+
+def test_an_admin_acks_and_silences_alerts_as_themselves_and_a_user_cannot(head):
+    """carol, named in security.admin_users, acknowledges an alert and silences a node with
+    the installed nomadectl (through the API, her own credential); each is in the admin log
+    under her uid and name.  bob gets one line and writes nothing."""
+    try:
+        carol = pwd.getpwnam("carol").pw_uid
+    except KeyError:
+        required("user carol does not exist (slurm-conf/cluster-up.sh makes it)")
+    with head.aggregator(private_data="none", admin_users=["carol"]) as run:
+        alert = _alert(run, "node7")
+        for args in (
+            ("alerts", "ack", str(alert)),
+            ("alerts", "silence", "--subject", "node7", "--for", "2h", "--reason", "bob's"),
+            ("alerts", "silences"),
+        ):
+            line = one_line_refusal(nomadectl("bob", run.client, *args))
+            assert "for administrators" in line and "HTTP 403" in line, line
+        ack = nomadectl("carol", run.client, "alerts", "ack", str(alert))
+        assert ack.returncode == 0, ack.stderr
+        assert ack.stdout.strip() == f"alert {alert} acknowledged by carol"
+        out = nomadectl(
+            "carol", run.client, "alerts", "silence", "--subject", "node7", "--for", "2h",
+            "--reason", "DIMM swap",
+        )  # fmt: skip
+        assert out.returncode == 0 and "every rule about node7" in out.stdout, out.stderr
+        listed = nomadectl("carol", run.client, "alerts", "silences", "--json")
+        (shown,) = json.loads(listed.stdout)
+        assert (shown["subject"], shown["created_by"], shown["reason"]) == (
+            "node7",
+            "carol",
+            "DIMM swap",
+        )
+        line = one_line_refusal(nomadectl("carol", run.client, "alerts", "ack", "999999"))
+        assert "no alert 999999" in line
+        conn = sqlite3.connect(f"file:{head.root}/data/nomade.db?mode=ro", uri=True, timeout=10)
+        try:
+            acked = conn.execute("SELECT acked_by FROM alerts WHERE id = ?", (alert,)).fetchone()
+            log = conn.execute(
+                "SELECT uid, user, action FROM admin_log WHERE action LIKE 'alert %' ORDER BY id"
+            ).fetchall()
+            silences = conn.execute("SELECT count(*) FROM alert_silences").fetchone()[0]
+        finally:
+            conn.close()
+        assert acked == ("carol",) and silences == 1
+        assert log == [(carol, "carol", "alert ack"), (carol, "carol", "alert silence")]
+
+
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        (b"[]", "expected a JSON object"),
+        (b'{"subject": "n1", "until": "tomorrow", "reason": "x"}', "until: expected Unix"),
+        (b'{"subject": "n1", "until": 1e300, "reason": "x"}', "until: expected Unix"),
+        (b'{"subject": "n1", "until": NaN, "reason": "x"}', ""),
+        (b'{"subject": "n1\\nnode9", "until": 4e9, "reason": "x"}', "subject: expected one"),
+        (b'{"subject": "n1", "until": 4e9, "reason": ""}', "reason: expected one"),
+        (b'{"subject": "n1", "until": 4e9, "reason": "x", "by": "root"}', "unknown field 'by'"),
+        (b'{"until": 4e9, "reason": "x"}', "names a rule, a subject or both"),
+        (b'{"subject": "n1", "until": 1000, "reason": "x"}', "over before it began"),
+        (b'{"subject": "n1", "until": 9e10, "reason": "x"}', "at most 400 days"),
+    ],
+)
+def test_a_silence_the_api_cannot_take_is_one_line_and_nothing_stored(head, body, expected):
+    try:
+        pwd.getpwnam("carol")
+    except KeyError:
+        required("user carol does not exist (slurm-conf/cluster-up.sh makes it)")
+    with head.aggregator(private_data="none", admin_users=["carol"]) as run:
+        status, answer = as_user("carol", run.url, "POST", "/api/v1/alerts/silences", body)
+        assert status == 400 and expected in str(answer) and "\n" not in str(answer), answer
+        assert as_user("carol", run.url, "GET", "/api/v1/alerts/silences") == (200, [])

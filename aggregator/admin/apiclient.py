@@ -77,6 +77,18 @@ def get(cfg: Config, path: str, params: dict[str, Any] | None = None) -> Any:
     )
 
 
+def post(cfg: Config, path: str, obj: dict[str, Any]) -> Any:
+    """A signed POST of OBJ (as JSON) to PATH at `hooks.aggregator_url`."""
+    return call(
+        cfg.hooks.aggregator_url,
+        "POST",
+        path,
+        json.dumps(obj).encode(),
+        ca=cfg.security.tls_ca,
+        munge_socket=cfg.security.munge_socket,
+    )
+
+
 def _tls(url: str, ca: str) -> ssl.SSLContext | None:
     if not url.startswith("https://"):
         return None

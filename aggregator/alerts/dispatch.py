@@ -463,6 +463,21 @@ class _Lane:
         with self._cond:
             return len(self._queue)
 
+    def take_queued(self) -> list[Alert]:
+        with self._cond:
+            left = list(self._queue)
+            self._queue.clear()
+            return left
+
+    def carry_counts(self, before: _Lane) -> None:
+        """The counts of BEFORE (the same channel, before a reload) carried on."""
+        counts = ("sent", "failed", "attempts_failed", "dropped")
+        with before._cond:
+            carried = {k: before.record[k] for k in counts}
+        with self._cond:
+            for k in counts:
+                self.record[k] += carried[k]
+
     def start(self) -> None:
         self._thread.start()
 
@@ -506,6 +521,8 @@ class _Lane:
                 break
             log.info("alert %s via %s failed (%s); trying again in %gs", alert.id, name, why, wait)
             if owner._stopping.wait(wait):
+                if owner._hand_over(name, alert):
+                    return  # a reload's new channel tries it again
                 break
             wait *= 2
         log.warning(
@@ -565,6 +582,8 @@ class Dispatcher:
             needed = needed_secrets(a)
             secrets = read_secrets(a.secrets_file, needed) if needed else Secrets()
         self.enabled = a.enabled
+        # What the channels were built from: a reload that changes none of it keeps them.
+        self.built_from = (dataclasses.replace(a, rules=[], evaluate_seconds=0.0), secrets)
         self.secrets = secrets.hidden()
         self.on_result = on_result
         self.queue_size, self.attempts, self.max_seconds = (
@@ -575,6 +594,7 @@ class Dispatcher:
         self.first_backoff = first_backoff
         self._stopping = threading.Event()
         self._started = False
+        self.successor: Dispatcher | None = None  # who takes over what is left (a reload's)
         self.lanes = [_Lane(ch, self) for ch in _channels(cfg, secrets)] if a.enabled else []
 
     def start(self) -> Dispatcher:
@@ -613,9 +633,34 @@ class Dispatcher:
         for lane in self.lanes:
             if self._started:
                 lane.join(max(0.0, deadline - time.monotonic()))
-            left = lane.queued()
-            if left:
-                log.warning("alerts: %d alert(s) not sent via %s at stop", left, lane.channel.name)
+            left = lane.take_queued()
+            handed = [a for a in left if self._hand_over(lane.channel.name, a)]
+            if len(handed) < len(left):
+                log.warning(
+                    "alerts: %d alert(s) not sent via %s at stop",
+                    len(left) - len(handed),
+                    lane.channel.name,
+                )
+
+    def hand_over(self, successor: Dispatcher | None, timeout: float = 5.0) -> None:
+        """Stop, as a reload replaces this dispatcher with SUCCESSOR (already started): each
+        channel SUCCESSOR also has takes what waits here, and an alert whose retries the stop
+        cuts short, with the counts of what was sent so far."""
+        if successor is not None:
+            mine = {ln.channel.name: ln for ln in self.lanes}
+            for lane in successor.lanes:
+                if lane.channel.name in mine:
+                    lane.carry_counts(mine[lane.channel.name])
+        self.successor = successor
+        self.stop(timeout)
+
+    def _hand_over(self, channel: str, alert: Alert) -> bool:
+        """ALERT to the successor's lane of CHANNEL: whether there was one to take it."""
+        for lane in self.successor.lanes if self.successor is not None else []:
+            if lane.channel.name == channel and lane.channel.wants(alert):
+                lane.put(alert)
+                return True
+        return False
 
 
 def _channels(cfg: Config, secrets: Secrets) -> list[Any]:

@@ -57,7 +57,7 @@ from typing import Any
 
 from aggregator import store
 from aggregator.analysis import trends
-from nomade_common.text import printable
+from nomade_common.text import printable, size
 
 KINDS = (
     "node_silent",
@@ -377,7 +377,7 @@ def _job_memory(conn: Any, rule: Rule, now: float) -> list[Finding]:
         last = points[-1][1]
         why = None
         if last >= p["fraction"] * s["limit"]:
-            why = f"holds {100 * last / s['limit']:.0f}% of its {_size(s['limit'])} limit"
+            why = f"holds {100 * last / s['limit']:.0f}% of its {size(s['limit'])} limit"
         elif len(points) >= 3 and last >= p["min_fraction"] * s["limit"]:
             # Still growing (a start-up ramp that has levelled off is `decelerating`, and one
             # under min_fraction of the limit is not yet worth a page).
@@ -386,7 +386,7 @@ def _job_memory(conn: Any, rule: Rule, now: float) -> list[Finding]:
             seconds = trends.reaches(f, s["limit"], 1) if growing else None
             if seconds is not None and seconds <= p["within"]:
                 why = (
-                    f"grows {_size((f.slope or 0) * 60)}/min toward its {_size(s['limit'])}"
+                    f"grows {size((f.slope or 0) * 60)}/min toward its {size(s['limit'])}"
                     f" limit: out of memory in about {_ago(seconds)}"
                 )
         if why is not None:
@@ -665,12 +665,12 @@ def _nfs_storm(conn: Any, rule: Rule, now: float) -> list[Finding]:
         total[0] += latest.get("ops_per_s") or 0.0
         total[1] += sum(v for v in wire if v is not None)
     out = []
-    for subject, (ops, size) in sorted(rates.items()):
+    for subject, (ops, moved) in sorted(rates.items()):
         over = []
         if p["ops_per_second"] is not None and ops > p["ops_per_second"]:
             over.append(f"{ops:.4g} operations/s (threshold {p['ops_per_second']:g})")
-        if p["bytes_per_second"] is not None and size > p["bytes_per_second"]:
-            over.append(f"{_size(size)}/s (threshold {_size(p['bytes_per_second'])}/s)")
+        if p["bytes_per_second"] is not None and moved > p["bytes_per_second"]:
+            over.append(f"{size(moved)}/s (threshold {size(p['bytes_per_second'])}/s)")
         if over:
             out.append(Finding(subject, f"{subject}: NFS storm: {' and '.join(over)}"))
     return out
@@ -794,15 +794,7 @@ def _number(value: Any) -> bool:
 
 def _ago(seconds: float) -> str:
     seconds = max(0.0, float(seconds))
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f} {unit}"
+    for unit, length in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= length:
+            return f"{seconds / length:.1f} {unit}"
     return f"{seconds:.0f} s"
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)

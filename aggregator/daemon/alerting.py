@@ -5,7 +5,13 @@ or resolved is handed to the dispatcher (aggregator/alerts/dispatch.py), which s
 own threads: a rule that fails or a channel that hangs never holds up ingestion.
 
 A rule that raises is recorded (its error in `runtime()`, one log line per new error) and the
-others still run; its open alerts stay as they are until it evaluates again."""
+others still run; its open alerts stay as they are until it evaluates again.
+
+A reload (SIGHUP) brings new rules and channels without a restart: `prepare` checks them before
+anything is applied (a wrong rule or an unreadable secrets file refuses the whole reload), and
+`install` puts them in place; a new dispatcher takes over what the old one had not sent.  The
+open alerts of a rule no longer configured (taken out at a reload, or while the aggregator was
+down) are resolved, and their resolves sent, rather than left open for ever."""
 
 from __future__ import annotations
 
@@ -17,8 +23,9 @@ from typing import Any
 
 from aggregator.alerts import rules
 from aggregator.alerts.dispatch import Alert, Dispatcher
-from aggregator.store import Writer
+from aggregator.store import Writer, retire_rules
 from nomade_common.config import Config
+from nomade_common.errors import ConfigError
 
 log = logging.getLogger("nomade.alerting")
 
@@ -39,17 +46,79 @@ class Alerting:
         self.evaluated: dict[str, float] = {}  # rule -> when it was last evaluated
         self.cycles, self.last_cycle, self.cycle_seconds = 0, None, None
         self.sent = 0
+        self._lock = threading.Lock()  # a reload's install against a cycle
+        self._looping = False
+        self._retire_due = True  # at start: rules taken out while the aggregator was down
 
-    def reconfigured(self) -> None:
-        """After a reload: the rules as the new configuration has them (checked at load)."""
-        self.rules = rules.parse_rules(self.cfg.alerts.rules)
+    # -- reloads ----------------------------------------------------------------------------
+    def prepare(self, new: Config) -> tuple[list[rules.Rule], Dispatcher | None]:
+        """NEW's rules and a dispatcher for its channels (not started), checked: ConfigError in
+        one line for a wrong rule or a secrets file that cannot be read."""
+        try:
+            parsed = rules.parse_rules(new.alerts.rules)
+        except ValueError as exc:
+            raise ConfigError(new.path, "alerts.rules", str(exc)) from None
+        dispatcher = Dispatcher(new) if parsed and new.alerts.enabled else None
+        return parsed, dispatcher
 
+    def install(self, prepared: tuple[list[rules.Rule], Dispatcher | None]) -> str | None:
+        """PREPARED's rules from the next evaluation on, and its dispatcher where the channels
+        or their secrets changed (the old one hands over what it has not sent); what changed,
+        in words, or None."""
+        parsed, fresh = prepared
+        old = self.dispatcher
+        keep = fresh is not None and old is not None and fresh.built_from == old.built_from
+        said = []
+        with self._lock:
+            if parsed != self.rules:
+                said.append(f"{len(parsed)} rule(s)")
+            self.rules = parsed
+            names = {r.name for r in parsed}
+            self.errors = {k: v for k, v in self.errors.items() if k in names}
+            self.evaluated = {k: v for k, v in self.evaluated.items() if k in names}
+            self._retire_due = True
+            if not keep and (old is not None or fresh is not None):
+                if fresh is not None and self._looping:
+                    fresh.start()
+                self.dispatcher = fresh
+                said.append(
+                    "channels " + (", ".join(ln.channel.name for ln in fresh.lanes) or "none")
+                    if fresh is not None
+                    else "no channels"
+                )
+        if not keep and old is not None:
+            old.hand_over(self.dispatcher)
+        return "; ".join(said) or None
+
+    # -- evaluation -------------------------------------------------------------------------
     def loop(self) -> None:
-        if self.dispatcher is not None:
-            self.dispatcher.start()
+        with self._lock:
+            self._looping = True
+            if self.dispatcher is not None:
+                self.dispatcher.start()
         while not self.stop.wait(self.cfg.alerts.evaluate_seconds):
-            if self.rules:
-                self.cycle(time.time())
+            with self._lock:
+                if self._retire_due:
+                    self.retire(time.time())
+                if self.rules:
+                    self.cycle(time.time())
+
+    def retire(self, now: float) -> int:
+        """Resolve (and send the resolves of) the open alerts of rules no longer configured."""
+        names = {r.name for r in self.rules}
+        gone = self.writer.call(lambda c: retire_rules(c, names, now), timeout=60.0)
+        self._retire_due = False
+        for a in gone:
+            summary = f"{a['subject']}: rule {a['rule']} is no longer configured"
+            self._send(a["id"], a["rule"], a["severity"], a["subject"], a["user"], summary, now)
+        if gone:
+            rules_gone = sorted({a["rule"] for a in gone})
+            log.info(
+                "alerts: %d open alert(s) of rules no longer configured resolved (%s)",
+                len(gone),
+                ", ".join(rules_gone),
+            )
+        return len(gone)
 
     def cycle(self, now: float) -> list[rules.Change]:
         """Evaluate every rule as of NOW, apply what they found, dispatch what changed."""
@@ -82,17 +151,40 @@ class Alerting:
         return changes
 
     def dispatch(self, change: rules.Change, now: float) -> None:
+        rule = change.rule
+        self._send(
+            change.alert_id,
+            rule.name,
+            rule.severity,
+            change.subject,
+            change.user,
+            change.summary,
+            now,
+            change.state,
+        )
+
+    def _send(
+        self,
+        alert_id: int,
+        rule: str,
+        severity: str,
+        subject: str,
+        user: str | None,
+        summary: str,
+        now: float,
+        state: str = "resolved",
+    ) -> None:
         if self.dispatcher is None:
             return
         self.dispatcher.send(
             Alert(
-                id=change.alert_id,
-                rule=change.rule.name,
-                severity=change.rule.severity,
-                subject=change.subject,
-                user=change.user,
-                state=change.state,
-                summary=change.summary,
+                id=alert_id,
+                rule=rule,
+                severity=severity,
+                subject=subject,
+                user=user,
+                state=state,
+                summary=summary,
                 detail="",
                 time=now,
             )

@@ -39,6 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from aggregator import store
+from aggregator.alerts import actions
 from aggregator.jobs.reconcile import run_command
 from aggregator.views import alertviews, clusterviews, nfsrates, policy, query, trendviews
 from aggregator.views.policy import Caller, Forbidden
@@ -374,6 +375,8 @@ class Api:
             Route(f"{v1}/models", _answer(self.models)),
             Route(f"{v1}/jobs", _answer(self.jobs)),
             Route(f"{v1}/alerts", _answer(self.alerts)),
+            Route(v1 + "/alerts/{alert_id:int}/ack", _answer(self.alert_ack), methods=["POST"]),
+            Route(f"{v1}/alerts/silences", _answer(self.silences), methods=["GET", "POST"]),
             Route(v1 + "/jobs/{job_id:int}", _answer(self.job)),
         ]
 
@@ -547,6 +550,31 @@ class Api:
         if not listed:
             return []
         return alertviews.alerts(self.agg.reader(), unresolved, since, user, limit)
+
+    # An administrator's alert actions (aggregator/alerts/actions.py), written by the writer
+    # under the caller's name: the same as root's `nomadectl alerts ack|silence` on the store.
+    def alert_ack(self, request: Request, caller: Caller, body: bytes) -> Any:
+        by = (caller.uid, policy.alert_admin(caller, "acknowledging an alert"))
+        alert_id, now = request.path_params["alert_id"], time.time()
+        if not 0 < alert_id < 2**63:
+            return error(404, f"no alert {alert_id}")
+        if not self.agg.writer.call(lambda c: actions.ack(c, alert_id, by, now)):
+            return error(404, f"no alert {alert_id}")
+        return {"id": alert_id, "acked_by": by[1], "acked_t": now}
+
+    def silences(self, request: Request, caller: Caller, body: bytes) -> Any:
+        if request.method == "GET":
+            policy.alert_admin(caller, "the list of silences")
+            return alertviews.silences(self.agg.reader())
+        by = (caller.uid, policy.alert_admin(caller, "silencing alerts"))
+        now = time.time()
+        s = actions.silence_request(parse_json(body), now)
+        sid = self.agg.writer.call(
+            lambda c: actions.silence(
+                c, s["rule"], s["subject"], s["start"], s["until"], s["reason"], by, now
+            )
+        )
+        return {"id": sid, **s, "created_by": by[1]}
 
     def job(self, request: Request, caller: Caller, body: bytes) -> Any:
         job_id = request.path_params["job_id"]

@@ -2,8 +2,10 @@
 environment's NOMADE_SECTION__KEY overrides) is loaded and checked as at start.  A valid one is
 applied to the running configuration in place, so every part that reads `cfg` sees it at once and
 the parts that keep a copy are told (`Aggregator.reconfigure`); what the aggregator reads only
-at its start keeps its running value until a restart, named in one log line.  An invalid one
-changes nothing: one line says why.  Either way the store records an event.
+at its start keeps its running value until a restart, named in one log line.  The alert rules
+and channels are replaced whole (daemon/alerting.py).  An invalid one changes nothing (a wrong
+rule or an unreadable alerts secrets file included): one line says why.  Either way the store
+records an event.
 
 Nothing stops meanwhile: the agents' socket, the writer and the API go on, so no sample or
 report waits on a reload or is dropped by it.
@@ -50,7 +52,6 @@ RESTART = [
     "security.tls_key",
     "security.munge_socket",
     "hooks.state_dir",
-    "alerts.*",  # the rules, the channels and their secrets are read at start
     *(f"collectors.{name}.enabled" for name in sorted(_HEAD)),
 ]
 # What the aggregator does not read at all: nomade-agent's settings (read at its start) and the
@@ -119,10 +120,11 @@ class Reloader:
         try:
             new = config.load(path, os.environ)
         except ConfigError as exc:
-            self.refused = str(exc)
-            log.error("configuration not reloaded, the running one is kept: %s", exc)
-            self._event("config_reload_refused", str(exc))
-            return False
+            return self._refuse(exc)
+        try:  # the rules and channels checked before anything is applied
+            alerting = self.agg.alerting.prepare(new)
+        except ConfigError as exc:
+            return self._refuse(exc)
         changed = config.changed_settings(cfg, new)
         later = [k for k in changed if matches(k, RESTART)]
         theirs = [k for k in changed if matches(k, ELSEWHERE)]
@@ -132,6 +134,7 @@ class Reloader:
             setattr(config.setting(cfg, section), name, config.setting(new, key))
         cfg.notices = new.notices
         self.agg.reconfigure()
+        alerts_now = self.agg.alerting.install(alerting)
         if self.log_level is None:
             logging.getLogger().setLevel(cfg.general.log_level.upper())
         self.loaded, self.reloads, self.refused = time.time(), self.reloads + 1, None
@@ -142,6 +145,8 @@ class Reloader:
             cfg.path,
             f"applied {', '.join(applied)}" if applied else "no change the aggregator uses",
         )
+        if alerts_now:
+            log.info("alerts: now %s", alerts_now)
         if later:
             log.warning(
                 "configuration: %s changed but take effect only when nomade-aggregator "
@@ -164,6 +169,12 @@ class Reloader:
         detail = {"path": cfg.path, "applied": applied, "at_restart": later, "elsewhere": theirs}
         self._event("config_reloaded", json.dumps(detail, sort_keys=True))
         return True
+
+    def _refuse(self, exc: ConfigError) -> bool:
+        self.refused = str(exc)
+        log.error("configuration not reloaded, the running one is kept: %s", exc)
+        self._event("config_reload_refused", str(exc))
+        return False
 
     def _event(self, kind: str, detail: str) -> None:
         self.agg.writer.submit(WorkItem(lambda c: event(c, kind, detail=detail)))

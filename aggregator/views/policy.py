@@ -151,6 +151,13 @@ def models_view(caller: Caller, models: list[dict[str, Any]]) -> list[dict[str, 
     return models if caller.admin else [{k: v for k, v in m.items() if k != "path"} for m in models]
 
 
+def alert_admin(caller: Caller, what: str) -> str:
+    """The name an administrator's alert action is recorded under; Forbidden for anyone else."""
+    if not caller.admin or caller.name is None:
+        raise Forbidden(f"{what} is for administrators (security.admin_users, admin_groups)")
+    return caller.name
+
+
 def collectors_allowed(caller: Caller) -> None:
     if not caller.admin:
         raise Forbidden("the collectors' health is for administrators")

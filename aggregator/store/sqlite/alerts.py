@@ -73,6 +73,23 @@ def resolve_alert(conn: sqlite3.Connection, rule: str, subject: str, now: float)
     return row[0]
 
 
+def retire_rules(
+    conn: sqlite3.Connection, configured: set[str], now: float
+) -> list[dict[str, Any]]:
+    """Resolve the open alerts of every rule not in CONFIGURED (one taken out of the
+    configuration: nothing would evaluate, so resolve, them again); what was resolved."""
+    rows = conn.execute(
+        "SELECT id, rule, subject, severity, user FROM alerts WHERE state = 'firing'"
+    ).fetchall()
+    gone = [r for r in rows if r[1] not in configured]
+    conn.executemany(
+        "UPDATE alerts SET state = 'resolved', resolved_t = ? WHERE id = ?",
+        [(now, r[0]) for r in gone],
+    )
+    keys = ("id", "rule", "subject", "severity", "user")
+    return [dict(zip(keys, r, strict=True)) for r in gone]
+
+
 def open_subjects(conn: sqlite3.Connection, rule: str) -> set[str]:
     """The subjects RULE has an open alert about (those an evaluation may resolve)."""
     rows = conn.execute(

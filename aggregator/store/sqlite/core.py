@@ -875,10 +875,13 @@ def whoami() -> tuple[int, str]:
         return uid, str(uid)
 
 
-def audit(conn: sqlite3.Connection, action: str, detail: str = "") -> None:
+def audit(
+    conn: sqlite3.Connection, action: str, detail: str = "", by: tuple[int, str] | None = None
+) -> None:
     """Record an administrator's action (key enrolment, model activation, ...) with the uid that
-    made it, in the caller's transaction."""
-    uid, user = whoami()
+    made it (BY: an API caller's uid and name; else this process's), in the caller's
+    transaction."""
+    uid, user = by if by is not None else whoami()
     conn.execute(
         "INSERT INTO admin_log (t, uid, user, action, detail) VALUES (?, ?, ?, ?, ?)",
         (time.time(), uid, user, action, detail),

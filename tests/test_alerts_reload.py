@@ -1,0 +1,194 @@
+"""A SIGHUP brings new alert rules, channels and secrets into a running nomade-aggregator: an
+admin adds a rule and a webhook and the next silent node reaches it; a rotated webhook address
+is used from the reload on; a rule taken out resolves its open alerts, and the receiver hears
+it; a wrong rule or an unreadable secrets file keeps everything as it ran, in one line.  The
+aggregator is the real one in this process (test_sighup.started), its receivers real HTTP
+servers on loopback (test_dispatch.Receiver); and a dispatcher replaced while an alert is in its
+retries hands it to its successor, so a reload loses no alert."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from clusterlib import wait_for
+from test_dispatch import Receiver, secrets_file, settings
+from test_sighup import REFUSED_LINE, edit, events, started
+
+from aggregator.alerts.dispatch import Alert, Dispatcher
+
+SILENT_RULE = """
+[[alerts.rules]]
+name = "{name}"
+kind = "node_silent"
+severity = "critical"
+window = 30
+"""
+
+
+def add_rule(path, name: str) -> None:
+    path.write_text(path.read_text() + SILENT_RULE.format(name=name))
+
+
+def silent_node(agg, node: str) -> None:
+    """NODE known to the aggregator, last heard two minutes ago."""
+    agg.writer.call(
+        lambda c: c.execute(
+            "INSERT INTO nodes (node, first_seen, last_seen, state) VALUES (?, 1, ?, 'up')",
+            (node, time.time() - 120),
+        )
+    )
+
+
+def posted(hook: Receiver) -> list[tuple[str, str, str]]:
+    return [(p["body"]["rule"], p["body"]["subject"], p["body"]["state"]) for p in hook.posts]
+
+
+def test_a_rule_and_a_webhook_added_by_a_reload_alert_without_a_restart(tmp_path, caplog):
+    hook = Receiver()
+    agg, d = started(tmp_path)
+    try:
+        silent_node(agg, "n3")
+        time.sleep(1.5)  # the alerting loop runs: no rule, nothing raised
+        assert d.query("SELECT count(*) FROM alerts")[0][0] == 0
+        secrets = secrets_file(tmp_path, webhook_url=hook.url("hooks/nomade"))
+        edit(d.config, "alerts", webhook="true", secrets_file=f'"{secrets}"')
+        edit(d.config, "alerts", evaluate_seconds="0.2")
+        add_rule(d.config, "silent")
+        with caplog.at_level(logging.INFO):
+            assert agg.reloader.reload()
+        assert "alerts: now 1 rule(s); channels webhook" in caplog.text
+        wait_for("the new rule's alert at the webhook", lambda: hook.posts, 30, 0.05)
+        assert posted(hook) == [("silent", "n3", "firing")]
+        assert hook.posts[0]["path"] == "/hooks/nomade"
+        assert agg.runtime()["alerts"]["channels"]["channels"]["webhook"]["sent"] == 1
+        assert "take effect only when" not in caplog.text  # nothing waits for a restart
+    finally:
+        agg.stop()
+        hook.close()
+
+
+def test_a_rotated_webhook_address_is_used_from_the_reload_on(tmp_path):
+    """Only the secrets file changed (no setting did): the reload reads it again, the next
+    alert goes to the new address, and the channel's counts go on."""
+    old, new = Receiver(), Receiver()
+    agg, d = started(tmp_path)
+    try:
+        secrets = secrets_file(tmp_path, webhook_url=old.url("old"))
+        edit(
+            d.config, "alerts", webhook="true", secrets_file=f'"{secrets}"', evaluate_seconds="0.2"
+        )
+        add_rule(d.config, "silent")
+        assert agg.reloader.reload()
+        silent_node(agg, "n1")
+        wait_for("n1's alert at the old address", lambda: old.posts, 30, 0.05)
+        secrets_file(tmp_path, webhook_url=new.url("new"))  # the same file, rewritten
+        assert agg.reloader.reload()
+        silent_node(agg, "n2")
+        wait_for("n2's alert at the new address", lambda: new.posts, 30, 0.05)
+        assert posted(old) == [("silent", "n1", "firing")]
+        assert posted(new) == [("silent", "n2", "firing")]
+        webhook = agg.runtime()["alerts"]["channels"]["channels"]["webhook"]
+        assert webhook["sent"] == 2 and webhook["target"].endswith(f":{new.port}/…")
+    finally:
+        agg.stop()
+        old.close()
+        new.close()
+
+
+def test_a_rule_taken_out_resolves_its_open_alerts_and_says_so(tmp_path):
+    hook = Receiver()
+    agg, d = started(tmp_path)
+    try:
+        secrets = secrets_file(tmp_path, webhook_url=hook.url("h"))
+        edit(
+            d.config, "alerts", webhook="true", secrets_file=f'"{secrets}"', evaluate_seconds="0.2"
+        )
+        before = d.config.read_text()
+        add_rule(d.config, "silent")
+        add_rule(d.config, "silent_too")
+        assert agg.reloader.reload()
+        silent_node(agg, "n5")
+        wait_for("both rules' alerts", lambda: len(hook.posts) >= 2, 30, 0.05)
+        d.config.write_text(before)
+        add_rule(d.config, "silent_too")
+        assert agg.reloader.reload()
+        wait_for("the resolve of the rule taken out", lambda: len(hook.posts) >= 3, 30, 0.05)
+        time.sleep(0.5)  # a few more evaluations: silent_too's alert stays open
+        assert sorted(posted(hook)) == [
+            ("silent", "n5", "firing"),
+            ("silent", "n5", "resolved"),
+            ("silent_too", "n5", "firing"),
+        ]
+        resolve = next(p["body"] for p in hook.posts if p["body"]["state"] == "resolved")
+        assert resolve["summary"] == "n5: rule silent is no longer configured"
+        states = d.query("SELECT rule, state FROM alerts ORDER BY rule")
+        assert [tuple(r) for r in states] == [("silent", "resolved"), ("silent_too", "firing")]
+    finally:
+        agg.stop()
+        hook.close()
+
+
+def test_a_wrong_rule_or_an_unreadable_secrets_file_keeps_what_runs(tmp_path, caplog):
+    hook = Receiver()
+    agg, d = started(tmp_path)
+    try:
+        secrets = secrets_file(tmp_path, webhook_url=hook.url("h"))
+        edit(
+            d.config, "alerts", webhook="true", secrets_file=f'"{secrets}"', evaluate_seconds="0.2"
+        )
+        add_rule(d.config, "silent")
+        assert agg.reloader.reload()
+        good = d.config.read_text()
+        d.config.write_text(good + '[[alerts.rules]]\nname = "x"\nkind = "sometimes"\n')
+        with caplog.at_level(logging.INFO):
+            assert not agg.reloader.reload()
+        (line,) = [r.getMessage() for r in caplog.records if REFUSED_LINE in r.getMessage()]
+        assert "alerts.rules[1]: kind must be one of node_silent" in line
+        d.config.write_text(good)
+        (tmp_path / "alerts-secrets.toml").chmod(0o644)  # readable by others: refused
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            assert not agg.reloader.reload()
+        (line,) = [r.getMessage() for r in caplog.records if REFUSED_LINE in r.getMessage()]
+        assert "alerts-secrets.toml" in line
+        wait_for("both refusals recorded", lambda: len(events(d, "config_reload_refused")) == 2, 10)
+        # What ran before both refusals still runs: the rule and its channel.
+        silent_node(agg, "n9")
+        wait_for("n9's alert", lambda: hook.posts, 30, 0.05)
+        assert posted(hook) == [("silent", "n9", "firing")]
+        assert agg.runtime()["alerts"]["rules"] == 1
+    finally:
+        agg.stop()
+        hook.close()
+
+
+def test_an_alert_in_its_retries_when_the_dispatcher_is_replaced_goes_out_through_the_new_one(
+    tmp_path,
+):
+    failing, working = Receiver(plan=[500] * 20), Receiver()
+    text = "webhook = true\nretry_attempts = 20\nretry_max_seconds = 600\nsecrets_file = '{}'\n"
+    old = Dispatcher(
+        settings(tmp_path, text.format(secrets_file(tmp_path, webhook_url=failing.url("a")))),
+        first_backoff=0.05,
+    ).start()
+    new = None
+    try:
+        alert = Alert(1, "silent", "critical", "n1", None, "firing", "n1 is silent", "", 0.0)
+        old.send(alert)
+        wait_for("a failed attempt", lambda: failing.posts, 30, 0.02)
+        new = Dispatcher(
+            settings(tmp_path, text.format(secrets_file(tmp_path, webhook_url=working.url("b")))),
+            first_backoff=0.05,
+        ).start()
+        old.hand_over(new)
+        wait_for("the alert through the new dispatcher", lambda: working.posts, 30, 0.02)
+        assert [p["body"]["summary"] for p in working.posts] == ["n1 is silent"]
+        counts = new.status()["channels"]["webhook"]
+        assert counts["sent"] == 1 and counts["failed"] == 0 and counts["attempts_failed"] >= 1
+    finally:
+        old.stop(1)
+        if new is not None:
+            new.stop(1)
+        failing.close()
+        working.close()
