@@ -129,6 +129,110 @@ def test_a_rule_taken_out_resolves_its_open_alerts_and_says_so(tmp_path):
         hook.close()
 
 
+def test_the_last_rule_taken_out_still_sends_its_resolves(tmp_path):
+    """With no rule left, the channels stay: the resolve of the rule taken out reaches the
+    receiver that got its firing."""
+    hook = Receiver()
+    agg, d = started(tmp_path)
+    try:
+        secrets = secrets_file(tmp_path, webhook_url=hook.url("h"))
+        edit(d.config, "alerts", webhook="true", secrets_file=f'"{secrets}"')
+        edit(d.config, "alerts", evaluate_seconds="0.2")
+        before = d.config.read_text()
+        add_rule(d.config, "silent")
+        assert agg.reloader.reload()
+        silent_node(agg, "n4")
+        wait_for("the firing", lambda: hook.posts, 30, 0.05)
+        d.config.write_text(before)
+        assert agg.reloader.reload()
+        wait_for("the resolve", lambda: len(hook.posts) >= 2, 30, 0.05)
+        assert posted(hook) == [("silent", "n4", "firing"), ("silent", "n4", "resolved")]
+        assert agg.runtime()["alerts"]["channels"]["channels"]["webhook"]["sent"] == 2
+    finally:
+        agg.stop()
+        hook.close()
+
+
+def test_what_the_old_channel_had_queued_goes_out_before_anything_newer(tmp_path):
+    """A receiver that hangs, and the admin points the webhook elsewhere: the alerts queued
+    behind the hung one reach the new address before the changes raised after the reload, so
+    a resolve never arrives before its firing."""
+    import threading
+
+    from aggregator import store
+    from aggregator.daemon.alerting import Alerting
+    from nomade_common import config
+
+    hung, new = Receiver(hold=True), Receiver()
+    text = (
+        f'[general]\ndata_dir = "{tmp_path}"\n[alerts]\nwebhook = true\n'
+        f'secrets_file = "{tmp_path}/alerts-secrets.toml"\n'
+    )
+    secrets_file(tmp_path, webhook_url=hung.url("old"))
+    cfg = config.parse(text, str(tmp_path / "n.toml"))
+    store.open_store(cfg.database).close()
+    writer = store.Writer(cfg.database)
+    writer.start()
+    stop = threading.Event()
+    alerting = Alerting(cfg, writer, lambda: store.connect(cfg.database), stop)
+    alerting.dispatcher = Dispatcher(cfg).start()
+    alerting._looping = True
+    try:
+        alerting._send(1, "silent", "critical", "n1", None, "n1 silent", 0.0, "firing")
+        wait_for("the first alert to hang", hung.entered.is_set, 30, 0.02)
+        alerting._send(2, "silent", "critical", "n7", None, "n7 silent", 0.0, "firing")
+        secrets_file(tmp_path, webhook_url=new.url("new"))
+        old = alerting.dispatcher
+        swap = threading.Thread(target=alerting.install, args=(alerting.prepare(cfg),))
+        swap.start()  # the old dispatcher waits for its hung attempt meanwhile
+        wait_for("the new dispatcher", lambda: alerting.dispatcher is not old, 30, 0.02)
+        alerting._send(2, "silent", "critical", "n7", None, "n7 back", 0.0, "resolved")
+        swap.join(30)
+        hung.release.set()
+        wait_for("both changes of alert 2", lambda: len(new.posts) >= 2, 30, 0.02)
+        assert [(p["body"]["id"], p["body"]["state"]) for p in new.posts] == [
+            (2, "firing"),
+            (2, "resolved"),
+        ]
+    finally:
+        alerting.close()
+        writer.stop()
+        hung.close()
+        new.close()
+
+
+def test_an_alert_cut_short_after_two_reloads_reaches_the_newest_channel(tmp_path):
+    """Dispatcher A's attempt hangs while A is replaced by B and B by C; when it fails, the
+    alert goes to C, the one still running, not to B's stopped queue."""
+    held, b_hook, c_hook = Receiver(plan=[500], hold=True), Receiver(), Receiver()
+    text = "webhook = true\nretry_attempts = 5\nsecrets_file = '{}'\n"
+
+    def dispatcher(hook, path):
+        cfg = settings(tmp_path, text.format(secrets_file(tmp_path, webhook_url=hook.url(path))))
+        return Dispatcher(cfg, first_backoff=0.05).start()
+
+    a = dispatcher(held, "a")
+    b = c = None
+    try:
+        a.send(Alert(1, "silent", "critical", "n1", None, "firing", "n1 is silent", "", 0.0))
+        wait_for("A's attempt under way", held.entered.is_set, 30, 0.02)
+        b = dispatcher(b_hook, "b")
+        a.hand_over(b, timeout=0.1)  # A's attempt is still held
+        c = dispatcher(c_hook, "c")
+        b.hand_over(c, timeout=1)
+        held.release.set()  # A's attempt now fails (500): the alert goes on to C
+        wait_for("the alert at C", lambda: c_hook.posts, 30, 0.02)
+        assert [p["body"]["summary"] for p in c_hook.posts] == ["n1 is silent"]
+        assert b_hook.posts == [] and b.status()["channels"]["webhook"]["queued"] == 0
+    finally:
+        for d in (a, b, c):
+            if d is not None:
+                d.stop(1)
+        held.close()
+        b_hook.close()
+        c_hook.close()
+
+
 def test_a_wrong_rule_or_an_unreadable_secrets_file_keeps_what_runs(tmp_path, caplog):
     hook = Receiver()
     agg, d = started(tmp_path)

@@ -81,7 +81,9 @@ class Head:
         path.chmod(0o644)
         return path
 
-    def aggregator_config(self, http_port: int, squeue: str = "", **security) -> Path:
+    def aggregator_config(
+        self, http_port: int, squeue: str = "", extra: str = "", **security
+    ) -> Path:
         sec = "".join(f"{k} = {json.dumps(v)}\n" for k, v in security.items())
         self.n += 1
         return self.write(
@@ -102,7 +104,7 @@ keys_dir = "{self.root}/keys"
 {sec}
 [collectors.job_history]
 enabled = false
-""",
+{extra}""",
         )
 
     def client_config(self, url: str, tls_ca: str = "") -> Path:
@@ -120,9 +122,9 @@ tls_ca = "{tls_ca}"
         )
 
     @contextlib.contextmanager
-    def aggregator(self, client_ca: str = "", squeue: str = "", **security):
+    def aggregator(self, client_ca: str = "", squeue: str = "", extra: str = "", **security):
         port = free_port()
-        cfg = config.load(str(self.aggregator_config(port, squeue, **security)))
+        cfg = config.load(str(self.aggregator_config(port, squeue, extra, **security)))
         agg = server.Aggregator(cfg)
         agg.start()
         url = f"{agg.http.scheme}://127.0.0.1:{port}"
@@ -725,8 +727,14 @@ def test_every_error_of_the_app_is_one_json_line(site, caplog):
 
 
 # -- an administrator's alert actions, from their own account -----------------------------------
+# A rule that evaluates once at start, then not for a day: the alert raised below stays open.
+SILENT_RULE = '[[alerts.rules]]\nname = "node_silent"\nkind = "node_silent"\nevery = 86400\n'
+
+
 def _alert(run: Running, subject: str) -> int:
     from aggregator import store
+
+    wait_for("the rule's first evaluation", lambda: run.agg.alerting.cycles >= 1, 30, 0.05)
 
     def raise_one(c):
         return store.raise_alert(c, "node_silent", subject, "critical", "silent", time.time())[0]
@@ -742,7 +750,7 @@ def test_an_admin_acks_and_silences_alerts_as_themselves_and_a_user_cannot(head)
         carol = pwd.getpwnam("carol").pw_uid
     except KeyError:
         required("user carol does not exist (slurm-conf/cluster-up.sh makes it)")
-    with head.aggregator(private_data="none", admin_users=["carol"]) as run:
+    with head.aggregator(private_data="none", admin_users=["carol"], extra=SILENT_RULE) as run:
         alert = _alert(run, "node7")
         for args in (
             ("alerts", "ack", str(alert)),
@@ -770,14 +778,16 @@ def test_an_admin_acks_and_silences_alerts_as_themselves_and_a_user_cannot(head)
         assert "no alert 999999" in line
         conn = sqlite3.connect(f"file:{head.root}/data/nomade.db?mode=ro", uri=True, timeout=10)
         try:
-            acked = conn.execute("SELECT acked_by FROM alerts WHERE id = ?", (alert,)).fetchone()
+            acked = conn.execute(
+                "SELECT acked_by, state FROM alerts WHERE id = ?", (alert,)
+            ).fetchone()
             log = conn.execute(
                 "SELECT uid, user, action FROM admin_log WHERE action LIKE 'alert %' ORDER BY id"
             ).fetchall()
             silences = conn.execute("SELECT count(*) FROM alert_silences").fetchone()[0]
         finally:
             conn.close()
-        assert acked == ("carol",) and silences == 1
+        assert acked == ("carol", "firing") and silences == 1
         assert log == [(carol, "carol", "alert ack"), (carol, "carol", "alert silence")]
 
 
@@ -787,7 +797,9 @@ def test_an_admin_acks_and_silences_alerts_as_themselves_and_a_user_cannot(head)
         (b"[]", "expected a JSON object"),
         (b'{"subject": "n1", "until": "tomorrow", "reason": "x"}', "until: expected Unix"),
         (b'{"subject": "n1", "until": 1e300, "reason": "x"}', "until: expected Unix"),
-        (b'{"subject": "n1", "until": NaN, "reason": "x"}', ""),
+        (b'{"subject": "n1", "until": NaN, "reason": "x"}', "until: expected Unix"),
+        (b'{"subject": "n1", "until": 1' + b"0" * 400 + b', "reason": "x"}', "until: expected"),
+        (b'{"subject": "\\ud800", "until": 4e9, "reason": "x"}', "subject: expected one"),
         (b'{"subject": "n1\\nnode9", "until": 4e9, "reason": "x"}', "subject: expected one"),
         (b'{"subject": "n1", "until": 4e9, "reason": ""}', "reason: expected one"),
         (b'{"subject": "n1", "until": 4e9, "reason": "x", "by": "root"}', "unknown field 'by'"),

@@ -51,15 +51,26 @@ def check_silence(
 ) -> None:
     if rule is None and subject is None:
         raise ValueError("a silence names a rule, a subject or both")
-    for what, name in (("rule", rule), ("subject", subject)):
-        if name is not None and (not name or printable(name, MAX_NAME) != name):
-            raise ValueError(f"{what}: expected one printable line of 1 to {MAX_NAME} characters")
-    if not reason or printable(reason, MAX_REASON) != reason:
+    for what, text, most in (("rule", rule, MAX_NAME), ("subject", subject, MAX_NAME),
+                             ("reason", reason, MAX_REASON)):  # fmt: skip
+        if text is not None and not _one_line(text, most):
+            raise ValueError(f"{what}: expected one printable line of 1 to {most} characters")
+    if reason is None:
         raise ValueError(f"reason: expected one printable line of 1 to {MAX_REASON} characters")
     if until <= max(start, now):
         raise ValueError("the silence would be over before it began")
     if until - max(start, now) > MAX_SILENCE_SECONDS:
         raise ValueError(f"a silence lasts at most {MAX_SILENCE_SECONDS // 86400} days")
+
+
+def _one_line(text: str, most: int) -> bool:
+    """TEXT is 1 to MOST printable characters on one line, which UTF-8 can carry (no lone
+    surrogate, which JSON's \\ud800 can bring)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return 0 < len(text) <= most and printable(text, most) == text
 
 
 def silence_request(body: Any, now: float) -> dict[str, Any]:
@@ -76,18 +87,19 @@ def silence_request(body: Any, now: float) -> dict[str, Any]:
             raise ValueError(f"{key}: expected a string")
     times = {}
     for key, default in (("start", now), ("until", None)):
-        value = body.get(key, default)
+        value = body.get(key)
+        value = default if value is None else value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{key}: expected Unix seconds")
-        if not math.isfinite(value) or not 0 <= value <= 1e11:
-            raise ValueError(f"{key}: expected Unix seconds")
+        if not (isinstance(value, int) or math.isfinite(value)) or not 0 <= value <= 1e11:
+            raise ValueError(f"{key}: expected Unix seconds, 0 to 1e11")  # ints of any size too
         times[key] = float(value)
     out = {
         "rule": body.get("rule"),
         "subject": body.get("subject"),
         "start": times["start"],
         "until": times["until"],
-        "reason": body.get("reason") or "",
+        "reason": body.get("reason"),
     }
     check_silence(out["rule"], out["subject"], out["start"], out["until"], out["reason"], now)
     return out

@@ -470,13 +470,18 @@ class _Lane:
             return left
 
     def carry_counts(self, before: _Lane) -> None:
-        """The counts of BEFORE (the same channel, before a reload) carried on."""
-        counts = ("sent", "failed", "attempts_failed", "dropped")
+        """The counts of BEFORE (the same channel, before a reload) carried on, and its last
+        error and success where this lane has none of its own yet."""
         with before._cond:
-            carried = {k: before.record[k] for k in counts}
+            was = dict(before.record)
         with self._cond:
-            for k in counts:
-                self.record[k] += carried[k]
+            for k in ("sent", "failed", "attempts_failed", "dropped"):
+                self.record[k] += was[k]
+            for k in ("last_error", "last_error_at", "last_success_at"):
+                if self.record[k] is None:
+                    self.record[k] = was[k]
+            r = self.record
+            r["failing"] = (r["last_error_at"] or 0) > (r["last_success_at"] or 0)
 
     def start(self) -> None:
         self._thread.start()
@@ -642,21 +647,41 @@ class Dispatcher:
                     lane.channel.name,
                 )
 
+    def move_queued(self, successor: Dispatcher | None) -> None:
+        """What waits here, to SUCCESSOR's channel of the same name (before SUCCESSOR is
+        given anything newer, so that the order of an alert's firing and resolve holds); what
+        no channel of SUCCESSOR takes is logged as unsent."""
+        self.successor = successor
+        for lane in self.lanes:
+            left = lane.take_queued()
+            handed = [a for a in left if self._hand_over(lane.channel.name, a)]
+            if len(handed) < len(left):
+                log.warning(
+                    "alerts: %d alert(s) not sent via %s: the channel was taken out",
+                    len(left) - len(handed),
+                    lane.channel.name,
+                )
+
     def hand_over(self, successor: Dispatcher | None, timeout: float = 5.0) -> None:
-        """Stop, as a reload replaces this dispatcher with SUCCESSOR (already started): each
-        channel SUCCESSOR also has takes what waits here, and an alert whose retries the stop
-        cuts short, with the counts of what was sent so far."""
+        """Stop, as a reload replaces this dispatcher with SUCCESSOR: what is still queued goes
+        to SUCCESSOR (move_queued, done first where the order matters), and so does an alert
+        whose retries the stop cuts short; SUCCESSOR's channels carry on the counts of the
+        channels of the same name here."""
+        self.successor = successor
+        self.stop(timeout)
         if successor is not None:
             mine = {ln.channel.name: ln for ln in self.lanes}
             for lane in successor.lanes:
                 if lane.channel.name in mine:
                     lane.carry_counts(mine[lane.channel.name])
-        self.successor = successor
-        self.stop(timeout)
 
     def _hand_over(self, channel: str, alert: Alert) -> bool:
-        """ALERT to the successor's lane of CHANNEL: whether there was one to take it."""
-        for lane in self.successor.lanes if self.successor is not None else []:
+        """ALERT to the newest running successor's lane of CHANNEL (a successor may itself
+        have been replaced since): whether one took it."""
+        target = self.successor
+        while target is not None and target._stopping.is_set():
+            target = target.successor
+        for lane in target.lanes if target is not None else []:
             if lane.channel.name == channel and lane.channel.wants(alert):
                 lane.put(alert)
                 return True

@@ -15,6 +15,7 @@ down) are resolved, and their resolves sent, rather than left open for ever."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -53,23 +54,21 @@ class Alerting:
     # -- reloads ----------------------------------------------------------------------------
     def prepare(self, new: Config) -> tuple[list[rules.Rule], Dispatcher | None]:
         """NEW's rules and a dispatcher for its channels (not started), checked: ConfigError in
-        one line for a wrong rule or a secrets file that cannot be read."""
-        try:
-            parsed = rules.parse_rules(new.alerts.rules)
-        except ValueError as exc:
-            raise ConfigError(new.path, "alerts.rules", str(exc)) from None
-        dispatcher = Dispatcher(new) if parsed and new.alerts.enabled else None
-        return parsed, dispatcher
+        one line for a wrong rule or a secrets file that cannot be read.  The channels name the
+        running cluster_name (a setting read at start only)."""
+        running = dataclasses.replace(new.general, cluster_name=self.cfg.general.cluster_name)
+        return checked(dataclasses.replace(new, general=running))
 
     def install(self, prepared: tuple[list[rules.Rule], Dispatcher | None]) -> str | None:
         """PREPARED's rules from the next evaluation on, and its dispatcher where the channels
-        or their secrets changed (the old one hands over what it has not sent); what changed,
-        in words, or None."""
+        or their secrets changed; what changed, in words, or None.  What the old dispatcher had
+        queued moves to the new one before anything newer (a resolve never overtakes its
+        firing); its alert in flight, where that attempt fails, follows (Dispatcher.hand_over)."""
         parsed, fresh = prepared
-        old = self.dispatcher
-        keep = fresh is not None and old is not None and fresh.built_from == old.built_from
         said = []
         with self._lock:
+            old = self.dispatcher
+            keep = fresh is not None and old is not None and fresh.built_from == old.built_from
             if parsed != self.rules:
                 said.append(f"{len(parsed)} rule(s)")
             self.rules = parsed
@@ -78,6 +77,8 @@ class Alerting:
             self.evaluated = {k: v for k, v in self.evaluated.items() if k in names}
             self._retire_due = True
             if not keep and (old is not None or fresh is not None):
+                if old is not None:
+                    old.move_queued(fresh)
                 if fresh is not None and self._looping:
                     fresh.start()
                 self.dispatcher = fresh
@@ -87,8 +88,15 @@ class Alerting:
                     else "no channels"
                 )
         if not keep and old is not None:
-            old.hand_over(self.dispatcher)
+            old.hand_over(fresh)
         return "; ".join(said) or None
+
+    def close(self) -> None:
+        """At the aggregator's stop: the dispatcher stops (what it could not send is logged)."""
+        with self._lock:
+            dispatcher, self.dispatcher = self.dispatcher, None
+        if dispatcher is not None:
+            dispatcher.stop()
 
     # -- evaluation -------------------------------------------------------------------------
     def loop(self) -> None:
@@ -97,17 +105,21 @@ class Alerting:
             if self.dispatcher is not None:
                 self.dispatcher.start()
         while not self.stop.wait(self.cfg.alerts.evaluate_seconds):
-            with self._lock:
-                if self._retire_due:
-                    self.retire(time.time())
-                if self.rules:
-                    self.cycle(time.time())
+            try:
+                with self._lock:
+                    if self._retire_due:
+                        self.retire(time.time())
+                    if self.rules:
+                        self.cycle(time.time())
+            except Exception as exc:  # the store failing (a writer timeout): the next round
+                log.warning("alerts: evaluation failed, tried again: %s: %s",
+                            type(exc).__name__, exc)  # fmt: skip
 
     def retire(self, now: float) -> int:
         """Resolve (and send the resolves of) the open alerts of rules no longer configured."""
         names = {r.name for r in self.rules}
         gone = self.writer.call(lambda c: retire_rules(c, names, now), timeout=60.0)
-        self._retire_due = False
+        self._retire_due = False  # not where the call failed: the next round tries again
         for a in gone:
             summary = f"{a['subject']}: rule {a['rule']} is no longer configured"
             self._send(a["id"], a["rule"], a["severity"], a["subject"], a["user"], summary, now)
@@ -174,9 +186,10 @@ class Alerting:
         now: float,
         state: str = "resolved",
     ) -> None:
-        if self.dispatcher is None:
+        dispatcher = self.dispatcher
+        if dispatcher is None:
             return
-        self.dispatcher.send(
+        dispatcher.send(
             Alert(
                 id=alert_id,
                 rule=rule,
@@ -192,6 +205,7 @@ class Alerting:
         self.sent += 1
 
     def runtime(self) -> dict[str, Any]:
+        dispatcher = self.dispatcher  # once: a reload may replace it meanwhile
         return {
             "rules": len(self.rules),
             "cycles": self.cycles,
@@ -199,5 +213,16 @@ class Alerting:
             "cycle_seconds": self.cycle_seconds,
             "rule_errors": dict(self.errors),
             "dispatched": self.sent,
-            "channels": self.dispatcher.status() if self.dispatcher is not None else None,
+            "channels": dispatcher.status() if dispatcher is not None else None,
         }
+
+
+def checked(cfg: Config) -> tuple[list[rules.Rule], Dispatcher | None]:
+    """CFG's rules, and a dispatcher for its channels where alerts are on (also without rules:
+    the resolves of a rule taken out still go out), not started; ConfigError in one line for a
+    wrong rule or a secrets file that cannot be read."""
+    try:
+        parsed = rules.parse_rules(cfg.alerts.rules)
+    except ValueError as exc:
+        raise ConfigError(cfg.path, "alerts.rules", str(exc)) from None
+    return parsed, Dispatcher(cfg) if cfg.alerts.enabled else None

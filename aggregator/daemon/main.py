@@ -16,9 +16,7 @@ import threading
 import time
 from typing import Any
 
-from aggregator.alerts.dispatch import Dispatcher
-from aggregator.alerts.rules import parse_rules
-from aggregator.daemon import api
+from aggregator.daemon import alerting, api
 from aggregator.daemon.agents import Agents
 from aggregator.daemon.alerting import Alerting
 from aggregator.daemon.compaction import Compactor
@@ -33,7 +31,6 @@ from aggregator.jobs.reconcile import Reconciler
 from aggregator.predict.scoring import Scorer
 from aggregator.store import Ingest, Writer, connect
 from nomade_common.config import Config
-from nomade_common.errors import ConfigError
 
 log = logging.getLogger("nomade.aggregator")
 
@@ -95,11 +92,7 @@ class Aggregator:
         self.compactor = Compactor(cfg, self.writer, self.reader, self._stop)
         # Rules and channels are checked here: a wrong rule or an unreadable secrets file stops
         # start-up with one line (ConfigError), before anything listens.
-        try:
-            rules = parse_rules(cfg.alerts.rules)
-        except ValueError as exc:
-            raise ConfigError(cfg.path, "alerts.rules", str(exc)) from None
-        dispatcher = Dispatcher(cfg) if rules and cfg.alerts.enabled else None
+        _, dispatcher = alerting.checked(cfg)
         self.alerting = Alerting(cfg, self.writer, self.reader, self._stop, dispatcher)
         self.reloader = Reloader(self, reload_wanted or threading.Event(), self._stop, log_level)
 
@@ -135,8 +128,7 @@ class Aggregator:
 
     def stop(self) -> None:
         self._stop.set()
-        if self.alerting.dispatcher is not None:
-            self.alerting.dispatcher.stop()
+        self.alerting.close()
         self.starts.shutdown()
         if self.http is not None:
             self.http.stop()
