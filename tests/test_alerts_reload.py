@@ -30,6 +30,13 @@ def add_rule(path, name: str) -> None:
     path.write_text(path.read_text() + SILENT_RULE.format(name=name))
 
 
+def webhook_on(tmp_path, d, url: str) -> None:
+    """The aggregator's file D.config given a webhook to URL (in a secrets file of its own),
+    its rules evaluated every 0.2 s."""
+    secrets = secrets_file(tmp_path, webhook_url=url)
+    edit(d.config, "alerts", webhook="true", secrets_file=f'"{secrets}"', evaluate_seconds="0.2")
+
+
 def silent_node(agg, node: str) -> None:
     """NODE known to the aggregator, last heard two minutes ago."""
     agg.writer.call(
@@ -51,9 +58,7 @@ def test_a_rule_and_a_webhook_added_by_a_reload_alert_without_a_restart(tmp_path
         silent_node(agg, "n3")
         time.sleep(1.5)  # the alerting loop runs: no rule, nothing raised
         assert d.query("SELECT count(*) FROM alerts")[0][0] == 0
-        secrets = secrets_file(tmp_path, webhook_url=hook.url("hooks/nomade"))
-        edit(d.config, "alerts", webhook="true", secrets_file=f'"{secrets}"')
-        edit(d.config, "alerts", evaluate_seconds="0.2")
+        webhook_on(tmp_path, d, hook.url("hooks/nomade"))
         add_rule(d.config, "silent")
         with caplog.at_level(logging.INFO):
             assert agg.reloader.reload()
@@ -74,10 +79,7 @@ def test_a_rotated_webhook_address_is_used_from_the_reload_on(tmp_path):
     old, new = Receiver(), Receiver()
     agg, d = started(tmp_path)
     try:
-        secrets = secrets_file(tmp_path, webhook_url=old.url("old"))
-        edit(
-            d.config, "alerts", webhook="true", secrets_file=f'"{secrets}"', evaluate_seconds="0.2"
-        )
+        webhook_on(tmp_path, d, old.url("old"))
         add_rule(d.config, "silent")
         assert agg.reloader.reload()
         silent_node(agg, "n1")
@@ -100,10 +102,7 @@ def test_a_rule_taken_out_resolves_its_open_alerts_and_says_so(tmp_path):
     hook = Receiver()
     agg, d = started(tmp_path)
     try:
-        secrets = secrets_file(tmp_path, webhook_url=hook.url("h"))
-        edit(
-            d.config, "alerts", webhook="true", secrets_file=f'"{secrets}"', evaluate_seconds="0.2"
-        )
+        webhook_on(tmp_path, d, hook.url("h"))
         before = d.config.read_text()
         add_rule(d.config, "silent")
         add_rule(d.config, "silent_too")
@@ -135,9 +134,7 @@ def test_the_last_rule_taken_out_still_sends_its_resolves(tmp_path):
     hook = Receiver()
     agg, d = started(tmp_path)
     try:
-        secrets = secrets_file(tmp_path, webhook_url=hook.url("h"))
-        edit(d.config, "alerts", webhook="true", secrets_file=f'"{secrets}"')
-        edit(d.config, "alerts", evaluate_seconds="0.2")
+        webhook_on(tmp_path, d, hook.url("h"))
         before = d.config.read_text()
         add_rule(d.config, "silent")
         assert agg.reloader.reload()
@@ -237,10 +234,7 @@ def test_a_wrong_rule_or_an_unreadable_secrets_file_keeps_what_runs(tmp_path, ca
     hook = Receiver()
     agg, d = started(tmp_path)
     try:
-        secrets = secrets_file(tmp_path, webhook_url=hook.url("h"))
-        edit(
-            d.config, "alerts", webhook="true", secrets_file=f'"{secrets}"', evaluate_seconds="0.2"
-        )
+        webhook_on(tmp_path, d, hook.url("h"))
         add_rule(d.config, "silent")
         assert agg.reloader.reload()
         good = d.config.read_text()

@@ -638,14 +638,7 @@ class Dispatcher:
         for lane in self.lanes:
             if self._started:
                 lane.join(max(0.0, deadline - time.monotonic()))
-            left = lane.take_queued()
-            handed = [a for a in left if self._hand_over(lane.channel.name, a)]
-            if len(handed) < len(left):
-                log.warning(
-                    "alerts: %d alert(s) not sent via %s at stop",
-                    len(left) - len(handed),
-                    lane.channel.name,
-                )
+            self._pass_on(lane, "at stop")
 
     def move_queued(self, successor: Dispatcher | None) -> None:
         """What waits here, to SUCCESSOR's channel of the same name (before SUCCESSOR is
@@ -653,14 +646,20 @@ class Dispatcher:
         no channel of SUCCESSOR takes is logged as unsent."""
         self.successor = successor
         for lane in self.lanes:
-            left = lane.take_queued()
-            handed = [a for a in left if self._hand_over(lane.channel.name, a)]
-            if len(handed) < len(left):
-                log.warning(
-                    "alerts: %d alert(s) not sent via %s: the channel was taken out",
-                    len(left) - len(handed),
-                    lane.channel.name,
-                )
+            self._pass_on(lane, "(the channel was taken out)")
+
+    def _pass_on(self, lane: _Lane, why: str) -> None:
+        """What waits in LANE to the successor's channel of its name; the rest logged as
+        unsent, WHY."""
+        left = lane.take_queued()
+        handed = [a for a in left if self._hand_over(lane.channel.name, a)]
+        if len(handed) < len(left):
+            log.warning(
+                "alerts: %d alert(s) not sent via %s %s",
+                len(left) - len(handed),
+                lane.channel.name,
+                why,
+            )
 
     def hand_over(self, successor: Dispatcher | None, timeout: float = 5.0) -> None:
         """Stop, as a reload replaces this dispatcher with SUCCESSOR: what is still queued goes
