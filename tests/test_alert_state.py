@@ -77,6 +77,22 @@ def test_a_silence_holds_back_its_rule_or_subject_during_its_window_only(conn, r
     assert store.silences(conn, T + 150) and store.silences(conn, T + 250) == []
 
 
+def test_a_silence_of_a_node_holds_back_what_the_rules_name_after_it(conn):
+    """Maintenance on node7: its own alerts, its local filesystems' and NFS mounts'
+    ("node7:/tmp") and its collectors' ("node7: gpu") are held back; node70's are not."""
+    store.add_silence(conn, None, "node7", T, T + 100, "root", "DIMM swap", T)
+    subjects = ["node7", "node7:/tmp", "node7: gpu", "node70", "node70:/tmp", "xnode7:/tmp"]
+    got = {s: fire(conn, "r", s, now=T + 50)[1] for s in subjects}
+    assert got == {
+        "node7": SILENCED,
+        "node7:/tmp": SILENCED,
+        "node7: gpu": SILENCED,
+        "node70": RAISED,
+        "node70:/tmp": RAISED,
+        "xnode7:/tmp": RAISED,
+    }
+
+
 def test_a_silence_names_something_and_ends_after_it_starts(conn):
     with pytest.raises(ValueError, match="names a rule, a subject or both"):
         store.add_silence(conn, None, None, T, T + 10, "root", None, T)

@@ -140,12 +140,15 @@ def add_silence(
 
 
 def silenced(conn: sqlite3.Connection, rule: str, subject: str, now: float) -> bool:
-    """Whether a silence holds back RULE's alerts about SUBJECT at NOW."""
+    """Whether a silence holds back RULE's alerts about SUBJECT at NOW.  A silence of a node
+    also holds back the subjects the rules name after it: "node7:/tmp" (a node-local
+    filesystem, an NFS mount) and "node7: gpu" (a collector)."""
     return (
         conn.execute(
             "SELECT 1 FROM alert_silences WHERE start_t <= ? AND until_t > ?"
-            " AND (rule IS NULL OR rule = ?) AND (subject IS NULL OR subject = ?) LIMIT 1",
-            (now, now, rule, subject),
+            " AND (rule IS NULL OR rule = ?) AND (subject IS NULL OR subject = ?"
+            " OR substr(?, 1, length(subject) + 1) = subject || ':') LIMIT 1",
+            (now, now, rule, subject, subject),
         ).fetchone()
         is not None
     )
