@@ -8,7 +8,6 @@ name of whoever did it."""
 from __future__ import annotations
 
 import math
-import sqlite3
 from typing import Any
 
 from aggregator import store
@@ -19,7 +18,7 @@ MAX_REASON = 1000
 MAX_SILENCE_SECONDS = 400 * 86400  # a silence longer than a year is a rule to take out
 
 
-def ack(conn: sqlite3.Connection, alert_id: int, by: tuple[int, str], now: float) -> bool:
+def ack(conn: Any, alert_id: int, by: tuple[int, str], now: float) -> bool:
     """Acknowledge ALERT_ID as BY (uid, name), recorded in the admin log; False where there is
     no such alert."""
     if not store.ack_alert(conn, alert_id, by[1], now):
@@ -29,7 +28,7 @@ def ack(conn: sqlite3.Connection, alert_id: int, by: tuple[int, str], now: float
 
 
 def silence(
-    conn: sqlite3.Connection,
+    conn: Any,
     rule: str | None,
     subject: str | None,
     start: float,

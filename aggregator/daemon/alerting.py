@@ -24,7 +24,7 @@ from typing import Any
 
 from aggregator.alerts import rules
 from aggregator.alerts.dispatch import Alert, Dispatcher
-from aggregator.store import Writer, retire_rules
+from aggregator.store import Writer, open_alert_rules, retire_rules
 from nomade_common.config import Config
 from nomade_common.errors import ConfigError
 
@@ -50,6 +50,7 @@ class Alerting:
         self._lock = threading.Lock()  # a reload's install against a cycle
         self._looping = False
         self._retire_due = True  # at start: rules taken out while the aggregator was down
+        self._failing: str | None = None  # why the last round failed
 
     # -- reloads ----------------------------------------------------------------------------
     def prepare(self, new: Config) -> tuple[list[rules.Rule], Dispatcher | None]:
@@ -92,9 +93,9 @@ class Alerting:
         return "; ".join(said) or None
 
     def close(self) -> None:
-        """At the aggregator's stop: the dispatcher stops (what it could not send is logged)."""
-        with self._lock:
-            dispatcher, self.dispatcher = self.dispatcher, None
+        """At the aggregator's stop: the dispatcher stops (what it could not send is logged).
+        Without the lock, which an evaluation may hold while it waits for a failing store."""
+        dispatcher, self.dispatcher = self.dispatcher, None
         if dispatcher is not None:
             dispatcher.stop()
 
@@ -112,12 +113,19 @@ class Alerting:
                     if self.rules:
                         self.cycle(time.time())
             except Exception as exc:  # the store failing (a writer timeout): the next round
-                log.warning("alerts: evaluation failed, tried again: %s: %s",
-                            type(exc).__name__, exc)  # fmt: skip
+                why = f"{type(exc).__name__}: {exc}"[:300]
+                if why != self._failing:  # once per new reason, not each second
+                    log.warning("alerts: evaluation failed, tried again each round: %s", why)
+                self._failing = why
+            else:
+                self._failing = None
 
     def retire(self, now: float) -> int:
         """Resolve (and send the resolves of) the open alerts of rules no longer configured."""
         names = {r.name for r in self.rules}
+        if open_alert_rules(self.reader()) <= names:  # the usual case: nothing to write
+            self._retire_due = False
+            return 0
         gone = self.writer.call(lambda c: retire_rules(c, names, now), timeout=60.0)
         self._retire_due = False  # not where the call failed: the next round tries again
         for a in gone:

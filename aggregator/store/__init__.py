@@ -32,8 +32,8 @@ their first argument; those that write run inside the writer's transaction (`Wri
 - Model registry: `register_model`, `list_models`, `active_model`, `activate_model`,
   `rollback_model`, `last_model_created`.
 - Alerts (aggregator/store/sqlite/alerts.py): `raise_alert`, `resolve_alert`, `retire_rules`,
-  `open_subjects`, `open_alert_users`, `ack_alert`, `add_silence`, `silenced`, `silences`,
-  `find_alerts`.
+  `open_subjects`, `open_alert_rules`, `open_alert_users`, `ack_alert`, `add_silence`,
+  `silenced`, `silences`, `find_alerts`.
 - Node keys: `enrol_key`, `revoke_key`, `agent_key`, `agent_keys`, `key_listing`,
   `curve_seen_nodes`, `note_agent_link`.
 """
@@ -44,6 +44,7 @@ from aggregator.store.sqlite.alerts import (
     ack_alert,
     add_silence,
     find_alerts,
+    open_alert_rules,
     open_alert_users,
     open_subjects,
     raise_alert,

@@ -73,6 +73,12 @@ def resolve_alert(conn: sqlite3.Connection, rule: str, subject: str, now: float)
     return row[0]
 
 
+def open_alert_rules(conn: sqlite3.Connection) -> set[str]:
+    """The rules with an open alert."""
+    rows = conn.execute("SELECT DISTINCT rule FROM alerts WHERE state = 'firing'").fetchall()
+    return {r[0] for r in rows}
+
+
 def retire_rules(
     conn: sqlite3.Connection, configured: set[str], now: float
 ) -> list[dict[str, Any]]:
