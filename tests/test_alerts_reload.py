@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 
+import pytest
 from clusterlib import wait_for
 from test_dispatch import Receiver, secrets_file, settings
 from test_sighup import REFUSED_LINE, edit, events, started
@@ -150,51 +151,98 @@ def test_the_last_rule_taken_out_still_sends_its_resolves(tmp_path):
         hook.close()
 
 
-def test_what_the_old_channel_had_queued_goes_out_before_anything_newer(tmp_path):
-    """A receiver that hangs, and the admin points the webhook elsewhere: the alerts queued
-    behind the hung one reach the new address before the changes raised after the reload, so
-    a resolve never arrives before its firing."""
+@pytest.fixture
+def swapping(tmp_path):
+    """An Alerting (its loop not running) on a store, its webhook to OLD's address, and a swap
+    to NEW's address as a reload does it: (alerting, swap(new_url, first_backoff))."""
     import threading
 
     from aggregator import store
     from aggregator.daemon.alerting import Alerting
     from nomade_common import config
 
-    hung, new = Receiver(hold=True), Receiver()
     text = (
-        f'[general]\ndata_dir = "{tmp_path}"\n[alerts]\nwebhook = true\n'
+        f'[general]\ndata_dir = "{tmp_path}"\n[alerts]\nwebhook = true\ntimeout_seconds = 2\n'
         f'secrets_file = "{tmp_path}/alerts-secrets.toml"\n'
     )
-    secrets_file(tmp_path, webhook_url=hung.url("old"))
     cfg = config.parse(text, str(tmp_path / "n.toml"))
     store.open_store(cfg.database).close()
     writer = store.Writer(cfg.database)
     writer.start()
-    stop = threading.Event()
-    alerting = Alerting(cfg, writer, lambda: store.connect(cfg.database), stop)
-    alerting.dispatcher = Dispatcher(cfg).start()
+    alerting = Alerting(cfg, writer, lambda: store.connect(cfg.database), threading.Event())
     alerting._looping = True
-    try:
-        alerting._send(1, "silent", "critical", "n1", None, "n1 silent", 0.0, "firing")
-        wait_for("the first alert to hang", hung.entered.is_set, 30, 0.02)
-        alerting._send(2, "silent", "critical", "n7", None, "n7 silent", 0.0, "firing")
-        secrets_file(tmp_path, webhook_url=new.url("new"))
+    threads = []
+
+    def start_with(url: str, first_backoff: float = 1.0) -> None:
+        secrets_file(tmp_path, webhook_url=url)
+        alerting.dispatcher = Dispatcher(cfg, first_backoff=first_backoff).start()
+
+    def swap_to(url: str) -> threading.Thread:
+        """The reload's install, in a thread (it waits for the old dispatcher's attempt)."""
         old = alerting.dispatcher
-        swap = threading.Thread(target=alerting.install, args=(alerting.prepare(cfg),))
-        swap.start()  # the old dispatcher waits for its hung attempt meanwhile
-        wait_for("the new dispatcher", lambda: alerting.dispatcher is not old, 30, 0.02)
-        alerting._send(2, "silent", "critical", "n7", None, "n7 back", 0.0, "resolved")
-        swap.join(30)
-        hung.release.set()
-        wait_for("both changes of alert 2", lambda: len(new.posts) >= 2, 30, 0.02)
-        assert [(p["body"]["id"], p["body"]["state"]) for p in new.posts] == [
-            (2, "firing"),
-            (2, "resolved"),
-        ]
+        secrets_file(tmp_path, webhook_url=url)
+        t = threading.Thread(target=alerting.install, args=(alerting.prepare(cfg),))
+        t.start()
+        threads.append(t)
+        wait_for("the new dispatcher in place", lambda: alerting.dispatcher is not old, 30, 0.02)
+        return t
+
+    try:
+        yield alerting, start_with, swap_to
     finally:
+        for t in threads:
+            t.join(30)
         alerting.close()
         writer.stop()
+
+
+def change(alerting, alert_id: int, state: str) -> None:
+    alerting._send(alert_id, "silent", "critical", f"n{alert_id}", None, state, 0.0, state)
+
+
+def seen(hook: Receiver) -> list[tuple[int, str]]:
+    return [(p["body"]["id"], p["body"]["state"]) for p in hook.posts]
+
+
+def test_what_the_old_channel_had_queued_goes_out_before_anything_newer(swapping):
+    """A receiver that hangs, and the admin points the webhook elsewhere: the alert in flight
+    (cut short by the attempt's timeout) and those queued behind it reach the new address
+    before the changes raised after the reload, so a resolve never arrives before its firing."""
+    alerting, start_with, swap_to = swapping
+    hung, new = Receiver(hold=True), Receiver()
+    try:
+        start_with(hung.url("old"))
+        change(alerting, 1, "firing")
+        wait_for("the first alert to hang", hung.entered.is_set, 30, 0.02)
+        change(alerting, 2, "firing")
+        swap = swap_to(new.url("new"))
+        change(alerting, 2, "resolved")
+        swap.join(30)
+        wait_for("three alerts at the new address", lambda: len(new.posts) >= 3, 30, 0.02)
+        assert seen(new) == [(1, "firing"), (2, "firing"), (2, "resolved")]
+    finally:
         hung.close()
+        new.close()
+
+
+def test_an_alert_waiting_to_retry_at_a_reload_goes_out_before_its_resolve(swapping):
+    """The old address fails (the reason to rotate it): the firing waits for its retry when the
+    reload comes, its resolve is queued behind it, and another resolve is raised after the
+    reload.  The new address gets them in the order they happened."""
+    alerting, start_with, swap_to = swapping
+    failing, new = Receiver(plan=[500] * 20), Receiver()
+    try:
+        start_with(failing.url("old"), first_backoff=30.0)
+        change(alerting, 1, "firing")
+        wait_for("the first attempt to fail", lambda: failing.posts, 30, 0.02)
+        change(alerting, 1, "resolved")
+        swap = swap_to(new.url("new"))
+        change(alerting, 3, "resolved")
+        swap.join(30)
+        wait_for("three alerts at the new address", lambda: len(new.posts) >= 3, 30, 0.02)
+        assert seen(new) == [(1, "firing"), (1, "resolved"), (3, "resolved")]
+    finally:
+        failing.close()
         new.close()
 
 
@@ -290,3 +338,52 @@ def test_an_alert_in_its_retries_when_the_dispatcher_is_replaced_goes_out_throug
             new.stop(1)
         failing.close()
         working.close()
+
+
+def test_alerts_whose_commit_waits_on_a_locked_store_are_sent_when_it_commits(tmp_path):
+    """The store is locked (a backup holding it, a full disk) as a rule finds a silent node:
+    the evaluation gives up waiting, evaluates nothing more meanwhile, and the firing goes out
+    once the store takes the write, once."""
+    import sqlite3
+    import threading
+
+    from aggregator import store
+    from aggregator.daemon.alerting import Alerting
+    from nomade_common import config
+
+    hook = Receiver()
+    secrets_file(tmp_path, webhook_url=hook.url("h"))
+    text = (
+        f'[general]\ndata_dir = "{tmp_path}"\n[alerts]\nwebhook = true\n'
+        f'secrets_file = "{tmp_path}/alerts-secrets.toml"\n' + SILENT_RULE.format(name="silent")
+    )
+    cfg = config.parse(text, str(tmp_path / "n.toml"))
+    store.open_store(cfg.database).close()
+    writer = store.Writer(cfg.database, busy_timeout=0.2)
+    writer.start()
+    alerting = Alerting(
+        cfg, writer, lambda: store.connect(cfg.database), threading.Event(), Dispatcher(cfg)
+    )
+    alerting.dispatcher.start()
+    alerting.write_wait = 0.5
+    lock = sqlite3.connect(cfg.database, isolation_level=None)
+    try:
+        now = time.time()
+        writer.call(lambda c: c.execute(
+            "INSERT INTO nodes (node, first_seen, last_seen, state) VALUES ('n1', 1, ?, 'up')",
+            (now - 120,)))  # fmt: skip
+        lock.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(TimeoutError, match="they are sent when it does"):
+            alerting.cycle(now)
+        assert alerting._pending and hook.posts == []
+        lock.execute("ROLLBACK")
+        wait_for("the firing, once the store took it", lambda: hook.posts, 30, 0.05)
+        assert not alerting._pending
+        assert alerting.cycle(now + 1) == []  # the alert is open: nothing new to send
+        time.sleep(0.3)
+        assert posted(hook) == [("silent", "n1", "firing")]
+    finally:
+        lock.close()
+        alerting.close()
+        writer.stop()
+        hook.close()

@@ -444,8 +444,12 @@ class _Lane:
             "last_success_at": None,
         }
 
-    def put(self, alert: Alert) -> None:
+    def put(self, alert: Alert, first: bool = False) -> bool:
+        """ALERT queued (FIRST: ahead of the others, an older alert handed over); False where
+        the dispatcher is stopping, whose queue is no longer read."""
         with self._cond:
+            if self._owner._stopping.is_set():
+                return False
             if len(self._queue) >= self._owner.queue_size:
                 gone = self._queue.popleft()
                 self.record["dropped"] += 1
@@ -456,8 +460,12 @@ class _Lane:
                         gone.id,
                         self.record["dropped"],
                     )
-            self._queue.append(alert)
+            if first:
+                self._queue.appendleft(alert)
+            else:
+                self._queue.append(alert)
             self._cond.notify()
+        return True
 
     def queued(self) -> int:
         with self._cond:
@@ -521,13 +529,15 @@ class _Lane:
                 self._note(alert, None)
                 return
             self._attempt_failed(why)
+            if owner._stopping.is_set() and owner._hand_over(name, alert, first=True):
+                return  # a reload's new channel tries it (a 4xx from a revoked address too)
             last = permanent or attempt == owner.attempts
             if last or time.monotonic() - began + wait > owner.max_seconds:
                 break
             log.info("alert %s via %s failed (%s); trying again in %gs", alert.id, name, why, wait)
             if owner._stopping.wait(wait):
-                if owner._hand_over(name, alert):
-                    return  # a reload's new channel tries it again
+                if owner._hand_over(name, alert, first=True):
+                    return  # a reload's new channel tries it again, before what is newer
                 break
             wait *= 2
         log.warning(
@@ -616,8 +626,10 @@ class Dispatcher:
         """Queue ALERT for every channel that takes it; never blocks, never raises for a
         channel's trouble."""
         for lane in self.lanes:
-            if lane.channel.wants(alert):
-                lane.put(alert)
+            if lane.channel.wants(alert) and not lane.put(alert):
+                log.warning(
+                    "alerts: alert %s not sent via %s: stopped", alert.id, lane.channel.name
+                )
 
     def status(self) -> dict[str, Any]:
         """Per channel: its target (scheme://host/…), alerts sent, given up (failed) and
@@ -674,16 +686,17 @@ class Dispatcher:
                 if lane.channel.name in mine:
                     lane.carry_counts(mine[lane.channel.name])
 
-    def _hand_over(self, channel: str, alert: Alert) -> bool:
+    def _hand_over(self, channel: str, alert: Alert, first: bool = False) -> bool:
         """ALERT to the newest running successor's lane of CHANNEL (a successor may itself
-        have been replaced since): whether one took it."""
+        have been replaced, or be stopping, meanwhile): whether one took it.  FIRST: ahead of
+        what that lane holds (an alert that was in flight here is older than all of it)."""
         target = self.successor
-        while target is not None and target._stopping.is_set():
+        while target is not None:
+            for lane in target.lanes:
+                if lane.channel.name == channel and lane.channel.wants(alert):
+                    if lane.put(alert, first):
+                        return True
             target = target.successor
-        for lane in target.lanes if target is not None else []:
-            if lane.channel.name == channel and lane.channel.wants(alert):
-                lane.put(alert)
-                return True
         return False
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from aggregator.alerts import rules
 from aggregator.alerts.dispatch import Alert, Dispatcher
-from aggregator.store import Writer, open_alert_rules, retire_rules
+from aggregator.store import WorkItem, Writer, open_alert_rules, retire_rules
 from nomade_common.config import Config
 from nomade_common.errors import ConfigError
 
@@ -51,6 +51,8 @@ class Alerting:
         self._looping = False
         self._retire_due = True  # at start: rules taken out while the aggregator was down
         self._failing: str | None = None  # why the last round failed
+        self._pending = False  # a write of alerts waits on the store (_write)
+        self.write_wait = 60.0  # seconds an evaluation waits for its COMMIT
 
     # -- reloads ----------------------------------------------------------------------------
     def prepare(self, new: Config) -> tuple[list[rules.Rule], Dispatcher | None]:
@@ -62,9 +64,12 @@ class Alerting:
 
     def install(self, prepared: tuple[list[rules.Rule], Dispatcher | None]) -> str | None:
         """PREPARED's rules from the next evaluation on, and its dispatcher where the channels
-        or their secrets changed; what changed, in words, or None.  What the old dispatcher had
-        queued moves to the new one before anything newer (a resolve never overtakes its
-        firing); its alert in flight, where that attempt fails, follows (Dispatcher.hand_over)."""
+        or their secrets changed; what changed, in words, or None.
+
+        The old dispatcher's queue moves to the new one at once, and the new one takes alerts
+        from then on but sends nothing until the old one has stopped: an alert that was in
+        flight there and fails goes first (Dispatcher.hand_over), so that a resolve never
+        reaches a channel before its firing.  That wait is bounded by one attempt's timeout."""
         parsed, fresh = prepared
         said = []
         with self._lock:
@@ -77,19 +82,24 @@ class Alerting:
             self.errors = {k: v for k, v in self.errors.items() if k in names}
             self.evaluated = {k: v for k, v in self.evaluated.items() if k in names}
             self._retire_due = True
-            if not keep and (old is not None or fresh is not None):
+            swap = not keep and (old is not None or fresh is not None)
+            if swap:
                 if old is not None:
                     old.move_queued(fresh)
-                if fresh is not None and self._looping:
-                    fresh.start()
                 self.dispatcher = fresh
                 said.append(
                     "channels " + (", ".join(ln.channel.name for ln in fresh.lanes) or "none")
                     if fresh is not None
                     else "no channels"
                 )
-        if not keep and old is not None:
-            old.hand_over(fresh)
+        if swap and old is not None:
+            old.hand_over(fresh, timeout=self.cfg.alerts.timeout_seconds + 2.0)
+        if swap and fresh is not None:
+            with self._lock:
+                if self.stop.is_set() or self.dispatcher is not fresh:
+                    fresh.stop(0.0)  # the aggregator stopped meanwhile, or another reload came
+                elif self._looping:
+                    fresh.start()
         return "; ".join(said) or None
 
     def close(self) -> None:
@@ -106,6 +116,8 @@ class Alerting:
             if self.dispatcher is not None:
                 self.dispatcher.start()
         while not self.stop.wait(self.cfg.alerts.evaluate_seconds):
+            if self._pending:
+                continue  # a write waits on the store: its alerts go out when it commits
             try:
                 with self._lock:
                     if self._retire_due:
@@ -126,19 +138,20 @@ class Alerting:
         if open_alert_rules(self.reader()) <= names:  # the usual case: nothing to write
             self._retire_due = False
             return 0
-        gone = self.writer.call(lambda c: retire_rules(c, names, now), timeout=60.0)
-        self._retire_due = False  # not where the call failed: the next round tries again
-        for a in gone:
-            summary = f"{a['subject']}: rule {a['rule']} is no longer configured"
-            self._send(a["id"], a["rule"], a["severity"], a["subject"], a["user"], summary, now)
-        if gone:
-            rules_gone = sorted({a["rule"] for a in gone})
-            log.info(
-                "alerts: %d open alert(s) of rules no longer configured resolved (%s)",
-                len(gone),
-                ", ".join(rules_gone),
-            )
-        return len(gone)
+
+        def sent(gone: list[dict[str, Any]]) -> None:
+            self._retire_due = False
+            for a in gone:
+                summary = f"{a['subject']}: rule {a['rule']} is no longer configured"
+                self._send(a["id"], a["rule"], a["severity"], a["subject"], a["user"], summary, now)
+            if gone:
+                log.info(
+                    "alerts: %d open alert(s) of rules no longer configured resolved (%s)",
+                    len(gone),
+                    ", ".join(sorted({a["rule"] for a in gone})),
+                )
+
+        return len(self._write(lambda c: retire_rules(c, names, now), sent))
 
     def cycle(self, now: float) -> list[rules.Change]:
         """Evaluate every rule as of NOW, apply what they found, dispatch what changed."""
@@ -163,12 +176,43 @@ class Alerting:
         def apply(conn: Any) -> list[rules.Change]:
             return [c for rule, findings in found for c in rules.apply(conn, rule, findings, now)]
 
-        changes = self.writer.call(apply, timeout=60.0) if found else []
-        for change in changes:
-            self.dispatch(change, now)
+        def sent(changes: list[rules.Change]) -> None:
+            for change in changes:
+                self.dispatch(change, now)
+
+        changes = self._write(apply, sent) if found else []
         self.cycles += 1
         self.last_cycle, self.cycle_seconds = now, round(time.monotonic() - started, 4)
         return changes
+
+    def _write(self, apply: Callable[[Any], Any], sent: Callable[[Any], None]) -> Any:
+        """APPLY in the writer, and SENT(its result) right after its COMMIT, in the writer's
+        thread: what opened or resolved is sent once it is in the store, also where the store
+        was failing and the COMMIT comes after this call gave up waiting (write_wait).  Until then
+        the loop evaluates nothing more (`_pending`), so an outage queues one write, not one
+        a round; what a later evaluation finds is then measured against what was committed."""
+        done, box = threading.Event(), {}
+
+        def committed(result: Any) -> None:
+            try:
+                sent(result)
+            finally:
+                box["result"], self._pending = result, False
+                done.set()
+
+        def refused(exc: BaseException) -> None:
+            box["error"], self._pending = exc, False
+            done.set()
+
+        self._pending = True
+        self.writer.submit(WorkItem(apply, committed, refused))
+        if not done.wait(self.write_wait):
+            why = self.writer.health().get("reason") or "busy"
+            raise TimeoutError(f"the store did not commit the alerts within {self.write_wait:g} s"
+                               f" ({why}); they are sent when it does")  # fmt: skip
+        if "error" in box:
+            raise box["error"]
+        return box["result"]
 
     def dispatch(self, change: rules.Change, now: float) -> None:
         rule = change.rule
