@@ -188,6 +188,19 @@ keys_dir = "{base}/keys"
     def log(self) -> str:
         return (self.base / "aggregator.log").read_text(errors="replace")
 
+    def daemon_logs(self, lines: int = 40) -> str:
+        """The last LINES lines of the aggregator's and each agent's log, and whether each
+        still runs: what a failed start-up is explained by (the directory goes at teardown)."""
+        out = []
+        for name, proc in [("aggregator", self.aggregator), *self.agents.items()]:
+            path = self.base / ("aggregator.log" if name == "aggregator" else f"agent-{name}.log")
+            text = path.read_text(errors="replace") if path.exists() else "(no log)"
+            state = "running" if proc is not None and proc.poll() is None else "exited"
+            tail = "\n".join(text.splitlines()[-lines:])
+            code = "" if proc is None else f" rc={proc.poll()}"
+            out.append(f"--- {name} ({state}{code}) ---\n{tail}")
+        return "\n".join(out)
+
     def shutdown(self) -> None:
         _undo(self)
 
@@ -225,11 +238,14 @@ def running_pipeline(extra_config: str = ""):
         p.start_aggregator()
         for node in ("node1", "node2"):
             p.start_agent(node)
-        wait_for(
-            "both agents to say hello",
-            lambda: len(p.query("SELECT node FROM nodes")) == 2 if p.db.exists() else False,
-            30,
-        )
+        try:
+            wait_for(
+                "both agents to say hello",
+                lambda: len(p.query("SELECT node FROM nodes")) == 2 if p.db.exists() else False,
+                60,
+            )
+        except AssertionError as exc:  # what the daemons said: the failure's only witness
+            raise AssertionError(f"{exc}\n{p.daemon_logs()}") from None
         yield p
     finally:
         p.shutdown()
