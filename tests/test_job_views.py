@@ -96,9 +96,10 @@ def test_a_gpu_sitting_idle_shows_as_idle(db, tmp_path):
 
 
 def test_every_captured_gpu_report_with_processes_attributes_them_to_their_job(db, tmp_path):
-    files = sorted(SHARED_GPU.glob("*/*.xml")) if SHARED_GPU.is_dir() else []
-    if not files:
+    if not SHARED_GPU.is_dir():
         pytest.skip(f"{SHARED_GPU}: the shared captures are not on this machine")
+    files = sorted(SHARED_GPU.glob("*/*.xml"))
+    assert files, f"{SHARED_GPU}: no nvidia-smi -q -x captures"  # present: a missing one fails
     ing, now, tried = Ingest("c"), time.time(), 0
     for seq, path in enumerate(files, 1):
         records = gpu.parse_xml(path.read_text(errors="replace"), path.name)

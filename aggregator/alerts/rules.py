@@ -359,8 +359,7 @@ def _time_to_limit(conn: Any, rule: Rule, now: float) -> list[Finding]:
                     subject,
                     f"{subject}: {p['key']} reaches {p['limit_key'] or 'its limit'} in"
                     f" {_ago(seconds)} {how} ({klass})",
-                    detail=f"rate {f.slope:.4g}/s, acceleration {f.accel or 0:.4g}/s²,"
-                    f" {f.n} readings over {_ago(f.span_seconds or 0)}",
+                    detail=_trend_detail(f),
                 )
             )
     return out
@@ -463,7 +462,7 @@ def _rate(conn: Any, rule: Rule, now: float) -> list[Finding]:
             detail=_trend_detail(f),
         )
         for subject, f in _fits(conn, rule, now)
-        if f.slope is not None and f.slope > p["value"]
+        if f.slope > p["value"]
     ]
 
 
@@ -579,10 +578,7 @@ def _job_pending(conn: Any, rule: Rule, now: float) -> list[Finding]:
 
 def _running_uids(conn: Any, since: float) -> dict[int, dict[str, Any]]:
     """Job id -> {uid, job_id, user} of the running jobs sampled since SINCE."""
-    return {
-        s["job_id"]: {k: s[k] for k in ("uid", "job_id", "user")}
-        for s in store.running_job_memory(conn, since)
-    }
+    return {j["job_id"]: j for j in store.sampled_running_jobs(conn, since)}
 
 
 def _job_stuck(conn: Any, rule: Rule, now: float) -> list[Finding]:

@@ -22,11 +22,12 @@ their first argument; those that write run inside the writer's transaction (`Wri
   moment).
 - Read side, for nomadectl, the API and the daemon: `find_job`, `find_jobs`, `count_jobs`,
   `job_node_summaries`, `job_samples`, `job_gpus`, `job_verdict`, `job_advice`, `running_jobs`,
-  `running_job_cpu`, `running_job_memory`, `array_outcomes`, `agent_nodes`, `nodes_on_plain`,
-  `node_lives`, `received_since`, `counters`, `last_event`, `latest_readings`,
-  `reading_records_between`, `collector_statuses`, `newest_records_json`, `ended_job_count`,
-  `verdict_outcomes`, `admin_log`, `find_run`, `reconcile_due`, `event_job_counts`,
-  `schema_version_at`, `ended_job_processes` (aggregator/store/sqlite/alertreads.py).
+  `running_job_cpu`, `sampled_running_jobs`, `running_job_memory`, `array_outcomes`,
+  `agent_nodes`, `nodes_on_plain`, `node_lives`, `received_since`, `counters`, `last_event`,
+  `latest_readings`, `reading_records_between`, `collector_statuses`, `newest_records_json`,
+  `ended_job_count`, `verdict_outcomes`, `admin_log`, `find_run`, `reconcile_due`,
+  `event_job_counts`, `schema_version_at`, `ended_job_processes`
+  (aggregator/store/sqlite/alertreads.py).
 - History, for features, scoring and training: `ended_jobs`, `start_history`, `recent_vectors`,
   `job_vector`.
 - Model registry: `register_model`, `list_models`, `active_model`, `activate_model`,
@@ -156,6 +157,7 @@ from aggregator.store.sqlite.views import (
     running_job_cpu,
     running_job_memory,
     running_jobs,
+    sampled_running_jobs,
 )
 
 __all__ = [name for name in dir() if not name.startswith("__") and name not in ("aggregator",)]

@@ -21,14 +21,15 @@ def ended_job_processes(conn: sqlite3.Connection, now: float, grace: float) -> l
     if not recent:
         return []
     out = []
-    rows = conn.execute(
-        "SELECT uid, job_id, user, end_time FROM jobs WHERE end_time IS NOT NULL AND end_time < ?"
-        " ORDER BY job_id, uid",
-        (since,),
-    ).fetchall()
-    for uid, job_id, user, end_time in rows:
-        if uid not in recent:
-            continue
+    rows = [
+        row
+        for uid in recent  # the few jobs sampled lately, looked up by key, not every ended job
+        for row in conn.execute(
+            "SELECT uid, job_id, user, end_time FROM jobs WHERE uid = ? AND end_time < ?",
+            (uid, since),
+        )
+    ]
+    for uid, job_id, user, end_time in sorted(rows, key=lambda r: (r[1], r[0])):
         after = max(since, end_time + grace)
         for node, s in samples.series(conn, uid, since=after).items():
             t, nprocs = s.t, s.column("nprocs")

@@ -226,25 +226,28 @@ def running_job_cpu(conn: sqlite3.Connection, since: float) -> list[tuple]:
     return out
 
 
+def sampled_running_jobs(conn: sqlite3.Connection, since: float) -> list[dict[str, Any]]:
+    """The running jobs sampled since SINCE, by job id: uid, job_id, user."""
+    recent = samples.recent_uids(conn, since)
+    rows = conn.execute(
+        "SELECT uid, job_id, user FROM jobs WHERE start_time IS NOT NULL AND end_time IS NULL"
+        " ORDER BY job_id, uid"
+    ).fetchall()
+    return [{"uid": r[0], "job_id": r[1], "user": r[2]} for r in rows if r[0] in recent]
+
+
 def running_job_memory(conn: sqlite3.Connection, since: float) -> list[dict[str, Any]]:
     """Per running job and node sampled since SINCE: uid, job_id, user, node, the sample times
     `t`, the memory in use `mem` (bytes) and the job's memory limit on that node `limit` (the
     newest sampled, None where the cgroup has none)."""
-    recent = samples.recent_uids(conn, since)
     out = []
-    for r in conn.execute(
-        "SELECT uid, job_id, user FROM jobs WHERE start_time IS NOT NULL AND end_time IS NULL"
-    ).fetchall():
-        if r[0] not in recent:
-            continue
-        for node, s in samples.series(conn, r[0], since=since).items():
+    for job in sampled_running_jobs(conn, since):
+        for node, s in samples.series(conn, job["uid"], since=since).items():
             mem, limit = s.column("mem_current_bytes"), s.column("mem_limit_bytes")
             known = limit[~np.isnan(limit)]
             out.append(
                 {
-                    "uid": r[0],
-                    "job_id": r[1],
-                    "user": r[2],
+                    **job,
                     "node": node,
                     "t": s.t.tolist(),
                     "mem": [None if np.isnan(v) else float(v) for v in mem],
