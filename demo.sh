@@ -192,6 +192,12 @@ else
     echo "(no alert reached the webhook within 60 s: see $DEMO/data/run/aggregator.log)"
 fi
 "$nomadectl" alerts --unresolved
+say "an admin acknowledges it and silences node2 for a maintenance window (root here; an admin of security.admin_users does the same from any host, through the API)"
+acked=$("$nomadectl" alerts --json | python3 -c 'import json, sys
+print(next((a["id"] for a in json.load(sys.stdin) if a["subject"] == sys.argv[1]), ""))' "job $grows")
+if [[ -n $acked ]]; then "$nomadectl" alerts ack "$acked"; fi
+"$nomadectl" alerts silence --subject node2 --for 1h --reason "demo: DIMM swap"
+"$nomadectl" alerts silences
 say "who may send data: the enrolled node keys (CurveZMQ), and who enrolled them"
 "$nomadectl" keys list
 "$nomadectl" audit --limit 3

@@ -41,7 +41,8 @@ def silence(
     for REASON, as BY; its id.  ValueError in one line where the window or a name is wrong."""
     check_silence(rule, subject, start, until, reason, now)
     sid = store.add_silence(conn, rule, subject, start, until, by[1], reason, now)
-    store.audit(conn, "alert silence", f"{sid}: rule={rule} subject={subject} {reason}", by)
+    what = f"{sid}: {rule or 'every rule'} about {subject or 'every subject'}: {reason}"
+    store.audit(conn, "alert silence", what, by)
     return sid
 
 
